@@ -1,0 +1,323 @@
+"""The `orbatch` command line: submit, run workers, watch, export and steer batches."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Annotated, Any, NoReturn, TypeVar
+
+import orjson
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from jobs.db import create_engine, ensure_database, upgrade
+from jobs.export import export_results, open_output
+from jobs.formats import parse_models
+from jobs.logs import configure_logging
+from jobs.settings import Settings, get_settings
+from jobs.status import BatchNotFound, BatchSummary, batch_summary, list_batches
+from jobs.submit import SubmitError, SubmitOptions, submit_file
+
+__all__ = ["app", "main"]
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    name="orbatch",
+    help="Batch chat completions through OpenRouter: JSONL in, Postgres as the record, JSONL out.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+out = Console()
+err = Console(stderr=True)
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+def _fail(message: str, code: int = 1) -> NoReturn:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def _settings() -> Settings:
+    try:
+        return get_settings()
+    except Exception as exc:  # pydantic's message names the variable that is wrong
+        _fail(f"bad configuration in the environment: {exc}", 2)
+
+
+@app.callback()
+def _main(
+    log_level: Annotated[str, typer.Option(envvar="ORBATCH_LOG_LEVEL", help="Log level.")] = "WARNING",
+) -> None:
+    settings = _settings()
+    key = settings.openrouter_api_key.get_secret_value() if settings.openrouter_api_key else None
+    configure_logging(log_level, secrets=[key] if key else [])
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: Annotated[str, typer.Argument(help="Target revision.")] = "head") -> None:
+    """Create the database if it is missing and apply the migrations (Alembic)."""
+    settings = _settings()
+
+    async def go() -> bool:
+        created = await ensure_database(settings.database_url)
+        await upgrade(settings.database_url, revision)
+        return created
+
+    try:
+        created = _run(go())
+    except OSError as exc:
+        _fail(f"cannot reach Postgres at DATABASE_URL: {exc}")
+    err.print(("Created the database; " if created else "") + f"schema at {revision}.")
+
+
+def _print_summary(summary: BatchSummary) -> None:
+    counts = summary.counts
+    table = Table(
+        title=f"batch {summary.id}" + (f" ({summary.name})" if summary.name else ""), show_header=False
+    )
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("status", summary.status)
+    if summary.pause_reason:
+        when = f" until {summary.resume_at:%Y-%m-%d %H:%M:%S} UTC" if summary.resume_at else ""
+        table.add_row("paused", f"{summary.pause_reason}{when}: {summary.pause_message or ''}")
+    table.add_row("models", ", ".join(summary.models) or "(per line)")
+    table.add_row(
+        "requests",
+        f"{summary.total} total · {counts.get('completed', 0)} completed · {counts.get('failed', 0)} failed · "
+        f"{counts.get('pending', 0)} pending · {counts.get('running', 0)} running",
+    )
+    table.add_row("attempts", str(summary.attempts))
+    table.add_row("tokens", f"{summary.prompt_tokens} prompt · {summary.completion_tokens} completion")
+    table.add_row("cost", f"${summary.cost:.6f}")
+    out.print(table)
+
+
+@app.command()
+def submit(
+    file: Annotated[
+        Path, typer.Argument(exists=True, dir_okay=False, readable=True, help="JSONL of chat requests.")
+    ],
+    models: Annotated[
+        str | None,
+        typer.Option("--models", "-m", help="Fallback chain for lines without their own, comma-separated."),
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="A name to find the batch by.")] = None,
+    max_attempts: Annotated[
+        int | None, typer.Option(min=1, max=100, help="Failed calls before a request fails.")
+    ] = None,
+    skip_invalid: Annotated[bool, typer.Option(help="Queue the good lines of a file with bad ones.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Validate FILE and queue every line as one batch; prints the batch id."""
+    settings = _settings()
+    try:
+        chain = (
+            parse_models([m for m in (models or "").split(",") if m.strip()], "--models") if models else []
+        )
+    except ValueError as exc:
+        _fail(str(exc), 2)
+    options = SubmitOptions(
+        models=chain, name=name, max_attempts=max_attempts or settings.max_attempts, skip_invalid=skip_invalid
+    )
+
+    async def go() -> dict[str, Any]:
+        engine = create_engine(settings.database_url, pool_size=2)
+        try:
+            size = file.stat().st_size
+            with Progress(
+                TextColumn("submitting"),
+                BarColumn(),
+                DownloadColumn(),
+                TimeRemainingColumn(),
+                console=err,
+                transient=True,
+                disable=not err.is_terminal,
+            ) as progress:
+                task = progress.add_task("submit", total=size)
+                report = await submit_file(
+                    engine, file, options, lambda pos: progress.update(task, completed=pos)
+                )
+            from jobs.feeder import feed
+            from jobs.queue import connect
+
+            redis = await connect(settings.redis_url, settings.queue_name)
+            try:
+                await feed(engine, redis, settings.queue_name, settings.feed_window, batch_id=report.batch_id)
+            finally:
+                await redis.aclose()
+            async with engine.connect() as conn:
+                summary = await batch_summary(conn, report.batch_id)
+            for error in report.errors:
+                err.print(f"skipped {error}", highlight=False, markup=False)
+            if report.invalid > len(report.errors):
+                err.print(f"skipped {report.invalid - len(report.errors)} more bad lines", highlight=False)
+            return summary.to_json()
+        finally:
+            await engine.dispose()
+
+    try:
+        result = _run(go())
+    except SubmitError as exc:
+        for error in exc.errors:
+            err.print(str(error), highlight=False, markup=False)
+        if exc.invalid > len(exc.errors):
+            err.print(f"... and {exc.invalid - len(exc.errors)} more bad lines", highlight=False)
+        _fail(exc.reason, 2)
+    if as_json:
+        sys.stdout.write(orjson.dumps(result).decode() + "\n")
+    else:
+        sys.stdout.write(result["id"] + "\n")
+        err.print(f"queued {result['request_counts']['total']} requests as {result['id']}", highlight=False)
+
+
+@app.command()
+def worker(
+    burst: Annotated[bool, typer.Option(help="Exit once no request is left to run now.")] = False,
+    concurrency: Annotated[
+        int | None, typer.Option(min=1, max=4096, help="Requests run at once by this process.")
+    ] = None,
+) -> None:
+    """Run an arq worker that executes queued requests (and feeds the queue from Postgres)."""
+    settings = _settings()
+    try:
+        settings.api_key()
+    except RuntimeError as exc:
+        _fail(f"{exc} (or point OPENROUTER_BASE_URL at `orbatch simulator` and set any key)", 2)
+    from worker.runner import run_worker
+
+    _run(run_worker(settings, concurrency, burst))
+
+
+@app.command()
+def status(
+    batch: Annotated[str | None, typer.Argument(help="Batch id; omit to list recent batches.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show a batch's state, request counts, tokens and cost."""
+    settings = _settings()
+
+    async def go() -> list[BatchSummary]:
+        engine = create_engine(settings.database_url, pool_size=1)
+        try:
+            async with engine.connect() as conn:
+                return [await batch_summary(conn, batch)] if batch else await list_batches(conn)
+        finally:
+            await engine.dispose()
+
+    try:
+        summaries = _run(go())
+    except BatchNotFound as exc:
+        _fail(str(exc), 2)
+    if as_json:
+        payload: Any = summaries[0].to_json() if batch else [s.to_json() for s in summaries]
+        sys.stdout.write(orjson.dumps(payload).decode() + "\n")
+        return
+    if batch:
+        _print_summary(summaries[0])
+        return
+    table = Table("id", "name", "status", "total", "completed", "failed", "cost")
+    for s in summaries:
+        table.add_row(
+            s.id,
+            s.name or "",
+            s.status,
+            str(s.total),
+            str(s.counts.get("completed", 0)),
+            str(s.counts.get("failed", 0)),
+            f"${s.cost:.6f}",
+        )
+    out.print(table)
+
+
+@app.command()
+def results(
+    batch: Annotated[str, typer.Argument(help="Batch id.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the results (JSONL).")],
+    errors: Annotated[
+        Path | None, typer.Option("--errors", help="Where to write the failures (JSONL).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print counts as JSON.")] = False,
+) -> None:
+    """Write a batch's results in OpenAI Batch output form; failures go to --errors."""
+    settings = _settings()
+
+    async def go() -> dict[str, Any]:
+        engine = create_engine(settings.database_url, pool_size=1)
+        try:
+            async with engine.connect() as conn:
+                summary = await batch_summary(conn, batch)
+            with open_output(output) as out_f:
+                if errors is None:
+                    report = await export_results(engine, batch, out_f, None)
+                else:
+                    with open_output(errors) as err_f:
+                        report = await export_results(engine, batch, out_f, err_f)
+            return {
+                "id": batch,
+                "status": summary.status,
+                "completed": report.completed,
+                "failed": report.failed,
+                "unfinished": summary.total - report.completed - report.failed,
+            }
+        finally:
+            await engine.dispose()
+
+    try:
+        counts = _run(go())
+    except BatchNotFound as exc:
+        _fail(str(exc), 2)
+    if as_json:
+        sys.stdout.write(orjson.dumps(counts).decode() + "\n")
+        return
+    err.print(
+        f"wrote {counts['completed']} results to {output}"
+        + (f" and {counts['failed']} failures to {errors}" if errors else f" ({counts['failed']} failed)")
+        + (f"; {counts['unfinished']} requests are not finished yet" if counts["unfinished"] else ""),
+        highlight=False,
+    )
+
+
+@app.command()
+def resume(batch: Annotated[str, typer.Argument(help="Batch id.")]) -> None:
+    """Run a paused batch again now (after fixing the key, adding credits, or to retry a quota early)."""
+    settings = _settings()
+    from jobs.control import resume_batch
+
+    async def go() -> str:
+        engine = create_engine(settings.database_url, pool_size=1)
+        try:
+            return await resume_batch(engine, batch)
+        finally:
+            await engine.dispose()
+
+    try:
+        state = _run(go())
+    except BatchNotFound as exc:
+        _fail(str(exc), 2)
+    err.print(f"{batch}: {state}", highlight=False)
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def simulator(ctx: typer.Context) -> None:
+    """Serve the OpenRouter simulator on loopback (no key, no quota); `--help` lists its options."""
+    from worker.simulator import main as simulator_main
+
+    simulator_main(list(ctx.args))
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

@@ -1,0 +1,52 @@
+"""Redis key names and the numbers the design fixes, each with the reason for its value."""
+
+from __future__ import annotations
+
+__all__ = [
+    "BURST_CHECK_SECONDS",
+    "ERROR_MESSAGE_MAX_CHARS",
+    "FEEDER_LOCK_KEY",
+    "JOB_ID_PREFIX",
+    "MAX_CUSTOM_ID_CHARS",
+    "MAX_MODELS_PER_CALL",
+    "MAX_REPORTED_LINE_ERRORS",
+    "REDIS_EPOCH_KEY",
+    "REQUEUE_AFTER_SECONDS",
+    "RUN_REQUEST_FUNCTION",
+    "STAGING_COPY_CHUNK",
+    "TASK_TIMEOUT_MARGIN_SECONDS",
+]
+
+# arq stores its own keys under fixed `arq:` prefixes whatever the queue name; ours live under `orbatch:`.
+# Held by whichever worker feeds the queue this tick, so N workers do not all run the same query.
+FEEDER_LOCK_KEY = "orbatch:feeder-lock"
+# Written by the feeder and never expired: when it is missing, Redis lost its data (FLUSHALL or a restart
+# without persistence) and every request Postgres believes queued must be queued again.
+REDIS_EPOCH_KEY = "orbatch:epoch"
+
+# Job ids are `r<request id>.<attempt count>`: deterministic, so enqueueing twice is a no-op, and new
+# after each attempt, so a request whose worker died can be queued again before arq's own
+# in-progress key for the dead job expires.
+JOB_ID_PREFIX = "r"
+RUN_REQUEST_FUNCTION = "run_request"
+
+# OpenRouter answers HTTP 400 to a `models` array with a 4th entry.
+MAX_MODELS_PER_CALL = 3
+
+# A queued job that has not started after this long is queued again: arq's job keys expire and a
+# Redis that lost data without losing our epoch key (a failover to a stale replica) must not strand work.
+REQUEUE_AFTER_SECONDS = 600.0
+# arq kills a task at its timeout; the task's own HTTP timeout must fire first so the attempt is recorded.
+TASK_TIMEOUT_MARGIN_SECONDS = 60.0
+# How often a burst worker asks Postgres whether anything is left to run.
+BURST_CHECK_SECONDS = 1.0
+
+# Rows per COPY chunk into the staging table: large enough to amortise the round trip, small enough
+# that a chunk of long lines stays far below the memory bound.
+STAGING_COPY_CHUNK = 5000
+# A file with a million bad lines reports the first ones and a count, not a million lines of output.
+MAX_REPORTED_LINE_ERRORS = 50
+# custom_id is an identifier, not a payload; OpenAI's Batch API uses the same bound.
+MAX_CUSTOM_ID_CHARS = 512
+# Upstream error messages can be whole HTML pages; the database keeps their start.
+ERROR_MESSAGE_MAX_CHARS = 2000

@@ -1,0 +1,88 @@
+"""The async engine and sessions, creating the database if it is missing, and Alembic upgrades."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import orjson
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Connection
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+__all__ = ["alembic_config", "create_engine", "ensure_database", "session_factory", "upgrade"]
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+
+
+def _json_dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def _async_url(database_url: str) -> URL:
+    url = make_url(database_url)
+    if url.drivername in ("postgresql", "postgres", "postgresql+psycopg", "postgresql+psycopg2"):
+        url = url.set(drivername="postgresql+asyncpg")
+    return url
+
+
+def create_engine(database_url: str, pool_size: int = 10) -> AsyncEngine:
+    """An asyncpg engine that survives a database restart (pre-ping) and speaks JSON through orjson."""
+    return create_async_engine(
+        _async_url(database_url),
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
+        json_serializer=_json_dumps,
+        json_deserializer=orjson.loads,
+    )
+
+
+def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    """Sessions that keep loaded objects usable after commit."""
+    return async_sessionmaker(engine, expire_on_commit=False)
+
+
+async def ensure_database(database_url: str) -> bool:
+    """Create the database named in the URL if the server lacks it; True when it was created."""
+    url = _async_url(database_url)
+    name = url.database
+    if not name:
+        raise ValueError("DATABASE_URL names no database")
+    conn = await asyncpg.connect(
+        host=url.host, port=url.port, user=url.username, password=url.password, database="postgres"
+    )
+    try:
+        if await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
+            return False
+        quoted = '"' + name.replace('"', '""') + '"'
+        await conn.execute(f"CREATE DATABASE {quoted}")
+        return True
+    finally:
+        await conn.close()
+
+
+def alembic_config(database_url: str) -> Config:
+    """An Alembic config for the packaged migrations, pointed at the given database."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.set_main_option("sqlalchemy.url", _async_url(database_url).render_as_string(hide_password=False))
+    return config
+
+
+def _upgrade_on(connection: Connection, config: Config, revision: str) -> None:
+    config.attributes["connection"] = connection
+    command.upgrade(config, revision)
+
+
+async def upgrade(database_url: str, revision: str = "head") -> None:
+    """Apply migrations up to `revision` on the database."""
+    engine = create_engine(database_url, pool_size=1)
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(_upgrade_on, alembic_config(database_url), revision)
+    finally:
+        await engine.dispose()

@@ -1,0 +1,146 @@
+"""The feeder: keeps the arq queue topped up from Postgres, and is the recovery path for everything else."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+from arq.connections import ArqRedis
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from jobs.constants import REDIS_EPOCH_KEY, REQUEUE_AFTER_SECONDS
+from jobs.queue import enqueue_requests
+
+__all__ = ["FeedReport", "feed"]
+
+
+@dataclass(slots=True)
+class FeedReport:
+    """What one feeder tick did."""
+
+    enqueued: int = 0
+    expired_leases: int = 0
+    resumed_batches: int = 0
+    finalized_batches: int = 0
+    redis_reset: bool = False
+
+
+_EXPIRE_LEASES = text(
+    """
+    WITH expired AS (
+        UPDATE request SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL,
+               enqueued_at = NULL, next_attempt_at = now()
+        WHERE status = 'running' AND lease_expires_at < now()
+        RETURNING id, attempts
+    )
+    UPDATE attempt a SET outcome = 'abandoned', finished_at = now(),
+           error_message = 'the worker running this call stopped before recording it'
+    FROM expired e WHERE a.request_id = e.id AND a.number = e.attempts AND a.outcome = 'in_flight'
+    RETURNING a.request_id
+    """
+)
+
+# A parked batch whose wait is over runs again; its requests' queue marks are dropped so they are re-fed.
+_RESUME_BATCHES = text(
+    """
+    WITH resumed AS (
+        UPDATE batch SET status = 'in_progress', pause_reason = NULL, pause_message = NULL, resume_at = NULL
+        WHERE status = 'paused' AND resume_at IS NOT NULL AND resume_at <= now()
+        RETURNING id
+    ), cleared AS (
+        UPDATE request r SET enqueued_at = NULL FROM resumed
+        WHERE r.batch_id = resumed.id AND r.status = 'pending' AND r.enqueued_at IS NOT NULL
+    )
+    SELECT count(*) FROM resumed
+    """
+)
+
+_FORGET_QUEUED = text(
+    "UPDATE request SET enqueued_at = NULL WHERE status = 'pending' AND enqueued_at IS NOT NULL"
+)
+
+_REQUEUE_STALE = text(
+    "UPDATE request SET enqueued_at = NULL WHERE status = 'pending' AND enqueued_at IS NOT NULL"
+    " AND enqueued_at < now() - make_interval(secs => :after)"
+)
+
+_ACTIVE_BATCHES = text(
+    """
+    SELECT b.id,
+           (SELECT count(*) FROM request r WHERE r.batch_id = b.id AND r.status = 'running')
+         + (SELECT count(*) FROM request r
+            WHERE r.batch_id = b.id AND r.status = 'pending' AND r.enqueued_at IS NOT NULL) AS in_queue
+    FROM batch b WHERE b.status = 'in_progress' AND (CAST(:batch_id AS text) IS NULL OR b.id = :batch_id)
+    ORDER BY b.created_at
+    """
+)
+
+_DUE = text(
+    """
+    SELECT id, attempts FROM request
+    WHERE batch_id = :batch_id AND status = 'pending' AND enqueued_at IS NULL AND next_attempt_at <= now()
+    ORDER BY id LIMIT :room
+    """
+)
+
+# Marks only the requests still as they were read: one taken or retried since has a new job id.
+_MARK_ENQUEUED = text(
+    """
+    UPDATE request r SET enqueued_at = now()
+    FROM unnest(CAST(:ids AS bigint[]), CAST(:attempts AS integer[])) AS q(id, attempts)
+    WHERE r.id = q.id AND r.attempts = q.attempts AND r.status = 'pending' AND r.enqueued_at IS NULL
+    """
+)
+
+_FINALIZE = text(
+    """
+    UPDATE batch b SET status = CASE WHEN b.status = 'cancelling' THEN 'cancelled' ELSE 'completed' END,
+           finished_at = now()
+    WHERE b.status IN ('in_progress', 'cancelling')
+      AND NOT EXISTS (SELECT 1 FROM request r WHERE r.batch_id = b.id AND r.status IN ('pending', 'running'))
+    RETURNING b.id
+    """
+)
+
+
+async def _check_redis_epoch(engine: AsyncEngine, redis: ArqRedis) -> bool:
+    """True when Redis lost its data; every queue mark in Postgres is then dropped so the work is re-fed."""
+    if await redis.get(REDIS_EPOCH_KEY) is not None:
+        return False
+    async with engine.begin() as conn:
+        await conn.execute(_FORGET_QUEUED)
+    await redis.set(REDIS_EPOCH_KEY, uuid.uuid4().hex)
+    return True
+
+
+async def feed(
+    engine: AsyncEngine, redis: ArqRedis, queue_name: str, window: int, batch_id: str | None = None
+) -> FeedReport:
+    """One tick: recover lost work, resume parked batches, queue due requests, finalize finished batches."""
+    report = FeedReport()
+    report.redis_reset = await _check_redis_epoch(engine, redis)
+    async with engine.begin() as conn:
+        report.expired_leases = len((await conn.execute(_EXPIRE_LEASES)).all())
+        report.resumed_batches = int((await conn.execute(_RESUME_BATCHES)).scalar_one())
+        await conn.execute(_REQUEUE_STALE, {"after": REQUEUE_AFTER_SECONDS})
+        batches = (await conn.execute(_ACTIVE_BATCHES, {"batch_id": batch_id})).all()
+    for bid, in_queue in batches:
+        room = window - int(in_queue)
+        if room <= 0:
+            continue
+        async with engine.connect() as conn:
+            due = [
+                (int(r.id), int(r.attempts))
+                for r in await conn.execute(_DUE, {"batch_id": bid, "room": room})
+            ]
+        if not due:
+            continue
+        # Redis first, then the mark: a crash in between leaves a job queued twice (a no-op), never a
+        # request marked queued that is not.
+        report.enqueued += await enqueue_requests(redis, queue_name, due)
+        async with engine.begin() as conn:
+            await conn.execute(_MARK_ENQUEUED, {"ids": [d[0] for d in due], "attempts": [d[1] for d in due]})
+    async with engine.begin() as conn:
+        report.finalized_batches = len((await conn.execute(_FINALIZE)).all())
+    return report

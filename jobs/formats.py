@@ -1,0 +1,272 @@
+"""Input lines (OpenAI Batch API lines or bare chat bodies) in, OpenAI Batch output lines out."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import IO, Any
+
+import orjson
+
+from jobs.constants import MAX_CUSTOM_ID_CHARS
+
+__all__ = [
+    "BATCH_URL",
+    "LineError",
+    "ParsedLine",
+    "derived_custom_id",
+    "error_line",
+    "iter_raw_lines",
+    "output_line",
+    "parse_line",
+    "parse_models",
+]
+
+BATCH_URL = "/v1/chat/completions"
+_ROLES = ("system", "user", "assistant", "tool", "developer")
+_ENVELOPE_KEYS = {"custom_id", "method", "url", "body"}
+_BOM = b"\xef\xbb\xbf"
+
+# Types of the chat parameters users set most, so that `"temperature": "0.2"` is caught at submit
+# time instead of costing an upstream 400 per line. None is allowed where the spec allows null.
+_NUMBER = (int, float)
+_PARAM_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "temperature": (_NUMBER, "a number"),
+    "top_p": (_NUMBER, "a number"),
+    "top_k": ((int,), "an integer"),
+    "min_p": (_NUMBER, "a number"),
+    "top_a": (_NUMBER, "a number"),
+    "presence_penalty": (_NUMBER, "a number"),
+    "frequency_penalty": (_NUMBER, "a number"),
+    "repetition_penalty": (_NUMBER, "a number"),
+    "max_tokens": ((int,), "an integer"),
+    "max_completion_tokens": ((int,), "an integer"),
+    "seed": ((int,), "an integer"),
+    "n": ((int,), "an integer"),
+    "logprobs": ((bool,), "true or false"),
+    "top_logprobs": ((int,), "an integer"),
+    "stop": ((str, list), "a string or a list of strings"),
+    "response_format": ((dict,), "an object"),
+    "tools": ((list,), "a list"),
+    "tool_choice": ((str, dict), "a string or an object"),
+    "provider": ((dict,), "an object"),
+    "reasoning": ((dict,), "an object"),
+    "metadata": ((dict,), "an object"),
+    "user": ((str,), "a string"),
+}
+
+
+class LineError(ValueError):
+    """A line that cannot become a request: where it is and what is wrong with it."""
+
+    def __init__(self, line_no: int, message: str) -> None:
+        super().__init__(f"LINE {line_no}: {message}")
+        self.line_no = line_no
+        self.message = message
+
+
+@dataclass(slots=True, frozen=True)
+class ParsedLine:
+    """A valid line: its id, the body to send (without model fields) and its own model chain, if any."""
+
+    line_no: int
+    custom_id: str
+    body: dict[str, Any]
+    models: list[str] | None
+
+
+def derived_custom_id(line_no: int) -> str:
+    """The custom_id of a line that gives none."""
+    return f"line-{line_no}"
+
+
+def iter_raw_lines(stream: IO[bytes], max_line_bytes: int) -> Iterator[tuple[int, bytes | None]]:
+    """Yield (line number, bytes without the line ending); bytes is None for a line over the limit."""
+    line_no = 0
+    while True:
+        chunk = stream.readline(max_line_bytes + 1)
+        if not chunk:
+            return
+        line_no += 1
+        if line_no == 1 and chunk.startswith(_BOM):
+            chunk = chunk[len(_BOM) :]
+        if len(chunk) > max_line_bytes and not chunk.endswith(b"\n"):
+            # Drain the rest of the long line without holding it.
+            while chunk and not chunk.endswith(b"\n"):
+                chunk = stream.readline(1 << 20)
+            yield line_no, None
+            continue
+        yield line_no, chunk.rstrip(b"\r\n")
+
+
+def _type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    return "an object"
+
+
+def parse_models(value: Any, field: str) -> list[str]:
+    """A model chain from a JSON value, or a ValueError naming the field."""
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value:
+        raise ValueError(f'"{field}" must be a non-empty list of model ids, got {_type_name(value)}')
+    models: list[str] = []
+    for i, item in enumerate(value):
+        if not isinstance(item, str) or not item.strip():
+            raise ValueError(f'"{field}"[{i}] must be a model id string, got {_type_name(item)}')
+        if item.strip() not in models:
+            models.append(item.strip())
+    return models
+
+
+def _check_messages(messages: Any) -> None:
+    if not isinstance(messages, list):
+        raise ValueError(f'"messages" must be a list, got {_type_name(messages)}')
+    if not messages:
+        raise ValueError('"messages" is empty: give at least one message')
+    for i, message in enumerate(messages):
+        where = f"messages[{i}]"
+        if not isinstance(message, dict):
+            raise ValueError(f"{where} must be an object, got {_type_name(message)}")
+        role = message.get("role")
+        if role not in _ROLES:
+            shown = orjson.dumps(role).decode() if role is not None else "missing"
+            raise ValueError(f"{where}.role must be one of {', '.join(_ROLES)}; got {shown}")
+        content = message.get("content")
+        if content is None:
+            if role == "assistant" and message.get("tool_calls"):
+                continue
+            raise ValueError(f"{where}.content is missing")
+        if not isinstance(content, str | list):
+            raise ValueError(
+                f"{where}.content must be a string or a list of parts, got {_type_name(content)}"
+            )
+        if isinstance(content, list):
+            for j, part in enumerate(content):
+                if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+                    raise ValueError(f'{where}.content[{j}] must be an object with a "type"')
+
+
+def _check_body(body: dict[str, Any]) -> None:
+    if "messages" not in body:
+        raise ValueError('no "messages": a chat request needs a list of messages')
+    _check_messages(body["messages"])
+    if body.get("stream"):
+        raise ValueError('"stream": true is not supported in a batch; remove it')
+    for key, (types, wanted) in _PARAM_TYPES.items():
+        value = body.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) and bool not in types:
+            raise ValueError(f'"{key}" must be {wanted}, got a boolean')
+        if not isinstance(value, types):
+            raise ValueError(f'"{key}" must be {wanted}, got {_type_name(value)}')
+
+
+def _custom_id(value: Any, line_no: int) -> str:
+    if value is None:
+        return derived_custom_id(line_no)
+    if not isinstance(value, str):
+        raise ValueError(f'"custom_id" must be a string, got {_type_name(value)}')
+    if not value:
+        raise ValueError('"custom_id" is empty')
+    if len(value) > MAX_CUSTOM_ID_CHARS:
+        raise ValueError(f'"custom_id" is {len(value)} characters long; the limit is {MAX_CUSTOM_ID_CHARS}')
+    return value
+
+
+def _decode(raw: bytes, line_no: int) -> Any:
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as bad:
+            raise LineError(
+                line_no, f"not valid UTF-8 (byte 0x{raw[bad.start]:02x} at column {bad.start + 1})"
+            ) from None
+        raise LineError(line_no, f"not valid JSON: {exc}") from None
+
+
+def parse_line(raw: bytes, line_no: int) -> ParsedLine | None:
+    """Parse one line; None for a blank line, LineError for a bad one."""
+    if not raw.strip():
+        return None
+    obj = _decode(raw, line_no)
+    if not isinstance(obj, dict):
+        raise LineError(line_no, f"each line must be a JSON object, got {_type_name(obj)}")
+    # Postgres refuses NUL inside JSON text; say so here rather than fail the whole COPY.
+    if b"\\u0000" in raw:
+        raise LineError(line_no, "contains the NUL character (\\u0000), which cannot be stored; remove it")
+    try:
+        if "body" in obj or "url" in obj or "method" in obj:
+            unknown = sorted(set(obj) - _ENVELOPE_KEYS)
+            if unknown:
+                raise ValueError(
+                    f"unexpected field {unknown[0]!r} in a Batch API line (allowed: {sorted(_ENVELOPE_KEYS)})"
+                )
+            method = obj.get("method", "POST")
+            if method != "POST":
+                raise ValueError(f'"method" must be "POST", got {orjson.dumps(method).decode()}')
+            url = obj.get("url")
+            if url != BATCH_URL:
+                raise ValueError(f'"url" must be "{BATCH_URL}", got {orjson.dumps(url).decode()}')
+            body = obj.get("body")
+            if not isinstance(body, dict):
+                raise ValueError(f'"body" must be an object, got {_type_name(body)}')
+            custom_id = _custom_id(obj.get("custom_id"), line_no)
+            body = dict(body)
+        else:
+            custom_id = _custom_id(obj.get("custom_id"), line_no)
+            body = {k: v for k, v in obj.items() if k != "custom_id"}
+        _check_body(body)
+        model = body.pop("model", None)
+        chain = body.pop("models", None)
+        models: list[str] | None = None
+        if chain is not None:
+            models = parse_models(chain, "models")
+        if model is not None:
+            first = parse_models(model, "model")[0]
+            models = [first, *[m for m in (models or []) if m != first]]
+    except ValueError as exc:
+        raise LineError(line_no, str(exc)) from None
+    return ParsedLine(line_no=line_no, custom_id=custom_id, body=body, models=models)
+
+
+def output_line(
+    custom_id: str, request_id: int, generation_id: str | None, status_code: int, body: Any
+) -> dict[str, Any]:
+    """An OpenAI Batch output line for a completed request."""
+    return {
+        "id": f"batch_req_{request_id}",
+        "custom_id": custom_id,
+        "response": {"status_code": status_code, "request_id": generation_id, "body": body},
+        "error": None,
+    }
+
+
+def error_line(
+    custom_id: str,
+    request_id: int,
+    code: str,
+    message: str,
+    status_code: int | None = None,
+    body: Any = None,
+) -> dict[str, Any]:
+    """An OpenAI Batch error-file line for a request that did not complete."""
+    response = None if status_code is None else {"status_code": status_code, "request_id": None, "body": body}
+    return {
+        "id": f"batch_req_{request_id}",
+        "custom_id": custom_id,
+        "response": response,
+        "error": {"code": code, "message": message},
+    }

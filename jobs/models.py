@@ -1,0 +1,224 @@
+"""The database model: batches, their requests, every upstream attempt and every result."""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    Numeric,
+    Text,
+    UniqueConstraint,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+__all__ = [
+    "ACTIVE_BATCH_STATUSES",
+    "TERMINAL_BATCH_STATUSES",
+    "Attempt",
+    "Base",
+    "Batch",
+    "BatchStatus",
+    "Outcome",
+    "PauseReason",
+    "Request",
+    "RequestStatus",
+    "Result",
+]
+
+
+class BatchStatus(enum.StrEnum):
+    """A batch's lifecycle; the words are OpenAI Batch API's where they mean the same, plus `paused`."""
+
+    VALIDATING = "validating"
+    IN_PROGRESS = "in_progress"
+    PAUSED = "paused"
+    FINALIZING = "finalizing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLING = "cancelling"
+    CANCELLED = "cancelled"
+
+
+ACTIVE_BATCH_STATUSES = (BatchStatus.IN_PROGRESS,)
+TERMINAL_BATCH_STATUSES = (BatchStatus.COMPLETED, BatchStatus.FAILED, BatchStatus.CANCELLED)
+
+
+class PauseReason(enum.StrEnum):
+    """Why a paused batch waits: a spent quota, its budget, the account's credits or a rejected key."""
+
+    QUOTA = "quota"
+    BUDGET = "budget"
+    CREDITS = "credits"
+    AUTH = "auth"
+
+
+class RequestStatus(enum.StrEnum):
+    """A request is pending (due at next_attempt_at), running under a lease, or finished."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class Outcome(enum.StrEnum):
+    """What an attempt came to; the failure classes are the retry policy's (see docs/errors.md)."""
+
+    IN_FLIGHT = "in_flight"
+    SUCCESS = "success"
+    RETRY = "retry"
+    FALLBACK = "fallback"
+    PARK = "park"
+    FAIL = "fail"
+    ABANDONED = "abandoned"
+
+
+def _check_in(column: str, values: type[enum.StrEnum]) -> CheckConstraint:
+    allowed = ", ".join(f"'{v.value}'" for v in values)
+    return CheckConstraint(f"{column} IN ({allowed})", name=f"{column}_known")
+
+
+class Base(DeclarativeBase):
+    """Declarative base of orbatch's tables."""
+
+
+class Batch(Base):
+    """One submitted file and the options it was submitted with."""
+
+    __tablename__ = "batch"
+    __table_args__ = (
+        _check_in("status", BatchStatus),
+        CheckConstraint(
+            "pause_reason IS NULL OR pause_reason IN ('quota', 'budget', 'credits', 'auth')",
+            name="pause_reason_known",
+        ),
+        Index("batch_source_sha256_idx", "source_sha256"),
+        Index("batch_active_idx", "status", postgresql_where=text("status IN ('in_progress', 'cancelling')")),
+    )
+
+    id: Mapped[str] = mapped_column(Text, primary_key=True)
+    name: Mapped[str | None] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(Text, server_default=BatchStatus.VALIDATING.value)
+    pause_reason: Mapped[str | None] = mapped_column(Text)
+    pause_message: Mapped[str | None] = mapped_column(Text)
+    resume_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    models: Mapped[list[str]] = mapped_column(ARRAY(Text), server_default=text("'{}'"))
+    max_attempts: Mapped[int] = mapped_column(Integer)
+    options: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
+    source_name: Mapped[str | None] = mapped_column(Text)
+    source_sha256: Mapped[str | None] = mapped_column(Text)
+    total: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    invalid_lines: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Request(Base):
+    """One input line: its body, its model chain and where it stands."""
+
+    __tablename__ = "request"
+    __table_args__ = (
+        UniqueConstraint("batch_id", "custom_id", name="request_batch_custom_id_key"),
+        _check_in("status", RequestStatus),
+        # The feeder's scan: work of one batch not yet queued, in line order.
+        Index(
+            "request_unqueued_idx",
+            "batch_id",
+            "id",
+            postgresql_where=text("status = 'pending' AND enqueued_at IS NULL"),
+        ),
+        # What a batch has in the queue now, bounded by the feed window.
+        Index(
+            "request_queued_idx",
+            "batch_id",
+            postgresql_where=text("status = 'pending' AND enqueued_at IS NOT NULL"),
+        ),
+        # Leases that may have expired.
+        Index("request_running_idx", "lease_expires_at", postgresql_where=text("status = 'running'")),
+        Index("request_batch_status_idx", "batch_id", "status"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    batch_id: Mapped[str] = mapped_column(Text, ForeignKey("batch.id", ondelete="CASCADE"))
+    custom_id: Mapped[str] = mapped_column(Text)
+    line_no: Mapped[int] = mapped_column(Integer)
+    body: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    # NULL means the batch's chain; most lines have no chain of their own and a million copies would waste space.
+    models: Mapped[list[str] | None] = mapped_column(ARRAY(Text))
+    status: Mapped[str] = mapped_column(Text, server_default=RequestStatus.PENDING.value)
+    # Every upstream call made, numbering the attempt rows.
+    attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    # Calls that count against the batch's max_attempts (waits for quota, credits or a key do not).
+    failures: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    # Index into the chain of the first model the next call sends.
+    chain_pos: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    enqueued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    lease_owner: Mapped[str | None] = mapped_column(Text)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Attempt(Base):
+    """The usage record: one row per upstream call, written as it starts and completed when it ends."""
+
+    __tablename__ = "attempt"
+    __table_args__ = (
+        UniqueConstraint("request_id", "number", name="attempt_request_number_key"),
+        _check_in("outcome", Outcome),
+        Index("attempt_batch_idx", "batch_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    request_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("request.id", ondelete="CASCADE"))
+    batch_id: Mapped[str] = mapped_column(Text, ForeignKey("batch.id", ondelete="CASCADE"))
+    number: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    latency_ms: Mapped[int | None] = mapped_column(Integer)
+    http_status: Mapped[int | None] = mapped_column(Integer)
+    outcome: Mapped[str] = mapped_column(Text, server_default=Outcome.IN_FLIGHT.value)
+    models_sent: Mapped[list[str]] = mapped_column(ARRAY(Text))
+    model: Mapped[str | None] = mapped_column(Text)
+    provider: Mapped[str | None] = mapped_column(Text)
+    generation_id: Mapped[str | None] = mapped_column(Text)
+    prompt_tokens: Mapped[int | None] = mapped_column(Integer)
+    completion_tokens: Mapped[int | None] = mapped_column(Integer)
+    reasoning_tokens: Mapped[int | None] = mapped_column(Integer)
+    cached_tokens: Mapped[int | None] = mapped_column(Integer)
+    cost: Mapped[Decimal | None] = mapped_column(Numeric)
+    cost_estimated: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    error_code: Mapped[str | None] = mapped_column(Text)
+    error_message: Mapped[str | None] = mapped_column(Text)
+
+
+class Result(Base):
+    """The stored answer of a completed request, written in the transaction that completes it."""
+
+    __tablename__ = "result"
+
+    request_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("request.id", ondelete="CASCADE"), primary_key=True
+    )
+    attempt_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("attempt.id", ondelete="CASCADE"))
+    body: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    content: Mapped[str | None] = mapped_column(Text)
+    finish_reason: Mapped[str | None] = mapped_column(Text)
+    model: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())

@@ -1,0 +1,99 @@
+"""The arq queue as orbatch uses it: resilient Redis settings, JSON jobs carrying ids, pipelined enqueue."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+from arq.connections import ArqRedis, RedisSettings, create_pool
+from arq.constants import job_key_prefix, result_key_prefix
+from arq.jobs import serialize_job
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from jobs.constants import JOB_ID_PREFIX, RUN_REQUEST_FUNCTION
+
+__all__ = ["connect", "enqueue_requests", "job_dumps", "job_id", "job_loads", "redis_settings"]
+
+# One day past its scheduled time, as arq does by default: jobs carry no state, so an expired one
+# is simply queued again by the feeder.
+_JOB_EXPIRES_MS = 86_400_000
+
+# Enqueue exactly as arq's enqueue_job does (skip if the job or its result exists, then store the job
+# and add it to the queue), but atomically per job and for many jobs in one round trip.
+_ENQUEUE_LUA = """
+if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then return 0 end
+redis.call('PSETEX', KEYS[1], ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4])
+return 1
+"""
+
+
+def job_dumps(value: Any) -> bytes:
+    """arq job serializer: JSON, never pickle."""
+    return orjson.dumps(value)
+
+
+def job_loads(raw: bytes) -> Any:
+    """arq job deserializer."""
+    return orjson.loads(raw)
+
+
+def redis_settings(redis_url: str) -> RedisSettings:
+    """arq settings that ride out a Redis blip instead of killing the worker."""
+    settings = RedisSettings.from_dsn(redis_url)
+    settings.conn_timeout = 5
+    settings.conn_retries = 30
+    settings.conn_retry_delay = 1
+    settings.retry_on_timeout = True
+    settings.retry_on_error = [
+        RedisConnectionError,
+        RedisTimeoutError,
+        ConnectionError,
+        TimeoutError,
+        OSError,
+    ]
+    settings.retry = Retry(ExponentialBackoff(cap=5.0, base=0.1), retries=20)
+    return settings
+
+
+async def connect(redis_url: str, queue_name: str) -> ArqRedis:
+    """An arq Redis pool with orbatch's serializer and queue."""
+    return await create_pool(
+        redis_settings(redis_url),
+        job_serializer=job_dumps,
+        job_deserializer=job_loads,
+        default_queue_name=queue_name,
+    )
+
+
+def job_id(request_id: int, attempts: int) -> str:
+    """The deterministic job id of a request's next attempt."""
+    return f"{JOB_ID_PREFIX}{request_id}.{attempts}"
+
+
+async def enqueue_requests(redis: ArqRedis, queue_name: str, requests: Sequence[tuple[int, int]]) -> int:
+    """Queue `run_request` for each (request id, attempts) pair; returns how many were new."""
+    if not requests:
+        return 0
+    script = redis.register_script(_ENQUEUE_LUA)
+    now_ms = int(time.time() * 1000)
+    added = 0
+    async with redis.pipeline(transaction=False) as pipe:
+        for request_id, attempts in requests:
+            jid = job_id(request_id, attempts)
+            payload = serialize_job(
+                RUN_REQUEST_FUNCTION, (request_id, attempts), {}, None, now_ms, serializer=job_dumps
+            )
+            await script(
+                keys=[job_key_prefix + jid, result_key_prefix + jid, queue_name],
+                args=[_JOB_EXPIRES_MS, payload, now_ms, jid],
+                client=pipe,
+            )
+        for created in await pipe.execute():
+            added += int(created)
+    return added

@@ -1,0 +1,193 @@
+"""Submission: stream a JSONL file into a new batch, all or nothing, in constant memory."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+from sqlalchemy import insert, text, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from jobs.constants import MAX_REPORTED_LINE_ERRORS, STAGING_COPY_CHUNK
+from jobs.formats import LineError, iter_raw_lines, parse_line
+from jobs.models import Batch, BatchStatus
+
+__all__ = ["SubmitError", "SubmitOptions", "SubmitReport", "file_sha256", "new_batch_id", "submit_file"]
+
+ProgressFn = Callable[[int], None]
+
+
+@dataclass(slots=True, frozen=True)
+class SubmitOptions:
+    """What the user chose at submit time."""
+
+    models: list[str] = field(default_factory=list)
+    name: str | None = None
+    max_attempts: int = 5
+    skip_invalid: bool = False
+    max_line_bytes: int = 16 * 1024 * 1024
+
+
+@dataclass(slots=True)
+class SubmitReport:
+    """The batch created and the lines left out of it."""
+
+    batch_id: str
+    total: int
+    invalid: int
+    errors: list[LineError]
+
+
+class SubmitError(Exception):
+    """A file that was not queued: the first bad lines and how many there were."""
+
+    def __init__(self, path: str, errors: list[LineError], invalid: int, reason: str | None = None) -> None:
+        self.path = path
+        self.errors = errors
+        self.invalid = invalid
+        self.reason = reason or (
+            f"{path}: {invalid} bad line{'s' if invalid != 1 else ''}; nothing was queued "
+            "(fix them, or pass --skip-invalid to queue the good lines)"
+        )
+        super().__init__(self.reason + "".join(f"\n  {e}" for e in errors))
+
+
+class _LineErrors:
+    """Counts every bad line and keeps the first few."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.kept: list[LineError] = []
+
+    def add(self, error: LineError) -> None:
+        self.count += 1
+        if len(self.kept) < MAX_REPORTED_LINE_ERRORS:
+            self.kept.append(error)
+
+
+def new_batch_id() -> str:
+    """A fresh batch id in OpenAI's style."""
+    return f"batch_{secrets.token_hex(8)}"
+
+
+def file_sha256(path: Path) -> str:
+    """The file's sha256, read in blocks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _records(
+    path: Path, options: SubmitOptions, errors: _LineErrors, progress: ProgressFn | None
+) -> Iterator[list[tuple[int, str, str, list[str] | None]]]:
+    """Chunks of staging rows (line, custom_id, body JSON, models) from the file, bad lines into `errors`."""
+    chunk: list[tuple[int, str, str, list[str] | None]] = []
+    with path.open("rb") as stream:
+        for line_no, raw in iter_raw_lines(stream, options.max_line_bytes):
+            if raw is None:
+                errors.add(
+                    LineError(line_no, f"longer than the {options.max_line_bytes} byte limit for one line")
+                )
+                continue
+            try:
+                parsed = parse_line(raw, line_no)
+                if parsed is None:
+                    continue
+                if parsed.models is None and not options.models:
+                    raise LineError(line_no, 'no model: pass --models or give the line a "model" or "models"')
+            except LineError as exc:
+                errors.add(exc)
+                continue
+            chunk.append((line_no, parsed.custom_id, orjson.dumps(parsed.body).decode(), parsed.models))
+            if len(chunk) >= STAGING_COPY_CHUNK:
+                yield chunk
+                chunk = []
+                if progress is not None:
+                    progress(stream.tell())
+        if progress is not None:
+            progress(stream.tell())
+    if chunk:
+        yield chunk
+
+
+async def _duplicates(conn: AsyncConnection, errors: _LineErrors) -> None:
+    rows = await conn.stream(
+        text(
+            "SELECT line_no, custom_id, first FROM ("
+            " SELECT line_no, custom_id, min(line_no) OVER (PARTITION BY custom_id) AS first FROM orbatch_staging"
+            ") s WHERE line_no <> first ORDER BY line_no"
+        ).execution_options(yield_per=1000)
+    )
+    async for line_no, custom_id, first in rows:
+        errors.add(
+            LineError(
+                line_no, f"duplicate custom_id {orjson.dumps(custom_id).decode()} (first on line {first})"
+            )
+        )
+
+
+async def submit_file(
+    engine: AsyncEngine, path: Path, options: SubmitOptions, progress: ProgressFn | None = None
+) -> SubmitReport:
+    """Create a batch from the file in one transaction; raises SubmitError and stores nothing on bad lines."""
+    sha256 = file_sha256(path)
+    batch_id = new_batch_id()
+    errors = _LineErrors()
+    async with engine.begin() as conn:
+        await conn.execute(
+            insert(Batch).values(
+                id=batch_id,
+                name=options.name,
+                status=BatchStatus.VALIDATING,
+                models=options.models,
+                max_attempts=options.max_attempts,
+                options={"models": options.models, "max_attempts": options.max_attempts},
+                source_name=path.name,
+                source_sha256=sha256,
+            )
+        )
+        await conn.execute(
+            text(
+                "CREATE TEMP TABLE orbatch_staging (line_no integer, custom_id text, body jsonb, models text[])"
+                " ON COMMIT DROP"
+            )
+        )
+        raw_conn: Any = (await conn.get_raw_connection()).driver_connection
+        for chunk in _records(path, options, errors, progress):
+            await raw_conn.copy_records_to_table(
+                "orbatch_staging", records=chunk, columns=["line_no", "custom_id", "body", "models"]
+            )
+        await _duplicates(conn, errors)
+        errors.kept.sort(key=lambda e: e.line_no)
+        if errors.count and not options.skip_invalid:
+            raise SubmitError(str(path), errors.kept, errors.count)
+        inserted = await conn.execute(
+            text(
+                "INSERT INTO request (batch_id, custom_id, line_no, body, models)"
+                " SELECT :batch_id, custom_id, line_no, body, models FROM orbatch_staging ORDER BY line_no"
+                " ON CONFLICT (batch_id, custom_id) DO NOTHING"
+            ),
+            {"batch_id": batch_id},
+        )
+        total = inserted.rowcount
+        if total == 0:
+            reason = f"{path}: no requests in the file" + (" (every line was bad)" if errors.count else "")
+            raise SubmitError(str(path), errors.kept, errors.count, reason=reason)
+        await conn.execute(
+            update(Batch)
+            .where(Batch.id == batch_id)
+            .values(
+                status=BatchStatus.IN_PROGRESS,
+                total=total,
+                invalid_lines=errors.count,
+                started_at=text("now()"),
+            )
+        )
+    return SubmitReport(batch_id=batch_id, total=total, invalid=errors.count, errors=errors.kept)

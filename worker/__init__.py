@@ -1,0 +1,3 @@
+"""orbatch's executing side: the arq worker, the OpenRouter client, the throttle and the task."""
+
+__all__: list[str] = []

@@ -1,0 +1,302 @@
+"""Turn one upstream answer into a success or a failure class: retry later, fall back, park or fail now.
+
+The table, also in docs/errors.md:
+
+| what came back                                   | class     | why                                            |
+|--------------------------------------------------|-----------|------------------------------------------------|
+| HTTP 200 with choices and no error               | success   |                                                |
+| HTTP 200, `choices[0].error` / finish "error"    | retry     | the provider failed mid-answer; try again      |
+| HTTP 200, top-level `error`, no `choices`        | by its code, as the HTTP status of the same number |
+| body that is not JSON (any status)               | retry     | a proxy or a cut connection, not an answer     |
+| connection refused / reset, read timeout         | retry     | transient                                      |
+| 400 (bad request, unknown model)                 | fail      | sending it again gives the same answer         |
+| 401                                              | park auth | the key is wrong: stop the batch, no storm     |
+| 402 with Retry-After / in-flight budget          | retry     | OpenRouter's spending budget frees up shortly  |
+| 402 otherwise                                    | park credits | no credits: nothing works until a top-up    |
+| 403 key limit                                    | park credits | the key's own limit is spent                |
+| 403 otherwise (moderation)                       | fail      | the input was flagged                          |
+| 404 (no endpoint for these models)               | fall back | move on to the next models of the chain        |
+| 408, 500, 504 and other 5xx                      | retry     | transient                                      |
+| 429 `free-models-per-day`                        | park quota | until the reset it names, else 00:00 UTC      |
+| 429 otherwise                                    | retry     | not before the reset it names                  |
+| 502, 503 (provider down)                         | fall back | every model of this window failed              |
+| other 4xx                                        | fail      |                                                |
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import httpx
+import orjson
+
+from jobs.constants import ERROR_MESSAGE_MAX_CHARS
+from jobs.models import Outcome, PauseReason
+from worker.openrouter import CallResult
+
+__all__ = ["Failure", "Success", "Usage", "classify", "next_utc_midnight"]
+
+
+@dataclass(slots=True)
+class Usage:
+    """Tokens and cost of one call, as OpenRouter reported them."""
+
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    reasoning_tokens: int | None = None
+    cached_tokens: int | None = None
+    cost: Decimal | None = None
+
+
+@dataclass(slots=True)
+class Success:
+    """A usable answer."""
+
+    status: int
+    raw: bytes
+    model: str | None
+    provider: str | None
+    generation_id: str | None
+    content: str | None
+    finish_reason: str | None
+    usage: Usage
+
+
+@dataclass(slots=True)
+class Failure:
+    """A call that produced no usable answer, and what to do about it."""
+
+    outcome: Outcome
+    code: str
+    message: str
+    status: int | None = None
+    retry_after: float | None = None
+    park_reason: PauseReason | None = None
+    resume_at: datetime | None = None
+    model: str | None = None
+    provider: str | None = None
+    generation_id: str | None = None
+    usage: Usage | None = None
+
+
+def next_utc_midnight(now: datetime | None = None) -> datetime:
+    """The next 00:00 UTC, when OpenRouter's daily free quota resets."""
+    now = now or datetime.now(UTC)
+    return (now + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _usage(body: dict[str, Any]) -> Usage:
+    usage = body.get("usage")
+    if not isinstance(usage, dict):
+        return Usage()
+    prompt_details = usage.get("prompt_tokens_details") or {}
+    completion_details = usage.get("completion_tokens_details") or {}
+    cost: Any = usage.get("cost")
+    # BYOK calls bill the provider's price to the user's own account; OpenRouter's `cost` is then only
+    # its fee, and the upstream cost is what the user pays. It is never added on top otherwise.
+    if usage.get("is_byok") is True:
+        upstream = (usage.get("cost_details") or {}).get("upstream_inference_cost")
+        if isinstance(upstream, int | float):
+            cost = upstream
+    amount: Decimal | None = None
+    if isinstance(cost, int | float) and not isinstance(cost, bool):
+        try:
+            amount = Decimal(repr(cost))
+        except InvalidOperation:
+            amount = None
+    return Usage(
+        prompt_tokens=_int(usage.get("prompt_tokens")),
+        completion_tokens=_int(usage.get("completion_tokens")),
+        reasoning_tokens=_int(
+            completion_details.get("reasoning_tokens") if isinstance(completion_details, dict) else None
+        ),
+        cached_tokens=_int(prompt_details.get("cached_tokens") if isinstance(prompt_details, dict) else None),
+        cost=amount,
+    )
+
+
+def _message(error: Any, fallback: str) -> str:
+    if isinstance(error, dict):
+        message = error.get("message")
+        if isinstance(message, str) and message:
+            raw = (
+                (error.get("metadata") or {}).get("raw") if isinstance(error.get("metadata"), dict) else None
+            )
+            if isinstance(raw, str) and raw and raw not in message:
+                message = f"{message} ({raw})"
+            return message[:ERROR_MESSAGE_MAX_CHARS]
+    return fallback[:ERROR_MESSAGE_MAX_CHARS]
+
+
+def _code(error: Any, status: int | None) -> str:
+    code = error.get("code") if isinstance(error, dict) else None
+    if code is None:
+        return f"http_{status}" if status is not None else "error"
+    return str(code)
+
+
+def _rate_limit_reset(headers: httpx.Headers | None, error: Any) -> datetime | None:
+    """X-RateLimit-Reset (ms since the epoch) from the headers or from error.metadata.headers."""
+    values: list[Any] = []
+    if headers is not None:
+        values.append(headers.get("x-ratelimit-reset"))
+    if isinstance(error, dict) and isinstance(error.get("metadata"), dict):
+        inner = error["metadata"].get("headers")
+        if isinstance(inner, dict):
+            values.extend(v for k, v in inner.items() if k.lower() == "x-ratelimit-reset")
+    for value in values:
+        try:
+            ms = float(value)
+        except (TypeError, ValueError):
+            continue
+        return datetime.fromtimestamp(ms / 1000, UTC)
+    return None
+
+
+def _retry_after(headers: httpx.Headers | None) -> float | None:
+    if headers is None or "retry-after" not in headers:
+        return None
+    try:
+        return max(0.0, float(headers["retry-after"]))
+    except ValueError:
+        return None
+
+
+def _by_status(status: int, error: Any, headers: httpx.Headers | None, text: str) -> Failure:
+    code = _code(error, status)
+    message = _message(error, text or f"HTTP {status}")
+    if status == 400:
+        return Failure(Outcome.FAIL, code, message, status)
+    if status == 401:
+        return Failure(
+            Outcome.PARK,
+            code,
+            f"OpenRouter rejected the API key (401: {message}). Check OPENROUTER_API_KEY, then `orbatch resume`.",
+            status,
+            park_reason=PauseReason.AUTH,
+        )
+    if status == 402:
+        retry_after = _retry_after(headers)
+        if retry_after is not None or "in_flight" in code or "in-flight" in message.lower():
+            return Failure(Outcome.RETRY, code, message, status, retry_after=retry_after)
+        return Failure(
+            Outcome.PARK,
+            code,
+            f"OpenRouter reports insufficient credits (402: {message}). Add credits at "
+            "https://openrouter.ai/settings/credits, then run `orbatch resume BATCH`.",
+            status,
+            park_reason=PauseReason.CREDITS,
+        )
+    if status == 403:
+        if "limit" in message.lower():
+            return Failure(
+                Outcome.PARK,
+                code,
+                f"The API key's spending limit is reached (403: {message}). Raise it, then `orbatch resume BATCH`.",
+                status,
+                park_reason=PauseReason.CREDITS,
+            )
+        return Failure(Outcome.FAIL, code, message, status)
+    if status == 404:
+        return Failure(Outcome.FALLBACK, code, message, status)
+    if status == 429:
+        reset = _rate_limit_reset(headers, error)
+        if "per-day" in message:
+            return Failure(
+                Outcome.PARK,
+                code,
+                f"OpenRouter's daily free-model quota is spent ({message}).",
+                status,
+                park_reason=PauseReason.QUOTA,
+                resume_at=reset or next_utc_midnight(),
+            )
+        wait = None if reset is None else max(0.0, (reset - datetime.now(UTC)).total_seconds())
+        return Failure(Outcome.RETRY, code, message, status, retry_after=wait)
+    if status in (502, 503):
+        return Failure(Outcome.FALLBACK, code, message, status)
+    if status >= 500 or status == 408:
+        return Failure(Outcome.RETRY, code, message, status, retry_after=_retry_after(headers))
+    return Failure(Outcome.FAIL, code, message, status)
+
+
+def classify(call: CallResult) -> Success | Failure:
+    """The class of one call's result (see the table above)."""
+    if call.transport_error is not None:
+        kind = "timeout" if isinstance(call.transport_error, httpx.TimeoutException) else "connection_error"
+        detail = str(call.transport_error) or type(call.transport_error).__name__
+        return Failure(Outcome.RETRY, kind, f"{kind.replace('_', ' ')}: {detail}"[:ERROR_MESSAGE_MAX_CHARS])
+    assert call.status is not None
+    text = call.raw[:ERROR_MESSAGE_MAX_CHARS].decode("utf-8", "replace")
+    try:
+        body = orjson.loads(call.raw)
+    except orjson.JSONDecodeError:
+        if call.status >= 400 and call.status not in (408, 429) and call.status < 500:
+            return _by_status(call.status, None, call.headers, text)
+        return Failure(
+            Outcome.RETRY,
+            "invalid_json",
+            f"HTTP {call.status} with a body that is not JSON: {text[:200]}",
+            call.status,
+        )
+    if not isinstance(body, dict):
+        return Failure(
+            Outcome.RETRY,
+            "invalid_json",
+            f"HTTP {call.status} with a JSON body that is not an object",
+            call.status,
+        )
+    if call.status != 200:
+        return _by_status(call.status, body.get("error"), call.headers, text)
+    choices = body.get("choices")
+    model = body.get("model") if isinstance(body.get("model"), str) else None
+    provider = body.get("provider") if isinstance(body.get("provider"), str) else None
+    generation_id = body.get("id") if isinstance(body.get("id"), str) else None
+    usage = _usage(body)
+    if not isinstance(choices, list) or not choices:
+        error = body.get("error")
+        if error is None:
+            return Failure(
+                Outcome.RETRY, "no_choices", "HTTP 200 with no choices and no error", 200, usage=usage
+            )
+        code = error.get("code") if isinstance(error, dict) else None
+        as_status = int(code) if isinstance(code, int) or (isinstance(code, str) and code.isdigit()) else 500
+        failure = _by_status(as_status, error, call.headers, text)
+        failure.status = 200
+        failure.usage = usage
+        return failure
+    first = choices[0] if isinstance(choices[0], dict) else {}
+    finish_reason = first.get("finish_reason")
+    if first.get("error") is not None or finish_reason == "error":
+        error = first.get("error")
+        failure = Failure(
+            Outcome.RETRY,
+            _code(error, 200),
+            _message(error, "the provider returned an error inside HTTP 200"),
+            200,
+        )
+        failure.model, failure.provider, failure.generation_id, failure.usage = (
+            model,
+            provider,
+            generation_id,
+            usage,
+        )
+        return failure
+    message = first.get("message")
+    content = message.get("content") if isinstance(message, dict) else None
+    return Success(
+        status=200,
+        raw=call.raw,
+        model=model,
+        provider=provider,
+        generation_id=generation_id,
+        content=content if isinstance(content, str) else None,
+        finish_reason=finish_reason if isinstance(finish_reason, str) else None,
+        usage=usage,
+    )

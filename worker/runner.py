@@ -1,0 +1,203 @@
+"""The arq worker as orbatch runs it: shared clients built once, the feeder loop, and burst mode."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import uuid
+from typing import Any, cast
+
+from arq import func
+from arq.connections import ArqRedis
+from arq.typing import WorkerCoroutine
+from arq.worker import Worker
+
+from jobs.constants import (
+    BURST_CHECK_SECONDS,
+    FEEDER_LOCK_KEY,
+    RUN_REQUEST_FUNCTION,
+    TASK_TIMEOUT_MARGIN_SECONDS,
+)
+from jobs.db import create_engine
+from jobs.feeder import feed
+from jobs.logs import get_logger
+from jobs.queue import job_dumps, job_loads
+from jobs.queue import redis_settings as arq_redis_settings
+from jobs.settings import Settings, get_settings
+from worker import records
+from worker.openrouter import OpenRouterClient
+from worker.task import WorkerContext, run_request
+
+__all__ = ["WorkerSettings", "build_worker", "run_worker"]
+
+log = get_logger(__name__)
+
+_RELEASE_LOCK_LUA = (
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+)
+
+
+async def _feed_once(ctx: WorkerContext, redis: ArqRedis) -> None:
+    """Run one feeder tick unless another worker holds the feeder lock."""
+    settings = ctx.settings
+    lock_ms = max(2000, int(settings.feed_interval * 4000))
+    if not await redis.set(FEEDER_LOCK_KEY, ctx.owner, nx=True, px=lock_ms):
+        return
+    try:
+        report = await feed(ctx.engine, redis, settings.queue_name, settings.feed_window)
+        if report.redis_reset or report.expired_leases or report.resumed_batches or report.finalized_batches:
+            log.info(
+                "feeder",
+                enqueued=report.enqueued,
+                expired_leases=report.expired_leases,
+                resumed_batches=report.resumed_batches,
+                finalized_batches=report.finalized_batches,
+                redis_reset=report.redis_reset,
+            )
+    finally:
+        await redis.eval(_RELEASE_LOCK_LUA, 1, FEEDER_LOCK_KEY, ctx.owner)  # type: ignore[misc]
+
+
+async def _feeder_loop(ctx: WorkerContext, redis: ArqRedis) -> None:
+    while True:
+        try:
+            await _feed_once(ctx, redis)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the loop must outlive a Redis or Postgres outage
+            log.warning("feeder tick failed", error=str(exc))
+        await asyncio.sleep(ctx.settings.feed_interval)
+
+
+async def _startup(arq_ctx: dict[str, Any]) -> None:
+    settings: Settings = arq_ctx.get("settings") or get_settings()
+    concurrency: int = arq_ctx.get("concurrency") or settings.concurrency
+    engine = create_engine(settings.database_url, pool_size=concurrency + 2)
+    ctx = WorkerContext(
+        settings=settings,
+        engine=engine.execution_options(isolation_level="AUTOCOMMIT"),
+        client=OpenRouterClient(
+            settings.openrouter_base_url,
+            settings.api_key(),
+            timeout=settings.request_timeout,
+            connect_timeout=settings.connect_timeout,
+            max_connections=concurrency,
+            app_url=settings.app_url,
+            app_title=settings.app_title,
+        ),
+        owner=f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}",
+    )
+    arq_ctx["orbatch"] = ctx
+    arq_ctx["engine"] = engine
+    arq_ctx["feeder"] = asyncio.create_task(_feeder_loop(ctx, arq_ctx["redis"]))
+    log.info(
+        "worker started", owner=ctx.owner, concurrency=concurrency, base_url=settings.openrouter_base_url
+    )
+
+
+async def _shutdown(arq_ctx: dict[str, Any]) -> None:
+    feeder: asyncio.Task[None] | None = arq_ctx.get("feeder")
+    if feeder is not None:
+        feeder.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await feeder
+    ctx: WorkerContext | None = arq_ctx.get("orbatch")
+    if ctx is not None:
+        await ctx.client.aclose()
+    engine = arq_ctx.get("engine")
+    if engine is not None:
+        await engine.dispose()
+
+
+def _settings_kwargs(settings: Settings, concurrency: int) -> dict[str, Any]:
+    return {
+        "functions": [
+            func(
+                cast(WorkerCoroutine, run_request),
+                name=RUN_REQUEST_FUNCTION,
+                timeout=settings.request_timeout + TASK_TIMEOUT_MARGIN_SECONDS,
+                # Attempts are counted in Postgres; arq's own tries only guard against a poisoned job.
+                max_tries=1000,
+                keep_result=0,
+            )
+        ],
+        "on_startup": _startup,
+        "on_shutdown": _shutdown,
+        "redis_settings": arq_redis_settings(settings.redis_url),
+        "queue_name": settings.queue_name,
+        "max_jobs": concurrency,
+        "keep_result": 0,
+        "job_serializer": job_dumps,
+        "job_deserializer": job_loads,
+        "poll_delay": 0.1,
+        "ctx": {"settings": settings, "concurrency": concurrency},
+    }
+
+
+class WorkerSettings:
+    """For `arq worker.runner.WorkerSettings`; `orbatch worker` builds the same worker with its flags."""
+
+    functions = _settings_kwargs(get_settings(), get_settings().concurrency)["functions"]
+    on_startup = _startup
+    on_shutdown = _shutdown
+    queue_name = get_settings().queue_name
+    redis_settings = arq_redis_settings(get_settings().redis_url)
+    max_jobs = get_settings().concurrency
+    keep_result = 0
+    job_serializer = job_dumps
+    job_deserializer = job_loads
+    poll_delay = 0.1
+
+
+def build_worker(settings: Settings, concurrency: int | None = None) -> Worker:
+    """An arq Worker for orbatch's task."""
+    return Worker(**_settings_kwargs(settings, concurrency or settings.concurrency))
+
+
+async def _wait_until_idle(worker: Worker, ctx_holder: dict[str, Any]) -> None:
+    """Return once no request can run now and this worker has nothing in hand."""
+    settled = 0
+    while True:
+        await asyncio.sleep(BURST_CHECK_SECONDS)
+        ctx: WorkerContext | None = ctx_holder.get("orbatch")
+        if ctx is None:
+            continue
+        try:
+            idle = not worker.tasks and await records.nothing_left(ctx.engine)
+        except Exception as exc:  # a database blip must not end a burst run early
+            log.warning("burst check failed", error=str(exc))
+            idle = False
+        settled = settled + 1 if idle else 0
+        # Twice in a row: a request between its lease and its record is never seen as "nothing left".
+        if settled >= 2:
+            with contextlib.suppress(Exception):
+                await feed(ctx.engine, ctx_holder["redis"], ctx.settings.queue_name, ctx.settings.feed_window)
+            return
+
+
+async def run_worker(settings: Settings, concurrency: int | None = None, burst: bool = False) -> None:
+    """Run a worker until stopped, or with `burst` until no request is left to run."""
+    worker = build_worker(settings, concurrency)
+    if not burst:
+        try:
+            # arq cancels its main task on SIGINT/SIGTERM: that is the normal way out.
+            with contextlib.suppress(asyncio.CancelledError):
+                await worker.async_run()
+        finally:
+            await worker.close()
+        return
+    main = asyncio.create_task(worker.async_run())
+    watcher = asyncio.create_task(_wait_until_idle(worker, worker.ctx))
+    try:
+        done, _ = await asyncio.wait({main, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if watcher in done:
+            main.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await main
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+        await worker.close()
