@@ -17,12 +17,13 @@ __all__ = [
     "TASK_TIMEOUT_MARGIN_SECONDS",
 ]
 
-# arq stores its own keys under fixed `arq:` prefixes whatever the queue name; ours live under `orbatch:`.
+# arq stores its own keys under fixed `arq:` prefixes whatever the queue name; ours are the queue name
+# plus a suffix, so two deployments sharing one Redis database never see each other's.
 # Held by whichever worker feeds the queue this tick, so N workers do not all run the same query.
-FEEDER_LOCK_KEY = "orbatch:feeder-lock"
+FEEDER_LOCK_KEY = "{queue}:feeder-lock"
 # Written by the feeder and never expired: when it is missing, Redis lost its data (FLUSHALL or a restart
 # without persistence) and every request Postgres believes queued must be queued again.
-REDIS_EPOCH_KEY = "orbatch:epoch"
+REDIS_EPOCH_KEY = "{queue}:epoch"
 
 # Job ids are `r<request id>.<attempt count>`: deterministic, so enqueueing twice is a no-op, and new
 # after each attempt, so a request whose worker died can be queued again before arq's own
@@ -39,7 +40,7 @@ REQUEUE_AFTER_SECONDS = 600.0
 # arq kills a task at its timeout; the task's own HTTP timeout must fire first so the attempt is recorded.
 TASK_TIMEOUT_MARGIN_SECONDS = 60.0
 # How often a burst worker asks Postgres whether anything is left to run.
-BURST_CHECK_SECONDS = 1.0
+BURST_CHECK_SECONDS = 0.5
 
 # Rows per COPY chunk into the staging table: large enough to amortise the round trip, small enough
 # that a chunk of long lines stays far below the memory bound.

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import orjson
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import Connection
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 __all__ = ["alembic_config", "create_engine", "ensure_database", "session_factory", "upgrade"]
 
@@ -67,6 +68,8 @@ async def ensure_database(database_url: str) -> bool:
 
 def alembic_config(database_url: str) -> Config:
     """An Alembic config for the packaged migrations, pointed at the given database."""
+    from alembic.config import Config  # Alembic takes a second to import; only upgrades need it.
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     config.set_main_option("sqlalchemy.url", _async_url(database_url).render_as_string(hide_password=False))
@@ -74,6 +77,8 @@ def alembic_config(database_url: str) -> Config:
 
 
 def _upgrade_on(connection: Connection, config: Config, revision: str) -> None:
+    from alembic import command
+
     config.attributes["connection"] = connection
     command.upgrade(config, revision)
 

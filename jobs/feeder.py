@@ -104,13 +104,14 @@ _FINALIZE = text(
 )
 
 
-async def _check_redis_epoch(engine: AsyncEngine, redis: ArqRedis) -> bool:
+async def _check_redis_epoch(engine: AsyncEngine, redis: ArqRedis, queue_name: str) -> bool:
     """True when Redis lost its data; every queue mark in Postgres is then dropped so the work is re-fed."""
-    if await redis.get(REDIS_EPOCH_KEY) is not None:
+    key = REDIS_EPOCH_KEY.format(queue=queue_name)
+    if await redis.get(key) is not None:
         return False
     async with engine.begin() as conn:
         await conn.execute(_FORGET_QUEUED)
-    await redis.set(REDIS_EPOCH_KEY, uuid.uuid4().hex)
+    await redis.set(key, uuid.uuid4().hex)
     return True
 
 
@@ -119,7 +120,7 @@ async def feed(
 ) -> FeedReport:
     """One tick: recover lost work, resume parked batches, queue due requests, finalize finished batches."""
     report = FeedReport()
-    report.redis_reset = await _check_redis_epoch(engine, redis)
+    report.redis_reset = await _check_redis_epoch(engine, redis, queue_name)
     async with engine.begin() as conn:
         report.expired_leases = len((await conn.execute(_EXPIRE_LEASES)).all())
         report.resumed_batches = int((await conn.execute(_RESUME_BATCHES)).scalar_one())

@@ -194,6 +194,8 @@ class Attempt(Base):
     latency_ms: Mapped[int | None] = mapped_column(Integer)
     http_status: Mapped[int | None] = mapped_column(Integer)
     outcome: Mapped[str] = mapped_column(Text, server_default=Outcome.IN_FLIGHT.value)
+    # The worker process (host:pid:nonce) that made the call.
+    worker: Mapped[str | None] = mapped_column(Text)
     models_sent: Mapped[list[str]] = mapped_column(ARRAY(Text))
     model: Mapped[str | None] = mapped_column(Text)
     provider: Mapped[str | None] = mapped_column(Text)

@@ -52,8 +52,8 @@ _TAKE_LEASE = text(
                   CASE WHEN r.chain_pos < cardinality(coalesce(r.models, b.models)) THEN r.chain_pos ELSE 0 END
                       AS chain_pos
     ), attempt_row AS (
-        INSERT INTO attempt (request_id, batch_id, number, models_sent)
-        SELECT id, batch_id, attempts, chain[chain_pos + 1 : chain_pos + {MAX_MODELS_PER_CALL}] FROM leased
+        INSERT INTO attempt (request_id, batch_id, number, worker, models_sent)
+        SELECT id, batch_id, attempts, :owner, chain[chain_pos + 1 : chain_pos + {MAX_MODELS_PER_CALL}] FROM leased
         RETURNING id, models_sent
     )
     SELECT leased.*, attempt_row.id AS attempt_id, attempt_row.models_sent FROM leased, attempt_row

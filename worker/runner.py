@@ -43,7 +43,8 @@ async def _feed_once(ctx: WorkerContext, redis: ArqRedis) -> None:
     """Run one feeder tick unless another worker holds the feeder lock."""
     settings = ctx.settings
     lock_ms = max(2000, int(settings.feed_interval * 4000))
-    if not await redis.set(FEEDER_LOCK_KEY, ctx.owner, nx=True, px=lock_ms):
+    lock_key = FEEDER_LOCK_KEY.format(queue=settings.queue_name)
+    if not await redis.set(lock_key, ctx.owner, nx=True, px=lock_ms):
         return
     try:
         report = await feed(ctx.engine, redis, settings.queue_name, settings.feed_window)
@@ -57,7 +58,7 @@ async def _feed_once(ctx: WorkerContext, redis: ArqRedis) -> None:
                 redis_reset=report.redis_reset,
             )
     finally:
-        await redis.eval(_RELEASE_LOCK_LUA, 1, FEEDER_LOCK_KEY, ctx.owner)  # type: ignore[misc]
+        await redis.eval(_RELEASE_LOCK_LUA, 1, lock_key, ctx.owner)  # type: ignore[misc]
 
 
 async def _feeder_loop(ctx: WorkerContext, redis: ArqRedis) -> None:

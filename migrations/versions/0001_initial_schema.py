@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-23 07:02:40.659448
+Create Date: 2026-11-23
 """
 
 from collections.abc import Sequence
@@ -88,11 +88,11 @@ def upgrade() -> None:
     )
     op.create_index("request_batch_status_idx", "request", ["batch_id", "status"], unique=False)
     op.create_index(
-        "request_pending_idx",
+        "request_queued_idx",
         "request",
-        ["batch_id", "id"],
+        ["batch_id"],
         unique=False,
-        postgresql_where=sa.text("status = 'pending'"),
+        postgresql_where=sa.text("status = 'pending' AND enqueued_at IS NOT NULL"),
     )
     op.create_index(
         "request_running_idx",
@@ -100,6 +100,13 @@ def upgrade() -> None:
         ["lease_expires_at"],
         unique=False,
         postgresql_where=sa.text("status = 'running'"),
+    )
+    op.create_index(
+        "request_unqueued_idx",
+        "request",
+        ["batch_id", "id"],
+        unique=False,
+        postgresql_where=sa.text("status = 'pending' AND enqueued_at IS NULL"),
     )
     op.create_table(
         "attempt",
@@ -112,6 +119,7 @@ def upgrade() -> None:
         sa.Column("latency_ms", sa.Integer(), nullable=True),
         sa.Column("http_status", sa.Integer(), nullable=True),
         sa.Column("outcome", sa.Text(), server_default="in_flight", nullable=False),
+        sa.Column("worker", sa.Text(), nullable=True),
         sa.Column("models_sent", postgresql.ARRAY(sa.Text()), nullable=False),
         sa.Column("model", sa.Text(), nullable=True),
         sa.Column("provider", sa.Text(), nullable=True),
@@ -153,8 +161,17 @@ def downgrade() -> None:
     op.drop_table("result")
     op.drop_index("attempt_batch_idx", table_name="attempt")
     op.drop_table("attempt")
+    op.drop_index(
+        "request_unqueued_idx",
+        table_name="request",
+        postgresql_where=sa.text("status = 'pending' AND enqueued_at IS NULL"),
+    )
     op.drop_index("request_running_idx", table_name="request", postgresql_where=sa.text("status = 'running'"))
-    op.drop_index("request_pending_idx", table_name="request", postgresql_where=sa.text("status = 'pending'"))
+    op.drop_index(
+        "request_queued_idx",
+        table_name="request",
+        postgresql_where=sa.text("status = 'pending' AND enqueued_at IS NOT NULL"),
+    )
     op.drop_index("request_batch_status_idx", table_name="request")
     op.drop_table("request")
     op.drop_index("batch_source_sha256_idx", table_name="batch")

@@ -1,0 +1,158 @@
+"""Input lines: the two accepted forms, and a clear `LINE N: what` for every kind of bad line."""
+
+from __future__ import annotations
+
+import io
+
+import orjson
+import pytest
+
+from jobs.formats import LineError, error_line, iter_raw_lines, output_line, parse_line
+
+MESSAGES = [{"role": "user", "content": "hi"}]
+
+
+def parse(obj: object, line_no: int = 1):
+    return parse_line(orjson.dumps(obj), line_no)
+
+
+def test_openai_batch_line_is_accepted() -> None:
+    line = parse(
+        {
+            "custom_id": "task-1",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {"model": "m1", "messages": MESSAGES, "max_tokens": 5},
+        }
+    )
+    assert line is not None
+    assert line.custom_id == "task-1"
+    assert line.body == {"messages": MESSAGES, "max_tokens": 5}
+    assert line.models == ["m1"]
+
+
+def test_bare_chat_body_is_accepted_and_keeps_its_parameters() -> None:
+    line = parse(
+        {
+            "custom_id": "x",
+            "messages": MESSAGES,
+            "temperature": 0.3,
+            "response_format": {"type": "json_object"},
+        }
+    )
+    assert line is not None
+    assert line.body == {"messages": MESSAGES, "temperature": 0.3, "response_format": {"type": "json_object"}}
+    assert line.models is None
+
+
+def test_missing_custom_id_is_derived_from_the_line_number() -> None:
+    line = parse({"messages": MESSAGES}, line_no=42)
+    assert line is not None and line.custom_id == "line-42"
+
+
+def test_line_models_override_and_model_goes_first() -> None:
+    line = parse({"messages": MESSAGES, "models": ["b", "c", "b"], "model": "a"})
+    assert line is not None and line.models == ["a", "b", "c"]
+
+
+def test_blank_lines_are_skipped() -> None:
+    assert parse_line(b"   ", 3) is None
+    assert parse_line(b"", 3) is None
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (b"{not json", "LINE 7: not valid JSON"),
+        (b"[1, 2]", "LINE 7: each line must be a JSON object, got a list"),
+        (b'"text"', "LINE 7: each line must be a JSON object, got a string"),
+        (b'{"model": "m"}', 'LINE 7: no "messages"'),
+        (b'{"messages": "hi"}', 'LINE 7: "messages" must be a list, got a string'),
+        (b'{"messages": []}', 'LINE 7: "messages" is empty'),
+        (b'{"messages": [{"role": "robot", "content": "x"}]}', "LINE 7: messages[0].role must be one of"),
+        (b'{"messages": [{"role": "user"}]}', "LINE 7: messages[0].content is missing"),
+        (b'{"messages": [{"role": "user", "content": 5}]}', "LINE 7: messages[0].content must be a string"),
+        (
+            b'{"custom_id": 17, "messages": [{"role": "user", "content": "x"}]}',
+            'LINE 7: "custom_id" must be a string, got a number',
+        ),
+        (
+            b'{"custom_id": "", "messages": [{"role": "user", "content": "x"}]}',
+            'LINE 7: "custom_id" is empty',
+        ),
+        (
+            b'{"messages": [{"role": "user", "content": "x"}], "temperature": "0.2"}',
+            'LINE 7: "temperature" must be a number, got a string',
+        ),
+        (
+            b'{"messages": [{"role": "user", "content": "x"}], "max_tokens": 1.5}',
+            'LINE 7: "max_tokens" must be an integer, got a number',
+        ),
+        (
+            b'{"messages": [{"role": "user", "content": "x"}], "max_tokens": true}',
+            'LINE 7: "max_tokens" must be an integer, got a boolean',
+        ),
+        (
+            b'{"messages": [{"role": "user", "content": "x"}], "model": 3}',
+            'LINE 7: "model" must be a non-empty list of model ids, got a number',
+        ),
+        (
+            b'{"messages": [{"role": "user", "content": "x"}], "models": ["a", ""]}',
+            'LINE 7: "models"[1] must be a model id string',
+        ),
+        (
+            b'{"messages": [{"role": "user", "content": "x"}], "stream": true}',
+            'LINE 7: "stream": true is not supported',
+        ),
+        (b'{"messages": [{"role": "user", "content": "a\\u0000b"}]}', "LINE 7: contains the NUL character"),
+        (
+            b'{"custom_id": "a", "url": "/v1/embeddings", "method": "POST", "body": {"messages": []}}',
+            'LINE 7: "url" must be "/v1/chat/completions", got "/v1/embeddings"',
+        ),
+        (
+            b'{"custom_id": "a", "url": "/v1/chat/completions", "method": "GET", "body": {}}',
+            'LINE 7: "method" must be "POST", got "GET"',
+        ),
+        (
+            b'{"custom_id": "a", "url": "/v1/chat/completions", "body": "x"}',
+            'LINE 7: "body" must be an object, got a string',
+        ),
+        (
+            b'{"custom_id": "a", "url": "/v1/chat/completions", "bdy": {}, "body": {}}',
+            "LINE 7: unexpected field 'bdy'",
+        ),
+        (
+            b'{"messages": [{"role": "user", "content": "caf\xe9"}]}',
+            "LINE 7: not valid UTF-8 (byte 0xe9 at column 47)",
+        ),
+    ],
+)
+def test_bad_lines_say_which_line_and_what_is_wrong(raw: bytes, expected: str) -> None:
+    with pytest.raises(LineError) as caught:
+        parse_line(raw, 7)
+    assert str(caught.value).startswith(expected), str(caught.value)
+
+
+def test_reader_strips_bom_and_crlf_and_numbers_lines() -> None:
+    data = b'\xef\xbb\xbf{"a": 1}\r\n\r\n{"b": 2}'
+    assert list(iter_raw_lines(io.BytesIO(data), 1000)) == [(1, b'{"a": 1}'), (2, b""), (3, b'{"b": 2}')]
+
+
+def test_reader_reports_an_overlong_line_without_keeping_it() -> None:
+    data = b'{"a": 1}\n' + b"x" * 5000 + b"\n" + b'{"b": 2}\n'
+    assert list(iter_raw_lines(io.BytesIO(data), 100)) == [(1, b'{"a": 1}'), (2, None), (3, b'{"b": 2}')]
+
+
+def test_output_lines_follow_openai_batch_output() -> None:
+    assert output_line("c1", 5, "gen-1", 200, {"x": 1}) == {
+        "id": "batch_req_5",
+        "custom_id": "c1",
+        "response": {"status_code": 200, "request_id": "gen-1", "body": {"x": 1}},
+        "error": None,
+    }
+    assert error_line("c2", 6, "400", "bad") == {
+        "id": "batch_req_6",
+        "custom_id": "c2",
+        "response": None,
+        "error": {"code": "400", "message": "bad"},
+    }

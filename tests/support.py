@@ -1,0 +1,171 @@
+"""Helpers the tests share: the simulator process, CLI and worker subprocesses, and JSONL files."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+
+ROOT = Path(__file__).resolve().parent.parent
+TEST_API_KEY = "sk-or-v1-test-0123456789abcdef-do-not-leak"
+
+
+class Simulator:
+    """The OpenRouter simulator running as a subprocess on loopback."""
+
+    def __init__(self, log_path: Path) -> None:
+        self.log_path = log_path
+        self._log = log_path.open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-u", "-m", "worker.simulator", "--port", "0"],
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            cwd=ROOT,
+        )
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline().decode()
+        if "listening on" not in line:
+            raise RuntimeError(f"the simulator did not start: {line!r}; see {log_path}")
+        self.base_url = line.rsplit(" ", 1)[1].strip()
+        self.root = self.base_url.removesuffix("/api/v1")
+
+    async def configure(self, **settings: Any) -> None:
+        """Change its behaviour (see worker.simulator.SimConfig)."""
+        async with httpx.AsyncClient() as client:
+            response = await client.post(f"{self.root}/_sim/config", content=orjson.dumps(settings))
+            response.raise_for_status()
+
+    async def reset(self, **settings: Any) -> None:
+        """Back to defaults with no calls recorded, then apply `settings`."""
+        defaults: dict[str, Any] = {
+            "reset": True,
+            "latency_ms": 0,
+            "free_per_minute": 1_000_000,
+            "free_window_seconds": 60,
+            "free_per_day": 1_000_000,
+            "day_seconds": None,
+            "down_models": [],
+            "valid_keys": None,
+            "is_free_tier": True,
+            "credits": None,
+            "record_calls": True,
+            "rules": [],
+        }
+        await self.configure(**{**defaults, **settings})
+
+    async def calls(self) -> list[dict[str, Any]]:
+        """Every chat call received since the last reset."""
+        async with httpx.AsyncClient() as client:
+            response = await client.get(f"{self.root}/_sim/calls")
+            return list(orjson.loads(response.content))
+
+    async def stats(self) -> dict[str, Any]:
+        """Counters: calls, statuses, 429s by limit, in-flight peak."""
+        async with httpx.AsyncClient() as client:
+            return dict((await client.get(f"{self.root}/_sim/stats")).json())
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+        self._log.close()
+
+
+def write_jsonl(path: Path, rows: Iterable[Any]) -> Path:
+    """Write rows (objects, or raw bytes/str lines) as a JSONL file."""
+    with path.open("wb") as f:
+        for row in rows:
+            if isinstance(row, bytes):
+                f.write(row + b"\n")
+            elif isinstance(row, str):
+                f.write(row.encode() + b"\n")
+            else:
+                f.write(orjson.dumps(row) + b"\n")
+    return path
+
+
+def chat_line(custom_id: str, text: str, **extra: Any) -> dict[str, Any]:
+    """A bare chat body line."""
+    return {"custom_id": custom_id, "messages": [{"role": "user", "content": text}], **extra}
+
+
+def run_cli(env: Mapping[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run `orbatch ARGS` as a user would, in a subprocess."""
+    return subprocess.run(
+        [sys.executable, "-m", "jobs", *args],
+        env=dict(env),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+class Workers:
+    """N `orbatch worker` processes, their output kept in files."""
+
+    def __init__(self, env: Mapping[str, str], log_dir: Path, count: int, *args: str) -> None:
+        self.logs = [log_dir / f"worker-{i}-{time.monotonic_ns()}.log" for i in range(count)]
+        self.processes = []
+        for log in self.logs:
+            with log.open("wb") as f:
+                self.processes.append(
+                    subprocess.Popen(
+                        [sys.executable, "-m", "jobs", "worker", *args],
+                        env=dict(env),
+                        cwd=ROOT,
+                        stdout=f,
+                        stderr=subprocess.STDOUT,
+                    )
+                )
+
+    async def wait(self, timeout: float) -> list[int]:
+        """Wait for every process to exit; kill them all and fail on timeout."""
+        deadline = time.monotonic() + timeout
+        while any(p.poll() is None for p in self.processes):
+            if time.monotonic() > deadline:
+                self.kill()
+                raise AssertionError(f"workers still running after {timeout}s:\n{self.output()[-4000:]}")
+            await asyncio.sleep(0.1)
+        return [p.returncode for p in self.processes]
+
+    def kill(self) -> None:
+        for p in self.processes:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+    def output(self) -> str:
+        return "\n".join(log.read_text(errors="replace") for log in self.logs)
+
+
+def test_env(database_url: str, redis_url: str, base_url: str, queue: str, **extra: str) -> dict[str, str]:
+    """The environment a user would export, pointed at the test services."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ORBATCH_", "OPENROUTER_"))}
+    env.update(
+        DATABASE_URL=database_url,
+        REDIS_URL=redis_url,
+        OPENROUTER_BASE_URL=base_url,
+        OPENROUTER_API_KEY=TEST_API_KEY,
+        ORBATCH_QUEUE_NAME=queue,
+        ORBATCH_RETRY_BASE_SECONDS="0.05",
+        ORBATCH_RETRY_MAX_SECONDS="0.5",
+        ORBATCH_FEED_INTERVAL="0.1",
+        ORBATCH_LOG_LEVEL="INFO",
+    )
+    env.update(extra)
+    return env
