@@ -133,13 +133,13 @@ class Workers:
                     )
                 )
 
-    async def wait(self, timeout: float) -> list[int]:
+    async def wait(self, seconds: float) -> list[int]:
         """Wait for every process to exit; kill them all and fail on timeout."""
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + seconds
         while any(p.poll() is None for p in self.processes):
             if time.monotonic() > deadline:
                 self.kill()
-                raise AssertionError(f"workers still running after {timeout}s:\n{self.output()[-4000:]}")
+                raise AssertionError(f"workers still running after {seconds}s:\n{self.output()[-4000:]}")
             await asyncio.sleep(0.1)
         return [p.returncode for p in self.processes]
 

@@ -47,12 +47,14 @@ def test_bare_chat_body_is_accepted_and_keeps_its_parameters() -> None:
 
 def test_missing_custom_id_is_derived_from_the_line_number() -> None:
     line = parse({"messages": MESSAGES}, line_no=42)
-    assert line is not None and line.custom_id == "line-42"
+    assert line is not None
+    assert line.custom_id == "line-42"
 
 
 def test_line_models_override_and_model_goes_first() -> None:
     line = parse({"messages": MESSAGES, "models": ["b", "c", "b"], "model": "a"})
-    assert line is not None and line.models == ["a", "b", "c"]
+    assert line is not None
+    assert line.models == ["a", "b", "c"]
 
 
 def test_blank_lines_are_skipped() -> None:

@@ -81,7 +81,8 @@ async def test_requests_keep_line_order_and_their_own_model_chains(
         batch = (await conn.execute(select(Batch).where(Batch.id == report.batch_id))).one()
     assert [r.custom_id for r in rows] == ["z", "y", "x"]
     assert [r.models for r in rows] == [None, ["sim/backup"], ["sim/spare", "sim/echo"]]
-    assert "model" not in rows[1].body and "custom_id" not in rows[0].body
+    assert "model" not in rows[1].body
+    assert "custom_id" not in rows[0].body
     assert batch.models == ["sim/echo:free", "sim/echo"]
     assert len(batch.source_sha256 or "") == 64
 

@@ -19,10 +19,10 @@ def submit(env: dict[str, str], path: Path, *args: str) -> dict[str, Any]:
 
 
 async def run_workers(
-    env: dict[str, str], tmp_path: Path, count: int = 1, concurrency: int = 8, timeout: float = 120
+    env: dict[str, str], tmp_path: Path, count: int = 1, concurrency: int = 8, seconds: float = 120
 ) -> Workers:
     workers = Workers(env, tmp_path, count, "--burst", "--concurrency", str(concurrency))
-    codes = await workers.wait(timeout)
+    codes = await workers.wait(seconds)
     assert codes == [0] * count, workers.output()[-4000:]
     return workers
 

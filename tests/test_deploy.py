@@ -1,0 +1,63 @@
+"""docker-compose.yml and the Dockerfile: valid, and shaped so `--scale worker=N` works."""
+
+from __future__ import annotations
+
+import json
+import re
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from jsonschema import Draft7Validator
+
+from jobs.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def compose() -> dict[str, Any]:
+    return dict(yaml.safe_load((ROOT / "docker-compose.yml").read_text()))
+
+
+def test_compose_file_is_valid_against_the_compose_spec() -> None:
+    schema = json.loads(files("check_jsonschema.builtin_schemas.vendor").joinpath("compose-spec.json").read_text())
+    errors = [f"{list(e.absolute_path)}: {e.message}" for e in Draft7Validator(schema).iter_errors(compose())]
+    assert errors == []
+
+
+def test_compose_has_redis_postgres_a_one_shot_migrate_and_a_scalable_worker() -> None:
+    services = compose()["services"]
+    assert {"redis", "postgres", "migrate", "worker"} <= set(services)
+    migrate, worker = services["migrate"], services["worker"]
+    assert migrate["command"] == ["db", "upgrade"]
+    assert migrate["restart"] == "no"
+    assert worker["command"] == ["worker"]
+    # A fixed name or a published port would stop `docker compose up --scale worker=N`.
+    assert "container_name" not in worker
+    assert "ports" not in worker
+    assert worker["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+    assert worker["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert worker["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert "healthcheck" in services["postgres"]
+    assert "healthcheck" in services["redis"]
+
+
+def test_compose_sets_the_variables_the_settings_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    worker_env = compose()["services"]["worker"]["environment"]
+    for name, value in worker_env.items():
+        # `${NAME:-default}` as compose resolves it with NAME unset.
+        match = re.fullmatch(r"\$\{\w+:-(.*)\}", str(value))
+        monkeypatch.setenv(name, match.group(1) if match else str(value))
+    settings = Settings()
+    assert settings.database_url == "postgresql://orbatch:orbatch@postgres:5432/orbatch"
+    assert settings.redis_url == "redis://redis:6379/0"
+    assert settings.openrouter_base_url == "https://openrouter.ai/api/v1"
+    assert settings.concurrency == 16
+
+
+def test_the_image_copies_every_package_and_runs_orbatch() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    for part in ("COPY jobs", "COPY worker", "COPY migrations", "uv sync --frozen --no-dev", 'ENTRYPOINT ["orbatch"]'):
+        assert part in dockerfile
