@@ -22,7 +22,9 @@ def compose() -> dict[str, Any]:
 
 
 def test_compose_file_is_valid_against_the_compose_spec() -> None:
-    schema = json.loads(files("check_jsonschema.builtin_schemas.vendor").joinpath("compose-spec.json").read_text())
+    schema = json.loads(
+        files("check_jsonschema.builtin_schemas.vendor").joinpath("compose-spec.json").read_text()
+    )
     errors = [f"{list(e.absolute_path)}: {e.message}" for e in Draft7Validator(schema).iter_errors(compose())]
     assert errors == []
 
@@ -59,5 +61,11 @@ def test_compose_sets_the_variables_the_settings_read(monkeypatch: pytest.Monkey
 
 def test_the_image_copies_every_package_and_runs_orbatch() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
-    for part in ("COPY jobs", "COPY worker", "COPY migrations", "uv sync --frozen --no-dev", 'ENTRYPOINT ["orbatch"]'):
+    for part in (
+        "COPY jobs",
+        "COPY worker",
+        "COPY migrations",
+        "uv sync --frozen --no-dev",
+        'ENTRYPOINT ["orbatch"]',
+    ):
         assert part in dockerfile

@@ -33,15 +33,26 @@ async def test_the_key_leaks_nowhere_through_successes_errors_and_outages(
         ]
     )
     path = write_jsonl(
-        tmp_path / "in.jsonl", [chat_line("a", "fine"), chat_line("b", "boom"), chat_line("c", "cut"), chat_line("d", "refused")]
+        tmp_path / "in.jsonl",
+        [chat_line("a", "fine"), chat_line("b", "boom"), chat_line("c", "cut"), chat_line("d", "refused")],
     )
     submitted = run_cli(env, "submit", str(path), "--models", "sim/echo")
     batch_id = submitted.stdout.strip()
     workers = Workers(env, tmp_path, 1, "--burst")
     assert await workers.wait(60) == [0]
     # A second batch against an OpenRouter that cannot be reached at all.
-    unreachable = {**env, "OPENROUTER_BASE_URL": f"http://127.0.0.1:{free_port()}/api/v1", "ORBATCH_MAX_ATTEMPTS": "2"}
-    down = run_cli(unreachable, "submit", str(write_jsonl(tmp_path / "down.jsonl", [chat_line("x", "y")])), "--models", "sim/echo")
+    unreachable = {
+        **env,
+        "OPENROUTER_BASE_URL": f"http://127.0.0.1:{free_port()}/api/v1",
+        "ORBATCH_MAX_ATTEMPTS": "2",
+    }
+    down = run_cli(
+        unreachable,
+        "submit",
+        str(write_jsonl(tmp_path / "down.jsonl", [chat_line("x", "y")])),
+        "--models",
+        "sim/echo",
+    )
     down_workers = Workers(unreachable, tmp_path, 1, "--burst")
     assert await down_workers.wait(60) == [0]
 
@@ -57,7 +68,9 @@ async def test_the_key_leaks_nowhere_through_successes_errors_and_outages(
     assert "connection" in texts["worker logs"].lower(), "the outage was logged"
     async with engine.connect() as conn:
         for table in ("batch", "request", "attempt", "result"):
-            dump = (await conn.execute(text(f"SELECT coalesce(string_agg(t::text, ''), '') FROM {table} t"))).scalar_one()
+            dump = (
+                await conn.execute(text(f"SELECT coalesce(string_agg(t::text, ''), '') FROM {table} t"))
+            ).scalar_one()
             texts[f"table {table}"] = dump
     for where, content in texts.items():
         assert TEST_API_KEY not in content, f"the key leaked into {where}"

@@ -49,7 +49,12 @@ def test_a_completion_is_a_success_with_usage_and_exact_cost() -> None:
     assert (result.model, result.provider, result.generation_id) == ("m/served", "P", "gen-1")
     assert (result.content, result.finish_reason) == ("hi", "stop")
     usage = result.usage
-    assert (usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens, usage.reasoning_tokens) == (10, 3, 4, 2)
+    assert (usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens, usage.reasoning_tokens) == (
+        10,
+        3,
+        4,
+        2,
+    )
     # Not BYOK: upstream_inference_cost is not the user's cost and is never added.
     assert usage.cost == Decimal("0.000123")
 
@@ -76,7 +81,12 @@ CASES: list[tuple[str, CallResult, Outcome, PauseReason | None]] = [
     ("403 key limit", answer(403, error(403, "Key limit exceeded")), Outcome.PARK, PauseReason.CREDITS),
     ("404 no endpoints", answer(404, error(404, "No endpoints found")), Outcome.FALLBACK, None),
     ("408 timeout", answer(408, error(408, "Timed out")), Outcome.RETRY, None),
-    ("429 per minute", answer(429, error(429, "Rate limit exceeded: free-models-per-min. ")), Outcome.RETRY, None),
+    (
+        "429 per minute",
+        answer(429, error(429, "Rate limit exceeded: free-models-per-min. ")),
+        Outcome.RETRY,
+        None,
+    ),
     (
         "429 per day",
         answer(429, error(429, "Rate limit exceeded: free-models-per-day. ")),
@@ -89,24 +99,64 @@ CASES: list[tuple[str, CallResult, Outcome, PauseReason | None]] = [
     ("504", answer(504, error(504, "gateway timeout")), Outcome.RETRY, None),
     (
         "error inside a 200 choice",
-        answer(200, {**COMPLETION, "choices": [{"index": 0, "finish_reason": "error", "message": {"role": "assistant", "content": ""}, "error": {"code": 502, "message": "upstream"}}]}),
+        answer(
+            200,
+            {
+                **COMPLETION,
+                "choices": [
+                    {
+                        "index": 0,
+                        "finish_reason": "error",
+                        "message": {"role": "assistant", "content": ""},
+                        "error": {"code": 502, "message": "upstream"},
+                    }
+                ],
+            },
+        ),
         Outcome.RETRY,
         None,
     ),
     ("top-level error in a 200", answer(200, error(502, "Provider returned error")), Outcome.FALLBACK, None),
-    ("top-level 429 in a 200 with a string code", answer(200, {"error": {"code": "429", "message": "Rate limit exceeded: x"}}), Outcome.RETRY, None),
-    ("top-level error in a 200 with a word code", answer(200, {"error": {"code": "server_error", "message": "oops"}}), Outcome.RETRY, None),
+    (
+        "top-level 429 in a 200 with a string code",
+        answer(200, {"error": {"code": "429", "message": "Rate limit exceeded: x"}}),
+        Outcome.RETRY,
+        None,
+    ),
+    (
+        "top-level error in a 200 with a word code",
+        answer(200, {"error": {"code": "server_error", "message": "oops"}}),
+        Outcome.RETRY,
+        None,
+    ),
     ("200 that is not JSON", answer(200, b"<html>oops</html>"), Outcome.RETRY, None),
     ("502 that is not JSON", answer(502, b"<html>Bad Gateway</html>"), Outcome.RETRY, None),
     ("200 with no choices and no error", answer(200, {"id": "x"}), Outcome.RETRY, None),
-    ("connection reset", CallResult(latency_ms=1, transport_error=httpx.ReadError("Connection reset by peer")), Outcome.RETRY, None),
-    ("read timeout", CallResult(latency_ms=1, transport_error=httpx.ReadTimeout("timed out")), Outcome.RETRY, None),
-    ("connection refused", CallResult(latency_ms=1, transport_error=httpx.ConnectError("refused")), Outcome.RETRY, None),
+    (
+        "connection reset",
+        CallResult(latency_ms=1, transport_error=httpx.ReadError("Connection reset by peer")),
+        Outcome.RETRY,
+        None,
+    ),
+    (
+        "read timeout",
+        CallResult(latency_ms=1, transport_error=httpx.ReadTimeout("timed out")),
+        Outcome.RETRY,
+        None,
+    ),
+    (
+        "connection refused",
+        CallResult(latency_ms=1, transport_error=httpx.ConnectError("refused")),
+        Outcome.RETRY,
+        None,
+    ),
 ]
 
 
 @pytest.mark.parametrize(("name", "call", "outcome", "park"), CASES, ids=[c[0] for c in CASES])
-def test_every_error_shape_has_one_class(name: str, call: CallResult, outcome: Outcome, park: PauseReason | None) -> None:
+def test_every_error_shape_has_one_class(
+    name: str, call: CallResult, outcome: Outcome, park: PauseReason | None
+) -> None:
     result = classify(call)
     assert isinstance(result, Failure), name
     assert result.outcome is outcome
@@ -123,9 +173,18 @@ def test_a_429_waits_until_the_reset_it_names_from_headers_or_metadata() -> None
     import time
 
     reset_ms = str(int((time.time() + 30) * 1000))
-    from_headers = classify(answer(429, error(429, "Rate limit exceeded: free-models-per-min. "), {"X-RateLimit-Reset": reset_ms}))
+    from_headers = classify(
+        answer(429, error(429, "Rate limit exceeded: free-models-per-min. "), {"X-RateLimit-Reset": reset_ms})
+    )
     from_metadata = classify(
-        answer(429, error(429, "Rate limit exceeded: free-models-per-min. ", metadata={"headers": {"X-RateLimit-Reset": reset_ms}}))
+        answer(
+            429,
+            error(
+                429,
+                "Rate limit exceeded: free-models-per-min. ",
+                metadata={"headers": {"X-RateLimit-Reset": reset_ms}},
+            ),
+        )
     )
     for result in (from_headers, from_metadata):
         assert isinstance(result, Failure)
@@ -135,7 +194,11 @@ def test_a_429_waits_until_the_reset_it_names_from_headers_or_metadata() -> None
 
 def test_a_spent_daily_quota_resumes_at_the_reset_it_names() -> None:
     result = classify(
-        answer(429, error(429, "Rate limit exceeded: free-models-per-day. "), {"X-RateLimit-Reset": "1800000000000"})
+        answer(
+            429,
+            error(429, "Rate limit exceeded: free-models-per-day. "),
+            {"X-RateLimit-Reset": "1800000000000"},
+        )
     )
     assert isinstance(result, Failure)
     assert result.resume_at is not None

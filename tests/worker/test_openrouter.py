@@ -21,7 +21,7 @@ SPEC = Path(__file__).resolve().parent.parent / "data" / "openrouter" / "openapi
 
 @cache
 def chat_request_validator() -> Draft202012Validator:
-    spec = yaml.load(SPEC.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    spec = yaml.load(SPEC.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # noqa: S506 (a safe loader)
     # OpenAPI 3.1 schemas are JSON Schema 2020-12; the spec document itself declares no $schema.
     resource: Resource[Any] = Resource.from_contents(spec, default_specification=DRAFT202012)
     registry: Registry[Any] = Registry().with_resource("urn:openrouter", resource)
@@ -30,7 +30,10 @@ def chat_request_validator() -> Draft202012Validator:
 
 def test_one_model_is_sent_as_model_and_several_as_models() -> None:
     assert orjson.loads(chat_payload({"messages": []}, ["a"])) == {"messages": [], "model": "a"}
-    assert orjson.loads(chat_payload({"messages": []}, ["a", "b", "c"])) == {"messages": [], "models": ["a", "b", "c"]}
+    assert orjson.loads(chat_payload({"messages": []}, ["a", "b", "c"])) == {
+        "messages": [],
+        "models": ["a", "b", "c"],
+    }
 
 
 def test_the_spec_validator_rejects_what_openrouter_would() -> None:
