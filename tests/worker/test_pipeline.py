@@ -6,9 +6,11 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from arq.connections import ArqRedis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from jobs.queue import enqueue_requests
 from tests.support import Simulator, Workers, chat_line, run_cli, write_jsonl
 
 
@@ -177,3 +179,48 @@ async def test_http_401_pauses_the_batch_with_a_message_about_the_key_and_no_ret
     await run_workers(env, tmp_path)
     status = orjson.loads(run_cli(env, "status", batch["id"], "--json").stdout)
     assert (status["status"], status["request_counts"]["completed"]) == ("completed", 40)
+
+
+async def test_a_completed_request_is_never_called_again_by_a_duplicate_job(
+    env: dict[str, str],
+    engine: AsyncEngine,
+    simulator: Simulator,
+    redis: ArqRedis,
+    queue_name: str,
+    tmp_path: Path,
+) -> None:
+    path = write_jsonl(tmp_path / "in.jsonl", [chat_line("a", "once")])
+    submit(env, path, "--models", "sim/echo")
+    await run_workers(env, tmp_path)
+    assert len(await simulator.calls()) == 1
+    # The same job again (a redelivery), and the job of a re-run after a crash: both find it finished.
+    assert await enqueue_requests(redis, queue_name, [(1, 0), (1, 1)]) == 2
+    await run_workers(env, tmp_path)
+    assert len(await simulator.calls()) == 1
+    assert (await rows(engine, "SELECT count(*) FROM attempt"))[0][0] == 1
+    assert (await rows(engine, "SELECT count(*) FROM result"))[0][0] == 1
+
+
+async def test_connection_resets_and_read_timeouts_are_retried(
+    env: dict[str, str], engine: AsyncEngine, simulator: Simulator, tmp_path: Path
+) -> None:
+    await simulator.configure(
+        rules=[
+            {"match": "cut", "kind": "reset", "times": 1},
+            {"match": "slow", "kind": "hang", "seconds": 30, "times": 1},
+        ]
+    )
+    path = write_jsonl(tmp_path / "in.jsonl", [chat_line("cut", "cut me"), chat_line("slow", "slow me")])
+    submit(env, path, "--models", "sim/echo")
+    await run_workers({**env, "ORBATCH_REQUEST_TIMEOUT": "1"}, tmp_path)
+    history = await rows(
+        engine,
+        "SELECT r.custom_id, a.outcome, a.error_code FROM attempt a JOIN request r ON r.id = a.request_id"
+        " ORDER BY r.custom_id, a.number",
+    )
+    assert [tuple(h) for h in history] == [
+        ("cut", "retry", "connection_error"),
+        ("cut", "success", None),
+        ("slow", "retry", "timeout"),
+        ("slow", "success", None),
+    ]
