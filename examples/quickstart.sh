@@ -19,7 +19,9 @@ mkdir -p "$out"
 if [ -z "${OPENROUTER_API_KEY:-}" ]; then
   echo "OPENROUTER_API_KEY is not set: using the local OpenRouter simulator."
   echo "No real model is called and no quota is used; the answers are echoes of the prompts."
-  orbatch simulator --port 0 >"$out/simulator.log" 2>&1 &
+  echo "Its free tier is scaled down to 20 requests per 6 s (OpenRouter's: 20 a minute) so this takes seconds."
+  export ORBATCH_FREE_WINDOW_SECONDS=6 ORBATCH_FREE_REQUESTS_PER_DAY=100000
+  orbatch simulator --port 0 --free-window-seconds 6 --free-per-day 100000 >"$out/simulator.log" 2>&1 &
   simulator=$!
   trap 'kill $simulator 2>/dev/null || true' EXIT
   for _ in $(seq 1 100); do grep -q "listening on" "$out/simulator.log" 2>/dev/null && break; sleep 0.1; done

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 __all__ = [
     "BURST_CHECK_SECONDS",
+    "CREDITED_DAILY_REQUESTS",
     "ERROR_MESSAGE_MAX_CHARS",
     "FEEDER_LOCK_KEY",
+    "FREE_TIER_DAILY_REQUESTS",
     "JOB_ID_PREFIX",
     "MAX_CUSTOM_ID_CHARS",
     "MAX_MODELS_PER_CALL",
     "MAX_REPORTED_LINE_ERRORS",
+    "QUOTA_HOLD_SECONDS",
     "REDIS_EPOCH_KEY",
     "REQUEUE_AFTER_SECONDS",
     "RUN_REQUEST_FUNCTION",
@@ -30,6 +33,14 @@ REDIS_EPOCH_KEY = "{queue}:epoch"
 # in-progress key for the dead job expires.
 JOB_ID_PREFIX = "r"
 RUN_REQUEST_FUNCTION = "run_request"
+
+# OpenRouter's daily free-model quota: 50 on an account that never bought credits, 1000 once $10 were bought.
+FREE_TIER_DAILY_REQUESTS = 50
+CREDITED_DAILY_REQUESTS = 1000
+
+# A hold on free requests longer than this is the daily quota, not the per-minute limit: the batch is parked
+# (reason `quota`) so that `worker --burst` can exit and `status` says why.
+QUOTA_HOLD_SECONDS = 300.0
 
 # OpenRouter answers HTTP 400 to a `models` array with a 4th entry.
 MAX_MODELS_PER_CALL = 3

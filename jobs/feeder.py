@@ -139,9 +139,13 @@ async def feed(
             continue
         # Redis first, then the mark: a crash in between leaves a job queued twice (a no-op), never a
         # request marked queued that is not.
-        report.enqueued += await enqueue_requests(redis, queue_name, due)
+        outcomes = await enqueue_requests(redis, queue_name, due)
+        report.enqueued += sum(1 for o in outcomes if o == 1)
+        queued = [d for d, o in zip(due, outcomes, strict=True) if o >= 0]
         async with engine.begin() as conn:
-            await conn.execute(_MARK_ENQUEUED, {"ids": [d[0] for d in due], "attempts": [d[1] for d in due]})
+            await conn.execute(
+                _MARK_ENQUEUED, {"ids": [d[0] for d in queued], "attempts": [d[1] for d in queued]}
+            )
     async with engine.begin() as conn:
         report.finalized_batches = len((await conn.execute(_FINALIZE)).all())
     return report

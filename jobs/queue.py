@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 from arq.connections import ArqRedis, RedisSettings, create_pool
-from arq.constants import job_key_prefix, result_key_prefix
+from arq.constants import in_progress_key_prefix, job_key_prefix, result_key_prefix
 from arq.jobs import serialize_job
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
@@ -25,8 +25,13 @@ _JOB_EXPIRES_MS = 86_400_000
 
 # Enqueue exactly as arq's enqueue_job does (skip if the job or its result exists, then store the job
 # and add it to the queue), but atomically per job and for many jobs in one round trip.
+# Returns 1 when queued now, 0 when already queued, -1 when that job is running (it is about to be deleted,
+# so it must not count as queued).
 _ENQUEUE_LUA = """
-if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then return 0 end
+if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then
+  if redis.call('EXISTS', KEYS[4]) > 0 then return -1 end
+  return 0
+end
 redis.call('PSETEX', KEYS[1], ARGV[1], ARGV[2])
 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4])
 return 1
@@ -76,13 +81,14 @@ def job_id(request_id: int, attempts: int) -> str:
     return f"{JOB_ID_PREFIX}{request_id}.{attempts}"
 
 
-async def enqueue_requests(redis: ArqRedis, queue_name: str, requests: Sequence[tuple[int, int]]) -> int:
-    """Queue `run_request` for each (request id, attempts) pair; returns how many were new."""
+async def enqueue_requests(
+    redis: ArqRedis, queue_name: str, requests: Sequence[tuple[int, int]]
+) -> list[int]:
+    """Queue `run_request` for each (request id, attempts) pair: 1 queued now, 0 already queued, -1 running."""
     if not requests:
-        return 0
+        return []
     script = redis.register_script(_ENQUEUE_LUA)
     now_ms = int(time.time() * 1000)
-    added = 0
     async with redis.pipeline(transaction=False) as pipe:
         for request_id, attempts in requests:
             jid = job_id(request_id, attempts)
@@ -90,10 +96,13 @@ async def enqueue_requests(redis: ArqRedis, queue_name: str, requests: Sequence[
                 RUN_REQUEST_FUNCTION, (request_id, attempts), {}, None, now_ms, serializer=job_dumps
             )
             await script(
-                keys=[job_key_prefix + jid, result_key_prefix + jid, queue_name],
+                keys=[
+                    job_key_prefix + jid,
+                    result_key_prefix + jid,
+                    queue_name,
+                    in_progress_key_prefix + jid,
+                ],
                 args=[_JOB_EXPIRES_MS, payload, now_ms, jid],
                 client=pipe,
             )
-        for created in await pipe.execute():
-            added += int(created)
-    return added
+        return [int(r) for r in await pipe.execute()]

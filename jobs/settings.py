@@ -47,6 +47,18 @@ class Settings(BaseSettings):
     feed_window: int = Field(1000, ge=1)
     feed_interval: float = Field(0.5, gt=0)
     max_attempts: int = Field(5, ge=1, le=100)
+    # OpenRouter's free-tier limits: 20 requests a minute, 50 a day (1000 once $10 of credits were bought).
+    free_requests_per_minute: int = Field(20, ge=1)
+    # The per-minute limit's window; only a test or a simulator with scaled-down limits changes it.
+    free_window_seconds: float = Field(60.0, gt=0)
+    # Spacing margin on top of window/limit: a burst of 5 let 24 through a 20-per-window limit, and exact
+    # spacing with no margin let 21 through (measured against OpenRouter).
+    free_rate_margin: float = Field(0.05, ge=0, le=1)
+    # None: read from GET /key (50 on the free tier, 1000 once credits were bought).
+    free_requests_per_day: int | None = Field(None, ge=0)
+    max_in_flight: int = Field(64, ge=1)
+    # The longest a task sleeps for a throttle slot; a longer wait parks the request in Postgres instead.
+    max_throttle_wait: float = Field(30.0, gt=0)
     retry_base_seconds: float = Field(1.0, ge=0)
     retry_max_seconds: float = Field(120.0, ge=0)
 

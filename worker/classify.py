@@ -1,6 +1,6 @@
 """Turn one upstream answer into a success or a failure class: retry later, fall back, park or fail now.
 
-The table, also in docs/errors.md:
+The table, also in docs/errors.md ("wait" is a retry that spends none of the request's attempts):
 
 | what came back                                   | class     | why                                            |
 |--------------------------------------------------|-----------|------------------------------------------------|
@@ -11,14 +11,15 @@ The table, also in docs/errors.md:
 | connection refused / reset, read timeout         | retry     | transient                                      |
 | 400 (bad request, unknown model)                 | fail      | sending it again gives the same answer         |
 | 401                                              | park auth | the key is wrong: stop the batch, no storm     |
-| 402 with Retry-After / in-flight budget          | retry     | OpenRouter's spending budget frees up shortly  |
+| 402 with Retry-After / in-flight budget          | wait      | OpenRouter's spending budget frees up shortly  |
 | 402 otherwise                                    | park credits | no credits: nothing works until a top-up    |
 | 403 key limit                                    | park credits | the key's own limit is spent                |
 | 403 otherwise (moderation)                       | fail      | the input was flagged                          |
 | 404 (no endpoint for these models)               | fall back | move on to the next models of the chain        |
 | 408, 500, 504 and other 5xx                      | retry     | transient                                      |
+| 429 naming a provider (`metadata.provider_name`) | fall back | that provider's limit, not the account's       |
 | 429 `free-models-per-day`                        | park quota | until the reset it names, else 00:00 UTC      |
-| 429 otherwise                                    | retry     | not before the reset it names                  |
+| 429 otherwise                                    | wait      | every worker holds until the reset it names    |
 | 502, 503 (provider down)                         | fall back | every model of this window failed              |
 | other 4xx                                        | fail      |                                                |
 """
@@ -76,6 +77,10 @@ class Failure:
     retry_after: float | None = None
     park_reason: PauseReason | None = None
     resume_at: datetime | None = None
+    # A limit of the account (a 429 naming no provider, the in-flight budget): the request waits without
+    # spending an attempt, and a 429's reset holds every worker until then.
+    spends_attempt: bool = True
+    cooldown_until: datetime | None = None
     model: str | None = None
     provider: str | None = None
     generation_id: str | None = None
@@ -185,7 +190,9 @@ def _by_status(status: int, error: Any, headers: httpx.Headers | None, text: str
     if status == 402:
         retry_after = _retry_after(headers)
         if retry_after is not None or "in_flight" in code or "in-flight" in message.lower():
-            return Failure(Outcome.RETRY, code, message, status, retry_after=retry_after)
+            return Failure(
+                Outcome.RETRY, code, message, status, retry_after=retry_after, spends_attempt=False
+            )
         return Failure(
             Outcome.PARK,
             code,
@@ -208,17 +215,28 @@ def _by_status(status: int, error: Any, headers: httpx.Headers | None, text: str
         return Failure(Outcome.FALLBACK, code, message, status)
     if status == 429:
         reset = _rate_limit_reset(headers, error)
+        metadata = error.get("metadata") if isinstance(error, dict) else None
+        provider = metadata.get("provider_name") if isinstance(metadata, dict) else None
+        if provider:
+            # The upstream provider's own limit, not the account's: move on or back off this request only.
+            return Failure(
+                Outcome.FALLBACK, code, f"{message} (provider {provider})", status, provider=str(provider)
+            )
         if "per-day" in message:
+            resume_at = reset or next_utc_midnight()
             return Failure(
                 Outcome.PARK,
                 code,
-                f"OpenRouter's daily free-model quota is spent ({message}).",
+                f"OpenRouter's daily free-model quota is spent ({message.strip()}).",
                 status,
                 park_reason=PauseReason.QUOTA,
-                resume_at=reset or next_utc_midnight(),
+                resume_at=resume_at,
+                cooldown_until=resume_at,
             )
         wait = None if reset is None else max(0.0, (reset - datetime.now(UTC)).total_seconds())
-        return Failure(Outcome.RETRY, code, message, status, retry_after=wait)
+        return Failure(
+            Outcome.RETRY, code, message, status, retry_after=wait, spends_attempt=False, cooldown_until=reset
+        )
     if status in (502, 503):
         return Failure(Outcome.FALLBACK, code, message, status)
     if status >= 500 or status == 408:

@@ -6,6 +6,7 @@ engine to spare the BEGIN and COMMIT round trips.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -14,11 +15,24 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from jobs.constants import MAX_MODELS_PER_CALL
-from jobs.models import Outcome
+from jobs.models import Outcome, PauseReason
 from worker.classify import Failure, Success, Usage
 from worker.retry import Decision
 
-__all__ = ["Lease", "abandon", "complete", "fail", "nothing_left", "renew", "take_lease"]
+# A \u0000 escape in JSON text, not preceded by an escaped backslash.
+_JSON_NUL = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")
+
+__all__ = [
+    "Lease",
+    "abandon",
+    "complete",
+    "fail",
+    "free_calls_today",
+    "nothing_left",
+    "renew",
+    "take_lease",
+    "unlease",
+]
 
 
 @dataclass(slots=True, frozen=True)
@@ -66,7 +80,7 @@ _RENEW = text(
 )
 
 _ATTEMPT_SET = """
-    UPDATE attempt SET finished_at = now(), latency_ms = :latency_ms, http_status = :http_status,
+    UPDATE attempt SET started_at = coalesce(:started_at, started_at), finished_at = now(), latency_ms = :latency_ms, http_status = :http_status,
            outcome = :outcome, model = :model, provider = :provider, generation_id = :generation_id,
            prompt_tokens = :prompt_tokens, completion_tokens = :completion_tokens,
            reasoning_tokens = :reasoning_tokens, cached_tokens = :cached_tokens, cost = :cost,
@@ -127,6 +141,30 @@ _ABANDON = text(
     """
 )
 
+# The throttle said wait longer than a worker holds a slot: no call was made, so the attempt row goes and
+# the request is as it was before the lease, due again when the wait is over (and its batch parked when the
+# wait is the daily quota).
+_UNLEASE = text(
+    """
+    WITH unfired AS (
+        DELETE FROM attempt WHERE id = :attempt_id AND outcome = 'in_flight' RETURNING request_id
+    ), released AS (
+        UPDATE request SET status = 'pending', attempts = attempts - 1, lease_owner = NULL, lease_expires_at = NULL,
+               enqueued_at = NULL, next_attempt_at = now() + make_interval(secs => :delay_seconds)
+        WHERE id = :request_id AND status = 'running' AND lease_owner = :owner AND id IN (SELECT request_id FROM unfired)
+        RETURNING batch_id
+    )
+    UPDATE batch SET status = 'paused', pause_reason = :park_reason, pause_message = :park_message,
+           resume_at = now() + make_interval(secs => :delay_seconds)
+    WHERE id = (SELECT batch_id FROM released) AND CAST(:park_reason AS text) IS NOT NULL AND status = 'in_progress'
+    """
+)
+
+_FREE_CALLS_TODAY = text(
+    "SELECT count(*) FROM attempt WHERE started_at >= date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'"
+    " AND models_sent[1] LIKE :free_suffix AND outcome <> 'in_flight'"
+)
+
 _NOTHING_LEFT = text(
     """
     SELECT NOT EXISTS (
@@ -139,6 +177,7 @@ _NOTHING_LEFT = text(
 
 def _attempt_params(
     attempt_id: int,
+    started_at: datetime | None,
     outcome: Outcome,
     latency_ms: int | None,
     http_status: int | None,
@@ -152,6 +191,7 @@ def _attempt_params(
     usage = usage or Usage()
     return {
         "attempt_id": attempt_id,
+        "started_at": started_at,
         "outcome": outcome.value,
         "latency_ms": latency_ms,
         "http_status": http_status,
@@ -211,10 +251,13 @@ async def renew(engine: AsyncEngine, lease: Lease, owner: str, lease_seconds: fl
     return bool(result.rowcount)
 
 
-async def complete(engine: AsyncEngine, lease: Lease, success: Success, latency_ms: int) -> bool:
+async def complete(
+    engine: AsyncEngine, lease: Lease, success: Success, started_at: datetime, latency_ms: int
+) -> bool:
     """Record the attempt, the result and the completed request atomically; False if it was already answered."""
     params = _attempt_params(
         lease.attempt_id,
+        started_at,
         Outcome.SUCCESS,
         latency_ms,
         success.status,
@@ -223,10 +266,17 @@ async def complete(engine: AsyncEngine, lease: Lease, success: Success, latency_
         success.generation_id,
         success.usage,
     )
+    body = success.raw.decode("utf-8")
+    content = success.content
+    # Postgres cannot store NUL in text or JSONB; a model that emits one still gets its answer stored.
+    if "\\u0000" in body:
+        body = _JSON_NUL.sub(r"\1\\ufffd", body)
+    if content is not None and "\x00" in content:
+        content = content.replace("\x00", "\ufffd")
     params.update(
         request_id=lease.request_id,
-        body=success.raw.decode("utf-8"),
-        content=success.content,
+        body=body,
+        content=content,
         finish_reason=success.finish_reason,
     )
     async with engine.connect() as conn:
@@ -241,11 +291,13 @@ async def fail(
     owner: str,
     failure: Failure,
     decision: Decision,
+    started_at: datetime,
     latency_ms: int,
 ) -> bool:
     """Record a failed attempt and move the request (and, to park, its batch) on; True if this worker moved it."""
     params = _attempt_params(
         lease.attempt_id,
+        started_at,
         failure.outcome,
         latency_ms,
         failure.status,
@@ -275,11 +327,41 @@ async def fail(
 
 async def abandon(engine: AsyncEngine, lease: Lease, owner: str, reason: str) -> None:
     """Give a request back unfinished (the worker is stopping), without spending one of its attempts."""
-    params = _attempt_params(lease.attempt_id, Outcome.ABANDONED, None, None, error_message=reason)
+    params = _attempt_params(lease.attempt_id, None, Outcome.ABANDONED, None, None, error_message=reason)
     params.update(request_id=lease.request_id, owner=owner)
     async with engine.connect() as conn:
         await conn.execute(_ABANDON, params)
         await conn.commit()
+
+
+async def unlease(
+    engine: AsyncEngine,
+    lease: Lease,
+    owner: str,
+    delay_seconds: float,
+    park_reason: PauseReason | None = None,
+    park_message: str | None = None,
+) -> None:
+    """Give the request back unsent, due after `delay_seconds`; with a reason, pause its batch until then."""
+    async with engine.connect() as conn:
+        await conn.execute(
+            _UNLEASE,
+            {
+                "attempt_id": lease.attempt_id,
+                "request_id": lease.request_id,
+                "owner": owner,
+                "delay_seconds": delay_seconds,
+                "park_reason": park_reason.value if park_reason else None,
+                "park_message": park_message,
+            },
+        )
+        await conn.commit()
+
+
+async def free_calls_today(engine: AsyncEngine) -> int:
+    """Free-model calls made since 00:00 UTC, to rebuild the throttle's daily count after Redis lost it."""
+    async with engine.connect() as conn:
+        return int((await conn.execute(_FREE_CALLS_TODAY, {"free_suffix": "%:free"})).scalar_one())
 
 
 async def nothing_left(engine: AsyncEngine) -> bool:

@@ -43,6 +43,9 @@ def decide(
         return Decision(RequestStatus.PENDING, failures, chain_pos, 0.0)
     if failure.outcome is Outcome.FAIL:
         return Decision(RequestStatus.FAILED, failures + 1, chain_pos, 0.0)
+    if not failure.spends_attempt:
+        wait = failure.retry_after if failure.retry_after is not None else backoff_seconds(1, base, cap)
+        return Decision(RequestStatus.PENDING, failures, chain_pos, wait)
     spent = failures + 1
     if failure.outcome is Outcome.FALLBACK:
         following = chain_pos + MAX_MODELS_PER_CALL

@@ -16,7 +16,9 @@ from arq.worker import Worker
 
 from jobs.constants import (
     BURST_CHECK_SECONDS,
+    CREDITED_DAILY_REQUESTS,
     FEEDER_LOCK_KEY,
+    FREE_TIER_DAILY_REQUESTS,
     RUN_REQUEST_FUNCTION,
     TASK_TIMEOUT_MARGIN_SECONDS,
 )
@@ -29,14 +31,27 @@ from jobs.settings import Settings, get_settings
 from worker import records
 from worker.openrouter import OpenRouterClient
 from worker.task import WorkerContext, run_request
+from worker.throttle import Throttle, ThrottleLimits
 
-__all__ = ["WorkerSettings", "build_worker", "run_worker"]
+__all__ = ["WorkerSettings", "build_worker", "daily_free_limit", "run_worker"]
 
 log = get_logger(__name__)
 
 _RELEASE_LOCK_LUA = (
     "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
 )
+
+
+async def daily_free_limit(settings: Settings, client: OpenRouterClient) -> int:
+    """The free-model requests allowed per day: the setting, else what GET /key implies, else 50."""
+    if settings.free_requests_per_day is not None:
+        return settings.free_requests_per_day
+    try:
+        key = (await client.get_json("key"))["data"]
+    except Exception as exc:  # a key endpoint that is down must not stop the worker; assume the lower limit
+        log.warning("could not read GET /key; assuming 50 free requests a day", error=str(exc))
+        return FREE_TIER_DAILY_REQUESTS
+    return FREE_TIER_DAILY_REQUESTS if key.get("is_free_tier", True) else CREDITED_DAILY_REQUESTS
 
 
 async def _feed_once(ctx: WorkerContext, redis: ArqRedis) -> None:
@@ -76,17 +91,31 @@ async def _startup(arq_ctx: dict[str, Any]) -> None:
     settings: Settings = arq_ctx.get("settings") or get_settings()
     concurrency: int = arq_ctx.get("concurrency") or settings.concurrency
     engine = create_engine(settings.database_url, pool_size=concurrency + 2)
+    client = OpenRouterClient(
+        settings.openrouter_base_url,
+        settings.api_key(),
+        timeout=settings.request_timeout,
+        connect_timeout=settings.connect_timeout,
+        max_connections=concurrency,
+        app_url=settings.app_url,
+        app_title=settings.app_title,
+    )
+    limits = ThrottleLimits(
+        free_per_window=settings.free_requests_per_minute,
+        window_seconds=settings.free_window_seconds,
+        margin=settings.free_rate_margin,
+        free_per_day=await daily_free_limit(settings, client),
+        max_in_flight=settings.max_in_flight,
+        max_wait_seconds=settings.max_throttle_wait,
+        permit_ttl_seconds=settings.request_timeout + TASK_TIMEOUT_MARGIN_SECONDS,
+    )
+    autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
     ctx = WorkerContext(
         settings=settings,
-        engine=engine.execution_options(isolation_level="AUTOCOMMIT"),
-        client=OpenRouterClient(
-            settings.openrouter_base_url,
-            settings.api_key(),
-            timeout=settings.request_timeout,
-            connect_timeout=settings.connect_timeout,
-            max_connections=concurrency,
-            app_url=settings.app_url,
-            app_title=settings.app_title,
+        engine=autocommit,
+        client=client,
+        throttle=Throttle(
+            arq_ctx["redis"], settings.queue_name, limits, lambda: records.free_calls_today(autocommit)
         ),
         owner=f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}",
     )
@@ -94,7 +123,13 @@ async def _startup(arq_ctx: dict[str, Any]) -> None:
     arq_ctx["engine"] = engine
     arq_ctx["feeder"] = asyncio.create_task(_feeder_loop(ctx, arq_ctx["redis"]))
     log.info(
-        "worker started", owner=ctx.owner, concurrency=concurrency, base_url=settings.openrouter_base_url
+        "worker started",
+        owner=ctx.owner,
+        concurrency=concurrency,
+        base_url=settings.openrouter_base_url,
+        free_per_minute=limits.free_per_window,
+        free_per_day=limits.free_per_day,
+        max_in_flight=limits.max_in_flight,
     )
 
 

@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import collections
 import contextlib
+import contextvars
 import socket
 import struct
 import time
@@ -44,6 +45,9 @@ DEFAULT_MODELS: dict[str, tuple[str, str]] = {
     "sim/last-resort": ("0.000004", "0.000008"),
 }
 
+# When the request being answered arrived (each aiohttp request runs in its own task and context).
+_arrived: contextvars.ContextVar[float] = contextvars.ContextVar("arrived")
+
 _RULE_KINDS = ("status", "error_in_200", "top_level_error", "not_json", "hang", "reset", "reply")
 
 
@@ -61,6 +65,8 @@ class Rule:
     metadata: dict[str, Any] | None = None
     content: str | None = None
     seconds: float = 3600.0
+    # For a scripted 429: X-RateLimit-Reset this many seconds from now, in the headers and the metadata.
+    reset_in_seconds: float | None = None
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Rule:
@@ -264,11 +270,19 @@ class Simulator:
         self.stats[f"status:{status}"] += 1
         if self.config.record_calls:
             self.calls.append(
-                {"t": time.time(), "body": body, "status": status, "outcome": outcome, "model": model}
+                {
+                    "t": _arrived.get(time.time()),
+                    "done": time.time(),
+                    "body": body,
+                    "status": status,
+                    "outcome": outcome,
+                    "model": model,
+                }
             )
 
     # --- handlers --------------------------------------------------------------------------------------
     async def chat(self, request: web.Request) -> web.StreamResponse:
+        _arrived.set(time.time())
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
@@ -351,12 +365,18 @@ class Simulator:
             )
         if rule.kind == "status":
             self._record(body, rule.status, "rule")
+            headers, metadata = dict(rule.headers), rule.metadata
+            if rule.reset_in_seconds is not None:
+                headers.update(
+                    {
+                        "X-RateLimit-Limit": "20",
+                        "X-RateLimit-Remaining": "0",
+                        "X-RateLimit-Reset": str(int((time.time() + rule.reset_in_seconds) * 1000)),
+                    }
+                )
+                metadata = {**(metadata or {}), "headers": headers, "provider_name": None}
             return self._error(
-                rule.status,
-                rule.message or f"simulated HTTP {rule.status}",
-                rule.code,
-                rule.metadata,
-                rule.headers,
+                rule.status, rule.message or f"simulated HTTP {rule.status}", rule.code, metadata, headers
             )
         if rule.kind == "error_in_200":
             self._record(body, 200, "error_in_200", model)

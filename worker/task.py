@@ -7,18 +7,21 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from jobs.constants import QUOTA_HOLD_SECONDS
 from jobs.logs import get_logger
-from jobs.models import Outcome
+from jobs.models import Outcome, PauseReason, RequestStatus
 from jobs.settings import Settings
 from worker import records
-from worker.classify import Success, classify
-from worker.openrouter import OpenRouterClient
+from worker.classify import Failure, Success, classify
+from worker.openrouter import CallResult, OpenRouterClient
 from worker.retry import decide
+from worker.throttle import Denied, Throttle
 
 __all__ = ["WorkerContext", "run_request"]
 
@@ -36,6 +39,7 @@ class WorkerContext:
     settings: Settings
     engine: AsyncEngine
     client: OpenRouterClient
+    throttle: Throttle
     owner: str
 
 
@@ -84,32 +88,17 @@ async def _renewing(ctx: WorkerContext, lease: records.Lease) -> AsyncIterator[N
             await renewer
 
 
-async def run_request(arq_ctx: dict[str, Any], request_id: int, attempts: int) -> str:
-    """Run one attempt of one request; returns what happened, for arq's log."""
-    ctx: WorkerContext = arq_ctx["orbatch"]
+async def _record_failure(
+    ctx: WorkerContext,
+    lease: records.Lease,
+    free: bool,
+    call: CallResult,
+    failure: Failure,
+    started_at: datetime,
+) -> str:
     settings = ctx.settings
-    lease = await _persist(
-        "lease",
-        lambda: records.take_lease(ctx.engine, request_id, attempts, ctx.owner, settings.lease_seconds),
-    )
-    if lease is None:
-        return "skipped"
-    try:
-        async with _renewing(ctx, lease):
-            call = await ctx.client.chat(lease.body, lease.models_sent)
-    except asyncio.CancelledError:
-        await asyncio.shield(
-            records.abandon(ctx.engine, lease, ctx.owner, "the worker stopped during the call")
-        )
-        raise
-    outcome = classify(call)
-    if isinstance(outcome, Success):
-        stored = await _persist(
-            "result", lambda: records.complete(ctx.engine, lease, outcome, call.latency_ms)
-        )
-        return "completed" if stored else "completed-elsewhere"
     decision = decide(
-        outcome,
+        failure,
         failures=lease.failures,
         chain=lease.chain,
         chain_pos=lease.chain_pos,
@@ -117,23 +106,108 @@ async def run_request(arq_ctx: dict[str, Any], request_id: int, attempts: int) -
         base=settings.retry_base_seconds,
         cap=settings.retry_max_seconds,
     )
+    # The throttle learns first, so other workers hold back while this one writes to Postgres.
+    if failure.cooldown_until is not None:
+        held = await ctx.throttle.cool_down(free, int(failure.cooldown_until.timestamp() * 1000))
+        log.warning("OpenRouter rate limit: every worker waits", seconds=held, message=failure.message)
     await _persist(
-        "failure", lambda: records.fail(ctx.engine, lease, ctx.owner, outcome, decision, call.latency_ms)
+        "failure",
+        lambda: records.fail(ctx.engine, lease, ctx.owner, failure, decision, started_at, call.latency_ms),
     )
     log.info(
         "attempt failed",
         request_id=lease.request_id,
         batch_id=lease.batch_id,
         attempt=lease.number,
-        outcome=outcome.outcome.value,
-        code=outcome.code,
-        status=outcome.status,
-        message=outcome.message,
+        outcome=failure.outcome.value,
+        code=failure.code,
+        status=failure.status,
+        message=failure.message,
         next=decision.status.value,
-        retry_in=round(decision.delay_seconds, 2) if decision.status.value == "pending" else None,
+        retry_in=round(decision.delay_seconds, 2) if decision.status is RequestStatus.PENDING else None,
     )
-    if outcome.outcome is Outcome.PARK:
+    if failure.outcome is Outcome.PARK:
         log.error(
-            "batch paused", batch_id=lease.batch_id, reason=outcome.park_reason, message=outcome.message
+            "batch paused", batch_id=lease.batch_id, reason=failure.park_reason, message=failure.message
         )
-    return outcome.outcome.value
+    return failure.outcome.value
+
+
+async def _throttled(ctx: WorkerContext, lease: records.Lease, denied: Denied) -> str:
+    """Give the request back unsent: the throttle's wait is longer than a worker holds a slot."""
+    quota_hold = denied.kind == "cooldown" and lease.models_sent[0].endswith(":free")
+    if denied.kind == "daily" or (quota_hold and denied.wait_seconds >= QUOTA_HOLD_SECONDS):
+        limit = ctx.throttle.limits.free_per_day
+        message = (
+            f"The daily quota of {limit} free-model requests is spent; the batch resumes at 00:00 UTC."
+            if denied.kind == "daily"
+            else "OpenRouter's free-model quota is spent; the batch resumes when OpenRouter said it resets."
+        )
+        await _persist(
+            "park",
+            lambda: records.unlease(
+                ctx.engine, lease, ctx.owner, denied.wait_seconds, PauseReason.QUOTA, message
+            ),
+        )
+        log.warning("batch paused", batch_id=lease.batch_id, reason="quota", message=message)
+    else:
+        await _persist("unlease", lambda: records.unlease(ctx.engine, lease, ctx.owner, denied.wait_seconds))
+    return f"throttled-{denied.kind}"
+
+
+async def run_request(arq_ctx: dict[str, Any], request_id: int, attempts: int) -> str:
+    """Run one attempt of one request; returns what happened, for arq's log."""
+    ctx: WorkerContext = arq_ctx["orbatch"]
+    lease = await _persist(
+        "lease",
+        lambda: records.take_lease(ctx.engine, request_id, attempts, ctx.owner, ctx.settings.lease_seconds),
+    )
+    if lease is None:
+        return "skipped"
+    try:
+        return await _run_leased(ctx, lease)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        if _connection_lost(exc):
+            raise  # the lease expires and the request runs again once the database is back
+        # A bug must not loop for ever: the attempt fails like any other and spends one of the request's tries.
+        log.exception("internal error running a request", request_id=lease.request_id)
+        failure = Failure(
+            Outcome.RETRY, "internal_error", f"orbatch internal error: {type(exc).__name__}: {exc}"
+        )
+        await _record_failure(ctx, lease, False, CallResult(latency_ms=0), failure, datetime.now(UTC))
+        return "internal-error"
+
+
+async def _run_leased(ctx: WorkerContext, lease: records.Lease) -> str:
+    """Throttle, call and record one leased request."""
+    # A request counts against the free limits when the first model it will try is a free variant.
+    free = lease.models_sent[0].endswith(":free")
+    sent = False
+    try:
+        async with _renewing(ctx, lease):
+            permit = await ctx.throttle.acquire(free)
+            if isinstance(permit, Denied):
+                return await _throttled(ctx, lease, permit)
+            started_at = datetime.now(UTC)
+            sent = True
+            try:
+                call = await ctx.client.chat(lease.body, lease.models_sent)
+            finally:
+                await asyncio.shield(ctx.throttle.release(permit))
+    except asyncio.CancelledError:
+        if sent:
+            await asyncio.shield(
+                records.abandon(ctx.engine, lease, ctx.owner, "the worker stopped during the call")
+            )
+        else:
+            await asyncio.shield(records.unlease(ctx.engine, lease, ctx.owner, 0.0))
+        raise
+    outcome = classify(call)
+    if isinstance(outcome, Success):
+        stored = await _persist(
+            "result", lambda: records.complete(ctx.engine, lease, outcome, started_at, call.latency_ms)
+        )
+        return "completed" if stored else "completed-elsewhere"
+    return await _record_failure(ctx, lease, free, call, outcome, started_at)

@@ -194,7 +194,7 @@ async def test_a_completed_request_is_never_called_again_by_a_duplicate_job(
     await run_workers(env, tmp_path)
     assert len(await simulator.calls()) == 1
     # The same job again (a redelivery), and the job of a re-run after a crash: both find it finished.
-    assert await enqueue_requests(redis, queue_name, [(1, 0), (1, 1)]) == 2
+    assert await enqueue_requests(redis, queue_name, [(1, 0), (1, 1)]) == [1, 1]
     await run_workers(env, tmp_path)
     assert len(await simulator.calls()) == 1
     assert (await rows(engine, "SELECT count(*) FROM attempt"))[0][0] == 1
@@ -224,3 +224,19 @@ async def test_connection_resets_and_read_timeouts_are_retried(
         ("slow", "retry", "timeout"),
         ("slow", "success", None),
     ]
+
+
+async def test_an_answer_with_a_nul_character_is_stored_once_not_called_again(
+    env: dict[str, str], engine: AsyncEngine, simulator: Simulator, tmp_path: Path
+) -> None:
+    await simulator.configure(
+        rules=[{"match": "nul", "kind": "reply", "content": "before\u0000after \\u0000 stays"}]
+    )
+    path = write_jsonl(tmp_path / "in.jsonl", [chat_line("n", "nul please")])
+    submit(env, path, "--models", "sim/echo")
+    await run_workers(env, tmp_path)
+    assert len(await simulator.calls()) == 1
+    (content,) = (await rows(engine, "SELECT content FROM result"))[0]
+    assert content == "before\ufffdafter \\u0000 stays"
+    body_content = (await rows(engine, "SELECT body->'choices'->0->'message'->>'content' FROM result"))[0][0]
+    assert body_content == content

@@ -1,0 +1,157 @@
+"""The throttle's decisions, against the real Redis: pacing, daily count, in-flight cap, cool-down."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+
+import pytest
+from arq.connections import ArqRedis
+
+from worker.throttle import Denied, Permit, Throttle, ThrottleLimits
+
+
+def limits(**overrides: float) -> ThrottleLimits:
+    values: dict[str, float] = {
+        "free_per_window": 10,
+        "window_seconds": 1.0,
+        "margin": 0.05,
+        "free_per_day": 1000,
+        "max_in_flight": 100,
+        "max_wait_seconds": 5.0,
+        "permit_ttl_seconds": 60.0,
+    }
+    values.update(overrides)
+    return ThrottleLimits(**values)  # type: ignore[arg-type]
+
+
+def make(redis: ArqRedis, made_today: int = 0, **overrides: float) -> Throttle:
+    async def count_today() -> int:
+        return made_today
+
+    return Throttle(redis, "test", limits(**overrides), count_today)
+
+
+async def day_count(throttle: Throttle) -> int:
+    stored = await throttle.redis.get(throttle.keys["day"])
+    return int(stored.decode().split(":")[1]) if stored else 0
+
+
+async def test_free_requests_are_spaced_by_the_window_over_the_limit_plus_margin(redis: ArqRedis) -> None:
+    throttle = make(redis)
+    start = time.monotonic()
+    grants = []
+    for _ in range(6):
+        permit = await throttle.acquire(free=True)
+        assert isinstance(permit, Permit)
+        grants.append(time.monotonic() - start)
+    # Slots are exact on Redis's clock, so six grants span at least five intervals of 1 s / 10 + 5 %;
+    # each gap as the caller sees it varies by its wake-up jitter only.
+    assert grants[-1] - grants[0] >= 5 * 0.105 - 0.005, grants
+    assert min(b - a for a, b in itertools.pairwise(grants)) >= 0.07, grants
+    assert throttle.limits.interval_ms == 105
+
+
+async def test_concurrent_takers_never_share_a_slot(redis: ArqRedis) -> None:
+    throttle = make(redis, free_per_window=20)
+    times: list[float] = []
+
+    async def take() -> None:
+        assert isinstance(await throttle.acquire(free=True), Permit)
+        times.append(time.monotonic())
+
+    await asyncio.gather(*(take() for _ in range(12)))
+    times.sort()
+    assert times[-1] - times[0] >= 11 * throttle.limits.interval_ms / 1000 - 0.005
+    assert min(b - a for a, b in itertools.pairwise(times)) >= 0.03
+
+
+async def test_paid_requests_are_not_paced(redis: ArqRedis) -> None:
+    throttle = make(redis, free_per_window=1, window_seconds=10)
+    start = time.monotonic()
+    for _ in range(20):
+        assert isinstance(await throttle.acquire(free=False), Permit)
+    assert time.monotonic() - start < 2
+
+
+async def test_the_daily_count_denies_without_consuming(redis: ArqRedis) -> None:
+    throttle = make(redis, free_per_day=2, free_per_window=1000)
+    assert isinstance(await throttle.acquire(free=True), Permit)
+    assert isinstance(await throttle.acquire(free=True), Permit)
+    denied = await throttle.acquire(free=True)
+    assert isinstance(denied, Denied)
+    assert denied.kind == "daily"
+    assert 0 < denied.wait_seconds <= 86400
+    assert await day_count(throttle) == 2
+
+
+async def test_a_free_request_never_sent_gives_its_daily_count_back(redis: ArqRedis) -> None:
+    throttle = make(redis, free_per_window=1000)
+    permit = await throttle.acquire(free=True)
+    assert isinstance(permit, Permit)
+    await throttle.release(permit, sent=False)
+    assert await day_count(throttle) == 0
+
+
+async def test_the_in_flight_cap_holds_until_a_permit_comes_back(redis: ArqRedis) -> None:
+    throttle = make(redis, max_in_flight=2)
+    first = await throttle.acquire(free=False)
+    second = await throttle.acquire(free=False)
+    assert isinstance(first, Permit)
+    assert isinstance(second, Permit)
+    third = asyncio.create_task(throttle.acquire(free=False))
+    await asyncio.sleep(0.3)
+    assert not third.done()
+    await throttle.release(first)
+    assert isinstance(await asyncio.wait_for(third, 2), Permit)
+
+
+async def test_the_cool_down_only_moves_forward_and_holds_free_requests_only(redis: ArqRedis) -> None:
+    throttle = make(redis, max_wait_seconds=0.5)
+    now_ms = int(time.time() * 1000)
+    assert await throttle.cool_down(True, now_ms + 5000) > 4
+    assert await throttle.cool_down(True, now_ms + 1000) == pytest.approx(4.9, abs=0.2)
+    denied = await throttle.acquire(free=True)
+    assert isinstance(denied, Denied)
+    assert denied.kind == "cooldown"
+    assert 4 < denied.wait_seconds <= 5
+    assert isinstance(await throttle.acquire(free=False), Permit)
+
+
+async def test_a_reserved_slot_is_checked_again_before_it_fires(redis: ArqRedis) -> None:
+    throttle = make(redis, free_per_window=1, window_seconds=1.0, margin=0.0)
+    assert isinstance(await throttle.acquire(free=True), Permit)
+    # The next slot is 1 s away; a 429 arrives meanwhile and holds everyone 1.5 s more.
+    waiting = asyncio.create_task(throttle.acquire(free=True))
+    await asyncio.sleep(0.2)
+    await throttle.cool_down(True, int(time.time() * 1000) + 1500)
+    start = time.monotonic()
+    assert isinstance(await waiting, Permit)
+    assert time.monotonic() - start >= 1.4
+
+
+async def test_a_slot_further_away_than_a_worker_waits_is_denied_not_reserved(redis: ArqRedis) -> None:
+    throttle = make(redis, free_per_window=1, window_seconds=10, max_wait_seconds=1)
+    assert isinstance(await throttle.acquire(free=True), Permit)
+    denied = await throttle.acquire(free=True)
+    assert isinstance(denied, Denied)
+    assert denied.kind == "rate"
+    assert 9 < denied.wait_seconds <= 10.5
+    assert await day_count(throttle) == 1
+
+
+async def test_seeding_the_daily_count_only_fills_a_missing_one(redis: ArqRedis) -> None:
+    throttle = make(redis)
+    assert await throttle.seed_day(7)
+    assert not await throttle.seed_day(3)
+    assert await day_count(throttle) == 7
+
+
+async def test_a_lost_daily_count_is_rebuilt_from_the_calls_already_made(redis: ArqRedis) -> None:
+    throttle = make(redis, made_today=4, free_per_day=5, free_per_window=1000)
+    assert isinstance(await throttle.acquire(free=True), Permit)
+    assert await day_count(throttle) == 5
+    denied = await throttle.acquire(free=True)
+    assert isinstance(denied, Denied)
+    assert denied.kind == "daily"
