@@ -1,0 +1,103 @@
+"""What the benchmarks share: a scratch database and Redis, the simulator process, the machine's description."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import platform
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import asyncpg
+import httpx
+import redis
+
+ROOT = Path(__file__).resolve().parent.parent
+POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432")
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/13")
+
+
+def machine() -> str:
+    """One line naming the machine the figures come from."""
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{platform.node()}: {os.cpu_count()} cores, {cpu}, Python {platform.python_version()}"
+
+
+@contextmanager
+def scratch_database() -> Iterator[str]:
+    """A fresh database migrated to head, dropped afterwards; Redis database 13 flushed before and after."""
+    from jobs.db import upgrade
+
+    name = f"orbatch_bench_{uuid.uuid4().hex[:8]}"
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(f"{POSTGRES_URL}/postgres")
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    url = f"{POSTGRES_URL}/{name}"
+    asyncio.run(upgrade(url))
+    flush = redis.Redis.from_url(REDIS_URL)
+    flush.flushdb()
+    try:
+        yield url
+    finally:
+        flush.flushdb()
+        flush.close()
+        asyncio.run(admin(f'DROP DATABASE "{name}" WITH (FORCE)'))
+
+
+class Simulator:
+    """The OpenRouter simulator as a subprocess."""
+
+    def __init__(self, *args: str) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-u", "-m", "worker.simulator", "--port", "0", "--no-record", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            cwd=ROOT,
+        )
+        assert self.process.stdout is not None
+        self.base_url = self.process.stdout.readline().decode().rsplit(" ", 1)[1].strip()
+        self.root = self.base_url.removesuffix("/api/v1")
+
+    def configure(self, **settings: object) -> None:
+        httpx.post(f"{self.root}/_sim/config", json=settings).raise_for_status()
+
+    def stats(self) -> dict[str, int]:
+        return dict(httpx.get(f"{self.root}/_sim/stats").json())
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(10)
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+
+
+def env_for(database_url: str, base_url: str, **extra: str) -> dict[str, str]:
+    """The environment of an orbatch process in a benchmark."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ORBATCH_", "OPENROUTER_"))}
+    env.update(
+        DATABASE_URL=database_url,
+        REDIS_URL=REDIS_URL,
+        OPENROUTER_BASE_URL=base_url,
+        OPENROUTER_API_KEY="sk-or-v1-bench",
+        ORBATCH_QUEUE_NAME="orbatch-bench",
+        ORBATCH_LOG_LEVEL="WARNING",
+    )
+    env.update(extra)
+    return env
