@@ -5,22 +5,29 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import Coroutine
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
+import httpx
 import orjson
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from jobs.catalog import load_catalog
+from jobs.control import ResumeRefused, resume_batch
 from jobs.db import create_engine, ensure_database, upgrade
 from jobs.export import export_results, open_output
+from jobs.feeder import feed
 from jobs.formats import parse_models
 from jobs.logs import configure_logging
+from jobs.queue import connect
 from jobs.settings import Settings, get_settings
 from jobs.status import BatchNotFound, BatchSummary, batch_summary, list_batches
-from jobs.submit import SubmitError, SubmitOptions, submit_file
+from jobs.submit import SubmitError, SubmitOptions, model_problem, submit_file
+from jobs.usage import UsageLine, UsageReport, usage_report
 
 __all__ = ["app", "main"]
 
@@ -36,8 +43,8 @@ app = typer.Typer(
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 
-# soft_wrap: messages stay one line each when piped, whatever the width.
-out = Console(soft_wrap=True)
+# soft_wrap: messages stay one line each when piped, whatever the width; piped tables get room for ids.
+out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True, soft_wrap=True)
 
 
@@ -48,6 +55,16 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
 def _fail(message: str, code: int = 1) -> NoReturn:
     err.print(f"[bold red]error:[/] {message}", highlight=False)
     raise typer.Exit(code)
+
+
+def _usd(value: str, option: str) -> Decimal:
+    try:
+        amount = Decimal(value)
+    except InvalidOperation:
+        _fail(f"{option} must be an amount in USD such as 2.50, got {value!r}", 2)
+    if not amount.is_finite() or amount <= 0:
+        _fail(f"{option} must be more than zero, got {value!r}", 2)
+    return amount
 
 
 def _settings() -> Settings:
@@ -119,7 +136,16 @@ def submit(
     max_attempts: Annotated[
         int | None, typer.Option(min=1, max=100, help="Failed calls before a request fails.")
     ] = None,
+    free_only: Annotated[
+        bool, typer.Option("--free-only", help="Refuse any model that is not a :free variant.")
+    ] = False,
+    max_cost: Annotated[
+        str | None, typer.Option("--max-cost", help="Stop the batch once its spend reaches this many USD.")
+    ] = None,
     skip_invalid: Annotated[bool, typer.Option(help="Queue the good lines of a file with bad ones.")] = False,
+    check_models: Annotated[
+        bool, typer.Option(help="Check model ids against OpenRouter's model list (GET /models).")
+    ] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Validate FILE and queue every line as one batch; prints the batch id."""
@@ -130,13 +156,34 @@ def submit(
         )
     except ValueError as exc:
         _fail(str(exc), 2)
-    options = SubmitOptions(
-        models=chain, name=name, max_attempts=max_attempts or settings.max_attempts, skip_invalid=skip_invalid
-    )
+    key = settings.openrouter_api_key.get_secret_value() if settings.openrouter_api_key else None
+    cap = _usd(max_cost, "--max-cost") if max_cost is not None else None
 
     async def go() -> dict[str, Any]:
         engine = create_engine(settings.database_url, pool_size=2)
         try:
+            known: frozenset[str] | None = None
+            if check_models:
+                try:
+                    known = frozenset(await load_catalog(engine, settings.openrouter_base_url, key))
+                except (httpx.HTTPError, OSError, ValueError) as exc:
+                    err.print(
+                        f"warning: could not read OpenRouter's model list ({type(exc).__name__}); "
+                        "model ids are not checked before submitting",
+                        highlight=False,
+                    )
+            options = SubmitOptions(
+                models=chain,
+                name=name,
+                max_attempts=max_attempts or settings.max_attempts,
+                skip_invalid=skip_invalid,
+                free_only=free_only,
+                max_cost=cap,
+                known_models=known,
+            )
+            problem = model_problem(chain, options)
+            if problem:
+                raise SubmitError(str(file), [], 0, reason=f"--models: {problem}")
             size = file.stat().st_size
             with Progress(
                 TextColumn("submitting"),
@@ -151,9 +198,6 @@ def submit(
                 report = await submit_file(
                     engine, file, options, lambda pos: progress.update(task, completed=pos)
                 )
-            from jobs.feeder import feed
-            from jobs.queue import connect
-
             redis = await connect(settings.redis_url, settings.queue_name)
             try:
                 await feed(engine, redis, settings.queue_name, settings.feed_window, batch_id=report.batch_id)
@@ -292,21 +336,79 @@ def results(
 
 
 @app.command()
-def resume(batch: Annotated[str, typer.Argument(help="Batch id.")]) -> None:
-    """Run a paused batch again now (after fixing the key, adding credits, or to retry a quota early)."""
+def usage(
+    batch: Annotated[str | None, typer.Argument(help="Batch id; omit for every batch.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Requests, calls, tokens and cost by batch and by the model that served, from every attempt."""
     settings = _settings()
-    from jobs.control import resume_batch
+
+    async def go() -> UsageReport:
+        engine = create_engine(settings.database_url, pool_size=1)
+        try:
+            return await usage_report(engine, batch)
+        finally:
+            await engine.dispose()
+
+    try:
+        report = _run(go())
+    except BatchNotFound as exc:
+        _fail(str(exc), 2)
+    if as_json:
+        sys.stdout.write(orjson.dumps(report.to_json()).decode() + "\n")
+        return
+    table = Table(
+        "batch", "model served", "requests", "calls", "prompt", "completion", "reasoning", "cached", "cost"
+    )
+    for batch_id, models in report.models.items():
+        for model, line in models.items():
+            _usage_row(table, batch_id, model or "(no answer)", line)
+        if len(models) > 1:
+            _usage_row(table, batch_id, "all", report.batches[batch_id], style="bold")
+    if len(report.batches) > 1:
+        _usage_row(table, "all", "", report.total, style="bold")
+    out.print(table)
+    if report.total.cost_estimated:
+        err.print("* cost estimated from the model's list prices: OpenRouter reported none for some calls")
+
+
+def _usage_row(table: Table, batch_id: str, model: str, line: UsageLine, style: str | None = None) -> None:
+    table.add_row(
+        batch_id,
+        model,
+        str(line.requests),
+        str(line.calls),
+        str(line.prompt_tokens),
+        str(line.completion_tokens),
+        str(line.reasoning_tokens),
+        str(line.cached_tokens),
+        f"${line.cost:.6f}" + ("*" if line.cost_estimated else ""),
+        style=style,
+    )
+
+
+@app.command()
+def resume(
+    batch: Annotated[str, typer.Argument(help="Batch id.")],
+    max_cost: Annotated[
+        str | None,
+        typer.Option("--max-cost", help="A new spending cap (USD), for a batch stopped on its budget."),
+    ] = None,
+) -> None:
+    """Run a paused batch again now (after fixing the key, adding credits, raising its budget, or early)."""
+    settings = _settings()
+    cap = _usd(max_cost, "--max-cost") if max_cost is not None else None
 
     async def go() -> str:
         engine = create_engine(settings.database_url, pool_size=1)
         try:
-            return await resume_batch(engine, batch)
+            return await resume_batch(engine, batch, cap)
         finally:
             await engine.dispose()
 
     try:
         state = _run(go())
-    except BatchNotFound as exc:
+    except (BatchNotFound, ResumeRefused) as exc:
         _fail(str(exc), 2)
     err.print(f"{batch}: {state}", highlight=False)
 

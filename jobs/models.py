@@ -31,6 +31,7 @@ __all__ = [
     "Base",
     "Batch",
     "BatchStatus",
+    "ModelPrice",
     "Outcome",
     "PauseReason",
     "Request",
@@ -118,6 +119,12 @@ class Batch(Base):
     resume_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     models: Mapped[list[str]] = mapped_column(ARRAY(Text), server_default=text("'{}'"))
     max_attempts: Mapped[int] = mapped_column(Integer)
+    # Only `:free` models may be sent for this batch.
+    free_only: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    # The spend (USD) at which the batch stops before starting another call; NULL: no cap.
+    max_cost: Mapped[Decimal | None] = mapped_column(Numeric)
+    # Recorded spend, kept here (only for batches with a cap) so the check costs no scan of the attempts.
+    spent: Mapped[Decimal] = mapped_column(Numeric, server_default=text("0"))
     options: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
     source_name: Mapped[str | None] = mapped_column(Text)
     source_sha256: Mapped[str | None] = mapped_column(Text)
@@ -208,6 +215,18 @@ class Attempt(Base):
     cost_estimated: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
     error_code: Mapped[str | None] = mapped_column(Text)
     error_message: Mapped[str | None] = mapped_column(Text)
+
+
+class ModelPrice(Base):
+    """OpenRouter's model list as last fetched: the ids it knows and their prices (USD per token)."""
+
+    __tablename__ = "model_price"
+
+    id: Mapped[str] = mapped_column(Text, primary_key=True)
+    prompt: Mapped[Decimal | None] = mapped_column(Numeric)
+    completion: Mapped[Decimal | None] = mapped_column(Numeric)
+    request: Mapped[Decimal | None] = mapped_column(Numeric)
+    fetched_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
 class Result(Base):

@@ -6,6 +6,7 @@ import hashlib
 import secrets
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,15 @@ from jobs.constants import MAX_REPORTED_LINE_ERRORS, STAGING_COPY_CHUNK
 from jobs.formats import LineError, iter_raw_lines, parse_line
 from jobs.models import Batch, BatchStatus
 
-__all__ = ["SubmitError", "SubmitOptions", "SubmitReport", "file_sha256", "new_batch_id", "submit_file"]
+__all__ = [
+    "SubmitError",
+    "SubmitOptions",
+    "SubmitReport",
+    "file_sha256",
+    "model_problem",
+    "new_batch_id",
+    "submit_file",
+]
 
 ProgressFn = Callable[[int], None]
 
@@ -31,6 +40,10 @@ class SubmitOptions:
     max_attempts: int = 5
     skip_invalid: bool = False
     max_line_bytes: int = 16 * 1024 * 1024
+    free_only: bool = False
+    max_cost: Decimal | None = None
+    # Model ids OpenRouter lists (GET /models); None when the list could not be had, so ids go unchecked.
+    known_models: frozenset[str] | None = None
 
 
 @dataclass(slots=True)
@@ -70,6 +83,16 @@ class _LineErrors:
             self.kept.append(error)
 
 
+def model_problem(models: list[str], options: SubmitOptions) -> str | None:
+    """What is wrong with a model chain under the options (an unknown id, a paid model in a free-only batch)."""
+    for model in models:
+        if options.known_models is not None and model not in options.known_models:
+            return f"unknown model {model!r}: OpenRouter's model list (GET /models) has no such id"
+        if options.free_only and not model.endswith(":free"):
+            return f"--free-only: {model!r} is not a free model (a free variant's id ends in ':free')"
+    return None
+
+
 def new_batch_id() -> str:
     """A fresh batch id in OpenAI's style."""
     return f"batch_{secrets.token_hex(8)}"
@@ -102,6 +125,10 @@ def _records(
                     continue
                 if parsed.models is None and not options.models:
                     raise LineError(line_no, 'no model: pass --models or give the line a "model" or "models"')
+                if parsed.models is not None:
+                    problem = model_problem(parsed.models, options)
+                    if problem:
+                        raise LineError(line_no, problem)
             except LineError as exc:
                 errors.add(exc)
                 continue
@@ -148,7 +175,15 @@ async def submit_file(
                 status=BatchStatus.VALIDATING,
                 models=options.models,
                 max_attempts=options.max_attempts,
-                options={"models": options.models, "max_attempts": options.max_attempts},
+                free_only=options.free_only,
+                max_cost=options.max_cost,
+                options={
+                    "models": options.models,
+                    "max_attempts": options.max_attempts,
+                    "free_only": options.free_only,
+                    "max_cost": None if options.max_cost is None else str(options.max_cost),
+                    "skip_invalid": options.skip_invalid,
+                },
                 source_name=path.name,
                 source_sha256=sha256,
             )

@@ -81,7 +81,9 @@ async def session_redis(queue_name: str) -> AsyncIterator[ArqRedis]:
 @pytest.fixture
 async def engine(session_engine: AsyncEngine) -> AsyncEngine:
     async with session_engine.begin() as conn:
-        await conn.execute(text("TRUNCATE batch, request, attempt, result RESTART IDENTITY CASCADE"))
+        await conn.execute(
+            text("TRUNCATE batch, request, attempt, result, model_price RESTART IDENTITY CASCADE")
+        )
     return session_engine
 
 

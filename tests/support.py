@@ -57,6 +57,8 @@ class Simulator:
             "is_free_tier": True,
             "credits": None,
             "record_calls": True,
+            "omit_cost": False,
+            "byok": False,
             "rules": [],
         }
         await self.configure(**{**defaults, **settings})

@@ -50,6 +50,8 @@ class Usage:
     reasoning_tokens: int | None = None
     cached_tokens: int | None = None
     cost: Decimal | None = None
+    # True when OpenRouter reported no cost and it was computed from the model's list prices.
+    cost_estimated: bool = False
 
 
 @dataclass(slots=True)

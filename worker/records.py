@@ -29,6 +29,7 @@ __all__ = [
     "fail",
     "free_calls_today",
     "nothing_left",
+    "refuse",
     "renew",
     "take_lease",
     "unlease",
@@ -48,6 +49,7 @@ class Lease:
     chain: list[str]
     models_sent: list[str]
     max_attempts: int
+    free_only: bool
     body: dict[str, Any]
 
 
@@ -61,7 +63,7 @@ _TAKE_LEASE = text(
         FROM batch b
         WHERE r.id = :request_id AND r.attempts = :attempts AND r.status = 'pending'
           AND r.next_attempt_at <= now() AND b.id = r.batch_id AND b.status = 'in_progress'
-        RETURNING r.id, r.batch_id, r.attempts, r.failures, r.body, b.max_attempts,
+        RETURNING r.id, r.batch_id, r.attempts, r.failures, r.body, b.max_attempts, b.free_only,
                   coalesce(r.models, b.models) AS chain,
                   CASE WHEN r.chain_pos < cardinality(coalesce(r.models, b.models)) THEN r.chain_pos ELSE 0 END
                       AS chain_pos
@@ -84,8 +86,24 @@ _ATTEMPT_SET = """
            outcome = :outcome, model = :model, provider = :provider, generation_id = :generation_id,
            prompt_tokens = :prompt_tokens, completion_tokens = :completion_tokens,
            reasoning_tokens = :reasoning_tokens, cached_tokens = :cached_tokens, cost = :cost,
+           cost_estimated = :cost_estimated,
            error_code = :error_code, error_message = :error_message
     WHERE id = :attempt_id
+"""
+
+# Adds a call's cost to its batch's spend when the batch has a cap, and pauses the batch once the cap is
+# reached: no call starts after that, so the overshoot is at most the calls already in flight.
+_SPEND = """
+    UPDATE batch SET spent = spent + :cost,
+           status = CASE WHEN status = 'in_progress' AND spent + :cost >= max_cost THEN 'paused' ELSE status END,
+           pause_reason = CASE WHEN status = 'in_progress' AND spent + :cost >= max_cost THEN 'budget'
+                               ELSE pause_reason END,
+           pause_message = CASE WHEN status = 'in_progress' AND spent + :cost >= max_cost
+               THEN 'The batch has spent ' || (spent + :cost)::text || ' USD, reaching its --max-cost of '
+                    || max_cost::text || ' USD. Raise it with `orbatch resume ' || id || ' --max-cost USD`.'
+               ELSE pause_message END
+    WHERE id = :batch_id AND max_cost IS NOT NULL AND CAST(:cost AS numeric) > 0
+    RETURNING id
 """
 
 # Completes the request whoever holds it now: a slow worker whose lease was taken over still has a
@@ -93,6 +111,7 @@ _ATTEMPT_SET = """
 _COMPLETE = text(
     f"""
     WITH attempt_done AS ({_ATTEMPT_SET} RETURNING id),
+    spend AS ({_SPEND}),
     completed AS (
         UPDATE request SET status = 'completed', finished_at = now(), lease_owner = NULL,
                lease_expires_at = NULL, enqueued_at = NULL, last_error = NULL
@@ -111,6 +130,7 @@ _COMPLETE = text(
 _FAIL = text(
     f"""
     WITH attempt_done AS ({_ATTEMPT_SET} RETURNING id),
+    spend AS ({_SPEND}),
     moved AS (
         UPDATE request SET status = :status, failures = :failures, chain_pos = :chain_pos,
                next_attempt_at = now() + make_interval(secs => :delay_seconds), last_error = :error_message,
@@ -160,6 +180,18 @@ _UNLEASE = text(
     """
 )
 
+# A call the batch's options forbid (a paid model in a free-only batch) is never made: the request fails.
+_REFUSE = text(
+    """
+    WITH unfired AS (
+        DELETE FROM attempt WHERE id = :attempt_id AND outcome = 'in_flight' RETURNING request_id
+    )
+    UPDATE request SET status = 'failed', attempts = attempts - 1, lease_owner = NULL, lease_expires_at = NULL,
+           enqueued_at = NULL, finished_at = now(), last_error = :message
+    WHERE id = :request_id AND status = 'running' AND lease_owner = :owner AND id IN (SELECT request_id FROM unfired)
+    """
+)
+
 _FREE_CALLS_TODAY = text(
     "SELECT count(*) FROM attempt WHERE started_at >= date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'"
     " AND models_sent[1] LIKE :free_suffix AND outcome <> 'in_flight'"
@@ -203,6 +235,7 @@ def _attempt_params(
         "reasoning_tokens": usage.reasoning_tokens,
         "cached_tokens": usage.cached_tokens,
         "cost": usage.cost,
+        "cost_estimated": usage.cost_estimated,
         "error_code": error_code,
         "error_message": error_message,
     }
@@ -237,6 +270,7 @@ async def take_lease(
         chain=list(row.chain),
         models_sent=list(row.models_sent),
         max_attempts=row.max_attempts,
+        free_only=row.free_only,
         body=row.body,
     )
 
@@ -275,6 +309,7 @@ async def complete(
         content = content.replace("\x00", "\ufffd")
     params.update(
         request_id=lease.request_id,
+        batch_id=lease.batch_id,
         body=body,
         content=content,
         finish_reason=success.finish_reason,
@@ -311,6 +346,7 @@ async def fail(
     resume_at: datetime | None = failure.resume_at
     params.update(
         request_id=lease.request_id,
+        batch_id=lease.batch_id,
         owner=owner,
         status=decision.status.value,
         failures=decision.failures,
@@ -353,6 +389,21 @@ async def unlease(
                 "delay_seconds": delay_seconds,
                 "park_reason": park_reason.value if park_reason else None,
                 "park_message": park_message,
+            },
+        )
+        await conn.commit()
+
+
+async def refuse(engine: AsyncEngine, lease: Lease, owner: str, message: str) -> None:
+    """Fail the request without calling upstream."""
+    async with engine.connect() as conn:
+        await conn.execute(
+            _REFUSE,
+            {
+                "attempt_id": lease.attempt_id,
+                "request_id": lease.request_id,
+                "owner": owner,
+                "message": message,
             },
         )
         await conn.commit()

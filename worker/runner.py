@@ -14,6 +14,7 @@ from arq.connections import ArqRedis
 from arq.typing import WorkerCoroutine
 from arq.worker import Worker
 
+from jobs.catalog import load_catalog
 from jobs.constants import (
     BURST_CHECK_SECONDS,
     CREDITED_DAILY_REQUESTS,
@@ -30,6 +31,7 @@ from jobs.queue import redis_settings as arq_redis_settings
 from jobs.settings import Settings, get_settings
 from worker import records
 from worker.openrouter import OpenRouterClient
+from worker.pricing import PriceBook
 from worker.task import WorkerContext, run_request
 from worker.throttle import Throttle, ThrottleLimits
 
@@ -91,9 +93,10 @@ async def _startup(arq_ctx: dict[str, Any]) -> None:
     settings: Settings = arq_ctx.get("settings") or get_settings()
     concurrency: int = arq_ctx.get("concurrency") or settings.concurrency
     engine = create_engine(settings.database_url, pool_size=concurrency + 2)
+    api_key = settings.api_key()
     client = OpenRouterClient(
         settings.openrouter_base_url,
-        settings.api_key(),
+        api_key,
         timeout=settings.request_timeout,
         connect_timeout=settings.connect_timeout,
         max_connections=concurrency,
@@ -116,6 +119,9 @@ async def _startup(arq_ctx: dict[str, Any]) -> None:
         client=client,
         throttle=Throttle(
             arq_ctx["redis"], settings.queue_name, limits, lambda: records.free_calls_today(autocommit)
+        ),
+        prices=PriceBook(
+            lambda max_age: load_catalog(engine, settings.openrouter_base_url, api_key, max_age)
         ),
         owner=f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}",
     )

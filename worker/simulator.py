@@ -91,6 +91,10 @@ class SimConfig:
     is_free_tier: bool = True
     credits: float | None = None  # None: no credit check; 0 or less: 402 on every call
     record_calls: bool = True
+    # Leave `usage.cost` out of answers (some providers and proxies do), to exercise cost estimates.
+    omit_cost: bool = False
+    # Answer as a bring-your-own-key call: `cost` is OpenRouter's fee, the provider's price is upstream.
+    byok: bool = False
     rules: list[Rule] = field(default_factory=list)
 
 
@@ -101,7 +105,8 @@ class Simulator:
         self, config: SimConfig | None = None, models: dict[str, tuple[str, str]] | None = None
     ) -> None:
         self.config = config or SimConfig()
-        self.models = dict(models or DEFAULT_MODELS)
+        self.initial_models = dict(models or DEFAULT_MODELS)
+        self.models = dict(self.initial_models)
         self.started = time.time()
         self.reset_counters()
 
@@ -119,9 +124,10 @@ class Simulator:
 
     # --- configuration -------------------------------------------------------------------------------
     def configure(self, data: dict[str, Any]) -> None:
-        """Apply a partial configuration (the body of POST /_sim/config)."""
+        """Apply a partial configuration (the body of POST /_sim/config); `reset` also restores the models."""
         if data.get("reset"):
             self.reset_counters()
+            self.models = dict(self.initial_models)
         for key, value in data.items():
             if key == "rules":
                 self.config.rules = [Rule.from_json(r) for r in value]
@@ -221,7 +227,7 @@ class Simulator:
         prompt_price, completion_price = self.models[model]
         cost = Decimal(prompt_price) * prompt_tokens + Decimal(completion_price) * completion_tokens
         self.spent += cost
-        return {
+        usage: dict[str, Any] = {
             "prompt_tokens": prompt_tokens,
             "completion_tokens": completion_tokens,
             "total_tokens": prompt_tokens + completion_tokens,
@@ -235,6 +241,14 @@ class Simulator:
                 "upstream_inference_completions_cost": float(Decimal(completion_price) * completion_tokens),
             },
         }
+        if self.config.byok:
+            # OpenRouter's BYOK fee is 5 % of what the provider charges the user's own key.
+            usage["is_byok"] = True
+            usage["cost"] = float(cost * Decimal("0.05"))
+            usage["cost_details"]["upstream_inference_cost"] = float(cost)
+        if self.config.omit_cost:
+            del usage["cost"]
+        return usage
 
     def _completion(
         self,

@@ -20,6 +20,7 @@ from jobs.settings import Settings
 from worker import records
 from worker.classify import Failure, Success, classify
 from worker.openrouter import CallResult, OpenRouterClient
+from worker.pricing import PriceBook
 from worker.retry import decide
 from worker.throttle import Denied, Throttle
 
@@ -40,6 +41,7 @@ class WorkerContext:
     engine: AsyncEngine
     client: OpenRouterClient
     throttle: Throttle
+    prices: PriceBook
     owner: str
 
 
@@ -182,6 +184,11 @@ async def run_request(arq_ctx: dict[str, Any], request_id: int, attempts: int) -
 
 async def _run_leased(ctx: WorkerContext, lease: records.Lease) -> str:
     """Throttle, call and record one leased request."""
+    paid = [m for m in lease.models_sent if not m.endswith(":free")]
+    if lease.free_only and paid:
+        message = f"the batch is --free-only and this request would send the paid model {paid[0]!r}; not sent"
+        await _persist("refuse", lambda: records.refuse(ctx.engine, lease, ctx.owner, message))
+        return "refused"
     # A request counts against the free limits when the first model it will try is a free variant.
     free = lease.models_sent[0].endswith(":free")
     sent = False
@@ -205,6 +212,8 @@ async def _run_leased(ctx: WorkerContext, lease: records.Lease) -> str:
             await asyncio.shield(records.unlease(ctx.engine, lease, ctx.owner, 0.0))
         raise
     outcome = classify(call)
+    if outcome.usage is not None:
+        await ctx.prices.fill(outcome.usage, outcome.model)
     if isinstance(outcome, Success):
         stored = await _persist(
             "result", lambda: records.complete(ctx.engine, lease, outcome, started_at, call.latency_ms)

@@ -7,9 +7,11 @@ from pathlib import Path
 
 import asyncpg
 import orjson
+from alembic.script import ScriptDirectory
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from jobs.db import alembic_config
 from tests.conftest import POSTGRES_URL
 from tests.support import chat_line, run_cli, write_jsonl
 
@@ -92,7 +94,8 @@ async def test_db_upgrade_creates_a_missing_database(env: dict[str, str]) -> Non
         assert "Created the database" in done.stderr
         conn = await asyncpg.connect(f"{POSTGRES_URL}/{name}")
         try:
-            assert await conn.fetchval("SELECT version_num FROM alembic_version") == "0001"
+            head = ScriptDirectory.from_config(alembic_config(env["DATABASE_URL"])).get_current_head()
+            assert await conn.fetchval("SELECT version_num FROM alembic_version") == head
         finally:
             await conn.close()
     finally:

@@ -45,22 +45,24 @@ def max_in_any_window(times: list[float], window: float) -> int:
 async def test_three_workers_share_the_per_minute_limit_with_no_429(
     env: dict[str, str], engine: AsyncEngine, simulator: Simulator, tmp_path: Path
 ) -> None:
-    await simulator.configure(free_per_minute=8, free_window_seconds=2)
+    # 12 per 6 s: the 5 % margin leaves 300 ms of slack per window for three processes' wake-up jitter on a
+    # busy machine (against OpenRouter's real minute it leaves 3 s).
+    await simulator.configure(free_per_minute=12, free_window_seconds=6)
     env = {
         **env,
-        "ORBATCH_FREE_REQUESTS_PER_MINUTE": "8",
-        "ORBATCH_FREE_WINDOW_SECONDS": "2",
+        "ORBATCH_FREE_REQUESTS_PER_MINUTE": "12",
+        "ORBATCH_FREE_WINDOW_SECONDS": "6",
         "ORBATCH_FREE_REQUESTS_PER_DAY": "100000",
     }
-    submit(env, tmp_path, [chat_line(f"c{i}", f"q{i}") for i in range(30)])
+    submit(env, tmp_path, [chat_line(f"c{i}", f"q{i}") for i in range(26)])
     workers = Workers(env, tmp_path, 3, "--burst", "--concurrency", "4")
     assert await workers.wait(120) == [0, 0, 0], workers.output()[-3000:]
 
     stats = await simulator.stats()
     assert stats.get("429:free-models-per-min", 0) == 0
     calls = await simulator.calls()
-    assert len(calls) == 30
-    assert max_in_any_window([c["t"] for c in calls], 2.0) <= 8
+    assert len(calls) == 26
+    assert max_in_any_window([c["t"] for c in calls], 6.0) <= 12
     assert len({w for (w,) in await rows(engine, "SELECT DISTINCT worker FROM attempt")}) >= 2
     # Waiting for the throttle spends no attempt: one call, one attempt row, no failure per request.
     assert await rows(engine, "SELECT DISTINCT status, attempts, failures FROM request") == [

@@ -1,0 +1,109 @@
+"""Usage from the attempt rows: requests, calls, tokens and cost by batch and by the model that served."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from jobs.status import BatchNotFound
+
+__all__ = ["UsageLine", "UsageReport", "usage_report"]
+
+_BY_MODEL = text(
+    """
+    SELECT a.batch_id, coalesce(a.model, '') AS model,
+           count(DISTINCT a.request_id) FILTER (WHERE a.outcome = 'success') AS requests,
+           count(*) AS calls,
+           coalesce(sum(a.prompt_tokens), 0) AS prompt_tokens,
+           coalesce(sum(a.completion_tokens), 0) AS completion_tokens,
+           coalesce(sum(a.reasoning_tokens), 0) AS reasoning_tokens,
+           coalesce(sum(a.cached_tokens), 0) AS cached_tokens,
+           coalesce(sum(a.cost), 0) AS cost,
+           bool_or(a.cost_estimated) AS cost_estimated
+    FROM attempt a
+    WHERE CAST(:batch_id AS text) IS NULL OR a.batch_id = :batch_id
+    GROUP BY a.batch_id, coalesce(a.model, '')
+    ORDER BY a.batch_id, coalesce(a.model, '')
+    """
+)
+
+_COUNTERS = ("requests", "calls", "prompt_tokens", "completion_tokens", "reasoning_tokens", "cached_tokens")
+
+
+@dataclass(slots=True)
+class UsageLine:
+    """One group's totals; `requests` counts the requests it answered, `calls` every upstream call."""
+
+    requests: int = 0
+    calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    reasoning_tokens: int = 0
+    cached_tokens: int = 0
+    cost: Decimal = Decimal(0)
+    cost_estimated: bool = False
+
+    def add(self, other: UsageLine) -> None:
+        """Fold another group's totals into this one."""
+        for name in _COUNTERS:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.cost += other.cost
+        self.cost_estimated = self.cost_estimated or other.cost_estimated
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON, with the cost as a decimal string."""
+        data = asdict(self)
+        data["cost"] = str(self.cost)
+        return data
+
+
+@dataclass(slots=True)
+class UsageReport:
+    """Totals overall, per batch and per batch and model (the model that served; "" for calls with no answer)."""
+
+    total: UsageLine = field(default_factory=UsageLine)
+    batches: dict[str, UsageLine] = field(default_factory=dict)
+    models: dict[str, dict[str, UsageLine]] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """The `usage --json` object."""
+        return {
+            "total": self.total.to_json(),
+            "batches": [
+                {
+                    "id": batch_id,
+                    **line.to_json(),
+                    "models": {m: u.to_json() for m, u in self.models[batch_id].items()},
+                }
+                for batch_id, line in self.batches.items()
+            ],
+        }
+
+
+async def usage_report(engine: AsyncEngine, batch_id: str | None = None) -> UsageReport:
+    """Sum the attempt rows of one batch, or of every batch."""
+    report = UsageReport()
+    async with engine.connect() as conn:
+        if batch_id is not None:
+            exists = (await conn.execute(text("SELECT 1 FROM batch WHERE id = :b"), {"b": batch_id})).first()
+            if exists is None:
+                raise BatchNotFound(batch_id)
+        for row in await conn.execute(_BY_MODEL, {"batch_id": batch_id}):
+            line = UsageLine(
+                requests=row.requests,
+                calls=row.calls,
+                prompt_tokens=row.prompt_tokens,
+                completion_tokens=row.completion_tokens,
+                reasoning_tokens=row.reasoning_tokens,
+                cached_tokens=row.cached_tokens,
+                cost=Decimal(row.cost),
+                cost_estimated=bool(row.cost_estimated),
+            )
+            report.models.setdefault(row.batch_id, {})[row.model] = line
+            report.batches.setdefault(row.batch_id, UsageLine()).add(line)
+            report.total.add(line)
+    return report

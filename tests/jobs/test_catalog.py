@@ -1,0 +1,30 @@
+"""OpenRouter's model list: fetched from GET /models, prices kept as exact decimals, cached in Postgres."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from jobs.catalog import load_catalog
+from tests.support import Simulator
+
+
+async def test_the_model_list_is_fetched_with_exact_prices_and_cached(
+    engine: AsyncEngine, simulator: Simulator
+) -> None:
+    await simulator.configure(
+        models=[
+            {"id": "a/paid", "prompt": "0.0000015", "completion": "0.000002"},
+            {"id": "a/free:free", "prompt": "0", "completion": "0"},
+            {"id": "openrouter/auto", "prompt": "-1", "completion": "-1"},
+        ]
+    )
+    catalog = await load_catalog(engine, simulator.base_url, None)
+    assert set(catalog) == {"a/paid", "a/free:free", "openrouter/auto"}
+    assert catalog["a/paid"].prompt == Decimal("0.0000015")
+    assert catalog["a/paid"].completion == Decimal("0.000002")
+    assert catalog["openrouter/auto"].prompt is None
+    # Within the hour it comes from Postgres: an unreachable OpenRouter does not matter.
+    cached = await load_catalog(engine, "http://127.0.0.1:9/api/v1", None)
+    assert cached == catalog
