@@ -17,7 +17,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 from rich.table import Table
 
 from jobs.catalog import load_catalog
-from jobs.control import ResumeRefused, resume_batch
+from jobs.control import ResumeRefused, cancel_batch, resume_batch, retry_failed
 from jobs.db import create_engine, ensure_database, upgrade
 from jobs.export import export_results, open_output
 from jobs.feeder import feed
@@ -146,9 +146,12 @@ def submit(
     check_models: Annotated[
         bool, typer.Option(help="Check model ids against OpenRouter's model list (GET /models).")
     ] = True,
+    new: Annotated[
+        bool, typer.Option("--new", help="A new batch even if this file was submitted with these options.")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """Validate FILE and queue every line as one batch; prints the batch id."""
+    """Validate FILE and queue every line as one batch; prints the batch id (the existing one for a re-submit)."""
     settings = _settings()
     try:
         chain = (
@@ -180,6 +183,7 @@ def submit(
                 free_only=free_only,
                 max_cost=cap,
                 known_models=known,
+                new=new,
             )
             problem = model_problem(chain, options)
             if problem:
@@ -205,6 +209,12 @@ def submit(
                 await redis.aclose()
             async with engine.connect() as conn:
                 summary = await batch_summary(conn, report.batch_id)
+            if report.reused:
+                err.print(
+                    f"{file} was already submitted with these options as {report.batch_id}; "
+                    "returning it (pass --new for a new batch)",
+                    highlight=False,
+                )
             for error in report.errors:
                 err.print(f"skipped {error}", highlight=False, markup=False)
             if report.invalid > len(report.errors):
@@ -225,7 +235,10 @@ def submit(
         sys.stdout.write(orjson.dumps(result).decode() + "\n")
     else:
         sys.stdout.write(result["id"] + "\n")
-        err.print(f"queued {result['request_counts']['total']} requests as {result['id']}", highlight=False)
+        if result["status"] == "in_progress":
+            err.print(
+                f"queued {result['request_counts']['total']} requests as {result['id']}", highlight=False
+            )
 
 
 @app.command()
@@ -411,6 +424,51 @@ def resume(
     except (BatchNotFound, ResumeRefused) as exc:
         _fail(str(exc), 2)
     err.print(f"{batch}: {state}", highlight=False)
+
+
+@app.command()
+def cancel(batch: Annotated[str, typer.Argument(help="Batch id.")]) -> None:
+    """Cancel a batch: no new call starts; calls in flight finish and are kept; results stay exportable."""
+    settings = _settings()
+
+    async def go() -> str:
+        engine = create_engine(settings.database_url, pool_size=1)
+        try:
+            return await cancel_batch(engine, batch)
+        finally:
+            await engine.dispose()
+
+    try:
+        state = _run(go())
+    except BatchNotFound as exc:
+        _fail(str(exc), 2)
+    err.print(f"{batch}: {state}", highlight=False)
+
+
+@app.command()
+def retry(
+    batch: Annotated[str, typer.Argument(help="Batch id.")],
+    failed: Annotated[
+        bool, typer.Option("--failed", help="Queue the failed requests again with fresh attempts.")
+    ] = False,
+) -> None:
+    """Run a batch's failed requests again (`--failed`), each with its full number of attempts."""
+    if not failed:
+        _fail("say what to retry: `orbatch retry BATCH --failed`", 2)
+    settings = _settings()
+
+    async def go() -> int:
+        engine = create_engine(settings.database_url, pool_size=1)
+        try:
+            return await retry_failed(engine, batch)
+        finally:
+            await engine.dispose()
+
+    try:
+        count = _run(go())
+    except (BatchNotFound, ResumeRefused) as exc:
+        _fail(str(exc), 2)
+    err.print(f"{batch}: {count} failed requests queued again", highlight=False)
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

@@ -17,6 +17,7 @@ __all__ = [
     "REQUEUE_AFTER_SECONDS",
     "RUN_REQUEST_FUNCTION",
     "STAGING_COPY_CHUNK",
+    "SWEEP_SECONDS",
     "TASK_TIMEOUT_MARGIN_SECONDS",
 ]
 
@@ -50,6 +51,8 @@ MAX_MODELS_PER_CALL = 3
 REQUEUE_AFTER_SECONDS = 600.0
 # arq kills a task at its timeout; the task's own HTTP timeout must fire first so the attempt is recorded.
 TASK_TIMEOUT_MARGIN_SECONDS = 60.0
+# Seconds of each minute at which the arq cron sweeper runs a feeder tick (a backstop for the feeder loop).
+SWEEP_SECONDS = frozenset({0, 15, 30, 45})
 # How often a burst worker asks Postgres whether anything is left to run.
 BURST_CHECK_SECONDS = 0.5
 

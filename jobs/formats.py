@@ -194,7 +194,8 @@ def _decode(raw: bytes, line_no: int) -> Any:
             raise LineError(
                 line_no, f"not valid UTF-8 (byte 0x{raw[bad.start]:02x} at column {bad.start + 1})"
             ) from None
-        raise LineError(line_no, f"not valid JSON: {exc}") from None
+        # orjson counts lines and characters within the line it was given; the file's line is ours.
+        raise LineError(line_no, f"not valid JSON at column {exc.pos + 1}: {exc.msg}") from None
 
 
 def parse_line(raw: bytes, line_no: int) -> ParsedLine | None:

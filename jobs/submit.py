@@ -44,6 +44,18 @@ class SubmitOptions:
     max_cost: Decimal | None = None
     # Model ids OpenRouter lists (GET /models); None when the list could not be had, so ids go unchecked.
     known_models: frozenset[str] | None = None
+    # Always make a new batch, even for a file already submitted with the same options.
+    new: bool = False
+
+    def identity(self) -> dict[str, Any]:
+        """The options that make a batch what it is: the same file with these gives the same batch."""
+        return {
+            "models": self.models,
+            "max_attempts": self.max_attempts,
+            "free_only": self.free_only,
+            "max_cost": None if self.max_cost is None else str(self.max_cost),
+            "skip_invalid": self.skip_invalid,
+        }
 
 
 @dataclass(slots=True)
@@ -54,6 +66,8 @@ class SubmitReport:
     total: int
     invalid: int
     errors: list[LineError]
+    # True when the same file with the same options was already a batch, which is returned instead.
+    reused: bool = False
 
 
 class SubmitError(Exception):
@@ -168,6 +182,21 @@ async def submit_file(
     batch_id = new_batch_id()
     errors = _LineErrors()
     async with engine.begin() as conn:
+        # Two submits of the same file take turns, so the second finds the first's batch.
+        await conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:sha))"), {"sha": sha256})
+        if not options.new:
+            existing = (
+                await conn.execute(
+                    text(
+                        "SELECT id, total, invalid_lines FROM batch WHERE source_sha256 = :sha"
+                        " AND options = CAST(:options AS jsonb) AND status NOT IN ('cancelling', 'cancelled', 'failed')"
+                        " ORDER BY created_at DESC LIMIT 1"
+                    ),
+                    {"sha": sha256, "options": orjson.dumps(options.identity()).decode()},
+                )
+            ).one_or_none()
+            if existing is not None:
+                return SubmitReport(existing.id, existing.total, existing.invalid_lines, [], reused=True)
         await conn.execute(
             insert(Batch).values(
                 id=batch_id,
@@ -177,13 +206,7 @@ async def submit_file(
                 max_attempts=options.max_attempts,
                 free_only=options.free_only,
                 max_cost=options.max_cost,
-                options={
-                    "models": options.models,
-                    "max_attempts": options.max_attempts,
-                    "free_only": options.free_only,
-                    "max_cost": None if options.max_cost is None else str(options.max_cost),
-                    "skip_invalid": options.skip_invalid,
-                },
+                options=options.identity(),
                 source_name=path.name,
                 source_sha256=sha256,
             )

@@ -59,6 +59,9 @@ class Simulator:
             "record_calls": True,
             "omit_cost": False,
             "byok": False,
+            "chaos_500": 0.0,
+            "chaos_error_in_200": 0.0,
+            "chaos_hang": 0.0,
             "rules": [],
         }
         await self.configure(**{**defaults, **settings})

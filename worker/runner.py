@@ -9,7 +9,7 @@ import socket
 import uuid
 from typing import Any, cast
 
-from arq import func
+from arq import cron, func
 from arq.connections import ArqRedis
 from arq.typing import WorkerCoroutine
 from arq.worker import Worker
@@ -21,6 +21,7 @@ from jobs.constants import (
     FEEDER_LOCK_KEY,
     FREE_TIER_DAILY_REQUESTS,
     RUN_REQUEST_FUNCTION,
+    SWEEP_SECONDS,
     TASK_TIMEOUT_MARGIN_SECONDS,
 )
 from jobs.db import create_engine
@@ -35,7 +36,7 @@ from worker.pricing import PriceBook
 from worker.task import WorkerContext, run_request
 from worker.throttle import Throttle, ThrottleLimits
 
-__all__ = ["WorkerSettings", "build_worker", "daily_free_limit", "run_worker"]
+__all__ = ["WorkerSettings", "build_worker", "daily_free_limit", "run_worker", "sweep"]
 
 log = get_logger(__name__)
 
@@ -78,6 +79,12 @@ async def _feed_once(ctx: WorkerContext, redis: ArqRedis) -> None:
         await redis.eval(_RELEASE_LOCK_LUA, 1, lock_key, ctx.owner)  # type: ignore[misc]
 
 
+async def sweep(arq_ctx: dict[str, Any]) -> None:
+    """arq cron job: one feeder tick, a backstop should a worker's own feeder loop ever stall."""
+    ctx: WorkerContext = arq_ctx["orbatch"]
+    await _feed_once(ctx, arq_ctx["redis"])
+
+
 async def _feeder_loop(ctx: WorkerContext, redis: ArqRedis) -> None:
     while True:
         try:
@@ -110,7 +117,8 @@ async def _startup(arq_ctx: dict[str, Any]) -> None:
         free_per_day=await daily_free_limit(settings, client),
         max_in_flight=settings.max_in_flight,
         max_wait_seconds=settings.max_throttle_wait,
-        permit_ttl_seconds=settings.request_timeout + TASK_TIMEOUT_MARGIN_SECONDS,
+        # Renewed with the lease: a killed worker's permits lapse as soon as its leases do.
+        permit_ttl_seconds=settings.lease_seconds * 2,
     )
     autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
     ctx = WorkerContext(
@@ -165,6 +173,17 @@ def _settings_kwargs(settings: Settings, concurrency: int) -> dict[str, Any]:
                 keep_result=0,
             )
         ],
+        "cron_jobs": [
+            cron(
+                cast(WorkerCoroutine, sweep),
+                name="sweep",
+                second=set(SWEEP_SECONDS),
+                run_at_startup=False,
+                timeout=60,
+                max_tries=1,
+                keep_result=0,
+            )
+        ],
         "on_startup": _startup,
         "on_shutdown": _shutdown,
         "redis_settings": arq_redis_settings(settings.redis_url),
@@ -182,6 +201,7 @@ class WorkerSettings:
     """For `arq worker.runner.WorkerSettings`; `orbatch worker` builds the same worker with its flags."""
 
     functions = _settings_kwargs(get_settings(), get_settings().concurrency)["functions"]
+    cron_jobs = _settings_kwargs(get_settings(), get_settings().concurrency)["cron_jobs"]
     on_startup = _startup
     on_shutdown = _shutdown
     queue_name = get_settings().queue_name

@@ -11,6 +11,7 @@ import asyncio
 import collections
 import contextlib
 import contextvars
+import random
 import socket
 import struct
 import time
@@ -95,6 +96,11 @@ class SimConfig:
     omit_cost: bool = False
     # Answer as a bring-your-own-key call: `cost` is OpenRouter's fee, the provider's price is upstream.
     byok: bool = False
+    # Chaos: the chance that any call fails with a 500, an error inside HTTP 200, or hangs for a while.
+    chaos_500: float = 0.0
+    chaos_error_in_200: float = 0.0
+    chaos_hang: float = 0.0
+    chaos_hang_seconds: float = 30.0
     rules: list[Rule] = field(default_factory=list)
 
 
@@ -348,7 +354,15 @@ class Simulator:
         text = self._last_user_text(body["messages"])
         if cfg.latency_ms:
             await asyncio.sleep(cfg.latency_ms / 1000)
-        rule = next((r for r in cfg.rules if r.match in text and r.times != 0), None)
+        draw = random.random()
+        if draw < cfg.chaos_500:
+            rule: Rule | None = Rule(match="", kind="status", status=500, message="chaos: internal error")
+        elif draw < cfg.chaos_500 + cfg.chaos_error_in_200:
+            rule = Rule(match="", kind="error_in_200", message="chaos: provider failed mid-answer")
+        elif draw < cfg.chaos_500 + cfg.chaos_error_in_200 + cfg.chaos_hang:
+            rule = Rule(match="", kind="hang", seconds=cfg.chaos_hang_seconds)
+        else:
+            rule = next((r for r in cfg.rules if r.match in text and r.times != 0), None)
         if rule is not None:
             if rule.times > 0:
                 rule.times -= 1

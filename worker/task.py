@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+from redis.exceptions import RedisError
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -22,7 +23,7 @@ from worker.classify import Failure, Success, classify
 from worker.openrouter import CallResult, OpenRouterClient
 from worker.pricing import PriceBook
 from worker.retry import decide
-from worker.throttle import Denied, Throttle
+from worker.throttle import Denied, Permit, Throttle
 
 __all__ = ["WorkerContext", "run_request"]
 
@@ -66,24 +67,34 @@ async def _persist(what: str, write: Callable[[], Awaitable[T]]) -> T:
             delay = min(delay * 2, 5.0)
 
 
+class _Renewal:
+    """Keeps a lease (and the throttle permit of its call, once it has one) alive while the task runs."""
+
+    def __init__(self) -> None:
+        self.permit: Permit | None = None
+
+
 @contextlib.asynccontextmanager
-async def _renewing(ctx: WorkerContext, lease: records.Lease) -> AsyncIterator[None]:
-    """Keep the lease alive while the call runs, so only a dead worker's lease expires."""
+async def _renewing(ctx: WorkerContext, lease: records.Lease) -> AsyncIterator[_Renewal]:
+    """Renew every third of the lease, so only a dead worker's lease (and permits) expire."""
     interval = ctx.settings.lease_seconds / 3
+    renewal = _Renewal()
 
     async def renew_forever() -> None:
         while True:
             await asyncio.sleep(interval)
             try:
+                if renewal.permit is not None:
+                    await ctx.throttle.renew(renewal.permit)
                 if not await records.renew(ctx.engine, lease, ctx.owner, ctx.settings.lease_seconds):
                     log.warning("lease lost; the answer will still be recorded", request_id=lease.request_id)
                     return
-            except (DBAPIError, OSError) as exc:
+            except (DBAPIError, OSError, RedisError) as exc:
                 log.warning("lease renewal failed", request_id=lease.request_id, error=str(exc))
 
     renewer = asyncio.create_task(renew_forever())
     try:
-        yield
+        yield renewal
     finally:
         renewer.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -193,10 +204,11 @@ async def _run_leased(ctx: WorkerContext, lease: records.Lease) -> str:
     free = lease.models_sent[0].endswith(":free")
     sent = False
     try:
-        async with _renewing(ctx, lease):
+        async with _renewing(ctx, lease) as renewal:
             permit = await ctx.throttle.acquire(free)
             if isinstance(permit, Denied):
                 return await _throttled(ctx, lease, permit)
+            renewal.permit = permit
             started_at = datetime.now(UTC)
             sent = True
             try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -223,6 +224,12 @@ class Throttle:
                 await asyncio.sleep(wait)
                 continue
             return Denied(kind, wait)
+
+    async def renew(self, permit: Permit) -> None:
+        """Keep a permit of a call still running; a dead worker's permits lapse after one TTL."""
+        await self.redis.zadd(
+            self.keys["inflight"], {permit.id: (time.time() + self.limits.permit_ttl_seconds) * 1000}, xx=True
+        )
 
     async def release(self, permit: Permit, sent: bool = True) -> None:
         """Hand a permit back; a free request that was never sent gives its day's count back too."""

@@ -65,7 +65,7 @@ def test_blank_lines_are_skipped() -> None:
 @pytest.mark.parametrize(
     ("raw", "expected"),
     [
-        (b"{not json", "LINE 7: not valid JSON"),
+        (b"{not json", "LINE 7: not valid JSON at column 2: unexpected character, expected a string key"),
         (b"[1, 2]", "LINE 7: each line must be a JSON object, got a list"),
         (b'"text"', "LINE 7: each line must be a JSON object, got a string"),
         (b'{"model": "m"}', 'LINE 7: no "messages"'),
