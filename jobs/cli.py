@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from collections.abc import Coroutine
 from decimal import Decimal, InvalidOperation
@@ -12,9 +13,11 @@ from typing import Annotated, Any, NoReturn, TypeVar
 import httpx
 import orjson
 import typer
+from redis.exceptions import RedisError
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
+from sqlalchemy.exc import DBAPIError
 
 from jobs.catalog import load_catalog
 from jobs.control import ResumeRefused, cancel_batch, resume_batch, retry_failed
@@ -22,7 +25,7 @@ from jobs.db import create_engine, ensure_database, upgrade
 from jobs.export import export_results, open_output
 from jobs.feeder import feed
 from jobs.formats import parse_models
-from jobs.logs import configure_logging
+from jobs.logs import configure_logging, redact
 from jobs.queue import connect
 from jobs.settings import Settings, get_settings
 from jobs.status import BatchNotFound, BatchSummary, batch_summary, list_batches
@@ -202,11 +205,21 @@ def submit(
                 report = await submit_file(
                     engine, file, options, lambda pos: progress.update(task, completed=pos)
                 )
-            redis = await connect(settings.redis_url, settings.queue_name)
             try:
-                await feed(engine, redis, settings.queue_name, settings.feed_window, batch_id=report.batch_id)
-            finally:
-                await redis.aclose()
+                redis = await connect(settings.redis_url, settings.queue_name, patient=False)
+                try:
+                    await feed(
+                        engine, redis, settings.queue_name, settings.feed_window, batch_id=report.batch_id
+                    )
+                finally:
+                    await redis.aclose()
+            except (OSError, RedisError) as exc:
+                # Postgres holds the batch; any worker's feeder queues it once Redis is reachable.
+                err.print(
+                    f"warning: stored {report.batch_id} but could not reach Redis at REDIS_URL ({exc}); "
+                    "its requests are queued as soon as a worker can reach it",
+                    highlight=False,
+                )
             async with engine.connect() as conn:
                 summary = await batch_summary(conn, report.batch_id)
             if report.reused:
@@ -237,7 +250,7 @@ def submit(
         sys.stdout.write(result["id"] + "\n")
         if result["status"] == "in_progress":
             err.print(
-                f"queued {result['request_counts']['total']} requests as {result['id']}", highlight=False
+                f"submitted {result['request_counts']['total']} requests as {result['id']}", highlight=False
             )
 
 
@@ -480,5 +493,19 @@ def simulator(ctx: typer.Context) -> None:
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point: unexpected errors are one clear line (a traceback with ORBATCH_LOG_LEVEL=DEBUG)."""
+    try:
+        app()
+    except (OSError, DBAPIError, RedisError) as exc:
+        if os.environ.get("ORBATCH_LOG_LEVEL", "").upper() == "DEBUG":
+            raise
+        if isinstance(exc, RedisError):
+            what = "Redis (REDIS_URL)"
+        elif isinstance(exc, DBAPIError):
+            what = "Postgres (DATABASE_URL; after upgrading orbatch, run `orbatch db upgrade`)"
+        else:
+            what = "a service (check DATABASE_URL and REDIS_URL)"
+        message = str(getattr(exc, "orig", None) or exc)
+        detail = redact(message.splitlines()[0] if message else type(exc).__name__)
+        err.print(f"[bold red]error:[/] {what}: {detail}", highlight=False)
+        sys.exit(1)

@@ -46,9 +46,10 @@ QUOTA_HOLD_SECONDS = 300.0
 # OpenRouter answers HTTP 400 to a `models` array with a 4th entry.
 MAX_MODELS_PER_CALL = 3
 
-# A queued job that has not started after this long is queued again: arq's job keys expire and a
-# Redis that lost data without losing our epoch key (a failover to a stale replica) must not strand work.
-REQUEUE_AFTER_SECONDS = 600.0
+# A request marked queued that has not started after this long is fed again. Feeding is idempotent (a
+# no-op while its job still waits in Redis), so this only bounds how long a lost job strands a request:
+# a job that failed outside the task's control, an expired job key, a Redis failover to a stale replica.
+REQUEUE_AFTER_SECONDS = 60.0
 # arq kills a task at its timeout; the task's own HTTP timeout must fire first so the attempt is recorded.
 TASK_TIMEOUT_MARGIN_SECONDS = 60.0
 # Seconds of each minute at which the arq cron sweeper runs a feeder tick (a backstop for the feeder loop).

@@ -7,6 +7,7 @@ from decimal import Decimal
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from jobs.db import retry_conflicts
 from jobs.status import BatchNotFound
 
 __all__ = ["ResumeRefused", "cancel_batch", "resume_batch", "retry_failed"]
@@ -18,9 +19,12 @@ _RESUME = text(
                max_cost = coalesce(CAST(:max_cost AS numeric), max_cost)
         WHERE id = :batch_id AND status = 'paused'
         RETURNING id
+    ), target AS (
+        SELECT r.id FROM request r JOIN resumed ON r.batch_id = resumed.id
+        WHERE r.status = 'pending' ORDER BY r.id FOR UPDATE OF r
     ), cleared AS (
         UPDATE request r SET enqueued_at = NULL, next_attempt_at = LEAST(r.next_attempt_at, now())
-        FROM resumed WHERE r.batch_id = resumed.id AND r.status = 'pending'
+        FROM target WHERE r.id = target.id
     )
     SELECT count(*) FROM resumed
     """
@@ -29,8 +33,11 @@ _RESUME = text(
 # A running batch is swept by hand: every unfinished request of it is fed again (after a Redis loss, say).
 _REQUEUE = text(
     """
-    UPDATE request SET enqueued_at = NULL, next_attempt_at = LEAST(next_attempt_at, now())
-    WHERE batch_id = :batch_id AND status = 'pending'
+    WITH target AS (
+        SELECT id FROM request WHERE batch_id = :batch_id AND status = 'pending' ORDER BY id FOR UPDATE
+    )
+    UPDATE request r SET enqueued_at = NULL, next_attempt_at = LEAST(r.next_attempt_at, now())
+    FROM target WHERE r.id = target.id AND r.status = 'pending'
     """
 )
 
@@ -42,9 +49,12 @@ _CANCEL = text(
         UPDATE batch SET status = 'cancelling', pause_reason = NULL, pause_message = NULL, resume_at = NULL
         WHERE id = :batch_id AND status IN ('validating', 'in_progress', 'paused')
         RETURNING id
+    ), target AS (
+        SELECT r.id FROM request r JOIN batch_row ON r.batch_id = batch_row.id
+        WHERE r.status = 'pending' ORDER BY r.id FOR UPDATE OF r
     ), cancelled AS (
         UPDATE request r SET status = 'cancelled', finished_at = now(), enqueued_at = NULL
-        FROM batch_row WHERE r.batch_id = batch_row.id AND r.status = 'pending'
+        FROM target WHERE r.id = target.id AND r.status = 'pending'
         RETURNING r.id
     )
     SELECT (SELECT count(*) FROM batch_row) AS batches, (SELECT count(*) FROM cancelled) AS requests
@@ -53,11 +63,13 @@ _CANCEL = text(
 
 _RETRY_FAILED = text(
     """
-    WITH retried AS (
-        UPDATE request SET status = 'pending', failures = 0, chain_pos = 0, next_attempt_at = now(),
+    WITH target AS (
+        SELECT id FROM request WHERE batch_id = :batch_id AND status = 'failed' ORDER BY id FOR UPDATE
+    ), retried AS (
+        UPDATE request r SET status = 'pending', failures = 0, chain_pos = 0, next_attempt_at = now(),
                enqueued_at = NULL, finished_at = NULL, last_error = NULL
-        WHERE batch_id = :batch_id AND status = 'failed'
-        RETURNING id
+        FROM target WHERE r.id = target.id AND r.status = 'failed'
+        RETURNING r.id
     ), reopened AS (
         UPDATE batch SET status = 'in_progress', finished_at = NULL
         WHERE id = :batch_id AND status IN ('completed', 'in_progress') AND EXISTS (SELECT 1 FROM retried)
@@ -73,7 +85,11 @@ class ResumeRefused(ValueError):
 
 
 async def resume_batch(engine: AsyncEngine, batch_id: str, max_cost: Decimal | None = None) -> str:
-    """Unpause a paused batch so the feeder queues its work again; returns what happened."""
+    """Unpause a paused batch (or re-queue a running one's unfinished requests); returns what happened."""
+    return await retry_conflicts(lambda: _resume(engine, batch_id, max_cost))
+
+
+async def _resume(engine: AsyncEngine, batch_id: str, max_cost: Decimal | None) -> str:
     async with engine.begin() as conn:
         row = (
             await conn.execute(
@@ -106,6 +122,10 @@ async def resume_batch(engine: AsyncEngine, batch_id: str, max_cost: Decimal | N
 
 async def cancel_batch(engine: AsyncEngine, batch_id: str) -> str:
     """Stop a batch: queued requests are cancelled, calls in flight finish and are kept."""
+    return await retry_conflicts(lambda: _cancel(engine, batch_id))
+
+
+async def _cancel(engine: AsyncEngine, batch_id: str) -> str:
     async with engine.begin() as conn:
         row = (await conn.execute(_CANCEL, {"batch_id": batch_id})).one()
         status = (
@@ -120,6 +140,10 @@ async def cancel_batch(engine: AsyncEngine, batch_id: str) -> str:
 
 async def retry_failed(engine: AsyncEngine, batch_id: str) -> int:
     """Queue the batch's failed requests again with fresh attempts; returns how many."""
+    return await retry_conflicts(lambda: _retry_failed(engine, batch_id))
+
+
+async def _retry_failed(engine: AsyncEngine, batch_id: str) -> int:
     async with engine.begin() as conn:
         status = (
             await conn.execute(text("SELECT status FROM batch WHERE id = :b"), {"b": batch_id})

@@ -2,19 +2,35 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import asyncpg
 import orjson
 from sqlalchemy import Connection
 from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 if TYPE_CHECKING:
     from alembic.config import Config
 
-__all__ = ["alembic_config", "create_engine", "ensure_database", "session_factory", "upgrade"]
+__all__ = [
+    "alembic_config",
+    "connection_lost",
+    "create_engine",
+    "ensure_database",
+    "retry_conflicts",
+    "session_factory",
+    "upgrade",
+]
+
+T = TypeVar("T")
+
+# Deadlock and serialization failure: the transaction did nothing and may simply run again.
+_CONFLICT_SQLSTATES = frozenset({"40P01", "40001"})
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
@@ -40,6 +56,29 @@ def create_engine(database_url: str, pool_size: int = 10) -> AsyncEngine:
         json_serializer=_json_dumps,
         json_deserializer=orjson.loads,
     )
+
+
+def connection_lost(exc: BaseException) -> bool:
+    """True for an error that says the database is unreachable for now, not that the statement is wrong."""
+    if isinstance(exc, DBAPIError):
+        if exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError):
+            return True
+        state = str(getattr(exc.orig, "sqlstate", None) or "")
+        # 08: connection exceptions; 57P: shutting down, crashed, starting up; 53: out of connections.
+        return state.startswith(("08", "57P", "53"))
+    return isinstance(exc, OSError)
+
+
+async def retry_conflicts(transaction: Callable[[], Awaitable[T]], attempts: int = 5) -> T:
+    """Run a transaction, again if Postgres rolled it back for a deadlock or a serialization conflict."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return await transaction()
+        except DBAPIError as exc:
+            if getattr(exc.orig, "sqlstate", None) not in _CONFLICT_SQLSTATES or attempt == attempts:
+                raise
+            await asyncio.sleep(0.05 * attempt)
+    raise AssertionError("unreachable")
 
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

@@ -28,11 +28,13 @@ class FeedReport:
 
 _EXPIRE_LEASES = text(
     """
-    WITH expired AS (
-        UPDATE request SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL,
+    WITH target AS (
+        SELECT id FROM request WHERE status = 'running' AND lease_expires_at < now() ORDER BY id FOR UPDATE
+    ), expired AS (
+        UPDATE request r SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL,
                enqueued_at = NULL, next_attempt_at = now()
-        WHERE status = 'running' AND lease_expires_at < now()
-        RETURNING id, attempts
+        FROM target WHERE r.id = target.id AND r.status = 'running' AND r.lease_expires_at < now()
+        RETURNING r.id, r.attempts
     )
     UPDATE attempt a SET outcome = 'abandoned', finished_at = now(),
            error_message = 'the worker running this call stopped before recording it'
@@ -48,21 +50,35 @@ _RESUME_BATCHES = text(
         UPDATE batch SET status = 'in_progress', pause_reason = NULL, pause_message = NULL, resume_at = NULL
         WHERE status = 'paused' AND resume_at IS NOT NULL AND resume_at <= now()
         RETURNING id
+    ), target AS (
+        SELECT r.id FROM request r JOIN resumed ON r.batch_id = resumed.id
+        WHERE r.status = 'pending' AND r.enqueued_at IS NOT NULL ORDER BY r.id FOR UPDATE OF r
     ), cleared AS (
-        UPDATE request r SET enqueued_at = NULL FROM resumed
-        WHERE r.batch_id = resumed.id AND r.status = 'pending' AND r.enqueued_at IS NOT NULL
+        UPDATE request r SET enqueued_at = NULL FROM target WHERE r.id = target.id
     )
     SELECT count(*) FROM resumed
     """
 )
 
+# Multi-row updates of requests lock them in id order, so two of them never deadlock each other.
 _FORGET_QUEUED = text(
-    "UPDATE request SET enqueued_at = NULL WHERE status = 'pending' AND enqueued_at IS NOT NULL"
+    """
+    WITH target AS (
+        SELECT id FROM request WHERE status = 'pending' AND enqueued_at IS NOT NULL ORDER BY id FOR UPDATE
+    )
+    UPDATE request r SET enqueued_at = NULL FROM target WHERE r.id = target.id
+    """
 )
 
 _REQUEUE_STALE = text(
-    "UPDATE request SET enqueued_at = NULL WHERE status = 'pending' AND enqueued_at IS NOT NULL"
-    " AND enqueued_at < now() - make_interval(secs => :after)"
+    """
+    WITH target AS (
+        SELECT id FROM request WHERE status = 'pending' AND enqueued_at IS NOT NULL
+          AND enqueued_at < now() - make_interval(secs => :after)
+        ORDER BY id FOR UPDATE
+    )
+    UPDATE request r SET enqueued_at = NULL FROM target WHERE r.id = target.id
+    """
 )
 
 _ACTIVE_BATCHES = text(
@@ -87,9 +103,15 @@ _DUE = text(
 # Marks only the requests still as they were read: one taken or retried since has a new job id.
 _MARK_ENQUEUED = text(
     """
+    WITH target AS (
+        SELECT r.id FROM request r
+        JOIN unnest(CAST(:ids AS bigint[]), CAST(:attempts AS integer[])) AS q(id, attempts)
+          ON r.id = q.id AND r.attempts = q.attempts
+        WHERE r.status = 'pending' AND r.enqueued_at IS NULL
+        ORDER BY r.id FOR UPDATE OF r
+    )
     UPDATE request r SET enqueued_at = now()
-    FROM unnest(CAST(:ids AS bigint[]), CAST(:attempts AS integer[])) AS q(id, attempts)
-    WHERE r.id = q.id AND r.attempts = q.attempts AND r.status = 'pending' AND r.enqueued_at IS NULL
+    FROM target WHERE r.id = target.id AND r.status = 'pending' AND r.enqueued_at IS NULL
     """
 )
 

@@ -48,11 +48,11 @@ def job_loads(raw: bytes) -> Any:
     return orjson.loads(raw)
 
 
-def redis_settings(redis_url: str) -> RedisSettings:
-    """arq settings that ride out a Redis blip instead of killing the worker."""
+def redis_settings(redis_url: str, patient: bool = True) -> RedisSettings:
+    """arq settings that ride out a Redis blip (a worker), or give up in seconds (a command a user waits on)."""
     settings = RedisSettings.from_dsn(redis_url)
     settings.conn_timeout = 5
-    settings.conn_retries = 30
+    settings.conn_retries = 30 if patient else 1
     settings.conn_retry_delay = 1
     settings.retry_on_timeout = True
     settings.retry_on_error = [
@@ -62,14 +62,14 @@ def redis_settings(redis_url: str) -> RedisSettings:
         TimeoutError,
         OSError,
     ]
-    settings.retry = Retry(ExponentialBackoff(cap=5.0, base=0.1), retries=20)
+    settings.retry = Retry(ExponentialBackoff(cap=5.0, base=0.1), retries=20 if patient else 2)
     return settings
 
 
-async def connect(redis_url: str, queue_name: str) -> ArqRedis:
+async def connect(redis_url: str, queue_name: str, patient: bool = True) -> ArqRedis:
     """An arq Redis pool with orbatch's serializer and queue."""
     return await create_pool(
-        redis_settings(redis_url),
+        redis_settings(redis_url, patient),
         job_serializer=job_dumps,
         job_deserializer=job_loads,
         default_queue_name=queue_name,

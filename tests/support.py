@@ -120,6 +120,14 @@ def run_cli(env: Mapping[str, str], *args: str, timeout: float = 120) -> subproc
     )
 
 
+def die_with_parent() -> None:
+    """preexec_fn: a worker of a test is killed when the test run dies, never left running."""
+    import ctypes
+    import signal
+
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 class Workers:
     """N `orbatch worker` processes, their output kept in files."""
 
@@ -135,6 +143,7 @@ class Workers:
                         cwd=ROOT,
                         stdout=f,
                         stderr=subprocess.STDOUT,
+                        preexec_fn=die_with_parent,  # noqa: PLW1509 (only prctl, no locks taken)
                     )
                 )
 
@@ -174,3 +183,51 @@ def test_env(database_url: str, redis_url: str, base_url: str, queue: str, **ext
     )
     env.update(extra)
     return env
+
+
+class PrivatePostgres:
+    """A Postgres cluster of the test's own, on a free port, that a test may stop and start at will."""
+
+    def __init__(self) -> None:
+        import glob
+        import shutil
+        import socket
+        import tempfile
+
+        candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb")) or [shutil.which("initdb") or ""]
+        self.bin = Path(candidates[-1]).parent
+        if not (self.bin / "initdb").exists():
+            raise RuntimeError("no initdb: install PostgreSQL's server binaries to run this test")
+        self.as_root = os.geteuid() == 0
+        self.root = Path(tempfile.mkdtemp(prefix="orbatch-pg-"))
+        self.data = self.root / "data"
+        if self.as_root:
+            # initdb refuses to run as root; the server runs as the postgres user.
+            shutil.chown(self.root, "postgres", "postgres")
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = int(s.getsockname()[1])
+        self._pg("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8")
+        self.start()
+        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _pg(self, tool: str, *args: str) -> None:
+        command = [str(self.bin / tool), *args]
+        if self.as_root:
+            command = ["runuser", "-u", "postgres", "--", *command]
+        subprocess.run(command, check=True, capture_output=True, cwd=self.root)
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
+        self._pg("pg_ctl", "-D", str(self.data), "-o", options, "-l", str(self.root / "log"), "-w", "start")
+
+    def stop(self, mode: str = "fast") -> None:
+        self._pg("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "stop")
+
+    def destroy(self) -> None:
+        import shutil
+
+        try:
+            self.stop("immediate")
+        finally:
+            shutil.rmtree(self.root, ignore_errors=True)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import os
+import signal
 import socket
 import uuid
 from typing import Any, cast
@@ -239,8 +241,17 @@ async def _wait_until_idle(worker: Worker, ctx_holder: dict[str, Any]) -> None:
             return
 
 
+def _dump_tasks() -> None:
+    """SIGUSR2: log what every task of this worker is waiting on (for a worker that seems stuck)."""
+    for task in asyncio.all_tasks():
+        stream = io.StringIO()
+        task.print_stack(limit=12, file=stream)
+        log.warning("task stack", task=task.get_name(), stack=stream.getvalue())
+
+
 async def run_worker(settings: Settings, concurrency: int | None = None, burst: bool = False) -> None:
     """Run a worker until stopped, or with `burst` until no request is left to run."""
+    asyncio.get_running_loop().add_signal_handler(signal.SIGUSR2, _dump_tasks)
     worker = build_worker(settings, concurrency)
     if not burst:
         try:

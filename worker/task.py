@@ -11,10 +11,11 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from redis.exceptions import RedisError
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from jobs.constants import QUOTA_HOLD_SECONDS
+from jobs.db import connection_lost
 from jobs.logs import get_logger
 from jobs.models import Outcome, PauseReason, RequestStatus
 from jobs.settings import Settings
@@ -46,12 +47,6 @@ class WorkerContext:
     owner: str
 
 
-def _connection_lost(exc: BaseException) -> bool:
-    if isinstance(exc, DBAPIError):
-        return exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError)
-    return isinstance(exc, OSError)
-
-
 async def _persist(what: str, write: Callable[[], Awaitable[T]]) -> T:
     """Run a database write, retrying through connection failures for a bounded time."""
     deadline = time.monotonic() + _PERSIST_DEADLINE_SECONDS
@@ -60,7 +55,7 @@ async def _persist(what: str, write: Callable[[], Awaitable[T]]) -> T:
         try:
             return await write()
         except (DBAPIError, OSError) as exc:
-            if not _connection_lost(exc) or time.monotonic() + delay > deadline:
+            if not connection_lost(exc) or time.monotonic() + delay > deadline:
                 raise
             log.warning("database write failed; retrying", what=what, error=str(exc), retry_in=delay)
             await asyncio.sleep(delay)
@@ -182,7 +177,7 @@ async def run_request(arq_ctx: dict[str, Any], request_id: int, attempts: int) -
     except asyncio.CancelledError:
         raise
     except Exception as exc:
-        if _connection_lost(exc):
+        if connection_lost(exc):
             raise  # the lease expires and the request runs again once the database is back
         # A bug must not loop for ever: the attempt fails like any other and spends one of the request's tries.
         log.exception("internal error running a request", request_id=lease.request_id)
