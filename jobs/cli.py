@@ -152,6 +152,12 @@ def submit(
     new: Annotated[
         bool, typer.Option("--new", help="A new batch even if this file was submitted with these options.")
     ] = False,
+    dedupe: Annotated[
+        bool,
+        typer.Option(
+            "--dedupe", help="Answer requests identical to one already answered from its stored result."
+        ),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Validate FILE and queue every line as one batch; prints the batch id (the existing one for a re-submit)."""
@@ -187,6 +193,7 @@ def submit(
                 max_cost=cap,
                 known_models=known,
                 new=new,
+                dedupe=dedupe,
             )
             problem = model_problem(chain, options)
             if problem:

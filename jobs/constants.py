@@ -19,6 +19,7 @@ __all__ = [
     "STAGING_COPY_CHUNK",
     "SWEEP_SECONDS",
     "TASK_TIMEOUT_MARGIN_SECONDS",
+    "TWIN_WAIT_SECONDS",
 ]
 
 # arq stores its own keys under fixed `arq:` prefixes whatever the queue name; ours are the queue name
@@ -42,6 +43,9 @@ CREDITED_DAILY_REQUESTS = 1000
 # A hold on free requests longer than this is the daily quota, not the per-minute limit: the batch is parked
 # (reason `quota`) so that `worker --burst` can exit and `status` says why.
 QUOTA_HOLD_SECONDS = 300.0
+
+# With --dedupe, a request whose identical twin is being called waits this long before looking again.
+TWIN_WAIT_SECONDS = 2.0
 
 # OpenRouter answers HTTP 400 to a `models` array with a 4th entry.
 MAX_MODELS_PER_CALL = 3

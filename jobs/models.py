@@ -86,6 +86,8 @@ class Outcome(enum.StrEnum):
     PARK = "park"
     FAIL = "fail"
     ABANDONED = "abandoned"
+    # No call: an identical request's stored answer was reused (`submit --dedupe`).
+    REUSED = "reused"
 
 
 def _check_in(column: str, values: type[enum.StrEnum]) -> CheckConstraint:
@@ -119,6 +121,8 @@ class Batch(Base):
     resume_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     models: Mapped[list[str]] = mapped_column(ARRAY(Text), server_default=text("'{}'"))
     max_attempts: Mapped[int] = mapped_column(Integer)
+    # Answer requests identical to one already answered from its stored result (`submit --dedupe`).
+    dedupe: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
     # Only `:free` models may be sent for this batch.
     free_only: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
     # The spend (USD) at which the batch stops before starting another call; NULL: no cap.
@@ -158,6 +162,7 @@ class Request(Base):
         # Leases that may have expired.
         Index("request_running_idx", "lease_expires_at", postgresql_where=text("status = 'running'")),
         Index("request_batch_status_idx", "batch_id", "status"),
+        Index("request_fingerprint_idx", "fingerprint", postgresql_where=text("fingerprint IS NOT NULL")),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
@@ -180,6 +185,8 @@ class Request(Base):
     lease_owner: Mapped[str | None] = mapped_column(Text)
     last_error: Mapped[str | None] = mapped_column(Text)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # sha256 of the model chain and the body, for batches submitted with --dedupe.
+    fingerprint: Mapped[str | None] = mapped_column(Text)
 
 
 class Attempt(Base):
@@ -215,6 +222,8 @@ class Attempt(Base):
     cost_estimated: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
     error_code: Mapped[str | None] = mapped_column(Text)
     error_message: Mapped[str | None] = mapped_column(Text)
+    # For a reused answer: the request whose stored result answered this one.
+    reused_from: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class ModelPrice(Base):

@@ -23,6 +23,7 @@ __all__ = [
     "SubmitOptions",
     "SubmitReport",
     "file_sha256",
+    "fingerprint",
     "model_problem",
     "new_batch_id",
     "submit_file",
@@ -46,6 +47,8 @@ class SubmitOptions:
     known_models: frozenset[str] | None = None
     # Always make a new batch, even for a file already submitted with the same options.
     new: bool = False
+    # Answer a request identical to one already answered (same chain, messages, parameters) from its result.
+    dedupe: bool = False
 
     def identity(self) -> dict[str, Any]:
         """The options that make a batch what it is: the same file with these gives the same batch."""
@@ -55,6 +58,7 @@ class SubmitOptions:
             "free_only": self.free_only,
             "max_cost": None if self.max_cost is None else str(self.max_cost),
             "skip_invalid": self.skip_invalid,
+            "dedupe": self.dedupe,
         }
 
 
@@ -121,11 +125,21 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def fingerprint(models: list[str], body: dict[str, Any]) -> str:
+    """What makes two requests the same request: the model chain and the body, keys in any order."""
+    return hashlib.sha256(
+        orjson.dumps({"models": models, "body": body}, option=orjson.OPT_SORT_KEYS)
+    ).hexdigest()
+
+
+_Row = tuple[int, str, str, list[str] | None, str | None]
+
+
 def _records(
     path: Path, options: SubmitOptions, errors: _LineErrors, progress: ProgressFn | None
-) -> Iterator[list[tuple[int, str, str, list[str] | None]]]:
-    """Chunks of staging rows (line, custom_id, body JSON, models) from the file, bad lines into `errors`."""
-    chunk: list[tuple[int, str, str, list[str] | None]] = []
+) -> Iterator[list[_Row]]:
+    """Chunks of staging rows (line, custom_id, body JSON, models, fingerprint), bad lines into `errors`."""
+    chunk: list[_Row] = []
     with path.open("rb") as stream:
         for line_no, raw in iter_raw_lines(stream, options.max_line_bytes):
             if raw is None:
@@ -146,7 +160,10 @@ def _records(
             except LineError as exc:
                 errors.add(exc)
                 continue
-            chunk.append((line_no, parsed.custom_id, orjson.dumps(parsed.body).decode(), parsed.models))
+            print_ = fingerprint(parsed.models or options.models, parsed.body) if options.dedupe else None
+            chunk.append(
+                (line_no, parsed.custom_id, orjson.dumps(parsed.body).decode(), parsed.models, print_)
+            )
             if len(chunk) >= STAGING_COPY_CHUNK:
                 yield chunk
                 chunk = []
@@ -206,6 +223,7 @@ async def submit_file(
                 max_attempts=options.max_attempts,
                 free_only=options.free_only,
                 max_cost=options.max_cost,
+                dedupe=options.dedupe,
                 options=options.identity(),
                 source_name=path.name,
                 source_sha256=sha256,
@@ -213,14 +231,17 @@ async def submit_file(
         )
         await conn.execute(
             text(
-                "CREATE TEMP TABLE orbatch_staging (line_no integer, custom_id text, body jsonb, models text[])"
+                "CREATE TEMP TABLE orbatch_staging"
+                " (line_no integer, custom_id text, body jsonb, models text[], fingerprint text)"
                 " ON COMMIT DROP"
             )
         )
         raw_conn: Any = (await conn.get_raw_connection()).driver_connection
         for chunk in _records(path, options, errors, progress):
             await raw_conn.copy_records_to_table(
-                "orbatch_staging", records=chunk, columns=["line_no", "custom_id", "body", "models"]
+                "orbatch_staging",
+                records=chunk,
+                columns=["line_no", "custom_id", "body", "models", "fingerprint"],
             )
         await _duplicates(conn, errors)
         errors.kept.sort(key=lambda e: e.line_no)
@@ -228,8 +249,8 @@ async def submit_file(
             raise SubmitError(str(path), errors.kept, errors.count)
         inserted = await conn.execute(
             text(
-                "INSERT INTO request (batch_id, custom_id, line_no, body, models)"
-                " SELECT :batch_id, custom_id, line_no, body, models FROM orbatch_staging ORDER BY line_no"
+                "INSERT INTO request (batch_id, custom_id, line_no, body, models, fingerprint)"
+                " SELECT :batch_id, custom_id, line_no, body, models, fingerprint FROM orbatch_staging ORDER BY line_no"
                 " ON CONFLICT (batch_id, custom_id) DO NOTHING"
             ),
             {"batch_id": batch_id},

@@ -16,8 +16,9 @@ __all__ = ["UsageLine", "UsageReport", "usage_report"]
 _BY_MODEL = text(
     """
     SELECT a.batch_id, coalesce(a.model, '') AS model,
-           count(DISTINCT a.request_id) FILTER (WHERE a.outcome = 'success') AS requests,
-           count(*) AS calls,
+           count(DISTINCT a.request_id) FILTER (WHERE a.outcome IN ('success', 'reused')) AS requests,
+           count(*) FILTER (WHERE a.outcome <> 'reused') AS calls,
+           count(*) FILTER (WHERE a.outcome = 'reused') AS reused,
            coalesce(sum(a.prompt_tokens), 0) AS prompt_tokens,
            coalesce(sum(a.completion_tokens), 0) AS completion_tokens,
            coalesce(sum(a.reasoning_tokens), 0) AS reasoning_tokens,
@@ -31,7 +32,15 @@ _BY_MODEL = text(
     """
 )
 
-_COUNTERS = ("requests", "calls", "prompt_tokens", "completion_tokens", "reasoning_tokens", "cached_tokens")
+_COUNTERS = (
+    "requests",
+    "calls",
+    "reused",
+    "prompt_tokens",
+    "completion_tokens",
+    "reasoning_tokens",
+    "cached_tokens",
+)
 
 
 @dataclass(slots=True)
@@ -40,6 +49,8 @@ class UsageLine:
 
     requests: int = 0
     calls: int = 0
+    # Requests answered from an identical request's stored result (`--dedupe`), with no call.
+    reused: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
     reasoning_tokens: int = 0
@@ -96,6 +107,7 @@ async def usage_report(engine: AsyncEngine, batch_id: str | None = None) -> Usag
             line = UsageLine(
                 requests=row.requests,
                 calls=row.calls,
+                reused=row.reused,
                 prompt_tokens=row.prompt_tokens,
                 completion_tokens=row.completion_tokens,
                 reasoning_tokens=row.reasoning_tokens,

@@ -31,7 +31,9 @@ __all__ = [
     "nothing_left",
     "refuse",
     "renew",
+    "reuse",
     "take_lease",
+    "twin_in_flight",
     "unlease",
 ]
 
@@ -50,6 +52,7 @@ class Lease:
     models_sent: list[str]
     max_attempts: int
     free_only: bool
+    fingerprint: str | None
     body: dict[str, Any]
 
 
@@ -63,7 +66,7 @@ _TAKE_LEASE = text(
         FROM batch b
         WHERE r.id = :request_id AND r.attempts = :attempts AND r.status = 'pending'
           AND r.next_attempt_at <= now() AND b.id = r.batch_id AND b.status = 'in_progress'
-        RETURNING r.id, r.batch_id, r.attempts, r.failures, r.body, b.max_attempts, b.free_only,
+        RETURNING r.id, r.batch_id, r.attempts, r.failures, r.body, b.max_attempts, b.free_only, r.fingerprint,
                   coalesce(r.models, b.models) AS chain,
                   CASE WHEN r.chain_pos < cardinality(coalesce(r.models, b.models)) THEN r.chain_pos ELSE 0 END
                       AS chain_pos
@@ -192,6 +195,41 @@ _REFUSE = text(
     """
 )
 
+# A request identical to one already answered takes a copy of that answer instead of a call; its attempt
+# row says so (outcome `reused`, `reused_from`) and costs nothing.
+_REUSE = text(
+    """
+    WITH source AS (
+        SELECT res.request_id, res.body, res.content, res.finish_reason, res.model
+        FROM request q JOIN result res ON res.request_id = q.id
+        WHERE q.fingerprint = :fingerprint AND q.id <> :request_id
+        LIMIT 1
+    ), attempt_done AS (
+        UPDATE attempt a SET outcome = 'reused', finished_at = now(), latency_ms = 0, cost = 0,
+               reused_from = source.request_id, model = source.model
+        FROM source WHERE a.id = :attempt_id
+        RETURNING a.id
+    ), completed AS (
+        UPDATE request SET status = 'completed', finished_at = now(), lease_owner = NULL, lease_expires_at = NULL,
+               enqueued_at = NULL, last_error = NULL
+        WHERE id = :request_id AND status = 'running' AND lease_owner = :owner
+          AND EXISTS (SELECT 1 FROM attempt_done)
+        RETURNING id
+    )
+    INSERT INTO result (request_id, attempt_id, body, content, finish_reason, model)
+    SELECT completed.id, :attempt_id, source.body, source.content, source.finish_reason, source.model
+    FROM completed, source
+    ON CONFLICT (request_id) DO NOTHING
+    RETURNING request_id
+    """
+)
+
+# An identical request with a lower id being called right now: wait for its answer rather than pay twice.
+_TWIN_IN_FLIGHT = text(
+    "SELECT EXISTS (SELECT 1 FROM request WHERE fingerprint = :fingerprint AND id < :request_id"
+    " AND status = 'running')"
+)
+
 _FREE_CALLS_TODAY = text(
     "SELECT count(*) FROM attempt WHERE started_at >= date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'"
     " AND models_sent[1] LIKE :free_suffix AND outcome <> 'in_flight'"
@@ -271,6 +309,7 @@ async def take_lease(
         models_sent=list(row.models_sent),
         max_attempts=row.max_attempts,
         free_only=row.free_only,
+        fingerprint=row.fingerprint,
         body=row.body,
     )
 
@@ -407,6 +446,31 @@ async def refuse(engine: AsyncEngine, lease: Lease, owner: str, message: str) ->
             },
         )
         await conn.commit()
+
+
+async def reuse(engine: AsyncEngine, lease: Lease, owner: str) -> bool:
+    """Answer the request from an identical one's stored result; False when there is none."""
+    async with engine.connect() as conn:
+        row = (
+            await conn.execute(
+                _REUSE,
+                {
+                    "fingerprint": lease.fingerprint,
+                    "request_id": lease.request_id,
+                    "attempt_id": lease.attempt_id,
+                    "owner": owner,
+                },
+            )
+        ).one_or_none()
+        await conn.commit()
+    return row is not None
+
+
+async def twin_in_flight(engine: AsyncEngine, lease: Lease) -> bool:
+    """True when an identical request with a lower id is being called now."""
+    async with engine.connect() as conn:
+        params = {"fingerprint": lease.fingerprint, "request_id": lease.request_id}
+        return bool((await conn.execute(_TWIN_IN_FLIGHT, params)).scalar_one())
 
 
 async def free_calls_today(engine: AsyncEngine) -> int:

@@ -14,7 +14,7 @@ from redis.exceptions import RedisError
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from jobs.constants import QUOTA_HOLD_SECONDS
+from jobs.constants import QUOTA_HOLD_SECONDS, TWIN_WAIT_SECONDS
 from jobs.db import connection_lost
 from jobs.logs import get_logger
 from jobs.models import Outcome, PauseReason, RequestStatus
@@ -195,6 +195,14 @@ async def _run_leased(ctx: WorkerContext, lease: records.Lease) -> str:
         message = f"the batch is --free-only and this request would send the paid model {paid[0]!r}; not sent"
         await _persist("refuse", lambda: records.refuse(ctx.engine, lease, ctx.owner, message))
         return "refused"
+    if lease.fingerprint is not None:
+        if await _persist("reuse", lambda: records.reuse(ctx.engine, lease, ctx.owner)):
+            return "reused"
+        if await _persist("twin", lambda: records.twin_in_flight(ctx.engine, lease)):
+            await _persist(
+                "unlease", lambda: records.unlease(ctx.engine, lease, ctx.owner, TWIN_WAIT_SECONDS)
+            )
+            return "waiting-for-twin"
     # A request counts against the free limits when the first model it will try is a free variant.
     free = lease.models_sent[0].endswith(":free")
     sent = False
