@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import asyncpg
 import httpx
 import redis
 
@@ -37,19 +36,10 @@ def machine() -> str:
 @contextmanager
 def scratch_database() -> Iterator[str]:
     """A fresh database migrated to head, dropped afterwards; Redis database 13 flushed before and after."""
-    from jobs.db import upgrade
+    from jobs.db import drop_database, ensure_database, upgrade
 
-    name = f"orbatch_bench_{uuid.uuid4().hex[:8]}"
-
-    async def admin(sql: str) -> None:
-        conn = await asyncpg.connect(f"{POSTGRES_URL}/postgres")
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
-    url = f"{POSTGRES_URL}/{name}"
+    url = f"{POSTGRES_URL}/orbatch_bench_{uuid.uuid4().hex[:8]}"
+    asyncio.run(ensure_database(url))
     asyncio.run(upgrade(url))
     flush = redis.Redis.from_url(REDIS_URL)
     flush.flushdb()
@@ -58,7 +48,7 @@ def scratch_database() -> Iterator[str]:
     finally:
         flush.flushdb()
         flush.close()
-        asyncio.run(admin(f'DROP DATABASE "{name}" WITH (FORCE)'))
+        asyncio.run(drop_database(url))
 
 
 class Simulator:

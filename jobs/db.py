@@ -21,6 +21,7 @@ __all__ = [
     "alembic_config",
     "connection_lost",
     "create_engine",
+    "drop_database",
     "ensure_database",
     "retry_conflicts",
     "session_factory",
@@ -101,6 +102,19 @@ async def ensure_database(database_url: str) -> bool:
         quoted = '"' + name.replace('"', '""') + '"'
         await conn.execute(f"CREATE DATABASE {quoted}")
         return True
+    finally:
+        await conn.close()
+
+
+async def drop_database(database_url: str) -> None:
+    """Drop the database named in the URL, disconnecting whoever still uses it (scratch databases)."""
+    url = _async_url(database_url)
+    conn = await asyncpg.connect(
+        host=url.host, port=url.port, user=url.username, password=url.password, database="postgres"
+    )
+    try:
+        quoted = '"' + (url.database or "").replace('"', '""') + '"'
+        await conn.execute(f"DROP DATABASE IF EXISTS {quoted} WITH (FORCE)")
     finally:
         await conn.close()
 

@@ -8,13 +8,12 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import asyncpg
 import pytest
 from arq.connections import ArqRedis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from jobs.db import create_engine, upgrade
+from jobs.db import create_engine, drop_database, ensure_database, upgrade
 from jobs.queue import connect
 from tests.support import Simulator, test_env
 
@@ -31,20 +30,11 @@ def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def database_url() -> Iterator[str]:
     """A new database, migrated to head, dropped at the end."""
-    name = f"orbatch_test_{uuid.uuid4().hex[:10]}"
-
-    async def admin(sql: str) -> None:
-        conn = await asyncpg.connect(f"{POSTGRES_URL}/postgres")
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
-    url = f"{POSTGRES_URL}/{name}"
+    url = f"{POSTGRES_URL}/orbatch_test_{uuid.uuid4().hex[:10]}"
+    asyncio.run(ensure_database(url))
     asyncio.run(upgrade(url))
     yield url
-    asyncio.run(admin(f'DROP DATABASE "{name}" WITH (FORCE)'))
+    asyncio.run(drop_database(url))
 
 
 @pytest.fixture(scope="session")

@@ -6,32 +6,23 @@ import asyncio
 import uuid
 from collections.abc import Iterator
 
-import asyncpg
 import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import Connection
 
-from jobs.db import alembic_config, create_engine, upgrade
+from jobs.db import alembic_config, create_engine, drop_database, ensure_database, upgrade
 from jobs.models import Base
 from tests.conftest import POSTGRES_URL
 
 
 @pytest.fixture
 def fresh_database() -> Iterator[str]:
-    name = f"orbatch_migrations_{uuid.uuid4().hex[:8]}"
-
-    async def admin(sql: str) -> None:
-        conn = await asyncpg.connect(f"{POSTGRES_URL}/postgres")
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
-    yield f"{POSTGRES_URL}/{name}"
-    asyncio.run(admin(f'DROP DATABASE "{name}" WITH (FORCE)'))
+    url = f"{POSTGRES_URL}/orbatch_migrations_{uuid.uuid4().hex[:8]}"
+    asyncio.run(ensure_database(url))
+    yield url
+    asyncio.run(drop_database(url))
 
 
 def _differences(connection: Connection) -> list[object]:

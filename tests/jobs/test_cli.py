@@ -11,7 +11,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from jobs.db import alembic_config
+from jobs.db import alembic_config, drop_database
 from tests.conftest import POSTGRES_URL
 from tests.support import chat_line, run_cli, write_jsonl
 
@@ -99,6 +99,4 @@ async def test_db_upgrade_creates_a_missing_database(env: dict[str, str]) -> Non
         finally:
             await conn.close()
     finally:
-        admin = await asyncpg.connect(f"{POSTGRES_URL}/postgres")
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+        await drop_database(f"{POSTGRES_URL}/{name}")
