@@ -30,9 +30,9 @@ FEEDER_LOCK_KEY = "{queue}:feeder-lock"
 # without persistence) and every request Postgres believes queued must be queued again.
 REDIS_EPOCH_KEY = "{queue}:epoch"
 
-# Job ids are `r<request id>.<attempt count>`: deterministic, so enqueueing twice is a no-op, and new
-# after each attempt, so a request whose worker died can be queued again before arq's own
-# in-progress key for the dead job expires.
+# Job ids are `r<request id>.<attempt count>[.<feeds>]`: deterministic, so enqueueing twice is a no-op;
+# new after each attempt, so a request whose worker died can be queued again before arq's own in-progress
+# key for the dead job expires; and new after a lost job is given up on (`request.feeds`).
 JOB_ID_PREFIX = "r"
 RUN_REQUEST_FUNCTION = "run_request"
 

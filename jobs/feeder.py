@@ -70,6 +70,9 @@ _FORGET_QUEUED = text(
     """
 )
 
+# A job marked queued a while ago that never started is lost (an expired key, or a worker killed between
+# taking the job and leasing the request, whose arq in-progress key blocks that job id for the task
+# timeout): the request is fed again under a new job id.
 _REQUEUE_STALE = text(
     """
     WITH target AS (
@@ -77,7 +80,7 @@ _REQUEUE_STALE = text(
           AND enqueued_at < now() - make_interval(secs => :after)
         ORDER BY id FOR UPDATE
     )
-    UPDATE request r SET enqueued_at = NULL FROM target WHERE r.id = target.id
+    UPDATE request r SET enqueued_at = NULL, feeds = r.feeds + 1 FROM target WHERE r.id = target.id
     """
 )
 
@@ -94,7 +97,7 @@ _ACTIVE_BATCHES = text(
 
 _DUE = text(
     """
-    SELECT id, attempts FROM request
+    SELECT id, attempts, feeds FROM request
     WHERE batch_id = :batch_id AND status = 'pending' AND enqueued_at IS NULL AND next_attempt_at <= now()
     ORDER BY id LIMIT :room
     """
@@ -138,7 +141,12 @@ async def _check_redis_epoch(engine: AsyncEngine, redis: ArqRedis, queue_name: s
 
 
 async def feed(
-    engine: AsyncEngine, redis: ArqRedis, queue_name: str, window: int, batch_id: str | None = None
+    engine: AsyncEngine,
+    redis: ArqRedis,
+    queue_name: str,
+    window: int,
+    batch_id: str | None = None,
+    requeue_after: float = REQUEUE_AFTER_SECONDS,
 ) -> FeedReport:
     """One tick: recover lost work, resume parked batches, queue due requests, finalize finished batches."""
     report = FeedReport()
@@ -146,7 +154,7 @@ async def feed(
     async with engine.begin() as conn:
         report.expired_leases = len((await conn.execute(_EXPIRE_LEASES)).all())
         report.resumed_batches = int((await conn.execute(_RESUME_BATCHES)).scalar_one())
-        await conn.execute(_REQUEUE_STALE, {"after": REQUEUE_AFTER_SECONDS})
+        await conn.execute(_REQUEUE_STALE, {"after": requeue_after})
         batches = (await conn.execute(_ACTIVE_BATCHES, {"batch_id": batch_id})).all()
     for bid, in_queue in batches:
         room = window - int(in_queue)
@@ -154,7 +162,7 @@ async def feed(
             continue
         async with engine.connect() as conn:
             due = [
-                (int(r.id), int(r.attempts))
+                (int(r.id), int(r.attempts), int(r.feeds))
                 for r in await conn.execute(_DUE, {"batch_id": bid, "room": room})
             ]
         if not due:

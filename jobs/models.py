@@ -181,6 +181,8 @@ class Request(Base):
     chain_pos: Mapped[int] = mapped_column(Integer, server_default=text("0"))
     next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     enqueued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Times a queued job of this request was given up as lost and fed again under a new job id.
+    feeds: Mapped[int] = mapped_column(Integer, server_default=text("0"))
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     lease_owner: Mapped[str | None] = mapped_column(Text)
     last_error: Mapped[str | None] = mapped_column(Text)

@@ -76,22 +76,23 @@ async def connect(redis_url: str, queue_name: str, patient: bool = True) -> ArqR
     )
 
 
-def job_id(request_id: int, attempts: int) -> str:
-    """The deterministic job id of a request's next attempt."""
-    return f"{JOB_ID_PREFIX}{request_id}.{attempts}"
+def job_id(request_id: int, attempts: int, feeds: int = 0) -> str:
+    """The deterministic job id of a request's next attempt (and of its n-th feeding after a lost job)."""
+    suffix = f".{feeds}" if feeds else ""
+    return f"{JOB_ID_PREFIX}{request_id}.{attempts}{suffix}"
 
 
 async def enqueue_requests(
-    redis: ArqRedis, queue_name: str, requests: Sequence[tuple[int, int]]
+    redis: ArqRedis, queue_name: str, requests: Sequence[tuple[int, int, int]]
 ) -> list[int]:
-    """Queue `run_request` for each (request id, attempts) pair: 1 queued now, 0 already queued, -1 running."""
+    """Queue `run_request` for each (request id, attempts, feeds): 1 queued now, 0 already queued, -1 running."""
     if not requests:
         return []
     script = redis.register_script(_ENQUEUE_LUA)
     now_ms = int(time.time() * 1000)
     async with redis.pipeline(transaction=False) as pipe:
-        for request_id, attempts in requests:
-            jid = job_id(request_id, attempts)
+        for request_id, attempts, feeds in requests:
+            jid = job_id(request_id, attempts, feeds)
             payload = serialize_job(
                 RUN_REQUEST_FUNCTION, (request_id, attempts), {}, None, now_ms, serializer=job_dumps
             )

@@ -46,6 +46,8 @@ class Settings(BaseSettings):
     # enough that a cancel or a pause leaves little behind in Redis.
     feed_window: int = Field(1000, ge=1)
     feed_interval: float = Field(0.5, gt=0)
+    # A request marked queued whose job has not started after this long is fed again under a new job id.
+    requeue_after: float = Field(60.0, gt=0)
     max_attempts: int = Field(5, ge=1, le=100)
     # OpenRouter's free-tier limits: 20 requests a minute, 50 a day (1000 once $10 of credits were bought).
     free_requests_per_minute: int = Field(20, ge=1)

@@ -67,7 +67,9 @@ async def _feed_once(ctx: WorkerContext, redis: ArqRedis) -> None:
     if not await redis.set(lock_key, ctx.owner, nx=True, px=lock_ms):
         return
     try:
-        report = await feed(ctx.engine, redis, settings.queue_name, settings.feed_window)
+        report = await feed(
+            ctx.engine, redis, settings.queue_name, settings.feed_window, requeue_after=settings.requeue_after
+        )
         if report.redis_reset or report.expired_leases or report.resumed_batches or report.finalized_batches:
             log.info(
                 "feeder",

@@ -97,3 +97,18 @@ async def test_a_batch_whose_requests_are_all_finished_is_completed(
             await conn.execute(text("SELECT status FROM batch WHERE id = :b"), {"b": batch_id})
         ).scalar_one()
     assert status == "completed"
+
+
+async def test_a_lost_job_is_fed_again_under_a_new_job_id(
+    engine: AsyncEngine, redis: ArqRedis, queue_name: str, tmp_path: Path
+) -> None:
+    await submit(engine, tmp_path, 1)
+    await feed(engine, redis, queue_name, window=10)
+    # A worker took the job and died before leasing it: arq's in-progress key blocks the id for minutes.
+    await redis.zrem(queue_name, "r1.0")
+    await redis.set("arq:in-progress:r1.0", b"1", px=600_000)
+    async with engine.begin() as conn:
+        await conn.execute(text("UPDATE request SET enqueued_at = now() - interval '2 minutes'"))
+    report = await feed(engine, redis, queue_name, window=10, requeue_after=60)
+    assert report.enqueued == 1
+    assert [j.decode() for j in await redis.zrange(queue_name, 0, -1)] == ["r1.0.1"]

@@ -195,7 +195,7 @@ async def test_a_completed_request_is_never_called_again_by_a_duplicate_job(
     await run_workers(env, tmp_path)
     assert len(await simulator.calls()) == 1
     # The same job again (a redelivery), and the job of a re-run after a crash: both find it finished.
-    assert await enqueue_requests(redis, queue_name, [(1, 0), (1, 1)]) == [1, 1]
+    assert await enqueue_requests(redis, queue_name, [(1, 0, 0), (1, 1, 0)]) == [1, 1]
     await run_workers(env, tmp_path)
     assert len(await simulator.calls()) == 1
     assert (await rows(engine, "SELECT count(*) FROM attempt"))[0][0] == 1

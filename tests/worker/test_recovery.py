@@ -75,12 +75,21 @@ async def test_a_sigkilled_worker_loses_nothing_and_repeats_only_its_calls_in_fl
     env: dict[str, str], engine: AsyncEngine, simulator: Simulator, tmp_path: Path
 ) -> None:
     await simulator.configure(latency_ms=300)
-    env = {**env, "ORBATCH_LEASE_SECONDS": "2"}
+    env = {**env, "ORBATCH_LEASE_SECONDS": "2", "ORBATCH_REQUEUE_AFTER": "5"}
     submit(env, tmp_path, 200)
     workers = Workers(env, tmp_path, 3, "--concurrency", "8")
     try:
         await wait_for(engine, "SELECT count(*) FROM result", 40, 60)
-        workers.processes[0].send_signal(signal.SIGKILL)
+        # The victim is a worker with calls in flight right now (attempt rows name host:pid:nonce).
+        victim = None
+        while victim is None:
+            busy = await scalar(
+                engine,
+                "SELECT coalesce(string_agg(DISTINCT worker, ' '), '') FROM attempt WHERE outcome = 'in_flight'",
+            )
+            victim = next((p for p in workers.processes if f":{p.pid}:" in busy), None)
+            await asyncio.sleep(0.02)
+        victim.send_signal(signal.SIGKILL)
         await wait_for(engine, "SELECT count(*) FROM request WHERE status = 'completed'", 200, 90)
     finally:
         await stop_all(workers.processes)
@@ -156,6 +165,7 @@ async def test_chaos_2000_requests_three_workers_kills_a_redis_flush_and_failing
     env = {
         **env,
         "ORBATCH_LEASE_SECONDS": "3",
+        "ORBATCH_REQUEUE_AFTER": "5",
         "ORBATCH_REQUEST_TIMEOUT": "2",
         "ORBATCH_MAX_ATTEMPTS": "40",
         "ORBATCH_LOG_LEVEL": "WARNING",
