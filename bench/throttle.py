@@ -28,16 +28,15 @@ from bench.common import ROOT, Simulator, env_for, machine, scratch_database
 MODEL = "sim/echo:free"
 
 
+def _simulator(args: argparse.Namespace) -> Simulator:
+    """The simulator enforcing the benchmark's free per-minute limit (and no daily one)."""
+    window = ["--free-per-minute", str(args.limit), "--free-window-seconds", str(args.window)]
+    return Simulator(*window, "--free-per-day", "100000000")
+
+
 def run_orbatch(args: argparse.Namespace) -> tuple[int, int]:
     """(successful calls in the measured span, 429s) for orbatch's workers."""
-    sim = Simulator(
-        "--free-per-minute",
-        str(args.limit),
-        "--free-window-seconds",
-        str(args.window),
-        "--free-per-day",
-        "100000000",
-    )
+    sim = _simulator(args)
     try:
         with scratch_database() as database_url:
             env = env_for(
@@ -114,14 +113,7 @@ async def _baseline_child(base_url: str, limit: int, window: float, seconds: flo
 
 def run_baseline(args: argparse.Namespace) -> tuple[int, int]:
     """(successful calls in the measured span, 429s) for the naive per-process loops."""
-    sim = Simulator(
-        "--free-per-minute",
-        str(args.limit),
-        "--free-window-seconds",
-        str(args.window),
-        "--free-per-day",
-        "100000000",
-    )
+    sim = _simulator(args)
     try:
         children = [
             subprocess.Popen(
