@@ -25,8 +25,9 @@ _ROWS = text(
         SELECT error_code, error_message, http_status FROM attempt
         WHERE request_id = r.id ORDER BY number DESC LIMIT 1
     ) la ON r.status = 'failed'
-    WHERE r.batch_id = :batch_id AND r.status IN ('completed', 'failed')
+    WHERE r.batch_id = :batch_id AND r.status IN ('completed', 'failed') AND r.id > :after
     ORDER BY r.id
+    LIMIT :page
     """
 )
 
@@ -55,31 +56,35 @@ async def export_results(
 ) -> ExportReport:
     """Write completed requests to `out` and failed ones to `errors`, in line order."""
     report = ExportReport()
-    async with engine.connect() as conn:
-        rows = await conn.stream(_ROWS.execution_options(yield_per=_EXPORT_CHUNK), {"batch_id": batch_id})
-        async for part in rows.partitions():
-            ok: list[bytes] = []
-            bad: list[bytes] = []
-            for row in part:
-                if row.status == "completed":
-                    ok.append(
-                        _result_line(row.id, row.custom_id, row.generation_id, row.http_status, row.body)
-                    )
-                else:
-                    line = error_line(
-                        row.custom_id,
-                        row.id,
-                        row.error_code or "request_failed",
-                        row.error_message or row.last_error or "the request failed",
-                        status_code=row.last_status,
-                    )
-                    bad.append(orjson.dumps(line) + b"\n")
-            out.write(b"".join(ok))
-            report.completed += len(ok)
-            report.failed += len(bad)
-            if errors is not None:
-                errors.write(b"".join(bad))
-    return report
+    after = 0
+    while True:
+        # Keyset pages: memory is one page whatever the batch's size, and no transaction stays open.
+        async with engine.connect() as conn:
+            part = (
+                await conn.execute(_ROWS, {"batch_id": batch_id, "after": after, "page": _EXPORT_CHUNK})
+            ).all()
+        if not part:
+            return report
+        after = part[-1].id
+        ok: list[bytes] = []
+        bad: list[bytes] = []
+        for row in part:
+            if row.status == "completed":
+                ok.append(_result_line(row.id, row.custom_id, row.generation_id, row.http_status, row.body))
+            else:
+                line = error_line(
+                    row.custom_id,
+                    row.id,
+                    row.error_code or "request_failed",
+                    row.error_message or row.last_error or "the request failed",
+                    status_code=row.last_status,
+                )
+                bad.append(orjson.dumps(line) + b"\n")
+        out.write(b"".join(ok))
+        report.completed += len(ok)
+        report.failed += len(bad)
+        if errors is not None:
+            errors.write(b"".join(bad))
 
 
 def open_output(path: Path) -> IO[bytes]:
