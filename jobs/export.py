@@ -4,19 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import orjson
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from jobs.formats import error_line
 
 __all__ = ["ExportReport", "export_results", "open_output"]
 
-_ROWS = text(
-    """
-    SELECT r.id, r.custom_id, r.status, r.last_error, CAST(res.body AS text) AS body, a.generation_id,
+_ROWS = """
+    SELECT r.id, r.custom_id, r.status, r.last_error, res.body::text AS body, a.generation_id,
            a.http_status, la.error_code, la.error_message, la.http_status AS last_status
     FROM request r
     LEFT JOIN result res ON res.request_id = r.id
@@ -25,11 +23,9 @@ _ROWS = text(
         SELECT error_code, error_message, http_status FROM attempt
         WHERE request_id = r.id ORDER BY number DESC LIMIT 1
     ) la ON r.status = 'failed'
-    WHERE r.batch_id = :batch_id AND r.status IN ('completed', 'failed') AND r.id > :after
+    WHERE r.batch_id = $1 AND r.status IN ('completed', 'failed')
     ORDER BY r.id
-    LIMIT :page
-    """
-)
+"""
 
 _EXPORT_CHUNK = 2000
 
@@ -56,35 +52,45 @@ async def export_results(
 ) -> ExportReport:
     """Write completed requests to `out` and failed ones to `errors`, in line order."""
     report = ExportReport()
-    after = 0
-    while True:
-        # Keyset pages: memory is one page whatever the batch's size, and no transaction stays open.
-        async with engine.connect() as conn:
-            part = (
-                await conn.execute(_ROWS, {"batch_id": batch_id, "after": after, "page": _EXPORT_CHUNK})
-            ).all()
-        if not part:
-            return report
-        after = part[-1].id
-        ok: list[bytes] = []
-        bad: list[bytes] = []
-        for row in part:
-            if row.status == "completed":
-                ok.append(_result_line(row.id, row.custom_id, row.generation_id, row.http_status, row.body))
-            else:
-                line = error_line(
-                    row.custom_id,
-                    row.id,
-                    row.error_code or "request_failed",
-                    row.error_message or row.last_error or "the request failed",
-                    status_code=row.last_status,
-                )
-                bad.append(orjson.dumps(line) + b"\n")
-        out.write(b"".join(ok))
-        report.completed += len(ok)
-        report.failed += len(bad)
-        if errors is not None:
-            errors.write(b"".join(bad))
+    async with engine.connect() as conn:
+        raw: Any = (await conn.get_raw_connection()).driver_connection
+        # One read-only snapshot streamed through asyncpg's server-side cursor: memory is one prefetch of rows
+        # whatever the batch's size.
+        async with raw.transaction(readonly=True, isolation="repeatable_read"):
+            ok: list[bytes] = []
+            bad: list[bytes] = []
+            async for row in raw.cursor(_ROWS, batch_id, prefetch=_EXPORT_CHUNK):
+                if row["status"] == "completed":
+                    ok.append(
+                        _result_line(
+                            row["id"], row["custom_id"], row["generation_id"], row["http_status"], row["body"]
+                        )
+                    )
+                else:
+                    line = error_line(
+                        row["custom_id"],
+                        row["id"],
+                        row["error_code"] or "request_failed",
+                        row["error_message"] or row["last_error"] or "the request failed",
+                        status_code=row["last_status"],
+                    )
+                    bad.append(orjson.dumps(line) + b"\n")
+                if len(ok) + len(bad) >= _EXPORT_CHUNK:
+                    _flush(ok, bad, out, errors, report)
+            _flush(ok, bad, out, errors, report)
+    return report
+
+
+def _flush(
+    ok: list[bytes], bad: list[bytes], out: IO[bytes], errors: IO[bytes] | None, report: ExportReport
+) -> None:
+    out.write(b"".join(ok))
+    if errors is not None:
+        errors.write(b"".join(bad))
+    report.completed += len(ok)
+    report.failed += len(bad)
+    ok.clear()
+    bad.clear()
 
 
 def open_output(path: Path) -> IO[bytes]:
