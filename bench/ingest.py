@@ -76,7 +76,11 @@ asyncio.run(main())
 def step(name: str, url: str, path: Path, *extra: str) -> tuple[int, float, float]:
     """(lines, seconds, peak RSS in MB) of one step in a fresh process."""
     done = subprocess.run(
-        [sys.executable, "-c", _CHILD, name, url, str(path), *extra], cwd=ROOT, capture_output=True, text=True
+        [sys.executable, "-c", _CHILD, name, url, str(path), *extra],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if done.returncode != 0:
         raise SystemExit(done.stderr[-2000:])
