@@ -176,19 +176,25 @@ def _records(
 
 
 async def _duplicates(conn: AsyncConnection, errors: _LineErrors) -> None:
-    rows = await conn.stream(
-        text(
-            "SELECT line_no, custom_id, first FROM ("
-            " SELECT line_no, custom_id, min(line_no) OVER (PARTITION BY custom_id) AS first FROM orbatch_staging"
-            ") s WHERE line_no <> first ORDER BY line_no"
-        ).execution_options(yield_per=1000)
-    )
-    async for line_no, custom_id, first in rows:
+    # The first duplicates and how many there are, in one bounded answer whatever their number.
+    rows = (
+        await conn.execute(
+            text(
+                "SELECT line_no, custom_id, first, count(*) OVER () AS total FROM ("
+                " SELECT line_no, custom_id, min(line_no) OVER (PARTITION BY custom_id) AS first FROM orbatch_staging"
+                ") s WHERE line_no <> first ORDER BY line_no LIMIT :keep"
+            ),
+            {"keep": MAX_REPORTED_LINE_ERRORS},
+        )
+    ).all()
+    for line_no, custom_id, first, _ in rows:
         errors.add(
             LineError(
                 line_no, f"duplicate custom_id {orjson.dumps(custom_id).decode()} (first on line {first})"
             )
         )
+    if rows:
+        errors.count += int(rows[0].total) - len(rows)
 
 
 async def submit_file(
