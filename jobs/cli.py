@@ -4,37 +4,69 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import sys
 from collections.abc import Coroutine
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
-import httpx
 import orjson
 import typer
 from redis.exceptions import RedisError
 from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from jobs.catalog import load_catalog
+from jobs.constants import EXIT_INTERRUPTED
 from jobs.control import ResumeRefused, cancel_batch, resume_batch, retry_failed
 from jobs.db import create_engine, ensure_database, upgrade
-from jobs.export import export_results, open_output
-from jobs.feeder import feed
-from jobs.formats import parse_models
+from jobs.embedded import EmbeddedError, local_services
+from jobs.eta import FreeLimits
+from jobs.export import ExportFormat, export_results, open_output
+from jobs.intake import take_in
 from jobs.logs import configure_logging, redact
+from jobs.oneshot import RunPlan, run_file
+from jobs.options import (
+    CheckModels,
+    Dedupe,
+    FreeOnly,
+    InputFile,
+    JsonSchema,
+    MaxAttempts,
+    MaxCost,
+    Models,
+    Name,
+    New,
+    SkipInvalid,
+    System,
+    TemplateText,
+    UsageError,
+    parse_usd,
+    submit_options,
+)
+from jobs.progress import ProgressView, exit_status, finished, free_limits, needs_action, watch
 from jobs.queue import connect
 from jobs.settings import Settings, get_settings
 from jobs.status import BatchNotFound, BatchSummary, batch_summary, list_batches
-from jobs.submit import SubmitError, SubmitOptions, model_problem, submit_file
+from jobs.submit import SubmitError, SubmitOptions
+from jobs.templates import TemplateError
 from jobs.usage import UsageLine, UsageReport, usage_report
 
 __all__ = ["app", "main"]
 
 T = TypeVar("T")
+
+Format = Annotated[
+    ExportFormat,
+    typer.Option(
+        "--format",
+        "-f",
+        help="batch: OpenAI Batch output lines. records: each input record with its answer merged in "
+        "(the fields of a JSON answer, else `answer`).",
+    ),
+]
 
 app = typer.Typer(
     name="orbatch",
@@ -62,12 +94,9 @@ def _fail(message: str, code: int = 1) -> NoReturn:
 
 def _usd(value: str, option: str) -> Decimal:
     try:
-        amount = Decimal(value)
-    except InvalidOperation:
-        _fail(f"{option} must be an amount in USD such as 2.50, got {value!r}", 2)
-    if not amount.is_finite() or amount <= 0:
-        _fail(f"{option} must be more than zero, got {value!r}", 2)
-    return amount
+        return parse_usd(value, option)
+    except UsageError as exc:
+        _fail(str(exc), 2)
 
 
 def _settings() -> Settings:
@@ -126,131 +155,109 @@ def _print_summary(summary: BatchSummary) -> None:
     out.print(table)
 
 
+def _options(**kwargs: Any) -> SubmitOptions:
+    try:
+        return submit_options(**kwargs)
+    except (UsageError, TemplateError) as exc:
+        _fail(str(exc), 2)
+
+
+def _submit_failed(exc: SubmitError) -> NoReturn:
+    for error in exc.errors:
+        err.print(str(error), highlight=False, markup=False)
+    if exc.invalid > len(exc.errors):
+        err.print(f"... and {exc.invalid - len(exc.errors)} more bad lines", highlight=False)
+    _fail(exc.reason, 2)
+
+
+async def _watch_batch(
+    settings: Settings, engine: AsyncEngine, batch_id: str, view: ProgressView
+) -> BatchSummary:
+    """Watch a batch run by other workers until it finishes or stops; Ctrl-C ends the watch only."""
+    redis = await connect(settings.redis_url, settings.queue_name, patient=False)
+
+    async def limits() -> FreeLimits:
+        return await free_limits(settings, redis)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    try:
+        with view:
+            summary = await watch(engine, batch_id, limits, view, stop)
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
+        await redis.aclose()
+    if stop.is_set() and not finished(summary) and not needs_action(summary):
+        raise KeyboardInterrupt
+    return summary
+
+
 @app.command()
 def submit(
-    file: Annotated[
-        Path, typer.Argument(exists=True, dir_okay=False, readable=True, help="JSONL of chat requests.")
-    ],
-    models: Annotated[
-        str | None,
-        typer.Option("--models", "-m", help="Fallback chain for lines without their own, comma-separated."),
-    ] = None,
-    name: Annotated[str | None, typer.Option(help="A name to find the batch by.")] = None,
-    max_attempts: Annotated[
-        int | None, typer.Option(min=1, max=100, help="Failed calls before a request fails.")
-    ] = None,
-    free_only: Annotated[
-        bool, typer.Option("--free-only", help="Refuse any model that is not a :free variant.")
-    ] = False,
-    max_cost: Annotated[
-        str | None, typer.Option("--max-cost", help="Stop the batch once its spend reaches this many USD.")
-    ] = None,
-    skip_invalid: Annotated[bool, typer.Option(help="Queue the good lines of a file with bad ones.")] = False,
-    check_models: Annotated[
-        bool, typer.Option(help="Check model ids against OpenRouter's model list (GET /models).")
-    ] = True,
-    new: Annotated[
-        bool, typer.Option("--new", help="A new batch even if this file was submitted with these options.")
-    ] = False,
-    dedupe: Annotated[
+    file: InputFile,
+    models: Models = None,
+    name: Name = None,
+    max_attempts: MaxAttempts = None,
+    free_only: FreeOnly = False,
+    max_cost: MaxCost = None,
+    skip_invalid: SkipInvalid = False,
+    check_models: CheckModels = True,
+    new: New = False,
+    dedupe: Dedupe = False,
+    template: TemplateText = None,
+    system: System = None,
+    json_schema: JsonSchema = None,
+    wait: Annotated[
         bool,
         typer.Option(
-            "--dedupe", help="Answer requests identical to one already answered from its stored result."
+            "--wait",
+            help="Wait (showing progress) until the batch is done; the exit status says how it ended.",
         ),
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Validate FILE and queue every line as one batch; prints the batch id (the existing one for a re-submit)."""
     settings = _settings()
-    try:
-        chain = (
-            parse_models([m for m in (models or "").split(",") if m.strip()], "--models") if models else []
-        )
-    except ValueError as exc:
-        _fail(str(exc), 2)
-    key = settings.openrouter_api_key.get_secret_value() if settings.openrouter_api_key else None
-    cap = _usd(max_cost, "--max-cost") if max_cost is not None else None
+    options = _options(
+        models=models,
+        name=name,
+        max_attempts=max_attempts or settings.max_attempts,
+        free_only=free_only,
+        max_cost=max_cost,
+        skip_invalid=skip_invalid,
+        new=new,
+        dedupe=dedupe,
+        template=template,
+        system=system,
+        json_schema=json_schema,
+    )
 
-    async def go() -> dict[str, Any]:
+    async def go() -> BatchSummary:
         engine = create_engine(settings.database_url, pool_size=2)
         try:
-            known: frozenset[str] | None = None
-            if check_models:
-                try:
-                    known = frozenset(await load_catalog(engine, settings.openrouter_base_url, key))
-                except (httpx.HTTPError, OSError, ValueError) as exc:
-                    err.print(
-                        f"warning: could not read OpenRouter's model list ({type(exc).__name__}); "
-                        "model ids are not checked before submitting",
-                        highlight=False,
-                    )
-            options = SubmitOptions(
-                models=chain,
-                name=name,
-                max_attempts=max_attempts or settings.max_attempts,
-                skip_invalid=skip_invalid,
-                free_only=free_only,
-                max_cost=cap,
-                known_models=known,
-                new=new,
-                dedupe=dedupe,
-            )
-            problem = model_problem(chain, options)
-            if problem:
-                raise SubmitError(str(file), [], 0, reason=f"--models: {problem}")
-            size = file.stat().st_size
-            with Progress(
-                TextColumn("submitting"),
-                BarColumn(),
-                DownloadColumn(),
-                TimeRemainingColumn(),
-                console=err,
-                transient=True,
-                disable=not err.is_terminal,
-            ) as progress:
-                task = progress.add_task("submit", total=size)
-                report = await submit_file(
-                    engine, file, options, lambda pos: progress.update(task, completed=pos)
-                )
-            try:
-                redis = await connect(settings.redis_url, settings.queue_name, patient=False)
-                try:
-                    await feed(
-                        engine, redis, settings.queue_name, settings.feed_window, batch_id=report.batch_id
-                    )
-                finally:
-                    await redis.aclose()
-            except (OSError, RedisError) as exc:
-                # Postgres holds the batch; any worker's feeder queues it once Redis is reachable.
-                err.print(
-                    f"warning: stored {report.batch_id} but could not reach Redis at REDIS_URL ({exc}); "
-                    "its requests are queued as soon as a worker can reach it",
-                    highlight=False,
-                )
-            async with engine.connect() as conn:
-                summary = await batch_summary(conn, report.batch_id)
-            if report.reused:
-                err.print(
-                    f"{file} was already submitted with these options as {report.batch_id}; "
-                    "returning it (pass --new for a new batch)",
-                    highlight=False,
-                )
-            for error in report.errors:
-                err.print(f"skipped {error}", highlight=False, markup=False)
-            if report.invalid > len(report.errors):
-                err.print(f"skipped {report.invalid - len(report.errors)} more bad lines", highlight=False)
-            return summary.to_json()
+            _, summary = await take_in(engine, settings, file, options, check_models, err)
+            if not wait:
+                return summary
+            # The id first, so a script has it even while it waits.
+            sys.stdout.write(summary.id + "\n")
+            sys.stdout.flush()
+            return await _watch_batch(settings, engine, summary.id, ProgressView(err, summary.id))
         finally:
             await engine.dispose()
 
     try:
-        result = _run(go())
+        summary = _run(go())
     except SubmitError as exc:
-        for error in exc.errors:
-            err.print(str(error), highlight=False, markup=False)
-        if exc.invalid > len(exc.errors):
-            err.print(f"... and {exc.invalid - len(exc.errors)} more bad lines", highlight=False)
-        _fail(exc.reason, 2)
+        _submit_failed(exc)
+    except KeyboardInterrupt:
+        err.print("stopped waiting; the batch goes on (`orbatch status BATCH --watch`)", highlight=False)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    result = summary.to_json()
+    if wait:
+        if as_json:
+            sys.stdout.write(orjson.dumps(result).decode() + "\n")
+        raise typer.Exit(exit_status(summary))
     if as_json:
         sys.stdout.write(orjson.dumps(result).decode() + "\n")
     else:
@@ -259,6 +266,90 @@ def submit(
             err.print(
                 f"submitted {result['request_counts']['total']} requests as {result['id']}", highlight=False
             )
+
+
+@app.command()
+def run(
+    file: InputFile,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the results (JSONL).")],
+    errors: Annotated[
+        Path | None, typer.Option("--errors", help="Where to write the failures (JSONL).")
+    ] = None,
+    fmt: Format = "batch",
+    models: Models = None,
+    name: Name = None,
+    max_attempts: MaxAttempts = None,
+    free_only: FreeOnly = False,
+    max_cost: MaxCost = None,
+    skip_invalid: SkipInvalid = False,
+    check_models: CheckModels = True,
+    new: New = False,
+    dedupe: Dedupe = False,
+    template: TemplateText = None,
+    system: System = None,
+    json_schema: JsonSchema = None,
+    concurrency: Annotated[
+        int | None, typer.Option(min=1, max=4096, help="Requests run at once by the in-process worker.")
+    ] = None,
+    use_simulator: Annotated[
+        bool,
+        typer.Option(
+            "--simulator",
+            help="Call a local OpenRouter simulator instead of OpenRouter: no key, no quota, no real model "
+            "(its options: ORBATCH_SIMULATOR_ARGS, as `orbatch simulator` takes them).",
+        ),
+    ] = False,
+) -> None:
+    """Submit FILE, run it with a worker in this process showing progress, and write the results.
+
+    Uses DATABASE_URL and REDIS_URL when set; otherwise starts an embedded Postgres (kept under
+    ORBATCH_DATA_DIR between runs) and an embedded Redis, and stops them at the end. Running the same command
+    again carries on with the same batch. Exit status: 0 all completed, 3 some requests failed, 4 the batch
+    stopped (paused on its budget, credits or key; cancelled), 130 interrupted.
+    """
+    settings = _settings()
+    if not use_simulator and not settings.openrouter_api_key:
+        _fail(
+            "OPENROUTER_API_KEY is not set: export your OpenRouter key, or try the pipeline without one "
+            "against the local simulator with --simulator",
+            2,
+        )
+    options = _options(
+        models=models,
+        name=name,
+        max_attempts=max_attempts or settings.max_attempts,
+        free_only=free_only,
+        max_cost=max_cost,
+        skip_invalid=skip_invalid,
+        new=new,
+        dedupe=dedupe,
+        template=template,
+        system=system,
+        json_schema=json_schema,
+    )
+    plan = RunPlan(file, options, check_models, output, errors, fmt, concurrency, use_simulator)
+    database_given, redis_given = settings.services_given()
+    try:
+        with local_services(
+            settings.data_dir,
+            settings.database_url if database_given else None,
+            settings.redis_url if redis_given else None,
+        ) as services:
+            if services.started:
+                err.print(
+                    f"embedded {' and '.join(services.started)} (DATABASE_URL / REDIS_URL not set), "
+                    f"data in {settings.data_dir}",
+                    highlight=False,
+                )
+            local = settings.model_copy(
+                update={"database_url": services.database_url, "redis_url": services.redis_url}
+            )
+            code = _run(run_file(local, plan, err))
+    except EmbeddedError as exc:
+        _fail(str(exc))
+    except SubmitError as exc:
+        _submit_failed(exc)
+    raise typer.Exit(code)
 
 
 @app.command()
@@ -282,10 +373,25 @@ def worker(
 @app.command()
 def status(
     batch: Annotated[str | None, typer.Argument(help="Batch id; omit to list recent batches.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print JSON (with --watch: one object per line).")
+    ] = False,
+    watch_: Annotated[
+        bool,
+        typer.Option(
+            "--watch",
+            "-w",
+            help="Follow the batch (run by any workers) until it is done: progress, rate, ETA, spend.",
+        ),
+    ] = False,
 ) -> None:
     """Show a batch's state, request counts, tokens and cost."""
     settings = _settings()
+    if watch_:
+        if batch is None:
+            _fail("--watch follows one batch: `orbatch status BATCH --watch`", 2)
+        _watch_command(settings, batch, as_json)
+        return
 
     async def go() -> list[BatchSummary]:
         engine = create_engine(settings.database_url, pool_size=1)
@@ -320,6 +426,26 @@ def status(
     out.print(table)
 
 
+def _watch_command(settings: Settings, batch: str, as_json: bool) -> NoReturn:
+    async def go() -> BatchSummary:
+        engine = create_engine(settings.database_url, pool_size=1)
+        try:
+            return await _watch_batch(settings, engine, batch, ProgressView(out, batch, as_json))
+        finally:
+            await engine.dispose()
+
+    try:
+        summary = _run(go())
+    except BatchNotFound as exc:
+        _fail(str(exc), 2)
+    except KeyboardInterrupt:
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    if not out.is_terminal or as_json:
+        raise typer.Exit(exit_status(summary))
+    _print_summary(summary)
+    raise typer.Exit(exit_status(summary))
+
+
 @app.command()
 def results(
     batch: Annotated[str, typer.Argument(help="Batch id.")],
@@ -327,9 +453,10 @@ def results(
     errors: Annotated[
         Path | None, typer.Option("--errors", help="Where to write the failures (JSONL).")
     ] = None,
+    fmt: Format = "batch",
     as_json: Annotated[bool, typer.Option("--json", help="Print counts as JSON.")] = False,
 ) -> None:
-    """Write a batch's results in OpenAI Batch output form; failures go to --errors."""
+    """Write a batch's results (OpenAI Batch output lines, or records with answers); failures go to --errors."""
     settings = _settings()
 
     async def go() -> dict[str, Any]:
@@ -339,10 +466,10 @@ def results(
                 summary = await batch_summary(conn, batch)
             with open_output(output) as out_f:
                 if errors is None:
-                    report = await export_results(engine, batch, out_f, None)
+                    report = await export_results(engine, batch, out_f, None, fmt)
                 else:
                     with open_output(errors) as err_f:
-                        report = await export_results(engine, batch, out_f, err_f)
+                        report = await export_results(engine, batch, out_f, err_f, fmt)
             return {
                 "id": batch,
                 "status": summary.status,

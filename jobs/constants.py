@@ -6,12 +6,17 @@ __all__ = [
     "BURST_CHECK_SECONDS",
     "CREDITED_DAILY_REQUESTS",
     "ERROR_MESSAGE_MAX_CHARS",
+    "EXIT_FAILED_REQUESTS",
+    "EXIT_INTERRUPTED",
+    "EXIT_STOPPED",
     "FEEDER_LOCK_KEY",
     "FREE_TIER_DAILY_REQUESTS",
     "JOB_ID_PREFIX",
+    "LIMITS_KEY",
     "MAX_CUSTOM_ID_CHARS",
     "MAX_MODELS_PER_CALL",
     "MAX_REPORTED_LINE_ERRORS",
+    "PLAIN_PROGRESS_SECONDS",
     "QUOTA_HOLD_SECONDS",
     "REDIS_EPOCH_KEY",
     "REQUEUE_AFTER_SECONDS",
@@ -20,6 +25,7 @@ __all__ = [
     "SWEEP_SECONDS",
     "TASK_TIMEOUT_MARGIN_SECONDS",
     "TWIN_WAIT_SECONDS",
+    "WATCH_POLL_SECONDS",
 ]
 
 # arq stores its own keys under fixed `arq:` prefixes whatever the queue name; ours are the queue name
@@ -29,6 +35,9 @@ FEEDER_LOCK_KEY = "{queue}:feeder-lock"
 # Written by the feeder and never expired: when it is missing, Redis lost its data (FLUSHALL or a restart
 # without persistence) and every request Postgres believes queued must be queued again.
 REDIS_EPOCH_KEY = "{queue}:epoch"
+# A hash the workers write at start: the free-tier limits they apply (the daily one read from GET /key), so
+# `status --watch` on another machine computes the same quota-aware ETA as the workers pace by.
+LIMITS_KEY = "{queue}:limits"
 
 # Job ids are `r<request id>.<attempt count>[.<feeds>]`: deterministic, so enqueueing twice is a no-op;
 # new after each attempt, so a request whose worker died can be queued again before arq's own in-progress
@@ -70,3 +79,16 @@ MAX_REPORTED_LINE_ERRORS = 50
 MAX_CUSTOM_ID_CHARS = 512
 # Upstream error messages can be whole HTML pages; the database keeps their start.
 ERROR_MESSAGE_MAX_CHARS = 2000
+
+# How often a watcher (`run`, `status --watch`, `submit --wait`) reads a batch's counts: one cheap query.
+WATCH_POLL_SECONDS = 1.0
+# Off a terminal, progress is a plain line this often (and at every change of state): a log, not a redraw.
+PLAIN_PROGRESS_SECONDS = 5.0
+
+# Exit statuses beyond 0 (done), 1 (a runtime failure) and 2 (bad input or usage), for cron and CI:
+# the batch finished but some requests failed;
+EXIT_FAILED_REQUESTS = 3
+# the batch stopped and needs a person: cancelled, or paused on its budget, the account's credits or the key;
+EXIT_STOPPED = 4
+# interrupted (Ctrl-C); the batch is kept, and the same command again carries on with it (128 + SIGINT).
+EXIT_INTERRUPTED = 130

@@ -87,15 +87,19 @@ def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False)
 
 
+async def _connect_maintenance(url: URL) -> Any:
+    # The server's own `postgres` database, reached as the URL says (TCP, or a Unix socket in `?host=`).
+    dsn = url.set(drivername="postgresql", database="postgres").render_as_string(hide_password=False)
+    return await asyncpg.connect(dsn)
+
+
 async def ensure_database(database_url: str) -> bool:
     """Create the database named in the URL if the server lacks it; True when it was created."""
     url = _async_url(database_url)
     name = url.database
     if not name:
         raise ValueError("DATABASE_URL names no database")
-    conn = await asyncpg.connect(
-        host=url.host, port=url.port, user=url.username, password=url.password, database="postgres"
-    )
+    conn = await _connect_maintenance(url)
     try:
         if await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
             return False
@@ -109,9 +113,7 @@ async def ensure_database(database_url: str) -> bool:
 async def drop_database(database_url: str) -> None:
     """Drop the database named in the URL, disconnecting whoever still uses it (scratch databases)."""
     url = _async_url(database_url)
-    conn = await asyncpg.connect(
-        host=url.host, port=url.port, user=url.username, password=url.password, database="postgres"
-    )
+    conn = await _connect_maintenance(url)
     try:
         quoted = '"' + (url.database or "").replace('"', '""') + '"'
         await conn.execute(f"DROP DATABASE IF EXISTS {quoted} WITH (FORCE)")
@@ -125,7 +127,9 @@ def alembic_config(database_url: str) -> Config:
 
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
-    config.set_main_option("sqlalchemy.url", _async_url(database_url).render_as_string(hide_password=False))
+    # ConfigParser reads `%` as interpolation: a socket path or a password with `%` must be escaped.
+    url = _async_url(database_url).render_as_string(hide_password=False)
+    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     return config
 
 

@@ -1,20 +1,27 @@
-"""Export: a batch's results as OpenAI Batch output lines and its failures as an error file, streamed."""
+"""Export: a batch's results as OpenAI Batch output lines (or records with their answers), streamed."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Literal
 
 import orjson
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from jobs.formats import error_line
+from jobs.templates import parse_answer
 
-__all__ = ["ExportReport", "export_results", "open_output"]
+__all__ = ["ANSWER_FIELD", "ExportFormat", "ExportReport", "export_results", "merge_answer", "open_output"]
+
+ExportFormat = Literal["batch", "records"]
+# Where a plain-text answer goes in `--format records` output (a JSON object answer is merged field by field).
+ANSWER_FIELD = "answer"
 
 _ROWS = """
-    SELECT r.id, r.custom_id, r.status, r.last_error, res.body::text AS body, a.generation_id,
+    SELECT r.id, r.custom_id, r.status, r.last_error, {columns}, a.generation_id,
            a.http_status, la.error_code, la.error_message, la.http_status AS last_status
     FROM request r
     LEFT JOIN result res ON res.request_id = r.id
@@ -47,38 +54,92 @@ def _result_line(
     return b'%s,"response":%s,"body":%s},"error":null}\n' % (head, response, body.encode())
 
 
-async def export_results(
-    engine: AsyncEngine, batch_id: str, out: IO[bytes], errors: IO[bytes] | None
-) -> ExportReport:
-    """Write completed requests to `out` and failed ones to `errors`, in line order."""
-    report = ExportReport()
+_BATCH_COLUMNS = "res.body::text AS body"
+_RECORD_COLUMNS = (
+    "r.record::text AS record, res.body->'choices'->0->'message'->>'content' AS content,"
+    " coalesce(r.body->'response_format'->>'type' = 'json_schema', false) AS structured"
+)
+
+
+def merge_answer(record: dict[str, Any], content: str | None, structured: bool) -> dict[str, Any]:
+    """A record with its answer: the fields of a JSON object answer, else the answer under `answer`."""
+    merged = dict(record)
+    if structured and content is not None:
+        try:
+            value = parse_answer(content)
+        except orjson.JSONDecodeError:
+            value = content
+        if isinstance(value, dict):
+            merged.update(value)
+        else:
+            merged[ANSWER_FIELD] = value
+    else:
+        merged[ANSWER_FIELD] = content
+    return merged
+
+
+async def _rows(engine: AsyncEngine, sql: str, *args: Any) -> AsyncGenerator[Any]:
     async with engine.connect() as conn:
         raw: Any = (await conn.get_raw_connection()).driver_connection
         # One read-only snapshot streamed through asyncpg's server-side cursor: memory is one prefetch of rows
         # whatever the batch's size.
         async with raw.transaction(readonly=True, isolation="repeatable_read"):
-            ok: list[bytes] = []
-            bad: list[bytes] = []
-            async for row in raw.cursor(_ROWS, batch_id, prefetch=_EXPORT_CHUNK):
-                if row["status"] == "completed":
-                    ok.append(
-                        _result_line(
-                            row["id"], row["custom_id"], row["generation_id"], row["http_status"], row["body"]
-                        )
-                    )
-                else:
-                    line = error_line(
-                        row["custom_id"],
-                        row["id"],
-                        row["error_code"] or "request_failed",
-                        row["error_message"] or row["last_error"] or "the request failed",
-                        status_code=row["last_status"],
-                    )
-                    bad.append(orjson.dumps(line) + b"\n")
-                if len(ok) + len(bad) >= _EXPORT_CHUNK:
-                    _flush(ok, bad, out, errors, report)
-            _flush(ok, bad, out, errors, report)
+            async for row in raw.cursor(sql, *args, prefetch=_EXPORT_CHUNK):
+                yield row
+
+
+def _error_of(row: Any) -> tuple[str, str]:
+    return (
+        row["error_code"] or "request_failed",
+        row["error_message"] or row["last_error"] or "the request failed",
+    )
+
+
+async def export_results(
+    engine: AsyncEngine,
+    batch_id: str,
+    out: IO[bytes],
+    errors: IO[bytes] | None,
+    fmt: ExportFormat = "batch",
+) -> ExportReport:
+    """Write completed requests to `out` and failed ones to `errors`, in line order.
+
+    `batch`: OpenAI Batch output and error lines. `records`: each input record with its answer merged in
+    (the fields of a structured answer, else `answer`), failures with an `error` field.
+    """
+    report = ExportReport()
+    ok: list[bytes] = []
+    bad: list[bytes] = []
+    columns = _BATCH_COLUMNS if fmt == "batch" else _RECORD_COLUMNS
+    async with contextlib.aclosing(_rows(engine, _ROWS.format(columns=columns), batch_id)) as rows:
+        async for row in rows:
+            _add_row(row, fmt, ok, bad)
+            if len(ok) + len(bad) >= _EXPORT_CHUNK:
+                _flush(ok, bad, out, errors, report)
+    _flush(ok, bad, out, errors, report)
     return report
+
+
+def _add_row(row: Any, fmt: ExportFormat, ok: list[bytes], bad: list[bytes]) -> None:
+    completed = row["status"] == "completed"
+    if fmt == "batch":
+        if completed:
+            ok.append(
+                _result_line(
+                    row["id"], row["custom_id"], row["generation_id"], row["http_status"], row["body"]
+                )
+            )
+        else:
+            code, message = _error_of(row)
+            line = error_line(row["custom_id"], row["id"], code, message, status_code=row["last_status"])
+            bad.append(orjson.dumps(line) + b"\n")
+    else:
+        record = orjson.loads(row["record"]) if row["record"] else {"custom_id": row["custom_id"]}
+        if completed:
+            ok.append(orjson.dumps(merge_answer(record, row["content"], row["structured"])) + b"\n")
+        else:
+            code, message = _error_of(row)
+            bad.append(orjson.dumps({**record, "error": {"code": code, "message": message}}) + b"\n")
 
 
 def _flush(

@@ -2,30 +2,38 @@
 
 from __future__ import annotations
 
+import gzip
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import IO, Any
+from pathlib import Path
+from typing import IO, Any, cast
 
 import orjson
 
 from jobs.constants import MAX_CUSTOM_ID_CHARS
+from jobs.templates import Template
 
 __all__ = [
     "BATCH_URL",
+    "InputFile",
     "LineError",
     "ParsedLine",
     "derived_custom_id",
     "error_line",
     "iter_raw_lines",
+    "open_input",
     "output_line",
     "parse_line",
     "parse_models",
+    "parse_record",
 ]
 
 BATCH_URL = "/v1/chat/completions"
 _ROLES = ("system", "user", "assistant", "tool", "developer")
 _ENVELOPE_KEYS = {"custom_id", "method", "url", "body"}
 _BOM = b"\xef\xbb\xbf"
+_GZIP_MAGIC = b"\x1f\x8b"
 
 # Types of the chat parameters users set most, so that `"temperature": "0.2"` is caught at submit
 # time instead of costing an upstream 400 per line. None is allowed where the spec allows null.
@@ -73,6 +81,33 @@ class ParsedLine:
     custom_id: str
     body: dict[str, Any]
     models: list[str] | None
+    # The plain record a template was filled from; None for a chat line.
+    record: dict[str, Any] | None = None
+
+
+@dataclass(slots=True)
+class InputFile:
+    """An input file open for reading, gzip-compressed or not, and how far into the file on disk it is."""
+
+    stream: IO[bytes]
+    raw: IO[bytes]
+
+    def position(self) -> int:
+        """Bytes of the file on disk read so far (for progress on a compressed file too)."""
+        return self.raw.tell()
+
+
+@contextmanager
+def open_input(path: Path) -> Iterator[InputFile]:
+    """Open an input file; a gzip file (`.jsonl.gz`, known by its magic bytes) is read decompressed."""
+    with path.open("rb") as raw:
+        if raw.read(2) == _GZIP_MAGIC:
+            raw.seek(0)
+            with gzip.GzipFile(fileobj=raw, mode="rb") as unzipped:
+                yield InputFile(cast(IO[bytes], unzipped), raw)
+        else:
+            raw.seek(0)
+            yield InputFile(raw, raw)
 
 
 def derived_custom_id(line_no: int) -> str:
@@ -241,6 +276,25 @@ def parse_line(raw: bytes, line_no: int) -> ParsedLine | None:
     except ValueError as exc:
         raise LineError(line_no, str(exc)) from None
     return ParsedLine(line_no=line_no, custom_id=custom_id, body=body, models=models)
+
+
+def parse_record(raw: bytes, line_no: int, template: Template) -> ParsedLine | None:
+    """Parse one plain record and fill the template with it; None for a blank line, LineError for a bad one."""
+    if not raw.strip():
+        return None
+    obj = _decode(raw, line_no)
+    if not isinstance(obj, dict):
+        raise LineError(
+            line_no, f"with --template each line must be a JSON object (a record), got {_type_name(obj)}"
+        )
+    if b"\\u0000" in raw:
+        raise LineError(line_no, "contains the NUL character (\\u0000), which cannot be stored; remove it")
+    try:
+        custom_id = _custom_id(obj.get("custom_id"), line_no)
+        body = template.body(obj)
+    except ValueError as exc:
+        raise LineError(line_no, str(exc)) from None
+    return ParsedLine(line_no=line_no, custom_id=custom_id, body=body, models=None, record=obj)
 
 
 def output_line(

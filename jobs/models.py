@@ -130,6 +130,8 @@ class Batch(Base):
     # Recorded spend, kept here (only for batches with a cap) so the check costs no scan of the attempts.
     spent: Mapped[Decimal] = mapped_column(Numeric, server_default=text("0"))
     options: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
+    # For a batch of plain records (`--template`): the template, system text and JSON schema it was built with.
+    template: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     source_name: Mapped[str | None] = mapped_column(Text)
     source_sha256: Mapped[str | None] = mapped_column(Text)
     total: Mapped[int] = mapped_column(Integer, server_default=text("0"))
@@ -189,6 +191,8 @@ class Request(Base):
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # sha256 of the model chain and the body, for batches submitted with --dedupe.
     fingerprint: Mapped[str | None] = mapped_column(Text)
+    # The input record a template was filled from, for `results --format records`; NULL for chat lines.
+    record: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
 
 
 class Attempt(Base):

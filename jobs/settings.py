@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
+from pathlib import Path
 
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -63,6 +65,18 @@ class Settings(BaseSettings):
     max_throttle_wait: float = Field(30.0, gt=0)
     retry_base_seconds: float = Field(1.0, ge=0)
     retry_max_seconds: float = Field(120.0, ge=0)
+    # Where `orbatch run` keeps its embedded Postgres (and the embedded Redis's log) between runs.
+    data_dir: Path = Field(
+        default_factory=lambda: (
+            Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "orbatch"
+        )
+    )
+    # Options for the simulator `orbatch run --simulator` serves, as `orbatch simulator` takes them.
+    simulator_args: str = ""
+
+    def services_given(self) -> tuple[bool, bool]:
+        """Whether DATABASE_URL and REDIS_URL were set, rather than left at their defaults."""
+        return "database_url" in self.model_fields_set, "redis_url" in self.model_fields_set
 
     def api_key(self) -> str:
         """The OpenRouter key; raises a clear error when it is not set."""

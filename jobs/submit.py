@@ -15,8 +15,9 @@ from sqlalchemy import insert, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from jobs.constants import MAX_REPORTED_LINE_ERRORS, STAGING_COPY_CHUNK
-from jobs.formats import LineError, iter_raw_lines, parse_line
+from jobs.formats import LineError, iter_raw_lines, open_input, parse_line, parse_record
 from jobs.models import Batch, BatchStatus
+from jobs.templates import Template
 
 __all__ = [
     "SubmitError",
@@ -49,6 +50,8 @@ class SubmitOptions:
     new: bool = False
     # Answer a request identical to one already answered (same chain, messages, parameters) from its result.
     dedupe: bool = False
+    # Lines are plain records that fill this template, not chat requests.
+    template: Template | None = None
 
     def identity(self) -> dict[str, Any]:
         """The options that make a batch what it is: the same file with these gives the same batch."""
@@ -59,6 +62,7 @@ class SubmitOptions:
             "max_cost": None if self.max_cost is None else str(self.max_cost),
             "skip_invalid": self.skip_invalid,
             "dedupe": self.dedupe,
+            **({"template": self.template.to_json()} if self.template is not None else {}),
         }
 
 
@@ -132,23 +136,27 @@ def fingerprint(models: list[str], body: dict[str, Any]) -> str:
     ).hexdigest()
 
 
-_Row = tuple[int, str, str, list[str] | None, str | None]
+_Row = tuple[int, str, str, list[str] | None, str | None, str | None]
+_STAGING_COLUMNS = ["line_no", "custom_id", "body", "models", "fingerprint", "record"]
 
 
 def _records(
     path: Path, options: SubmitOptions, errors: _LineErrors, progress: ProgressFn | None
 ) -> Iterator[list[_Row]]:
-    """Chunks of staging rows (line, custom_id, body JSON, models, fingerprint), bad lines into `errors`."""
+    """Chunks of staging rows (line, custom_id, body, models, fingerprint, record), bad lines into `errors`."""
     chunk: list[_Row] = []
-    with path.open("rb") as stream:
-        for line_no, raw in iter_raw_lines(stream, options.max_line_bytes):
+    template = options.template
+    with open_input(path) as source:
+        for line_no, raw in iter_raw_lines(source.stream, options.max_line_bytes):
             if raw is None:
                 errors.add(
                     LineError(line_no, f"longer than the {options.max_line_bytes} byte limit for one line")
                 )
                 continue
             try:
-                parsed = parse_line(raw, line_no)
+                parsed = (
+                    parse_line(raw, line_no) if template is None else parse_record(raw, line_no, template)
+                )
                 if parsed is None:
                     continue
                 if parsed.models is None and not options.models:
@@ -161,16 +169,17 @@ def _records(
                 errors.add(exc)
                 continue
             print_ = fingerprint(parsed.models or options.models, parsed.body) if options.dedupe else None
+            record = None if parsed.record is None else orjson.dumps(parsed.record).decode()
             chunk.append(
-                (line_no, parsed.custom_id, orjson.dumps(parsed.body).decode(), parsed.models, print_)
+                (line_no, parsed.custom_id, orjson.dumps(parsed.body).decode(), parsed.models, print_, record)
             )
             if len(chunk) >= STAGING_COPY_CHUNK:
                 yield chunk
                 chunk = []
                 if progress is not None:
-                    progress(stream.tell())
+                    progress(source.position())
         if progress is not None:
-            progress(stream.tell())
+            progress(source.position())
     if chunk:
         yield chunk
 
@@ -231,6 +240,7 @@ async def submit_file(
                 max_cost=options.max_cost,
                 dedupe=options.dedupe,
                 options=options.identity(),
+                template=None if options.template is None else options.template.to_json(),
                 source_name=path.name,
                 source_sha256=sha256,
             )
@@ -238,7 +248,7 @@ async def submit_file(
         await conn.execute(
             text(
                 "CREATE TEMP TABLE orbatch_staging"
-                " (line_no integer, custom_id text, body jsonb, models text[], fingerprint text)"
+                " (line_no integer, custom_id text, body jsonb, models text[], fingerprint text, record jsonb)"
                 " ON COMMIT DROP"
             )
         )
@@ -247,7 +257,7 @@ async def submit_file(
             await raw_conn.copy_records_to_table(
                 "orbatch_staging",
                 records=chunk,
-                columns=["line_no", "custom_id", "body", "models", "fingerprint"],
+                columns=_STAGING_COLUMNS,
             )
         await _duplicates(conn, errors)
         errors.kept.sort(key=lambda e: e.line_no)
@@ -255,8 +265,9 @@ async def submit_file(
             raise SubmitError(str(path), errors.kept, errors.count)
         inserted = await conn.execute(
             text(
-                "INSERT INTO request (batch_id, custom_id, line_no, body, models, fingerprint)"
-                " SELECT :batch_id, custom_id, line_no, body, models, fingerprint FROM orbatch_staging ORDER BY line_no"
+                "INSERT INTO request (batch_id, custom_id, line_no, body, models, fingerprint, record)"
+                " SELECT :batch_id, custom_id, line_no, body, models, fingerprint, record"
+                " FROM orbatch_staging ORDER BY line_no"
                 " ON CONFLICT (batch_id, custom_id) DO NOTHING"
             ),
             {"batch_id": batch_id},

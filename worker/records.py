@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from jobs import usage as usage_queries
 from jobs.constants import MAX_MODELS_PER_CALL
 from jobs.models import Outcome, PauseReason
 from worker.classify import Failure, Success, Usage
@@ -228,11 +229,6 @@ _REUSE = text(
 _TWIN_IN_FLIGHT = text(
     "SELECT EXISTS (SELECT 1 FROM request WHERE fingerprint = :fingerprint AND id < :request_id"
     " AND status = 'running')"
-)
-
-_FREE_CALLS_TODAY = text(
-    "SELECT count(*) FROM attempt WHERE started_at >= date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'"
-    " AND models_sent[1] LIKE :free_suffix AND outcome <> 'in_flight'"
 )
 
 _NOTHING_LEFT = text(
@@ -476,7 +472,7 @@ async def twin_in_flight(engine: AsyncEngine, lease: Lease) -> bool:
 async def free_calls_today(engine: AsyncEngine) -> int:
     """Free-model calls made since 00:00 UTC, to rebuild the throttle's daily count after Redis lost it."""
     async with engine.connect() as conn:
-        return int((await conn.execute(_FREE_CALLS_TODAY, {"free_suffix": "%:free"})).scalar_one())
+        return await usage_queries.free_calls_today(conn)
 
 
 async def nothing_left(engine: AsyncEngine) -> bool:

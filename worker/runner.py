@@ -22,6 +22,7 @@ from jobs.constants import (
     CREDITED_DAILY_REQUESTS,
     FEEDER_LOCK_KEY,
     FREE_TIER_DAILY_REQUESTS,
+    LIMITS_KEY,
     RUN_REQUEST_FUNCTION,
     SWEEP_SECONDS,
     TASK_TIMEOUT_MARGIN_SECONDS,
@@ -138,6 +139,15 @@ async def _startup(arq_ctx: dict[str, Any]) -> None:
         owner=f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}",
     )
     arq_ctx["orbatch"] = ctx
+    await arq_ctx["redis"].hset(
+        LIMITS_KEY.format(queue=settings.queue_name),
+        mapping={
+            "free_per_window": limits.free_per_window,
+            "window_seconds": limits.window_seconds,
+            "free_per_day": limits.free_per_day,
+            "margin": limits.margin,
+        },
+    )
     arq_ctx["engine"] = engine
     arq_ctx["feeder"] = asyncio.create_task(_feeder_loop(ctx, arq_ctx["redis"]))
     log.info(
@@ -217,9 +227,11 @@ class WorkerSettings:
     poll_delay = 0.1
 
 
-def build_worker(settings: Settings, concurrency: int | None = None) -> Worker:
-    """An arq Worker for orbatch's task."""
-    return Worker(**_settings_kwargs(settings, concurrency or settings.concurrency))
+def build_worker(settings: Settings, concurrency: int | None = None, handle_signals: bool = True) -> Worker:
+    """An arq Worker for orbatch's task (`handle_signals=False` when its host process handles Ctrl-C)."""
+    return Worker(
+        **_settings_kwargs(settings, concurrency or settings.concurrency), handle_signals=handle_signals
+    )
 
 
 async def _wait_until_idle(worker: Worker, ctx_holder: dict[str, Any]) -> None:

@@ -11,6 +11,7 @@ import asyncio
 import collections
 import contextlib
 import contextvars
+import hashlib
 import random
 import socket
 import struct
@@ -23,7 +24,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-__all__ = ["DEFAULT_MODELS", "SimConfig", "Simulator", "main", "serve"]
+__all__ = ["API_PREFIX", "DEFAULT_MODELS", "SimConfig", "Simulator", "config_from_args", "main", "serve"]
 
 API_PREFIX = "/api/v1"
 
@@ -370,7 +371,7 @@ class Simulator:
         for model in candidates:
             if model in cfg.down_models:
                 continue
-            content = f"echo: {text}"
+            content = _structured_reply(body, text) or f"echo: {text}"
             self._record(body, 200, "ok", model)
             return web.json_response(
                 self._completion(model, text, content), dumps=lambda v: orjson.dumps(v).decode()
@@ -538,6 +539,50 @@ class Simulator:
         return app
 
 
+def _fake_instance(schema: Any, text: str, depth: int = 0) -> Any:
+    """A value that follows a (simple) JSON schema, chosen from the prompt so that answers vary by record."""
+    if not isinstance(schema, dict) or depth > 8:
+        return None
+    seed = int(hashlib.sha256(text.encode()).hexdigest()[:8], 16)
+    if "const" in schema:
+        return schema["const"]
+    if isinstance(schema.get("enum"), list) and schema["enum"]:
+        return schema["enum"][seed % len(schema["enum"])]
+    for key in ("anyOf", "oneOf", "allOf"):
+        if isinstance(schema.get(key), list) and schema[key]:
+            return _fake_instance(schema[key][0], text, depth + 1)
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "null")
+    if kind == "object" or "properties" in schema:
+        props: dict[str, Any] = schema["properties"] if isinstance(schema.get("properties"), dict) else {}
+        return {name: _fake_instance(sub, f"{name}:{text}", depth + 1) for name, sub in props.items()}
+    if kind == "array":
+        return [_fake_instance(schema.get("items", {}), text, depth + 1)] * max(
+            1, int(schema.get("minItems", 1))
+        )
+    if kind == "integer":
+        return int(schema.get("minimum", 0)) + seed % 5
+    if kind == "number":
+        return float(schema.get("minimum", 0)) + (seed % 100) / 100
+    if kind == "boolean":
+        return bool(seed % 2)
+    if kind == "null":
+        return None
+    words = " ".join(text.split()[:12])
+    return f"echo: {words}"[: int(schema.get("maxLength", 200))]
+
+
+def _structured_reply(body: dict[str, Any], text: str) -> str | None:
+    """The reply to a request for structured output: JSON following its schema, as a model would send."""
+    response_format = body.get("response_format")
+    if not isinstance(response_format, dict) or response_format.get("type") != "json_schema":
+        return None
+    spec = response_format.get("json_schema")
+    schema = spec.get("schema") if isinstance(spec, dict) else None
+    return orjson.dumps(_fake_instance(schema or {}, text)).decode()
+
+
 async def serve(simulator: Simulator, host: str, port: int) -> tuple[web.AppRunner, int]:
     """Start serving; returns the runner and the port bound (useful with port 0)."""
     runner = web.AppRunner(simulator.app(), access_log=None, handle_signals=False)
@@ -564,8 +609,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-async def _run(args: argparse.Namespace) -> None:
-    config = SimConfig(
+def _config(args: argparse.Namespace) -> SimConfig:
+    return SimConfig(
         latency_ms=args.latency_ms,
         free_per_minute=args.free_per_minute,
         free_window_seconds=args.free_window_seconds,
@@ -573,7 +618,15 @@ async def _run(args: argparse.Namespace) -> None:
         day_seconds=args.day_seconds,
         record_calls=not args.no_record,
     )
-    runner, port = await serve(Simulator(config), args.host, args.port)
+
+
+def config_from_args(argv: list[str]) -> SimConfig:
+    """A simulator configuration from `orbatch simulator`'s options (for `orbatch run --simulator`)."""
+    return _config(_parse_args(argv))
+
+
+async def _run(args: argparse.Namespace) -> None:
+    runner, port = await serve(Simulator(_config(args)), args.host, args.port)
     print(f"OpenRouter simulator listening on http://{args.host}:{port}{API_PREFIX}", flush=True)
     try:
         await asyncio.Event().wait()

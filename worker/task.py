@@ -24,6 +24,7 @@ from worker.classify import Failure, Success, classify
 from worker.openrouter import CallResult, OpenRouterClient
 from worker.pricing import PriceBook
 from worker.retry import decide
+from worker.structured import reply_problem, requested_schema
 from worker.throttle import Denied, Permit, Throttle
 
 __all__ = ["WorkerContext", "run_request"]
@@ -188,6 +189,26 @@ async def run_request(arq_ctx: dict[str, Any], request_id: int, attempts: int) -
         return "internal-error"
 
 
+def _check_structured(body: dict[str, Any], success: Success) -> Success | Failure:
+    """A reply to a request that asked for a JSON schema counts only if it follows it; else it is retried."""
+    schema = requested_schema(body)
+    if schema is None:
+        return success
+    problem = reply_problem(schema, success.content)
+    if problem is None:
+        return success
+    return Failure(
+        Outcome.RETRY,
+        "invalid_output",
+        problem,
+        success.status,
+        model=success.model,
+        provider=success.provider,
+        generation_id=success.generation_id,
+        usage=success.usage,
+    )
+
+
 async def _run_leased(ctx: WorkerContext, lease: records.Lease) -> str:
     """Throttle, call and record one leased request."""
     paid = [m for m in lease.models_sent if not m.endswith(":free")]
@@ -229,6 +250,8 @@ async def _run_leased(ctx: WorkerContext, lease: records.Lease) -> str:
     outcome = classify(call)
     if outcome.usage is not None:
         await ctx.prices.fill(outcome.usage, outcome.model)
+    if isinstance(outcome, Success):
+        outcome = _check_structured(lease.body, outcome)
     if isinstance(outcome, Success):
         stored = await _persist(
             "result", lambda: records.complete(ctx.engine, lease, outcome, started_at, call.latency_ms)

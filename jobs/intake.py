@@ -1,0 +1,84 @@
+"""Taking a file in: check model ids, store the batch with a progress bar, queue its first window."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import httpx
+from redis.exceptions import RedisError
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from jobs.catalog import load_catalog
+from jobs.feeder import feed
+from jobs.queue import connect
+from jobs.settings import Settings
+from jobs.status import BatchSummary, batch_summary
+from jobs.submit import SubmitError, SubmitOptions, SubmitReport, model_problem, submit_file
+
+__all__ = ["take_in"]
+
+
+async def take_in(
+    engine: AsyncEngine,
+    settings: Settings,
+    file: Path,
+    options: SubmitOptions,
+    check_models: bool,
+    err: Console,
+) -> tuple[SubmitReport, BatchSummary]:
+    """Submit FILE as a batch (or find the one it already is) and queue it; warnings go to `err`."""
+    if check_models:
+        key = settings.openrouter_api_key.get_secret_value() if settings.openrouter_api_key else None
+        try:
+            known = frozenset(await load_catalog(engine, settings.openrouter_base_url, key))
+            options = replace(options, known_models=known)
+        except (httpx.HTTPError, OSError, ValueError) as exc:
+            err.print(
+                f"warning: could not read OpenRouter's model list ({type(exc).__name__}); "
+                "model ids are not checked before submitting",
+                highlight=False,
+            )
+    problem = model_problem(options.models, options)
+    if problem:
+        raise SubmitError(str(file), [], 0, reason=f"--models: {problem}")
+    with Progress(
+        TextColumn("submitting"),
+        BarColumn(),
+        DownloadColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+        disable=not err.is_terminal,
+    ) as progress:
+        # One stat call; the file itself is read in blocking chunks by submit_file, as COPY needs them.
+        task = progress.add_task("submit", total=file.stat().st_size)  # noqa: ASYNC240
+        report = await submit_file(engine, file, options, lambda pos: progress.update(task, completed=pos))
+    try:
+        redis = await connect(settings.redis_url, settings.queue_name, patient=False)
+        try:
+            await feed(engine, redis, settings.queue_name, settings.feed_window, batch_id=report.batch_id)
+        finally:
+            await redis.aclose()
+    except (OSError, RedisError) as exc:
+        # Postgres holds the batch; any worker's feeder queues it once Redis is reachable.
+        err.print(
+            f"warning: stored {report.batch_id} but could not reach Redis at REDIS_URL ({exc}); "
+            "its requests are queued as soon as a worker can reach it",
+            highlight=False,
+        )
+    async with engine.connect() as conn:
+        summary = await batch_summary(conn, report.batch_id)
+    if report.reused:
+        err.print(
+            f"{file} was already submitted with these options as {report.batch_id}; "
+            "carrying on with it (pass --new for a new batch)",
+            highlight=False,
+        )
+    for error in report.errors:
+        err.print(f"skipped {error}", highlight=False, markup=False)
+    if report.invalid > len(report.errors):
+        err.print(f"skipped {report.invalid - len(report.errors)} more bad lines", highlight=False)
+    return report, summary

@@ -1,0 +1,255 @@
+"""Watching a batch: its counts, rate, quota-aware ETA and spend, as a Rich panel or as plain lines."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from redis.asyncio import Redis
+from rich.console import Console, RenderableType
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn
+from rich.text import Text
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from jobs.constants import (
+    EXIT_FAILED_REQUESTS,
+    EXIT_STOPPED,
+    FREE_TIER_DAILY_REQUESTS,
+    LIMITS_KEY,
+    PLAIN_PROGRESS_SECONDS,
+    WATCH_POLL_SECONDS,
+)
+from jobs.eta import Estimate, FreeLimits, RateMeter, estimate, format_duration
+from jobs.models import BatchStatus, PauseReason
+from jobs.settings import Settings
+from jobs.status import BatchSummary, batch_summary
+from jobs.usage import free_calls_today
+
+__all__ = [
+    "ProgressView",
+    "Snapshot",
+    "exit_status",
+    "free_limits",
+    "needs_action",
+    "snapshot",
+    "watch",
+]
+
+_REMAINING_FREE = text(
+    "SELECT count(*) FROM request r JOIN batch b ON b.id = r.batch_id"
+    " WHERE r.batch_id = :id AND r.status IN ('pending', 'running')"
+    " AND (coalesce(r.models, b.models))[r.chain_pos + 1] LIKE :free_suffix"
+)
+
+
+@dataclass(slots=True)
+class Snapshot:
+    """One reading of a batch, with what the ETA needs."""
+
+    summary: BatchSummary
+    remaining_free: int
+    free_used_today: int
+    estimate: Estimate
+    rate: float | None
+
+    @property
+    def done(self) -> int:
+        """Requests finished either way."""
+        counts = self.summary.counts
+        return counts.get("completed", 0) + counts.get("failed", 0) + counts.get("cancelled", 0)
+
+    def to_json(self) -> dict[str, Any]:
+        """A `--json` progress line: the status object plus rate and ETA."""
+        return {
+            **self.summary.to_json(),
+            "rate_per_second": None if self.rate is None else round(self.rate, 3),
+            "eta_seconds": None if self.estimate.seconds is None else round(self.estimate.seconds),
+            "eta_reason": self.estimate.reason,
+        }
+
+
+async def free_limits(settings: Settings, redis: Redis | None) -> FreeLimits:
+    """The free-tier limits the workers apply: as they published them in Redis, else from the settings."""
+    published: dict[bytes, bytes] = {}
+    if redis is not None:
+        try:
+            published = await redis.hgetall(LIMITS_KEY.format(queue=settings.queue_name))  # type: ignore[misc]
+        except Exception:  # an unreachable Redis only makes the ETA use the settings
+            published = {}
+    per_day = published.get(b"free_per_day")
+    return FreeLimits(
+        per_window=int(published.get(b"free_per_window") or settings.free_requests_per_minute),
+        window_seconds=float(published.get(b"window_seconds") or settings.free_window_seconds),
+        per_day=int(per_day) if per_day else settings.free_requests_per_day or FREE_TIER_DAILY_REQUESTS,
+        margin=float(published.get(b"margin") or settings.free_rate_margin),
+    )
+
+
+async def snapshot(engine: AsyncEngine, batch_id: str, limits: FreeLimits, meter: RateMeter) -> Snapshot:
+    """Read the batch once and estimate the time left."""
+    async with engine.connect() as conn:
+        summary = await batch_summary(conn, batch_id)
+        counts = summary.counts
+        remaining = counts.get("pending", 0) + counts.get("running", 0)
+        remaining_free = (
+            int((await conn.execute(_REMAINING_FREE, {"id": batch_id, "free_suffix": "%:free"})).scalar_one())
+            if remaining
+            else 0
+        )
+        used = await free_calls_today(conn) if remaining_free else 0
+    done = counts.get("completed", 0) + counts.get("failed", 0) + counts.get("cancelled", 0)
+    meter.add(time.monotonic(), done)
+    rate = meter.rate
+    return Snapshot(
+        summary, remaining_free, used, estimate(remaining, remaining_free, rate, limits, used), rate
+    )
+
+
+def needs_action(summary: BatchSummary) -> bool:
+    """True for a batch that will not move until a person acts: cancelled, or paused on anything but quota."""
+    if summary.status == BatchStatus.CANCELLED:
+        return True
+    return summary.status == BatchStatus.PAUSED and summary.pause_reason != PauseReason.QUOTA
+
+
+def finished(summary: BatchSummary) -> bool:
+    """True once every request of the batch has its final state."""
+    return summary.status in (BatchStatus.COMPLETED, BatchStatus.FAILED, BatchStatus.CANCELLED)
+
+
+def exit_status(summary: BatchSummary) -> int:
+    """0 when every request completed, EXIT_FAILED_REQUESTS when some failed, EXIT_STOPPED when it stopped."""
+    if needs_action(summary) or summary.status != BatchStatus.COMPLETED:
+        return EXIT_STOPPED
+    return EXIT_FAILED_REQUESTS if summary.counts.get("failed", 0) else 0
+
+
+def _note(snap: Snapshot) -> str:
+    summary = snap.summary
+    if summary.status == BatchStatus.PAUSED:
+        when = f" until {summary.resume_at:%Y-%m-%d %H:%M} UTC" if summary.resume_at else ""
+        return f"paused ({summary.pause_reason}){when}: {summary.pause_message or ''}"
+    return snap.estimate.reason or ""
+
+
+def _eta_text(snap: Snapshot) -> str:
+    if finished(snap.summary):
+        return "done"
+    return "estimating" if snap.estimate.seconds is None else format_duration(snap.estimate.seconds)
+
+
+class _Panel(Progress):
+    """A progress bar with a line under it for why the batch waits or what bounds its ETA."""
+
+    note: str = ""
+
+    def get_renderables(self) -> Iterable[RenderableType]:
+        yield self.make_tasks_table(self.tasks)
+        if self.note:
+            yield Text(self.note, style="dim")
+
+
+class ProgressView:
+    """Shows snapshots: a live Rich panel on a terminal; else a plain `key=value` line (or JSON) per change."""
+
+    def __init__(self, console: Console, batch_id: str, as_json: bool = False) -> None:
+        self.console = console
+        self.batch_id = batch_id
+        self.as_json = as_json
+        self.live = console.is_terminal and not as_json
+        self._last_plain = 0.0
+        self._last_key: tuple[Any, ...] | None = None
+        self._panel = _Panel(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TaskProgressColumn(),
+            TextColumn("{task.fields[rate]}"),
+            TextColumn("ETA {task.fields[eta]}"),
+            TextColumn("{task.fields[cost]}"),
+            TextColumn("{task.fields[failed]}"),
+            console=console,
+            disable=not self.live,
+            refresh_per_second=4,
+        )
+        self._task = self._panel.add_task(batch_id, total=None, rate="", eta="", cost="", failed="")
+
+    def __enter__(self) -> ProgressView:
+        self._panel.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._panel.stop()
+
+    def show(self, snap: Snapshot, final: bool = False) -> None:
+        """Display one snapshot (a plain line only when something changed, or at most every few seconds)."""
+        summary = snap.summary
+        failed = summary.counts.get("failed", 0)
+        rate = "" if snap.rate is None else f"{snap.rate:.2f} req/s"
+        if self.live:
+            self._panel.note = _note(snap)
+            self._panel.update(
+                self._task,
+                total=summary.total,
+                completed=snap.done,
+                rate=rate,
+                eta=_eta_text(snap),
+                cost=f"${summary.cost:.4f}",
+                failed=f"[red]{failed} failed[/]" if failed else "0 failed",
+            )
+            return
+        key = (summary.status, summary.pause_reason)
+        now = time.monotonic()
+        quiet = key == self._last_key and now - self._last_plain < PLAIN_PROGRESS_SECONDS
+        if quiet and not final:
+            return
+        self._last_key, self._last_plain = key, now
+        if self.as_json:
+            self.console.out(orjson.dumps(snap.to_json()).decode(), highlight=False)
+            return
+        eta = "" if snap.estimate.seconds is None else str(round(snap.estimate.seconds))
+        fields = [
+            ("batch", summary.id),
+            ("status", summary.status),
+            ("done", snap.done),
+            ("total", summary.total),
+            ("completed", summary.counts.get("completed", 0)),
+            ("failed", failed),
+            ("rate", "" if snap.rate is None else f"{snap.rate:.3f}"),
+            ("eta_seconds", "0" if finished(summary) else eta),
+            ("cost", f"{summary.cost:.6f}"),
+        ]
+        note = _note(snap)
+        line = " ".join(f"{k}={v}" for k, v in fields) + (
+            f" note={orjson.dumps(note).decode()}" if note else ""
+        )
+        self.console.out(line, highlight=False)
+
+
+async def watch(
+    engine: AsyncEngine,
+    batch_id: str,
+    limits: Callable[[], Awaitable[FreeLimits]],
+    view: ProgressView,
+    stop: asyncio.Event | None = None,
+    poll_seconds: float = WATCH_POLL_SECONDS,
+) -> BatchSummary:
+    """Show the batch until it finishes, stops for a person, or `stop` is set; returns its last summary."""
+    meter = RateMeter()
+    while True:
+        snap = await snapshot(engine, batch_id, await limits(), meter)
+        done = finished(snap.summary) or needs_action(snap.summary) or (stop is not None and stop.is_set())
+        view.show(snap, final=done)
+        if done:
+            return snap.summary
+        if stop is None:
+            await asyncio.sleep(poll_seconds)
+            continue
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), poll_seconds)
