@@ -1,41 +1,33 @@
 #!/usr/bin/env bash
-# orbatch's main job end to end: submit a JSONL file, run a worker until it is done, export the results.
-# Needs Python 3.11+, PostgreSQL and Redis (defaults: 127.0.0.1:5432 as user postgres, 127.0.0.1:6379;
-# override with DATABASE_URL and REDIS_URL, or start them with `docker compose up -d redis postgres`).
+# orbatch's main job end to end on a fresh machine: install, then `orbatch run`: submit a JSONL file, work it
+# with an in-process worker while showing progress, and write the results.
+# Needs only Python 3.11+: without DATABASE_URL / REDIS_URL it starts an embedded Postgres and Redis (kept in
+# ORBATCH_DATA_DIR, default ~/.local/share/orbatch) and stops them at the end; with them set, it uses yours.
 # Without OPENROUTER_API_KEY it runs against the local OpenRouter simulator: no real model is called.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if ! command -v uv >/dev/null 2>&1; then python3 -m pip install --quiet uv; hash -r; fi
-uv sync --quiet
+uv sync --frozen --quiet
 # shellcheck disable=SC1091
 source .venv/bin/activate
 
-export DATABASE_URL="${DATABASE_URL:-postgresql://postgres@127.0.0.1:5432/orbatch}"
-export REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379/0}"
 out=out/quickstart
 mkdir -p "$out"
-
+extra=()
 if [ -z "${OPENROUTER_API_KEY:-}" ]; then
   echo "OPENROUTER_API_KEY is not set: using the local OpenRouter simulator."
   echo "No real model is called and no quota is used; the answers are echoes of the prompts."
   echo "Its free tier is scaled down to 20 requests per 6 s (OpenRouter's: 20 a minute) so this takes seconds."
+  export ORBATCH_SIMULATOR_ARGS="--free-window-seconds 6 --free-per-day 100000"
   export ORBATCH_FREE_WINDOW_SECONDS=6 ORBATCH_FREE_REQUESTS_PER_DAY=100000
-  orbatch simulator --port 0 --free-window-seconds 6 --free-per-day 100000 >"$out/simulator.log" 2>&1 &
-  simulator=$!
-  trap 'kill $simulator 2>/dev/null || true' EXIT
-  for _ in $(seq 1 100); do grep -q "listening on" "$out/simulator.log" 2>/dev/null && break; sleep 0.1; done
-  OPENROUTER_BASE_URL="$(grep -o 'http://[^ ]*' "$out/simulator.log" | head -n 1)"
-  export OPENROUTER_BASE_URL OPENROUTER_API_KEY="sk-or-v1-simulator"
+  extra=(--simulator)
   models="${MODELS:-sim/echo:free,sim/backup}"
 else
   models="${MODELS:-meta-llama/llama-3.3-70b-instruct:free,mistralai/mistral-small-3.2-24b-instruct:free}"
 fi
 
-orbatch db upgrade
-batch=$(orbatch submit examples/quickstart.jsonl --models "$models" --name quickstart)
-orbatch worker --burst --concurrency 8
-orbatch status "$batch"
-orbatch results "$batch" -o "$out/results.jsonl" --errors "$out/errors.jsonl"
+orbatch run examples/quickstart.jsonl -o "$out/results.jsonl" --errors "$out/errors.jsonl" \
+  --models "$models" --name quickstart "${extra[@]}"
 echo "First result:"
 head -n 1 "$out/results.jsonl"

@@ -1,0 +1,88 @@
+"""The examples run as the README tells a user to run them: the quick start, labelling, nightly."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import subprocess
+from pathlib import Path
+
+import orjson
+
+from tests.support import ROOT, Workers, write_jsonl
+
+DATA = ROOT / "examples" / "data"
+
+
+def _fresh_machine_env(tmp_path: Path) -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("ORBATCH_", "OPENROUTER_")) and k not in ("DATABASE_URL", "REDIS_URL")
+    }
+    env["ORBATCH_DATA_DIR"] = str(tmp_path / "data")
+    env["PATH"] = f"{ROOT / '.venv' / 'bin'}:{env.get('PATH', '')}"
+    return env
+
+
+def _bash(
+    script: str, env: dict[str, str], *args: str, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["bash", str(ROOT / script), *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def test_the_example_sets_are_what_the_readme_says() -> None:
+    spam = [orjson.loads(line) for line in (DATA / "spam.jsonl").read_bytes().splitlines()]
+    assert len(spam) == 300
+    assert sum(row["truth"] == "spam" for row in spam) == 100
+    assert all({"id", "truth", "subject", "body"} <= row.keys() for row in spam)
+    with gzip.open(DATA / "sotu.jsonl.gz") as f:
+        sotu = [orjson.loads(line) for line in f]
+    assert len(sotu) == 233
+    assert (sotu[0]["year"], sotu[-1]["year"]) == (1790, 2021)
+
+
+def test_the_quick_start_runs_on_a_machine_with_no_services_and_no_key(tmp_path: Path) -> None:
+    done = _bash("examples/quickstart.sh", _fresh_machine_env(tmp_path))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "using the local OpenRouter simulator" in done.stdout
+    assert "First result:" in done.stdout
+    assert '"custom_id":"sentiment-1"' in done.stdout
+
+
+def test_the_labelling_example_labels_and_scores_all_300_emails(tmp_path: Path) -> None:
+    done = _bash("examples/labelling/run.sh", _fresh_machine_env(tmp_path))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "300 labelled, accuracy" in done.stdout
+    labels = [orjson.loads(line) for line in (ROOT / "out" / "spam-labels.jsonl").read_bytes().splitlines()]
+    assert len(labels) == 300
+    assert all(row["label"] in ("spam", "ham") and row["reason"] for row in labels)
+
+
+async def test_nightly_writes_results_beside_each_new_file_once(env: dict[str, str], tmp_path: Path) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    write_jsonl(inbox / "monday.jsonl", [{"president": "A", "year": 1, "text": "one"}])
+    write_jsonl(inbox / "tuesday.jsonl", [{"president": "B", "year": 2, "text": "two"}])
+    env = {**env, "PATH": f"{ROOT / '.venv' / 'bin'}:{os.environ.get('PATH', '')}", "MODELS": "sim/echo"}
+    workers = Workers(env, tmp_path, 1)
+    try:
+        done = _bash("examples/nightly/nightly.sh", env, str(inbox))
+        assert done.returncode == 0, done.stdout + done.stderr
+        monday = orjson.loads((inbox / "monday.results.jsonl").read_bytes())
+        assert monday["president"] == "A"
+        assert "echo: Summarise this State of the Union address, given by A in 1" in monday["answer"]
+        assert (inbox / "tuesday.results.jsonl").exists()
+        again = _bash("examples/nightly/nightly.sh", env, str(inbox))
+        assert again.returncode == 0
+        assert again.stdout == ""
+    finally:
+        workers.kill()
