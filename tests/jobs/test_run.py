@@ -85,9 +85,11 @@ def test_embedded_services_belong_to_one_run_at_a_time(tmp_path: Path) -> None:
     with local_services(tmp_path, "postgresql://unused/db", None) as services:
         assert services.started == ["redis"]
         assert services.redis_url.startswith("redis://127.0.0.1:")
-        with pytest.raises(EmbeddedError, match="another `orbatch run` is using"):
-            with local_services(tmp_path, "postgresql://unused/db", None):
-                pass
+        with (
+            pytest.raises(EmbeddedError, match="another `orbatch run` is using"),
+            local_services(tmp_path, "postgresql://unused/db", None),
+        ):
+            pass
     assert _processes_using(tmp_path) == []
 
 
@@ -115,7 +117,7 @@ async def test_a_free_tier_batch_says_it_takes_ten_days_and_ctrl_c_keeps_what_is
     env = {**env, "ORBATCH_FREE_WINDOW_SECONDS": "1", "ORBATCH_FREE_REQUESTS_PER_DAY": "50"}
     path = write_jsonl(tmp_path / "in.jsonl", [chat_line(f"r{i}", f"row {i}") for i in range(500)])
     out = tmp_path / "out.jsonl"
-    process = subprocess.Popen(
+    process = subprocess.Popen(  # noqa: ASYNC220 - the test reads the child's progress line by line
         [sys.executable, "-m", "jobs", "run", str(path), "-o", str(out), "--models", "sim/echo:free"],
         env=env,
         cwd=ROOT,
