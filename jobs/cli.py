@@ -345,6 +345,10 @@ def run(
                 update={"database_url": services.database_url, "redis_url": services.redis_url}
             )
             code = _run(run_file(local, plan, err))
+    except KeyboardInterrupt:
+        # Before the batch was stored and watched (while starting services or submitting): nothing to keep.
+        err.print("interrupted", highlight=False)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     except EmbeddedError as exc:
         _fail(str(exc))
     except SubmitError as exc:
