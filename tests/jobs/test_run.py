@@ -233,12 +233,12 @@ async def test_templated_labelling_merges_answers_and_retries_replies_that_break
     labelled = _read(out)
     assert [(r["id"], r["text"]) for r in labelled] == [(1, "one"), (2, "two")]
     assert all(r["label"] in ("spam", "ham") for r in labelled)
-    sent = [c["body"] for c in await simulator.calls()]
-    assert sent[0]["messages"] == [
+    sent = {c["body"]["messages"][-1]["content"]: c["body"] for c in await simulator.calls()}
+    assert sent["Label: one"]["messages"] == [
         {"role": "system", "content": "Answer spam or ham."},
         {"role": "user", "content": "Label: one"},
     ]
-    assert sent[0]["response_format"]["json_schema"]["schema"]["required"] == ["label"]
+    assert sent["Label: one"]["response_format"]["json_schema"]["schema"]["required"] == ["label"]
     async with engine.connect() as conn:
         attempts = (
             await conn.execute(
