@@ -98,16 +98,18 @@ async def _count_done(url: str) -> int:
         await conn.close()
 
 
-async def _span(url: str) -> tuple[float, int]:
-    """Seconds from the first call's start to the last call's end, and the calls made."""
+async def _span(url: str) -> tuple[float, int, float, float]:
+    """Seconds from the first lease to the last result, calls made, mean ms from lease to result, mean HTTP ms."""
     import asyncpg
 
     conn = await asyncpg.connect(url)
     try:
         row = await conn.fetchrow(
-            "SELECT extract(epoch FROM max(finished_at) - min(started_at)) AS span, count(*) AS calls FROM attempt"
+            "SELECT extract(epoch FROM max(finished_at) - min(started_at)) AS span, count(*) AS calls,"
+            " avg(extract(epoch FROM finished_at - started_at)) * 1000 AS held, avg(latency_ms) AS http"
+            " FROM attempt"
         )
-        return float(row["span"]), int(row["calls"])
+        return float(row["span"]), int(row["calls"]), float(row["held"]), float(row["http"])
     finally:
         await conn.close()
 
@@ -152,7 +154,7 @@ def _orbatch(sim: Simulator, requests: int, concurrency: int, workers: int, tmp:
             end_to_end = time.perf_counter() - started
             cpu = sum(w.cpu_times().user + w.cpu_times().system for w in watched) - cpu0
             pg, redis_cpu = _service_cpu("postgres") - pg0, _service_cpu("redis-server") - redis0
-            span, calls = asyncio.run(_span(url))
+            span, calls, held, http = asyncio.run(_span(url))
         finally:
             for p in procs:
                 p.terminate()
@@ -162,6 +164,8 @@ def _orbatch(sim: Simulator, requests: int, concurrency: int, workers: int, tmp:
         "end_to_end_s": end_to_end,
         "span_s": span,
         "calls": calls,
+        "held_ms": held,
+        "http_ms": http,
         "worker_cpu_s": cpu,
         "postgres_cpu_s": pg,
         "redis_cpu_s": redis_cpu,
@@ -198,6 +202,10 @@ def main() -> None:
             print(
                 f"  orbatch workers                      {rate:8.1f} req/s  {rate / ideal:.3f} of ideal"
                 f"   (end to end from submit: {args.requests / figures['end_to_end_s']:.1f} req/s)"
+            )
+            print(
+                f"    per request: {figures['held_ms']:.1f} ms from lease to stored result, of which "
+                f"{figures['http_ms']:.1f} ms the HTTP call"
             )
         finally:
             sim.stop()

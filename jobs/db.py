@@ -47,13 +47,17 @@ def _async_url(database_url: str) -> URL:
     return url
 
 
-def create_engine(database_url: str, pool_size: int = 10) -> AsyncEngine:
-    """An asyncpg engine that survives a database restart (pre-ping) and speaks JSON through orjson."""
+def create_engine(database_url: str, pool_size: int = 10, pre_ping: bool = True) -> AsyncEngine:
+    """An asyncpg engine that speaks JSON through orjson and survives a database restart.
+
+    `pre_ping` tests each connection as it is checked out (three round trips with asyncpg). The worker turns it
+    off: its writes retry on a lost connection anyway, and the first failure recycles the whole pool.
+    """
     return create_async_engine(
         _async_url(database_url),
         pool_size=pool_size,
         max_overflow=pool_size,
-        pool_pre_ping=True,
+        pool_pre_ping=pre_ping,
         json_serializer=_json_dumps,
         json_deserializer=orjson.loads,
     )

@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     # enough that a cancel or a pause leaves little behind in Redis.
     feed_window: int = Field(1000, ge=1)
     feed_interval: float = Field(0.5, gt=0)
+    # How long an arq worker sleeps between reads of the queue once it has started every job it read; freed slots
+    # stay idle for that long, so at 0.1 s (arq's default) a slot idles about 50 ms per read.
+    poll_delay: float = Field(0.01, gt=0)
     # A request marked queued whose job has not started after this long is fed again under a new job id.
     requeue_after: float = Field(60.0, gt=0)
     max_attempts: int = Field(5, ge=1, le=100)

@@ -34,6 +34,7 @@ from jobs.queue import job_dumps, job_loads
 from jobs.queue import redis_settings as arq_redis_settings
 from jobs.settings import Settings, get_settings
 from worker import records
+from worker.dispatch import ClaimingWorker
 from worker.openrouter import OpenRouterClient
 from worker.pricing import PriceBook
 from worker.task import WorkerContext, run_request
@@ -104,7 +105,8 @@ async def _feeder_loop(ctx: WorkerContext, redis: ArqRedis) -> None:
 async def _startup(arq_ctx: dict[str, Any]) -> None:
     settings: Settings = arq_ctx.get("settings") or get_settings()
     concurrency: int = arq_ctx.get("concurrency") or settings.concurrency
-    engine = create_engine(settings.database_url, pool_size=concurrency + 2)
+    # No pre-ping on the hot path: it costs three round trips per statement (see jobs.db.create_engine).
+    engine = create_engine(settings.database_url, pool_size=concurrency + 2, pre_ping=False)
     api_key = settings.api_key()
     client = OpenRouterClient(
         settings.openrouter_base_url,
@@ -206,7 +208,7 @@ def _settings_kwargs(settings: Settings, concurrency: int) -> dict[str, Any]:
         "keep_result": 0,
         "job_serializer": job_dumps,
         "job_deserializer": job_loads,
-        "poll_delay": 0.1,
+        "poll_delay": settings.poll_delay,
         "ctx": {"settings": settings, "concurrency": concurrency},
     }
 
@@ -224,12 +226,12 @@ class WorkerSettings:
     keep_result = 0
     job_serializer = job_dumps
     job_deserializer = job_loads
-    poll_delay = 0.1
+    poll_delay = get_settings().poll_delay
 
 
 def build_worker(settings: Settings, concurrency: int | None = None, handle_signals: bool = True) -> Worker:
     """An arq Worker for orbatch's task (`handle_signals=False` when its host process handles Ctrl-C)."""
-    return Worker(
+    return ClaimingWorker(
         **_settings_kwargs(settings, concurrency or settings.concurrency), handle_signals=handle_signals
     )
 
