@@ -184,7 +184,7 @@ def _records(
         yield chunk
 
 
-async def _duplicates(conn: AsyncConnection, errors: _LineErrors) -> None:
+async def _duplicates(conn: AsyncConnection, errors: _LineErrors) -> int:
     # The first duplicates and how many there are, in one bounded answer whatever their number.
     rows = (
         await conn.execute(
@@ -202,8 +202,10 @@ async def _duplicates(conn: AsyncConnection, errors: _LineErrors) -> None:
                 line_no, f"duplicate custom_id {orjson.dumps(custom_id).decode()} (first on line {first})"
             )
         )
-    if rows:
-        errors.count += int(rows[0].total) - len(rows)
+    if not rows:
+        return 0
+    errors.count += int(rows[0].total) - len(rows)
+    return int(rows[0].total)
 
 
 async def submit_file(
@@ -259,16 +261,18 @@ async def submit_file(
                 records=chunk,
                 columns=_STAGING_COLUMNS,
             )
-        await _duplicates(conn, errors)
+        duplicates = await _duplicates(conn, errors)
         errors.kept.sort(key=lambda e: e.line_no)
         if errors.count and not options.skip_invalid:
             raise SubmitError(str(path), errors.kept, errors.count)
+        # ON CONFLICT only when there are duplicates to skip: its speculative insertion costs a third of the
+        # INSERT's time on a million rows, and a new batch has no other rows to conflict with.
+        on_conflict = " ON CONFLICT (batch_id, custom_id) DO NOTHING" if duplicates else ""
         inserted = await conn.execute(
             text(
                 "INSERT INTO request (batch_id, custom_id, line_no, body, models, fingerprint, record)"
                 " SELECT :batch_id, custom_id, line_no, body, models, fingerprint, record"
-                " FROM orbatch_staging ORDER BY line_no"
-                " ON CONFLICT (batch_id, custom_id) DO NOTHING"
+                " FROM orbatch_staging ORDER BY line_no" + on_conflict
             ),
             {"batch_id": batch_id},
         )
