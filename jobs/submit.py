@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import secrets
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import orjson
 from sqlalchemy import insert, text, update
@@ -140,6 +142,25 @@ _Row = tuple[int, str, str, list[str] | None, str | None, str | None]
 _STAGING_COLUMNS = ["line_no", "custom_id", "body", "models", "fingerprint", "record"]
 
 
+def _lines(
+    path: Path, stream: IO[bytes], max_line_bytes: int, errors: _LineErrors
+) -> Iterator[tuple[int, bytes | None]]:
+    """The file's lines; damaged gzip data is a SubmitError naming where it broke, not a traceback."""
+    line_no = 0
+    try:
+        for line_no, raw in iter_raw_lines(stream, max_line_bytes):
+            yield line_no, raw
+    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        detail = str(exc) or type(exc).__name__
+        raise SubmitError(
+            str(path),
+            errors.kept,
+            errors.count,
+            reason=f"{path}: the gzip data is damaged after line {line_no} ({detail}); nothing was queued "
+            "(check the file, or submit it uncompressed)",
+        ) from None
+
+
 def _records(
     path: Path, options: SubmitOptions, errors: _LineErrors, progress: ProgressFn | None
 ) -> Iterator[list[_Row]]:
@@ -147,7 +168,7 @@ def _records(
     chunk: list[_Row] = []
     template = options.template
     with open_input(path) as source:
-        for line_no, raw in iter_raw_lines(source.stream, options.max_line_bytes):
+        for line_no, raw in _lines(path, source.stream, options.max_line_bytes, errors):
             if raw is None:
                 errors.add(
                     LineError(line_no, f"longer than the {options.max_line_bytes} byte limit for one line")

@@ -99,3 +99,19 @@ def test_a_log_line_that_would_carry_the_key_is_redacted(capsys: pytest.CaptureF
     logged = capsys.readouterr().err
     assert TEST_API_KEY not in logged
     assert logged.count("[redacted]") >= 3
+
+
+def test_orbatch_run_leaks_the_key_into_neither_its_output_nor_its_results(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    env = {**env, "ORBATCH_LOG_LEVEL": "DEBUG"}
+    path = write_jsonl(tmp_path / "in.jsonl", [chat_line("a", "fine"), chat_line("b", "more")])
+    out, errors = tmp_path / "out.jsonl", tmp_path / "errors.jsonl"
+    done = run_cli(env, "run", str(path), "-o", str(out), "--errors", str(errors), "--models", "sim/echo")
+    assert done.returncode == 0, done.stderr
+    for where, content in {
+        "run output": done.stdout + done.stderr,
+        "results": out.read_text(),
+        "errors": errors.read_text(),
+    }.items():
+        assert TEST_API_KEY not in content, f"the key leaked into {where}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import subprocess
 import sys
 import time
@@ -70,6 +71,26 @@ async def test_a_file_that_is_not_jsonl_at_all(engine: AsyncEngine, tmp_path: Pa
     png.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 40)
     error = await rejected(engine, png)
     assert str(error.errors[0]).startswith("LINE 1: not valid UTF-8 (byte 0x89 at column 1)")
+
+
+async def test_damaged_gzip_is_refused_saying_where_and_keeps_what_was_stored(
+    engine: AsyncEngine, tmp_path: Path
+) -> None:
+    kept = await submit_file(engine, write_jsonl(tmp_path / "good.jsonl", [chat_line("a", "x")]), OPTIONS)
+    lines = b"".join(orjson.dumps(chat_line(f"r{i}", "x" * 50)) + b"\n" for i in range(2000))
+    truncated = tmp_path / "truncated.jsonl.gz"
+    truncated.write_bytes(gzip.compress(lines)[:-20])
+    not_gzip = tmp_path / "fake.jsonl.gz"
+    not_gzip.write_bytes(b"\x1f\x8b" + b"garbage" * 10)
+    for path, why in ((truncated, "end-of-stream marker"), (not_gzip, "Unknown compression method")):
+        with pytest.raises(SubmitError) as caught:
+            await submit_file(engine, path, OPTIONS)
+        assert f"{path}: the gzip data is damaged after line" in caught.value.reason
+        assert why in caught.value.reason
+        assert "nothing was queued" in caught.value.reason
+    async with engine.connect() as conn:
+        stored = (await conn.execute(text("SELECT batch_id, count(*) FROM request GROUP BY 1"))).all()
+    assert [tuple(r) for r in stored] == [(kept.batch_id, 1)]
 
 
 async def test_deeply_nested_json_is_refused_by_line(engine: AsyncEngine, tmp_path: Path) -> None:
