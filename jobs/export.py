@@ -14,7 +14,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from jobs.formats import error_line
 from jobs.templates import parse_answer
 
-__all__ = ["ANSWER_FIELD", "ExportFormat", "ExportReport", "export_results", "merge_answer", "open_output"]
+__all__ = [
+    "ANSWER_FIELD",
+    "ExportFormat",
+    "ExportReport",
+    "export_results",
+    "export_to_files",
+    "merge_answer",
+    "open_output",
+]
 
 ExportFormat = Literal["batch", "records"]
 # Where a plain-text answer goes in `--format records` output (a JSON object answer is merged field by field).
@@ -152,6 +160,17 @@ def _flush(
     report.failed += len(bad)
     ok.clear()
     bad.clear()
+
+
+async def export_to_files(
+    engine: AsyncEngine, batch_id: str, output: Path, errors: Path | None, fmt: ExportFormat = "batch"
+) -> ExportReport:
+    """export_results into OUTPUT (and ERRORS, if given), creating their folders."""
+    with open_output(output) as out_f:
+        if errors is None:
+            return await export_results(engine, batch_id, out_f, None, fmt)
+        with open_output(errors) as err_f:
+            return await export_results(engine, batch_id, out_f, err_f, fmt)
 
 
 def open_output(path: Path) -> IO[bytes]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import shlex
 import signal
 from collections.abc import Awaitable, Callable
@@ -18,7 +19,7 @@ from jobs.constants import EXIT_INTERRUPTED
 from jobs.control import resume_batch
 from jobs.db import create_engine, ensure_database, upgrade
 from jobs.eta import FreeLimits
-from jobs.export import ExportFormat, ExportReport, export_results, open_output
+from jobs.export import ExportFormat, ExportReport, export_to_files
 from jobs.intake import take_in
 from jobs.models import BatchStatus, PauseReason
 from jobs.progress import ProgressView, exit_status, finished, free_limits, needs_action, watch
@@ -45,18 +46,6 @@ class RunPlan:
     fmt: ExportFormat
     concurrency: int | None
     simulator: bool
-
-
-async def _export(engine_url: str, batch_id: str, plan: RunPlan) -> ExportReport:
-    engine = create_engine(engine_url, pool_size=1)
-    try:
-        with open_output(plan.output) as out_f:
-            if plan.errors is None:
-                return await export_results(engine, batch_id, out_f, None, plan.fmt)
-            with open_output(plan.errors) as err_f:
-                return await export_results(engine, batch_id, out_f, err_f, plan.fmt)
-    finally:
-        await engine.dispose()
 
 
 async def _start_simulator(settings: Settings, stack: contextlib.AsyncExitStack, err: Console) -> Settings:
@@ -105,16 +94,14 @@ async def run_file(settings: Settings, plan: RunPlan, err: Console) -> int:
         redis = await connect(settings.redis_url, settings.queue_name, patient=False)
         stack.push_async_callback(redis.aclose)
 
-        async def limits() -> FreeLimits:
-            return await free_limits(settings, redis)
-
+        limits = functools.partial(free_limits, settings, redis)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
             stack.callback(loop.remove_signal_handler, sig)
         summary = await _work(settings, plan, engine, batch_id, limits, stop, err)
-        exported = await _export(settings.database_url, batch_id, plan)
+        exported = await export_to_files(engine, batch_id, plan.output, plan.errors, plan.fmt)
     _report(summary, exported, plan, err)
     if stop.is_set() and not finished(summary) and not needs_action(summary):
         err.print(

@@ -48,6 +48,11 @@ _REMAINING_FREE = text(
 )
 
 
+def _done(summary: BatchSummary) -> int:
+    counts = summary.counts
+    return counts.get("completed", 0) + counts.get("failed", 0) + counts.get("cancelled", 0)
+
+
 @dataclass(slots=True)
 class Snapshot:
     """One reading of a batch, with what the ETA needs."""
@@ -61,8 +66,7 @@ class Snapshot:
     @property
     def done(self) -> int:
         """Requests finished either way."""
-        counts = self.summary.counts
-        return counts.get("completed", 0) + counts.get("failed", 0) + counts.get("cancelled", 0)
+        return _done(self.summary)
 
     def to_json(self) -> dict[str, Any]:
         """A `--json` progress line: the status object plus rate and ETA."""
@@ -103,8 +107,7 @@ async def snapshot(engine: AsyncEngine, batch_id: str, limits: FreeLimits, meter
             else 0
         )
         used = await free_calls_today(conn) if remaining_free else 0
-    done = counts.get("completed", 0) + counts.get("failed", 0) + counts.get("cancelled", 0)
-    meter.add(time.monotonic(), done)
+    meter.add(time.monotonic(), _done(summary))
     rate = meter.rate
     return Snapshot(
         summary, remaining_free, used, estimate(remaining, remaining_free, rate, limits, used), rate

@@ -24,6 +24,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from worker.structured import requested_schema
+
 __all__ = ["API_PREFIX", "DEFAULT_MODELS", "SimConfig", "Simulator", "config_from_args", "main", "serve"]
 
 API_PREFIX = "/api/v1"
@@ -575,12 +577,8 @@ def _fake_instance(schema: Any, text: str, depth: int = 0) -> Any:
 
 def _structured_reply(body: dict[str, Any], text: str) -> str | None:
     """The reply to a request for structured output: JSON following its schema, as a model would send."""
-    response_format = body.get("response_format")
-    if not isinstance(response_format, dict) or response_format.get("type") != "json_schema":
-        return None
-    spec = response_format.get("json_schema")
-    schema = spec.get("schema") if isinstance(spec, dict) else None
-    return orjson.dumps(_fake_instance(schema or {}, text)).decode()
+    schema = requested_schema(body)
+    return None if schema is None else orjson.dumps(_fake_instance(schema, text)).decode()
 
 
 async def serve(simulator: Simulator, host: str, port: int) -> tuple[web.AppRunner, int]:
