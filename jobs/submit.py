@@ -7,10 +7,11 @@ import hashlib
 import secrets
 import zlib
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import orjson
 from sqlalchemy import insert, text, update
@@ -142,21 +143,18 @@ _Row = tuple[int, str, str, list[str] | None, str | None, str | None]
 _STAGING_COLUMNS = ["line_no", "custom_id", "body", "models", "fingerprint", "record"]
 
 
-def _lines(
-    path: Path, stream: IO[bytes], max_line_bytes: int, errors: _LineErrors
-) -> Iterator[tuple[int, bytes | None]]:
-    """The file's lines; damaged gzip data is a SubmitError naming where it broke, not a traceback."""
-    line_no = 0
+@contextmanager
+def _damaged_gzip(path: Path, errors: _LineErrors, line_no: Callable[[], int]) -> Iterator[None]:
+    """Damaged gzip data is a SubmitError saying where it broke, not a traceback."""
     try:
-        for line_no, raw in iter_raw_lines(stream, max_line_bytes):
-            yield line_no, raw
+        yield
     except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
         detail = str(exc) or type(exc).__name__
         raise SubmitError(
             str(path),
             errors.kept,
             errors.count,
-            reason=f"{path}: the gzip data is damaged after line {line_no} ({detail}); nothing was queued "
+            reason=f"{path}: the gzip data is damaged after line {line_no()} ({detail}); nothing was queued "
             "(check the file, or submit it uncompressed)",
         ) from None
 
@@ -167,8 +165,9 @@ def _records(
     """Chunks of staging rows (line, custom_id, body, models, fingerprint, record), bad lines into `errors`."""
     chunk: list[_Row] = []
     template = options.template
-    with open_input(path) as source:
-        for line_no, raw in _lines(path, source.stream, options.max_line_bytes, errors):
+    line_no = 0
+    with open_input(path) as source, _damaged_gzip(path, errors, lambda: line_no):
+        for line_no, raw in iter_raw_lines(source.stream, options.max_line_bytes):
             if raw is None:
                 errors.add(
                     LineError(line_no, f"longer than the {options.max_line_bytes} byte limit for one line")
