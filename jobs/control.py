@@ -8,6 +8,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from jobs.db import retry_conflicts
+from jobs.errors import Conflict
 from jobs.status import BatchNotFound
 
 __all__ = ["ResumeRefused", "cancel_batch", "resume_batch", "retry_failed"]
@@ -80,7 +81,7 @@ _RETRY_FAILED = text(
 )
 
 
-class ResumeRefused(ValueError):
+class ResumeRefused(Conflict):
     """Resuming would stop again at once (a spent budget with no higher cap)."""
 
 

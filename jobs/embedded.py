@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from jobs.errors import ServiceUnavailable
+
 __all__ = ["EmbeddedError", "LocalServices", "local_services"]
 
 _PR_SET_PDEATHSIG = 1
@@ -24,7 +26,7 @@ _PR_SET_PDEATHSIG = 1
 _REDIS_START_SECONDS = 10.0
 
 
-class EmbeddedError(RuntimeError):
+class EmbeddedError(ServiceUnavailable):
     """An embedded service that could not be started; the message says which and where its log is."""
 
 

@@ -12,6 +12,7 @@ from typing import IO, Any, cast
 import orjson
 
 from jobs.constants import MAX_CUSTOM_ID_CHARS
+from jobs.errors import BadInput
 from jobs.templates import Template
 
 __all__ = [
@@ -64,13 +65,14 @@ _PARAM_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
 }
 
 
-class LineError(ValueError):
+class LineError(BadInput):
     """A line that cannot become a request: where it is and what is wrong with it."""
 
     def __init__(self, line_no: int, message: str) -> None:
-        super().__init__(f"LINE {line_no}: {message}")
+        super().__init__(f"LINE {line_no}: {message}", param=f"line {line_no}")
         self.line_no = line_no
-        self.message = message
+        # What is wrong, without the line number (OpenAI's batch `errors.data` carry the two apart).
+        self.detail = message
 
 
 @dataclass(slots=True, frozen=True)

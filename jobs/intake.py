@@ -17,6 +17,7 @@ from jobs.queue import connect
 from jobs.settings import Settings
 from jobs.status import BatchSummary, batch_summary
 from jobs.submit import SubmitError, SubmitOptions, SubmitReport, model_problem, submit_file
+from jobs.terminal import say, say_warning
 
 __all__ = ["take_in"]
 
@@ -36,10 +37,10 @@ async def take_in(
             known = frozenset(await load_catalog(engine, settings.openrouter_base_url, key))
             options = replace(options, known_models=known)
         except (httpx.HTTPError, OSError, ValueError) as exc:
-            err.print(
-                f"warning: could not read OpenRouter's model list ({type(exc).__name__}); "
+            say_warning(
+                err,
+                f"could not read OpenRouter's model list ({type(exc).__name__}); "
                 "model ids are not checked before submitting",
-                highlight=False,
             )
     problem = model_problem(options.models, options)
     if problem:
@@ -64,21 +65,21 @@ async def take_in(
             await redis.aclose()
     except (OSError, RedisError) as exc:
         # Postgres holds the batch; any worker's feeder queues it once Redis is reachable.
-        err.print(
-            f"warning: stored {report.batch_id} but could not reach Redis at REDIS_URL ({exc}); "
+        say_warning(
+            err,
+            f"stored {report.batch_id} but could not reach Redis at REDIS_URL ({exc}); "
             "its requests are queued as soon as a worker can reach it",
-            highlight=False,
         )
     async with engine.connect() as conn:
         summary = await batch_summary(conn, report.batch_id)
     if report.reused:
-        err.print(
+        say(
+            err,
             f"{file} was already submitted with these options as {report.batch_id}; "
             "carrying on with it (pass --new for a new batch)",
-            highlight=False,
         )
     for error in report.errors:
-        err.print(f"skipped {error}", highlight=False, markup=False)
+        say(err, f"skipped {error}")
     if report.invalid > len(report.errors):
-        err.print(f"skipped {report.invalid - len(report.errors)} more bad lines", highlight=False)
+        say(err, f"skipped {report.invalid - len(report.errors)} more bad lines")
     return report, summary

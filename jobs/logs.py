@@ -81,6 +81,6 @@ def configure_logging(
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def get_logger(name: str) -> Any:
+def get_logger(name: str) -> structlog.stdlib.BoundLogger:
     """A structlog logger bound to a module name."""
-    return structlog.get_logger(name)
+    return structlog.stdlib.get_logger(name)

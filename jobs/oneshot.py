@@ -13,6 +13,7 @@ from pathlib import Path
 
 from pydantic import SecretStr
 from rich.console import Console
+from rich.text import Text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from jobs.constants import EXIT_INTERRUPTED
@@ -27,6 +28,7 @@ from jobs.queue import connect
 from jobs.settings import Settings
 from jobs.status import BatchSummary
 from jobs.submit import SubmitOptions
+from jobs.terminal import say
 
 __all__ = ["RunPlan", "run_file"]
 
@@ -55,9 +57,12 @@ async def _start_simulator(settings: Settings, stack: contextlib.AsyncExitStack,
     runner, port = await serve(Simulator(config), "127.0.0.1", 0)
     stack.push_async_callback(runner.cleanup)
     err.print(
-        "[bold yellow]simulator:[/] OpenRouter is simulated on this machine: no real model is called and no "
-        f"quota or money is used; answers echo the prompts. Free tier: {config.free_per_minute} requests per "
-        f"{config.free_window_seconds:g} s, {config.free_per_day} a day.",
+        Text.assemble(
+            ("simulator: ", "bold yellow"),
+            "OpenRouter is simulated on this machine: no real model is called and no quota or money is used; "
+            f"answers echo the prompts. Free tier: {config.free_per_minute} requests per "
+            f"{config.free_window_seconds:g} s, {config.free_per_day} a day.",
+        ),
         highlight=False,
     )
     return settings.model_copy(
@@ -89,7 +94,7 @@ async def run_file(settings: Settings, plan: RunPlan, err: Console) -> int:
             )
         ):
             # Running the same file again is how a user says the key or the credits were fixed.
-            err.print(f"{batch_id} was paused ({summary.pause_reason}); resuming it", highlight=False)
+            say(err, f"{batch_id} was paused ({summary.pause_reason}); resuming it")
             await resume_batch(engine, batch_id, None)
         redis = await connect(settings.redis_url, settings.queue_name, patient=False)
         stack.push_async_callback(redis.aclose)
@@ -104,10 +109,7 @@ async def run_file(settings: Settings, plan: RunPlan, err: Console) -> int:
         exported = await export_to_files(engine, batch_id, plan.output, plan.errors, plan.fmt)
     _report(summary, exported, plan, err)
     if stop.is_set() and not finished(summary) and not needs_action(summary):
-        err.print(
-            f"interrupted: {batch_id} is kept; run the same command again to carry on with it",
-            highlight=False,
-        )
+        say(err, f"interrupted: {batch_id} is kept; run the same command again to carry on with it")
         return EXIT_INTERRUPTED
     return exit_status(summary)
 
@@ -157,6 +159,6 @@ def _report(summary: BatchSummary, exported: ExportReport, plan: RunPlan, err: C
     if unfinished:
         line += f"; {unfinished} not finished yet"
     line += f"; cost ${summary.cost:.6f}"
-    err.print(line, highlight=False)
+    say(err, line)
     if needs_action(summary) and summary.status == BatchStatus.PAUSED:
-        err.print(f"paused ({summary.pause_reason}): {summary.pause_message}", highlight=False)
+        say(err, f"paused ({summary.pause_reason}): {summary.pause_message}")

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from jobs.errors import BadInput
 from jobs.formats import parse_models
 from jobs.submit import SubmitOptions
 from jobs.templates import Template, load_json_schema, load_template_text
@@ -85,7 +86,7 @@ JsonSchema = Annotated[
 ]
 
 
-class UsageError(ValueError):
+class UsageError(BadInput):
     """An option value that cannot be used; the message names the option."""
 
 

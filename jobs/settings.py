@@ -1,13 +1,17 @@
-"""The one typed settings object, read from the environment."""
+"""The one typed settings object, read from the environment when a command or a worker starts."""
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from functools import lru_cache
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from jobs.errors import SettingsError
 
 __all__ = [
     "DEFAULT_DATABASE_URL",
@@ -22,6 +26,15 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_OPENROUTER_BASE_URL = "https://openrouter.ai/api/v1"
 
 
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class Settings(BaseSettings):
     """Everything orbatch reads from its environment; names are the documented variables."""
 
@@ -33,15 +46,25 @@ class Settings(BaseSettings):
     redis_url: str = Field(DEFAULT_REDIS_URL, validation_alias=AliasChoices("REDIS_URL", "ORBATCH_REDIS_URL"))
     openrouter_api_key: SecretStr | None = Field(None, validation_alias="OPENROUTER_API_KEY")
     openrouter_base_url: str = Field(DEFAULT_OPENROUTER_BASE_URL, validation_alias="OPENROUTER_BASE_URL")
+    # The key travels in a header: plain http is refused unless the upstream is on this machine, or an operator
+    # says the network in between is private (a simulator in a compose network).
+    allow_plain_http: bool = False
     # Attribution headers OpenRouter shows on its dashboards.
     app_url: str = "https://github.com/orbatch/orbatch"
     app_title: str = "orbatch"
 
-    queue_name: str = "orbatch:queue"
+    queue_name: str = Field("orbatch:queue", min_length=1)
     concurrency: int = Field(16, ge=1, le=4096)
-    # Upstream read timeout; long reasoning completions can take minutes.
+    # Postgres connections one worker process opens at most, whatever its concurrency: each in-flight request
+    # holds one only while it writes, so a few serve many (see the README for max_connections).
+    db_pool_max: int = Field(20, ge=2, le=1000)
+    # One deadline for a whole upstream call, connect to last byte: keep-alive bytes cannot stretch it.
     request_timeout: float = Field(300.0, gt=0)
     connect_timeout: float = Field(10.0, gt=0)
+    # An answer larger than this is refused (`response_too_large`) rather than read into memory.
+    max_response_bytes: int = Field(32 * 1024 * 1024, ge=1024)
+    # Checking a reply against its JSON schema may take at most this long (a pathological `pattern`).
+    reply_check_seconds: float = Field(2.0, gt=0)
     # A request's lease in Postgres; renewed every third of it while its call runs.
     lease_seconds: float = Field(30.0, ge=1)
     # Requests of one batch kept in the arq queue at once: enough to keep every worker busy, small
@@ -54,10 +77,15 @@ class Settings(BaseSettings):
     # A request marked queued whose job has not started after this long is fed again under a new job id.
     requeue_after: float = Field(60.0, gt=0)
     max_attempts: int = Field(5, ge=1, le=100)
+    # On SIGTERM a worker takes no new job and lets calls in flight finish for this long (below compose's
+    # stop_grace_period), then gives back what is left.
+    shutdown_grace: float = Field(60.0, ge=0)
     # OpenRouter's free-tier limits: 20 requests a minute, 50 a day (1000 once $10 of credits were bought).
     free_requests_per_minute: int = Field(20, ge=1)
     # The per-minute limit's window; only a test or a simulator with scaled-down limits changes it.
     free_window_seconds: float = Field(60.0, gt=0)
+    # The free tier's day: a UTC day. Only a test or a simulator with scaled time changes it.
+    free_day_seconds: float = Field(86400.0, gt=0)
     # Spacing margin on top of window/limit: a burst of 5 let 24 through a 20-per-window limit, and exact
     # spacing with no margin let 21 through (measured against OpenRouter).
     free_rate_margin: float = Field(0.05, ge=0, le=1)
@@ -68,6 +96,11 @@ class Settings(BaseSettings):
     max_throttle_wait: float = Field(30.0, gt=0)
     retry_base_seconds: float = Field(1.0, ge=0)
     retry_max_seconds: float = Field(120.0, ge=0)
+    # The outage breaker: this many upstream 5xx in a row (across requests and models, no success between)
+    # open it; then one probe at a time, the first after `probe_base` seconds, doubling up to `probe_max`.
+    breaker_5xx_run: int = Field(6, ge=2)
+    breaker_probe_base: float = Field(2.0, gt=0)
+    breaker_probe_max: float = Field(60.0, gt=0)
     # Where `orbatch run` keeps its embedded Postgres (and the embedded Redis's log) between runs.
     data_dir: Path = Field(
         default_factory=lambda: (
@@ -77,18 +110,55 @@ class Settings(BaseSettings):
     # Options for the simulator `orbatch run --simulator` serves, as `orbatch simulator` takes them.
     simulator_args: str = ""
 
+    @model_validator(mode="after")
+    def _safe_upstream(self) -> Settings:
+        parts = urlsplit(self.openrouter_base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(
+                f"OPENROUTER_BASE_URL must be an http(s) URL such as {DEFAULT_OPENROUTER_BASE_URL}, "
+                f"got {self.openrouter_base_url!r}"
+            )
+        if parts.scheme == "http" and not _loopback(parts.hostname) and not self.allow_plain_http:
+            raise ValueError(
+                f"OPENROUTER_BASE_URL {self.openrouter_base_url!r} is plain http to another machine: the API "
+                "key would cross the network in clear. Use https, or set ORBATCH_ALLOW_PLAIN_HTTP=1 if the "
+                "network in between is private (a simulator in a compose network)"
+            )
+        return self
+
     def services_given(self) -> tuple[bool, bool]:
         """Whether DATABASE_URL and REDIS_URL were set, rather than left at their defaults."""
         return "database_url" in self.model_fields_set, "redis_url" in self.model_fields_set
 
     def api_key(self) -> str:
-        """The OpenRouter key; raises a clear error when it is not set."""
+        """The OpenRouter key; SettingsError when it is not set."""
         if self.openrouter_api_key is None or not self.openrouter_api_key.get_secret_value():
-            raise RuntimeError("OPENROUTER_API_KEY is not set: export your OpenRouter key to call OpenRouter")
+            raise SettingsError(
+                "OPENROUTER_API_KEY is not set: export your OpenRouter key to call OpenRouter"
+            )
         return self.openrouter_api_key.get_secret_value()
+
+
+def _variable(field: str) -> str:
+    """The environment variable a settings field is read from."""
+    info = Settings.model_fields.get(field)
+    alias = info.validation_alias if info is not None else None
+    if isinstance(alias, str):
+        return alias
+    if isinstance(alias, AliasChoices):
+        return str(alias.choices[0])
+    return f"ORBATCH_{field.upper()}"
 
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """Settings read once per process."""
-    return Settings()
+    """Settings read once per process, at its start; SettingsError names each variable that is wrong."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            where = _variable(str(error["loc"][0])) if error["loc"] else "the settings"
+            message = str(error["msg"]).removeprefix("Value error, ")
+            problems.append(message if not error["loc"] else f"{where}: {message}")
+        raise SettingsError("bad configuration in the environment: " + "; ".join(problems)) from None

@@ -10,16 +10,17 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from jobs.errors import NotFound
 from jobs.models import Attempt, Batch, Request, RequestStatus
 
 __all__ = ["BatchNotFound", "BatchSummary", "batch_summary", "list_batches"]
 
 
-class BatchNotFound(LookupError):
+class BatchNotFound(NotFound):
     """No batch has that id."""
 
     def __init__(self, batch_id: str) -> None:
-        super().__init__(f"no batch {batch_id!r}: `orbatch status` lists the batches")
+        super().__init__(f"no batch {batch_id!r}: `orbatch status` lists the batches", param="batch")
         self.batch_id = batch_id
 
 

@@ -18,6 +18,7 @@ from sqlalchemy import insert, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from jobs.constants import MAX_REPORTED_LINE_ERRORS, STAGING_COPY_CHUNK
+from jobs.errors import BadInput
 from jobs.formats import LineError, iter_raw_lines, open_input, parse_line, parse_record
 from jobs.models import Batch, BatchStatus
 from jobs.templates import Template
@@ -81,7 +82,7 @@ class SubmitReport:
     reused: bool = False
 
 
-class SubmitError(Exception):
+class SubmitError(BadInput):
     """A file that was not queued: the first bad lines and how many there were."""
 
     def __init__(self, path: str, errors: list[LineError], invalid: int, reason: str | None = None) -> None:
@@ -92,7 +93,9 @@ class SubmitError(Exception):
             f"{path}: {invalid} bad line{'s' if invalid != 1 else ''}; nothing was queued "
             "(fix them, or pass --skip-invalid to queue the good lines)"
         )
-        super().__init__(self.reason + "".join(f"\n  {e}" for e in errors))
+        more = invalid - len(errors)
+        details = tuple(str(e) for e in errors) + ((f"... and {more} more bad lines",) if more > 0 else ())
+        super().__init__(self.reason, code="invalid_file", details=details)
 
 
 class _LineErrors:

@@ -11,6 +11,8 @@ import orjson
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
+from jobs.errors import BadInput
+
 __all__ = ["Template", "TemplateError", "load_json_schema", "load_template_text", "parse_answer"]
 
 # `{field}` or `{a.b}` for a nested field; `{{` and `}}` are literal braces; any other brace is literal too,
@@ -21,7 +23,7 @@ _SCHEMA_NAME = re.compile(r"[^A-Za-z0-9_-]")
 _FENCE = re.compile(r"^\s*```(?:json|JSON)?\s*\n?(.*?)\n?\s*```\s*$", re.DOTALL)
 
 
-class TemplateError(ValueError):
+class TemplateError(BadInput):
     """A template, system text or schema that cannot be used; the message says what and where."""
 
 

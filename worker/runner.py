@@ -34,13 +34,14 @@ from jobs.queue import job_dumps, job_loads
 from jobs.queue import redis_settings as arq_redis_settings
 from jobs.settings import Settings, get_settings
 from worker import records
+from worker.context import CONTEXT_KEY, WorkerContext, context
 from worker.dispatch import ClaimingWorker
 from worker.openrouter import OpenRouterClient
 from worker.pricing import PriceBook
-from worker.task import WorkerContext, run_request
+from worker.task import run_request
 from worker.throttle import Throttle, ThrottleLimits
 
-__all__ = ["WorkerSettings", "build_worker", "daily_free_limit", "run_worker", "sweep"]
+__all__ = ["build_worker", "daily_free_limit", "run_worker", "sweep"]
 
 log = get_logger(__name__)
 
@@ -87,8 +88,7 @@ async def _feed_once(ctx: WorkerContext, redis: ArqRedis) -> None:
 
 async def sweep(arq_ctx: dict[str, Any]) -> None:
     """arq cron job: one feeder tick, a backstop should a worker's own feeder loop ever stall."""
-    ctx: WorkerContext = arq_ctx["orbatch"]
-    await _feed_once(ctx, arq_ctx["redis"])
+    await _feed_once(context(arq_ctx), arq_ctx["redis"])
 
 
 async def _feeder_loop(ctx: WorkerContext, redis: ArqRedis) -> None:
@@ -106,7 +106,10 @@ async def _startup(arq_ctx: dict[str, Any]) -> None:
     settings: Settings = arq_ctx.get("settings") or get_settings()
     concurrency: int = arq_ctx.get("concurrency") or settings.concurrency
     # No pre-ping on the hot path: it costs three round trips per statement (see jobs.db.create_engine).
-    engine = create_engine(settings.database_url, pool_size=concurrency + 2, pre_ping=False)
+    # A task holds a connection only while it writes, so the pool is capped well below the concurrency.
+    engine = create_engine(
+        settings.database_url, pool_size=min(concurrency + 2, settings.db_pool_max), pre_ping=False
+    )
     api_key = settings.api_key()
     client = OpenRouterClient(
         settings.openrouter_base_url,
@@ -140,7 +143,7 @@ async def _startup(arq_ctx: dict[str, Any]) -> None:
         ),
         owner=f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}",
     )
-    arq_ctx["orbatch"] = ctx
+    arq_ctx[CONTEXT_KEY] = ctx
     await arq_ctx["redis"].hset(
         LIMITS_KEY.format(queue=settings.queue_name),
         mapping={
@@ -169,8 +172,8 @@ async def _shutdown(arq_ctx: dict[str, Any]) -> None:
         feeder.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await feeder
-    ctx: WorkerContext | None = arq_ctx.get("orbatch")
-    if ctx is not None:
+    ctx = arq_ctx.get(CONTEXT_KEY)
+    if isinstance(ctx, WorkerContext):
         await ctx.client.aclose()
     engine = arq_ctx.get("engine")
     if engine is not None:
@@ -213,20 +216,17 @@ def _settings_kwargs(settings: Settings, concurrency: int) -> dict[str, Any]:
     }
 
 
-class WorkerSettings:
-    """For `arq worker.runner.WorkerSettings`; `orbatch worker` builds the same worker with its flags."""
+def __getattr__(name: str) -> Any:
+    """`arq worker.runner.WorkerSettings`: the settings class, built (and the environment read) on first use.
 
-    functions = _settings_kwargs(get_settings(), get_settings().concurrency)["functions"]
-    cron_jobs = _settings_kwargs(get_settings(), get_settings().concurrency)["cron_jobs"]
-    on_startup = _startup
-    on_shutdown = _shutdown
-    queue_name = get_settings().queue_name
-    redis_settings = arq_redis_settings(get_settings().redis_url)
-    max_jobs = get_settings().concurrency
-    keep_result = 0
-    job_serializer = job_dumps
-    job_deserializer = job_loads
-    poll_delay = get_settings().poll_delay
+    Built lazily so that importing this module reads no settings; arq reads the class's own attributes.
+    """
+    if name != "WorkerSettings":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    settings = get_settings()
+    return type(
+        "WorkerSettings", (), _settings_kwargs(settings, settings.concurrency) | {"__module__": __name__}
+    )
 
 
 def build_worker(settings: Settings, concurrency: int | None = None, handle_signals: bool = True) -> Worker:
@@ -241,8 +241,8 @@ async def _wait_until_idle(worker: Worker, ctx_holder: dict[str, Any]) -> None:
     settled = 0
     while True:
         await asyncio.sleep(BURST_CHECK_SECONDS)
-        ctx: WorkerContext | None = ctx_holder.get("orbatch")
-        if ctx is None:
+        ctx = ctx_holder.get(CONTEXT_KEY)
+        if not isinstance(ctx, WorkerContext):
             continue
         try:
             idle = not worker.tasks and await records.nothing_left(ctx.engine)

@@ -6,46 +6,31 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from redis.exceptions import RedisError
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from jobs.constants import QUOTA_HOLD_SECONDS, TWIN_WAIT_SECONDS
 from jobs.db import connection_lost
 from jobs.logs import get_logger
 from jobs.models import Outcome, PauseReason, RequestStatus
-from jobs.settings import Settings
 from worker import records
 from worker.classify import Failure, Success, classify
-from worker.openrouter import CallResult, OpenRouterClient
-from worker.pricing import PriceBook
+from worker.context import WorkerContext, context
+from worker.openrouter import CallResult
 from worker.retry import decide
 from worker.structured import reply_problem, requested_schema
-from worker.throttle import Denied, Permit, Throttle
+from worker.throttle import Denied, Permit
 
-__all__ = ["WorkerContext", "run_request"]
+__all__ = ["run_request"]
 
 log = get_logger(__name__)
 T = TypeVar("T")
 
 # A response in hand is worth waiting for: keep retrying its write through a database restart.
 _PERSIST_DEADLINE_SECONDS = 120.0
-
-
-@dataclass(slots=True)
-class WorkerContext:
-    """What every task of a worker process shares, built once at startup."""
-
-    settings: Settings
-    engine: AsyncEngine
-    client: OpenRouterClient
-    throttle: Throttle
-    prices: PriceBook
-    owner: str
 
 
 async def _persist(what: str, write: Callable[[], Awaitable[T]]) -> T:
@@ -166,7 +151,7 @@ async def _throttled(ctx: WorkerContext, lease: records.Lease, denied: Denied) -
 
 async def run_request(arq_ctx: dict[str, Any], request_id: int, attempts: int) -> str:
     """Run one attempt of one request; returns what happened, for arq's log."""
-    ctx: WorkerContext = arq_ctx["orbatch"]
+    ctx = context(arq_ctx)
     lease = await _persist(
         "lease",
         lambda: records.take_lease(ctx.engine, request_id, attempts, ctx.owner, ctx.settings.lease_seconds),

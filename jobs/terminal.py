@@ -1,0 +1,116 @@
+"""What the CLI prints: messages, tables of batches and usage, with every piece of user text shown as text.
+
+Batch names, file names, pause messages and upstream errors are user or upstream text: Rich would read
+`[/x]` in them as markup (and crash on it), so they only ever reach a console as `rich.text.Text`.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from jobs.status import BatchSummary
+from jobs.usage import UsageLine, UsageReport
+
+__all__ = [
+    "batches_table",
+    "err",
+    "out",
+    "say",
+    "say_error",
+    "say_warning",
+    "summary_table",
+    "usage_table",
+]
+
+# soft_wrap: messages stay one line each when piped, whatever the width; piped tables get room for ids.
+out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
+err = Console(stderr=True, soft_wrap=True)
+
+
+def say(console: Console, message: str, style: str | None = None) -> None:
+    """Print a message as plain text (never read as markup)."""
+    console.print(Text(message, style=style or ""), highlight=False)
+
+
+def say_warning(console: Console, message: str) -> None:
+    """`warning: MESSAGE`, the prefix in yellow."""
+    console.print(Text.assemble(("warning: ", "bold yellow"), message), highlight=False)
+
+
+def say_error(console: Console, message: str) -> None:
+    """`error: MESSAGE`, the prefix in red."""
+    console.print(Text.assemble(("error: ", "bold red"), message), highlight=False)
+
+
+def summary_table(summary: BatchSummary) -> Table:
+    """One batch: state, pause, models, counts, attempts, tokens, cost."""
+    counts = summary.counts
+    title = f"batch {summary.id}" + (f" ({summary.name})" if summary.name else "")
+    table = Table(title=Text(title), show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("status", Text(summary.status))
+    if summary.pause_reason:
+        when = f" until {summary.resume_at:%Y-%m-%d %H:%M:%S} UTC" if summary.resume_at else ""
+        table.add_row("paused", Text(f"{summary.pause_reason}{when}: {summary.pause_message or ''}"))
+    table.add_row("models", Text(", ".join(summary.models) or "(per line)"))
+    table.add_row(
+        "requests",
+        f"{summary.total} total · {counts.get('completed', 0)} completed · {counts.get('failed', 0)} failed · "
+        f"{counts.get('pending', 0)} pending · {counts.get('running', 0)} running"
+        + (f" · {counts['cancelled']} cancelled" if counts.get("cancelled") else ""),
+    )
+    table.add_row("attempts", str(summary.attempts))
+    table.add_row("tokens", f"{summary.prompt_tokens} prompt · {summary.completion_tokens} completion")
+    table.add_row("cost", f"${summary.cost:.6f}")
+    return table
+
+
+def batches_table(summaries: list[BatchSummary]) -> Table:
+    """The latest batches, one row each."""
+    table = Table("id", "name", "status", "total", "completed", "failed", "cost")
+    for s in summaries:
+        table.add_row(
+            s.id,
+            Text(s.name or ""),
+            Text(s.status),
+            str(s.total),
+            str(s.counts.get("completed", 0)),
+            str(s.counts.get("failed", 0)),
+            f"${s.cost:.6f}",
+        )
+    return table
+
+
+def _usage_row(table: Table, batch_id: str, model: str, line: UsageLine, style: str | None = None) -> None:
+    table.add_row(
+        batch_id,
+        Text(model),
+        str(line.requests),
+        str(line.calls),
+        str(line.prompt_tokens),
+        str(line.completion_tokens),
+        str(line.reasoning_tokens),
+        str(line.cached_tokens),
+        f"${line.cost:.6f}" + ("*" if line.cost_estimated else ""),
+        style=style,
+    )
+
+
+def usage_table(report: UsageReport) -> Table:
+    """Requests, calls, tokens and cost by batch and by the model that served, with totals."""
+    table = Table(
+        "batch", "model served", "requests", "calls", "prompt", "completion", "reasoning", "cached", "cost"
+    )
+    for batch_id, models in report.models.items():
+        for model, line in models.items():
+            _usage_row(table, batch_id, model or "(no answer)", line)
+        if len(models) > 1:
+            _usage_row(table, batch_id, "all", report.batches[batch_id], style="bold")
+    if len(report.batches) > 1:
+        _usage_row(table, "all", "", report.total, style="bold")
+    return table

@@ -1,0 +1,40 @@
+"""What every task of a worker process shares, built once at its start, and the typed way to reach it."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from jobs.settings import Settings
+from worker.openrouter import OpenRouterClient
+from worker.pricing import PriceBook
+from worker.throttle import Throttle
+
+__all__ = ["CONTEXT_KEY", "WorkerContext", "context"]
+
+# Where the context lives in arq's ctx dict, beside arq's own keys (`redis`, `job_id`, …).
+CONTEXT_KEY = "orbatch"
+
+
+@dataclass(slots=True)
+class WorkerContext:
+    """The shared clients and settings of one worker process."""
+
+    settings: Settings
+    engine: AsyncEngine
+    client: OpenRouterClient
+    throttle: Throttle
+    prices: PriceBook
+    # host:pid:nonce, recorded on leases and attempt rows.
+    owner: str
+
+
+def context(arq_ctx: Mapping[str, Any]) -> WorkerContext:
+    """The context arq hands every task; a clear error if the worker's startup never built it."""
+    ctx = arq_ctx.get(CONTEXT_KEY)
+    if not isinstance(ctx, WorkerContext):
+        raise RuntimeError("the worker's context is missing: its on_startup did not run")
+    return ctx
