@@ -16,6 +16,7 @@ from sqlalchemy import (
     Index,
     Integer,
     Numeric,
+    SmallInteger,
     Text,
     UniqueConstraint,
     func,
@@ -24,74 +25,26 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from jobs.sql import literal, sql
+from jobs.states import BatchStatus, Outcome, PauseReason, RequestStatus
+
 __all__ = [
-    "ACTIVE_BATCH_STATUSES",
-    "TERMINAL_BATCH_STATUSES",
     "Attempt",
     "Base",
     "Batch",
-    "BatchStatus",
+    "BatchTally",
+    "ErrorTally",
+    "MinuteTally",
     "ModelPrice",
-    "Outcome",
-    "PauseReason",
+    "ModelTally",
     "Request",
-    "RequestStatus",
     "Result",
+    "TriesTally",
 ]
 
 
-class BatchStatus(enum.StrEnum):
-    """A batch's lifecycle; the words are OpenAI Batch API's where they mean the same, plus `paused`."""
-
-    VALIDATING = "validating"
-    IN_PROGRESS = "in_progress"
-    PAUSED = "paused"
-    FINALIZING = "finalizing"
-    COMPLETED = "completed"
-    FAILED = "failed"
-    CANCELLING = "cancelling"
-    CANCELLED = "cancelled"
-
-
-ACTIVE_BATCH_STATUSES = (BatchStatus.IN_PROGRESS,)
-TERMINAL_BATCH_STATUSES = (BatchStatus.COMPLETED, BatchStatus.FAILED, BatchStatus.CANCELLED)
-
-
-class PauseReason(enum.StrEnum):
-    """Why a paused batch waits: a spent quota, its budget, the account's credits or a rejected key."""
-
-    QUOTA = "quota"
-    BUDGET = "budget"
-    CREDITS = "credits"
-    AUTH = "auth"
-
-
-class RequestStatus(enum.StrEnum):
-    """A request is pending (due at next_attempt_at), running under a lease, or finished."""
-
-    PENDING = "pending"
-    RUNNING = "running"
-    COMPLETED = "completed"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-
-class Outcome(enum.StrEnum):
-    """What an attempt came to; the failure classes are the retry policy's (see docs/errors.md)."""
-
-    IN_FLIGHT = "in_flight"
-    SUCCESS = "success"
-    RETRY = "retry"
-    FALLBACK = "fallback"
-    PARK = "park"
-    FAIL = "fail"
-    ABANDONED = "abandoned"
-    # No call: an identical request's stored answer was reused (`submit --dedupe`).
-    REUSED = "reused"
-
-
 def _check_in(column: str, values: type[enum.StrEnum]) -> CheckConstraint:
-    allowed = ", ".join(f"'{v.value}'" for v in values)
+    allowed = ", ".join(literal(v) for v in values)
     return CheckConstraint(f"{column} IN ({allowed})", name=f"{column}_known")
 
 
@@ -106,11 +59,13 @@ class Batch(Base):
     __table_args__ = (
         _check_in("status", BatchStatus),
         CheckConstraint(
-            "pause_reason IS NULL OR pause_reason IN ('quota', 'budget', 'credits', 'auth')",
+            "pause_reason IS NULL OR pause_reason IN ({})".format(", ".join(literal(r) for r in PauseReason)),
             name="pause_reason_known",
         ),
         Index("batch_source_sha256_idx", "source_sha256"),
-        Index("batch_active_idx", "status", postgresql_where=text("status IN ('in_progress', 'cancelling')")),
+        Index(
+            "batch_active_idx", "status", postgresql_where=sql("status IN ({B.IN_PROGRESS}, {B.CANCELLING})")
+        ),
     )
 
     id: Mapped[str] = mapped_column(Text, primary_key=True)
@@ -132,6 +87,10 @@ class Batch(Base):
     options: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
     # For a batch of plain records (`--template`): the template, system text and JSON schema it was built with.
     template: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    # A user's own labels for the batch (`--metadata k=v`, the API's `metadata`).
+    metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSONB)
+    # Called the local simulator, not OpenRouter: its calls never count against a real account's quota.
+    simulated: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
     source_name: Mapped[str | None] = mapped_column(Text)
     source_sha256: Mapped[str | None] = mapped_column(Text)
     total: Mapped[int] = mapped_column(Integer, server_default=text("0"))
@@ -153,16 +112,16 @@ class Request(Base):
             "request_unqueued_idx",
             "batch_id",
             "id",
-            postgresql_where=text("status = 'pending' AND enqueued_at IS NULL"),
+            postgresql_where=sql("status = {R.PENDING} AND enqueued_at IS NULL"),
         ),
         # What a batch has in the queue now, bounded by the feed window.
         Index(
             "request_queued_idx",
             "batch_id",
-            postgresql_where=text("status = 'pending' AND enqueued_at IS NOT NULL"),
+            postgresql_where=sql("status = {R.PENDING} AND enqueued_at IS NOT NULL"),
         ),
         # Leases that may have expired.
-        Index("request_running_idx", "lease_expires_at", postgresql_where=text("status = 'running'")),
+        Index("request_running_idx", "lease_expires_at", postgresql_where=sql("status = {R.RUNNING}")),
         Index("request_batch_status_idx", "batch_id", "status"),
         Index("request_fingerprint_idx", "fingerprint", postgresql_where=text("fingerprint IS NOT NULL")),
     )
@@ -203,6 +162,12 @@ class Attempt(Base):
         UniqueConstraint("request_id", "number", name="attempt_request_number_key"),
         _check_in("outcome", Outcome),
         Index("attempt_batch_idx", "batch_id"),
+        # Today's free calls (the daily quota rebuilt after Redis lost its count) without a scan of every attempt.
+        Index(
+            "attempt_free_started_idx",
+            "started_at",
+            postgresql_where=text("models_sent[1] LIKE '%:free'"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
@@ -258,3 +223,93 @@ class Result(Base):
     finish_reason: Mapped[str | None] = mapped_column(Text)
     model: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+# The tallies below are kept by triggers (migration 0006) as requests, attempts and results change, so that
+# reading a batch's counts, usage, errors or history costs a few rows whatever the batch's size. Each is split
+# in shards by request id (8; 4 for the minute history), so concurrent workers rarely wait on one counter row;
+# a read sums the shards.
+
+
+class BatchTally(Base):
+    """A batch's requests by status, and its calls, tokens and cost."""
+
+    __tablename__ = "batch_tally"
+
+    batch_id: Mapped[str] = mapped_column(Text, ForeignKey("batch.id", ondelete="CASCADE"), primary_key=True)
+    shard: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    pending: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    running: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    completed: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    failed: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    cancelled: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    # Attempts that ended, except answers reused from another request (those are `reused`).
+    calls: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    reused: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    prompt_tokens: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    completion_tokens: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    reasoning_tokens: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    cached_tokens: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    cost: Mapped[Decimal] = mapped_column(Numeric, server_default=text("0"))
+
+
+class ModelTally(Base):
+    """A batch's calls, answers, tokens and cost by the model that served ('' for calls with no answer)."""
+
+    __tablename__ = "batch_model_tally"
+
+    batch_id: Mapped[str] = mapped_column(Text, ForeignKey("batch.id", ondelete="CASCADE"), primary_key=True)
+    model: Mapped[str] = mapped_column(Text, primary_key=True)
+    shard: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    calls: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    # Requests this model answered (their stored results), and how many of those it answered as a fallback:
+    # the request's chain named another model first.
+    answers: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    fallbacks: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    reused: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    prompt_tokens: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    completion_tokens: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    reasoning_tokens: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    cached_tokens: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    cost: Mapped[Decimal] = mapped_column(Numeric, server_default=text("0"))
+    # Calls whose cost was estimated from list prices (OpenRouter reported none).
+    estimated: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+
+
+class ErrorTally(Base):
+    """A batch's failed calls by error code, with the latest message."""
+
+    __tablename__ = "batch_error_tally"
+
+    batch_id: Mapped[str] = mapped_column(Text, ForeignKey("batch.id", ondelete="CASCADE"), primary_key=True)
+    code: Mapped[str] = mapped_column(Text, primary_key=True)
+    shard: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    count: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    last_message: Mapped[str | None] = mapped_column(Text)
+    last_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class MinuteTally(Base):
+    """A batch's history by minute and model: answers, failed requests ('' model), calls and cost."""
+
+    __tablename__ = "batch_minute_tally"
+
+    batch_id: Mapped[str] = mapped_column(Text, ForeignKey("batch.id", ondelete="CASCADE"), primary_key=True)
+    minute: Mapped[datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
+    model: Mapped[str] = mapped_column(Text, primary_key=True)
+    shard: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    answers: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    failed: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    calls: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    cost: Mapped[Decimal] = mapped_column(Numeric, server_default=text("0"))
+
+
+class TriesTally(Base):
+    """A batch's finished requests by how many upstream calls each took."""
+
+    __tablename__ = "batch_tries_tally"
+
+    batch_id: Mapped[str] = mapped_column(Text, ForeignKey("batch.id", ondelete="CASCADE"), primary_key=True)
+    tries: Mapped[int] = mapped_column(Integer, primary_key=True)
+    shard: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    requests: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))

@@ -22,10 +22,10 @@ from jobs.db import create_engine, ensure_database, upgrade
 from jobs.eta import FreeLimits
 from jobs.export import ExportFormat, ExportReport, export_to_files
 from jobs.intake import take_in
-from jobs.models import BatchStatus, PauseReason
 from jobs.progress import ProgressView, exit_status, finished, free_limits, needs_action, watch
 from jobs.queue import connect
 from jobs.settings import Settings
+from jobs.states import BatchStatus, PauseReason
 from jobs.status import BatchSummary
 from jobs.submit import SubmitOptions
 from jobs.terminal import say

@@ -26,8 +26,8 @@ from jobs.constants import (
     WATCH_POLL_SECONDS,
 )
 from jobs.eta import Estimate, FreeLimits, RateMeter, estimate, format_duration
-from jobs.models import BatchStatus, PauseReason
 from jobs.settings import Settings
+from jobs.states import BatchStatus, PauseReason
 from jobs.status import BatchSummary, batch_summary
 from jobs.usage import free_calls_today
 

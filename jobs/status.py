@@ -1,4 +1,4 @@
-"""A batch's standing read from Postgres: its state, request counts, tokens and cost."""
+"""A batch's standing read from Postgres: its state, request counts, tokens and cost, from its tallies."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from jobs.errors import NotFound
-from jobs.models import Attempt, Batch, Request, RequestStatus
+from jobs.models import Batch, BatchTally
+from jobs.states import RequestStatus
 
 __all__ = ["BatchNotFound", "BatchSummary", "batch_summary", "list_batches"]
 
@@ -44,6 +45,8 @@ class BatchSummary:
     cost: Decimal
     prompt_tokens: int
     completion_tokens: int
+    metadata: dict[str, Any] | None = None
+    simulated: bool = False
 
     @property
     def total(self) -> int:
@@ -65,6 +68,8 @@ class BatchSummary:
                 "resume_at": self.resume_at.isoformat() if self.resume_at else None,
             },
             "models": self.models,
+            "metadata": self.metadata or {},
+            "simulated": self.simulated,
             "created_at": self.created_at.isoformat(),
             "started_at": self.started_at.isoformat() if self.started_at else None,
             "finished_at": self.finished_at.isoformat() if self.finished_at else None,
@@ -79,27 +84,18 @@ class BatchSummary:
         }
 
 
-async def batch_summary(conn: AsyncConnection, batch_id: str) -> BatchSummary:
-    """The summary of one batch; BatchNotFound when there is none."""
-    batch = (await conn.execute(select(Batch).where(Batch.id == batch_id))).one_or_none()
-    if batch is None:
-        raise BatchNotFound(batch_id)
-    counts = {
-        status: int(n)
-        for status, n in await conn.execute(
-            select(Request.status, func.count()).where(Request.batch_id == batch_id).group_by(Request.status)
-        )
-    }
-    usage = (
-        await conn.execute(
-            select(
-                func.count(),
-                func.coalesce(func.sum(Attempt.cost), 0),
-                func.coalesce(func.sum(Attempt.prompt_tokens), 0),
-                func.coalesce(func.sum(Attempt.completion_tokens), 0),
-            ).where(Attempt.batch_id == batch_id)
-        )
-    ).one()
+# One row of sums per batch: its shards of the tally, whatever the batch's size.
+_TALLY = select(
+    BatchTally.batch_id,
+    *(func.coalesce(func.sum(getattr(BatchTally, s.value)), 0).label(s.value) for s in RequestStatus),
+    func.coalesce(func.sum(BatchTally.calls), 0).label("calls"),
+    func.coalesce(func.sum(BatchTally.cost), 0).label("cost"),
+    func.coalesce(func.sum(BatchTally.prompt_tokens), 0).label("prompt_tokens"),
+    func.coalesce(func.sum(BatchTally.completion_tokens), 0).label("completion_tokens"),
+).group_by(BatchTally.batch_id)
+
+
+def _summary(batch: Any, tally: Any) -> BatchSummary:
     return BatchSummary(
         id=batch.id,
         name=batch.name,
@@ -112,17 +108,30 @@ async def batch_summary(conn: AsyncConnection, batch_id: str) -> BatchSummary:
         started_at=batch.started_at,
         finished_at=batch.finished_at,
         invalid_lines=batch.invalid_lines,
-        counts=counts,
-        attempts=int(usage[0]),
-        cost=Decimal(usage[1] or 0),
-        prompt_tokens=int(usage[2] or 0),
-        completion_tokens=int(usage[3] or 0),
+        counts={s.value: int(getattr(tally, s.value)) for s in RequestStatus if tally is not None},
+        attempts=int(tally.calls) if tally is not None else 0,
+        cost=Decimal(tally.cost) if tally is not None else Decimal(0),
+        prompt_tokens=int(tally.prompt_tokens) if tally is not None else 0,
+        completion_tokens=int(tally.completion_tokens) if tally is not None else 0,
+        metadata=batch.metadata,
+        simulated=batch.simulated,
     )
+
+
+async def batch_summary(conn: AsyncConnection, batch_id: str) -> BatchSummary:
+    """The summary of one batch; BatchNotFound when there is none."""
+    batch = (await conn.execute(select(Batch).where(Batch.id == batch_id))).one_or_none()
+    if batch is None:
+        raise BatchNotFound(batch_id)
+    tally = (await conn.execute(_TALLY.where(BatchTally.batch_id == batch_id))).one_or_none()
+    return _summary(batch, tally)
 
 
 async def list_batches(conn: AsyncConnection, limit: int = 20) -> list[BatchSummary]:
     """The most recent batches, newest first."""
-    ids = (
-        (await conn.execute(select(Batch.id).order_by(Batch.created_at.desc()).limit(limit))).scalars().all()
+    batches = (
+        (await conn.execute(select(Batch).order_by(Batch.created_at.desc()).limit(limit))).all()
     )
-    return [await batch_summary(conn, batch_id) for batch_id in ids]
+    ids = [b.id for b in batches]
+    tallies = {row.batch_id: row for row in await conn.execute(_TALLY.where(BatchTally.batch_id.in_(ids)))}
+    return [_summary(b, tallies.get(b.id)) for b in batches]

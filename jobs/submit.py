@@ -20,7 +20,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from jobs.constants import MAX_REPORTED_LINE_ERRORS, STAGING_COPY_CHUNK
 from jobs.errors import BadInput
 from jobs.formats import LineError, iter_raw_lines, open_input, parse_line, parse_record
-from jobs.models import Batch, BatchStatus
+from jobs.models import Batch
+from jobs.states import BatchStatus
 from jobs.templates import Template
 
 __all__ = [

@@ -24,22 +24,18 @@ async def free_calls_today(conn: AsyncConnection) -> int:
     return int((await conn.execute(_FREE_CALLS_TODAY, {"free_suffix": "%:free"})).scalar_one())
 
 
+# From the tallies the triggers keep: a few rows per batch and model, whatever the batch's size.
 _BY_MODEL = text(
     """
-    SELECT a.batch_id, coalesce(a.model, '') AS model,
-           count(DISTINCT a.request_id) FILTER (WHERE a.outcome IN ('success', 'reused')) AS requests,
-           count(*) FILTER (WHERE a.outcome <> 'reused') AS calls,
-           count(*) FILTER (WHERE a.outcome = 'reused') AS reused,
-           coalesce(sum(a.prompt_tokens), 0) AS prompt_tokens,
-           coalesce(sum(a.completion_tokens), 0) AS completion_tokens,
-           coalesce(sum(a.reasoning_tokens), 0) AS reasoning_tokens,
-           coalesce(sum(a.cached_tokens), 0) AS cached_tokens,
-           coalesce(sum(a.cost), 0) AS cost,
-           bool_or(a.cost_estimated) AS cost_estimated
-    FROM attempt a
-    WHERE CAST(:batch_id AS text) IS NULL OR a.batch_id = :batch_id
-    GROUP BY a.batch_id, coalesce(a.model, '')
-    ORDER BY a.batch_id, coalesce(a.model, '')
+    SELECT batch_id, model, sum(answers) AS requests, sum(calls) AS calls, sum(reused) AS reused,
+           sum(prompt_tokens) AS prompt_tokens, sum(completion_tokens) AS completion_tokens,
+           sum(reasoning_tokens) AS reasoning_tokens, sum(cached_tokens) AS cached_tokens,
+           sum(cost) AS cost, sum(estimated) > 0 AS cost_estimated
+    FROM batch_model_tally
+    WHERE CAST(:batch_id AS text) IS NULL OR batch_id = :batch_id
+    GROUP BY batch_id, model
+    HAVING sum(answers) <> 0 OR sum(calls) <> 0 OR sum(reused) <> 0
+    ORDER BY batch_id, model
     """
 )
 
@@ -116,13 +112,13 @@ async def usage_report(engine: AsyncEngine, batch_id: str | None = None) -> Usag
                 raise BatchNotFound(batch_id)
         for row in await conn.execute(_BY_MODEL, {"batch_id": batch_id}):
             line = UsageLine(
-                requests=row.requests,
-                calls=row.calls,
-                reused=row.reused,
-                prompt_tokens=row.prompt_tokens,
-                completion_tokens=row.completion_tokens,
-                reasoning_tokens=row.reasoning_tokens,
-                cached_tokens=row.cached_tokens,
+                requests=int(row.requests),
+                calls=int(row.calls),
+                reused=int(row.reused),
+                prompt_tokens=int(row.prompt_tokens),
+                completion_tokens=int(row.completion_tokens),
+                reasoning_tokens=int(row.reasoning_tokens),
+                cached_tokens=int(row.cached_tokens),
                 cost=Decimal(row.cost),
                 cost_estimated=bool(row.cost_estimated),
             )

@@ -35,7 +35,7 @@ import httpx
 import orjson
 
 from jobs.constants import ERROR_MESSAGE_MAX_CHARS
-from jobs.models import Outcome, PauseReason
+from jobs.states import Outcome, PauseReason
 from worker.openrouter import CallResult
 
 __all__ = ["Failure", "Success", "Usage", "classify", "next_utc_midnight"]

@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from jobs import usage as usage_queries
 from jobs.constants import MAX_MODELS_PER_CALL
-from jobs.models import Outcome, PauseReason
+from jobs.states import Outcome, PauseReason
 from worker.classify import Failure, Success, Usage
 from worker.retry import Decision
 

@@ -6,7 +6,7 @@ import random
 from dataclasses import dataclass
 
 from jobs.constants import MAX_MODELS_PER_CALL
-from jobs.models import Outcome, RequestStatus
+from jobs.states import Outcome, RequestStatus
 from worker.classify import Failure
 
 __all__ = ["Decision", "backoff_seconds", "decide"]

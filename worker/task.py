@@ -15,7 +15,7 @@ from sqlalchemy.exc import DBAPIError
 from jobs.constants import QUOTA_HOLD_SECONDS, TWIN_WAIT_SECONDS
 from jobs.db import connection_lost
 from jobs.logs import get_logger
-from jobs.models import Outcome, PauseReason, RequestStatus
+from jobs.states import Outcome, PauseReason, RequestStatus
 from worker import records
 from worker.classify import Failure, Success, classify
 from worker.context import WorkerContext, context

@@ -1,0 +1,60 @@
+"""The words for where a batch, a request and an attempt stand, and why a batch waits."""
+
+from __future__ import annotations
+
+import enum
+
+__all__ = ["TERMINAL_REQUEST_STATUSES", "BatchStatus", "Outcome", "PauseReason", "RequestStatus"]
+
+
+class BatchStatus(enum.StrEnum):
+    """A batch's lifecycle; the words are OpenAI Batch API's where they mean the same, plus `paused`."""
+
+    VALIDATING = "validating"
+    IN_PROGRESS = "in_progress"
+    PAUSED = "paused"
+    FINALIZING = "finalizing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLING = "cancelling"
+    CANCELLED = "cancelled"
+
+
+class PauseReason(enum.StrEnum):
+    """Why a paused batch waits: a spent quota, its budget, the account's credits or a rejected key."""
+
+    QUOTA = "quota"
+    BUDGET = "budget"
+    CREDITS = "credits"
+    AUTH = "auth"
+
+
+class RequestStatus(enum.StrEnum):
+    """A request is pending (due at next_attempt_at), running under a lease, or finished."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+# A request in one of these has its final answer (or none); only `retry` moves it back.
+TERMINAL_REQUEST_STATUSES = (RequestStatus.COMPLETED, RequestStatus.FAILED, RequestStatus.CANCELLED)
+
+
+class Outcome(enum.StrEnum):
+    """What an attempt came to; the failure classes are the retry policy's (see docs/errors.md)."""
+
+    IN_FLIGHT = "in_flight"
+    SUCCESS = "success"
+    RETRY = "retry"
+    FALLBACK = "fallback"
+    PARK = "park"
+    FAIL = "fail"
+    # The call was made while OpenRouter as a whole was failing (it tripped the outage breaker, or probed
+    # it): it spends none of the request's attempts.
+    OUTAGE = "outage"
+    ABANDONED = "abandoned"
+    # No call: an identical request's stored answer was reused (`submit --dedupe`).
+    REUSED = "reused"
