@@ -14,13 +14,16 @@ __all__ = [
     "JOB_ID_PREFIX",
     "LIMITS_KEY",
     "MAX_CUSTOM_ID_CHARS",
+    "MAX_LINE_BYTES",
     "MAX_MODELS_PER_CALL",
     "MAX_REPORTED_LINE_ERRORS",
     "PLAIN_PROGRESS_SECONDS",
     "QUOTA_HOLD_SECONDS",
+    "READ_BLOCK_BYTES",
     "REDIS_EPOCH_KEY",
     "REQUEUE_AFTER_SECONDS",
     "RUN_REQUEST_FUNCTION",
+    "STAGING_COPY_BYTES",
     "STAGING_COPY_CHUNK",
     "SWEEP_SECONDS",
     "TASK_TIMEOUT_MARGIN_SECONDS",
@@ -70,9 +73,15 @@ SWEEP_SECONDS = frozenset({0, 15, 30, 45})
 # How often a burst worker asks Postgres whether anything is left to run.
 BURST_CHECK_SECONDS = 0.5
 
-# Rows per COPY chunk into the staging table: large enough to amortise the round trip, small enough
-# that a chunk of long lines stays far below the memory bound.
+# Rows per COPY chunk into the staging table: large enough to amortise the round trip. A chunk is also sent
+# once its rows hold this many bytes, so that a file of long lines (up to the 16 MiB line limit) keeps submit
+# within its memory bound: rows of the chunk, plus COPY's encoding of them, plus one line being parsed.
 STAGING_COPY_CHUNK = 5000
+STAGING_COPY_BYTES = 16 * 1024 * 1024
+# Input is read (and gzip decompressed) this much at a time.
+READ_BLOCK_BYTES = 1024 * 1024
+# A line longer than this is a bad line; the reader never holds more than this of one line.
+MAX_LINE_BYTES = 16 * 1024 * 1024
 # A file with a million bad lines reports the first ones and a count, not a million lines of output.
 MAX_REPORTED_LINE_ERRORS = 50
 # custom_id is an identifier, not a payload; OpenAI's Batch API uses the same bound.

@@ -11,22 +11,11 @@ from typing import IO, Any, Literal
 import orjson
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from jobs.formats import error_line
-from jobs.templates import parse_answer
+from jobs.output_format import error_line, merge_answer, result_line
 
-__all__ = [
-    "ANSWER_FIELD",
-    "ExportFormat",
-    "ExportReport",
-    "export_results",
-    "export_to_files",
-    "merge_answer",
-    "open_output",
-]
+__all__ = ["ExportFormat", "ExportReport", "export_results", "export_to_files", "open_output"]
 
 ExportFormat = Literal["batch", "records"]
-# Where a plain-text answer goes in `--format records` output (a JSON object answer is merged field by field).
-ANSWER_FIELD = "answer"
 
 _ROWS = """
     SELECT r.id, r.custom_id, r.status, r.last_error, {columns}, a.generation_id,
@@ -53,37 +42,11 @@ class ExportReport:
     failed: int = 0
 
 
-def _result_line(
-    request_id: int, custom_id: str, generation_id: str | None, status: int | None, body: str
-) -> bytes:
-    # The stored body is spliced in as text: re-encoding a million bodies would dominate the export.
-    head = orjson.dumps({"id": f"batch_req_{request_id}", "custom_id": custom_id})[:-1]
-    response = orjson.dumps({"status_code": status or 200, "request_id": generation_id})[:-1]
-    return b'%s,"response":%s,"body":%s},"error":null}\n' % (head, response, body.encode())
-
-
 _BATCH_COLUMNS = "res.body::text AS body"
 _RECORD_COLUMNS = (
     "r.record::text AS record, res.body->'choices'->0->'message'->>'content' AS content,"
     " coalesce(r.body->'response_format'->>'type' = 'json_schema', false) AS structured"
 )
-
-
-def merge_answer(record: dict[str, Any], content: str | None, structured: bool) -> dict[str, Any]:
-    """A record with its answer: the fields of a JSON object answer, else the answer under `answer`."""
-    merged = dict(record)
-    if structured and content is not None:
-        try:
-            value = parse_answer(content)
-        except orjson.JSONDecodeError:
-            value = content
-        if isinstance(value, dict):
-            merged.update(value)
-        else:
-            merged[ANSWER_FIELD] = value
-    else:
-        merged[ANSWER_FIELD] = content
-    return merged
 
 
 async def _rows(engine: AsyncEngine, sql: str, *args: Any) -> AsyncGenerator[Any]:
@@ -133,7 +96,7 @@ def _add_row(row: Any, fmt: ExportFormat, ok: list[bytes], bad: list[bytes]) -> 
     if fmt == "batch":
         if completed:
             ok.append(
-                _result_line(
+                result_line(
                     row["id"], row["custom_id"], row["generation_id"], row["http_status"], row["body"]
                 )
             )

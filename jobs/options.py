@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from jobs.errors import BadInput
-from jobs.formats import parse_models
+from jobs.input_format import parse_models
 from jobs.submit import SubmitOptions
 from jobs.templates import Template, load_json_schema, load_template_text
 

@@ -129,9 +129,7 @@ async def batch_summary(conn: AsyncConnection, batch_id: str) -> BatchSummary:
 
 async def list_batches(conn: AsyncConnection, limit: int = 20) -> list[BatchSummary]:
     """The most recent batches, newest first."""
-    batches = (
-        (await conn.execute(select(Batch).order_by(Batch.created_at.desc()).limit(limit))).all()
-    )
+    batches = (await conn.execute(select(Batch).order_by(Batch.created_at.desc()).limit(limit))).all()
     ids = [b.id for b in batches]
     tallies = {row.batch_id: row for row in await conn.execute(_TALLY.where(BatchTally.batch_id.in_(ids)))}
     return [_summary(b, tallies.get(b.id)) for b in batches]

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import secrets
-import zlib
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -17,10 +14,11 @@ import orjson
 from sqlalchemy import insert, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from jobs.constants import MAX_REPORTED_LINE_ERRORS, STAGING_COPY_CHUNK
+from jobs.constants import MAX_LINE_BYTES, MAX_REPORTED_LINE_ERRORS, STAGING_COPY_BYTES, STAGING_COPY_CHUNK
 from jobs.errors import BadInput
-from jobs.formats import LineError, iter_raw_lines, open_input, parse_line, parse_record
+from jobs.input_format import LineError, free_only_problem, parse_line, parse_record
 from jobs.models import Batch
+from jobs.reader import DamagedGzip, FileSource, Source, read_lines
 from jobs.states import BatchStatus
 from jobs.templates import Template
 
@@ -28,11 +26,11 @@ __all__ = [
     "SubmitError",
     "SubmitOptions",
     "SubmitReport",
-    "file_sha256",
     "fingerprint",
     "model_problem",
     "new_batch_id",
     "submit_file",
+    "submit_source",
 ]
 
 ProgressFn = Callable[[int], None]
@@ -46,7 +44,7 @@ class SubmitOptions:
     name: str | None = None
     max_attempts: int = 5
     skip_invalid: bool = False
-    max_line_bytes: int = 16 * 1024 * 1024
+    max_line_bytes: int = MAX_LINE_BYTES
     free_only: bool = False
     max_cost: Decimal | None = None
     # Model ids OpenRouter lists (GET /models); None when the list could not be had, so ids go unchecked.
@@ -127,15 +125,6 @@ def new_batch_id() -> str:
     return f"batch_{secrets.token_hex(8)}"
 
 
-def file_sha256(path: Path) -> str:
-    """The file's sha256, read in blocks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def fingerprint(models: list[str], body: dict[str, Any]) -> str:
     """What makes two requests the same request: the model chain and the body, keys in any order."""
     return hashlib.sha256(
@@ -147,63 +136,74 @@ _Row = tuple[int, str, str, list[str] | None, str | None, str | None]
 _STAGING_COLUMNS = ["line_no", "custom_id", "body", "models", "fingerprint", "record"]
 
 
-@contextmanager
-def _damaged_gzip(path: Path, errors: _LineErrors, line_no: Callable[[], int]) -> Iterator[None]:
+def _damaged(source: Source, line_no: int, errors: _LineErrors, exc: DamagedGzip) -> SubmitError:
     """Damaged gzip data is a SubmitError saying where it broke, not a traceback."""
-    try:
-        yield
-    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
-        detail = str(exc) or type(exc).__name__
-        raise SubmitError(
-            str(path),
-            errors.kept,
-            errors.count,
-            reason=f"{path}: the gzip data is damaged after line {line_no()} ({detail}); nothing was queued "
-            "(check the file, or submit it uncompressed)",
-        ) from None
+    return SubmitError(
+        source.where,
+        errors.kept,
+        errors.count,
+        reason=f"{source.where}: the gzip data is damaged after line {line_no} ({exc}); nothing was queued "
+        "(check the file, or submit it uncompressed)",
+    )
 
 
-def _records(
-    path: Path, options: SubmitOptions, errors: _LineErrors, progress: ProgressFn | None
-) -> Iterator[list[_Row]]:
-    """Chunks of staging rows (line, custom_id, body, models, fingerprint, record), bad lines into `errors`."""
-    chunk: list[_Row] = []
+def _row(raw: bytes, line_no: int, options: SubmitOptions) -> _Row | None:
+    """The staging row of one line; None for a blank line; LineError for a bad one."""
     template = options.template
+    parsed = parse_line(raw, line_no) if template is None else parse_record(raw, line_no, template)
+    if parsed is None:
+        return None
+    if parsed.models is None and not options.models:
+        raise LineError(line_no, 'no model: pass --models or give the line a "model" or "models"')
+    if parsed.models is not None:
+        problem = model_problem(parsed.models, options)
+        if problem:
+            raise LineError(line_no, problem)
+    if options.free_only:
+        problem = free_only_problem(parsed.body)
+        if problem:
+            raise LineError(line_no, problem)
+    print_ = fingerprint(parsed.models or options.models, parsed.body) if options.dedupe else None
+    record = None if parsed.record is None else orjson.dumps(parsed.record).decode()
+    return (line_no, parsed.custom_id, orjson.dumps(parsed.body).decode(), parsed.models, print_, record)
+
+
+async def _records(
+    source: Source, options: SubmitOptions, errors: _LineErrors, progress: ProgressFn | None
+) -> AsyncIterator[list[_Row]]:
+    """Chunks of staging rows (line, custom_id, body, models, fingerprint, record), bad lines into `errors`.
+
+    A chunk goes once it has STAGING_COPY_CHUNK rows or STAGING_COPY_BYTES of them, so memory is bounded by
+    bytes whatever the lines' sizes.
+    """
+    chunk: list[_Row] = []
+    size = 0
     line_no = 0
-    with open_input(path) as source, _damaged_gzip(path, errors, lambda: line_no):
-        for line_no, raw in iter_raw_lines(source.stream, options.max_line_bytes):
-            if raw is None:
-                errors.add(
-                    LineError(line_no, f"longer than the {options.max_line_bytes} byte limit for one line")
-                )
-                continue
-            try:
-                parsed = (
-                    parse_line(raw, line_no) if template is None else parse_record(raw, line_no, template)
-                )
-                if parsed is None:
+    lines = read_lines(source, options.max_line_bytes, progress)
+    try:
+        async for block in lines:
+            for line_no, raw in block:
+                if raw is None:
+                    errors.add(
+                        LineError(
+                            line_no, f"longer than the {options.max_line_bytes} byte limit for one line"
+                        )
+                    )
                     continue
-                if parsed.models is None and not options.models:
-                    raise LineError(line_no, 'no model: pass --models or give the line a "model" or "models"')
-                if parsed.models is not None:
-                    problem = model_problem(parsed.models, options)
-                    if problem:
-                        raise LineError(line_no, problem)
-            except LineError as exc:
-                errors.add(exc)
-                continue
-            print_ = fingerprint(parsed.models or options.models, parsed.body) if options.dedupe else None
-            record = None if parsed.record is None else orjson.dumps(parsed.record).decode()
-            chunk.append(
-                (line_no, parsed.custom_id, orjson.dumps(parsed.body).decode(), parsed.models, print_, record)
-            )
-            if len(chunk) >= STAGING_COPY_CHUNK:
-                yield chunk
-                chunk = []
-                if progress is not None:
-                    progress(source.position())
-        if progress is not None:
-            progress(source.position())
+                try:
+                    row = _row(raw, line_no, options)
+                except LineError as exc:
+                    errors.add(exc)
+                    continue
+                if row is None:
+                    continue
+                chunk.append(row)
+                size += len(row[2]) + len(row[5] or "")
+                if len(chunk) >= STAGING_COPY_CHUNK or size >= STAGING_COPY_BYTES:
+                    yield chunk
+                    chunk, size = [], 0
+    except DamagedGzip as exc:
+        raise _damaged(source, line_no, errors, exc) from None
     if chunk:
         yield chunk
 
@@ -235,8 +235,15 @@ async def _duplicates(conn: AsyncConnection, errors: _LineErrors) -> int:
 async def submit_file(
     engine: AsyncEngine, path: Path, options: SubmitOptions, progress: ProgressFn | None = None
 ) -> SubmitReport:
-    """Create a batch from the file in one transaction; raises SubmitError and stores nothing on bad lines."""
-    sha256 = file_sha256(path)
+    """Create a batch from a file on disk; see submit_source."""
+    return await submit_source(engine, FileSource.open(path), options, progress)
+
+
+async def submit_source(
+    engine: AsyncEngine, source: Source, options: SubmitOptions, progress: ProgressFn | None = None
+) -> SubmitReport:
+    """Create a batch from the source in one transaction; raises SubmitError and stores nothing on bad lines."""
+    sha256 = source.sha256
     batch_id = new_batch_id()
     errors = _LineErrors()
     async with engine.begin() as conn:
@@ -267,7 +274,7 @@ async def submit_file(
                 dedupe=options.dedupe,
                 options=options.identity(),
                 template=None if options.template is None else options.template.to_json(),
-                source_name=path.name,
+                source_name=source.name,
                 source_sha256=sha256,
             )
         )
@@ -279,7 +286,7 @@ async def submit_file(
             )
         )
         raw_conn: Any = (await conn.get_raw_connection()).driver_connection
-        for chunk in _records(path, options, errors, progress):
+        async for chunk in _records(source, options, errors, progress):
             await raw_conn.copy_records_to_table(
                 "orbatch_staging",
                 records=chunk,
@@ -288,7 +295,7 @@ async def submit_file(
         duplicates = await _duplicates(conn, errors)
         errors.kept.sort(key=lambda e: e.line_no)
         if errors.count and not options.skip_invalid:
-            raise SubmitError(str(path), errors.kept, errors.count)
+            raise SubmitError(source.where, errors.kept, errors.count)
         # ON CONFLICT only when there are duplicates to skip: its speculative insertion costs a third of the
         # INSERT's time on a million rows, and a new batch has no other rows to conflict with.
         on_conflict = " ON CONFLICT (batch_id, custom_id) DO NOTHING" if duplicates else ""
@@ -302,8 +309,10 @@ async def submit_file(
         )
         total = inserted.rowcount
         if total == 0:
-            reason = f"{path}: no requests in the file" + (" (every line was bad)" if errors.count else "")
-            raise SubmitError(str(path), errors.kept, errors.count, reason=reason)
+            reason = f"{source.name}: no requests in the file" + (
+                " (every line was bad)" if errors.count else ""
+            )
+            raise SubmitError(source.name, errors.kept, errors.count, reason=reason)
         await conn.execute(
             update(Batch)
             .where(Batch.id == batch_id)

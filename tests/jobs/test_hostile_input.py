@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from jobs.formats import LineError, ParsedLine, parse_line
+from jobs.input_format import LineError, ParsedLine, parse_line
 from jobs.submit import SubmitError, SubmitOptions, submit_file
 from tests.support import ROOT, chat_line, write_jsonl
 
@@ -82,7 +82,7 @@ async def test_damaged_gzip_is_refused_saying_where_and_keeps_what_was_stored(
     truncated.write_bytes(gzip.compress(lines)[:-20])
     not_gzip = tmp_path / "fake.jsonl.gz"
     not_gzip.write_bytes(b"\x1f\x8b" + b"garbage" * 10)
-    for path, why in ((truncated, "end-of-stream marker"), (not_gzip, "Unknown compression method")):
+    for path, why in ((truncated, "ends before its end marker"), (not_gzip, "unknown compression method")):
         with pytest.raises(SubmitError) as caught:
             await submit_file(engine, path, OPTIONS)
         assert f"{path}: the gzip data is damaged after line" in caught.value.reason

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import gzip
 import subprocess
 import sys
 from pathlib import Path
 
+import orjson
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from jobs.constants import STAGING_COPY_CHUNK
@@ -148,3 +150,30 @@ async def test_submit_memory_does_not_grow_with_the_file(env: dict[str, str], tm
     large_mb = _peak_rss_mb_of_submit(env, large)
     # 15x the lines (about 40 MB more input) may not cost more than a few MB of peak memory.
     assert large_mb < small_mb + 15, (small_mb, large_mb)
+
+
+def _huge_lines(path: Path, count: int, size: int, compressed: bool) -> Path:
+    # Lines that differ, so neither gzip nor the staging table sees one line repeated.
+    opener = gzip.open if compressed else open
+    with opener(path, "wb") as f:
+        for i in range(count):
+            text = (f"line {i} " * (size // 8 + 1))[:size]
+            f.write(orjson.dumps(chat_line(f"big-{i}", text)) + b"\n")
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("count", "mib", "compressed"),
+    [(400, 2, False), (400, 2, True), (20, 15, False), (20, 15, True)],
+    ids=["400x2MiB", "400x2MiB.gz", "20x15MiB", "20x15MiB.gz"],
+)
+async def test_submit_memory_is_bounded_by_bytes_for_lines_of_many_megabytes(
+    env: dict[str, str], engine: AsyncEngine, tmp_path: Path, count: int, mib: int, compressed: bool
+) -> None:
+    path = _huge_lines(tmp_path / ("in.jsonl.gz" if compressed else "in.jsonl"), count, mib << 20, compressed)
+    peak = _peak_rss_mb_of_submit(env, path)
+    assert peak < 250, f"submit of {count} lines of {mib} MiB peaked at {peak:.0f} MB"
+    async with engine.connect() as conn:
+        stored = (await conn.execute(text("SELECT count(*) FROM request"))).scalar_one()
+    assert stored == count

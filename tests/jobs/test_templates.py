@@ -7,7 +7,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from jobs.formats import LineError, parse_record
+from jobs.input_format import LineError, parse_record
 from jobs.templates import Template, TemplateError, load_json_schema, load_template_text, parse_answer
 
 SCHEMA = {

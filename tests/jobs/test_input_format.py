@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import io
-
 import orjson
 import pytest
 
-from jobs.formats import LineError, error_line, iter_raw_lines, output_line, parse_line
+from jobs.input_format import LineError, parse_line
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 
@@ -135,26 +133,30 @@ def test_bad_lines_say_which_line_and_what_is_wrong(raw: bytes, expected: str) -
     assert str(caught.value).startswith(expected), str(caught.value)
 
 
-def test_reader_strips_bom_and_crlf_and_numbers_lines() -> None:
-    data = b'\xef\xbb\xbf{"a": 1}\r\n\r\n{"b": 2}'
-    assert list(iter_raw_lines(io.BytesIO(data), 1000)) == [(1, b'{"a": 1}'), (2, b""), (3, b'{"b": 2}')]
-
-
-def test_reader_reports_an_overlong_line_without_keeping_it() -> None:
-    data = b'{"a": 1}\n' + b"x" * 5000 + b"\n" + b'{"b": 2}\n'
-    assert list(iter_raw_lines(io.BytesIO(data), 100)) == [(1, b'{"a": 1}'), (2, None), (3, b'{"b": 2}')]
-
-
-def test_output_lines_follow_openai_batch_output() -> None:
-    assert output_line("c1", 5, "gen-1", 200, {"x": 1}) == {
-        "id": "batch_req_5",
-        "custom_id": "c1",
-        "response": {"status_code": 200, "request_id": "gen-1", "body": {"x": 1}},
-        "error": None,
+def test_a_lines_own_json_schema_is_checked_like_a_schema_file() -> None:
+    broken = {
+        "messages": MESSAGES,
+        "response_format": {
+            "type": "json_schema",
+            "json_schema": {
+                "name": "x",
+                "schema": {"type": "object", "properties": {"a": {"type": "strin"}}},
+            },
+        },
     }
-    assert error_line("c2", 6, "400", "bad") == {
-        "id": "batch_req_6",
-        "custom_id": "c2",
-        "response": None,
-        "error": {"code": "400", "message": "bad"},
+    with pytest.raises(LineError, match=r"^LINE 3: .*not a valid JSON Schema at properties/a/type"):
+        parse(broken, 3)
+    bad_pattern = {
+        "messages": MESSAGES,
+        "response_format": {
+            "type": "json_schema",
+            "json_schema": {"schema": {"type": "string", "pattern": "(["}},
+        },
     }
+    with pytest.raises(LineError, match=r"^LINE 4: .*not a valid JSON Schema at pattern"):
+        parse(bad_pattern, 4)
+    fine = {
+        "messages": MESSAGES,
+        "response_format": {"type": "json_schema", "json_schema": {"schema": {"type": "object"}}},
+    }
+    assert parse(fine) is not None

@@ -1,15 +1,14 @@
-"""Input lines (OpenAI Batch API lines or bare chat bodies) in, OpenAI Batch output lines out."""
+"""Input lines: OpenAI Batch API lines, bare chat bodies, or plain records filled into a template."""
 
 from __future__ import annotations
 
-import gzip
-from collections.abc import Iterator
-from contextlib import contextmanager
+import functools
 from dataclasses import dataclass
-from pathlib import Path
-from typing import IO, Any, cast
+from typing import Any
 
 import orjson
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
 
 from jobs.constants import MAX_CUSTOM_ID_CHARS
 from jobs.errors import BadInput
@@ -17,14 +16,11 @@ from jobs.templates import Template
 
 __all__ = [
     "BATCH_URL",
-    "InputFile",
+    "FREE_ONLY_REFUSED_FIELDS",
     "LineError",
     "ParsedLine",
     "derived_custom_id",
-    "error_line",
-    "iter_raw_lines",
-    "open_input",
-    "output_line",
+    "free_only_problem",
     "parse_line",
     "parse_models",
     "parse_record",
@@ -33,8 +29,6 @@ __all__ = [
 BATCH_URL = "/v1/chat/completions"
 _ROLES = ("system", "user", "assistant", "tool", "developer")
 _ENVELOPE_KEYS = {"custom_id", "method", "url", "body"}
-_BOM = b"\xef\xbb\xbf"
-_GZIP_MAGIC = b"\x1f\x8b"
 
 # Types of the chat parameters users set most, so that `"temperature": "0.2"` is caught at submit
 # time instead of costing an upstream 400 per line. None is allowed where the spec allows null.
@@ -65,6 +59,12 @@ _PARAM_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
 }
 
 
+# Body fields OpenRouter bills per use whatever the model: its web search (`plugins: [{"id": "web"}]`,
+# `web_search_options`) and its PDF parsing (`plugins: [{"id": "file-parser"}]`). A `--free-only` batch refuses
+# them rather than let a free model cost money.
+FREE_ONLY_REFUSED_FIELDS = ("plugins", "web_search_options")
+
+
 class LineError(BadInput):
     """A line that cannot become a request: where it is and what is wrong with it."""
 
@@ -87,53 +87,9 @@ class ParsedLine:
     record: dict[str, Any] | None = None
 
 
-@dataclass(slots=True)
-class InputFile:
-    """An input file open for reading, gzip-compressed or not, and how far into the file on disk it is."""
-
-    stream: IO[bytes]
-    raw: IO[bytes]
-
-    def position(self) -> int:
-        """Bytes of the file on disk read so far (for progress on a compressed file too)."""
-        return self.raw.tell()
-
-
-@contextmanager
-def open_input(path: Path) -> Iterator[InputFile]:
-    """Open an input file; a gzip file (`.jsonl.gz`, known by its magic bytes) is read decompressed."""
-    with path.open("rb") as raw:
-        if raw.read(2) == _GZIP_MAGIC:
-            raw.seek(0)
-            with gzip.GzipFile(fileobj=raw, mode="rb") as unzipped:
-                yield InputFile(cast(IO[bytes], unzipped), raw)
-        else:
-            raw.seek(0)
-            yield InputFile(raw, raw)
-
-
 def derived_custom_id(line_no: int) -> str:
     """The custom_id of a line that gives none."""
     return f"line-{line_no}"
-
-
-def iter_raw_lines(stream: IO[bytes], max_line_bytes: int) -> Iterator[tuple[int, bytes | None]]:
-    """Yield (line number, bytes without the line ending); bytes is None for a line over the limit."""
-    line_no = 0
-    while True:
-        chunk = stream.readline(max_line_bytes + 1)
-        if not chunk:
-            return
-        line_no += 1
-        if line_no == 1 and chunk.startswith(_BOM):
-            chunk = chunk[len(_BOM) :]
-        if len(chunk) > max_line_bytes and not chunk.endswith(b"\n"):
-            # Drain the rest of the long line without holding it.
-            while chunk and not chunk.endswith(b"\n"):
-                chunk = stream.readline(1 << 20)
-            yield line_no, None
-            continue
-        yield line_no, chunk.rstrip(b"\r\n")
 
 
 def _type_name(value: Any) -> str:
@@ -196,12 +152,50 @@ def _check_messages(messages: Any) -> None:
                 raise ValueError(f'messages[{i}].content[{j}] must be an object with a "type"')
 
 
+@functools.lru_cache(maxsize=256)
+def _schema_problem(schema_json: bytes) -> str | None:
+    # Lines of a batch mostly share one schema: it is checked once, not once per line.
+    try:
+        Draft202012Validator.check_schema(orjson.loads(schema_json))
+    except SchemaError as exc:
+        where = "/".join(str(p) for p in exc.absolute_path) or "(top level)"
+        return f"not a valid JSON Schema at {where}: {exc.message}"
+    return None
+
+
+def _check_response_format(response_format: dict[str, Any]) -> None:
+    """A line's own JSON schema is checked against the metaschema, as a --json-schema file is."""
+    if response_format.get("type") != "json_schema":
+        return
+    spec = response_format.get("json_schema")
+    schema = spec.get("schema") if isinstance(spec, dict) else None
+    if not isinstance(schema, dict):
+        raise ValueError('"response_format.json_schema.schema" must be an object (a JSON Schema)')
+    problem = _schema_problem(orjson.dumps(schema, option=orjson.OPT_SORT_KEYS))
+    if problem:
+        raise ValueError(f'"response_format.json_schema.schema" is {problem}')
+
+
+def free_only_problem(body: dict[str, Any]) -> str | None:
+    """Why a body could be billed even when it is sent to a free model, for a `--free-only` batch."""
+    for field in FREE_ONLY_REFUSED_FIELDS:
+        if body.get(field):
+            return (
+                f"--free-only: {field!r} can be billed even on a free model (web search and file parsing are "
+                "charged per use); remove it or submit without --free-only"
+            )
+    return None
+
+
 def _check_body(body: dict[str, Any]) -> None:
     if "messages" not in body:
         raise ValueError('no "messages": a chat request needs a list of messages')
     _check_messages(body["messages"])
     if body.get("stream"):
         raise ValueError('"stream": true is not supported in a batch; remove it')
+    response_format = body.get("response_format")
+    if isinstance(response_format, dict):
+        _check_response_format(response_format)
     # A body has a few keys and the table many: look up only the keys the body has.
     for key, value in body.items():
         if value is None or key not in _PARAM_TYPES:
@@ -301,33 +295,3 @@ def parse_record(raw: bytes, line_no: int, template: Template) -> ParsedLine | N
     except ValueError as exc:
         raise LineError(line_no, str(exc)) from None
     return ParsedLine(line_no=line_no, custom_id=custom_id, body=body, models=None, record=obj)
-
-
-def output_line(
-    custom_id: str, request_id: int, generation_id: str | None, status_code: int, body: Any
-) -> dict[str, Any]:
-    """An OpenAI Batch output line for a completed request."""
-    return {
-        "id": f"batch_req_{request_id}",
-        "custom_id": custom_id,
-        "response": {"status_code": status_code, "request_id": generation_id, "body": body},
-        "error": None,
-    }
-
-
-def error_line(
-    custom_id: str,
-    request_id: int,
-    code: str,
-    message: str,
-    status_code: int | None = None,
-    body: Any = None,
-) -> dict[str, Any]:
-    """An OpenAI Batch error-file line for a request that did not complete."""
-    response = None if status_code is None else {"status_code": status_code, "request_id": None, "body": body}
-    return {
-        "id": f"batch_req_{request_id}",
-        "custom_id": custom_id,
-        "response": response,
-        "error": {"code": code, "message": message},
-    }
