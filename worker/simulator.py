@@ -118,7 +118,7 @@ def _snapshot() -> dict[str, Any]:
     return snapshot
 
 
-def listing_entry(model_id: str, prompt: str, completion: str, request: str | None = None) -> dict[str, Any]:
+def _listing_entry(model_id: str, prompt: str, completion: str, request: str | None = None) -> dict[str, Any]:
     """A `/models` entry for a model given only by its prices (the tests' models)."""
     pricing = {"prompt": prompt, "completion": completion}
     if request is not None:
@@ -148,7 +148,7 @@ def default_models() -> list[dict[str, Any]]:
     return [
         *snapshot["data"],
         *(entry["model"] for entry in snapshot["withdrawn"]),
-        *(listing_entry(model_id, *prices) for model_id, prices in SIM_MODELS.items()),
+        *(_listing_entry(model_id, *prices) for model_id, prices in SIM_MODELS.items()),
     ]
 
 
@@ -293,7 +293,7 @@ class Simulator:
                 self._set_models(
                     m
                     if "pricing" in m
-                    else listing_entry(
+                    else _listing_entry(
                         m["id"],
                         str(m["prompt"]),
                         str(m["completion"]),
