@@ -8,13 +8,24 @@ from typing import Any
 
 import httpx
 import orjson
+from rich.table import Table
 from sqlalchemy import func, select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from jobs.models import ModelPrice
 
-__all__ = ["Catalog", "ModelPrices", "fetch_models", "load_catalog", "refresh_catalog"]
+__all__ = [
+    "Catalog",
+    "ModelPrices",
+    "ModelRow",
+    "fetch_models",
+    "load_catalog",
+    "model_rows",
+    "refresh_catalog",
+    "render_table",
+    "rows_json",
+]
 
 # Prices change rarely; ids appear often. An hour keeps submit fast and new models usable the same day.
 CATALOG_MAX_AGE_SECONDS = 3600
@@ -90,3 +101,99 @@ async def load_catalog(
     catalog = await fetch_models(base_url, api_key)
     await refresh_catalog(engine, catalog)
     return catalog
+
+
+# --- `orbatch models` ----------------------------------------------------------------------------------
+
+PER_MILLION = Decimal(1_000_000)
+
+
+@dataclass(slots=True, frozen=True)
+class ModelRow:
+    """One model of the catalogue as `orbatch models` shows it; prices in USD per million tokens."""
+
+    id: str
+    name: str
+    context_length: int | None
+    prompt_per_million: Decimal | None
+    completion_per_million: Decimal | None
+    free: bool
+
+
+def _row(model: dict[str, Any]) -> ModelRow:
+    pricing = model.get("pricing")
+    if not isinstance(pricing, dict):
+        pricing = {}
+    prompt, completion = _price(pricing.get("prompt")), _price(pricing.get("completion"))
+    context = model.get("context_length")
+    return ModelRow(
+        id=model["id"],
+        name=str(model.get("name") or model["id"]),
+        context_length=context if isinstance(context, int) and not isinstance(context, bool) else None,
+        prompt_per_million=None if prompt is None else prompt * PER_MILLION,
+        completion_per_million=None if completion is None else completion * PER_MILLION,
+        # The `:free` variants are the ones OpenRouter's free-tier limits apply to.
+        free=model["id"].endswith(":free"),
+    )
+
+
+async def model_rows(base_url: str, api_key: str | None, free_only: bool = False) -> list[ModelRow]:
+    """The catalogue from `GET {base_url}/models` (OpenRouter or the simulator), in its order.
+
+    `free_only` keeps the `:free` variants."""
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    async with httpx.AsyncClient(
+        base_url=base_url.rstrip("/") + "/", timeout=20.0, headers=headers
+    ) as client:
+        response = await client.get("models")
+        response.raise_for_status()
+    listing = orjson.loads(response.content).get("data", [])
+    rows = [_row(m) for m in listing if isinstance(m, dict) and isinstance(m.get("id"), str)]
+    return [r for r in rows if r.free] if free_only else rows
+
+
+def _usd(amount: Decimal | None) -> str:
+    if amount is None:
+        return "?"
+    # Four decimals are a hundredth of a cent per million tokens: enough for any listed price.
+    return f"{amount.quantize(Decimal('0.0001')).normalize():f}"
+
+
+def render_table(rows: list[ModelRow]) -> Table:
+    """The rows as a Rich table: id, name, context, USD per million prompt and completion tokens, free."""
+    table = Table(title=f"{len(rows)} models", title_justify="left")
+    table.add_column("model", overflow="fold")
+    table.add_column("name", overflow="fold")
+    table.add_column("context", justify="right")
+    table.add_column("$/M in", justify="right")
+    table.add_column("$/M out", justify="right")
+    table.add_column("free")
+    for row in rows:
+        table.add_row(
+            row.id,
+            row.name,
+            "?" if row.context_length is None else f"{row.context_length:,}",
+            _usd(row.prompt_per_million),
+            _usd(row.completion_per_million),
+            "free" if row.free else "",
+        )
+    return table
+
+
+def rows_json(rows: list[ModelRow]) -> list[dict[str, Any]]:
+    """The rows for `--json`: prices as decimal strings (USD per million tokens) or null when unknown."""
+    return [
+        {
+            "id": r.id,
+            "name": r.name,
+            "context_length": r.context_length,
+            "prompt_per_million": None
+            if r.prompt_per_million is None
+            else f"{r.prompt_per_million.normalize():f}",
+            "completion_per_million": None
+            if r.completion_per_million is None
+            else f"{r.completion_per_million.normalize():f}",
+            "free": r.free,
+        }
+        for r in rows
+    ]

@@ -52,6 +52,7 @@ class Simulator:
             "free_window_seconds": 60,
             "free_per_day": 1_000_000,
             "day_seconds": None,
+            "speed": 1,
             "down_models": [],
             "valid_keys": None,
             "is_free_tier": True,
@@ -63,6 +64,8 @@ class Simulator:
             "chaos_error_in_200": 0.0,
             "chaos_hang": 0.0,
             "rules": [],
+            "outage_status": None,
+            "outage_provider_name": None,
         }
         await self.configure(**{**defaults, **settings})
 

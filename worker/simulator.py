@@ -1,46 +1,90 @@
 """An OpenRouter simulator on loopback HTTP: free-tier limits, `models` fallback, errors and usage as the real one.
 
-The test suite runs against it, and so can a user without a key (`orbatch simulator`). Behaviour is set
-at start or through `POST /_sim/config`; `GET /_sim/calls` shows what it received (never the key).
+The test suite runs against it, `orbatch simulator` serves it for a user without a key, and `orbatch run
+--simulator` serves it inside the run. Behaviour is set at start (`simulator_command`'s options, or
+`config_from_args` for ORBATCH_SIMULATOR_ARGS) or while it runs through `POST /_sim/config` with any `SimConfig`
+field; `GET /_sim/calls` shows what it received (bodies, never the key) and `GET /_sim/stats` counts calls by
+status and outcome.
+
+**Catalogue.** `GET /models` lists OpenRouter's own model list as saved on 2026-08-18 (`CATALOG_FILE` beside
+this module: ids, names, context lengths, architecture, prices, top provider, supported parameters), then a few
+models orbatch's examples name that OpenRouter has withdrawn since (kept from the last saved list that had them,
+so the examples run offline), then the `sim/*` models the tests use. Any listed id is accepted and billed at its
+listed prices: prompt and completion USD per token, plus the request price where one is listed. `POST
+/_sim/config {"models": [{"id", "prompt", "completion", "request"?}, ...]}` replaces the list (full `/models`
+entries with `pricing` work too); `{"reset": true}` restores it.
+
+**Time.** `speed` scales the free tier's clock as a whole: at 10 the per-minute window lasts 6 s and a day
+8,640 s. `free_window_seconds` and `day_seconds` override either. Simulated day N runs from N * day_seconds to
+(N + 1) * day_seconds in epoch seconds, so at speed 1 days are UTC days, and a 429 for the daily limit carries
+the end of the simulated day in `X-RateLimit-Reset`.
+
+**`GET /key`** answers OpenRouter's fields (`is_free_tier`, `limit`, `usage`...) plus a simulator-only object,
+`data.simulator`: `{"free_per_minute", "free_window_seconds", "free_per_day", "day_seconds", "day_started_at",
+"speed"}`; `day_started_at` is the epoch second the current simulated day began, so a client takes the day's
+number as round(day_started_at / day_seconds) and its reset as day_started_at + day_seconds.
+
+**Rules** (`POST /_sim/config {"rules": [...]}`) script the answer to requests whose last user message contains
+`match`, `times` times (-1: always), after `delay` seconds: `status` (an error answer: `status`, `code`,
+`message`, `headers`, `metadata`, `reset_in_seconds` for a 429), `error_in_200`, `top_level_error`, `not_json`,
+`reply` (a 200 with `content`), `hang` (nothing for `seconds`, default an hour, then a 504), `reset` (a TCP RST),
+`trickle` (a 200 with its headers at once, then a keep-alive every `interval` seconds, default 0.3: a space, as
+gateways send before a JSON body, or with `sse: true` an `: OPENROUTER PROCESSING` comment as OpenRouter sends
+on streams; for `seconds`, default forever, then the completion) and `big` (a 200 whose body, a valid
+completion, is `size` bytes).
+
+**Outage.** `outage_status: 503` makes every call fail with that status until it is set back to null. Without
+`outage_provider_name` it is OpenRouter itself that is down: `/chat/completions`, `/models` and `/key` all answer
+it, with no provider named. With `outage_provider_name: "X"` the providers behind it are: OpenRouter checks the
+call as usual (key, models, free-tier limits) and answers the error with `error.metadata.provider_name = "X"`.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import collections
 import contextlib
 import contextvars
+import functools
 import hashlib
 import random
 import socket
 import struct
+import sys
 import time
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from decimal import Decimal
-from typing import Any
+from decimal import Decimal, InvalidOperation
+from importlib.resources import files
+from typing import Annotated, Any
 
 import orjson
+import typer
 from aiohttp import web
 
 from worker.structured import requested_schema
 
-__all__ = ["API_PREFIX", "DEFAULT_MODELS", "SimConfig", "Simulator", "config_from_args", "main", "serve"]
+__all__ = [
+    "API_PREFIX",
+    "CATALOG_FILE",
+    "SIM_MODELS",
+    "Rule",
+    "SimConfig",
+    "Simulator",
+    "config_from_args",
+    "default_models",
+    "main",
+    "serve",
+    "simulator_command",
+]
 
 API_PREFIX = "/api/v1"
 
-# id -> (prompt USD per token, completion USD per token), the strings OpenRouter's /models uses.
-DEFAULT_MODELS: dict[str, tuple[str, str]] = {
-    "meta-llama/llama-3.3-70b-instruct:free": ("0", "0"),
-    "google/gemma-3-27b-it:free": ("0", "0"),
-    "mistralai/mistral-small-3.2-24b-instruct:free": ("0", "0"),
-    "deepseek/deepseek-chat-v3-0324:free": ("0", "0"),
-    "qwen/qwen3-235b-a22b:free": ("0", "0"),
-    "openai/gpt-4o-mini": ("0.00000015", "0.0000006"),
-    "anthropic/claude-3.5-haiku": ("0.0000008", "0.000004"),
-    "google/gemini-2.0-flash-001": ("0.0000001", "0.0000004"),
-    "mistralai/mistral-small-3.2-24b-instruct": ("0.00000005", "0.0000001"),
+# OpenRouter's GET /models as saved on the date in its name; the file says where it came from.
+CATALOG_FILE = "openrouter_models_2026-08-18.json"
+
+# The tests' own models, never in OpenRouter's list: id -> (prompt, completion) USD per token.
+SIM_MODELS: dict[str, tuple[str, str]] = {
     "sim/echo": ("0.000001", "0.000002"),
     "sim/echo:free": ("0", "0"),
     "sim/backup": ("0.000002", "0.000004"),
@@ -49,10 +93,84 @@ DEFAULT_MODELS: dict[str, tuple[str, str]] = {
     "sim/last-resort": ("0.000004", "0.000008"),
 }
 
+MINUTE_SECONDS = 60.0
+DAY_SECONDS = 86400.0
+
 # When the request being answered arrived (each aiohttp request runs in its own task and context).
 _arrived: contextvars.ContextVar[float] = contextvars.ContextVar("arrived")
 
-_RULE_KINDS = ("status", "error_in_200", "top_level_error", "not_json", "hang", "reset", "reply")
+_RULE_KINDS = (
+    "status",
+    "error_in_200",
+    "top_level_error",
+    "not_json",
+    "hang",
+    "reset",
+    "reply",
+    "trickle",
+    "big",
+)
+
+
+@functools.cache
+def _snapshot() -> dict[str, Any]:
+    snapshot: dict[str, Any] = orjson.loads(files("worker").joinpath(CATALOG_FILE).read_bytes())
+    return snapshot
+
+
+def _listing_entry(model_id: str, prompt: str, completion: str, request: str | None = None) -> dict[str, Any]:
+    """A `/models` entry for a model given only by its prices (the tests' models)."""
+    pricing = {"prompt": prompt, "completion": completion}
+    if request is not None:
+        pricing["request"] = request
+    return {
+        "id": model_id,
+        "canonical_slug": model_id,
+        "name": model_id,
+        "created": 1735689600,
+        "context_length": 131072,
+        "architecture": {
+            "modality": "text->text",
+            "input_modalities": ["text"],
+            "output_modalities": ["text"],
+            "tokenizer": "Other",
+            "instruct_type": None,
+        },
+        "pricing": pricing,
+        "top_provider": {"context_length": 131072, "max_completion_tokens": 8192, "is_moderated": False},
+        "supported_parameters": ["max_tokens", "temperature", "top_p", "stop", "seed", "response_format"],
+    }
+
+
+def default_models() -> list[dict[str, Any]]:
+    """The catalogue served by default: OpenRouter's list, the withdrawn models the examples name, `sim/*`."""
+    snapshot = _snapshot()
+    return [
+        *snapshot["data"],
+        *(entry["model"] for entry in snapshot["withdrawn"]),
+        *(_listing_entry(model_id, *prices) for model_id, prices in SIM_MODELS.items()),
+    ]
+
+
+def _usd(value: Any) -> Decimal:
+    # "-1" marks a price OpenRouter cannot know in advance (its routers); the simulator charges nothing for it.
+    try:
+        amount = Decimal(str(value))
+    except (InvalidOperation, ValueError):
+        return Decimal(0)
+    return amount if amount.is_finite() and amount > 0 else Decimal(0)
+
+
+def _served(entry: Mapping[str, Any]) -> dict[str, Any]:
+    # Fields the published schema requires that the saved list was trimmed of; they hold nothing for text models.
+    slug = entry.get("canonical_slug") or entry["id"]
+    return {
+        "per_request_limits": None,
+        "default_parameters": None,
+        "supported_voices": None,
+        **entry,
+        "links": {"details": f"{API_PREFIX}/models/{slug}/endpoints"},
+    }
 
 
 @dataclass(slots=True)
@@ -68,15 +186,22 @@ class Rule:
     headers: dict[str, str] = field(default_factory=dict)
     metadata: dict[str, Any] | None = None
     content: str | None = None
-    seconds: float = 3600.0
+    # hang: how long it hangs (None: an hour); trickle: how long it trickles (None: forever).
+    seconds: float | None = None
     # For a scripted 429: X-RateLimit-Reset this many seconds from now, in the headers and the metadata.
     reset_in_seconds: float | None = None
+    delay: float = 0.0  # seconds to wait before answering as the rule says
+    interval: float = 0.3  # trickle: seconds between keep-alive bytes
+    sse: bool = False  # trickle: SSE comment lines instead of spaces
+    size: int = 1024 * 1024  # big: bytes in the body
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Rule:
         rule = cls(**{k: v for k, v in data.items() if k in cls.__slots__})
         if rule.kind not in _RULE_KINDS:
             raise ValueError(f"rule kind must be one of {_RULE_KINDS}")
+        if rule.interval <= 0:
+            raise ValueError("a rule's interval must be above 0")
         return rule
 
 
@@ -86,10 +211,12 @@ class SimConfig:
 
     latency_ms: float = 0.0
     free_per_minute: int = 20
-    free_window_seconds: float = 60.0
+    free_window_seconds: float = MINUTE_SECONDS
     free_per_day: int = 50
     # Length of a simulated "day" for the daily quota; None means real UTC days.
     day_seconds: float | None = None
+    # How much faster than real time the free tier's clock runs; setting it rescales the two lengths above.
+    speed: float = 1.0
     down_models: list[str] = field(default_factory=list)
     valid_keys: list[str] | None = None
     is_free_tier: bool = True
@@ -105,17 +232,20 @@ class SimConfig:
     chaos_hang: float = 0.0
     chaos_hang_seconds: float = 30.0
     rules: list[Rule] = field(default_factory=list)
+    # Every call answers this 5xx until set back to None: OpenRouter down, or its providers (named) down.
+    outage_status: int | None = None
+    outage_provider_name: str | None = None
 
 
 class Simulator:
     """The simulator's state and its HTTP handlers."""
 
     def __init__(
-        self, config: SimConfig | None = None, models: dict[str, tuple[str, str]] | None = None
+        self, config: SimConfig | None = None, models: Iterable[Mapping[str, Any]] | None = None
     ) -> None:
         self.config = config or SimConfig()
-        self.initial_models = dict(models or DEFAULT_MODELS)
-        self.models = dict(self.initial_models)
+        self.initial_models = [dict(m) for m in (default_models() if models is None else models)]
+        self._set_models(self.initial_models)
         self.started = time.time()
         self.reset_counters()
 
@@ -131,35 +261,60 @@ class Simulator:
         self.generation = 0
         self.spent = Decimal(0)
 
+    def _set_models(self, entries: Iterable[Mapping[str, Any]]) -> None:
+        self.models = {str(e["id"]): dict(e) for e in entries}
+        self.prices = {
+            model_id: tuple(_usd(e.get("pricing", {}).get(k)) for k in ("prompt", "completion", "request"))
+            for model_id, e in self.models.items()
+        }
+        served = [_served(e) for e in self.models.values()]
+        # Serialised once: the list is asked for at every submit and changes only through configure.
+        self._models_body = orjson.dumps(
+            {"data": served, "total_count": len(served), "links": {"next": None}}
+        )
+
     # --- configuration -------------------------------------------------------------------------------
     def configure(self, data: dict[str, Any]) -> None:
         """Apply a partial configuration (the body of POST /_sim/config); `reset` also restores the models."""
         if data.get("reset"):
             self.reset_counters()
-            self.models = dict(self.initial_models)
+            self._set_models(self.initial_models)
+        if "speed" in data:
+            speed = float(data["speed"])
+            if speed <= 0:
+                raise ValueError("speed must be above 0")
+            # The speed scales the minute and the day together; either given in the same body wins.
+            self.config.free_window_seconds = MINUTE_SECONDS / speed
+            self.config.day_seconds = None if speed == 1 else DAY_SECONDS / speed
         for key, value in data.items():
             if key == "rules":
                 self.config.rules = [Rule.from_json(r) for r in value]
             elif key == "models":
-                self.models = {m["id"]: (str(m["prompt"]), str(m["completion"])) for m in value}
+                self._set_models(
+                    m
+                    if "pricing" in m
+                    else _listing_entry(
+                        m["id"],
+                        str(m["prompt"]),
+                        str(m["completion"]),
+                        None if m.get("request") is None else str(m["request"]),
+                    )
+                    for m in value
+                )
             elif key != "reset":
                 if not hasattr(self.config, key):
                     raise ValueError(f"unknown setting {key!r}")
                 setattr(self.config, key, value)
 
     # --- free-tier limits ------------------------------------------------------------------------------
+    def _day_seconds(self) -> float:
+        return self.config.day_seconds or DAY_SECONDS
+
     def _day_index(self, now: float) -> int:
-        if self.config.day_seconds:
-            return int((now - self.started) // self.config.day_seconds)
-        return int(now // 86400)
+        return int(now // self._day_seconds())
 
     def _day_reset_ms(self, now: float) -> int:
-        if self.config.day_seconds:
-            return int((self.started + (self._day_index(now) + 1) * self.config.day_seconds) * 1000)
-        midnight = (datetime.fromtimestamp(now, UTC) + timedelta(days=1)).replace(
-            hour=0, minute=0, second=0, microsecond=0
-        )
-        return int(midnight.timestamp() * 1000)
+        return int((self._day_index(now) + 1) * self._day_seconds() * 1000)
 
     def _free_limit(self, now: float) -> web.Response | None:
         """None when a free request may go through (and counts it), else the 429 OpenRouter sends."""
@@ -200,6 +355,18 @@ class Simulator:
             status=429, body=orjson.dumps(body), headers=headers, content_type="application/json"
         )
 
+    def limits(self, now: float) -> dict[str, Any]:
+        """The free tier as it is enforced now: `GET /key`'s `data.simulator`."""
+        cfg = self.config
+        return {
+            "free_per_minute": cfg.free_per_minute,
+            "free_window_seconds": cfg.free_window_seconds,
+            "free_per_day": cfg.free_per_day,
+            "day_seconds": self._day_seconds(),
+            "day_started_at": self._day_index(now) * self._day_seconds(),
+            "speed": cfg.speed,
+        }
+
     # --- helpers ---------------------------------------------------------------------------------------
     @staticmethod
     def _error(
@@ -219,6 +386,13 @@ class Simulator:
             content_type="application/json",
         )
 
+    def _openrouter_down(self) -> web.Response | None:
+        """The answer of an OpenRouter that is down as a whole, or None."""
+        cfg = self.config
+        if cfg.outage_status is None or cfg.outage_provider_name is not None:
+            return None
+        return self._error(cfg.outage_status, "simulated outage: OpenRouter is unavailable")
+
     @staticmethod
     def _last_user_text(messages: list[Any]) -> str:
         for message in reversed(messages):
@@ -233,8 +407,10 @@ class Simulator:
     def _usage(self, model: str, prompt_text: str, content: str) -> dict[str, Any]:
         prompt_tokens = max(1, len(prompt_text) // 4)
         completion_tokens = max(1, len(content) // 4)
-        prompt_price, completion_price = self.models[model]
-        cost = Decimal(prompt_price) * prompt_tokens + Decimal(completion_price) * completion_tokens
+        prompt_price, completion_price, request_price = self.prices[model]
+        prompt_cost = prompt_price * prompt_tokens
+        completion_cost = completion_price * completion_tokens
+        cost = prompt_cost + completion_cost + request_price
         self.spent += cost
         usage: dict[str, Any] = {
             "prompt_tokens": prompt_tokens,
@@ -246,8 +422,8 @@ class Simulator:
             "completion_tokens_details": {"reasoning_tokens": 0, "image_tokens": 0},
             "cost_details": {
                 "upstream_inference_cost": None,
-                "upstream_inference_prompt_cost": float(Decimal(prompt_price) * prompt_tokens),
-                "upstream_inference_completions_cost": float(Decimal(completion_price) * completion_tokens),
+                "upstream_inference_prompt_cost": float(prompt_cost),
+                "upstream_inference_completions_cost": float(completion_cost),
             },
         }
         if self.config.byok:
@@ -291,6 +467,7 @@ class Simulator:
     def _record(self, body: Any, status: int, outcome: str, model: str | None = None) -> None:
         self.stats["calls"] += 1
         self.stats[f"status:{status}"] += 1
+        self.stats[f"outcome:{outcome}"] += 1
         if self.config.record_calls:
             self.calls.append(
                 {
@@ -315,6 +492,14 @@ class Simulator:
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         cfg = self.config
+        down = self._openrouter_down()
+        if down is not None:
+            try:
+                sent = orjson.loads(await request.read())
+            except orjson.JSONDecodeError:
+                sent = None
+            self._record(sent, down.status, "outage")
+            return down
         auth = request.headers.get("Authorization", "")
         if not auth.startswith("Bearer ") or not auth[7:].strip():
             self._record(None, 401, "no_key")
@@ -354,6 +539,13 @@ class Simulator:
             if limited is not None:
                 self._record(body, 429, "rate_limited")
                 return limited
+        if cfg.outage_status is not None and cfg.outage_provider_name is not None:
+            self._record(body, cfg.outage_status, "outage")
+            return self._error(
+                cfg.outage_status,
+                "Provider returned error",
+                metadata={"provider_name": cfg.outage_provider_name, "raw": "simulated outage"},
+            )
         text = self._last_user_text(body["messages"])
         if cfg.latency_ms:
             await asyncio.sleep(cfg.latency_ms / 1000)
@@ -369,15 +561,15 @@ class Simulator:
         if rule is not None:
             if rule.times > 0:
                 rule.times -= 1
+            if rule.delay > 0:
+                await asyncio.sleep(rule.delay)
             return await self._apply(rule, request, body, candidates, text)
         for model in candidates:
             if model in cfg.down_models:
                 continue
             content = _structured_reply(body, text) or f"echo: {text}"
             self._record(body, 200, "ok", model)
-            return web.json_response(
-                self._completion(model, text, content), dumps=lambda v: orjson.dumps(v).decode()
-            )
+            return _json(self._completion(model, text, content))
         self._record(body, 503, "all_down")
         return self._error(
             503,
@@ -391,9 +583,7 @@ class Simulator:
         model = candidates[0]
         if rule.kind == "reply":
             self._record(body, 200, "ok", model)
-            return web.json_response(
-                self._completion(model, text, rule.content or ""), dumps=lambda v: orjson.dumps(v).decode()
-            )
+            return _json(self._completion(model, text, rule.content or ""))
         if rule.kind == "status":
             self._record(body, rule.status, "rule")
             headers, metadata = dict(rule.headers), rule.metadata
@@ -412,14 +602,11 @@ class Simulator:
         if rule.kind == "error_in_200":
             self._record(body, 200, "error_in_200", model)
             error = {"code": rule.code or 502, "message": rule.message or "Provider returned error"}
-            completion = self._completion(model, text, "", finish="error", choice_error=error)
-            return web.json_response(completion, dumps=lambda v: orjson.dumps(v).decode())
+            return _json(self._completion(model, text, "", finish="error", choice_error=error))
         if rule.kind == "top_level_error":
             self._record(body, 200, "top_level_error")
             error = {"code": rule.code or 502, "message": rule.message or "Provider returned error"}
-            return web.json_response(
-                {"error": error, "user_id": "user_sim"}, dumps=lambda v: orjson.dumps(v).decode()
-            )
+            return _json({"error": error, "user_id": "user_sim"})
         if rule.kind == "not_json":
             self._record(body, rule.status, "not_json")
             return web.Response(
@@ -427,62 +614,68 @@ class Simulator:
             )
         if rule.kind == "hang":
             self._record(body, 0, "hang")
-            await asyncio.sleep(rule.seconds)
+            await asyncio.sleep(3600.0 if rule.seconds is None else rule.seconds)
             return self._error(504, "simulated hang ended")
+        if rule.kind == "trickle":
+            self._record(body, 200, "trickle", model)
+            return await self._trickle(rule, request, model, text)
+        if rule.kind == "big":
+            self._record(body, 200, "big", model)
+            return web.Response(body=self._big_body(rule.size, model, text), content_type="application/json")
         # reset: drop the connection with a RST, as a crashed proxy does
         self._record(body, 0, "reset")
-        transport = request.transport
-        if transport is not None:
-            sock = transport.get_extra_info("socket")
-            if sock is not None:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            transport.abort()
+        _reset(request)
         raise asyncio.CancelledError
 
+    async def _trickle(self, rule: Rule, request: web.Request, model: str, text: str) -> web.StreamResponse:
+        """Headers now, a keep-alive byte every `interval` for `seconds` (or for ever), then the completion."""
+        response = web.StreamResponse(
+            status=200,
+            headers={
+                "Content-Type": "text/event-stream" if rule.sse else "application/json",
+                "Cache-Control": "no-cache",
+            },
+        )
+        await response.prepare(request)
+        keep_alive = b": OPENROUTER PROCESSING\n\n" if rule.sse else b" "
+        deadline = None if rule.seconds is None else time.monotonic() + rule.seconds
+        try:
+            while deadline is None or time.monotonic() < deadline:
+                await response.write(keep_alive)
+                left = rule.interval if deadline is None else deadline - time.monotonic()
+                await asyncio.sleep(max(0.0, min(rule.interval, left)))
+            content = rule.content if rule.content is not None else f"echo: {text}"
+            completion = self._completion(model, text, content)
+            if rule.sse:
+                # The whole answer as one chunk, as a stream's last chunk carries the usage.
+                choice = completion["choices"][0]
+                choice["delta"] = choice.pop("message")
+                completion["object"] = "chat.completion.chunk"
+                await response.write(b"data: " + orjson.dumps(completion) + b"\n\ndata: [DONE]\n\n")
+            else:
+                await response.write(orjson.dumps(completion))
+            await response.write_eof()
+        except ConnectionError:
+            pass  # the client gave up: there is no one left to answer
+        return response
+
+    def _big_body(self, size: int, model: str, text: str) -> bytes:
+        """A completion of exactly `size` bytes (at least its fields' own size), its content padded."""
+        completion = self._completion(model, text, "x" * size)
+        overhead = len(orjson.dumps(completion)) - size
+        completion["choices"][0]["message"]["content"] = "x" * max(0, size - overhead)
+        return orjson.dumps(completion)
+
     async def list_models(self, _: web.Request) -> web.Response:
-        data = [
-            {
-                "id": model_id,
-                "canonical_slug": model_id,
-                "name": model_id,
-                "created": int(self.started),
-                "description": "a simulated model",
-                "context_length": 131072,
-                "architecture": {
-                    "modality": "text->text",
-                    "input_modalities": ["text"],
-                    "output_modalities": ["text"],
-                    "tokenizer": "Other",
-                    "instruct_type": None,
-                },
-                "pricing": {
-                    "prompt": prompt,
-                    "completion": completion,
-                    "request": "0",
-                    "image": "0",
-                    "web_search": "0",
-                    "internal_reasoning": "0",
-                },
-                "top_provider": {
-                    "context_length": 131072,
-                    "max_completion_tokens": 8192,
-                    "is_moderated": False,
-                },
-                "per_request_limits": None,
-                "supported_parameters": [
-                    "max_tokens",
-                    "temperature",
-                    "top_p",
-                    "stop",
-                    "seed",
-                    "response_format",
-                ],
-            }
-            for model_id, (prompt, completion) in self.models.items()
-        ]
-        return web.json_response({"data": data}, dumps=lambda v: orjson.dumps(v).decode())
+        down = self._openrouter_down()
+        if down is not None:
+            return down
+        return web.Response(body=self._models_body, content_type="application/json")
 
     async def key(self, request: web.Request) -> web.Response:
+        down = self._openrouter_down()
+        if down is not None:
+            return down
         if not request.headers.get("Authorization", "").startswith("Bearer "):
             return self._error(401, "No auth credentials found")
         cfg = self.config
@@ -511,13 +704,15 @@ class Simulator:
             },
             "expires_at": None,
             "creator_user_id": "user_sim",
+            # Not OpenRouter's: the limits this simulator enforces, so a worker can take them as from a real key.
+            "simulator": self.limits(time.time()),
         }
-        return web.json_response({"data": data}, dumps=lambda v: orjson.dumps(v).decode())
+        return _json({"data": data})
 
     async def set_config(self, request: web.Request) -> web.Response:
         try:
             self.configure(await request.json(loads=orjson.loads))
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, KeyError) as exc:
             return web.json_response({"error": str(exc)}, status=400)
         return web.json_response({"ok": True})
 
@@ -539,6 +734,19 @@ class Simulator:
         app.router.add_get("/_sim/calls", self.get_calls)
         app.router.add_get("/_sim/stats", self.get_stats)
         return app
+
+
+def _json(value: Any) -> web.Response:
+    return web.Response(body=orjson.dumps(value), content_type="application/json")
+
+
+def _reset(request: web.Request) -> None:
+    transport = request.transport
+    if transport is not None:
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        transport.abort()
 
 
 def _fake_instance(schema: Any, text: str, depth: int = 0) -> Any:
@@ -592,51 +800,154 @@ async def serve(simulator: Simulator, host: str, port: int) -> tuple[web.AppRunn
     return runner, int(bound)
 
 
-def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="orbatch simulator", description=__doc__)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8787)
-    parser.add_argument("--latency-ms", type=float, default=0.0)
-    parser.add_argument("--free-per-minute", type=int, default=20)
-    parser.add_argument("--free-window-seconds", type=float, default=60.0)
-    parser.add_argument("--free-per-day", type=int, default=50)
-    parser.add_argument("--day-seconds", type=float, default=None)
-    parser.add_argument(
-        "--no-record", action="store_true", help="do not keep request bodies (long benchmarks)"
-    )
-    return parser.parse_args(argv)
+def _positive(value: float | None, option: str) -> None:
+    if value is not None and value <= 0:
+        raise typer.BadParameter("must be above 0", param_hint=option)
 
 
-def _config(args: argparse.Namespace) -> SimConfig:
+def _make_config(
+    *,
+    latency_ms: float,
+    free_per_minute: int,
+    free_window_seconds: float | None,
+    free_per_day: int | None,
+    day_seconds: float | None,
+    speed: float,
+    free_tier: bool,
+    credits: float | None,
+    no_record: bool,
+) -> SimConfig:
+    _positive(speed, "--speed")
+    _positive(free_window_seconds, "--free-window-seconds")
+    _positive(day_seconds, "--day-seconds")
+    if day_seconds is None and speed != 1:
+        day_seconds = DAY_SECONDS / speed
     return SimConfig(
-        latency_ms=args.latency_ms,
-        free_per_minute=args.free_per_minute,
-        free_window_seconds=args.free_window_seconds,
-        free_per_day=args.free_per_day,
-        day_seconds=args.day_seconds,
-        record_calls=not args.no_record,
+        latency_ms=latency_ms,
+        free_per_minute=free_per_minute,
+        free_window_seconds=MINUTE_SECONDS / speed if free_window_seconds is None else free_window_seconds,
+        # An account that bought $10 of credits gets 1000 free requests a day instead of 50.
+        free_per_day=(50 if free_tier else 1000) if free_per_day is None else free_per_day,
+        day_seconds=day_seconds,
+        speed=speed,
+        is_free_tier=free_tier,
+        credits=credits,
+        record_calls=not no_record,
     )
 
 
-def config_from_args(argv: list[str]) -> SimConfig:
-    """A simulator configuration from `orbatch simulator`'s options (for `orbatch run --simulator`)."""
-    return _config(_parse_args(argv))
+def simulator_command(
+    host: Annotated[
+        str, typer.Option(help="Address to listen on. Keep it on loopback: the simulator checks no key.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on; 0 takes a free one.")] = 8787,
+    latency_ms: Annotated[
+        float, typer.Option(help="Milliseconds every answer takes, as a model would.")
+    ] = 0.0,
+    free_per_minute: Annotated[
+        int, typer.Option(help="Free-model requests allowed in any window (OpenRouter: 20 a minute).")
+    ] = 20,
+    free_window_seconds: Annotated[
+        float | None,
+        typer.Option(help="Length of that window in seconds.", show_default="60 / speed"),
+    ] = None,
+    free_per_day: Annotated[
+        int | None,
+        typer.Option(
+            help="Free-model requests allowed per (simulated) day.",
+            show_default="50; 1000 with --no-free-tier",
+        ),
+    ] = None,
+    day_seconds: Annotated[
+        float | None,
+        typer.Option(
+            help="Length of a simulated day in seconds (days run from the epoch, as UTC days do).",
+            show_default="86400 / speed: real UTC days at speed 1",
+        ),
+    ] = None,
+    speed: Annotated[
+        float,
+        typer.Option(
+            help="How many times faster than real time the free tier's clock runs: at 10 the minute lasts "
+            "6 s and the day 8,640 s, so a spent daily quota comes back within hours, not at 00:00 UTC."
+        ),
+    ] = 1.0,
+    free_tier: Annotated[
+        bool,
+        typer.Option(
+            "--free-tier/--no-free-tier",
+            help="Answer as an account that never bought credits, or (--no-free-tier) one that bought $10: "
+            "GET /key's is_free_tier, the daily limit's default and its 429's name.",
+        ),
+    ] = True,
+    credits: Annotated[
+        float | None,
+        typer.Option(
+            help="The key's credit limit in USD, as GET /key reports it; 0 or less answers every call with "
+            "402 (no credits).",
+            show_default="no limit",
+        ),
+    ] = None,
+    no_record: Annotated[
+        bool, typer.Option("--no-record", help="Keep no request bodies (long benchmarks).")
+    ] = False,
+) -> None:
+    """Serve the OpenRouter simulator on loopback: no key, no quota, no real model; answers echo the prompts."""
+    config = _make_config(
+        latency_ms=latency_ms,
+        free_per_minute=free_per_minute,
+        free_window_seconds=free_window_seconds,
+        free_per_day=free_per_day,
+        day_seconds=day_seconds,
+        speed=speed,
+        free_tier=free_tier,
+        credits=credits,
+        no_record=no_record,
+    )
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_serve_forever(Simulator(config), host, port))
 
 
-async def _run(args: argparse.Namespace) -> None:
-    runner, port = await serve(Simulator(_config(args)), args.host, args.port)
-    print(f"OpenRouter simulator listening on http://{args.host}:{port}{API_PREFIX}", flush=True)
+async def _serve_forever(simulator: Simulator, host: str, port: int) -> None:
+    runner, bound = await serve(simulator, host, port)
+    # Tests and scripts read this first line of stdout for the address.
+    print(f"OpenRouter simulator listening on http://{host}:{bound}{API_PREFIX}", flush=True)
+    cfg = simulator.config
+    day = "real UTC days" if cfg.day_seconds is None else f"days of {cfg.day_seconds:g} s"
+    print(
+        f"free tier: {cfg.free_per_minute} requests per {cfg.free_window_seconds:g} s, {cfg.free_per_day} per "
+        f"day ({day}); {len(simulator.models)} models (OpenRouter's list as of {_snapshot()['snapshot']})",
+        file=sys.stderr,
+        flush=True,
+    )
     try:
         await asyncio.Event().wait()
     finally:
         await runner.cleanup()
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Run the simulator until interrupted."""
-    args = _parse_args(argv)
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_run(args))
+_cli = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+_cli.command()(simulator_command)
+
+
+def config_from_args(argv: Sequence[str]) -> SimConfig:
+    """A simulator configuration from `orbatch simulator`'s options (for `orbatch run --simulator`)."""
+    command = typer.main.get_command(_cli)
+    try:
+        with command.make_context("orbatch simulator", list(argv)) as ctx:
+            params = dict(ctx.params)
+        del params["host"], params["port"]
+        return _make_config(**params)
+    except typer.TyperException as exc:
+        print(f"orbatch simulator: error: {exc.format_message()}", file=sys.stderr)
+        raise SystemExit(2) from exc
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Run the simulator until interrupted (`python -m worker.simulator --help` lists its options)."""
+    typer.main.get_command(_cli).main(
+        args=None if argv is None else list(argv), prog_name="orbatch simulator"
+    )
 
 
 if __name__ == "__main__":
