@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 import orjson
 from rich.table import Table
+from rich.text import Text
 from sqlalchemy import func, select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -170,8 +171,8 @@ def render_table(rows: list[ModelRow]) -> Table:
     table.add_column("free")
     for row in rows:
         table.add_row(
-            row.id,
-            row.name,
+            Text(row.id),
+            Text(row.name),
             "?" if row.context_length is None else f"{row.context_length:,}",
             _usd(row.prompt_per_million),
             _usd(row.completion_per_million),

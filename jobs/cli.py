@@ -12,12 +12,14 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
+import httpx
 import orjson
 import typer
 from redis.exceptions import RedisError
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from jobs.catalog import model_rows, render_table, rows_json
 from jobs.control import cancel_batch, resume_batch, retry_failed
 from jobs.db import create_engine, ensure_database, upgrade
 from jobs.embedded import local_services
@@ -57,6 +59,7 @@ from jobs.terminal import (
     usage_table,
 )
 from jobs.usage import UsageReport, usage_report
+from worker.simconfig import simulator_command
 
 __all__ = ["app", "main"]
 
@@ -448,12 +451,27 @@ def retry(
     say(err, f"{batch}: {count} failed requests queued again")
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def simulator(ctx: typer.Context) -> None:
-    """Serve the OpenRouter simulator on loopback (no key, no quota); `--help` lists its options."""
-    from worker.simulator import main as simulator_main
+app.command("simulator")(simulator_command)
 
-    simulator_main(list(ctx.args))
+
+@app.command()
+def models(
+    free: Annotated[bool, typer.Option("--free", help="Only the free (`:free`) variants.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List the models OpenRouter offers (or the simulator, per OPENROUTER_BASE_URL), with their prices."""
+    settings = _settings()
+    key = settings.openrouter_api_key.get_secret_value() if settings.openrouter_api_key else None
+    try:
+        rows = asyncio.run(model_rows(settings.openrouter_base_url, key, free_only=free))
+    except httpx.HTTPError as exc:
+        raise ServiceUnavailable(
+            f"cannot read the model list from {settings.openrouter_base_url}/models ({type(exc).__name__}: {exc})"
+        ) from None
+    if as_json:
+        _print_json(rows_json(rows))
+    else:
+        out.print(render_table(rows))
 
 
 def _as_orbatch_error(exc: BaseException) -> OrbatchError | None:

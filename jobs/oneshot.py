@@ -51,7 +51,8 @@ class RunPlan:
 
 
 async def _start_simulator(settings: Settings, stack: contextlib.AsyncExitStack, err: Console) -> Settings:
-    from worker.simulator import API_PREFIX, Simulator, config_from_args, serve
+    from worker.simconfig import config_from_args
+    from worker.simulator import API_PREFIX, Simulator, serve
 
     config = config_from_args(shlex.split(settings.simulator_args))
     runner, port = await serve(Simulator(config), "127.0.0.1", 0)

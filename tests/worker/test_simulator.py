@@ -21,7 +21,7 @@ from referencing.jsonschema import DRAFT202012
 
 from tests.support import ROOT, TEST_API_KEY, Simulator
 from tests.worker.test_openrouter import SPEC
-from worker.simulator import config_from_args
+from worker.simconfig import config_from_args
 
 AUTH = {"Authorization": f"Bearer {TEST_API_KEY}"}
 
