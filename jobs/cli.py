@@ -45,7 +45,7 @@ from jobs.options import (
     parse_usd,
     submit_options,
 )
-from jobs.progress import ProgressView, exit_status, finished, free_limits, needs_action, watch
+from jobs.progress import ProgressView, exit_status, finished, needs_action, read_fleet, watch
 from jobs.queue import connect
 from jobs.settings import Settings, get_settings
 from jobs.status import BatchSummary, batch_summary, list_batches
@@ -142,7 +142,7 @@ async def _watch_batch(
 ) -> BatchSummary:
     """Watch a batch run by other workers until it finishes or stops; Ctrl-C ends the watch only."""
     redis = await connect(settings.redis_url, settings.queue_name, patient=False)
-    limits = functools.partial(free_limits, settings, redis)
+    limits = functools.partial(read_fleet, settings, redis)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGINT, stop.set)

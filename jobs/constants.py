@@ -17,16 +17,19 @@ __all__ = [
     "MAX_LINE_BYTES",
     "MAX_MODELS_PER_CALL",
     "MAX_REPORTED_LINE_ERRORS",
+    "PERSIST_DEADLINE_SECONDS",
     "PLAIN_PROGRESS_SECONDS",
     "QUOTA_HOLD_SECONDS",
     "READ_BLOCK_BYTES",
     "REDIS_EPOCH_KEY",
+    "REMAINING_FREE_SECONDS",
     "REQUEUE_AFTER_SECONDS",
     "RUN_REQUEST_FUNCTION",
     "STAGING_COPY_BYTES",
     "STAGING_COPY_CHUNK",
     "SWEEP_SECONDS",
     "TASK_TIMEOUT_MARGIN_SECONDS",
+    "THROTTLE_KEY",
     "TWIN_WAIT_SECONDS",
     "WATCH_POLL_SECONDS",
 ]
@@ -38,6 +41,10 @@ FEEDER_LOCK_KEY = "{queue}:feeder-lock"
 # Written by the feeder and never expired: when it is missing, Redis lost its data (FLUSHALL or a restart
 # without persistence) and every request Postgres believes queued must be queued again.
 REDIS_EPOCH_KEY = "{queue}:epoch"
+# The throttle's keys (`free-tat`, `free-day`, `in-flight`, `cooldown:free`, `cooldown:paid`, `breaker`,
+# `breaker-streak…`), under the queue name so every worker of a deployment shares them. Simulated runs use the
+# queue name plus `:sim`, so a simulator's counts never mix with a real account's.
+THROTTLE_KEY = "{queue}:throttle:{name}"
 # A hash the workers write at start: the free-tier limits they apply (the daily one read from GET /key), so
 # `status --watch` on another machine computes the same quota-aware ETA as the workers pace by.
 LIMITS_KEY = "{queue}:limits"
@@ -66,8 +73,11 @@ MAX_MODELS_PER_CALL = 3
 # no-op while its job still waits in Redis), so this only bounds how long a lost job strands a request:
 # a job that failed outside the task's control, an expired job key, a Redis failover to a stale replica.
 REQUEUE_AFTER_SECONDS = 60.0
-# arq kills a task at its timeout; the task's own HTTP timeout must fire first so the attempt is recorded.
+# arq kills a task at its timeout, which must never cut a task that is still within its bounds: the longest
+# throttle wait, the call's own deadline, then its write retried through a database restart, plus this margin.
 TASK_TIMEOUT_MARGIN_SECONDS = 60.0
+# A response in hand is worth waiting for: its write is retried through a database restart this long.
+PERSIST_DEADLINE_SECONDS = 120.0
 # Seconds of each minute at which the arq cron sweeper runs a feeder tick (a backstop for the feeder loop).
 SWEEP_SECONDS = frozenset({0, 15, 30, 45})
 # How often a burst worker asks Postgres whether anything is left to run.
@@ -91,6 +101,9 @@ ERROR_MESSAGE_MAX_CHARS = 2000
 
 # How often a watcher (`run`, `status --watch`, `submit --wait`) reads a batch's counts: one cheap query.
 WATCH_POLL_SECONDS = 1.0
+# How often a watcher counts again which unfinished requests go to a free model (a scan of the batch's
+# unfinished requests, for the quota-aware ETA): the count moves slowly and the scan grows with the batch.
+REMAINING_FREE_SECONDS = 30.0
 # Off a terminal, progress is a plain line this often (and at every change of state): a log, not a redraw.
 PLAIN_PROGRESS_SECONDS = 5.0
 

@@ -4,25 +4,26 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from jobs.db import retry_conflicts
 from jobs.errors import Conflict
+from jobs.sql import sql
+from jobs.states import BatchStatus
 from jobs.status import BatchNotFound
 
-__all__ = ["ResumeRefused", "cancel_batch", "resume_batch", "retry_failed"]
+__all__ = ["ResumeRefused", "cancel_batch", "release_batch_queue_marks", "resume_batch", "retry_failed"]
 
-_RESUME = text(
+_RESUME = sql(
     """
     WITH resumed AS (
-        UPDATE batch SET status = 'in_progress', pause_reason = NULL, pause_message = NULL, resume_at = NULL,
+        UPDATE batch SET status = {B.IN_PROGRESS}, pause_reason = NULL, pause_message = NULL, resume_at = NULL,
                max_cost = coalesce(CAST(:max_cost AS numeric), max_cost)
-        WHERE id = :batch_id AND status = 'paused'
+        WHERE id = :batch_id AND status = {B.PAUSED}
         RETURNING id
     ), target AS (
         SELECT r.id FROM request r JOIN resumed ON r.batch_id = resumed.id
-        WHERE r.status = 'pending' ORDER BY r.id FOR UPDATE OF r
+        WHERE r.status = {R.PENDING} ORDER BY r.id FOR UPDATE OF r
     ), cleared AS (
         UPDATE request r SET enqueued_at = NULL, next_attempt_at = LEAST(r.next_attempt_at, now())
         FROM target WHERE r.id = target.id
@@ -32,48 +33,69 @@ _RESUME = text(
 )
 
 # A running batch is swept by hand: every unfinished request of it is fed again (after a Redis loss, say).
-_REQUEUE = text(
+_REQUEUE = sql(
     """
     WITH target AS (
-        SELECT id FROM request WHERE batch_id = :batch_id AND status = 'pending' ORDER BY id FOR UPDATE
+        SELECT id FROM request WHERE batch_id = :batch_id AND status = {R.PENDING} ORDER BY id FOR UPDATE
     )
     UPDATE request r SET enqueued_at = NULL, next_attempt_at = LEAST(r.next_attempt_at, now())
-    FROM target WHERE r.id = target.id AND r.status = 'pending'
+    FROM target WHERE r.id = target.id AND r.status = {R.PENDING}
     """
 )
 
 # No new call starts for a cancelling batch; calls in flight finish and are kept, then the feeder marks
-# the batch cancelled.
-_CANCEL = text(
+# the batch cancelled (at once, when nothing was in flight).
+_CANCEL = sql(
     """
     WITH batch_row AS (
-        UPDATE batch SET status = 'cancelling', pause_reason = NULL, pause_message = NULL, resume_at = NULL
-        WHERE id = :batch_id AND status IN ('validating', 'in_progress', 'paused')
+        UPDATE batch SET status = {B.CANCELLING}, pause_reason = NULL, pause_message = NULL, resume_at = NULL
+        WHERE id = :batch_id AND status IN ({B.VALIDATING}, {B.IN_PROGRESS}, {B.PAUSED})
         RETURNING id
     ), target AS (
         SELECT r.id FROM request r JOIN batch_row ON r.batch_id = batch_row.id
-        WHERE r.status = 'pending' ORDER BY r.id FOR UPDATE OF r
+        WHERE r.status = {R.PENDING} ORDER BY r.id FOR UPDATE OF r
     ), cancelled AS (
-        UPDATE request r SET status = 'cancelled', finished_at = now(), enqueued_at = NULL
-        FROM target WHERE r.id = target.id AND r.status = 'pending'
+        UPDATE request r SET status = {R.CANCELLED}, finished_at = now(), enqueued_at = NULL
+        FROM target WHERE r.id = target.id AND r.status = {R.PENDING}
         RETURNING r.id
     )
     SELECT (SELECT count(*) FROM batch_row) AS batches, (SELECT count(*) FROM cancelled) AS requests
     """
 )
 
-_RETRY_FAILED = text(
+_CANCELLED_IF_IDLE = sql(
+    """
+    UPDATE batch SET status = {B.CANCELLED}, finished_at = now()
+    WHERE id = :batch_id AND status = {B.CANCELLING}
+      AND NOT EXISTS (SELECT 1 FROM request WHERE batch_id = :batch_id AND status IN ({R.PENDING}, {R.RUNNING}))
+    """
+)
+
+_STATUS = sql("SELECT status FROM batch WHERE id = :b")
+
+# A run's own queue is gone: its requests still marked queued are fed again by whoever works the batch next.
+_RELEASE_QUEUE_MARKS = sql(
     """
     WITH target AS (
-        SELECT id FROM request WHERE batch_id = :batch_id AND status = 'failed' ORDER BY id FOR UPDATE
+        SELECT id FROM request WHERE batch_id = :batch_id AND status = {R.PENDING} AND enqueued_at IS NOT NULL
+        ORDER BY id FOR UPDATE
+    )
+    UPDATE request r SET enqueued_at = NULL FROM target WHERE r.id = target.id
+    """
+)
+
+_RETRY_FAILED = sql(
+    """
+    WITH target AS (
+        SELECT id FROM request WHERE batch_id = :batch_id AND status = {R.FAILED} ORDER BY id FOR UPDATE
     ), retried AS (
-        UPDATE request r SET status = 'pending', failures = 0, chain_pos = 0, next_attempt_at = now(),
+        UPDATE request r SET status = {R.PENDING}, failures = 0, chain_pos = 0, next_attempt_at = now(),
                enqueued_at = NULL, finished_at = NULL, last_error = NULL
-        FROM target WHERE r.id = target.id AND r.status = 'failed'
+        FROM target WHERE r.id = target.id AND r.status = {R.FAILED}
         RETURNING r.id
     ), reopened AS (
-        UPDATE batch SET status = 'in_progress', finished_at = NULL
-        WHERE id = :batch_id AND status IN ('completed', 'in_progress') AND EXISTS (SELECT 1 FROM retried)
+        UPDATE batch SET status = {B.IN_PROGRESS}, finished_at = NULL
+        WHERE id = :batch_id AND status IN ({B.COMPLETED}, {B.IN_PROGRESS}) AND EXISTS (SELECT 1 FROM retried)
         RETURNING id
     )
     SELECT count(*) FROM retried
@@ -94,7 +116,7 @@ async def _resume(engine: AsyncEngine, batch_id: str, max_cost: Decimal | None) 
     async with engine.begin() as conn:
         row = (
             await conn.execute(
-                text("SELECT status, max_cost, spent FROM batch WHERE id = :batch_id FOR UPDATE"),
+                sql("SELECT status, max_cost, spent FROM batch WHERE id = :batch_id FOR UPDATE"),
                 {"batch_id": batch_id},
             )
         ).one_or_none()
@@ -102,7 +124,7 @@ async def _resume(engine: AsyncEngine, batch_id: str, max_cost: Decimal | None) 
             raise BatchNotFound(batch_id)
         if (
             max_cost is None
-            and row.status == "paused"
+            and row.status == BatchStatus.PAUSED
             and row.max_cost is not None
             and row.spent >= row.max_cost
         ):
@@ -114,7 +136,7 @@ async def _resume(engine: AsyncEngine, batch_id: str, max_cost: Decimal | None) 
             raise ResumeRefused(
                 f"--max-cost {max_cost} is not above what {batch_id} has already spent ({row.spent} USD)"
             )
-        if row.status == "in_progress":
+        if row.status == BatchStatus.IN_PROGRESS:
             requeued = (await conn.execute(_REQUEUE, {"batch_id": batch_id})).rowcount
             return f"running; {requeued} unfinished requests queued again"
         resumed = (await conn.execute(_RESUME, {"batch_id": batch_id, "max_cost": max_cost})).scalar_one()
@@ -129,9 +151,8 @@ async def cancel_batch(engine: AsyncEngine, batch_id: str) -> str:
 async def _cancel(engine: AsyncEngine, batch_id: str) -> str:
     async with engine.begin() as conn:
         row = (await conn.execute(_CANCEL, {"batch_id": batch_id})).one()
-        status = (
-            await conn.execute(text("SELECT status FROM batch WHERE id = :b"), {"b": batch_id})
-        ).scalar()
+        await conn.execute(_CANCELLED_IF_IDLE, {"batch_id": batch_id})
+        status = (await conn.execute(_STATUS, {"b": batch_id})).scalar()
     if status is None:
         raise BatchNotFound(batch_id)
     if not row.batches:
@@ -146,13 +167,21 @@ async def retry_failed(engine: AsyncEngine, batch_id: str) -> int:
 
 async def _retry_failed(engine: AsyncEngine, batch_id: str) -> int:
     async with engine.begin() as conn:
-        status = (
-            await conn.execute(text("SELECT status FROM batch WHERE id = :b"), {"b": batch_id})
-        ).scalar()
+        status = (await conn.execute(_STATUS, {"b": batch_id})).scalar()
         if status is None:
             raise BatchNotFound(batch_id)
-        if status not in ("completed", "in_progress"):
+        if status not in (BatchStatus.COMPLETED, BatchStatus.IN_PROGRESS):
             raise ResumeRefused(
                 f"{batch_id} is {status}: only a running or completed batch can retry its failures"
             )
         return int((await conn.execute(_RETRY_FAILED, {"batch_id": batch_id})).scalar_one())
+
+
+async def release_batch_queue_marks(engine: AsyncEngine, batch_id: str) -> None:
+    """Forget which of the batch's requests are queued (their queue is gone); the feeder queues them again."""
+    await retry_conflicts(lambda: _release_marks(engine, batch_id))
+
+
+async def _release_marks(engine: AsyncEngine, batch_id: str) -> None:
+    async with engine.begin() as conn:
+        await conn.execute(_RELEASE_QUEUE_MARKS, {"batch_id": batch_id})

@@ -6,11 +6,11 @@ import uuid
 from dataclasses import dataclass
 
 from arq.connections import ArqRedis
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from jobs.constants import REDIS_EPOCH_KEY, REQUEUE_AFTER_SECONDS
 from jobs.queue import enqueue_requests
+from jobs.sql import sql
 
 __all__ = ["FeedReport", "feed"]
 
@@ -26,33 +26,38 @@ class FeedReport:
     redis_reset: bool = False
 
 
-_EXPIRE_LEASES = text(
+# A dead worker's leases: its requests go back to pending (cancelled, for a cancelling batch) and its calls in
+# flight are marked abandoned.
+_EXPIRE_LEASES = sql(
     """
     WITH target AS (
-        SELECT id FROM request WHERE status = 'running' AND lease_expires_at < now() ORDER BY id FOR UPDATE
+        SELECT id FROM request WHERE status = {R.RUNNING} AND lease_expires_at < now() ORDER BY id FOR UPDATE
     ), expired AS (
-        UPDATE request r SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL,
-               enqueued_at = NULL, next_attempt_at = now()
-        FROM target WHERE r.id = target.id AND r.status = 'running' AND r.lease_expires_at < now()
+        UPDATE request r SET
+               status = CASE WHEN b.status = {B.CANCELLING} THEN {R.CANCELLED} ELSE {R.PENDING} END,
+               finished_at = CASE WHEN b.status = {B.CANCELLING} THEN now() END,
+               lease_owner = NULL, lease_expires_at = NULL, enqueued_at = NULL, next_attempt_at = now()
+        FROM target, batch b
+        WHERE r.id = target.id AND b.id = r.batch_id AND r.status = {R.RUNNING} AND r.lease_expires_at < now()
         RETURNING r.id, r.attempts
     )
-    UPDATE attempt a SET outcome = 'abandoned', finished_at = now(),
+    UPDATE attempt a SET outcome = {O.ABANDONED}, finished_at = now(),
            error_message = 'the worker running this call stopped before recording it'
-    FROM expired e WHERE a.request_id = e.id AND a.number = e.attempts AND a.outcome = 'in_flight'
+    FROM expired e WHERE a.request_id = e.id AND a.number = e.attempts AND a.outcome = {O.IN_FLIGHT}
     RETURNING a.request_id
     """
 )
 
 # A parked batch whose wait is over runs again; its requests' queue marks are dropped so they are re-fed.
-_RESUME_BATCHES = text(
+_RESUME_BATCHES = sql(
     """
     WITH resumed AS (
-        UPDATE batch SET status = 'in_progress', pause_reason = NULL, pause_message = NULL, resume_at = NULL
-        WHERE status = 'paused' AND resume_at IS NOT NULL AND resume_at <= now()
+        UPDATE batch SET status = {B.IN_PROGRESS}, pause_reason = NULL, pause_message = NULL, resume_at = NULL
+        WHERE status = {B.PAUSED} AND resume_at IS NOT NULL AND resume_at <= now()
         RETURNING id
     ), target AS (
         SELECT r.id FROM request r JOIN resumed ON r.batch_id = resumed.id
-        WHERE r.status = 'pending' AND r.enqueued_at IS NOT NULL ORDER BY r.id FOR UPDATE OF r
+        WHERE r.status = {R.PENDING} AND r.enqueued_at IS NOT NULL ORDER BY r.id FOR UPDATE OF r
     ), cleared AS (
         UPDATE request r SET enqueued_at = NULL FROM target WHERE r.id = target.id
     )
@@ -61,10 +66,10 @@ _RESUME_BATCHES = text(
 )
 
 # Multi-row updates of requests lock them in id order, so two of them never deadlock each other.
-_FORGET_QUEUED = text(
+_FORGET_QUEUED = sql(
     """
     WITH target AS (
-        SELECT id FROM request WHERE status = 'pending' AND enqueued_at IS NOT NULL ORDER BY id FOR UPDATE
+        SELECT id FROM request WHERE status = {R.PENDING} AND enqueued_at IS NOT NULL ORDER BY id FOR UPDATE
     )
     UPDATE request r SET enqueued_at = NULL FROM target WHERE r.id = target.id
     """
@@ -73,10 +78,10 @@ _FORGET_QUEUED = text(
 # A job marked queued a while ago that never started is lost (an expired key, or a worker killed between
 # taking the job and leasing the request, whose arq in-progress key blocks that job id for the task
 # timeout): the request is fed again under a new job id.
-_REQUEUE_STALE = text(
+_REQUEUE_STALE = sql(
     """
     WITH target AS (
-        SELECT id FROM request WHERE status = 'pending' AND enqueued_at IS NOT NULL
+        SELECT id FROM request WHERE status = {R.PENDING} AND enqueued_at IS NOT NULL
           AND enqueued_at < now() - make_interval(secs => :after)
         ORDER BY id FOR UPDATE
     )
@@ -84,54 +89,57 @@ _REQUEUE_STALE = text(
     """
 )
 
-_ACTIVE_BATCHES = text(
+_ACTIVE_BATCHES = sql(
     """
     SELECT b.id,
-           (SELECT count(*) FROM request r WHERE r.batch_id = b.id AND r.status = 'running')
+           (SELECT count(*) FROM request r WHERE r.batch_id = b.id AND r.status = {R.RUNNING})
          + (SELECT count(*) FROM request r
-            WHERE r.batch_id = b.id AND r.status = 'pending' AND r.enqueued_at IS NOT NULL) AS in_queue
-    FROM batch b WHERE b.status = 'in_progress' AND (CAST(:batch_id AS text) IS NULL OR b.id = :batch_id)
+            WHERE r.batch_id = b.id AND r.status = {R.PENDING} AND r.enqueued_at IS NOT NULL) AS in_queue
+    FROM batch b WHERE b.status = {B.IN_PROGRESS} AND (CAST(:batch_id AS text) IS NULL OR b.id = :batch_id)
     ORDER BY b.created_at
     """
 )
 
-_DUE = text(
+_DUE = sql(
     """
     SELECT id, attempts, feeds FROM request
-    WHERE batch_id = :batch_id AND status = 'pending' AND enqueued_at IS NULL AND next_attempt_at <= now()
+    WHERE batch_id = :batch_id AND status = {R.PENDING} AND enqueued_at IS NULL AND next_attempt_at <= now()
     ORDER BY id LIMIT :room
     """
 )
 
 # Marks only the requests still as they were read: one taken or retried since has a new job id.
-_MARK_ENQUEUED = text(
+_MARK_ENQUEUED = sql(
     """
     WITH target AS (
         SELECT r.id FROM request r
         JOIN unnest(CAST(:ids AS bigint[]), CAST(:attempts AS integer[])) AS q(id, attempts)
           ON r.id = q.id AND r.attempts = q.attempts
-        WHERE r.status = 'pending' AND r.enqueued_at IS NULL
+        WHERE r.status = {R.PENDING} AND r.enqueued_at IS NULL
         ORDER BY r.id FOR UPDATE OF r
     )
     UPDATE request r SET enqueued_at = now()
-    FROM target WHERE r.id = target.id AND r.status = 'pending' AND r.enqueued_at IS NULL
+    FROM target WHERE r.id = target.id AND r.status = {R.PENDING} AND r.enqueued_at IS NULL
     """
 )
 
-_FINALIZE = text(
+# A batch with nothing left to run is done: completed, or cancelled when it was cancelling.
+_FINALIZE = sql(
     """
-    UPDATE batch b SET status = CASE WHEN b.status = 'cancelling' THEN 'cancelled' ELSE 'completed' END,
+    UPDATE batch b SET status = CASE WHEN b.status = {B.CANCELLING} THEN {B.CANCELLED} ELSE {B.COMPLETED} END,
            finished_at = now()
-    WHERE b.status IN ('in_progress', 'cancelling')
-      AND NOT EXISTS (SELECT 1 FROM request r WHERE r.batch_id = b.id AND r.status IN ('pending', 'running'))
+    WHERE b.status IN ({B.IN_PROGRESS}, {B.CANCELLING})
+      AND NOT EXISTS (
+          SELECT 1 FROM request r WHERE r.batch_id = b.id AND r.status IN ({R.PENDING}, {R.RUNNING})
+      )
     RETURNING b.id
     """
 )
 
 
-async def _check_redis_epoch(engine: AsyncEngine, redis: ArqRedis, queue_name: str) -> bool:
+async def _check_redis_epoch(engine: AsyncEngine, redis: ArqRedis, namespace: str) -> bool:
     """True when Redis lost its data; every queue mark in Postgres is then dropped so the work is re-fed."""
-    key = REDIS_EPOCH_KEY.format(queue=queue_name)
+    key = REDIS_EPOCH_KEY.format(queue=namespace)
     if await redis.get(key) is not None:
         return False
     async with engine.begin() as conn:
@@ -143,21 +151,30 @@ async def _check_redis_epoch(engine: AsyncEngine, redis: ArqRedis, queue_name: s
 async def feed(
     engine: AsyncEngine,
     redis: ArqRedis,
-    queue_name: str,
+    namespace: str,
     window: int,
     batch_id: str | None = None,
     requeue_after: float = REQUEUE_AFTER_SECONDS,
+    queue: str | None = None,
+    at_most: int | None = None,
 ) -> FeedReport:
-    """One tick: recover lost work, resume parked batches, queue due requests, finalize finished batches."""
+    """One tick: recover lost work, resume parked batches, queue due requests, finalize finished batches.
+
+    Jobs go to `queue` (the namespace's own queue by default); `batch_id` feeds that batch only; `at_most`
+    bounds how many requests are queued this tick (0 while the outage breaker holds everyone, 1 for its probe).
+    """
     report = FeedReport()
-    report.redis_reset = await _check_redis_epoch(engine, redis, queue_name)
+    report.redis_reset = await _check_redis_epoch(engine, redis, namespace)
     async with engine.begin() as conn:
         report.expired_leases = len((await conn.execute(_EXPIRE_LEASES)).all())
         report.resumed_batches = int((await conn.execute(_RESUME_BATCHES)).scalar_one())
         await conn.execute(_REQUEUE_STALE, {"after": requeue_after})
         batches = (await conn.execute(_ACTIVE_BATCHES, {"batch_id": batch_id})).all()
+    budget = at_most
     for bid, in_queue in batches:
         room = window - int(in_queue)
+        if budget is not None:
+            room = min(room, budget)
         if room <= 0:
             continue
         async with engine.connect() as conn:
@@ -169,9 +186,11 @@ async def feed(
             continue
         # Redis first, then the mark: a crash in between leaves a job queued twice (a no-op), never a
         # request marked queued that is not.
-        outcomes = await enqueue_requests(redis, queue_name, due)
+        outcomes = await enqueue_requests(redis, queue or namespace, due)
         report.enqueued += sum(1 for o in outcomes if o == 1)
         queued = [d for d, o in zip(due, outcomes, strict=True) if o >= 0]
+        if budget is not None:
+            budget -= len(queued)
         async with engine.begin() as conn:
             await conn.execute(
                 _MARK_ENQUEUED, {"ids": [d[0] for d in queued], "attempts": [d[1] for d in queued]}

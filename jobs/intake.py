@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from jobs.catalog import load_catalog
+from jobs.catalog import load_catalog, upstream_is_simulator
 from jobs.feeder import feed
 from jobs.queue import connect
 from jobs.settings import Settings
@@ -31,8 +31,11 @@ async def take_in(
     err: Console,
 ) -> tuple[SubmitReport, BatchSummary]:
     """Submit FILE as a batch (or find the one it already is) and queue it; warnings go to `err`."""
+    key = settings.openrouter_api_key.get_secret_value() if settings.openrouter_api_key else None
+    if not options.simulated and await upstream_is_simulator(settings.openrouter_base_url, key):
+        # Its calls will count against no real account, and a real run of the same file is another batch.
+        options = replace(options, simulated=True)
     if check_models:
-        key = settings.openrouter_api_key.get_secret_value() if settings.openrouter_api_key else None
         try:
             known = frozenset(await load_catalog(engine, settings.openrouter_base_url, key))
             options = replace(options, known_models=known)

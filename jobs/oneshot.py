@@ -8,27 +8,29 @@ import functools
 import shlex
 import signal
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+from arq.connections import ArqRedis
 from pydantic import SecretStr
 from rich.console import Console
 from rich.text import Text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from jobs.constants import EXIT_INTERRUPTED
-from jobs.control import resume_batch
+from jobs.control import release_batch_queue_marks, resume_batch
 from jobs.db import create_engine, ensure_database, upgrade
-from jobs.eta import FreeLimits
 from jobs.export import ExportFormat, ExportReport, export_to_files
+from jobs.fleet import throttle_namespace
 from jobs.intake import take_in
-from jobs.progress import ProgressView, exit_status, finished, free_limits, needs_action, watch
-from jobs.queue import connect
+from jobs.progress import FleetReading, ProgressView, exit_status, finished, needs_action, read_fleet, watch
+from jobs.queue import connect, drop_queue
 from jobs.settings import Settings
 from jobs.states import BatchStatus, PauseReason
-from jobs.status import BatchSummary
+from jobs.status import BatchSummary, batch_summary
 from jobs.submit import SubmitOptions
 from jobs.terminal import say
+from worker.plan import WorkerPlan
 
 __all__ = ["RunPlan", "run_file"]
 
@@ -83,68 +85,91 @@ async def run_file(settings: Settings, plan: RunPlan, err: Console) -> int:
         await upgrade(settings.database_url)
         engine = create_engine(settings.database_url, pool_size=2)
         stack.push_async_callback(engine.dispose)
-        report, summary = await take_in(engine, settings, plan.file, plan.options, plan.check_models, err)
+        options = replace(plan.options, simulated=plan.simulator)
+        report, summary = await take_in(engine, settings, plan.file, options, plan.check_models, err)
         batch_id = report.batch_id
         if (
             report.reused
             and summary.status == BatchStatus.PAUSED
-            and summary.pause_reason
-            in (
-                PauseReason.AUTH,
-                PauseReason.CREDITS,
-            )
+            and summary.pause_reason != PauseReason.BUDGET
         ):
-            # Running the same file again is how a user says the key or the credits were fixed.
+            # Running the same file again is how a user says the key or the credits were fixed, or a new
+            # quota has come: if it has not, the first call parks the batch again and says so once.
             say(err, f"{batch_id} was paused ({summary.pause_reason}); resuming it")
             await resume_batch(engine, batch_id, None)
         redis = await connect(settings.redis_url, settings.queue_name, patient=False)
         stack.push_async_callback(redis.aclose)
-
-        limits = functools.partial(free_limits, settings, redis)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-            stack.callback(loop.remove_signal_handler, sig)
-        summary = await _work(settings, plan, engine, batch_id, limits, stop, err)
+        namespace = throttle_namespace(settings.queue_name, plan.simulator)
+        limits = functools.partial(read_fleet, settings, redis, namespace)
+        # The run works its own batch only, from a queue of its own; workers sharing this Redis may still help it
+        # through theirs, while other unfinished batches stay as they are until run or worked.
+        work = WorkerPlan(queue=f"{settings.queue_name}:run:{batch_id}", only_batch=batch_id)
+        stack.push_async_callback(_release_queue, engine, redis, work, batch_id)
+        summary, interrupted = await _work(settings, plan, engine, work, limits, err)
         exported = await export_to_files(engine, batch_id, plan.output, plan.errors, plan.fmt)
     _report(summary, exported, plan, err)
-    if stop.is_set() and not finished(summary) and not needs_action(summary):
+    if interrupted and not finished(summary) and not needs_action(summary):
         say(err, f"interrupted: {batch_id} is kept; run the same command again to carry on with it")
         return EXIT_INTERRUPTED
     return exit_status(summary)
+
+
+async def _release_queue(engine: AsyncEngine, redis: ArqRedis, work: WorkerPlan, batch_id: str) -> None:
+    """The run's own queue goes with it: its jobs are dropped and their requests marked unqueued, for others."""
+    await drop_queue(redis, work.queue)
+    await release_batch_queue_marks(engine, batch_id)
 
 
 async def _work(
     settings: Settings,
     plan: RunPlan,
     engine: AsyncEngine,
-    batch_id: str,
-    limits: Callable[[], Awaitable[FreeLimits]],
-    stop: asyncio.Event,
+    work: WorkerPlan,
+    limits: Callable[[], Awaitable[FleetReading]],
     err: Console,
-) -> BatchSummary:
-    """Run an arq worker in this process while showing progress, until the batch is done or stopped."""
-    from worker.runner import build_worker
+) -> tuple[BatchSummary, bool]:
+    """Run an arq worker in this process while showing progress, until the batch is done or Ctrl-C.
 
-    worker = build_worker(settings, plan.concurrency, handle_signals=False)
+    The first Ctrl-C (or SIGTERM) stops new calls and lets those in flight end, so they are paid once and
+    recorded; a second stops at once. Returns the last summary and whether the run was interrupted.
+    """
+    from worker.runner import build_worker
+    from worker.shutdown import GracefulStop
+
+    batch_id = work.only_batch
+    assert batch_id is not None
+    worker = build_worker(settings, plan.concurrency, work)
+    stop = GracefulStop(worker, settings.shutdown_grace)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.request)
     main = asyncio.create_task(worker.async_run())
     try:
         with ProgressView(err, batch_id) as view:
-            watcher = asyncio.create_task(watch(engine, batch_id, limits, view, stop))
+            watcher = asyncio.create_task(watch(engine, batch_id, limits, view, stop.requested))
             done, _ = await asyncio.wait({main, watcher}, return_when=asyncio.FIRST_COMPLETED)
-            if watcher in done:
-                return watcher.result()
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
-            main.result()  # the worker's own error: Redis, Postgres or the key at its start
-            raise RuntimeError("the in-process worker stopped before the batch was done")
+            if main in done and watcher not in done:
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
+                main.result()  # the worker's own error: Redis, Postgres or the key at its start
+                raise RuntimeError("the in-process worker stopped before the batch was done")
+            summary = watcher.result()
+        if stop.requested.is_set():
+            in_flight = sum(not t.done() for t in worker.tasks.values())
+            if in_flight:
+                say(err, f"stopping: {in_flight} calls in flight finish first (Ctrl-C again to stop now)")
+            await stop.drain()
+            async with engine.connect() as conn:
+                summary = await batch_summary(conn, batch_id)
+        return summary, stop.requested.is_set()
     finally:
         main.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await main
         await worker.close()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
 
 
 def _report(summary: BatchSummary, exported: ExportReport, plan: RunPlan, err: Console) -> None:

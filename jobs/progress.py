@@ -14,43 +14,56 @@ from redis.asyncio import Redis
 from rich.console import Console, RenderableType
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn
 from rich.text import Text
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from jobs.constants import (
     EXIT_FAILED_REQUESTS,
     EXIT_STOPPED,
     FREE_TIER_DAILY_REQUESTS,
-    LIMITS_KEY,
     PLAIN_PROGRESS_SECONDS,
+    REMAINING_FREE_SECONDS,
+    THROTTLE_KEY,
     WATCH_POLL_SECONDS,
 )
 from jobs.eta import Estimate, FreeLimits, RateMeter, estimate, format_duration
+from jobs.fleet import BreakerState, limits_key, read_breaker
 from jobs.settings import Settings
+from jobs.sql import sql
 from jobs.states import BatchStatus, PauseReason
 from jobs.status import BatchSummary, batch_summary
-from jobs.usage import free_calls_today
 
 __all__ = [
+    "FleetReading",
     "ProgressView",
     "Snapshot",
     "exit_status",
-    "free_limits",
     "needs_action",
+    "read_fleet",
     "snapshot",
     "watch",
 ]
 
-_REMAINING_FREE = text(
+# How many unfinished requests go to a free model next: a scan of the batch's unfinished requests, so a watcher
+# runs it at most every REMAINING_FREE_SECONDS.
+_REMAINING_FREE = sql(
     "SELECT count(*) FROM request r JOIN batch b ON b.id = r.batch_id"
-    " WHERE r.batch_id = :id AND r.status IN ('pending', 'running')"
-    " AND (coalesce(r.models, b.models))[r.chain_pos + 1] LIKE :free_suffix"
+    " WHERE r.batch_id = :id AND r.status IN ({R.PENDING}, {R.RUNNING})"
+    " AND (coalesce(r.models, b.models))[r.chain_pos + 1] LIKE '%:free'"
 )
 
 
 def _done(summary: BatchSummary) -> int:
     counts = summary.counts
     return counts.get("completed", 0) + counts.get("failed", 0) + counts.get("cancelled", 0)
+
+
+@dataclass(slots=True, frozen=True)
+class FleetReading:
+    """What the workers share that a watcher shows: their free-tier limits, today's free calls, the breaker."""
+
+    limits: FreeLimits
+    free_used_today: int
+    breaker: BreakerState | None = None
 
 
 @dataclass(slots=True)
@@ -62,6 +75,7 @@ class Snapshot:
     free_used_today: int
     estimate: Estimate
     rate: float | None
+    breaker: BreakerState | None = None
 
     @property
     def done(self) -> int:
@@ -75,42 +89,79 @@ class Snapshot:
             "rate_per_second": None if self.rate is None else round(self.rate, 3),
             "eta_seconds": None if self.estimate.seconds is None else round(self.estimate.seconds),
             "eta_reason": self.estimate.reason,
+            "waiting": None if self.breaker is None else self.breaker.describe(),
         }
 
 
-async def free_limits(settings: Settings, redis: Redis | None) -> FreeLimits:
-    """The free-tier limits the workers apply: as they published them in Redis, else from the settings."""
+async def read_fleet(settings: Settings, redis: Redis | None, namespace: str | None = None) -> FleetReading:
+    """The limits the workers apply (as they published them, else the settings), today's free calls, the breaker."""
+    namespace = namespace or settings.queue_name
     published: dict[bytes, bytes] = {}
+    day_count: bytes | None = None
+    breaker: BreakerState | None = None
     if redis is not None:
         try:
-            published = await redis.hgetall(LIMITS_KEY.format(queue=settings.queue_name))  # type: ignore[misc]
+            published = await redis.hgetall(limits_key(namespace))  # type: ignore[misc]
+            day_count = await redis.get(THROTTLE_KEY.format(queue=namespace, name="free-day"))
+            breaker = await read_breaker(redis, namespace)
         except Exception:  # an unreachable Redis only makes the ETA use the settings
-            published = {}
+            published, day_count, breaker = {}, None, None
     per_day = published.get(b"free_per_day")
-    return FreeLimits(
+    day_seconds = float(published.get(b"day_seconds") or settings.free_day_seconds)
+    limits = FreeLimits(
         per_window=int(published.get(b"free_per_window") or settings.free_requests_per_minute),
         window_seconds=float(published.get(b"window_seconds") or settings.free_window_seconds),
         per_day=int(per_day) if per_day else settings.free_requests_per_day or FREE_TIER_DAILY_REQUESTS,
         margin=float(published.get(b"margin") or settings.free_rate_margin),
     )
+    used = 0
+    if day_count:
+        day, _, count = day_count.decode().partition(":")
+        if day.isdigit() and int(day) == int(time.time() // day_seconds):
+            used = int(count or 0)
+    return FleetReading(limits, used, breaker)
 
 
-async def snapshot(engine: AsyncEngine, batch_id: str, limits: FreeLimits, meter: RateMeter) -> Snapshot:
+class _FreeCounter:
+    """The batch's unfinished requests bound for a free model, counted again at most every so often."""
+
+    def __init__(self) -> None:
+        self.value = 0
+        self.read_at = float("-inf")
+
+    async def read(self, conn: AsyncConnection, batch_id: str, remaining: int) -> int:
+        if not remaining:
+            self.value = 0
+        elif time.monotonic() - self.read_at >= REMAINING_FREE_SECONDS:
+            self.read_at = time.monotonic()
+            self.value = int((await conn.execute(_REMAINING_FREE, {"id": batch_id})).scalar_one())
+        return min(self.value, remaining)
+
+
+async def snapshot(
+    engine: AsyncEngine,
+    batch_id: str,
+    fleet: FleetReading,
+    meter: RateMeter,
+    free: _FreeCounter | None = None,
+) -> Snapshot:
     """Read the batch once and estimate the time left."""
+    free = free or _FreeCounter()
     async with engine.connect() as conn:
         summary = await batch_summary(conn, batch_id)
         counts = summary.counts
         remaining = counts.get("pending", 0) + counts.get("running", 0)
-        remaining_free = (
-            int((await conn.execute(_REMAINING_FREE, {"id": batch_id, "free_suffix": "%:free"})).scalar_one())
-            if remaining
-            else 0
-        )
-        used = await free_calls_today(conn) if remaining_free else 0
+        remaining_free = await free.read(conn, batch_id, remaining)
     meter.add(time.monotonic(), _done(summary))
     rate = meter.rate
+    used = fleet.free_used_today
     return Snapshot(
-        summary, remaining_free, used, estimate(remaining, remaining_free, rate, limits, used), rate
+        summary,
+        remaining_free,
+        used,
+        estimate(remaining, remaining_free, rate, fleet.limits, used),
+        rate,
+        fleet.breaker,
     )
 
 
@@ -135,6 +186,8 @@ def exit_status(summary: BatchSummary) -> int:
 
 def _note(snap: Snapshot) -> str:
     summary = snap.summary
+    if snap.breaker is not None and not finished(summary):
+        return f"waiting: {snap.breaker.describe()}"
     if summary.status == BatchStatus.PAUSED:
         when = f" until {summary.resume_at:%Y-%m-%d %H:%M} UTC" if summary.resume_at else ""
         return f"paused ({summary.pause_reason}){when}: {summary.pause_message or ''}"
@@ -207,7 +260,7 @@ class ProgressView:
                 failed=f"[red]{failed} failed[/]" if failed else "0 failed",
             )
             return
-        key = (summary.status, summary.pause_reason)
+        key = (summary.status, summary.pause_reason, snap.breaker is None)
         now = time.monotonic()
         quiet = key == self._last_key and now - self._last_plain < PLAIN_PROGRESS_SECONDS
         if quiet and not final:
@@ -238,15 +291,16 @@ class ProgressView:
 async def watch(
     engine: AsyncEngine,
     batch_id: str,
-    limits: Callable[[], Awaitable[FreeLimits]],
+    fleet: Callable[[], Awaitable[FleetReading]],
     view: ProgressView,
     stop: asyncio.Event | None = None,
     poll_seconds: float = WATCH_POLL_SECONDS,
 ) -> BatchSummary:
     """Show the batch until it finishes, stops for a person, or `stop` is set; returns its last summary."""
     meter = RateMeter()
+    free = _FreeCounter()
     while True:
-        snap = await snapshot(engine, batch_id, await limits(), meter)
+        snap = await snapshot(engine, batch_id, await fleet(), meter, free)
         done = finished(snap.summary) or needs_action(snap.summary) or (stop is not None and stop.is_set())
         view.show(snap, final=done)
         if done:

@@ -17,7 +17,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from jobs.constants import JOB_ID_PREFIX, RUN_REQUEST_FUNCTION
 
-__all__ = ["connect", "enqueue_requests", "job_dumps", "job_id", "job_loads", "redis_settings"]
+__all__ = ["connect", "drop_queue", "enqueue_requests", "job_dumps", "job_id", "job_loads", "redis_settings"]
 
 # One day past its scheduled time, as arq does by default: jobs carry no state, so an expired one
 # is simply queued again by the feeder.
@@ -74,6 +74,18 @@ async def connect(redis_url: str, queue_name: str, patient: bool = True) -> ArqR
         job_deserializer=job_loads,
         default_queue_name=queue_name,
     )
+
+
+async def drop_queue(redis: ArqRedis, queue_name: str) -> int:
+    """Delete a queue and the jobs in it (a run's own queue when the run ends); how many jobs there were.
+
+    A job key left behind would make the same job id look queued to every other feeder for a day.
+    """
+    ids = [j.decode() for j in await redis.zrange(queue_name, 0, -1)]
+    if ids:
+        await redis.delete(*(job_key_prefix + j for j in ids))
+    await redis.delete(queue_name)
+    return len(ids)
 
 
 def job_id(request_id: int, attempts: int, feeds: int = 0) -> str:

@@ -55,6 +55,10 @@ class SubmitOptions:
     dedupe: bool = False
     # Lines are plain records that fill this template, not chat requests.
     template: Template | None = None
+    # The batch is worked against the local simulator: none of its calls are a real account's.
+    simulated: bool = False
+    # A user's own labels for the batch (`--metadata k=v`), not part of its identity.
+    metadata: dict[str, str] | None = None
 
     def identity(self) -> dict[str, Any]:
         """The options that make a batch what it is: the same file with these gives the same batch."""
@@ -66,6 +70,9 @@ class SubmitOptions:
             "skip_invalid": self.skip_invalid,
             "dedupe": self.dedupe,
             **({"template": self.template.to_json()} if self.template is not None else {}),
+            # A real run of a file tried against the simulator is a new batch: the simulator's answers are not
+            # a model's.
+            **({"simulated": True} if self.simulated else {}),
         }
 
 
@@ -275,6 +282,8 @@ async def submit_source(
                 options=options.identity(),
                 template=None if options.template is None else options.template.to_json(),
                 source_name=source.name,
+                simulated=options.simulated,
+                metadata_=options.metadata,
                 source_sha256=sha256,
             )
         )

@@ -26,6 +26,8 @@ The table, also in docs/errors.md ("wait" is a retry that spends none of the req
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
@@ -35,8 +37,10 @@ import httpx
 import orjson
 
 from jobs.constants import ERROR_MESSAGE_MAX_CHARS
+from jobs.logs import redact
 from jobs.states import Outcome, PauseReason
-from worker.openrouter import CallResult
+from worker.openrouter import CallDeadline, CallResult
+from worker.throttle import Verdict
 
 __all__ = ["Failure", "Success", "Usage", "classify", "next_utc_midnight"]
 
@@ -87,6 +91,8 @@ class Failure:
     provider: str | None = None
     generation_id: str | None = None
     usage: Usage | None = None
+    # What the call says of OpenRouter as a whole, for the outage breaker (see worker.throttle.Verdict).
+    verdict: Verdict = "none"
 
 
 def next_utc_midnight(now: datetime | None = None) -> datetime:
@@ -239,20 +245,83 @@ def _by_status(status: int, error: Any, headers: httpx.Headers | None, text: str
         return Failure(
             Outcome.RETRY, code, message, status, retry_after=wait, spends_attempt=False, cooldown_until=reset
         )
+    # A 5xx naming a provider is that provider's failure; one naming none may be OpenRouter's own.
+    named = (
+        isinstance(error, dict)
+        and isinstance(error.get("metadata"), dict)
+        and error["metadata"].get("provider_name")
+    )
+    verdict: Verdict = "fail" if status >= 500 and not named else "none"
     if status in (502, 503):
-        return Failure(Outcome.FALLBACK, code, message, status)
+        return Failure(Outcome.FALLBACK, code, message, status, verdict=verdict)
     if status >= 500 or status == 408:
-        return Failure(Outcome.RETRY, code, message, status, retry_after=_retry_after(headers))
+        return Failure(
+            Outcome.RETRY, code, message, status, retry_after=_retry_after(headers), verdict=verdict
+        )
     return Failure(Outcome.FAIL, code, message, status)
+
+
+def _transport_failure(error: Exception) -> Failure:
+    """A call that got no HTTP answer: the upstream unreachable (the breaker's business), or cut short."""
+    detail = redact(str(error) or type(error).__name__)
+    if isinstance(error, CallDeadline):
+        # Slow, not absent: a failed attempt like any timeout, one of a possible run for the breaker.
+        return Failure(
+            Outcome.RETRY, "timeout", f"timeout: {detail}"[:ERROR_MESSAGE_MAX_CHARS], verdict="fail"
+        )
+    if isinstance(error, httpx.ConnectTimeout):
+        return Failure(Outcome.RETRY, "connect_timeout", f"connect timeout: {detail}", verdict="down")
+    if isinstance(error, httpx.ConnectError):
+        # Refused, reset while connecting, DNS, TLS: OpenRouter cannot be reached at all.
+        return Failure(
+            Outcome.RETRY,
+            "connection_error",
+            f"connection error: {detail}"[:ERROR_MESSAGE_MAX_CHARS],
+            verdict="down",
+        )
+    kind = "timeout" if isinstance(error, httpx.TimeoutException) else "connection_error"
+    return Failure(
+        Outcome.RETRY, kind, f"{kind.replace('_', ' ')}: {detail}"[:ERROR_MESSAGE_MAX_CHARS], verdict="fail"
+    )
+
+
+def _usage_of_tail(tail: bytes) -> Usage:
+    """The usage object at the end of an answer too large to keep (OpenRouter writes `usage` last)."""
+    text = tail.decode("utf-8", "replace")
+    at = text.rfind('"usage"')
+    start = text.find("{", at) if at >= 0 else -1
+    if start < 0:
+        return Usage()
+    try:
+        usage, _ = json.JSONDecoder().raw_decode(text, start)
+    except ValueError:
+        return Usage()
+    return _usage({"usage": usage})
+
+
+def _too_large(call: CallResult) -> Failure:
+    head = call.raw.decode("utf-8", "replace")
+    generation = re.search(r'"id"\s*:\s*"([^"]{1,200})"', head)
+    model = re.search(r'"model"\s*:\s*"([^"]{1,200})"', head)
+    return Failure(
+        Outcome.FAIL,
+        "response_too_large",
+        f"the answer was {call.too_large} bytes, over ORBATCH_MAX_RESPONSE_BYTES: it was not stored "
+        "(its usage and cost were)",
+        call.status,
+        generation_id=generation.group(1) if generation else None,
+        model=model.group(1) if model else None,
+        usage=_usage_of_tail(call.tail),
+    )
 
 
 def classify(call: CallResult) -> Success | Failure:
     """The class of one call's result (see the table above)."""
     if call.transport_error is not None:
-        kind = "timeout" if isinstance(call.transport_error, httpx.TimeoutException) else "connection_error"
-        detail = str(call.transport_error) or type(call.transport_error).__name__
-        return Failure(Outcome.RETRY, kind, f"{kind.replace('_', ' ')}: {detail}"[:ERROR_MESSAGE_MAX_CHARS])
+        return _transport_failure(call.transport_error)
     assert call.status is not None
+    if call.too_large is not None:
+        return _too_large(call)
     text = call.raw[:ERROR_MESSAGE_MAX_CHARS].decode("utf-8", "replace")
     try:
         body = orjson.loads(call.raw)
@@ -264,6 +333,7 @@ def classify(call: CallResult) -> Success | Failure:
             "invalid_json",
             f"HTTP {call.status} with a body that is not JSON: {text[:200]}",
             call.status,
+            verdict="fail" if call.status >= 500 else "none",
         )
     if not isinstance(body, dict):
         return Failure(

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -11,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from jobs.settings import Settings
 from worker.openrouter import OpenRouterClient
 from worker.pricing import PriceBook
+from worker.replycheck import ReplyChecker
 from worker.throttle import Throttle
 
 __all__ = ["CONTEXT_KEY", "WorkerContext", "context"]
@@ -28,8 +30,13 @@ class WorkerContext:
     client: OpenRouterClient
     throttle: Throttle
     prices: PriceBook
+    replies: ReplyChecker
     # host:pid:nonce, recorded on leases and attempt rows.
     owner: str
+    # The upstream is orbatch's simulator (its GET /key says so): its calls count against no real account.
+    simulated: bool = False
+    # Set when the worker is asked to stop: tasks send no new call and give their requests back.
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 def context(arq_ctx: Mapping[str, Any]) -> WorkerContext:

@@ -1,7 +1,8 @@
-"""The OpenRouter HTTP client: one shared httpx pool, one chat call, the raw answer back."""
+"""The OpenRouter HTTP client: one shared httpx pool, one chat call under one deadline, the raw answer back."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -9,7 +10,16 @@ from typing import Any
 import httpx
 import orjson
 
-__all__ = ["CallResult", "OpenRouterClient", "chat_payload"]
+__all__ = ["CallDeadline", "CallResult", "OpenRouterClient", "chat_payload"]
+
+# Of an answer over the size limit, the start (its id, model, provider) and the end (its usage, which
+# OpenRouter writes last) are kept, so the call's cost is still recorded.
+_HEAD_BYTES = 64 * 1024
+_TAIL_BYTES = 1024 * 1024
+
+
+class CallDeadline(Exception):
+    """The call ran past its deadline (connect to last byte), however many bytes trickled in meanwhile."""
 
 
 @dataclass(slots=True)
@@ -21,6 +31,9 @@ class CallResult:
     headers: httpx.Headers | None = None
     raw: bytes = b""
     transport_error: Exception | None = None
+    # The body was larger than the limit: `raw` holds its start and `tail` its end; the rest was not kept.
+    too_large: int | None = None
+    tail: bytes = b""
 
 
 def chat_payload(body: dict[str, Any], models: list[str]) -> bytes:
@@ -46,7 +59,12 @@ class OpenRouterClient:
         max_connections: int,
         app_url: str,
         app_title: str,
+        max_response_bytes: int = 32 * 1024 * 1024,
     ) -> None:
+        # httpx's timeouts are per operation: a read that gets one byte every few seconds never times out.
+        # `deadline` bounds the whole call; httpx's own read timeout only catches a silent connection sooner.
+        self.deadline = timeout
+        self.max_response_bytes = max_response_bytes
         self._client = httpx.AsyncClient(
             base_url=base_url.rstrip("/") + "/",
             headers={
@@ -60,18 +78,48 @@ class OpenRouterClient:
         )
 
     async def chat(self, body: dict[str, Any], models: list[str]) -> CallResult:
-        """POST /chat/completions; never raises for HTTP or transport failures."""
+        """POST /chat/completions under one deadline; never raises for HTTP or transport failures."""
         started = time.perf_counter()
+
+        def elapsed() -> int:
+            return int((time.perf_counter() - started) * 1000)
+
         try:
-            response = await self._client.post("chat/completions", content=chat_payload(body, models))
+            async with asyncio.timeout(self.deadline):
+                return await self._post(chat_payload(body, models), elapsed)
+        except TimeoutError:
+            return CallResult(
+                latency_ms=elapsed(),
+                transport_error=CallDeadline(f"no complete answer within {self.deadline:g} s"),
+            )
         except httpx.TransportError as exc:
-            return CallResult(latency_ms=int((time.perf_counter() - started) * 1000), transport_error=exc)
-        return CallResult(
-            latency_ms=int((time.perf_counter() - started) * 1000),
-            status=response.status_code,
-            headers=response.headers,
-            raw=response.content,
-        )
+            return CallResult(latency_ms=elapsed(), transport_error=exc)
+
+    async def _post(self, payload: bytes, elapsed: Any) -> CallResult:
+        async with self._client.stream("POST", "chat/completions", content=payload) as response:
+            head = bytearray()
+            tail = bytearray()
+            size = 0
+            async for chunk in response.aiter_bytes():
+                size += len(chunk)
+                if size <= self.max_response_bytes:
+                    head += chunk
+                    continue
+                if len(head) > _HEAD_BYTES:
+                    # Past the limit: keep the start and a sliding end, let the middle go.
+                    tail += head[_HEAD_BYTES:]
+                    del head[_HEAD_BYTES:]
+                tail += chunk
+                if len(tail) > _TAIL_BYTES:
+                    del tail[: len(tail) - _TAIL_BYTES]
+            return CallResult(
+                latency_ms=elapsed(),
+                status=response.status_code,
+                headers=response.headers,
+                raw=bytes(head),
+                too_large=size if size > self.max_response_bytes else None,
+                tail=bytes(tail),
+            )
 
     async def get_json(self, path: str) -> Any:
         """GET an informational endpoint (`models`, `key`) and decode it."""

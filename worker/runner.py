@@ -1,4 +1,4 @@
-"""The arq worker as orbatch runs it: shared clients built once, the feeder loop, and burst mode."""
+"""The arq worker as orbatch runs it: shared clients built once, the feeder loop, graceful stops, burst mode."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import os
 import signal
 import socket
 import uuid
+from datetime import UTC, datetime
 from typing import Any, cast
 
 from arq import cron, func
@@ -19,29 +20,32 @@ from arq.worker import Worker
 from jobs.catalog import load_catalog
 from jobs.constants import (
     BURST_CHECK_SECONDS,
-    CREDITED_DAILY_REQUESTS,
     FEEDER_LOCK_KEY,
-    FREE_TIER_DAILY_REQUESTS,
-    LIMITS_KEY,
+    PERSIST_DEADLINE_SECONDS,
     RUN_REQUEST_FUNCTION,
     SWEEP_SECONDS,
     TASK_TIMEOUT_MARGIN_SECONDS,
 )
 from jobs.db import create_engine
 from jobs.feeder import feed
+from jobs.fleet import limits_key, throttle_namespace
 from jobs.logs import get_logger
 from jobs.queue import job_dumps, job_loads
 from jobs.queue import redis_settings as arq_redis_settings
 from jobs.settings import Settings, get_settings
 from worker import records
+from worker.account import account_limits
 from worker.context import CONTEXT_KEY, WorkerContext, context
 from worker.dispatch import ClaimingWorker
 from worker.openrouter import OpenRouterClient
+from worker.plan import WorkerPlan
 from worker.pricing import PriceBook
+from worker.replycheck import ReplyChecker
+from worker.shutdown import GracefulStop
 from worker.task import run_request
 from worker.throttle import Throttle, ThrottleLimits
 
-__all__ = ["build_worker", "daily_free_limit", "run_worker", "sweep"]
+__all__ = ["build_worker", "run_worker", "sweep", "task_timeout"]
 
 log = get_logger(__name__)
 
@@ -50,28 +54,26 @@ _RELEASE_LOCK_LUA = (
 )
 
 
-async def daily_free_limit(settings: Settings, client: OpenRouterClient) -> int:
-    """The free-model requests allowed per day: the setting, else what GET /key implies, else 50."""
-    if settings.free_requests_per_day is not None:
-        return settings.free_requests_per_day
-    try:
-        key = (await client.get_json("key"))["data"]
-    except Exception as exc:  # a key endpoint that is down must not stop the worker; assume the lower limit
-        log.warning("could not read GET /key; assuming 50 free requests a day", error=str(exc))
-        return FREE_TIER_DAILY_REQUESTS
-    return FREE_TIER_DAILY_REQUESTS if key.get("is_free_tier", True) else CREDITED_DAILY_REQUESTS
-
-
-async def _feed_once(ctx: WorkerContext, redis: ArqRedis) -> None:
-    """Run one feeder tick unless another worker holds the feeder lock."""
+async def _feed_once(ctx: WorkerContext, redis: ArqRedis, plan: WorkerPlan) -> None:
+    """Run one feeder tick unless another worker holds the feeder lock (a run's own feeder takes none)."""
     settings = ctx.settings
     lock_ms = max(2000, int(settings.feed_interval * 4000))
-    lock_key = FEEDER_LOCK_KEY.format(queue=settings.queue_name)
+    lock_key = FEEDER_LOCK_KEY.format(queue=plan.queue)
     if not await redis.set(lock_key, ctx.owner, nx=True, px=lock_ms):
         return
     try:
+        # While the outage breaker is open nothing is fed, but one request when its probe is due.
+        breaker = await ctx.throttle.breaker()
+        at_most = None if breaker is None else (1 if breaker.probe_due(datetime.now(UTC)) else 0)
         report = await feed(
-            ctx.engine, redis, settings.queue_name, settings.feed_window, requeue_after=settings.requeue_after
+            ctx.engine,
+            redis,
+            settings.queue_name,
+            settings.feed_window,
+            batch_id=plan.only_batch,
+            requeue_after=settings.requeue_after,
+            queue=plan.queue,
+            at_most=at_most,
         )
         if report.redis_reset or report.expired_leases or report.resumed_batches or report.finalized_batches:
             log.info(
@@ -88,13 +90,13 @@ async def _feed_once(ctx: WorkerContext, redis: ArqRedis) -> None:
 
 async def sweep(arq_ctx: dict[str, Any]) -> None:
     """arq cron job: one feeder tick, a backstop should a worker's own feeder loop ever stall."""
-    await _feed_once(context(arq_ctx), arq_ctx["redis"])
+    await _feed_once(context(arq_ctx), arq_ctx["redis"], arq_ctx["plan"])
 
 
-async def _feeder_loop(ctx: WorkerContext, redis: ArqRedis) -> None:
+async def _feeder_loop(ctx: WorkerContext, redis: ArqRedis, plan: WorkerPlan) -> None:
     while True:
         try:
-            await _feed_once(ctx, redis)
+            await _feed_once(ctx, redis, plan)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the loop must outlive a Redis or Postgres outage
@@ -103,8 +105,9 @@ async def _feeder_loop(ctx: WorkerContext, redis: ArqRedis) -> None:
 
 
 async def _startup(arq_ctx: dict[str, Any]) -> None:
-    settings: Settings = arq_ctx.get("settings") or get_settings()
-    concurrency: int = arq_ctx.get("concurrency") or settings.concurrency
+    settings: Settings = arq_ctx["settings"]
+    concurrency: int = arq_ctx["concurrency"]
+    plan: WorkerPlan = arq_ctx["plan"]
     # No pre-ping on the hot path: it costs three round trips per statement (see jobs.db.create_engine).
     # A task holds a connection only while it writes, so the pool is capped well below the concurrency.
     engine = create_engine(
@@ -119,48 +122,66 @@ async def _startup(arq_ctx: dict[str, Any]) -> None:
         max_connections=concurrency,
         app_url=settings.app_url,
         app_title=settings.app_title,
+        max_response_bytes=settings.max_response_bytes,
     )
+    account = await account_limits(settings, client)
     limits = ThrottleLimits(
-        free_per_window=settings.free_requests_per_minute,
-        window_seconds=settings.free_window_seconds,
+        free_per_window=account.free_per_window,
+        window_seconds=account.window_seconds,
         margin=settings.free_rate_margin,
-        free_per_day=await daily_free_limit(settings, client),
+        free_per_day=account.free_per_day,
         max_in_flight=settings.max_in_flight,
         max_wait_seconds=settings.max_throttle_wait,
         # Renewed with the lease: a killed worker's permits lapse as soon as its leases do.
         permit_ttl_seconds=settings.lease_seconds * 2,
+        day_seconds=account.day_seconds,
+        breaker_run=settings.breaker_5xx_run,
+        probe_base_seconds=settings.breaker_probe_base,
+        probe_max_seconds=settings.breaker_probe_max,
+        probe_ttl_seconds=settings.request_timeout + TASK_TIMEOUT_MARGIN_SECONDS,
     )
     autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+    # A simulator's counts live apart from a real account's: the same Redis may serve both.
+    namespace = throttle_namespace(settings.queue_name, account.simulated)
     ctx = WorkerContext(
         settings=settings,
         engine=autocommit,
         client=client,
         throttle=Throttle(
-            arq_ctx["redis"], settings.queue_name, limits, lambda: records.free_calls_today(autocommit)
+            arq_ctx["redis"],
+            namespace,
+            limits,
+            lambda since: records.free_calls_since(autocommit, since, account.simulated),
         ),
         prices=PriceBook(
             lambda max_age: load_catalog(engine, settings.openrouter_base_url, api_key, max_age)
         ),
+        replies=ReplyChecker(settings.reply_check_seconds),
         owner=f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}",
+        simulated=account.simulated,
     )
     arq_ctx[CONTEXT_KEY] = ctx
     await arq_ctx["redis"].hset(
-        LIMITS_KEY.format(queue=settings.queue_name),
+        limits_key(namespace),
         mapping={
             "free_per_window": limits.free_per_window,
             "window_seconds": limits.window_seconds,
             "free_per_day": limits.free_per_day,
             "margin": limits.margin,
+            "day_seconds": limits.day_seconds,
         },
     )
     arq_ctx["engine"] = engine
-    arq_ctx["feeder"] = asyncio.create_task(_feeder_loop(ctx, arq_ctx["redis"]))
+    arq_ctx["feeder"] = asyncio.create_task(_feeder_loop(ctx, arq_ctx["redis"], plan))
     log.info(
         "worker started",
         owner=ctx.owner,
+        queue=plan.queue,
         concurrency=concurrency,
         base_url=settings.openrouter_base_url,
-        free_per_minute=limits.free_per_window,
+        simulated=account.simulated,
+        free_per_window=limits.free_per_window,
+        window_seconds=limits.window_seconds,
         free_per_day=limits.free_per_day,
         max_in_flight=limits.max_in_flight,
     )
@@ -175,18 +196,30 @@ async def _shutdown(arq_ctx: dict[str, Any]) -> None:
     ctx = arq_ctx.get(CONTEXT_KEY)
     if isinstance(ctx, WorkerContext):
         await ctx.client.aclose()
+        await ctx.replies.aclose()
     engine = arq_ctx.get("engine")
     if engine is not None:
         await engine.dispose()
 
 
-def _settings_kwargs(settings: Settings, concurrency: int) -> dict[str, Any]:
+def task_timeout(settings: Settings) -> float:
+    """arq's timeout for a task: longer than any task within its bounds can take (throttle, call, writes)."""
+    return (
+        settings.max_throttle_wait
+        + settings.request_timeout
+        + PERSIST_DEADLINE_SECONDS
+        + TASK_TIMEOUT_MARGIN_SECONDS
+    )
+
+
+def _settings_kwargs(settings: Settings, concurrency: int, plan: WorkerPlan | None = None) -> dict[str, Any]:
+    plan = plan or WorkerPlan(settings.queue_name)
     return {
         "functions": [
             func(
                 cast(WorkerCoroutine, run_request),
                 name=RUN_REQUEST_FUNCTION,
-                timeout=settings.request_timeout + TASK_TIMEOUT_MARGIN_SECONDS,
+                timeout=task_timeout(settings),
                 # Attempts are counted in Postgres; arq's own tries only guard against a poisoned job.
                 max_tries=1000,
                 keep_result=0,
@@ -206,13 +239,13 @@ def _settings_kwargs(settings: Settings, concurrency: int) -> dict[str, Any]:
         "on_startup": _startup,
         "on_shutdown": _shutdown,
         "redis_settings": arq_redis_settings(settings.redis_url),
-        "queue_name": settings.queue_name,
+        "queue_name": plan.queue,
         "max_jobs": concurrency,
         "keep_result": 0,
         "job_serializer": job_dumps,
         "job_deserializer": job_loads,
         "poll_delay": settings.poll_delay,
-        "ctx": {"settings": settings, "concurrency": concurrency},
+        "ctx": {"settings": settings, "concurrency": concurrency, "plan": plan},
     }
 
 
@@ -229,10 +262,12 @@ def __getattr__(name: str) -> Any:
     )
 
 
-def build_worker(settings: Settings, concurrency: int | None = None, handle_signals: bool = True) -> Worker:
-    """An arq Worker for orbatch's task (`handle_signals=False` when its host process handles Ctrl-C)."""
+def build_worker(
+    settings: Settings, concurrency: int | None = None, plan: WorkerPlan | None = None
+) -> Worker:
+    """An arq Worker for orbatch's task; the process that runs it handles its signals (see GracefulStop)."""
     return ClaimingWorker(
-        **_settings_kwargs(settings, concurrency or settings.concurrency), handle_signals=handle_signals
+        **_settings_kwargs(settings, concurrency or settings.concurrency, plan), handle_signals=False
     )
 
 
@@ -253,7 +288,15 @@ async def _wait_until_idle(worker: Worker, ctx_holder: dict[str, Any]) -> None:
         # Twice in a row: a request between its lease and its record is never seen as "nothing left".
         if settled >= 2:
             with contextlib.suppress(Exception):
-                await feed(ctx.engine, ctx_holder["redis"], ctx.settings.queue_name, ctx.settings.feed_window)
+                plan: WorkerPlan = ctx_holder["plan"]
+                await feed(
+                    ctx.engine,
+                    ctx_holder["redis"],
+                    ctx.settings.queue_name,
+                    ctx.settings.feed_window,
+                    batch_id=plan.only_batch,
+                    queue=plan.queue,
+                )
             return
 
 
@@ -266,27 +309,30 @@ def _dump_tasks() -> None:
 
 
 async def run_worker(settings: Settings, concurrency: int | None = None, burst: bool = False) -> None:
-    """Run a worker until stopped, or with `burst` until no request is left to run."""
-    asyncio.get_running_loop().add_signal_handler(signal.SIGUSR2, _dump_tasks)
+    """Run a worker until SIGTERM or Ctrl-C (graceful, then at once), or with `burst` until nothing is left to run."""
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGUSR2, _dump_tasks)
     worker = build_worker(settings, concurrency)
-    if not burst:
-        try:
-            # arq cancels its main task on SIGINT/SIGTERM: that is the normal way out.
-            with contextlib.suppress(asyncio.CancelledError):
-                await worker.async_run()
-        finally:
-            await worker.close()
-        return
+    stop = GracefulStop(worker, settings.shutdown_grace)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.request)
     main = asyncio.create_task(worker.async_run())
-    watcher = asyncio.create_task(_wait_until_idle(worker, worker.ctx))
+    stopper = asyncio.create_task(stop.requested.wait())
+    waiting: set[asyncio.Task[Any]] = {main, stopper}
+    if burst:
+        waiting.add(asyncio.create_task(_wait_until_idle(worker, worker.ctx)))
     try:
-        done, _ = await asyncio.wait({main, watcher}, return_when=asyncio.FIRST_COMPLETED)
-        if watcher in done:
-            main.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await main
+        done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        if stopper in done:
+            await stop.drain()
+        if main in done:
+            main.result()  # the worker's own failure: Redis, Postgres or the key at its start
     finally:
-        watcher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watcher
+        for task in waiting:
+            task.cancel()
+        for task in waiting:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await worker.close()
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2):
+            loop.remove_signal_handler(sig)

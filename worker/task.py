@@ -6,36 +6,34 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from redis.exceptions import RedisError
 from sqlalchemy.exc import DBAPIError
 
-from jobs.constants import QUOTA_HOLD_SECONDS, TWIN_WAIT_SECONDS
+from jobs.constants import PERSIST_DEADLINE_SECONDS, QUOTA_HOLD_SECONDS, TWIN_WAIT_SECONDS
 from jobs.db import connection_lost
-from jobs.logs import get_logger
+from jobs.logs import get_logger, redact
 from jobs.states import Outcome, PauseReason, RequestStatus
 from worker import records
-from worker.classify import Failure, Success, classify
+from worker.classify import Failure, Success, Usage, classify
 from worker.context import WorkerContext, context
 from worker.openrouter import CallResult
 from worker.retry import decide
-from worker.structured import reply_problem, requested_schema
-from worker.throttle import Denied, Permit
+from worker.structured import requested_schema
+from worker.throttle import Denied, Permit, Verdict
 
 __all__ = ["run_request"]
 
 log = get_logger(__name__)
 T = TypeVar("T")
 
-# A response in hand is worth waiting for: keep retrying its write through a database restart.
-_PERSIST_DEADLINE_SECONDS = 120.0
-
 
 async def _persist(what: str, write: Callable[[], Awaitable[T]]) -> T:
     """Run a database write, retrying through connection failures for a bounded time."""
-    deadline = time.monotonic() + _PERSIST_DEADLINE_SECONDS
+    deadline = time.monotonic() + PERSIST_DEADLINE_SECONDS
     delay = 0.2
     while True:
         try:
@@ -48,25 +46,41 @@ async def _persist(what: str, write: Callable[[], Awaitable[T]]) -> T:
             delay = min(delay * 2, 5.0)
 
 
-class _Renewal:
-    """Keeps a lease (and the throttle permit of its call, once it has one) alive while the task runs."""
+@dataclass(slots=True)
+class _Call:
+    """What the task knows of its upstream call, kept so that whatever fails afterwards, its cost is recorded."""
 
-    def __init__(self) -> None:
-        self.permit: Permit | None = None
+    permit: Permit | None = None
+    released: bool = False
+    started_at: datetime | None = None
+    result: CallResult | None = None
+    usage: Usage | None = None
+    status: int | None = None
+    model: str | None = None
+    provider: str | None = None
+    generation_id: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def sent(self) -> bool:
+        return self.started_at is not None
+
+    def answered(self, outcome: Success | Failure) -> None:
+        self.usage, self.status, self.model = outcome.usage, outcome.status, outcome.model
+        self.provider, self.generation_id = outcome.provider, outcome.generation_id
 
 
 @contextlib.asynccontextmanager
-async def _renewing(ctx: WorkerContext, lease: records.Lease) -> AsyncIterator[_Renewal]:
-    """Renew every third of the lease, so only a dead worker's lease (and permits) expire."""
+async def _renewing(ctx: WorkerContext, lease: records.Lease, call: _Call) -> AsyncIterator[None]:
+    """Renew every third of the lease (and the call's throttle permit), so only a dead worker's leases expire."""
     interval = ctx.settings.lease_seconds / 3
-    renewal = _Renewal()
 
     async def renew_forever() -> None:
         while True:
             await asyncio.sleep(interval)
             try:
-                if renewal.permit is not None:
-                    await ctx.throttle.renew(renewal.permit)
+                if call.permit is not None and not call.released:
+                    await ctx.throttle.renew(call.permit)
                 if not await records.renew(ctx.engine, lease, ctx.owner, ctx.settings.lease_seconds):
                     log.warning("lease lost; the answer will still be recorded", request_id=lease.request_id)
                     return
@@ -75,7 +89,7 @@ async def _renewing(ctx: WorkerContext, lease: records.Lease) -> AsyncIterator[_
 
     renewer = asyncio.create_task(renew_forever())
     try:
-        yield renewal
+        yield
     finally:
         renewer.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -86,7 +100,7 @@ async def _record_failure(
     ctx: WorkerContext,
     lease: records.Lease,
     free: bool,
-    call: CallResult,
+    latency_ms: int,
     failure: Failure,
     started_at: datetime,
 ) -> str:
@@ -104,11 +118,11 @@ async def _record_failure(
     if failure.cooldown_until is not None:
         held = await ctx.throttle.cool_down(free, int(failure.cooldown_until.timestamp() * 1000))
         log.warning("OpenRouter rate limit: every worker waits", seconds=held, message=failure.message)
-    await _persist(
+    record = await _persist(
         "failure",
-        lambda: records.fail(ctx.engine, lease, ctx.owner, failure, decision, started_at, call.latency_ms),
+        lambda: records.fail(ctx.engine, lease, ctx.owner, failure, decision, started_at, latency_ms),
     )
-    log.info(
+    log.debug(
         "attempt failed",
         request_id=lease.request_id,
         batch_id=lease.batch_id,
@@ -120,30 +134,34 @@ async def _record_failure(
         next=decision.status.value,
         retry_in=round(decision.delay_seconds, 2) if decision.status is RequestStatus.PENDING else None,
     )
-    if failure.outcome is Outcome.PARK:
-        log.error(
-            "batch paused", batch_id=lease.batch_id, reason=failure.park_reason, message=failure.message
-        )
+    if record.paused is not None:
+        log.warning("batch paused", batch_id=lease.batch_id, reason=record.paused, message=failure.message)
     return failure.outcome.value
 
 
 async def _throttled(ctx: WorkerContext, lease: records.Lease, denied: Denied) -> str:
-    """Give the request back unsent: the throttle's wait is longer than a worker holds a slot."""
+    """Give the request back unsent: the wait is longer than a worker holds a slot, or the worker is stopping."""
+    if denied.kind in ("stopping", "outage"):
+        # An outage's requests are due at once; the feeder holds them back while the breaker is open.
+        await _persist("unlease", lambda: records.unlease(ctx.engine, lease, ctx.owner, 0.0))
+        return "stopping" if denied.kind == "stopping" else "waiting-outage"
     quota_hold = denied.kind == "cooldown" and lease.models_sent[0].endswith(":free")
     if denied.kind == "daily" or (quota_hold and denied.wait_seconds >= QUOTA_HOLD_SECONDS):
         limit = ctx.throttle.limits.free_per_day
         message = (
-            f"The daily quota of {limit} free-model requests is spent; the batch resumes at 00:00 UTC."
+            f"The daily quota of {limit} free-model requests is spent; the batch resumes when the free tier's "
+            "day ends (00:00 UTC)."
             if denied.kind == "daily"
             else "OpenRouter's free-model quota is spent; the batch resumes when OpenRouter said it resets."
         )
-        await _persist(
+        paused = await _persist(
             "park",
             lambda: records.unlease(
                 ctx.engine, lease, ctx.owner, denied.wait_seconds, PauseReason.QUOTA, message
             ),
         )
-        log.warning("batch paused", batch_id=lease.batch_id, reason="quota", message=message)
+        if paused:
+            log.warning("batch paused", batch_id=lease.batch_id, reason="quota", message=message)
     else:
         await _persist("unlease", lambda: records.unlease(ctx.engine, lease, ctx.owner, denied.wait_seconds))
     return f"throttled-{denied.kind}"
@@ -152,34 +170,46 @@ async def _throttled(ctx: WorkerContext, lease: records.Lease, denied: Denied) -
 async def run_request(arq_ctx: dict[str, Any], request_id: int, attempts: int) -> str:
     """Run one attempt of one request; returns what happened, for arq's log."""
     ctx = context(arq_ctx)
+    if ctx.stopping.is_set():
+        return "stopping"
     lease = await _persist(
         "lease",
         lambda: records.take_lease(ctx.engine, request_id, attempts, ctx.owner, ctx.settings.lease_seconds),
     )
     if lease is None:
         return "skipped"
+    call = _Call()
     try:
-        return await _run_leased(ctx, lease)
+        return await _run_leased(ctx, lease, call)
     except asyncio.CancelledError:
         raise
     except Exception as exc:
         if connection_lost(exc):
             raise  # the lease expires and the request runs again once the database is back
-        # A bug must not loop for ever: the attempt fails like any other and spends one of the request's tries.
+        # A bug must not loop for ever: the attempt fails like any other and spends one of the request's tries,
+        # and what the call cost, if it was answered, is recorded with it.
         log.exception("internal error running a request", request_id=lease.request_id)
         failure = Failure(
-            Outcome.RETRY, "internal_error", f"orbatch internal error: {type(exc).__name__}: {exc}"
+            Outcome.RETRY,
+            "internal_error",
+            redact(f"orbatch internal error: {type(exc).__name__}: {exc}")[:2000],
+            call.status,
+            model=call.model,
+            provider=call.provider,
+            generation_id=call.generation_id,
+            usage=call.usage,
         )
-        await _record_failure(ctx, lease, False, CallResult(latency_ms=0), failure, datetime.now(UTC))
+        latency = call.result.latency_ms if call.result is not None else 0
+        await _record_failure(ctx, lease, False, latency, failure, call.started_at or datetime.now(UTC))
         return "internal-error"
 
 
-def _check_structured(body: dict[str, Any], success: Success) -> Success | Failure:
+async def _check_structured(ctx: WorkerContext, body: dict[str, Any], success: Success) -> Success | Failure:
     """A reply to a request that asked for a JSON schema counts only if it follows it; else it is retried."""
     schema = requested_schema(body)
     if schema is None:
         return success
-    problem = reply_problem(schema, success.content)
+    problem = await ctx.replies.check(schema, success.content)
     if problem is None:
         return success
     return Failure(
@@ -194,7 +224,26 @@ def _check_structured(body: dict[str, Any], success: Success) -> Success | Failu
     )
 
 
-async def _run_leased(ctx: WorkerContext, lease: records.Lease) -> str:
+async def _release(
+    ctx: WorkerContext, call: _Call, lease: records.Lease, verdict: Verdict, reason: str = ""
+) -> str:
+    """Hand the permit back, telling the breaker what the call showed; 'open' when the breaker is open after it."""
+    if call.permit is None or call.released:
+        return "ok"
+    call.released = True
+    model = lease.models_sent[0] if lease.models_sent else ""
+    return await ctx.throttle.release(call.permit, verdict, lease.request_id, model, reason)
+
+
+def _outage(failure: Failure) -> Failure:
+    """A failure of OpenRouter as a whole: no attempt of the request is spent; it runs once the upstream is back."""
+    failure.outcome = Outcome.OUTAGE
+    failure.spends_attempt = False
+    failure.retry_after = 0.0
+    return failure
+
+
+async def _run_leased(ctx: WorkerContext, lease: records.Lease, call: _Call) -> str:
     """Throttle, call and record one leased request."""
     paid = [m for m in lease.models_sent if not m.endswith(":free")]
     if lease.free_only and paid:
@@ -211,35 +260,58 @@ async def _run_leased(ctx: WorkerContext, lease: records.Lease) -> str:
             return "waiting-for-twin"
     # A request counts against the free limits when the first model it will try is a free variant.
     free = lease.models_sent[0].endswith(":free")
-    sent = False
     try:
-        async with _renewing(ctx, lease) as renewal:
-            permit = await ctx.throttle.acquire(free)
+        async with _renewing(ctx, lease, call):
+            permit = await ctx.throttle.acquire(free, ctx.stopping)
             if isinstance(permit, Denied):
                 return await _throttled(ctx, lease, permit)
-            renewal.permit = permit
-            started_at = datetime.now(UTC)
-            sent = True
-            try:
-                call = await ctx.client.chat(lease.body, lease.models_sent)
-            finally:
-                await asyncio.shield(ctx.throttle.release(permit))
+            call.permit = permit
+            call.started_at = datetime.now(UTC)
+            result = await ctx.client.chat(lease.body, lease.models_sent)
+            call.result = result
+            outcome = classify(result)
+            call.answered(outcome)
+            verdict: Verdict = "ok" if isinstance(outcome, Success) else outcome.verdict
+            reason = outcome.message if isinstance(outcome, Failure) else ""
+            breaker = await asyncio.shield(_release(ctx, call, lease, verdict, reason))
     except asyncio.CancelledError:
-        if sent:
-            await asyncio.shield(
-                records.abandon(ctx.engine, lease, ctx.owner, "the worker stopped during the call")
-            )
-        else:
-            await asyncio.shield(records.unlease(ctx.engine, lease, ctx.owner, 0.0))
+        await asyncio.shield(_stopped(ctx, lease, call))
         raise
-    outcome = classify(call)
+    finally:
+        if not call.released and call.permit is not None:
+            # An error between the permit and its release: the permit goes back, its call marked given up.
+            await asyncio.shield(_release(ctx, call, lease, "aborted" if call.sent else "unsent"))
+    if isinstance(outcome, Failure) and (
+        outcome.verdict == "down" or (outcome.verdict == "fail" and breaker == "open")
+    ):
+        outcome = _outage(outcome)
+        log.warning("OpenRouter unreachable: every worker waits for a probe", reason=outcome.message)
     if outcome.usage is not None:
         await ctx.prices.fill(outcome.usage, outcome.model)
     if isinstance(outcome, Success):
-        outcome = _check_structured(lease.body, outcome)
+        outcome = await _check_structured(ctx, lease.body, outcome)
+    started_at = call.started_at or datetime.now(UTC)
     if isinstance(outcome, Success):
+        success = outcome
         stored = await _persist(
-            "result", lambda: records.complete(ctx.engine, lease, outcome, started_at, call.latency_ms)
+            "result", lambda: records.complete(ctx.engine, lease, success, started_at, result.latency_ms)
         )
         return "completed" if stored else "completed-elsewhere"
-    return await _record_failure(ctx, lease, free, call, outcome, started_at)
+    return await _record_failure(ctx, lease, free, result.latency_ms, outcome, started_at)
+
+
+async def _stopped(ctx: WorkerContext, lease: records.Lease, call: _Call) -> None:
+    """The task was cancelled: give the request back (the worker stops) or fail the attempt (arq's timeout)."""
+    if call.permit is not None and not call.released:
+        await _release(ctx, call, lease, "aborted" if call.sent else "unsent")
+    if not call.sent:
+        await records.unlease(ctx.engine, lease, ctx.owner, 0.0)
+    elif ctx.stopping.is_set():
+        await records.abandon(ctx.engine, lease, ctx.owner, "the worker stopped during the call")
+    else:
+        # Not a stopping worker: arq's own timeout, which only a call stuck past every deadline meets.
+        failure = Failure(
+            Outcome.RETRY, "task_timeout", "the call outlived the task's timeout and was cut off"
+        )
+        latency = int((datetime.now(UTC) - call.started_at).total_seconds() * 1000) if call.started_at else 0
+        await _record_failure(ctx, lease, False, latency, failure, call.started_at or datetime.now(UTC))
