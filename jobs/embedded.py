@@ -29,6 +29,7 @@ __all__ = [
     "EmbeddedError",
     "LocalServices",
     "embedded_database",
+    "embedded_redis",
     "find_redis_server",
     "local_services",
     "postgres_folder",
@@ -94,7 +95,7 @@ def find_redis_server(path: str | None = None) -> str:
 
 
 @contextlib.contextmanager
-def _redis(data_dir: Path) -> Iterator[str]:
+def embedded_redis(data_dir: Path) -> Iterator[str]:
     """A private Redis on a free loopback port that keeps nothing on disk (Postgres is the record)."""
     binary = find_redis_server()
     folder = data_dir / "redis"
@@ -291,6 +292,6 @@ def local_services(
             database_url = stack.enter_context(embedded_database(data_dir))
             started.append("postgres")
         if redis_url is None:
-            redis_url = stack.enter_context(_redis(data_dir))
+            redis_url = stack.enter_context(embedded_redis(data_dir))
             started.append("redis")
         yield LocalServices(database_url, redis_url, started)
