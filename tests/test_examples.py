@@ -9,6 +9,7 @@ from pathlib import Path
 
 import orjson
 import psutil
+import pytest
 
 from tests.support import ROOT, Workers, write_jsonl
 
@@ -63,6 +64,7 @@ def test_the_quick_start_runs_on_a_machine_with_no_services_and_no_key(tmp_path:
     assert not [p for p in psutil.process_iter(["cmdline"]) if data in " ".join(p.info["cmdline"] or [])]
 
 
+@pytest.mark.slow
 def test_the_labelling_example_labels_and_scores_all_300_emails(tmp_path: Path) -> None:
     done = _bash("examples/labelling/run.sh", _fresh_machine_env(tmp_path))
     assert done.returncode == 0, done.stdout + done.stderr

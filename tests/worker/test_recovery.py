@@ -31,6 +31,9 @@ from tests.support import (
     write_jsonl,
 )
 
+# Kills, floods and outages with fleets of processes: slow, and they measure what a busy machine repeats.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("fleets")]
+
 
 def submit(env: dict[str, str], tmp_path: Path, n: int, *args: str) -> str:
     path = write_jsonl(tmp_path / "in.jsonl", (chat_line(f"c{i}", f"question {i}") for i in range(n)))
