@@ -101,7 +101,11 @@ def pytest_report_header(config: pytest.Config) -> str:
     postgres = (
         POSTGRES_URL if _postgres_answers(POSTGRES_URL) else "embedded (TEST_POSTGRES_URL does not answer)"
     )
-    redis = REDIS_BASE_URL if _redis_answers(REDIS_BASE_URL) else "embedded (TEST_REDIS_URL does not answer)"
+    redis = (
+        f"{REDIS_BASE_URL} (each xdist worker gwN: that database minus N)"
+        if _redis_answers(REDIS_BASE_URL)
+        else "embedded, one per process (TEST_REDIS_URL does not answer)"
+    )
     return f"services: postgres {postgres}; redis {redis}"
 
 
