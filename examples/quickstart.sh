@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
 # orbatch's main job end to end on a fresh machine: install, then `orbatch run`: submit a JSONL file, work it
 # with an in-process worker while showing progress, and write the results.
-# Needs only Python 3.11+: without DATABASE_URL / REDIS_URL it starts an embedded Postgres and Redis (kept in
-# ORBATCH_DATA_DIR, default ~/.local/share/orbatch) and stops them at the end; with them set, it uses yours.
+# Needs only Python 3.11+: without DATABASE_URL / REDIS_URL it starts an embedded Postgres and Redis (the
+# `local` extra; kept in ORBATCH_DATA_DIR, default ~/.local/share/orbatch) and stops them at the end; with
+# them set, it uses yours.
 # Without OPENROUTER_API_KEY it runs against the local OpenRouter simulator: no real model is called.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if ! command -v uv >/dev/null 2>&1; then python3 -m pip install --quiet uv; hash -r; fi
-uv sync --frozen --quiet
+uv sync --frozen --extra local --quiet
 # shellcheck disable=SC1091
-source .venv/bin/activate
+source "${UV_PROJECT_ENVIRONMENT:-.venv}/bin/activate"
 
 out=out/quickstart
 mkdir -p "$out"

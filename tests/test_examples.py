@@ -8,6 +8,8 @@ import subprocess
 from pathlib import Path
 
 import orjson
+import psutil
+import pytest
 
 from tests.support import ROOT, Workers, write_jsonl
 
@@ -54,10 +56,15 @@ def test_the_quick_start_runs_on_a_machine_with_no_services_and_no_key(tmp_path:
     done = _bash("examples/quickstart.sh", _fresh_machine_env(tmp_path))
     assert done.returncode == 0, done.stdout + done.stderr
     assert "using the local OpenRouter simulator" in done.stdout
+    assert "embedded postgres and redis" in done.stderr
     assert "First result:" in done.stdout
     assert '"custom_id":"sentiment-1"' in done.stdout
+    # The embedded Postgres and Redis stopped with the run.
+    data = str(tmp_path / "data")
+    assert not [p for p in psutil.process_iter(["cmdline"]) if data in " ".join(p.info["cmdline"] or [])]
 
 
+@pytest.mark.slow
 def test_the_labelling_example_labels_and_scores_all_300_emails(tmp_path: Path) -> None:
     done = _bash("examples/labelling/run.sh", _fresh_machine_env(tmp_path))
     assert done.returncode == 0, done.stdout + done.stderr

@@ -14,12 +14,12 @@ from sqlalchemy import Connection
 
 from jobs.db import alembic_config, create_engine, drop_database, ensure_database, upgrade
 from jobs.models import Base
-from tests.conftest import POSTGRES_URL
+from tests.conftest import Services
 
 
 @pytest.fixture
-def fresh_database() -> Iterator[str]:
-    url = f"{POSTGRES_URL}/orbatch_migrations_{uuid.uuid4().hex[:8]}"
+def fresh_database(services: Services) -> Iterator[str]:
+    url = services.database(f"orbatch_migrations_{uuid.uuid4().hex[:8]}")
     asyncio.run(ensure_database(url))
     yield url
     asyncio.run(drop_database(url))

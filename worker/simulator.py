@@ -162,6 +162,7 @@ class Simulator:
         self.initial_models = [dict(m) for m in (default_models() if models is None else models)]
         self._set_models(self.initial_models)
         self.started = time.time()
+        self.epoch = 0
         self.reset_counters()
 
     def reset_counters(self) -> None:
@@ -173,6 +174,8 @@ class Simulator:
         self.stats: collections.Counter[str] = collections.Counter()
         self.in_flight = 0
         self.max_in_flight = 0
+        # Calls still running at a reset (a killed worker's hang) must not count against the next test's.
+        self.epoch += 1
         self.generation = 0
         self.spent = Decimal(0)
 
@@ -398,12 +401,14 @@ class Simulator:
     # --- handlers --------------------------------------------------------------------------------------
     async def chat(self, request: web.Request) -> web.StreamResponse:
         _arrived.set(time.time())
+        epoch = self.epoch
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
             return await self._chat(request)
         finally:
-            self.in_flight -= 1
+            if self.epoch == epoch:
+                self.in_flight -= 1
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         cfg = self.config

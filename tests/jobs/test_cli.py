@@ -12,7 +12,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from jobs.db import alembic_config, drop_database
-from tests.conftest import POSTGRES_URL
+from tests.conftest import Services
 from tests.support import chat_line, run_cli, write_jsonl
 
 
@@ -86,17 +86,17 @@ def test_a_worker_without_a_key_refuses_to_start(env: dict[str, str]) -> None:
     assert "OPENROUTER_API_KEY is not set" in done.stderr
 
 
-async def test_db_upgrade_creates_a_missing_database(env: dict[str, str]) -> None:
-    name = f"orbatch_new_{uuid.uuid4().hex[:8]}"
+async def test_db_upgrade_creates_a_missing_database(env: dict[str, str], services: Services) -> None:
+    url = services.database(f"orbatch_new_{uuid.uuid4().hex[:8]}")
     try:
-        done = run_cli({**env, "DATABASE_URL": f"{POSTGRES_URL}/{name}"}, "db", "upgrade")
+        done = run_cli({**env, "DATABASE_URL": url}, "db", "upgrade")
         assert done.returncode == 0, done.stderr
         assert "Created the database" in done.stderr
-        conn = await asyncpg.connect(f"{POSTGRES_URL}/{name}")
+        conn = await asyncpg.connect(url)
         try:
             head = ScriptDirectory.from_config(alembic_config(env["DATABASE_URL"])).get_current_head()
             assert await conn.fetchval("SELECT version_num FROM alembic_version") == head
         finally:
             await conn.close()
     finally:
-        await drop_database(f"{POSTGRES_URL}/{name}")
+        await drop_database(url)

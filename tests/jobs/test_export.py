@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -64,6 +65,7 @@ async def export_in_subprocess(env: dict[str, str], batch_id: str, out: Path) ->
     return int(count), int(rss_kb) / 1024
 
 
+@pytest.mark.slow
 async def test_export_memory_does_not_grow_with_the_batch(
     env: dict[str, str], engine: AsyncEngine, tmp_path: Path
 ) -> None:

@@ -139,6 +139,7 @@ _SUBMIT_AND_MEASURE = (
 )
 
 
+@pytest.mark.slow
 async def test_a_50_mb_line_is_refused_without_holding_it(
     env: dict[str, str], engine: AsyncEngine, tmp_path: Path
 ) -> None:
@@ -167,6 +168,7 @@ async def test_a_50_mb_line_is_refused_without_holding_it(
     assert await nothing_stored(engine)
 
 
+@pytest.mark.slow
 async def test_a_million_duplicate_ids_are_reported_in_bounded_memory_and_time(
     env: dict[str, str], engine: AsyncEngine, tmp_path: Path
 ) -> None:

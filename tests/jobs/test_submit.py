@@ -143,6 +143,7 @@ def _peak_rss_mb_of_submit(env: dict[str, str], path: Path) -> float:
     return int(done.stdout.strip().splitlines()[-1]) / 1024
 
 
+@pytest.mark.slow
 async def test_submit_memory_does_not_grow_with_the_file(env: dict[str, str], tmp_path: Path) -> None:
     small = write_jsonl(tmp_path / "small.jsonl", (chat_line(f"r{i}", "x" * 200) for i in range(10_000)))
     large = write_jsonl(tmp_path / "large.jsonl", (chat_line(f"r{i}", "x" * 200) for i in range(150_000)))

@@ -31,6 +31,9 @@ from tests.support import (
     write_jsonl,
 )
 
+# Kills, floods and outages with fleets of processes: slow, and they measure what a busy machine repeats.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("fleets")]
+
 
 def submit(env: dict[str, str], tmp_path: Path, n: int, *args: str) -> str:
     path = write_jsonl(tmp_path / "in.jsonl", (chat_line(f"c{i}", f"question {i}") for i in range(n)))
@@ -110,8 +113,11 @@ async def test_redis_losing_everything_mid_batch_loses_no_work_and_repeats_no_ca
     batch_id = submit(env, tmp_path, 300)
     workers = Workers(env, tmp_path, 2, "--burst", "--concurrency", "8")
     await wait_for(engine, "SELECT count(*) FROM result", 60, 60)
+    # Calls slow down so the batch is still mid-way when `resume` has started, however busy the machine.
+    await simulator.configure(latency_ms=2000)
     await redis.flushdb()
     resumed = run_cli(env, "resume", batch_id)
+    await simulator.configure(latency_ms=50)
     assert resumed.returncode == 0
     assert "unfinished requests queued again" in resumed.stderr
     assert await workers.wait(120) == [0, 0], workers.output()[-3000:]

@@ -47,14 +47,15 @@ async def test_free_requests_are_spaced_by_the_window_over_the_limit_plus_margin
         assert isinstance(permit, Permit)
         grants.append(time.monotonic() - start)
     # Slots are exact on Redis's clock, so six grants span at least five intervals of 1 s / 10 + 5 %;
-    # each gap as the caller sees it varies by its wake-up jitter only.
-    assert grants[-1] - grants[0] >= 5 * 0.105 - 0.005, grants
-    assert min(b - a for a, b in itertools.pairwise(grants)) >= 0.07, grants
+    # each gap as the caller sees it varies by its wake-up jitter only, which a machine running the suite
+    # in parallel stretches to tens of milliseconds: half an interval is allowed for it.
+    assert grants[-1] - grants[0] >= 5 * 0.105 - 0.05, grants
+    assert min(b - a for a, b in itertools.pairwise(grants)) >= 0.05, grants
     assert throttle.limits.interval_ms == 105
 
 
 async def test_concurrent_takers_never_share_a_slot(redis: ArqRedis) -> None:
-    throttle = make(redis, free_per_window=20)
+    throttle = make(redis)
     times: list[float] = []
 
     async def take() -> None:
@@ -63,8 +64,11 @@ async def test_concurrent_takers_never_share_a_slot(redis: ArqRedis) -> None:
 
     await asyncio.gather(*(take() for _ in range(12)))
     times.sort()
-    assert times[-1] - times[0] >= 11 * throttle.limits.interval_ms / 1000 - 0.005
-    assert min(b - a for a, b in itertools.pairwise(times)) >= 0.03
+    # Two takers sharing a slot would take a whole interval off the span and leave a gap of about nothing;
+    # half an interval is left for wake-up jitter.
+    interval = throttle.limits.interval_ms / 1000
+    assert times[-1] - times[0] >= 11 * interval - interval / 2, times
+    assert min(b - a for a, b in itertools.pairwise(times)) >= interval / 2, times
 
 
 async def test_paid_requests_are_not_paced(redis: ArqRedis) -> None:
