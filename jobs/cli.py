@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -22,9 +23,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from jobs.catalog import model_rows, render_table, rows_json
 from jobs.control import cancel_batch, resume_batch, retry_failed
 from jobs.db import create_engine, ensure_database, upgrade
-from jobs.embedded import local_services
+from jobs.embedded import embedded_database, local_services
 from jobs.errors import BadInput, Interrupted, OrbatchError, ServiceUnavailable, SettingsError
 from jobs.export import ExportFormat, export_to_files
+from jobs.fleet import read_breaker, throttle_namespace
 from jobs.intake import take_in
 from jobs.logs import configure_logging, redact
 from jobs.oneshot import RunPlan, run_file
@@ -91,18 +93,37 @@ def _settings() -> Settings:
     return get_settings()
 
 
+@contextlib.contextmanager
+def _database(settings: Settings) -> Iterator[Settings]:
+    """The settings with the database every command uses: DATABASE_URL when set, else the embedded one in
+    ORBATCH_DATA_DIR that `orbatch run` uses (started for the command if it is not running, stopped after)."""
+    database_given, _ = settings.services_given()
+    if database_given:
+        yield settings
+        return
+    with embedded_database(settings.data_dir) as url:
+
+        async def prepare() -> None:
+            # A data dir that never saw a run has no database or schema yet.
+            await ensure_database(url)
+            await upgrade(url)
+
+        asyncio.run(prepare())
+        yield settings.model_copy(update={"database_url": url})
+
+
 def _with_engine(work: Callable[[AsyncEngine], Awaitable[T]], pool_size: int = 1) -> T:
-    """Run `work` on an engine for the configured database, disposed of afterwards, in a fresh event loop."""
-    settings = _settings()
+    """Run `work` on an engine for the database (see `_database`), disposed of afterwards, in a fresh loop."""
+    with _database(_settings()) as settings:
 
-    async def go() -> T:
-        engine = create_engine(settings.database_url, pool_size=pool_size)
-        try:
-            return await work(engine)
-        finally:
-            await engine.dispose()
+        async def go() -> T:
+            engine = create_engine(settings.database_url, pool_size=pool_size)
+            try:
+                return await work(engine)
+            finally:
+                await engine.dispose()
 
-    return asyncio.run(go())
+        return asyncio.run(go())
 
 
 def _print_json(value: Any) -> None:
@@ -342,17 +363,40 @@ def status(
         _watch_command(batch, as_json)
         return
 
-    async def go(engine: AsyncEngine) -> list[BatchSummary]:
-        async with engine.connect() as conn:
-            return [await batch_summary(conn, batch)] if batch else await list_batches(conn)
+    settings = _settings()
 
-    summaries = _with_engine(go)
+    async def go(engine: AsyncEngine) -> tuple[list[BatchSummary], str | None]:
+        async with engine.connect() as conn:
+            found = [await batch_summary(conn, batch)] if batch else await list_batches(conn)
+        waiting = None
+        if batch and not finished(found[0]):
+            waiting = await _waiting(settings, found[0].simulated)
+        return found, waiting
+
+    summaries, waiting = _with_engine(go)
     if as_json:
-        _print_json(summaries[0].to_json() if batch else [s.to_json() for s in summaries])
+        _print_json(
+            {**summaries[0].to_json(), "waiting": waiting} if batch else [s.to_json() for s in summaries]
+        )
     elif batch:
-        out.print(summary_table(summaries[0]))
+        out.print(summary_table(summaries[0], waiting))
     else:
         out.print(batches_table(summaries))
+
+
+async def _waiting(settings: Settings, simulated: bool) -> str | None:
+    """What the whole fleet waits for (the outage breaker), from Redis; None when nothing, or Redis is away."""
+    try:
+        redis = await connect(settings.redis_url, settings.queue_name, patient=False)
+    except (OSError, RedisError):
+        return None
+    try:
+        breaker = await read_breaker(redis, throttle_namespace(settings.queue_name, simulated))
+    except (OSError, RedisError):
+        return None
+    finally:
+        await redis.aclose()
+    return None if breaker is None else breaker.describe()
 
 
 def _watch_command(batch: str, as_json: bool) -> None:

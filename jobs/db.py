@@ -60,6 +60,8 @@ def create_engine(database_url: str, pool_size: int = 10, pre_ping: bool = True)
         pool_pre_ping=pre_ping,
         json_serializer=_json_dumps,
         json_deserializer=orjson.loads,
+        # Parameters are prompts and answers: an error's text (logged, shown) never carries them.
+        hide_parameters=True,
     )
 
 

@@ -22,6 +22,23 @@ from jobs.terminal import say, say_warning
 __all__ = ["take_in"]
 
 
+async def _queue_first_window(engine: AsyncEngine, settings: Settings, batch_id: str, err: Console) -> None:
+    """Queue the batch's first requests now, so workers start at once; Redis down only delays them."""
+    try:
+        redis = await connect(settings.redis_url, settings.queue_name, patient=False)
+        try:
+            await feed(engine, redis, settings.queue_name, settings.feed_window, batch_id=batch_id)
+        finally:
+            await redis.aclose()
+    except (OSError, RedisError) as exc:
+        # Postgres holds the batch; any worker's feeder queues it once Redis is reachable.
+        say_warning(
+            err,
+            f"stored {batch_id} but could not reach Redis at REDIS_URL ({exc}); "
+            "its requests are queued as soon as a worker can reach it",
+        )
+
+
 async def take_in(
     engine: AsyncEngine,
     settings: Settings,
@@ -29,8 +46,12 @@ async def take_in(
     options: SubmitOptions,
     check_models: bool,
     err: Console,
+    queue_now: bool = True,
 ) -> tuple[SubmitReport, BatchSummary]:
-    """Submit FILE as a batch (or find the one it already is) and queue it; warnings go to `err`."""
+    """Submit FILE as a batch (or find the one it already is) and, with `queue_now`, queue its first window.
+
+    Warnings go to `err`.
+    """
     key = settings.openrouter_api_key.get_secret_value() if settings.openrouter_api_key else None
     if not options.simulated and await upstream_is_simulator(settings.openrouter_base_url, key):
         # Its calls will count against no real account, and a real run of the same file is another batch.
@@ -60,19 +81,8 @@ async def take_in(
         # One stat call; the file itself is read in blocking chunks by submit_file, as COPY needs them.
         task = progress.add_task("submit", total=file.stat().st_size)  # noqa: ASYNC240
         report = await submit_file(engine, file, options, lambda pos: progress.update(task, completed=pos))
-    try:
-        redis = await connect(settings.redis_url, settings.queue_name, patient=False)
-        try:
-            await feed(engine, redis, settings.queue_name, settings.feed_window, batch_id=report.batch_id)
-        finally:
-            await redis.aclose()
-    except (OSError, RedisError) as exc:
-        # Postgres holds the batch; any worker's feeder queues it once Redis is reachable.
-        say_warning(
-            err,
-            f"stored {report.batch_id} but could not reach Redis at REDIS_URL ({exc}); "
-            "its requests are queued as soon as a worker can reach it",
-        )
+    if queue_now:
+        await _queue_first_window(engine, settings, report.batch_id, err)
     async with engine.connect() as conn:
         summary = await batch_summary(conn, report.batch_id)
     if report.reused:

@@ -166,7 +166,7 @@ class Attempt(Base):
         Index(
             "attempt_free_started_idx",
             "started_at",
-            postgresql_where=text("models_sent[1] LIKE '%:free'"),
+            postgresql_where=text("models_sent[1] LIKE '%\\:free'"),
         ),
     )
 

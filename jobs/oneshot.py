@@ -86,8 +86,12 @@ async def run_file(settings: Settings, plan: RunPlan, err: Console) -> int:
         engine = create_engine(settings.database_url, pool_size=2)
         stack.push_async_callback(engine.dispose)
         options = replace(plan.options, simulated=plan.simulator)
-        report, summary = await take_in(engine, settings, plan.file, options, plan.check_models, err)
+        report, summary = await take_in(
+            engine, settings, plan.file, options, plan.check_models, err, queue_now=False
+        )
         batch_id = report.batch_id
+        # Requests queued elsewhere before (a `submit`) are fed again to this run's own queue.
+        await release_batch_queue_marks(engine, batch_id)
         if (
             report.reused
             and summary.status == BatchStatus.PAUSED
@@ -134,7 +138,7 @@ async def _work(
     recorded; a second stops at once. Returns the last summary and whether the run was interrupted.
     """
     from worker.runner import build_worker
-    from worker.shutdown import GracefulStop
+    from worker.shutdown import GracefulStop, close_worker
 
     batch_id = work.only_batch
     assert batch_id is not None
@@ -167,7 +171,7 @@ async def _work(
         main.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await main
-        await worker.close()
+        await close_worker(worker)
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
 

@@ -48,7 +48,7 @@ __all__ = [
 _REMAINING_FREE = sql(
     "SELECT count(*) FROM request r JOIN batch b ON b.id = r.batch_id"
     " WHERE r.batch_id = :id AND r.status IN ({R.PENDING}, {R.RUNNING})"
-    " AND (coalesce(r.models, b.models))[r.chain_pos + 1] LIKE '%:free'"
+    " AND (coalesce(r.models, b.models))[r.chain_pos + 1] LIKE '%\\:free'"
 )
 
 

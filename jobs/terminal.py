@@ -46,14 +46,16 @@ def say_error(console: Console, message: str) -> None:
     console.print(Text.assemble(("error: ", "bold red"), message), highlight=False)
 
 
-def summary_table(summary: BatchSummary) -> Table:
-    """One batch: state, pause, models, counts, attempts, tokens, cost."""
+def summary_table(summary: BatchSummary, waiting: str | None = None) -> Table:
+    """One batch: state, what it waits for, pause, models, counts, attempts, tokens, cost."""
     counts = summary.counts
     title = f"batch {summary.id}" + (f" ({summary.name})" if summary.name else "")
     table = Table(title=Text(title), show_header=False)
     table.add_column(style="bold")
     table.add_column()
     table.add_row("status", Text(summary.status))
+    if waiting:
+        table.add_row("waiting", Text(waiting))
     if summary.pause_reason:
         when = f" until {summary.resume_at:%Y-%m-%d %H:%M:%S} UTC" if summary.resume_at else ""
         table.add_row("paused", Text(f"{summary.pause_reason}{when}: {summary.pause_message or ''}"))

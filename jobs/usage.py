@@ -7,22 +7,11 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from jobs.status import BatchNotFound
 
-__all__ = ["UsageLine", "UsageReport", "free_calls_today", "usage_report"]
-
-_FREE_CALLS_TODAY = text(
-    "SELECT count(*) FROM attempt WHERE started_at >= date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'"
-    " AND models_sent[1] LIKE :free_suffix AND outcome <> 'in_flight'"
-)
-
-
-async def free_calls_today(conn: AsyncConnection) -> int:
-    """Free-model calls made since 00:00 UTC, across every batch (the daily quota is the account's)."""
-    return int((await conn.execute(_FREE_CALLS_TODAY, {"free_suffix": "%:free"})).scalar_one())
-
+__all__ = ["UsageLine", "UsageReport", "usage_report"]
 
 # From the tallies the triggers keep: a few rows per batch and model, whatever the batch's size.
 _BY_MODEL = text(

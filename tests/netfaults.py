@@ -18,8 +18,9 @@ import threading
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
-__all__ = ["FaultProxy", "FaultProxyThread"]
+__all__ = ["FaultProxy", "FaultProxyThread", "postgres_proxy"]
 
 T = TypeVar("T")
 
@@ -50,8 +51,12 @@ class _Link:
 class FaultProxy:
     """A TCP proxy on loopback in front of `target_host:target_port`, with switches that break it."""
 
-    def __init__(self, target_host: str, target_port: int, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self, target_host: str, target_port: int, host: str = "127.0.0.1", target_socket: str | None = None
+    ) -> None:
         self.target = (target_host, target_port)
+        # A Unix socket to forward to instead (an embedded Postgres listens on one only).
+        self.target_socket = target_socket
         self.host = host
         self.port = 0
         self.dropped = 0  # replies swallowed by drop_reply_after
@@ -117,7 +122,10 @@ class FaultProxy:
 
     async def _serve(self, client_reader: asyncio.StreamReader, client: asyncio.StreamWriter) -> None:
         try:
-            server_reader, server = await asyncio.open_connection(*self.target)
+            if self.target_socket is not None:
+                server_reader, server = await asyncio.open_unix_connection(self.target_socket)
+            else:
+                server_reader, server = await asyncio.open_connection(*self.target)
         except OSError:
             _abort(client)  # the target is down: so is the proxied service
             return
@@ -216,3 +224,17 @@ class FaultProxyThread:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
         self._loop.close()
+
+
+async def postgres_proxy(database_url: str) -> tuple[FaultProxy, str]:
+    """A started FaultProxy in front of the Postgres of `database_url` (TCP or Unix socket), and the URL through it."""
+    parts = urlsplit(database_url)
+    socket_dir = dict(parse_qsl(parts.query)).get("host")
+    port = parts.port or 5432
+    if socket_dir:
+        proxy = FaultProxy("127.0.0.1", port, target_socket=f"{socket_dir}/.s.PGSQL.{port}")
+    else:
+        proxy = FaultProxy(parts.hostname or "127.0.0.1", port)
+    await proxy.start()
+    user = parts.username or "postgres"
+    return proxy, urlunsplit((parts.scheme, f"{user}@127.0.0.1:{proxy.port}", parts.path, "", ""))

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from jobs.logs import configure_logging, get_logger
 from jobs.settings import Settings
 from tests.support import TEST_API_KEY, Simulator, Workers, chat_line, run_cli, write_jsonl
+
+
+async def outages(engine: AsyncEngine) -> int:
+    async with engine.connect() as conn:
+        return int(
+            (await conn.execute(text("SELECT count(*) FROM attempt WHERE outcome = 'outage'"))).scalar_one()
+        )
 
 
 def free_port() -> int:
@@ -53,7 +62,19 @@ async def test_the_key_leaks_nowhere_through_successes_errors_and_outages(
         "--models",
         "sim/echo",
     )
-    down_workers = Workers(unreachable, tmp_path, 1, "--burst")
+    down_workers = Workers(
+        {**unreachable, "ORBATCH_BREAKER_PROBE_BASE": "0.2", "ORBATCH_BREAKER_PROBE_MAX": "0.5"},
+        tmp_path,
+        1,
+        "--burst",
+    )
+    # An unreachable OpenRouter fails nothing: the worker waits and probes. Once it has probed a few times the
+    # batch is cancelled, and the burst worker ends.
+    deadline = time.monotonic() + 60
+    while await outages(engine) < 3:
+        assert time.monotonic() < deadline, down_workers.output()[-3000:]
+        await asyncio.sleep(0.2)
+    cancelled = run_cli(unreachable, "cancel", down.stdout.strip())
     assert await down_workers.wait(60) == [0]
 
     out, errors = tmp_path / "out.jsonl", tmp_path / "errors.jsonl"
@@ -61,7 +82,7 @@ async def test_the_key_leaks_nowhere_through_successes_errors_and_outages(
     status = run_cli(env, "status", batch_id, "--json")
     texts = {
         "worker logs": workers.output() + down_workers.output(),
-        "cli output": "".join(p.stdout + p.stderr for p in (submitted, down, exported, status)),
+        "cli output": "".join(p.stdout + p.stderr for p in (submitted, down, cancelled, exported, status)),
         "results": out.read_text(),
         "errors": errors.read_text(),
     }

@@ -292,7 +292,7 @@ _NOTHING_LEFT = sql(
 _FREE_CALLS_SINCE = sql(
     """
     SELECT count(*) FROM attempt a JOIN batch b ON b.id = a.batch_id
-    WHERE a.started_at >= :since AND a.models_sent[1] LIKE '%:free'
+    WHERE a.started_at >= :since AND a.models_sent[1] LIKE '%\\:free'
       AND a.outcome NOT IN ({O.IN_FLIGHT}, {O.REUSED}) AND b.simulated = :simulated
     """
 )

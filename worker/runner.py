@@ -41,7 +41,7 @@ from worker.openrouter import OpenRouterClient
 from worker.plan import WorkerPlan
 from worker.pricing import PriceBook
 from worker.replycheck import ReplyChecker
-from worker.shutdown import GracefulStop
+from worker.shutdown import GracefulStop, close_worker
 from worker.task import run_request
 from worker.throttle import Throttle, ThrottleLimits
 
@@ -333,6 +333,6 @@ async def run_worker(settings: Settings, concurrency: int | None = None, burst: 
         for task in waiting:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        await worker.close()
+        await close_worker(worker)
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2):
             loop.remove_signal_handler(sig)

@@ -16,7 +16,7 @@ from arq.worker import Worker
 from jobs.logs import get_logger
 from worker.context import CONTEXT_KEY, WorkerContext
 
-__all__ = ["GracefulStop"]
+__all__ = ["GracefulStop", "close_worker"]
 
 log = get_logger(__name__)
 
@@ -66,3 +66,17 @@ class GracefulStop:
         if left:
             log.warning("stopping now: calls still in flight are given back", calls=left)
         return left
+
+
+async def close_worker(worker: Worker) -> None:
+    """Cancel what still runs (calls recorded `abandoned`), wait for it, then close arq's worker.
+
+    arq's own close gathers its tasks without `return_exceptions`, so one cancelled before its job began would
+    raise out of it; they are settled here first.
+    """
+    tasks = list(worker.tasks.values())
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    worker.tasks.clear()
+    await worker.close()

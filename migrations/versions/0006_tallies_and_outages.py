@@ -234,7 +234,7 @@ def upgrade() -> None:
         "attempt_free_started_idx",
         "attempt",
         ["started_at"],
-        postgresql_where=sa.text("models_sent[1] LIKE '%:free'"),
+        postgresql_where=sa.text("models_sent[1] LIKE '%\\:free'"),
     )
     _tally_table("batch_tally", [], [*_COUNTS, "calls", "reused", *_TOKENS], [_cost()])
     _tally_table(

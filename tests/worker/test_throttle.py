@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+from datetime import datetime
 
 import pytest
 from arq.connections import ArqRedis
@@ -27,10 +28,10 @@ def limits(**overrides: float) -> ThrottleLimits:
 
 
 def make(redis: ArqRedis, made_today: int = 0, **overrides: float) -> Throttle:
-    async def count_today() -> int:
+    async def count_since(_: datetime) -> int:
         return made_today
 
-    return Throttle(redis, "test", limits(**overrides), count_today)
+    return Throttle(redis, "test", limits(**overrides), count_since)
 
 
 async def day_count(throttle: Throttle) -> int:
@@ -94,7 +95,7 @@ async def test_a_free_request_never_sent_gives_its_daily_count_back(redis: ArqRe
     throttle = make(redis, free_per_window=1000)
     permit = await throttle.acquire(free=True)
     assert isinstance(permit, Permit)
-    await throttle.release(permit, sent=False)
+    await throttle.release(permit, "unsent")
     assert await day_count(throttle) == 0
 
 
@@ -107,7 +108,7 @@ async def test_the_in_flight_cap_holds_until_a_permit_comes_back(redis: ArqRedis
     third = asyncio.create_task(throttle.acquire(free=False))
     await asyncio.sleep(0.3)
     assert not third.done()
-    await throttle.release(first)
+    await throttle.release(first, "ok")
     assert isinstance(await asyncio.wait_for(third, 2), Permit)
 
 
@@ -145,13 +146,6 @@ async def test_a_slot_further_away_than_a_worker_waits_is_denied_not_reserved(re
     assert await day_count(throttle) == 1
 
 
-async def test_seeding_the_daily_count_only_fills_a_missing_one(redis: ArqRedis) -> None:
-    throttle = make(redis)
-    assert await throttle.seed_day(7)
-    assert not await throttle.seed_day(3)
-    assert await day_count(throttle) == 7
-
-
 async def test_a_lost_daily_count_is_rebuilt_from_the_calls_already_made(redis: ArqRedis) -> None:
     throttle = make(redis, made_today=4, free_per_day=5, free_per_window=1000)
     assert isinstance(await throttle.acquire(free=True), Permit)
@@ -159,3 +153,109 @@ async def test_a_lost_daily_count_is_rebuilt_from_the_calls_already_made(redis: 
     denied = await throttle.acquire(free=True)
     assert isinstance(denied, Denied)
     assert denied.kind == "daily"
+
+
+async def redis_now_ms(redis: ArqRedis) -> int:
+    seconds, micros = await redis.time()
+    return int(seconds) * 1000 + int(micros) // 1000
+
+
+async def until_next_day(redis: ArqRedis, day_seconds: float, margin: float = 0.3) -> None:
+    """Sleep until the free tier's day (scaled) has just begun, on Redis's clock."""
+    day_ms = int(day_seconds * 1000)
+    now = await redis_now_ms(redis)
+    left = day_ms - now % day_ms
+    if left < margin * 1000:
+        left += day_ms
+    await asyncio.sleep(left / 1000 + 0.05)
+
+
+async def test_the_day_turns_for_everyone_at_once_and_a_refund_goes_to_the_day_it_was_booked(
+    redis: ArqRedis,
+) -> None:
+    # A day of 2 s stands in for a UTC day: the same arithmetic on Redis's clock, without waiting for midnight.
+    throttle = make(redis, free_per_day=3, free_per_window=1000, day_seconds=2.0)
+    await until_next_day(redis, 2.0)
+    booked = [await throttle.acquire(free=True) for _ in range(3)]
+    assert all(isinstance(p, Permit) for p in booked)
+    denied = await throttle.acquire(free=True)
+    assert isinstance(denied, Denied)
+    assert denied.kind == "daily"
+    assert denied.wait_seconds <= 2.0
+    await until_next_day(redis, 2.0)
+    # A new day: the quota is whole again. A slot of yesterday's that was never sent gives nothing to today.
+    fresh = await throttle.acquire(free=True)
+    assert isinstance(fresh, Permit)
+    assert fresh.day == booked[0].day + 1  # type: ignore[union-attr]
+    await throttle.release(booked[0], "unsent")  # type: ignore[arg-type]
+    assert await day_count(throttle) == 1
+    await throttle.release(fresh, "unsent")
+    assert await day_count(throttle) == 0
+
+
+async def test_a_permit_is_kept_alive_on_redis_s_clock_not_the_worker_s(redis: ArqRedis) -> None:
+    throttle = make(redis, max_in_flight=1, permit_ttl_seconds=1.0)
+    permit = await throttle.acquire(free=False)
+    assert isinstance(permit, Permit)
+    await throttle.renew(permit)
+    expiry = await redis.zscore(throttle.keys["inflight"], permit.id)
+    assert expiry is not None
+    assert abs(expiry - (await redis_now_ms(redis) + 1000)) < 200
+
+
+async def test_an_unreachable_upstream_opens_the_breaker_and_one_probe_at_a_time_closes_it(
+    redis: ArqRedis,
+) -> None:
+    throttle = make(redis, probe_base_seconds=0.3, probe_max_seconds=1.0)
+    first = await throttle.acquire(free=False)
+    assert isinstance(first, Permit)
+    assert await throttle.release(first, "down", 1, "m", "connection refused") == "open"
+    denied = await throttle.acquire(free=False)
+    assert isinstance(denied, Denied)
+    assert denied.kind == "outage"
+    assert 0 < denied.wait_seconds <= 0.3
+    await asyncio.sleep(0.35)
+    probe = await throttle.acquire(free=False)
+    assert isinstance(probe, Permit)
+    assert probe.probe
+    # While the probe is out nobody else calls.
+    other = await throttle.acquire(free=False)
+    assert isinstance(other, Denied)
+    assert other.kind == "outage"
+    assert await throttle.release(probe, "down", 2, "m", "still refused") == "open"
+    state = await throttle.breaker()
+    assert state is not None
+    assert state.probes == 1
+    assert "still refused" in state.describe()
+    # The next probe waits longer (doubling, capped), then an answer closes the breaker for everyone.
+    assert (state.next_probe - state.since).total_seconds() > 0.5
+    await asyncio.sleep(0.7)
+    probe = await throttle.acquire(free=False)
+    assert isinstance(probe, Permit)
+    assert probe.probe
+    assert await throttle.release(probe, "ok") == "closed"
+    assert await throttle.breaker() is None
+    assert isinstance(await throttle.acquire(free=False), Permit)
+
+
+async def test_a_run_of_5xx_across_requests_and_models_opens_the_breaker_but_one_request_s_do_not(
+    redis: ArqRedis,
+) -> None:
+    throttle = make(redis, breaker_run=4)
+    # One request failing again and again is that request's problem: no breaker.
+    for _ in range(6):
+        permit = await throttle.acquire(free=False)
+        assert isinstance(permit, Permit)
+        assert await throttle.release(permit, "fail", 7, "a/model", "HTTP 500") == "ok"
+    assert await throttle.breaker() is None
+    # An answer in between starts the count again.
+    permit = await throttle.acquire(free=False)
+    assert isinstance(permit, Permit)
+    await throttle.release(permit, "ok")
+    verdicts = []
+    for request, model in ((1, "a"), (2, "b"), (3, "a"), (4, "c")):
+        permit = await throttle.acquire(free=False)
+        assert isinstance(permit, Permit)
+        verdicts.append(await throttle.release(permit, "fail", request, model, "HTTP 502"))
+    assert verdicts == ["ok", "ok", "ok", "open"]
+    assert await throttle.breaker() is not None

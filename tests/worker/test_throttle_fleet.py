@@ -15,11 +15,8 @@ from arq.connections import ArqRedis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from jobs.settings import Settings
-from tests.support import TEST_API_KEY, Simulator, Workers, chat_line, run_cli, write_jsonl
+from tests.support import Simulator, Workers, chat_line, run_cli, write_jsonl
 from worker.classify import next_utc_midnight
-from worker.openrouter import OpenRouterClient
-from worker.runner import daily_free_limit
 
 # Three worker processes paced against a scaled-down limit: slow, and their pacing must not share the
 # machine with another fleet test.
@@ -253,36 +250,3 @@ async def test_the_in_flight_spending_budget_waits_and_missing_credits_park(
     status = orjson.loads(run_cli(env, "status", batch_id, "--json").stdout)
     assert (status["status"], status["pause"]["reason"]) == ("paused", "credits")
     assert "Add credits" in status["pause"]["message"]
-
-
-async def test_the_daily_limit_comes_from_the_setting_else_from_get_key(simulator: Simulator) -> None:
-    client = OpenRouterClient(
-        simulator.base_url,
-        TEST_API_KEY,
-        timeout=5,
-        connect_timeout=5,
-        max_connections=2,
-        app_url="x",
-        app_title="x",
-    )
-    try:
-        await simulator.configure(is_free_tier=True)
-        assert await daily_free_limit(Settings(), client) == 50
-        await simulator.configure(is_free_tier=False)
-        assert await daily_free_limit(Settings(), client) == 1000
-        assert await daily_free_limit(Settings(free_requests_per_day=7), client) == 7
-    finally:
-        await client.aclose()
-    unreachable = OpenRouterClient(
-        "http://127.0.0.1:9/api/v1",
-        TEST_API_KEY,
-        timeout=1,
-        connect_timeout=1,
-        max_connections=1,
-        app_url="x",
-        app_title="x",
-    )
-    try:
-        assert await daily_free_limit(Settings(), unreachable) == 50
-    finally:
-        await unreachable.aclose()

@@ -1,0 +1,163 @@
+"""The task's writes: each call recorded once, its cost counted once, its batch updated once, whatever breaks."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from jobs.states import Outcome, PauseReason, RequestStatus
+from jobs.submit import SubmitOptions, submit_file
+from tests.netfaults import postgres_proxy
+from tests.support import Simulator, Workers, chat_line, run_cli, write_jsonl
+from worker import records
+from worker.classify import Failure, Usage
+from worker.retry import Decision
+
+
+async def one(engine: AsyncEngine, sql: str, **params: Any) -> Any:
+    async with engine.connect() as conn:
+        return (await conn.execute(text(sql), params)).one()
+
+
+def submit(env: dict[str, str], path: Path, *args: str) -> str:
+    done = run_cli(env, "submit", str(path), "--json", *args)
+    assert done.returncode == 0, done.stderr
+    return str(orjson.loads(done.stdout)["id"])
+
+
+async def tallies_match_the_rows(engine: AsyncEngine) -> None:
+    tally = await one(
+        engine, "SELECT coalesce(sum(cost), 0) AS cost, coalesce(sum(calls), 0) AS calls FROM batch_tally"
+    )
+    rows = await one(
+        engine,
+        "SELECT coalesce(sum(cost), 0) AS cost, count(*) AS calls FROM attempt"
+        " WHERE outcome NOT IN ('in_flight', 'reused')",
+    )
+    assert (Decimal(tally.cost), int(tally.calls)) == (Decimal(rows.cost), int(rows.calls))
+
+
+@pytest.mark.slow
+async def test_an_answer_whose_commit_reply_is_lost_is_stored_and_paid_once(
+    env: dict[str, str], database_url: str, engine: AsyncEngine, simulator: Simulator, tmp_path: Path
+) -> None:
+    marker = f"lost-commit-{uuid.uuid4().hex[:8]}"
+    batch = submit(
+        env,
+        write_jsonl(tmp_path / "in.jsonl", [chat_line("a", f"{marker} question"), chat_line("b", "other")]),
+        "--models",
+        "sim/echo",
+        "--max-cost",
+        "100",
+    )
+    proxy, through = await postgres_proxy(database_url)
+    try:
+        # The statement that stores the answer (its body carries the marker) commits; its reply never arrives.
+        proxy.drop_reply_after(marker.encode())
+        workers = Workers({**env, "DATABASE_URL": through}, tmp_path, 1, "--burst")
+        assert await workers.wait(60) == [0], workers.output()[-3000:]
+    finally:
+        await proxy.stop()
+    assert proxy.dropped == 1
+    stored = await one(
+        engine,
+        "SELECT count(*) AS results, (SELECT count(*) FROM attempt) AS attempts,"
+        " (SELECT spent FROM batch WHERE id = :b) AS spent, (SELECT sum(cost) FROM attempt) AS cost FROM result",
+        b=batch,
+    )
+    assert (stored.results, stored.attempts) == (2, 2)
+    assert stored.spent == stored.cost > 0
+    assert len(await simulator.calls()) == 2
+    await tallies_match_the_rows(engine)
+
+
+@pytest.mark.slow
+async def test_a_failure_whose_commit_reply_is_lost_moves_its_request_once(
+    env: dict[str, str], database_url: str, engine: AsyncEngine, simulator: Simulator, tmp_path: Path
+) -> None:
+    marker = f"lost-failure-{uuid.uuid4().hex[:8]}"
+    await simulator.configure(
+        rules=[{"match": "boom", "kind": "status", "status": 500, "message": marker, "times": 1}]
+    )
+    submit(env, write_jsonl(tmp_path / "in.jsonl", [chat_line("a", "boom")]), "--models", "sim/echo")
+    proxy, through = await postgres_proxy(database_url)
+    try:
+        proxy.drop_reply_after(marker.encode())
+        workers = Workers({**env, "DATABASE_URL": through}, tmp_path, 1, "--burst")
+        assert await workers.wait(60) == [0], workers.output()[-3000:]
+    finally:
+        await proxy.stop()
+    assert proxy.dropped == 1
+    request = await one(engine, "SELECT status, failures, attempts FROM request")
+    # One failed call and one answer: the failure counted once, though its statement ran twice.
+    assert tuple(request) == ("completed", 1, 2)
+    await tallies_match_the_rows(engine)
+
+
+async def leased(engine: AsyncEngine, tmp_path: Path, **options: Any) -> records.Lease:
+    path = write_jsonl(tmp_path / f"{uuid.uuid4().hex}.jsonl", [chat_line("a", "x")])
+    report = await submit_file(
+        engine, path, SubmitOptions(**{"models": ["sim/echo"], "new": True, **options})
+    )
+    async with engine.connect() as conn:
+        request_id = (
+            await conn.execute(text("SELECT id FROM request WHERE batch_id = :b"), {"b": report.batch_id})
+        ).scalar_one()
+    lease = await records.take_lease(engine, request_id, 0, "me", 30)
+    assert lease is not None
+    return lease
+
+
+async def test_a_paid_call_that_parks_its_batch_both_spends_and_pauses(
+    engine: AsyncEngine, tmp_path: Path
+) -> None:
+    lease = await leased(engine, tmp_path, max_cost=Decimal("5"))
+    failure = Failure(
+        Outcome.PARK,
+        "402",
+        "no credits",
+        402,
+        park_reason=PauseReason.CREDITS,
+        usage=Usage(prompt_tokens=3, completion_tokens=0, cost=Decimal("0.25")),
+    )
+    decision = Decision(RequestStatus.PENDING, 0, 0, 0.0)
+    record = await records.fail(engine, lease, "me", failure, decision, datetime.now(UTC), 10)
+    assert record.paused == "credits"
+    batch = await one(engine, "SELECT status, pause_reason, spent FROM batch WHERE id = :b", b=lease.batch_id)
+    assert tuple(batch) == ("paused", "credits", Decimal("0.25"))
+    # Run again (a retry after a lost reply): nothing moves twice.
+    again = await records.fail(engine, lease, "me", failure, decision, datetime.now(UTC), 10)
+    assert (again.recorded, again.moved, again.paused) == (False, False, None)
+    assert (await one(engine, "SELECT spent FROM batch WHERE id = :b", b=lease.batch_id)).spent == Decimal(
+        "0.25"
+    )
+
+
+async def test_free_calls_are_counted_by_the_day_they_were_made_not_reused_answers_nor_other_batches(
+    engine: AsyncEngine, tmp_path: Path
+) -> None:
+    since = datetime.now(UTC) - timedelta(minutes=1)
+    real = await leased(engine, tmp_path, models=["sim/echo:free"])
+    simulated = await leased(engine, tmp_path, models=["sim/echo:free"], simulated=True)
+    for lease in (real, simulated):
+        failure = Failure(Outcome.RETRY, "http_500", "boom", 500)
+        await records.fail(engine, lease, "me", failure, Decision(RequestStatus.PENDING, 1, 0, 0.0), since, 5)
+    # An answer reused from another request made no call.
+    reused = await leased(engine, tmp_path, models=["sim/echo:free"])
+    async with engine.begin() as conn:
+        await conn.execute(
+            text("UPDATE attempt SET outcome = 'reused' WHERE id = :a"), {"a": reused.attempt_id}
+        )
+    assert await records.free_calls_since(engine, since, simulated=False) == 1
+    assert await records.free_calls_since(engine, since, simulated=True) == 1
+    assert (
+        await records.free_calls_since(engine, datetime.now(UTC) + timedelta(minutes=1), simulated=False) == 0
+    )
