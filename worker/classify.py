@@ -8,7 +8,10 @@ The table, also in docs/errors.md ("wait" is a retry that spends none of the req
 | HTTP 200, `choices[0].error` / finish "error"    | retry     | the provider failed mid-answer; try again      |
 | HTTP 200, top-level `error`, no `choices`        | by its code, as the HTTP status of the same number |
 | body that is not JSON (any status)               | retry     | a proxy or a cut connection, not an answer     |
-| connection refused / reset, read timeout         | retry     | transient                                      |
+| connection refused, DNS, TLS, connect timeout    | outage    | OpenRouter unreachable: the fleet's breaker    |
+| past the call's deadline (trickling or not)      | retry     | `timeout`; one of a run for the breaker        |
+| connection reset mid-answer, read timeout        | retry     | transient; one of a run for the breaker        |
+| answer over ORBATCH_MAX_RESPONSE_BYTES           | fail      | `response_too_large`, its usage kept           |
 | 400 (bad request, unknown model)                 | fail      | sending it again gives the same answer         |
 | 401                                              | park auth | the key is wrong: stop the batch, no storm     |
 | 402 with Retry-After / in-flight budget          | wait      | OpenRouter's spending budget frees up shortly  |
