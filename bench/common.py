@@ -55,7 +55,7 @@ class Simulator:
     """The OpenRouter simulator as a subprocess."""
 
     def __init__(self, *args: str) -> None:
-        self.process = subprocess.Popen(
+        self.process = subprocess.Popen(  # noqa: S603 - argv built here, no shell
             [sys.executable, "-u", "-m", "worker.simulator", "--port", "0", "--no-record", *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,

@@ -57,7 +57,7 @@ def run_orbatch(args: argparse.Namespace) -> tuple[int, int]:
                         )
                         + b"\n"
                     )
-            subprocess.run(
+            subprocess.run(  # noqa: S603 - argv built here, no shell
                 [sys.executable, "-m", "jobs", "submit", str(path), "--models", MODEL],
                 env=env,
                 cwd=ROOT,
@@ -65,7 +65,7 @@ def run_orbatch(args: argparse.Namespace) -> tuple[int, int]:
                 capture_output=True,
             )
             workers = [
-                subprocess.Popen(
+                subprocess.Popen(  # noqa: S603 - argv built here, no shell
                     [sys.executable, "-m", "jobs", "worker", "--concurrency", str(args.concurrency)],
                     env=env,
                     cwd=ROOT,
@@ -116,7 +116,7 @@ def run_baseline(args: argparse.Namespace) -> tuple[int, int]:
     sim = _simulator(args)
     try:
         children = [
-            subprocess.Popen(
+            subprocess.Popen(  # noqa: S603 - argv built here, no shell
                 [
                     sys.executable,
                     __file__,

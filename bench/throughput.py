@@ -125,7 +125,7 @@ def _orbatch(sim: Simulator, requests: int, concurrency: int, workers: int, tmp:
         )
         per_worker = max(1, concurrency // workers)
         procs = [
-            subprocess.Popen(
+            subprocess.Popen(  # noqa: S603 - argv built here, no shell
                 [sys.executable, "-m", "jobs", "worker", "--concurrency", str(per_worker)],
                 env=env,
                 cwd=ROOT,
@@ -142,7 +142,7 @@ def _orbatch(sim: Simulator, requests: int, concurrency: int, workers: int, tmp:
             path = tmp / "requests.jsonl"
             _write_requests(path, requests)
             started = time.perf_counter()
-            subprocess.run(
+            subprocess.run(  # noqa: S603 - argv built here, no shell
                 [sys.executable, "-m", "jobs", "submit", str(path), "--models", MODEL, "--no-check-models"],
                 env=env,
                 cwd=ROOT,

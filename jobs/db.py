@@ -12,7 +12,7 @@ import orjson
 from sqlalchemy import Connection
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -24,7 +24,6 @@ __all__ = [
     "drop_database",
     "ensure_database",
     "retry_conflicts",
-    "session_factory",
     "upgrade",
 ]
 
@@ -86,11 +85,6 @@ async def retry_conflicts(transaction: Callable[[], Awaitable[T]], attempts: int
                 raise
             await asyncio.sleep(0.05 * attempt)
     raise AssertionError("unreachable")
-
-
-def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
-    """Sessions that keep loaded objects usable after commit."""
-    return async_sessionmaker(engine, expire_on_commit=False)
 
 
 async def _connect_maintenance(url: URL) -> Any:

@@ -106,7 +106,7 @@ def embedded_redis(data_dir: Path) -> Iterator[str]:
     args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
     args += ["--dir", str(folder), "--logfile", str(log), "--daemonize", "no"]
     # preexec_fn is safe here: services start before the event loop, so no other thread can hold a lock.
-    process = subprocess.Popen(
+    process = subprocess.Popen(  # noqa: S603 - argv built here, no shell
         args,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,

@@ -12,11 +12,13 @@ import orjson
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from jobs.output_format import error_line, merge_answer, result_line
+from jobs.sql import states
 
 __all__ = ["ExportFormat", "ExportReport", "export_results", "export_to_files", "open_output"]
 
 ExportFormat = Literal["batch", "records"]
 
+# Run through asyncpg's cursor, not SQLAlchemy: `states()` fills in the state names, `{columns}` the format's.
 _ROWS = """
     SELECT r.id, r.custom_id, r.status, r.last_error, {columns}, a.generation_id,
            a.http_status, la.error_code, la.error_message, la.http_status AS last_status
@@ -26,8 +28,8 @@ _ROWS = """
     LEFT JOIN LATERAL (
         SELECT error_code, error_message, http_status FROM attempt
         WHERE request_id = r.id ORDER BY number DESC LIMIT 1
-    ) la ON r.status = 'failed'
-    WHERE r.batch_id = $1 AND r.status IN ('completed', 'failed')
+    ) la ON r.status = {R.FAILED}
+    WHERE r.batch_id = $1 AND r.status IN ({R.COMPLETED}, {R.FAILED})
     ORDER BY r.id
 """
 
@@ -82,7 +84,8 @@ async def export_results(
     ok: list[bytes] = []
     bad: list[bytes] = []
     columns = _BATCH_COLUMNS if fmt == "batch" else _RECORD_COLUMNS
-    async with contextlib.aclosing(_rows(engine, _ROWS.format(columns=columns), batch_id)) as rows:
+    query = states(_ROWS).replace("{columns}", columns)
+    async with contextlib.aclosing(_rows(engine, query, batch_id)) as rows:
         async for row in rows:
             _add_row(row, fmt, ok, bad)
             if len(ok) + len(bad) >= _EXPORT_CHUNK:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 
-__all__ = ["TERMINAL_REQUEST_STATUSES", "BatchStatus", "Outcome", "PauseReason", "RequestStatus"]
+__all__ = ["BatchStatus", "Outcome", "PauseReason", "RequestStatus"]
 
 
 class BatchStatus(enum.StrEnum):
@@ -37,10 +37,6 @@ class RequestStatus(enum.StrEnum):
     COMPLETED = "completed"
     FAILED = "failed"
     CANCELLED = "cancelled"
-
-
-# A request in one of these has its final answer (or none); only `retry` moves it back.
-TERMINAL_REQUEST_STATUSES = (RequestStatus.COMPLETED, RequestStatus.FAILED, RequestStatus.CANCELLED)
 
 
 class Outcome(enum.StrEnum):

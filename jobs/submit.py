@@ -19,6 +19,7 @@ from jobs.errors import BadInput
 from jobs.input_format import LineError, free_only_problem, parse_line, parse_record
 from jobs.models import Batch
 from jobs.reader import DamagedGzip, FileSource, Source, read_lines
+from jobs.sql import sql
 from jobs.states import BatchStatus
 from jobs.templates import Template
 
@@ -138,6 +139,12 @@ def fingerprint(models: list[str], body: dict[str, Any]) -> str:
         orjson.dumps({"models": models, "body": body}, option=orjson.OPT_SORT_KEYS)
     ).hexdigest()
 
+
+# The batch a re-submitted file already is: the same bytes and options, and not one that was stopped for good.
+_SAME_BATCH = sql(
+    "SELECT id, total, invalid_lines FROM batch WHERE source_sha256 = :sha AND options = CAST(:options AS jsonb)"
+    " AND status NOT IN ({B.CANCELLING}, {B.CANCELLED}, {B.FAILED}) ORDER BY created_at DESC LIMIT 1"
+)
 
 _Row = tuple[int, str, str, list[str] | None, str | None, str | None]
 _STAGING_COLUMNS = ["line_no", "custom_id", "body", "models", "fingerprint", "record"]
@@ -259,11 +266,7 @@ async def submit_source(
         if not options.new:
             existing = (
                 await conn.execute(
-                    text(
-                        "SELECT id, total, invalid_lines FROM batch WHERE source_sha256 = :sha"
-                        " AND options = CAST(:options AS jsonb) AND status NOT IN ('cancelling', 'cancelled', 'failed')"
-                        " ORDER BY created_at DESC LIMIT 1"
-                    ),
+                    _SAME_BATCH,
                     {"sha": sha256, "options": orjson.dumps(options.identity()).decode()},
                 )
             ).one_or_none()
@@ -310,7 +313,7 @@ async def submit_source(
         on_conflict = " ON CONFLICT (batch_id, custom_id) DO NOTHING" if duplicates else ""
         inserted = await conn.execute(
             text(
-                "INSERT INTO request (batch_id, custom_id, line_no, body, models, fingerprint, record)"
+                "INSERT INTO request (batch_id, custom_id, line_no, body, models, fingerprint, record)"  # noqa: S608 - SQL built from constants; every value is a bind parameter
                 " SELECT :batch_id, custom_id, line_no, body, models, fingerprint, record"
                 " FROM orbatch_staging ORDER BY line_no" + on_conflict
             ),

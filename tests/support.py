@@ -112,7 +112,7 @@ def chat_line(custom_id: str, text: str, **extra: Any) -> dict[str, Any]:
 
 def run_cli(env: Mapping[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     """Run `orbatch ARGS` as a user would, in a subprocess."""
-    return subprocess.run(
+    return subprocess.run(  # noqa: S603 - argv built here, no shell
         [sys.executable, "-m", "jobs", *args],
         env=dict(env),
         cwd=ROOT,
@@ -140,7 +140,7 @@ class Workers:
         for log in self.logs:
             with log.open("wb") as f:
                 self.processes.append(
-                    subprocess.Popen(
+                    subprocess.Popen(  # noqa: S603 - argv built here, no shell
                         [sys.executable, "-m", "jobs", "worker", *args],
                         env=dict(env),
                         cwd=ROOT,
@@ -249,7 +249,7 @@ class PrivatePostgres:
         command = [str(self.bin / tool), *args]
         if self.user is not None:
             command = ["runuser", "-u", self.user, "--", *command]
-        subprocess.run(command, check=True, capture_output=True, cwd=self.root)
+        subprocess.run(command, check=True, capture_output=True, cwd=self.root)  # noqa: S603 - argv built here, no shell
 
     def start(self) -> None:
         options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"

@@ -30,7 +30,7 @@ def _fresh_machine_env(tmp_path: Path) -> dict[str, str]:
 def _bash(
     script: str, env: dict[str, str], *args: str, timeout: float = 300
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
+    return subprocess.run(  # noqa: S603 - argv built here, no shell
         ["bash", str(ROOT / script), *args],
         env=env,
         cwd=ROOT,

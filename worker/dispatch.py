@@ -40,7 +40,14 @@ return claimed
 
 
 class ClaimingWorker(Worker):
-    """A Worker whose `start_jobs` claims jobs in bulk; everything else (running, retries, results) is arq's."""
+    """A Worker whose `start_jobs` claims jobs in bulk; everything else (running, retries, results) is arq's.
+
+    It overrides an arq internal, so arq is pinned to one version (pyproject) and
+    `tests/worker/test_dispatch.py::test_the_arq_internals_the_claim_relies_on_are_as_pinned` fails loudly if an
+    upgrade changes what this relies on: `start_jobs(job_ids)` as the step between reading the queue and
+    running a job; the `in-progress` key prefix and its TTL (`in_progress_timeout_s`); `sem`, `job_counter`,
+    `tasks`, `run_job(job_id, score)` and `_release_sem_dec_counter_on_complete`.
+    """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -59,7 +59,6 @@ class _Call:
     model: str | None = None
     provider: str | None = None
     generation_id: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def sent(self) -> bool:

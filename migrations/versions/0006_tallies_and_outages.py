@@ -59,7 +59,7 @@ _REQUEST_EFFECTS = f"""
         SELECT batch_id, was_tries, id % 8, -1 FROM changed WHERE was IN {_TERMINAL}
     ) d GROUP BY 1, 2, 3
     ON CONFLICT (batch_id, tries, shard) DO UPDATE SET requests = t.requests + excluded.requests
-"""
+"""  # noqa: S608 - built from this module's constants; values are bound parameters
 
 _REQUEST_SOURCES = {
     "INSERT": "SELECT n.batch_id, n.id, NULL::text AS was, n.status AS became, 0 AS was_tries,"
@@ -82,10 +82,10 @@ _ATTEMPT_ROW = (
     + ", ".join(f"coalesce({c}, 0) AS {c}" for c in _TOKENS)
 )
 _ATTEMPT_SOURCES = {
-    "INSERT": f"SELECT 1 AS sign, {_ATTEMPT_ROW} FROM new_rows WHERE outcome <> 'in_flight'",
-    "UPDATE": f"SELECT 1 AS sign, {_ATTEMPT_ROW} FROM new_rows WHERE outcome <> 'in_flight'"
+    "INSERT": f"SELECT 1 AS sign, {_ATTEMPT_ROW} FROM new_rows WHERE outcome <> 'in_flight'",  # noqa: S608 - SQL built from constants; every value is a bind parameter
+    "UPDATE": f"SELECT 1 AS sign, {_ATTEMPT_ROW} FROM new_rows WHERE outcome <> 'in_flight'"  # noqa: S608 - SQL built from constants; every value is a bind parameter
     f" UNION ALL SELECT -1, {_ATTEMPT_ROW} FROM old_rows WHERE outcome <> 'in_flight'",
-    "DELETE": f"SELECT -1 AS sign, {_ATTEMPT_ROW} FROM old_rows WHERE outcome <> 'in_flight'"
+    "DELETE": f"SELECT -1 AS sign, {_ATTEMPT_ROW} FROM old_rows WHERE outcome <> 'in_flight'"  # noqa: S608 - SQL built from constants; every value is a bind parameter
     " AND batch_id IN (SELECT id FROM batch)",
 }
 _USAGE = ("calls", "reused", *_TOKENS, "cost")
@@ -122,7 +122,7 @@ _ATTEMPT_EFFECTS = f"""
         last_message = CASE WHEN excluded.last_at >= coalesce(t.last_at, excluded.last_at)
                             THEN excluded.last_message ELSE t.last_message END,
         last_at = greatest(t.last_at, excluded.last_at)
-"""
+"""  # noqa: S608 - built from this module's constants; values are bound parameters
 
 # --- results: answers (and fallbacks) by model, answers by minute ----------------------------------------
 _RESULT_SOURCES = {
@@ -189,18 +189,18 @@ _BACKFILL = [
     INSERT INTO batch_tally (batch_id, shard, {", ".join(_COUNTS)})
     SELECT batch_id, id % 8, {", ".join(f"count(*) FILTER (WHERE status = '{c}')" for c in _COUNTS)}
     FROM request GROUP BY 1, 2
-    """,
+    """,  # noqa: S608 - built from this module's constants; values are bound parameters
     f"""
     WITH d AS (SELECT 1 AS sign, {_ATTEMPT_ROW} FROM attempt WHERE outcome <> 'in_flight'), {_ATTEMPT_EFFECTS}
-    """,
+    """,  # noqa: S608 - built from this module's constants; values are bound parameters
     f"""
     WITH s AS (SELECT 1 AS sign, request_id, created_at, coalesce(model, '') AS model FROM result),
     {_RESULT_EFFECTS}
-    """,
+    """,  # noqa: S608 - built from this module's constants; values are bound parameters
     f"""
     INSERT INTO batch_tries_tally (batch_id, tries, shard, requests)
     SELECT batch_id, attempts, id % 8, count(*) FROM request WHERE status IN {_TERMINAL} GROUP BY 1, 2, 3
-    """,
+    """,  # noqa: S608 - built from this module's constants; values are bound parameters
 ]
 
 

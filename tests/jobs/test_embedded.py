@@ -48,7 +48,7 @@ def _postgres_of(data: Path) -> list[psutil.Process]:
 
 @contextlib.contextmanager
 def _held_like_a_run(data: Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
-    with subprocess.Popen(
+    with subprocess.Popen(  # noqa: S603 - argv built here, no shell
         [sys.executable, "-c", _HOLD_LIKE_A_RUN, str(data)],
         cwd=ROOT,
         stdin=subprocess.PIPE,

@@ -115,7 +115,7 @@ def _dumps_deep(depth: int) -> bytes:
 
 
 def _peak_rss_mb(code: str, *args: str) -> float:
-    done = subprocess.run(
+    done = subprocess.run(  # noqa: S603 - argv built here, no shell
         [sys.executable, "-c", code, *args], cwd=ROOT, capture_output=True, text=True, check=True
     )
     return int(done.stdout.strip().splitlines()[-1]) / 1024

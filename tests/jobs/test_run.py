@@ -107,7 +107,7 @@ async def test_a_free_tier_batch_says_it_takes_ten_days_and_ctrl_c_keeps_what_is
     env = {**env, "ORBATCH_FREE_WINDOW_SECONDS": "1", "ORBATCH_FREE_REQUESTS_PER_DAY": "50"}
     path = write_jsonl(tmp_path / "in.jsonl", [chat_line(f"r{i}", f"row {i}") for i in range(500)])
     out = tmp_path / "out.jsonl"
-    process = subprocess.Popen(  # noqa: ASYNC220 - the test reads the child's progress line by line
+    process = subprocess.Popen(  # noqa: ASYNC220, S603 - the test reads the child's progress line by line; argv built here
         [sys.executable, "-m", "jobs", "run", str(path), "-o", str(out), "--models", "sim/echo:free"],
         env=env,
         cwd=ROOT,

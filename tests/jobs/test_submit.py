@@ -133,7 +133,7 @@ def _peak_rss_mb_of_submit(env: dict[str, str], path: Path) -> float:
         # VmHWM, not ru_maxrss: Linux carries ru_maxrss over exec, so it would report the parent's peak.
         "print(next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM')))\n"
     )
-    done = subprocess.run(
+    done = subprocess.run(  # noqa: S603 - argv built here, no shell
         [sys.executable, "-c", code, env["DATABASE_URL"], str(path)],
         cwd=ROOT,
         capture_output=True,

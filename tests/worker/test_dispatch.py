@@ -69,3 +69,29 @@ async def test_a_job_running_elsewhere_or_due_later_is_not_claimed(redis: ArqRed
     await asyncio.gather(*worker.tasks.values())
     assert started == ["free"]
     assert await redis.exists("arq:in-progress:later") == 0
+
+
+def test_the_arq_internals_the_claim_relies_on_are_as_pinned() -> None:
+    """ClaimingWorker replaces arq's start_jobs; an arq upgrade that moves what it relies on must fail here."""
+    import hashlib
+    import inspect
+
+    import arq
+    from arq.constants import in_progress_key_prefix
+    from arq.worker import Worker
+
+    assert arq.VERSION == "0.28.0", "arq moved: re-read worker/dispatch.py against its start_jobs and run_job"
+    assert in_progress_key_prefix == "arq:in-progress:"
+    # The body this replaces, exactly as 0.28.0 has it: any change to it is a change to review.
+    source = inspect.getsource(Worker.start_jobs)
+    assert hashlib.sha256(source.encode()).hexdigest() == (
+        "b45797cfa40bed7fe6e9b8b8100c5f5b4144fe85112155c4e355df6ed8521f5f"
+    )
+    assert list(inspect.signature(Worker.run_job).parameters) == ["self", "job_id", "score"]
+    assert callable(Worker._release_sem_dec_counter_on_complete)
+    async def task(_: dict[str, object]) -> None:
+        return None
+
+    worker = Worker(functions=[task], redis_pool=None, handle_signals=False, max_jobs=3)
+    for name in ("sem", "job_counter", "tasks", "in_progress_timeout_s", "queue_name", "max_jobs", "loop"):
+        assert hasattr(worker, name), name
