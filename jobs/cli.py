@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import importlib.metadata
 import os
 import signal
 import sys
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -21,7 +23,8 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from jobs.catalog import model_rows, render_table, rows_json
-from jobs.control import cancel_batch, resume_batch, retry_failed
+from jobs.constants import EXIT_SKIPPED_LINES, KEY_WAIT_SECONDS
+from jobs.control import cancel_batch, delete_batch, resolve_batch, resume_batch, retry_failed
 from jobs.db import create_engine, ensure_database, upgrade
 from jobs.embedded import embedded_database, local_services
 from jobs.errors import BadInput, Interrupted, OrbatchError, ServiceUnavailable, SettingsError
@@ -38,11 +41,15 @@ from jobs.options import (
     JsonSchema,
     MaxAttempts,
     MaxCost,
+    MaxTokens,
+    Metadata,
     Models,
     Name,
     New,
+    Params,
     SkipInvalid,
     System,
+    Temperature,
     TemplateText,
     parse_usd,
     submit_options,
@@ -57,6 +64,7 @@ from jobs.terminal import (
     out,
     say,
     say_error,
+    say_warning,
     summary_table,
     usage_table,
 )
@@ -76,7 +84,10 @@ Format = Annotated[
         "(the fields of a JSON answer, else `answer`).",
     ),
 ]
-BatchId = Annotated[str, typer.Argument(help="Batch id.")]
+BatchId = Annotated[
+    str,
+    typer.Argument(help="Batch id, or a batch's name (the latest batch of that name).", show_default=False),
+]
 
 app = typer.Typer(
     name="orbatch",
@@ -126,13 +137,42 @@ def _with_engine(work: Callable[[AsyncEngine], Awaitable[T]], pool_size: int = 1
         return asyncio.run(go())
 
 
+def _with_skipped(status: int, summary: BatchSummary) -> int:
+    """A clean outcome whose file had lines left out (`--skip-invalid`) says so in its exit status."""
+    if status == 0 and summary.invalid_lines:
+        say(
+            err,
+            f"{summary.invalid_lines} bad lines were skipped (--skip-invalid); exit status {EXIT_SKIPPED_LINES}",
+        )
+        return EXIT_SKIPPED_LINES
+    return status
+
+
+async def _batch(engine: AsyncEngine, ref: str) -> str:
+    """The id of the batch a user named by id or name; a shared name is said on stderr."""
+    async with engine.connect() as conn:
+        batch_id, note = await resolve_batch(conn, ref)
+    if note:
+        say(err, note)
+    return batch_id
+
+
 def _print_json(value: Any) -> None:
     sys.stdout.write(orjson.dumps(value).decode() + "\n")
+
+
+def _version(value: bool) -> None:
+    if value:
+        sys.stdout.write(f"orbatch {importlib.metadata.version('orbatch')}\n")
+        raise typer.Exit(0)
 
 
 @app.callback()
 def _main(
     log_level: Annotated[str, typer.Option(envvar="ORBATCH_LOG_LEVEL", help="Log level.")] = "WARNING",
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
 ) -> None:
     try:
         settings = get_settings()
@@ -193,6 +233,10 @@ def submit(
     template: TemplateText = None,
     system: System = None,
     json_schema: JsonSchema = None,
+    temperature: Temperature = None,
+    max_tokens: MaxTokens = None,
+    params: Params = None,
+    metadata: Metadata = None,
     wait: Annotated[
         bool,
         typer.Option(
@@ -216,6 +260,10 @@ def submit(
         template=template,
         system=system,
         json_schema=json_schema,
+        temperature=temperature,
+        max_tokens=max_tokens,
+        params=params,
+        metadata=metadata,
     )
 
     async def go(engine: AsyncEngine) -> BatchSummary:
@@ -231,12 +279,12 @@ def submit(
     result = summary.to_json()
     if as_json:
         _print_json(result)
-    if wait:
-        raise typer.Exit(exit_status(summary))
-    if not as_json:
+    status = exit_status(summary) if wait else 0
+    if not wait and not as_json:
         sys.stdout.write(result["id"] + "\n")
         if result["status"] == "in_progress":
             say(err, f"submitted {result['request_counts']['total']} requests as {result['id']}")
+    raise typer.Exit(_with_skipped(status, summary))
 
 
 @app.command()
@@ -259,6 +307,10 @@ def run(
     template: TemplateText = None,
     system: System = None,
     json_schema: JsonSchema = None,
+    temperature: Temperature = None,
+    max_tokens: MaxTokens = None,
+    params: Params = None,
+    metadata: Metadata = None,
     concurrency: Annotated[
         int | None, typer.Option(min=1, max=4096, help="Requests run at once by the in-process worker.")
     ] = None,
@@ -296,24 +348,14 @@ def run(
         template=template,
         system=system,
         json_schema=json_schema,
+        temperature=temperature,
+        max_tokens=max_tokens,
+        params=params,
+        metadata=metadata,
     )
     plan = RunPlan(file, options, check_models, output, errors, fmt, concurrency, use_simulator)
-    database_given, redis_given = settings.services_given()
     try:
-        with local_services(
-            settings.data_dir,
-            settings.database_url if database_given else None,
-            settings.redis_url if redis_given else None,
-        ) as services:
-            if services.started:
-                say(
-                    err,
-                    f"embedded {' and '.join(services.started)} (DATABASE_URL / REDIS_URL not set), "
-                    f"data in {settings.data_dir}",
-                )
-            local = settings.model_copy(
-                update={"database_url": services.database_url, "redis_url": services.redis_url}
-            )
+        with _services(settings) as local:
             code = asyncio.run(run_file(local, plan, err))
     except KeyboardInterrupt:
         # Before the batch was stored and watched (while starting services or submitting): nothing to keep.
@@ -330,15 +372,58 @@ def worker(
 ) -> None:
     """Run an arq worker that executes queued requests (and feeds the queue from Postgres)."""
     settings = _settings()
-    try:
-        settings.api_key()
-    except SettingsError as exc:
-        raise SettingsError(
-            f"{exc} (or point OPENROUTER_BASE_URL at `orbatch simulator` and set any key)"
-        ) from None
+    if "ORBATCH_LOG_LEVEL" not in os.environ:
+        # A worker says what it is doing (its start, each batch, a summary now and then) unless told otherwise.
+        key = settings.openrouter_api_key.get_secret_value() if settings.openrouter_api_key else None
+        configure_logging("INFO", secrets=[key] if key else [])
+    _key_or_wait(settings)
     from worker.runner import run_worker
 
-    asyncio.run(run_worker(settings, concurrency, burst))
+    with _services(settings) as local:
+        asyncio.run(run_worker(local, concurrency, burst))
+
+
+def _key_or_wait(settings: Settings) -> None:
+    """Return once there is a key; without one, fail (or with ORBATCH_WAIT_FOR_KEY, wait and say why)."""
+    while True:
+        try:
+            settings.api_key()
+            return
+        except SettingsError as exc:
+            message = f"{exc} (or point OPENROUTER_BASE_URL at `orbatch simulator` and set any key)"
+            if not settings.wait_for_key:
+                raise SettingsError(message) from None
+            say_warning(
+                err, f"{message}; waiting (ORBATCH_WAIT_FOR_KEY): set the key and restart this worker"
+            )
+        time.sleep(KEY_WAIT_SECONDS)
+
+
+@contextlib.contextmanager
+def _services(settings: Settings) -> Iterator[Settings]:
+    """The settings with DATABASE_URL and REDIS_URL as given, or embedded ones for those that are not."""
+    database_given, redis_given = settings.services_given()
+    with local_services(
+        settings.data_dir,
+        settings.database_url if database_given else None,
+        settings.redis_url if redis_given else None,
+    ) as services:
+        if services.started:
+            say(
+                err,
+                f"embedded {' and '.join(services.started)} (DATABASE_URL / REDIS_URL not set), "
+                f"data in {settings.data_dir}",
+            )
+            if "postgres" in services.started:
+
+                async def prepare() -> None:
+                    await ensure_database(services.database_url)
+                    await upgrade(services.database_url)
+
+                asyncio.run(prepare())
+        yield settings.model_copy(
+            update={"database_url": services.database_url, "redis_url": services.redis_url}
+        )
 
 
 @app.command()
@@ -367,7 +452,11 @@ def status(
 
     async def go(engine: AsyncEngine) -> tuple[list[BatchSummary], str | None]:
         async with engine.connect() as conn:
-            found = [await batch_summary(conn, batch)] if batch else await list_batches(conn)
+            found = (
+                [await batch_summary(conn, await _batch(engine, batch))]
+                if batch
+                else await list_batches(conn)
+            )
         waiting = None
         if batch and not finished(found[0]):
             waiting = await _waiting(settings, found[0].simulated)
@@ -399,11 +488,14 @@ async def _waiting(settings: Settings, simulated: bool) -> str | None:
     return None if breaker is None else breaker.describe()
 
 
+async def _watch_resolved(settings: Settings, engine: AsyncEngine, ref: str, as_json: bool) -> BatchSummary:
+    batch_id = await _batch(engine, ref)
+    return await _watch_batch(settings, engine, batch_id, ProgressView(out, batch_id, as_json))
+
+
 def _watch_command(batch: str, as_json: bool) -> None:
     settings = _settings()
-    summary = _with_engine(
-        lambda engine: _watch_batch(settings, engine, batch, ProgressView(out, batch, as_json))
-    )
+    summary = _with_engine(lambda engine: _watch_resolved(settings, engine, batch, as_json))
     if out.is_terminal and not as_json:
         out.print(summary_table(summary))
     raise typer.Exit(exit_status(summary))
@@ -423,14 +515,15 @@ def results(
 
     async def go(engine: AsyncEngine) -> dict[str, Any]:
         async with engine.connect() as conn:
-            summary = await batch_summary(conn, batch)
-        report = await export_to_files(engine, batch, output, errors, fmt)
+            summary = await batch_summary(conn, await _batch(engine, batch))
+        report = await export_to_files(engine, summary.id, output, errors, fmt)
         return {
-            "id": batch,
+            "id": summary.id,
             "status": summary.status,
             "completed": report.completed,
             "failed": report.failed,
-            "unfinished": summary.total - report.completed - report.failed,
+            "cancelled": summary.counts.get("cancelled", 0),
+            "unfinished": summary.counts.get("pending", 0) + summary.counts.get("running", 0),
         }
 
     counts = _with_engine(go)
@@ -441,7 +534,12 @@ def results(
         err,
         f"wrote {counts['completed']} results to {output}"
         + (f" and {counts['failed']} failures to {errors}" if errors else f" ({counts['failed']} failed)")
-        + (f"; {counts['unfinished']} requests are not finished yet" if counts["unfinished"] else ""),
+        + (f"; {counts['cancelled']} requests were cancelled" if counts["cancelled"] else "")
+        + (
+            f"; {counts['unfinished']} requests are not finished yet"
+            if counts["unfinished"] and counts["status"] not in ("cancelled", "cancelling")
+            else ""
+        ),
     )
 
 
@@ -451,7 +549,11 @@ def usage(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Requests, calls, tokens and cost by batch and by the model that served, from every attempt."""
-    report: UsageReport = _with_engine(lambda engine: usage_report(engine, batch))
+
+    async def go(engine: AsyncEngine) -> UsageReport:
+        return await usage_report(engine, await _batch(engine, batch) if batch else None)
+
+    report = _with_engine(go)
     if as_json:
         _print_json(report.to_json())
         return
@@ -470,14 +572,22 @@ def resume(
 ) -> None:
     """Run a paused batch again now (after fixing the key, adding credits, raising its budget, or early)."""
     cap: Decimal | None = parse_usd(max_cost, "--max-cost") if max_cost is not None else None
-    state = _with_engine(lambda engine: resume_batch(engine, batch, cap))
+
+    async def go(engine: AsyncEngine) -> str:
+        return await resume_batch(engine, await _batch(engine, batch), cap)
+
+    state = _with_engine(go)
     say(err, f"{batch}: {state}")
 
 
 @app.command()
 def cancel(batch: BatchId) -> None:
     """Cancel a batch: no new call starts; calls in flight finish and are kept; results stay exportable."""
-    state = _with_engine(lambda engine: cancel_batch(engine, batch))
+
+    async def go(engine: AsyncEngine) -> str:
+        return await cancel_batch(engine, await _batch(engine, batch))
+
+    state = _with_engine(go)
     say(err, f"{batch}: {state}")
 
 
@@ -485,14 +595,37 @@ def cancel(batch: BatchId) -> None:
 def retry(
     batch: BatchId,
     failed: Annotated[
-        bool, typer.Option("--failed", help="Queue the failed requests again with fresh attempts.")
-    ] = False,
+        bool, typer.Option("--failed", help="The failed requests (what retry does; kept for scripts).")
+    ] = True,
 ) -> None:
-    """Run a batch's failed requests again (`--failed`), each with its full number of attempts."""
-    if not failed:
-        raise BadInput("say what to retry: `orbatch retry BATCH --failed`")
-    count = _with_engine(lambda engine: retry_failed(engine, batch))
-    say(err, f"{batch}: {count} failed requests queued again")
+    """Run a batch's failed requests again, each with its full number of attempts."""
+
+    async def go(engine: AsyncEngine) -> tuple[str, int]:
+        batch_id = await _batch(engine, batch)
+        return batch_id, await retry_failed(engine, batch_id)
+
+    batch_id, count = _with_engine(go)
+    say(err, f"{batch_id}: {count} failed requests queued again")
+
+
+@app.command()
+def delete(
+    batch: BatchId,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False,
+) -> None:
+    """Delete a finished batch and all its rows (requests, attempts, results): for data retention.
+
+    A batch with calls running is refused: cancel it first.
+    """
+
+    async def go(engine: AsyncEngine) -> tuple[str, int]:
+        batch_id = await _batch(engine, batch)
+        if not yes and sys.stdin.isatty() and not typer.confirm(f"Delete {batch_id} and all its rows?"):
+            raise Interrupted("nothing deleted")
+        return batch_id, await delete_batch(engine, batch_id)
+
+    batch_id, total = _with_engine(go)
+    say(err, f"deleted {batch_id} and its {total} requests")
 
 
 app.command("simulator")(simulator_command)

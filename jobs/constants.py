@@ -9,10 +9,12 @@ __all__ = [
     "ERROR_MESSAGE_MAX_CHARS",
     "EXIT_FAILED_REQUESTS",
     "EXIT_INTERRUPTED",
+    "EXIT_SKIPPED_LINES",
     "EXIT_STOPPED",
     "FEEDER_LOCK_KEY",
     "FREE_TIER_DAILY_REQUESTS",
     "JOB_ID_PREFIX",
+    "KEY_WAIT_SECONDS",
     "LIMITS_KEY",
     "MAX_CUSTOM_ID_CHARS",
     "MAX_LINE_BYTES",
@@ -26,6 +28,7 @@ __all__ = [
     "REMAINING_FREE_SECONDS",
     "REQUEUE_AFTER_SECONDS",
     "RUN_REQUEST_FUNCTION",
+    "RUN_SIMULATOR_ARGS",
     "STAGING_COPY_BYTES",
     "STAGING_COPY_CHUNK",
     "SWEEP_SECONDS",
@@ -33,6 +36,7 @@ __all__ = [
     "THROTTLE_KEY",
     "TWIN_WAIT_SECONDS",
     "WATCH_POLL_SECONDS",
+    "WORKER_SUMMARY_SECONDS",
 ]
 
 # arq stores its own keys under fixed `arq:` prefixes whatever the queue name; ours are the queue name
@@ -81,6 +85,10 @@ TASK_TIMEOUT_MARGIN_SECONDS = 60.0
 PERSIST_DEADLINE_SECONDS = 120.0
 # Seconds of each minute at which the arq cron sweeper runs a feeder tick (a backstop for the feeder loop).
 SWEEP_SECONDS = frozenset({0, 15, 30, 45})
+# A worker says what it did (answered, failed, rate, waits) this often, when anything happened.
+WORKER_SUMMARY_SECONDS = 30.0
+# A worker waiting for its key (ORBATCH_WAIT_FOR_KEY) says so, and looks again, this often.
+KEY_WAIT_SECONDS = 60.0
 # How often a burst worker asks Postgres whether anything is left to run.
 BURST_CHECK_SECONDS = 0.5
 
@@ -102,6 +110,10 @@ ERROR_MESSAGE_MAX_CHARS = 2000
 
 # How often a watcher (`run`, `status --watch`, `submit --wait`) reads a batch's counts: one cheap query.
 WATCH_POLL_SECONDS = 1.0
+# `orbatch run --simulator` without ORBATCH_SIMULATOR_ARGS: the simulator's clock runs 60 times faster (its
+# minute is a second, its day 24 minutes) and it answers as an account that bought credits (1000 free requests a
+# day), so a trial shows the free tier's pacing and quota at work and never waits long for a simulated midnight.
+RUN_SIMULATOR_ARGS = "--speed 60 --no-free-tier"
 # How often a watcher counts again which unfinished requests go to a free model (a scan of the batch's
 # unfinished requests, for the quota-aware ETA): the count moves slowly and the scan grows with the batch.
 REMAINING_FREE_SECONDS = 30.0
@@ -113,6 +125,9 @@ PLAIN_PROGRESS_SECONDS = 5.0
 EXIT_FAILED_REQUESTS = 3
 # the batch stopped and needs a person: cancelled, or paused on its budget, the account's credits or the key;
 EXIT_STOPPED = 4
+# the batch was submitted (and, for `run`, finished with every request answered) but `--skip-invalid` left
+# bad lines of the file out, which a script may want to know;
+EXIT_SKIPPED_LINES = 5
 # interrupted (Ctrl-C); the batch is kept, and the same command again carries on with it (128 + SIGINT).
 EXIT_INTERRUPTED = 130
 

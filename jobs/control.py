@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from jobs.db import retry_conflicts
 from jobs.errors import Conflict
@@ -12,7 +12,15 @@ from jobs.sql import sql
 from jobs.states import BatchStatus
 from jobs.status import BatchNotFound
 
-__all__ = ["ResumeRefused", "cancel_batch", "release_batch_queue_marks", "resume_batch", "retry_failed"]
+__all__ = [
+    "ResumeRefused",
+    "cancel_batch",
+    "delete_batch",
+    "release_batch_queue_marks",
+    "resolve_batch",
+    "resume_batch",
+    "retry_failed",
+]
 
 _RESUME = sql(
     """
@@ -185,3 +193,51 @@ async def release_batch_queue_marks(engine: AsyncEngine, batch_id: str) -> None:
 async def _release_marks(engine: AsyncEngine, batch_id: str) -> None:
     async with engine.begin() as conn:
         await conn.execute(_RELEASE_QUEUE_MARKS, {"batch_id": batch_id})
+
+
+_BY_NAME = sql(
+    "SELECT id, created_at, count(*) OVER () AS named FROM batch WHERE name = :name ORDER BY created_at DESC LIMIT 1"
+)
+_EXISTS = sql("SELECT 1 FROM batch WHERE id = :id")
+
+
+async def resolve_batch(conn: AsyncConnection, ref: str) -> tuple[str, str | None]:
+    """The batch a user means by an id or a name (the latest of that name), and a note when the name is shared."""
+    if (await conn.execute(_EXISTS, {"id": ref})).first() is not None:
+        return ref, None
+    row = (await conn.execute(_BY_NAME, {"name": ref})).one_or_none()
+    if row is None:
+        raise BatchNotFound(ref)
+    note = None
+    if row.named > 1:
+        note = (
+            f"{row.named} batches are named {ref!r}; this is the latest, {row.id} "
+            f"(created {row.created_at:%Y-%m-%d %H:%M} UTC): give its id for another"
+        )
+    return str(row.id), note
+
+
+# Only a batch that no call is running for goes: its requests, attempts, results and tallies with it.
+_DELETE = sql(
+    """
+    DELETE FROM batch b WHERE b.id = :batch_id
+      AND b.status IN ({B.COMPLETED}, {B.FAILED}, {B.CANCELLED}, {B.PAUSED})
+      AND NOT EXISTS (SELECT 1 FROM request r WHERE r.batch_id = b.id AND r.status = {R.RUNNING})
+    RETURNING b.total
+    """
+)
+
+
+async def delete_batch(engine: AsyncEngine, batch_id: str) -> int:
+    """Delete a finished (or paused, idle) batch and every row of it; how many requests it had."""
+    async with engine.begin() as conn:
+        status = (await conn.execute(_STATUS, {"b": batch_id})).scalar()
+        if status is None:
+            raise BatchNotFound(batch_id)
+        deleted = (await conn.execute(_DELETE, {"batch_id": batch_id})).one_or_none()
+    if deleted is None:
+        raise Conflict(
+            f"{batch_id} is {status} with calls running: cancel it first (`orbatch cancel {batch_id}`), "
+            "then delete it once it is cancelled"
+        )
+    return int(deleted.total)

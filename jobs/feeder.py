@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from arq.connections import ArqRedis
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -22,7 +22,7 @@ class FeedReport:
     enqueued: int = 0
     expired_leases: int = 0
     resumed_batches: int = 0
-    finalized_batches: int = 0
+    finalized_batches: list[str] = field(default_factory=list)
     redis_reset: bool = False
 
 
@@ -196,5 +196,5 @@ async def feed(
                 _MARK_ENQUEUED, {"ids": [d[0] for d in queued], "attempts": [d[1] for d in queued]}
             )
     async with engine.begin() as conn:
-        report.finalized_batches = len((await conn.execute(_FINALIZE)).all())
+        report.finalized_batches = [str(r.id) for r in await conn.execute(_FINALIZE)]
     return report

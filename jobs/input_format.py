@@ -19,6 +19,7 @@ __all__ = [
     "FREE_ONLY_REFUSED_FIELDS",
     "LineError",
     "ParsedLine",
+    "body_problem",
     "derived_custom_id",
     "free_only_problem",
     "parse_line",
@@ -184,6 +185,15 @@ def free_only_problem(body: dict[str, Any]) -> str | None:
                 f"--free-only: {field!r} can be billed even on a free model (web search and file parsing are "
                 "charged per use); remove it or submit without --free-only"
             )
+    return None
+
+
+def body_problem(body: dict[str, Any]) -> str | None:
+    """What is wrong with a chat body (messages, parameter types, its schema), or None."""
+    try:
+        _check_body(body)
+    except ValueError as exc:
+        return str(exc)
     return None
 
 

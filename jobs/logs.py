@@ -76,9 +76,11 @@ def configure_logging(
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # httpx logs every request at INFO; the attempt rows already record each call.
-    for noisy in ("httpx", "httpcore", "uvicorn.access"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    # httpx logs every request, and arq every job, at INFO; the attempt rows already record each call, and a
+    # worker says what it does in its own lines (worker.report). Both speak again at DEBUG.
+    quiet = logging.DEBUG if level.upper() == "DEBUG" else logging.WARNING
+    for noisy in ("httpx", "httpcore", "uvicorn.access", "arq"):
+        logging.getLogger(noisy).setLevel(quiet)
 
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:

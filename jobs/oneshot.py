@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.text import Text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from jobs.constants import EXIT_INTERRUPTED
+from jobs.constants import EXIT_INTERRUPTED, EXIT_SKIPPED_LINES, RUN_SIMULATOR_ARGS
 from jobs.control import release_batch_queue_marks, resume_batch
 from jobs.db import create_engine, ensure_database, upgrade
 from jobs.export import ExportFormat, ExportReport, export_to_files
@@ -56,7 +56,7 @@ async def _start_simulator(settings: Settings, stack: contextlib.AsyncExitStack,
     from worker.simconfig import config_from_args
     from worker.simulator import API_PREFIX, Simulator, serve
 
-    config = config_from_args(shlex.split(settings.simulator_args))
+    config = config_from_args(shlex.split(settings.simulator_args or RUN_SIMULATOR_ARGS))
     runner, port = await serve(Simulator(config), "127.0.0.1", 0)
     stack.push_async_callback(runner.cleanup)
     err.print(
@@ -64,7 +64,8 @@ async def _start_simulator(settings: Settings, stack: contextlib.AsyncExitStack,
             ("simulator: ", "bold yellow"),
             "OpenRouter is simulated on this machine: no real model is called and no quota or money is used; "
             f"answers echo the prompts. Free tier: {config.free_per_minute} requests per "
-            f"{config.free_window_seconds:g} s, {config.free_per_day} a day.",
+            f"{config.free_window_seconds:g} s, {config.free_per_day} per day of "
+            f"{(config.day_seconds or 86400) / 60:g} minutes (ORBATCH_SIMULATOR_ARGS changes them).",
         ),
         highlight=False,
     )
@@ -115,7 +116,14 @@ async def run_file(settings: Settings, plan: RunPlan, err: Console) -> int:
     if interrupted and not finished(summary) and not needs_action(summary):
         say(err, f"interrupted: {batch_id} is kept; run the same command again to carry on with it")
         return EXIT_INTERRUPTED
-    return exit_status(summary)
+    status = exit_status(summary)
+    if status == 0 and summary.invalid_lines:
+        say(
+            err,
+            f"{summary.invalid_lines} bad lines were skipped (--skip-invalid); exit status {EXIT_SKIPPED_LINES}",
+        )
+        return EXIT_SKIPPED_LINES
+    return status
 
 
 async def _release_queue(engine: AsyncEngine, redis: ArqRedis, work: WorkerPlan, batch_id: str) -> None:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
+import orjson
 import typer
 
 from jobs.errors import BadInput
-from jobs.input_format import parse_models
+from jobs.input_format import body_problem, parse_models
 from jobs.submit import SubmitOptions
 from jobs.templates import Template, load_json_schema, load_template_text
 
@@ -21,11 +22,15 @@ __all__ = [
     "JsonSchema",
     "MaxAttempts",
     "MaxCost",
+    "MaxTokens",
+    "Metadata",
     "Models",
     "Name",
     "New",
+    "Params",
     "SkipInvalid",
     "System",
+    "Temperature",
     "TemplateText",
     "UsageError",
     "parse_usd",
@@ -74,6 +79,24 @@ TemplateText = Annotated[
     ),
 ]
 System = Annotated[str | None, typer.Option("--system", help="A system message before each templated one.")]
+Temperature = Annotated[
+    float | None, typer.Option(help="Sampling temperature for every request (a line's own value wins).")
+]
+MaxTokens = Annotated[
+    int | None, typer.Option(min=1, help="max_tokens for every request (a line's own value wins).")
+]
+Params = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--param",
+        help="A body parameter for every request, KEY=VALUE (VALUE read as JSON when it is JSON, else as text), "
+        "e.g. --param top_p=0.9 --param 'stop=[\"###\"]'. Repeatable; a line's own value wins.",
+    ),
+]
+Metadata = Annotated[
+    list[str] | None,
+    typer.Option("--metadata", help="A label for the batch, KEY=VALUE, shown by `status`. Repeatable."),
+]
 JsonSchema = Annotated[
     Path | None,
     typer.Option(
@@ -101,6 +124,48 @@ def parse_usd(value: str, option: str) -> Decimal:
     return amount
 
 
+# Parameters a default cannot set: they are the request itself, or have their own option.
+_NOT_DEFAULTS = {"messages", "model", "models", "custom_id", "stream", "response_format"}
+
+
+def _pairs(values: list[str] | None, option: str) -> list[tuple[str, str]]:
+    pairs = []
+    for value in values or []:
+        key, sep, rest = value.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"{option} takes KEY=VALUE, got {value!r}")
+        pairs.append((key.strip(), rest))
+    return pairs
+
+
+def body_defaults(
+    temperature: float | None, max_tokens: int | None, params: list[str] | None
+) -> dict[str, Any]:
+    """The body parameters every request gets unless its line sets them; UsageError names a bad one."""
+    defaults: dict[str, Any] = {}
+    for key, raw in _pairs(params, "--param"):
+        if key in _NOT_DEFAULTS:
+            raise UsageError(f"--param {key}=...: {key!r} cannot be a default for every request")
+        try:
+            defaults[key] = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            defaults[key] = raw
+    if temperature is not None:
+        defaults["temperature"] = temperature
+    if max_tokens is not None:
+        defaults["max_tokens"] = max_tokens
+    problem = body_problem({"messages": [{"role": "user", "content": "x"}], **defaults})
+    if problem:
+        raise UsageError(f"--param/--temperature/--max-tokens: {problem}")
+    return defaults
+
+
+def batch_metadata(values: list[str] | None) -> dict[str, str] | None:
+    """`--metadata k=v` pairs as the batch's labels."""
+    pairs = _pairs(values, "--metadata")
+    return dict(pairs) if pairs else None
+
+
 def submit_options(
     *,
     models: str | None,
@@ -114,6 +179,10 @@ def submit_options(
     template: str | None,
     system: str | None,
     json_schema: Path | None,
+    temperature: float | None = None,
+    max_tokens: int | None = None,
+    params: list[str] | None = None,
+    metadata: list[str] | None = None,
 ) -> SubmitOptions:
     """The options as typed on the command line, checked; UsageError (or TemplateError) says what is wrong."""
     try:
@@ -141,4 +210,6 @@ def submit_options(
         new=new,
         dedupe=dedupe,
         template=parsed,
+        defaults=body_defaults(temperature, max_tokens, params),
+        metadata=batch_metadata(metadata),
     )

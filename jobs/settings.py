@@ -45,7 +45,12 @@ class Settings(BaseSettings):
     )
     redis_url: str = Field(DEFAULT_REDIS_URL, validation_alias=AliasChoices("REDIS_URL", "ORBATCH_REDIS_URL"))
     openrouter_api_key: SecretStr | None = Field(None, validation_alias="OPENROUTER_API_KEY")
+    # The key in a file instead (a Docker or Kubernetes secret), read when the key itself is not set.
+    openrouter_api_key_file: Path | None = Field(None, validation_alias="OPENROUTER_API_KEY_FILE")
     openrouter_base_url: str = Field(DEFAULT_OPENROUTER_BASE_URL, validation_alias="OPENROUTER_BASE_URL")
+    # A worker with no key waits (saying why, every minute, and reading OPENROUTER_API_KEY_FILE again) rather
+    # than exit: under a supervisor that restarts it, an exit is a restart loop.
+    wait_for_key: bool = False
     # The key travels in a header: plain http is refused unless the upstream is on this machine, or an operator
     # says the network in between is private (a simulator in a compose network).
     allow_plain_http: bool = False
@@ -131,12 +136,21 @@ class Settings(BaseSettings):
         return "database_url" in self.model_fields_set, "redis_url" in self.model_fields_set
 
     def api_key(self) -> str:
-        """The OpenRouter key; SettingsError when it is not set."""
-        if self.openrouter_api_key is None or not self.openrouter_api_key.get_secret_value():
-            raise SettingsError(
-                "OPENROUTER_API_KEY is not set: export your OpenRouter key to call OpenRouter"
-            )
-        return self.openrouter_api_key.get_secret_value()
+        """The OpenRouter key (OPENROUTER_API_KEY, else the file OPENROUTER_API_KEY_FILE names); SettingsError
+        when there is none."""
+        if self.openrouter_api_key is not None and self.openrouter_api_key.get_secret_value():
+            return self.openrouter_api_key.get_secret_value()
+        if self.openrouter_api_key_file is not None:
+            try:
+                key = self.openrouter_api_key_file.read_text().strip()
+            except OSError as exc:
+                raise SettingsError(
+                    f"OPENROUTER_API_KEY_FILE {self.openrouter_api_key_file}: cannot read it ({exc.strerror})"
+                ) from None
+            if key:
+                return key
+            raise SettingsError(f"OPENROUTER_API_KEY_FILE {self.openrouter_api_key_file} is empty")
+        raise SettingsError("OPENROUTER_API_KEY is not set: export your OpenRouter key to call OpenRouter")
 
 
 def _variable(field: str) -> str:

@@ -60,6 +60,8 @@ class SubmitOptions:
     simulated: bool = False
     # A user's own labels for the batch (`--metadata k=v`), not part of its identity.
     metadata: dict[str, str] | None = None
+    # Body parameters every request gets unless its line sets them (`--temperature`, `--param k=v`).
+    defaults: dict[str, Any] = field(default_factory=dict)
 
     def identity(self) -> dict[str, Any]:
         """The options that make a batch what it is: the same file with these gives the same batch."""
@@ -74,6 +76,7 @@ class SubmitOptions:
             # A real run of a file tried against the simulator is a new batch: the simulator's answers are not
             # a model's.
             **({"simulated": True} if self.simulated else {}),
+            **({"defaults": self.defaults} if self.defaults else {}),
         }
 
 
@@ -173,13 +176,14 @@ def _row(raw: bytes, line_no: int, options: SubmitOptions) -> _Row | None:
         problem = model_problem(parsed.models, options)
         if problem:
             raise LineError(line_no, problem)
+    body = {**options.defaults, **parsed.body} if options.defaults else parsed.body
     if options.free_only:
-        problem = free_only_problem(parsed.body)
+        problem = free_only_problem(body)
         if problem:
             raise LineError(line_no, problem)
-    print_ = fingerprint(parsed.models or options.models, parsed.body) if options.dedupe else None
+    print_ = fingerprint(parsed.models or options.models, body) if options.dedupe else None
     record = None if parsed.record is None else orjson.dumps(parsed.record).decode()
-    return (line_no, parsed.custom_id, orjson.dumps(parsed.body).decode(), parsed.models, print_, record)
+    return (line_no, parsed.custom_id, orjson.dumps(body).decode(), parsed.models, print_, record)
 
 
 async def _records(

@@ -13,6 +13,7 @@ from jobs.settings import Settings
 from worker.openrouter import OpenRouterClient
 from worker.pricing import PriceBook
 from worker.replycheck import ReplyChecker
+from worker.report import WorkerReport
 from worker.throttle import Throttle
 
 __all__ = ["CONTEXT_KEY", "WorkerContext", "context"]
@@ -37,6 +38,7 @@ class WorkerContext:
     simulated: bool = False
     # Set when the worker is asked to stop: tasks send no new call and give their requests back.
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    report: WorkerReport = field(default_factory=WorkerReport)
 
 
 def context(arq_ctx: Mapping[str, Any]) -> WorkerContext:

@@ -41,6 +41,7 @@ from worker.openrouter import OpenRouterClient
 from worker.plan import WorkerPlan
 from worker.pricing import PriceBook
 from worker.replycheck import ReplyChecker
+from worker.report import where
 from worker.shutdown import GracefulStop, close_worker
 from worker.task import run_request
 from worker.throttle import Throttle, ThrottleLimits
@@ -75,13 +76,14 @@ async def _feed_once(ctx: WorkerContext, redis: ArqRedis, plan: WorkerPlan) -> N
             queue=plan.queue,
             at_most=at_most,
         )
-        if report.redis_reset or report.expired_leases or report.resumed_batches or report.finalized_batches:
+        ctx.report.finished(report.finalized_batches)
+        if report.redis_reset or report.expired_leases or report.resumed_batches:
             log.info(
                 "feeder",
                 enqueued=report.enqueued,
                 expired_leases=report.expired_leases,
                 resumed_batches=report.resumed_batches,
-                finalized_batches=report.finalized_batches,
+                finalized_batches=len(report.finalized_batches),
                 redis_reset=report.redis_reset,
             )
     finally:
@@ -173,10 +175,13 @@ async def _startup(arq_ctx: dict[str, Any]) -> None:
     )
     arq_ctx["engine"] = engine
     arq_ctx["feeder"] = asyncio.create_task(_feeder_loop(ctx, arq_ctx["redis"], plan))
+    arq_ctx["reporter"] = asyncio.create_task(ctx.report.every())
     log.info(
         "worker started",
         owner=ctx.owner,
         queue=plan.queue,
+        postgres=where(settings.database_url),
+        redis=where(settings.redis_url),
         concurrency=concurrency,
         base_url=settings.openrouter_base_url,
         simulated=account.simulated,
@@ -188,13 +193,15 @@ async def _startup(arq_ctx: dict[str, Any]) -> None:
 
 
 async def _shutdown(arq_ctx: dict[str, Any]) -> None:
-    feeder: asyncio.Task[None] | None = arq_ctx.get("feeder")
-    if feeder is not None:
-        feeder.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await feeder
+    for name in ("feeder", "reporter"):
+        background: asyncio.Task[None] | None = arq_ctx.get(name)
+        if background is not None:
+            background.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await background
     ctx = arq_ctx.get(CONTEXT_KEY)
     if isinstance(ctx, WorkerContext):
+        ctx.report.summary()
         await ctx.client.aclose()
         await ctx.replies.aclose()
     engine = arq_ctx.get("engine")

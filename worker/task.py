@@ -179,7 +179,9 @@ async def run_request(arq_ctx: dict[str, Any], request_id: int, attempts: int) -
         return "skipped"
     call = _Call()
     try:
-        return await _run_leased(ctx, lease, call)
+        outcome = await _run_leased(ctx, lease, call)
+        ctx.report.task(lease.batch_id, outcome)
+        return outcome
     except asyncio.CancelledError:
         raise
     except Exception as exc:
@@ -200,6 +202,7 @@ async def run_request(arq_ctx: dict[str, Any], request_id: int, attempts: int) -
         )
         latency = call.result.latency_ms if call.result is not None else 0
         await _record_failure(ctx, lease, False, latency, failure, call.started_at or datetime.now(UTC))
+        ctx.report.task(lease.batch_id, "internal-error")
         return "internal-error"
 
 

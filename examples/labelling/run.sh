@@ -7,13 +7,11 @@ cd "$(dirname "$0")/../.."
 extra=()
 if [ -z "${OPENROUTER_API_KEY:-}" ]; then
   echo "OPENROUTER_API_KEY is not set: using the local OpenRouter simulator (labels are arbitrary, not a model's)."
-  export ORBATCH_SIMULATOR_ARGS="${ORBATCH_SIMULATOR_ARGS:---free-window-seconds 1 --free-per-day 100000}"
-  export ORBATCH_FREE_WINDOW_SECONDS="${ORBATCH_FREE_WINDOW_SECONDS:-1}" ORBATCH_FREE_REQUESTS_PER_DAY="${ORBATCH_FREE_REQUESTS_PER_DAY:-100000}"
   extra=(--simulator)
 fi
 orbatch run examples/data/spam.jsonl -o out/spam-labels.jsonl --errors out/spam-errors.jsonl --format records \
   --template examples/labelling/prompt.txt --system "$(cat examples/labelling/system.txt)" \
   --json-schema examples/labelling/label.schema.json \
-  --models "${MODELS:-meta-llama/llama-3.3-70b-instruct:free,mistralai/mistral-small-3.2-24b-instruct:free}" \
+  --models "${MODELS:-google/gemma-4-31b-it:free,openai/gpt-oss-20b:free}" \
   "${extra[@]}"
 python3 examples/labelling/score.py out/spam-labels.jsonl

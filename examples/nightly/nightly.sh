@@ -12,7 +12,7 @@
 set -uo pipefail
 inbox="${1:?usage: nightly.sh INBOX}"
 template="${TEMPLATE:-$(dirname "$0")/../summarisation/prompt.txt}"
-models="${MODELS:-google/gemma-3-27b-it:free,meta-llama/llama-3.3-70b-instruct:free}"
+models="${MODELS:-google/gemma-4-31b-it:free,z-ai/glm-5.2:free}"
 worst=0
 shopt -s nullglob
 for file in "$inbox"/*.jsonl "$inbox"/*.jsonl.gz; do

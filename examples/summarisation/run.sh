@@ -7,11 +7,9 @@ cd "$(dirname "$0")/../.."
 extra=()
 if [ -z "${OPENROUTER_API_KEY:-}" ]; then
   echo "OPENROUTER_API_KEY is not set: using the local OpenRouter simulator (the 'summaries' echo the prompts)."
-  export ORBATCH_SIMULATOR_ARGS="${ORBATCH_SIMULATOR_ARGS:---free-window-seconds 1 --free-per-day 100000}"
-  export ORBATCH_FREE_WINDOW_SECONDS="${ORBATCH_FREE_WINDOW_SECONDS:-1}" ORBATCH_FREE_REQUESTS_PER_DAY="${ORBATCH_FREE_REQUESTS_PER_DAY:-100000}"
   extra=(--simulator)
 fi
 orbatch run examples/data/sotu.jsonl.gz -o out/sotu-summaries.jsonl --errors out/sotu-errors.jsonl \
   --format records --template examples/summarisation/prompt.txt \
-  --models "${MODELS:-google/gemma-3-27b-it:free,meta-llama/llama-3.3-70b-instruct:free}" "${extra[@]}"
+  --models "${MODELS:-google/gemma-4-31b-it:free,z-ai/glm-5.2:free}" "${extra[@]}"
 python3 -c 'import json,sys; r=json.loads(open(sys.argv[1]).readline()); print(r["president"], r["year"]); print(r["answer"][:600])' out/sotu-summaries.jsonl

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -13,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from jobs.db import alembic_config, drop_database
 from tests.conftest import Services
-from tests.support import chat_line, run_cli, write_jsonl
+from tests.support import ROOT, chat_line, run_cli, write_jsonl
 
 
 def test_submit_json_prints_one_object_with_id_status_and_counts(env: dict[str, str], tmp_path: Path) -> None:
@@ -52,8 +55,10 @@ async def test_a_bad_file_exits_2_naming_each_bad_line_and_stores_nothing(
 def test_skip_invalid_queues_the_rest_and_says_what_it_skipped(env: dict[str, str], tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "in.jsonl", [chat_line("a", "x"), b"nope"])
     done = run_cli(env, "submit", str(path), "--models", "sim/echo", "--skip-invalid", "--json")
-    assert done.returncode == 0, done.stderr
+    # Submitted, but a script learns that lines were left out: exit status 5.
+    assert done.returncode == 5, done.stderr
     assert "skipped LINE 2: not valid JSON" in done.stderr
+    assert "1 bad lines were skipped (--skip-invalid)" in done.stderr
     assert orjson.loads(done.stdout)["request_counts"]["total"] == 1
 
 
@@ -100,3 +105,129 @@ async def test_db_upgrade_creates_a_missing_database(env: dict[str, str], servic
             await conn.close()
     finally:
         await drop_database(url)
+
+
+def test_version(env: dict[str, str]) -> None:
+    done = run_cli(env, "--version")
+    assert done.returncode == 0
+    assert done.stdout.startswith("orbatch ")
+
+
+def test_a_batch_is_found_by_its_name_the_latest_one_saying_so_when_the_name_is_shared(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    first = write_jsonl(tmp_path / "a.jsonl", [chat_line("a", "x")])
+    second = write_jsonl(tmp_path / "b.jsonl", [chat_line("b", "y")])
+    older = run_cli(env, "submit", str(first), "--models", "sim/echo", "--name", "nightly").stdout.strip()
+    newer = run_cli(env, "submit", str(second), "--models", "sim/echo", "--name", "nightly").stdout.strip()
+    status = run_cli(env, "status", "nightly", "--json")
+    assert status.returncode == 0, status.stderr
+    assert orjson.loads(status.stdout)["id"] == newer != older
+    assert "2 batches are named 'nightly'; this is the latest" in status.stderr
+
+
+async def test_defaults_and_metadata_reach_every_request_and_the_status(
+    env: dict[str, str], engine: AsyncEngine, tmp_path: Path
+) -> None:
+    records = write_jsonl(tmp_path / "records.jsonl", [{"text": "good"}, {"text": "bad", "custom_id": "r2"}])
+    done = run_cli(
+        env,
+        "submit",
+        str(records),
+        "--models",
+        "sim/echo",
+        "--template",
+        "Label: {text}",
+        "--temperature",
+        "0.2",
+        "--max-tokens",
+        "5",
+        "--param",
+        'stop=["###"]',
+        "--param",
+        "user=labeller",
+        "--metadata",
+        "team=data",
+        "--metadata",
+        "ticket=42",
+        "--json",
+    )
+    assert done.returncode == 0, done.stderr
+    assert orjson.loads(done.stdout)["metadata"] == {"team": "data", "ticket": "42"}
+    async with engine.connect() as conn:
+        bodies = (await conn.execute(text("SELECT body FROM request ORDER BY id"))).scalars().all()
+    for body in bodies:
+        assert (body["temperature"], body["max_tokens"], body["stop"], body["user"]) == (
+            0.2,
+            5,
+            ["###"],
+            "labeller",
+        )
+    refused = run_cli(
+        env, "submit", str(records), "--models", "sim/echo", "--template", "{text}", "--param", "top_p=high"
+    )
+    assert refused.returncode == 2
+    assert '"top_p" must be a number' in refused.stderr
+
+
+async def test_delete_removes_a_finished_batch_and_every_row_and_refuses_a_running_one(
+    env: dict[str, str], engine: AsyncEngine, tmp_path: Path
+) -> None:
+    path = write_jsonl(tmp_path / "in.jsonl", [chat_line("a", "x"), chat_line("b", "y")])
+    batch = run_cli(env, "submit", str(path), "--models", "sim/echo").stdout.strip()
+    async with engine.begin() as conn:
+        await conn.execute(text("UPDATE request SET status = 'running'"))
+    refused = run_cli(env, "delete", batch, "--yes")
+    assert refused.returncode == 2
+    assert "cancel it first" in refused.stderr
+    async with engine.begin() as conn:
+        await conn.execute(text("UPDATE request SET status = 'completed'"))
+        await conn.execute(text("UPDATE batch SET status = 'completed'"))
+    done = run_cli(env, "delete", batch, "--yes")
+    assert done.returncode == 0, done.stderr
+    assert f"deleted {batch} and its 2 requests" in done.stderr
+    async with engine.connect() as conn:
+        for table in ("batch", "request", "attempt", "result", "batch_tally"):
+            assert (await conn.execute(text(f"SELECT count(*) FROM {table}"))).scalar_one() == 0, table  # noqa: S608 - table names of this test
+
+
+def test_models_lists_the_catalogue_with_prices_and_free_variants(env: dict[str, str]) -> None:
+    done = run_cli(env, "models", "--free", "--json")
+    assert done.returncode == 0, done.stderr
+    rows = orjson.loads(done.stdout)
+    assert rows
+    assert all(r["id"].endswith(":free") for r in rows)
+    assert "google/gemma-4-31b-it:free" in {r["id"] for r in rows}
+    table = run_cli(env, "models")
+    assert "anthropic/" in table.stdout
+
+
+def test_a_worker_without_a_key_can_wait_for_one_instead_of_exiting(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    waiting = subprocess.Popen(
+        [sys.executable, "-m", "jobs", "worker"],
+        env={**env, "OPENROUTER_API_KEY": "", "ORBATCH_WAIT_FOR_KEY": "1"},
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert waiting.stderr is not None
+        line = waiting.stderr.readline()
+        assert "OPENROUTER_API_KEY is not set" in line
+        assert "waiting (ORBATCH_WAIT_FOR_KEY)" in line
+        time.sleep(1)
+        assert waiting.poll() is None
+    finally:
+        waiting.kill()
+        waiting.wait()
+        if waiting.stderr is not None:
+            waiting.stderr.close()
+    key = tmp_path / "key"
+    key.write_text("sk-or-v1-from-a-file\n")
+    # The key from a file (a Docker secret): the worker starts and, in burst mode, ends.
+    done = run_cli(
+        {**env, "OPENROUTER_API_KEY": "", "OPENROUTER_API_KEY_FILE": str(key)}, "worker", "--burst"
+    )
+    assert done.returncode == 0, done.stderr

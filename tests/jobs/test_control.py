@@ -99,7 +99,11 @@ async def test_retry_failed_runs_failures_again_with_fresh_attempts(
     assert await scalar(engine, "SELECT attempts FROM request WHERE custom_id = 'bad'") == 4
 
 
-def test_retry_needs_to_be_told_what(env: dict[str, str]) -> None:
-    done = run_cli(env, "retry", "batch_x")
-    assert done.returncode == 2
-    assert "--failed" in done.stderr
+def test_retry_retries_the_failed_requests_without_being_told_what(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    path = write_jsonl(tmp_path / "in.jsonl", [chat_line("a", "x")])
+    batch = run_cli(env, "submit", str(path), "--models", "sim/echo").stdout.strip()
+    done = run_cli(env, "retry", batch)
+    assert done.returncode == 0, done.stderr
+    assert f"{batch}: 0 failed requests queued again" in done.stderr

@@ -91,7 +91,7 @@ async def test_a_batch_whose_requests_are_all_finished_is_completed(
             text("UPDATE request SET status = CASE WHEN id = 2 THEN 'failed' ELSE 'completed' END")
         )
     report = await feed(engine, redis, queue_name, window=10)
-    assert report.finalized_batches == 1
+    assert len(report.finalized_batches) == 1
     async with engine.connect() as conn:
         status = (
             await conn.execute(text("SELECT status FROM batch WHERE id = :b"), {"b": batch_id})

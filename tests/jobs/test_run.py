@@ -19,11 +19,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from jobs.embedded import postgres_folder
 from tests.support import ROOT, Simulator, Workers, chat_line, run_cli, write_jsonl
 
-SCALED_SIMULATOR = {
-    "ORBATCH_SIMULATOR_ARGS": "--free-window-seconds 1 --free-per-day 100000",
-    "ORBATCH_FREE_WINDOW_SECONDS": "1",
-    "ORBATCH_FREE_REQUESTS_PER_DAY": "100000",
-}
+# The simulator's limits reach the run through its GET /key: nothing else needs setting.
+SCALED_SIMULATOR = {"ORBATCH_SIMULATOR_ARGS": "--speed 60 --free-per-day 100000"}
 
 
 def _fresh_machine_env(data_dir: Path) -> dict[str, str]:
@@ -263,3 +260,116 @@ async def test_results_as_records_for_chat_lines_and_a_gzip_input(
         {"custom_id": "a", "answer": "echo: hello"},
         {"custom_id": "b", "answer": "echo: bye"},
     ]
+
+
+def test_every_command_sees_the_batches_of_the_embedded_postgres_that_run_used(tmp_path: Path) -> None:
+    env = _fresh_machine_env(tmp_path / "data")
+    path = write_jsonl(tmp_path / "in.jsonl", [chat_line(f"q{i}", f"question {i}") for i in range(3)])
+    done = run_cli(
+        env,
+        "run",
+        str(path),
+        "-o",
+        str(tmp_path / "out.jsonl"),
+        "--models",
+        "sim/echo",
+        "--simulator",
+        "--name",
+        "local",
+    )
+    assert done.returncode == 0, done.stderr
+    listed = run_cli(env, "status", "--json")
+    assert listed.returncode == 0, listed.stderr
+    batches = orjson.loads(listed.stdout)
+    assert [(b["name"], b["request_counts"]["completed"], b["simulated"]) for b in batches] == [
+        ("local", 3, True)
+    ]
+    batch = batches[0]["id"]
+    for args in (
+        ("status", "local"),
+        ("results", batch, "-o", str(tmp_path / "again.jsonl")),
+        ("usage", batch, "--json"),
+        ("retry", batch),
+        ("resume", batch),
+        ("cancel", batch),
+    ):
+        step = run_cli(env, *args)
+        assert step.returncode == 0, (args, step.stderr)
+    assert len(_read(tmp_path / "again.jsonl")) == 3
+    assert _processes_using(tmp_path / "data") == []
+
+
+def test_run_works_its_own_batch_only_and_leaves_an_interrupted_one_as_it_was(tmp_path: Path) -> None:
+    env = {
+        **_fresh_machine_env(tmp_path / "data"),
+        "ORBATCH_SIMULATOR_ARGS": "--latency-ms 300 --no-free-tier",
+    }
+    first = write_jsonl(tmp_path / "a.jsonl", [chat_line(f"a{i}", f"first {i}") for i in range(60)])
+    process = subprocess.Popen(  # noqa: S603 - argv built here
+        [
+            sys.executable,
+            "-m",
+            "jobs",
+            "run",
+            str(first),
+            "-o",
+            str(tmp_path / "a.out"),
+            "--models",
+            "sim/echo",
+            "--simulator",
+            "--concurrency",
+            "2",
+        ],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stderr is not None
+        while "done=" not in (line := process.stderr.readline()) or " done=0 " in line:
+            assert line, "the run ended before it did anything"
+        process.send_signal(signal.SIGINT)
+        process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130
+    before = orjson.loads(run_cli(env, "status", "--json").stdout)[0]
+    assert 0 < before["request_counts"]["completed"] < 60
+    second = write_jsonl(tmp_path / "b.jsonl", [chat_line(f"b{i}", f"second {i}") for i in range(5)])
+    done = run_cli(
+        env, "run", str(second), "-o", str(tmp_path / "b.out"), "--models", "sim/echo", "--simulator"
+    )
+    assert done.returncode == 0, done.stderr
+    after = {b["id"]: b for b in orjson.loads(run_cli(env, "status", "--json").stdout)}[before["id"]]
+    # The other run left it alone: not a call more was made for it.
+    assert after["request_counts"] == before["request_counts"]
+    assert after["attempts"] == before["attempts"]
+
+
+def test_three_simulated_trials_in_one_data_dir_each_finish_in_under_a_minute(tmp_path: Path) -> None:
+    env = _fresh_machine_env(tmp_path / "data")
+    del env["ORBATCH_SIMULATOR_ARGS"]  # the simulator as a new user meets it
+    for trial in range(3):
+        path = write_jsonl(
+            tmp_path / f"t{trial}.jsonl", [chat_line(f"t{trial}-{i}", f"row {i}") for i in range(60)]
+        )
+        started = time.monotonic()
+        done = run_cli(
+            env,
+            "run",
+            str(path),
+            "-o",
+            str(tmp_path / f"t{trial}.out"),
+            "--models",
+            "google/gemma-4-31b-it:free",
+            "--simulator",
+            timeout=120,
+        )
+        elapsed = time.monotonic() - started
+        assert done.returncode == 0, done.stderr
+        assert elapsed < 60, f"trial {trial} took {elapsed:.0f} s"
+        assert "batch paused" not in done.stderr
+        assert len(_read(tmp_path / f"t{trial}.out")) == 60

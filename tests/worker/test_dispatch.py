@@ -89,6 +89,7 @@ def test_the_arq_internals_the_claim_relies_on_are_as_pinned() -> None:
     )
     assert list(inspect.signature(Worker.run_job).parameters) == ["self", "job_id", "score"]
     assert callable(Worker._release_sem_dec_counter_on_complete)
+
     async def task(_: dict[str, object]) -> None:
         return None
 
