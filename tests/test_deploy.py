@@ -69,3 +69,20 @@ def test_the_image_copies_every_package_and_runs_orbatch() -> None:
         'ENTRYPOINT ["orbatch"]',
     ):
         assert part in dockerfile
+
+
+def test_workers_get_time_to_finish_their_calls_and_wait_for_a_missing_key() -> None:
+    worker = compose()["services"]["worker"]
+    grace = float(worker["environment"]["ORBATCH_SHUTDOWN_GRACE"])
+    # Docker sends SIGKILL at stop_grace_period: the worker's own grace must end first.
+    assert float(worker["stop_grace_period"].removesuffix("s")) > grace
+    assert worker["environment"]["ORBATCH_WAIT_FOR_KEY"] == "1"
+    assert worker["image"] == compose()["services"]["migrate"]["image"]
+    assert "build" in worker
+
+
+def test_the_image_carries_no_embedded_databases() -> None:
+    # The embedded Postgres and Redis are the `local` extra, which the image's `--no-dev` sync leaves out.
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "--extra local" not in dockerfile
+    assert "--all-extras" not in dockerfile

@@ -113,7 +113,10 @@ async def _startup(arq_ctx: dict[str, Any]) -> None:
     # No pre-ping on the hot path: it costs three round trips per statement (see jobs.db.create_engine).
     # A task holds a connection only while it writes, so the pool is capped well below the concurrency.
     engine = create_engine(
-        settings.database_url, pool_size=min(concurrency + 2, settings.db_pool_max), pre_ping=False
+        settings.database_url,
+        pool_size=min(concurrency + 2, settings.db_pool_max),
+        pre_ping=False,
+        max_overflow=0,
     )
     api_key = settings.api_key()
     client = OpenRouterClient(
