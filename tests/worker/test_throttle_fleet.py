@@ -144,7 +144,7 @@ async def test_a_429_with_a_reset_holds_every_worker_until_then(
 
 
 async def test_the_in_flight_cap_holds_across_processes(
-    env: dict[str, str], simulator: Simulator, tmp_path: Path
+    env: dict[str, str], engine: AsyncEngine, simulator: Simulator, tmp_path: Path
 ) -> None:
     await simulator.configure(latency_ms=150)
     env = {**env, "ORBATCH_MAX_IN_FLIGHT": "3"}
@@ -152,7 +152,10 @@ async def test_the_in_flight_cap_holds_across_processes(
     workers = Workers(env, tmp_path, 3, "--burst", "--concurrency", "8")
     assert await workers.wait(60) == [0, 0, 0], workers.output()[-3000:]
     stats = await simulator.stats()
-    assert stats["calls"] == 30
+    outcomes = await rows(
+        engine, "SELECT outcome, error_code, error_message, count(*) FROM attempt GROUP BY 1, 2, 3"
+    )
+    assert stats["calls"] == 30, (stats, [tuple(o) for o in outcomes])
     assert 2 <= stats["max_in_flight"] <= 3
 
 
