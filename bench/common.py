@@ -7,6 +7,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -91,3 +92,45 @@ def env_for(database_url: str, base_url: str, **extra: str) -> dict[str, str]:
     )
     env.update(extra)
     return env
+
+
+def baseline_tree(baseline: str) -> Path:
+    """A checkout of a baseline commit (in the temporary folder, kept between runs) with its own environment."""
+    tree = Path(tempfile.gettempdir()) / f"orbatch-{baseline}"
+    if not tree.exists():
+        subprocess.run(  # noqa: S603 - argv built here
+            ["git", "worktree", "add", "--detach", str(tree), baseline],
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+        )
+    subprocess.run(["uv", "sync", "--frozen", "--quiet"], cwd=tree, check=True)
+    return tree
+
+
+class Code:
+    """One version of orbatch: its folder and its interpreter."""
+
+    def __init__(self, name: str, tree: Path) -> None:
+        self.name = name
+        self.tree = tree
+        self.python = str(tree / ".venv" / "bin" / "python")
+
+    def cli(self, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(  # noqa: S603 - argv built here
+            [self.python, "-m", "jobs", *args],
+            env=env,
+            cwd=self.tree,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+
+    def worker(self, env: dict[str, str], *args: str) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(  # noqa: S603 - argv built here
+            [self.python, "-m", "jobs", "worker", *args],
+            env=env,
+            cwd=self.tree,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )

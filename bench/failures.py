@@ -31,52 +31,10 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import POSTGRES_URL, REDIS_URL, ROOT, Simulator, env_for, machine
+from bench.common import POSTGRES_URL, REDIS_URL, ROOT, Code, Simulator, baseline_tree, env_for, machine
 from tests.netfaults import FaultProxy
 
 LIMIT_SECONDS = 60.0
-
-
-def _tree(baseline: str, folder: Path) -> Path:
-    """A checkout of the baseline commit with its own environment."""
-    tree = folder / f"orbatch-{baseline}"
-    if not tree.exists():
-        subprocess.run(  # noqa: S603 - argv built here
-            ["git", "worktree", "add", "--detach", str(tree), baseline],
-            cwd=ROOT,
-            check=True,
-            capture_output=True,
-        )
-    subprocess.run(["uv", "sync", "--frozen", "--quiet"], cwd=tree, check=True)
-    return tree
-
-
-class Code:
-    """One version of orbatch: its folder and its interpreter."""
-
-    def __init__(self, name: str, tree: Path) -> None:
-        self.name = name
-        self.tree = tree
-        self.python = str(tree / ".venv" / "bin" / "python")
-
-    def cli(self, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(  # noqa: S603 - argv built here
-            [self.python, "-m", "jobs", *args],
-            env=env,
-            cwd=self.tree,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-
-    def worker(self, env: dict[str, str], *args: str) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(  # noqa: S603 - argv built here
-            [self.python, "-m", "jobs", "worker", *args],
-            env=env,
-            cwd=self.tree,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
 
 
 async def _scalar(url: str, sql: str) -> Any:
@@ -216,7 +174,7 @@ async def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
         codes = [
-            Code(f"baseline {args.baseline}", _tree(args.baseline, Path(tempfile.gettempdir()))),
+            Code(f"baseline {args.baseline}", baseline_tree(args.baseline)),
             Code("this checkout", ROOT),
         ]
         sim = Simulator()
