@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from jobs.db import create_engine, drop_database, ensure_database, upgrade
 from jobs.embedded import embedded_database, embedded_redis
 from jobs.queue import connect
-from tests.support import Simulator, test_env
+from tests.support import Simulator, Workers, test_env
 
 POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432")
 REDIS_BASE_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/14")
@@ -209,3 +209,11 @@ def env(
 ) -> dict[str, str]:
     """Environment for CLI and worker subprocesses, as a user would export it, with every service clean."""
     return test_env(database_url, services.redis, simulator.base_url, queue_name)
+
+
+@pytest.fixture(autouse=True)
+def _no_worker_outlives_its_test() -> Iterator[None]:
+    """Workers a test started and did not stop are killed when it ends."""
+    yield
+    while Workers.alive:
+        Workers.alive.pop().kill()

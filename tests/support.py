@@ -9,7 +9,7 @@ import sys
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 import orjson
@@ -132,9 +132,14 @@ def die_with_parent() -> None:
 
 
 class Workers:
-    """N `orbatch worker` processes, their output kept in files."""
+    """N `orbatch worker` processes, their output kept in files; none outlives the test that started it."""
+
+    # Every instance of the current test, killed at its end (conftest): a worker left running would work the
+    # next test's batch, whose ids the truncated tables hand out again.
+    alive: ClassVar[list[Workers]] = []
 
     def __init__(self, env: Mapping[str, str], log_dir: Path, count: int, *args: str) -> None:
+        Workers.alive.append(self)
         self.logs = [log_dir / f"worker-{i}-{time.monotonic_ns()}.log" for i in range(count)]
         self.processes = []
         for log in self.logs:
