@@ -89,6 +89,9 @@ SIM_MODELS: dict[str, tuple[str, str]] = {
 
 # When the request being answered arrived (each aiohttp request runs in its own task and context).
 _arrived: contextvars.ContextVar[float] = contextvars.ContextVar("arrived")
+# The reset the request arrived after: a call still running when the counters are reset (a test's lingering call,
+# answered during the next test) is not counted in the new ones.
+_arrival_epoch: contextvars.ContextVar[int] = contextvars.ContextVar("arrival_epoch", default=-1)
 
 
 @functools.cache
@@ -383,6 +386,8 @@ class Simulator:
         }
 
     def _record(self, body: Any, status: int, outcome: str, model: str | None = None) -> None:
+        if _arrival_epoch.get() not in (-1, self.epoch):
+            return
         self.stats["calls"] += 1
         self.stats[f"status:{status}"] += 1
         self.stats[f"outcome:{outcome}"] += 1
@@ -402,6 +407,7 @@ class Simulator:
     async def chat(self, request: web.Request) -> web.StreamResponse:
         _arrived.set(time.time())
         epoch = self.epoch
+        _arrival_epoch.set(epoch)
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:

@@ -101,7 +101,13 @@ async def test_a_free_tier_batch_says_it_takes_ten_days_and_ctrl_c_keeps_what_is
     env: dict[str, str], simulator: Simulator, tmp_path: Path
 ) -> None:
     await simulator.reset(free_per_minute=20, free_window_seconds=1, free_per_day=50)
-    env = {**env, "ORBATCH_FREE_WINDOW_SECONDS": "1", "ORBATCH_FREE_REQUESTS_PER_DAY": "50"}
+    # A wide spacing margin: a 1-s window leaves a loaded machine's scheduling little room before a 429.
+    env = {
+        **env,
+        "ORBATCH_FREE_WINDOW_SECONDS": "1",
+        "ORBATCH_FREE_REQUESTS_PER_DAY": "50",
+        "ORBATCH_FREE_RATE_MARGIN": "0.5",
+    }
     path = write_jsonl(tmp_path / "in.jsonl", [chat_line(f"r{i}", f"row {i}") for i in range(500)])
     out = tmp_path / "out.jsonl"
     process = subprocess.Popen(  # noqa: ASYNC220, S603 - the test reads the child's progress line by line; argv built here
@@ -129,6 +135,7 @@ async def test_a_free_tier_batch_says_it_takes_ten_days_and_ctrl_c_keeps_what_is
     finally:
         if process.poll() is None:
             process.kill()
+            process.communicate()
     progress = [line for line in lines if line.startswith("batch=")]
     assert "total=500" in progress[0]
     assert "500 requests need 10 days of quota" in progress[0], progress[0]
@@ -335,6 +342,7 @@ def test_run_works_its_own_batch_only_and_leaves_an_interrupted_one_as_it_was(tm
     finally:
         if process.poll() is None:
             process.kill()
+            process.communicate()
     assert process.returncode == 130
     before = orjson.loads(run_cli(env, "status", "--json").stdout)[0]
     assert 0 < before["request_counts"]["completed"] < 60
