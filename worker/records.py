@@ -269,10 +269,18 @@ _REUSE = sql(
     """
 )
 
-# An identical request with a lower id being called right now: wait for its answer rather than pay twice.
+# Of identical requests still to be answered, the one with the lowest id calls and the others wait for its
+# answer, rather than pay twice. Checking only twins being called right now would let two twins whose leases
+# were taken at the same moment both call: an unfinished twin with a lower id is waited for whether it is
+# running or still pending (in a batch that runs: a paused or stopped twin does not hold others back).
 _TWIN_IN_FLIGHT = sql(
-    "SELECT EXISTS (SELECT 1 FROM request WHERE fingerprint = :fingerprint AND id < :request_id"
-    " AND status = {R.RUNNING})"
+    """
+    SELECT EXISTS (
+        SELECT 1 FROM request t JOIN batch b ON b.id = t.batch_id
+        WHERE t.fingerprint = :fingerprint AND t.id < :request_id
+          AND (t.status = {R.RUNNING} OR (t.status = {R.PENDING} AND b.status = {B.IN_PROGRESS}))
+    )
+    """
 )
 
 # Nothing can run now: every request of a running (or cancelling) batch is finished. Requests waiting for a
@@ -539,7 +547,7 @@ async def reuse(engine: AsyncEngine, lease: Lease, owner: str) -> bool:
 
 
 async def twin_in_flight(engine: AsyncEngine, lease: Lease) -> bool:
-    """True when an identical request with a lower id is being called now."""
+    """True when an identical request with a lower id is still to be answered: it calls, this one waits."""
     async with engine.connect() as conn:
         params = {"fingerprint": lease.fingerprint, "request_id": lease.request_id}
         return bool((await conn.execute(_TWIN_IN_FLIGHT, params)).scalar_one())
