@@ -30,6 +30,7 @@ from jobs.embedded import embedded_database, local_services
 from jobs.errors import BadInput, Interrupted, OrbatchError, ServiceUnavailable, SettingsError
 from jobs.export import ExportFormat, export_to_files
 from jobs.fleet import read_breaker, throttle_namespace
+from jobs.heartbeats import Heartbeat, read_heartbeats
 from jobs.intake import take_in
 from jobs.logs import configure_logging, redact
 from jobs.oneshot import RunPlan, run_file
@@ -67,8 +68,10 @@ from jobs.terminal import (
     say_warning,
     summary_table,
     usage_table,
+    workers_table,
 )
 from jobs.usage import UsageReport, usage_report
+from worker.report import where
 from worker.simconfig import simulator_command
 
 __all__ = ["app", "main"]
@@ -424,6 +427,27 @@ def _services(settings: Settings) -> Iterator[Settings]:
         yield settings.model_copy(
             update={"database_url": services.database_url, "redis_url": services.redis_url}
         )
+
+
+@app.command()
+def workers(as_json: Annotated[bool, typer.Option("--json", help="Print a JSON array.")] = False) -> None:
+    """The live workers on REDIS_URL, from their heartbeats: host, pid, version, load, last activity."""
+    settings = _settings()
+
+    async def go() -> list[Heartbeat]:
+        redis = await connect(settings.redis_url, settings.queue_name, patient=False)
+        try:
+            return await read_heartbeats(redis, settings.queue_name)
+        finally:
+            await redis.aclose()
+
+    beats = asyncio.run(go())
+    if as_json:
+        _print_json([beat.to_json() for beat in beats])
+    elif beats:
+        out.print(workers_table(beats))
+    else:
+        say(err, f"no live workers on {where(settings.redis_url)} (queue {settings.queue_name})")
 
 
 @app.command()

@@ -115,6 +115,11 @@ class Settings(BaseSettings):
     # Options for the simulator `orbatch run --simulator` serves, as `orbatch simulator` takes them.
     simulator_args: str = ""
 
+    # Watching the fleet.
+    # A worker records its heartbeat in Redis this often; it lapses after HEARTBEAT_MISSED_BEATS missed beats, so
+    # a killed worker leaves `orbatch workers` within a few of these.
+    heartbeat_seconds: float = Field(5.0, gt=0, le=300)
+
     @model_validator(mode="after")
     def _safe_upstream(self) -> Settings:
         parts = urlsplit(self.openrouter_base_url)
