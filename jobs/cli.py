@@ -372,9 +372,19 @@ def worker(
     concurrency: Annotated[
         int | None, typer.Option(min=1, max=4096, help="Requests run at once by this process.")
     ] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            max=65535,
+            help="Serve Prometheus metrics at /metrics on this port (default ORBATCH_METRICS_PORT; none).",
+        ),
+    ] = None,
 ) -> None:
     """Run an arq worker that executes queued requests (and feeds the queue from Postgres)."""
     settings = _settings()
+    if metrics_port is not None:
+        settings = settings.model_copy(update={"metrics_port": metrics_port})
     if "ORBATCH_LOG_LEVEL" not in os.environ:
         # A worker says what it is doing (its start, each batch, a summary now and then) unless told otherwise.
         key = settings.openrouter_api_key.get_secret_value() if settings.openrouter_api_key else None

@@ -13,6 +13,7 @@ __all__ = [
     "EXIT_SKIPPED_LINES",
     "EXIT_STOPPED",
     "FEEDER_LOCK_KEY",
+    "FLEET_READ_SECONDS",
     "FREE_TIER_DAILY_REQUESTS",
     "HEARTBEATS_KEY",
     "HEARTBEAT_FORGET_SECONDS",
@@ -163,3 +164,7 @@ THROTTLE_WAIT_BUCKETS = (0.001, 0.01, 0.1, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 
 # OpenRouter's catalogue, but `submit --no-check-models` lets any string through, and every label value is a
 # time series Prometheus keeps.
 MAX_MODEL_LABELS = 200
+# A scrape reads the fleet's gauges from Redis within this, well inside Prometheus's default 10 s scrape timeout:
+# a worker's Redis client retries through a blip for longer, and a late answer is worth less than the process's
+# own counters on time.
+FLEET_READ_SECONDS = 3.0

@@ -38,6 +38,7 @@ from worker import records
 from worker.account import account_limits
 from worker.context import CONTEXT_KEY, WorkerContext, context
 from worker.dispatch import ClaimingWorker
+from worker.exporter import Exporter
 from worker.heartbeat import beat_forever, stop_beating
 from worker.meter import Meter
 from worker.openrouter import OpenRouterClient
@@ -202,14 +203,22 @@ async def _startup(arq_ctx: dict[str, Any]) -> None:
 async def _start_watching(
     arq_ctx: dict[str, Any], ctx: WorkerContext, plan: WorkerPlan, concurrency: int
 ) -> None:
-    """The worker's heartbeat in Redis."""
+    """The worker's heartbeat in Redis, and its /metrics when ORBATCH_METRICS_PORT (--metrics-port) asks."""
     BUILD.info({"version": orbatch_version()})
     CONCURRENCY.set(concurrency)
+    if ctx.settings.metrics_port is not None:
+        exporter = Exporter(arq_ctx["redis"], ctx.settings)
+        port = await exporter.start(ctx.settings.metrics_port)
+        arq_ctx["exporter"] = exporter
+        log.info("metrics served", port=port, path="/metrics")
     arq_ctx["heartbeat"] = asyncio.create_task(beat_forever(ctx, arq_ctx["redis"], plan.queue, concurrency))
 
 
 async def _stop_watching(arq_ctx: dict[str, Any], ctx: WorkerContext) -> None:
     await stop_beating(ctx, arq_ctx["redis"])
+    exporter: Exporter | None = arq_ctx.pop("exporter", None)
+    if exporter is not None:
+        await exporter.stop()
 
 
 async def _shutdown(arq_ctx: dict[str, Any]) -> None:
