@@ -27,6 +27,7 @@ __all__ = [
     "MAX_MODELS_PER_CALL",
     "MAX_MODEL_LABELS",
     "MAX_REPORTED_LINE_ERRORS",
+    "MODEL_LABEL_RECHECK_SECONDS",
     "PERSIST_DEADLINE_SECONDS",
     "PLAIN_PROGRESS_SECONDS",
     "QUOTA_HOLD_SECONDS",
@@ -164,6 +165,9 @@ THROTTLE_WAIT_BUCKETS = (0.001, 0.01, 0.1, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 
 # OpenRouter's catalogue, but `submit --no-check-models` lets any string through, and every label value is a
 # time series Prometheus keeps.
 MAX_MODEL_LABELS = 200
+# A model id the catalogue did not list is labelled `other` without asking again for this long: the worker's
+# price book reloads the list on a miss at most once a minute, so asking sooner only waits on its lock.
+MODEL_LABEL_RECHECK_SECONDS = 60.0
 # A scrape reads the fleet's gauges from Redis within this, well inside Prometheus's default 10 s scrape timeout:
 # a worker's Redis client retries through a blip for longer, and a late answer is worth less than the process's
 # own counters on time.

@@ -9,11 +9,17 @@ model ids from the catalogue, never a batch, request or custom id (each label va
 from __future__ import annotations
 
 import importlib.metadata
+import time
 from functools import lru_cache
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector
 
-from jobs.constants import CALL_SECONDS_BUCKETS, MAX_MODEL_LABELS, THROTTLE_WAIT_BUCKETS
+from jobs.constants import (
+    CALL_SECONDS_BUCKETS,
+    MAX_MODEL_LABELS,
+    MODEL_LABEL_RECHECK_SECONDS,
+    THROTTLE_WAIT_BUCKETS,
+)
 
 __all__ = [
     "BUILD",
@@ -111,23 +117,35 @@ OTHER_MODEL = "other"
 
 
 class ModelLabels:
-    """Model ids as label values: at most MAX_MODEL_LABELS of them per process, the rest `other`."""
+    """Model ids as label values: catalogue ids only, at most MAX_MODEL_LABELS of them per process, else `other`."""
 
     def __init__(self, limit: int = MAX_MODEL_LABELS) -> None:
         self.limit = limit
         self._seen: set[str] = set()
+        # Ids the catalogue did not list, and when it said so (a new model may be listed later).
+        self._unlisted: dict[str, float] = {}
 
-    def has(self, model: str) -> bool:
-        """Whether `model` is already a label value of this process."""
-        return model in self._seen
-
-    def label(self, model: str | None, listed: bool) -> str:
-        """`model` when the catalogue lists it and the cap allows; `other` otherwise."""
-        if not model or not listed:
+    def decided(self, model: str | None) -> str | None:
+        """The label for `model` when it is known without asking the catalogue; None when it must be asked."""
+        if not model:
             return OTHER_MODEL
         if model in self._seen:
             return model
         if len(self._seen) >= self.limit:
+            return OTHER_MODEL
+        checked = self._unlisted.get(model)
+        if checked is not None and time.monotonic() - checked < MODEL_LABEL_RECHECK_SECONDS:
+            return OTHER_MODEL
+        return None
+
+    def label(self, model: str, listed: bool) -> str:
+        """The label for `model` once the catalogue said whether it lists it."""
+        if not listed:
+            if len(self._unlisted) < self.limit:
+                self._unlisted[model] = time.monotonic()
+            return OTHER_MODEL
+        self._unlisted.pop(model, None)
+        if model not in self._seen and len(self._seen) >= self.limit:
             return OTHER_MODEL
         self._seen.add(model)
         return model

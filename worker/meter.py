@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from datetime import UTC, datetime
@@ -44,6 +45,8 @@ class Meter:
         # Whether OpenRouter's catalogue lists a model id: only listed ids become label values.
         self._listed = listed
         self._models = metrics.ModelLabels()
+        # Recordings waiting for the catalogue's answer about a model (held so they are not collected).
+        self._pending: set[asyncio.Task[None]] = set()
         self.calls = 0
         self.tasks = 0
         self.answered = 0
@@ -90,36 +93,60 @@ class Meter:
         """A call's throttle slot came after `seconds`."""
         metrics.THROTTLE_WAIT.labels("free" if free else "paid").observe(max(0.0, seconds))
 
-    async def model(self, model: str | None) -> str:
-        """The label for a model id: itself when the catalogue lists it (and the cap allows), else `other`."""
-        if not model:
-            return metrics.OTHER_MODEL
-        if self._models.has(model):
-            return model
-        listed = True if self._listed is None else await self._listed(model)
-        return self._models.label(model, listed)
-
-    async def called(self, models_sent: Sequence[str], outcome: Success | Failure, latency_ms: int) -> None:
+    def called(self, models_sent: Sequence[str], outcome: Success | Failure, latency_ms: int) -> None:
         """One upstream call came back (or failed to): its model, status, latency, and a 429's kind."""
-        model = await self.model(outcome.model or (models_sent[0] if models_sent else None))
-        metrics.CALLS.labels(model, _status_label(outcome)).inc()
-        metrics.CALL_SECONDS.labels(model).observe(latency_ms / 1000)
         if isinstance(outcome, Failure):
             kind = rate_limit_kind(outcome)
             if kind is not None:
                 metrics.RATE_LIMITED.labels(kind).inc()
+        status = _status_label(outcome)
 
-    async def used(self, model: str | None, usage: Usage) -> None:
+        def record(model: str) -> None:
+            metrics.CALLS.labels(model, status).inc()
+            metrics.CALL_SECONDS.labels(model).observe(latency_ms / 1000)
+
+        self._by_model(outcome.model or (models_sent[0] if models_sent else None), record)
+
+    def used(self, model: str | None, usage: Usage) -> None:
         """A call's tokens and cost, once its cost is known (reported, or estimated from list prices)."""
-        label = await self.model(model)
-        for kind, tokens in (
-            ("prompt", usage.prompt_tokens),
-            ("completion", usage.completion_tokens),
-            ("reasoning", usage.reasoning_tokens),
-            ("cached", usage.cached_tokens),
-        ):
+        counts = [
+            (kind, tokens)
+            for kind, tokens in (
+                ("prompt", usage.prompt_tokens),
+                ("completion", usage.completion_tokens),
+                ("reasoning", usage.reasoning_tokens),
+                ("cached", usage.cached_tokens),
+            )
             # A counter only goes up: a malformed negative count from upstream is not counted.
-            if tokens and tokens > 0:
+            if tokens and tokens > 0
+        ]
+        cost = float(usage.cost) if usage.cost and usage.cost > 0 else 0.0
+
+        def record(label: str) -> None:
+            for kind, tokens in counts:
                 metrics.TOKENS.labels(label, kind).inc(tokens)
-        if usage.cost and usage.cost > 0:
-            metrics.COST.labels(label).inc(float(usage.cost))
+            if cost:
+                metrics.COST.labels(label).inc(cost)
+
+        self._by_model(model, record)
+
+    def _by_model(self, model: str | None, record: Callable[[str], None]) -> None:
+        """Record under the model's label now, or once the catalogue said whether it lists the model.
+
+        Never awaited by the task: asking the catalogue may read Postgres, and a metric must not delay the
+        record of a call that was paid for.
+        """
+        label = self._models.decided(model)
+        if label is not None or model is None:
+            record(label or metrics.OTHER_MODEL)
+            return
+        task = asyncio.create_task(self._label_later(model, record))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _label_later(self, model: str, record: Callable[[str], None]) -> None:
+        try:
+            listed = True if self._listed is None else await self._listed(model)
+        except Exception:  # no catalogue: the model is counted, as `other`
+            listed = False
+        record(self._models.label(model, listed))

@@ -297,8 +297,7 @@ async def _run_leased(ctx: WorkerContext, lease: records.Lease, call: _Call) -> 
         if not call.released and call.permit is not None:
             # An error between the permit and its release: the permit goes back, its call marked given up.
             await asyncio.shield(_release(ctx, call, lease, "aborted" if call.sent else "unsent"))
-    # Counted once the permit is back: labelling a new model may read the catalogue from Postgres.
-    await ctx.meter.called(lease.models_sent, outcome, result.latency_ms)
+    ctx.meter.called(lease.models_sent, outcome, result.latency_ms)
     if isinstance(outcome, Failure) and (
         outcome.verdict == "down" or (outcome.verdict == "fail" and breaker == "open")
     ):
@@ -306,7 +305,7 @@ async def _run_leased(ctx: WorkerContext, lease: records.Lease, call: _Call) -> 
         log.warning("OpenRouter unreachable: every worker waits for a probe", reason=outcome.message)
     if outcome.usage is not None:
         await ctx.prices.fill(outcome.usage, outcome.model)
-        await ctx.meter.used(outcome.model or lease.models_sent[0], outcome.usage)
+        ctx.meter.used(outcome.model or lease.models_sent[0], outcome.usage)
     if isinstance(outcome, Success):
         outcome = await _check_structured(ctx, lease.body, outcome)
     started_at = call.started_at or datetime.now(UTC)

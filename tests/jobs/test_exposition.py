@@ -14,6 +14,7 @@ from jobs.constants import THROTTLE_KEY
 from jobs.exposition import metrics_authorized, render_metrics
 from jobs.fleet import breaker_key, limits_key
 from jobs.heartbeats import Heartbeat, write_heartbeat
+from jobs.metrics import OTHER_MODEL, ModelLabels
 from jobs.queue import enqueue_requests
 from jobs.settings import Settings
 
@@ -125,3 +126,17 @@ def test_metrics_are_open_without_a_token_and_need_it_as_a_bearer_with_one() -> 
     assert not metrics_authorized(guarded, "s3cret")
     assert not metrics_authorized(guarded, "Basic s3cret")
     assert not metrics_authorized(guarded, "Bearer s3cre")
+
+
+def test_model_labels_are_catalogue_ids_and_at_most_a_bounded_number() -> None:
+    labels = ModelLabels(limit=2)
+    assert labels.decided("a/one") is None  # not yet asked of the catalogue
+    assert labels.label("a/one", listed=True) == "a/one"
+    assert labels.decided("a/one") == "a/one"
+    assert labels.label("made-up", listed=False) == OTHER_MODEL
+    assert labels.decided("made-up") == OTHER_MODEL  # not asked again at once
+    assert labels.label("a/two", listed=True) == "a/two"
+    # The cap reached, even a listed model is `other`.
+    assert labels.decided("a/three") == OTHER_MODEL
+    assert labels.label("a/three", listed=True) == OTHER_MODEL
+    assert labels.decided(None) == OTHER_MODEL
