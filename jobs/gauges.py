@@ -41,11 +41,20 @@ class AccountGauges:
     cooldown_paid_seconds: float = 0.0
     # Throttle permits held by every worker of the fleet: the calls open now.
     calls_in_flight: int = 0
+    # The per-minute limit the workers pace free requests by: so many per window, spaced with the margin.
+    free_per_window: int = 20
+    window_seconds: float = 60.0
+    margin: float = 0.05
 
     @property
     def free_left_today(self) -> int:
         """Free requests the day still allows."""
         return max(0, self.free_per_day - self.free_used_today)
+
+    @property
+    def pace_seconds(self) -> float:
+        """Seconds between two free requests, as the throttle spaces them across the fleet."""
+        return self.window_seconds / max(1, self.free_per_window) * (1 + self.margin)
 
 
 @dataclass(slots=True, frozen=True)
@@ -103,6 +112,8 @@ async def read_fleet_gauges(redis: Redis, settings: Settings) -> FleetGauges:
         if not published and (published_any or account != ACCOUNTS[0]):
             continue
         per_day, used, day_ends_at = _free_day(settings, published, day_count, redis_ms)
+        window = published.get(b"window_seconds")
+        margin = published.get(b"margin")
         accounts.append(
             AccountGauges(
                 account=account,
@@ -113,6 +124,9 @@ async def read_fleet_gauges(redis: Redis, settings: Settings) -> FleetGauges:
                 cooldown_free_seconds=_seconds_left(cool_free, redis_ms),
                 cooldown_paid_seconds=_seconds_left(cool_paid, redis_ms),
                 calls_in_flight=int(in_flight),
+                free_per_window=_int(published.get(b"free_per_window"), settings.free_requests_per_minute),
+                window_seconds=float(window) if window else settings.free_window_seconds,
+                margin=float(margin) if margin else settings.free_rate_margin,
             )
         )
     return FleetGauges(
@@ -194,6 +208,11 @@ class FleetCollector(Collector):
                 "When the free tier's current day ends and its count starts again (00:00 UTC).",
                 labels=["account"],
             ),
+            "pace": GaugeMetricFamily(
+                "orbatch_free_pace_seconds",
+                "Seconds between two free-model requests, as the throttle spaces them across the fleet.",
+                labels=["account"],
+            ),
             "breaker": GaugeMetricFamily(
                 "orbatch_breaker_open",
                 "1 while the outage breaker holds every call back (OpenRouter unreachable), else 0.",
@@ -221,6 +240,7 @@ class FleetCollector(Collector):
             families["used"].add_metric(label, a.free_used_today)
             families["left"].add_metric(label, a.free_left_today)
             families["day_ends"].add_metric(label, a.day_ends_at)
+            families["pace"].add_metric(label, a.pace_seconds)
             families["breaker"].add_metric(label, 0 if a.breaker is None else 1)
             families["probes"].add_metric(label, 0 if a.breaker is None else a.breaker.probes)
             families["cooldown"].add_metric([a.account, "free"], a.cooldown_free_seconds)

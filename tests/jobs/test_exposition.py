@@ -6,6 +6,7 @@ import time
 from collections import defaultdict
 from datetime import UTC, datetime
 
+import pytest
 from arq.connections import ArqRedis
 from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
@@ -58,7 +59,16 @@ async def test_the_fleets_gauges_come_from_redis_alone(redis: ArqRedis, queue_na
     await write_heartbeat(redis, queue_name, beat("b", 8), 30)
     await enqueue_requests(redis, queue_name, [(i, 0, 0) for i in range(1, 8)])
     await redis.zadd(queue_name, {"later": time.time() * 1000 + 3_600_000})
-    await redis.hset(limits_key(queue_name), mapping={"free_per_day": 1000, "day_seconds": 86400})
+    await redis.hset(
+        limits_key(queue_name),
+        mapping={
+            "free_per_day": 1000,
+            "day_seconds": 86400,
+            "free_per_window": 20,
+            "window_seconds": 60,
+            "margin": 0.05,
+        },
+    )
     today = int(time.time() // 86400)
     await redis.set(THROTTLE_KEY.format(queue=queue_name, name="free-day"), f"{today}:380")
     now_ms = int(time.time() * 1000)
@@ -77,6 +87,9 @@ async def test_the_fleets_gauges_come_from_redis_alone(redis: ArqRedis, queue_na
     assert one(found, "orbatch_free_requests_used_today", account="openrouter") == 380
     assert one(found, "orbatch_free_requests_left_today", account="openrouter") == 620
     assert one(found, "orbatch_free_day_end_timestamp_seconds", account="openrouter") == (today + 1) * 86400
+    assert one(found, "orbatch_free_pace_seconds", account="openrouter") == pytest.approx(
+        3.15
+    )  # 60 s / 20 + 5 %
     assert one(found, "orbatch_breaker_open", account="openrouter") == 1
     assert one(found, "orbatch_breaker_failed_probes", account="openrouter") == 3
     assert 15 < one(found, "orbatch_cooldown_seconds", account="openrouter", tier="free") <= 20
