@@ -30,6 +30,7 @@ from jobs.embedded import embedded_database, local_services
 from jobs.errors import BadInput, Interrupted, OrbatchError, ServiceUnavailable, SettingsError
 from jobs.export import ExportFormat, export_to_files
 from jobs.fleet import read_breaker, throttle_namespace
+from jobs.heartbeats import Heartbeat, read_heartbeats
 from jobs.intake import take_in
 from jobs.logs import configure_logging, redact
 from jobs.oneshot import RunPlan, run_file
@@ -67,8 +68,10 @@ from jobs.terminal import (
     say_warning,
     summary_table,
     usage_table,
+    workers_table,
 )
 from jobs.usage import UsageReport, usage_report
+from worker.report import where
 from worker.simconfig import simulator_command
 
 __all__ = ["app", "main"]
@@ -369,9 +372,19 @@ def worker(
     concurrency: Annotated[
         int | None, typer.Option(min=1, max=4096, help="Requests run at once by this process.")
     ] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            max=65535,
+            help="Serve Prometheus metrics at /metrics on this port (default ORBATCH_METRICS_PORT; none).",
+        ),
+    ] = None,
 ) -> None:
     """Run an arq worker that executes queued requests (and feeds the queue from Postgres)."""
     settings = _settings()
+    if metrics_port is not None:
+        settings = settings.model_copy(update={"metrics_port": metrics_port})
     if "ORBATCH_LOG_LEVEL" not in os.environ:
         # A worker says what it is doing (its start, each batch, a summary now and then) unless told otherwise.
         key = settings.openrouter_api_key.get_secret_value() if settings.openrouter_api_key else None
@@ -424,6 +437,27 @@ def _services(settings: Settings) -> Iterator[Settings]:
         yield settings.model_copy(
             update={"database_url": services.database_url, "redis_url": services.redis_url}
         )
+
+
+@app.command()
+def workers(as_json: Annotated[bool, typer.Option("--json", help="Print a JSON array.")] = False) -> None:
+    """The live workers on REDIS_URL, from their heartbeats: host, pid, version, load, last activity."""
+    settings = _settings()
+
+    async def go() -> list[Heartbeat]:
+        redis = await connect(settings.redis_url, settings.queue_name, patient=False)
+        try:
+            return await read_heartbeats(redis, settings.queue_name)
+        finally:
+            await redis.aclose()
+
+    beats = asyncio.run(go())
+    if as_json:
+        _print_json([beat.to_json() for beat in beats])
+    elif beats:
+        out.print(workers_table(beats))
+    else:
+        say(err, f"no live workers on {where(settings.redis_url)} (queue {settings.queue_name})")
 
 
 @app.command()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 __all__ = [
     "BURST_CHECK_SECONDS",
+    "CALL_SECONDS_BUCKETS",
     "CREDITED_DAILY_REQUESTS",
     "EMBEDDED_REDIS_START_SECONDS",
     "ERROR_MESSAGE_MAX_CHARS",
@@ -12,14 +13,21 @@ __all__ = [
     "EXIT_SKIPPED_LINES",
     "EXIT_STOPPED",
     "FEEDER_LOCK_KEY",
+    "FLEET_READ_SECONDS",
     "FREE_TIER_DAILY_REQUESTS",
+    "HEARTBEATS_KEY",
+    "HEARTBEAT_FORGET_SECONDS",
+    "HEARTBEAT_KEY",
+    "HEARTBEAT_MISSED_BEATS",
     "JOB_ID_PREFIX",
     "KEY_WAIT_SECONDS",
     "LIMITS_KEY",
     "MAX_CUSTOM_ID_CHARS",
     "MAX_LINE_BYTES",
     "MAX_MODELS_PER_CALL",
+    "MAX_MODEL_LABELS",
     "MAX_REPORTED_LINE_ERRORS",
+    "MODEL_LABEL_RECHECK_SECONDS",
     "PERSIST_DEADLINE_SECONDS",
     "PLAIN_PROGRESS_SECONDS",
     "QUOTA_HOLD_SECONDS",
@@ -34,6 +42,7 @@ __all__ = [
     "SWEEP_SECONDS",
     "TASK_TIMEOUT_MARGIN_SECONDS",
     "THROTTLE_KEY",
+    "THROTTLE_WAIT_BUCKETS",
     "TWIN_WAIT_SECONDS",
     "WATCH_POLL_SECONDS",
     "WORKER_SUMMARY_SECONDS",
@@ -133,3 +142,33 @@ EXIT_INTERRUPTED = 130
 
 # The embedded Redis answers PING within milliseconds of starting; this bounds a broken or foreign binary.
 EMBEDDED_REDIS_START_SECONDS = 10.0
+
+# --- watching the fleet: heartbeats and metrics ----------------------------------------------------------
+# Each worker's heartbeat: a JSON value that expires unless renewed, so a killed worker disappears by itself,
+# under the deployment's queue name (not a run's own queue) so `orbatch workers` sees every worker of it.
+HEARTBEAT_KEY = "{queue}:worker:{id}"
+# A sorted set of the worker ids that beat (scored by their last beat, ms), so the live ones are found without
+# a SCAN over a keyspace that holds a job key per queued request.
+HEARTBEATS_KEY = "{queue}:workers"
+# A heartbeat lives this many beats: one beat late (a busy machine, a Redis blip) is not death.
+HEARTBEAT_MISSED_BEATS = 3
+# Ids in the sorted set whose heartbeat is this old are dropped by the next beat of any worker: nobody may read
+# the list for a long time, and a fleet that restarts often must not grow it for ever.
+HEARTBEAT_FORGET_SECONDS = 3600.0
+# Call latency buckets (seconds): a chat completion takes from a tenth of a second (a cached or tiny answer) to
+# minutes (a long reasoning answer), up to the call's default deadline of 300 s.
+CALL_SECONDS_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
+# Throttle wait buckets (seconds): no wait at all for paid calls, up to the 3 s GCRA spacing of free calls at
+# 20 a minute, and up to ORBATCH_MAX_THROTTLE_WAIT (30 s) behind a queue of reserved slots or a cool-down.
+THROTTLE_WAIT_BUCKETS = (0.001, 0.01, 0.1, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 60.0)
+# A worker labels its metrics with at most this many model ids (others are `other`): model ids come from
+# OpenRouter's catalogue, but `submit --no-check-models` lets any string through, and every label value is a
+# time series Prometheus keeps.
+MAX_MODEL_LABELS = 200
+# A model id the catalogue did not list is labelled `other` without asking again for this long: the worker's
+# price book reloads the list on a miss at most once a minute, so asking sooner only waits on its lock.
+MODEL_LABEL_RECHECK_SECONDS = 60.0
+# A scrape reads the fleet's gauges from Redis within this, well inside Prometheus's default 10 s scrape timeout:
+# a worker's Redis client retries through a blip for longer, and a late answer is worth less than the process's
+# own counters on time.
+FLEET_READ_SECONDS = 3.0

@@ -10,7 +10,7 @@ from redis.asyncio import Redis
 
 from jobs.constants import LIMITS_KEY, THROTTLE_KEY
 
-__all__ = ["BreakerState", "breaker_key", "limits_key", "read_breaker", "throttle_namespace"]
+__all__ = ["BreakerState", "breaker_from", "breaker_key", "limits_key", "read_breaker", "throttle_namespace"]
 
 
 def breaker_key(namespace: str) -> str:
@@ -45,6 +45,11 @@ class BreakerState:
 async def read_breaker(redis: Redis, namespace: str) -> BreakerState | None:
     """The outage breaker's state, or None while it is closed."""
     raw: dict[bytes, bytes] = await redis.hgetall(breaker_key(namespace))  # type: ignore[misc]
+    return breaker_from(raw)
+
+
+def breaker_from(raw: dict[bytes, bytes]) -> BreakerState | None:
+    """The outage breaker's state from its hash as read (in a pipeline, say); None while it is closed."""
     if b"since" not in raw:
         return None
     probe_until = int(raw.get(b"probe_until", b"0"))

@@ -115,6 +115,16 @@ class Settings(BaseSettings):
     # Options for the simulator `orbatch run --simulator` serves, as `orbatch simulator` takes them.
     simulator_args: str = ""
 
+    # Watching the fleet. A worker serves Prometheus metrics at `/metrics` on this port (0: any free port, logged);
+    # None: none, so two workers on one machine never fight over a port nobody asked for.
+    metrics_port: int | None = Field(None, ge=0, le=65535)
+    # A bearer token a scrape of `/metrics` (a worker's or the server's) must send; None: open, as Prometheus
+    # scrapes without credentials by default.
+    metrics_token: SecretStr | None = None
+    # A worker records its heartbeat in Redis this often; it lapses after HEARTBEAT_MISSED_BEATS missed beats, so
+    # a killed worker leaves `orbatch workers` within a few of these.
+    heartbeat_seconds: float = Field(5.0, gt=0, le=300)
+
     @model_validator(mode="after")
     def _safe_upstream(self) -> Settings:
         parts = urlsplit(self.openrouter_base_url)

@@ -7,11 +7,14 @@ Batch names, file names, pause messages and upstream errors are user or upstream
 from __future__ import annotations
 
 import sys
+from datetime import UTC, datetime
 
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from jobs.eta import format_duration
+from jobs.heartbeats import Heartbeat
 from jobs.status import BatchSummary
 from jobs.usage import UsageLine, UsageReport
 
@@ -24,6 +27,7 @@ __all__ = [
     "say_warning",
     "summary_table",
     "usage_table",
+    "workers_table",
 ]
 
 # soft_wrap: messages stay one line each when piped, whatever the width; piped tables get room for ids.
@@ -115,4 +119,32 @@ def usage_table(report: UsageReport) -> Table:
             _usage_row(table, batch_id, "all", report.batches[batch_id], style="bold")
     if len(report.batches) > 1:
         _usage_row(table, "all", "", report.total, style="bold")
+    return table
+
+
+def workers_table(beats: list[Heartbeat], now: datetime | None = None) -> Table:
+    """The live workers, one row each: who, what it runs, its load now, how long up and since it last worked."""
+    now = now or datetime.now(UTC)
+    table = Table(
+        "worker", "version", "queue", "calls", "holding", "answered", "up", "last activity", "state"
+    )
+    for beat in beats:
+        idle = (
+            "never"
+            if beat.last_activity is None
+            else format_duration((now - beat.last_activity).total_seconds())
+        )
+        state = "stopping" if beat.stopping else ("working" if beat.tasks else "idle")
+        table.add_row(
+            # Host names and queue names come from other machines' configuration: shown as text, never markup.
+            Text(f"{beat.host}:{beat.pid}"),
+            Text(beat.version + (" (simulator)" if beat.simulated else "")),
+            Text(beat.queue),
+            f"{beat.in_flight}/{beat.concurrency}",
+            str(beat.tasks),
+            str(beat.answered),
+            format_duration((now - beat.started_at).total_seconds()),
+            idle if beat.last_activity is None else f"{idle} ago",
+            state,
+        )
     return table

@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from jobs.settings import Settings
+from worker.meter import Meter
 from worker.openrouter import OpenRouterClient
 from worker.pricing import PriceBook
 from worker.replycheck import ReplyChecker
@@ -39,6 +40,8 @@ class WorkerContext:
     # Set when the worker is asked to stop: tasks send no new call and give their requests back.
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     report: WorkerReport = field(default_factory=WorkerReport)
+    # What it counts for /metrics and its heartbeat.
+    meter: Meter = field(default_factory=Meter)
 
 
 def context(arq_ctx: Mapping[str, Any]) -> WorkerContext:

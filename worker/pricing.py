@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
@@ -26,18 +27,27 @@ class PriceBook:
         self._load = load
         self._prices: Catalog = {}
         self._refreshed = float("-inf")
+        self._loading = asyncio.Lock()
 
     async def _lookup(self, model: str) -> ModelPrices | None:
-        if model not in self._prices and time.monotonic() - self._refreshed > _REFRESH_EVERY_SECONDS:
-            self._refreshed = time.monotonic()
-            try:
-                # First from the cache; a model it lacks is new, so the second look asks OpenRouter.
-                self._prices = await self._load(3600.0)
-                if model not in self._prices:
-                    self._prices = await self._load(0.0)
-            except Exception as exc:  # no price list means no estimate, never a failed request
-                log.warning("could not load model prices", error=str(exc))
+        if model in self._prices:
+            return self._prices[model]
+        # Calls that miss together wait for one load rather than each finding the list still empty.
+        async with self._loading:
+            if model not in self._prices and time.monotonic() - self._refreshed > _REFRESH_EVERY_SECONDS:
+                self._refreshed = time.monotonic()
+                try:
+                    # First from the cache; a model it lacks is new, so the second look asks OpenRouter.
+                    self._prices = await self._load(3600.0)
+                    if model not in self._prices:
+                        self._prices = await self._load(0.0)
+                except Exception as exc:  # no price list means no estimate, never a failed request
+                    log.warning("could not load model prices", error=str(exc))
         return self._prices.get(model)
+
+    async def listed(self, model: str) -> bool:
+        """Whether OpenRouter's model list has `model` (a miss looks again at most every minute)."""
+        return await self._lookup(model) is not None
 
     async def fill(self, usage: Usage, model: str | None) -> None:
         """Set the usage's cost from list prices when OpenRouter reported none; free models cost 0."""

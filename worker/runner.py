@@ -30,6 +30,7 @@ from jobs.db import create_engine
 from jobs.feeder import feed
 from jobs.fleet import limits_key, throttle_namespace
 from jobs.logs import get_logger
+from jobs.metrics import BUILD, CONCURRENCY, orbatch_version
 from jobs.queue import job_dumps, job_loads
 from jobs.queue import redis_settings as arq_redis_settings
 from jobs.settings import Settings, get_settings
@@ -37,6 +38,9 @@ from worker import records
 from worker.account import account_limits
 from worker.context import CONTEXT_KEY, WorkerContext, context
 from worker.dispatch import ClaimingWorker
+from worker.exporter import Exporter
+from worker.heartbeat import beat_forever, stop_beating
+from worker.meter import Meter
 from worker.openrouter import OpenRouterClient
 from worker.plan import WorkerPlan
 from worker.pricing import PriceBook
@@ -148,6 +152,7 @@ async def _startup(arq_ctx: dict[str, Any]) -> None:
     autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
     # A simulator's counts live apart from a real account's: the same Redis may serve both.
     namespace = throttle_namespace(settings.queue_name, account.simulated)
+    prices = PriceBook(lambda max_age: load_catalog(engine, settings.openrouter_base_url, api_key, max_age))
     ctx = WorkerContext(
         settings=settings,
         engine=autocommit,
@@ -158,14 +163,14 @@ async def _startup(arq_ctx: dict[str, Any]) -> None:
             limits,
             lambda since: records.free_calls_since(autocommit, since, account.simulated),
         ),
-        prices=PriceBook(
-            lambda max_age: load_catalog(engine, settings.openrouter_base_url, api_key, max_age)
-        ),
+        prices=prices,
         replies=ReplyChecker(settings.reply_check_seconds),
         owner=f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}",
         simulated=account.simulated,
+        meter=Meter(prices.listed),
     )
     arq_ctx[CONTEXT_KEY] = ctx
+    await _start_watching(arq_ctx, ctx, plan, concurrency)
     await arq_ctx["redis"].hset(
         limits_key(namespace),
         mapping={
@@ -195,8 +200,29 @@ async def _startup(arq_ctx: dict[str, Any]) -> None:
     )
 
 
+async def _start_watching(
+    arq_ctx: dict[str, Any], ctx: WorkerContext, plan: WorkerPlan, concurrency: int
+) -> None:
+    """The worker's heartbeat in Redis, and its /metrics when ORBATCH_METRICS_PORT (--metrics-port) asks."""
+    BUILD.info({"version": orbatch_version()})
+    CONCURRENCY.set(concurrency)
+    if ctx.settings.metrics_port is not None:
+        exporter = Exporter(arq_ctx["redis"], ctx.settings)
+        port = await exporter.start(ctx.settings.metrics_port)
+        arq_ctx["exporter"] = exporter
+        log.info("metrics served", port=port, path="/metrics")
+    arq_ctx["heartbeat"] = asyncio.create_task(beat_forever(ctx, arq_ctx["redis"], plan.queue, concurrency))
+
+
+async def _stop_watching(arq_ctx: dict[str, Any], ctx: WorkerContext) -> None:
+    await stop_beating(ctx, arq_ctx["redis"])
+    exporter: Exporter | None = arq_ctx.pop("exporter", None)
+    if exporter is not None:
+        await exporter.stop()
+
+
 async def _shutdown(arq_ctx: dict[str, Any]) -> None:
-    for name in ("feeder", "reporter"):
+    for name in ("feeder", "reporter", "heartbeat"):
         background: asyncio.Task[None] | None = arq_ctx.get(name)
         if background is not None:
             background.cancel()
@@ -204,6 +230,7 @@ async def _shutdown(arq_ctx: dict[str, Any]) -> None:
                 await background
     ctx = arq_ctx.get(CONTEXT_KEY)
     if isinstance(ctx, WorkerContext):
+        await _stop_watching(arq_ctx, ctx)
         ctx.report.summary()
         await ctx.client.aclose()
         await ctx.replies.aclose()

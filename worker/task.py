@@ -135,6 +135,8 @@ async def _record_failure(
     )
     if record.paused is not None:
         log.warning("batch paused", batch_id=lease.batch_id, reason=record.paused, message=failure.message)
+    if record.moved and decision.status is RequestStatus.FAILED:
+        ctx.meter.finished("failed")
     return failure.outcome.value
 
 
@@ -169,6 +171,13 @@ async def _throttled(ctx: WorkerContext, lease: records.Lease, denied: Denied) -
 async def run_request(arq_ctx: dict[str, Any], request_id: int, attempts: int) -> str:
     """Run one attempt of one request; returns what happened, for arq's log."""
     ctx = context(arq_ctx)
+    with ctx.meter.task():
+        result = await _attempt(ctx, request_id, attempts)
+    ctx.meter.ended(result)
+    return result
+
+
+async def _attempt(ctx: WorkerContext, request_id: int, attempts: int) -> str:
     if ctx.stopping.is_set():
         return "stopping"
     lease = await _persist(
@@ -251,9 +260,11 @@ async def _run_leased(ctx: WorkerContext, lease: records.Lease, call: _Call) -> 
     if lease.free_only and paid:
         message = f"the batch is --free-only and this request would send the paid model {paid[0]!r}; not sent"
         await _persist("refuse", lambda: records.refuse(ctx.engine, lease, ctx.owner, message))
+        ctx.meter.finished("failed")
         return "refused"
     if lease.fingerprint is not None:
         if await _persist("reuse", lambda: records.reuse(ctx.engine, lease, ctx.owner)):
+            ctx.meter.finished("completed")
             return "reused"
         if await _persist("twin", lambda: records.twin_in_flight(ctx.engine, lease)):
             await _persist(
@@ -264,12 +275,15 @@ async def _run_leased(ctx: WorkerContext, lease: records.Lease, call: _Call) -> 
     free = lease.models_sent[0].endswith(":free")
     try:
         async with _renewing(ctx, lease, call):
+            asked = time.monotonic()
             permit = await ctx.throttle.acquire(free, ctx.stopping)
             if isinstance(permit, Denied):
                 return await _throttled(ctx, lease, permit)
+            ctx.meter.waited(free, time.monotonic() - asked)
             call.permit = permit
             call.started_at = datetime.now(UTC)
-            result = await ctx.client.chat(lease.body, lease.models_sent)
+            with ctx.meter.call():
+                result = await ctx.client.chat(lease.body, lease.models_sent)
             call.result = result
             outcome = classify(result)
             call.answered(outcome)
@@ -283,6 +297,7 @@ async def _run_leased(ctx: WorkerContext, lease: records.Lease, call: _Call) -> 
         if not call.released and call.permit is not None:
             # An error between the permit and its release: the permit goes back, its call marked given up.
             await asyncio.shield(_release(ctx, call, lease, "aborted" if call.sent else "unsent"))
+    ctx.meter.called(lease.models_sent, outcome, result.latency_ms)
     if isinstance(outcome, Failure) and (
         outcome.verdict == "down" or (outcome.verdict == "fail" and breaker == "open")
     ):
@@ -290,6 +305,7 @@ async def _run_leased(ctx: WorkerContext, lease: records.Lease, call: _Call) -> 
         log.warning("OpenRouter unreachable: every worker waits for a probe", reason=outcome.message)
     if outcome.usage is not None:
         await ctx.prices.fill(outcome.usage, outcome.model)
+        ctx.meter.used(outcome.model or lease.models_sent[0], outcome.usage)
     if isinstance(outcome, Success):
         outcome = await _check_structured(ctx, lease.body, outcome)
     started_at = call.started_at or datetime.now(UTC)
@@ -298,6 +314,8 @@ async def _run_leased(ctx: WorkerContext, lease: records.Lease, call: _Call) -> 
         stored = await _persist(
             "result", lambda: records.complete(ctx.engine, lease, success, started_at, result.latency_ms)
         )
+        if stored:
+            ctx.meter.finished("completed")
         return "completed" if stored else "completed-elsewhere"
     return await _record_failure(ctx, lease, free, result.latency_ms, outcome, started_at)
 
