@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -217,3 +219,16 @@ def _no_worker_outlives_its_test() -> Iterator[None]:
     yield
     while Workers.alive:
         Workers.alive.pop().kill()
+
+
+@pytest.fixture
+def data_dir() -> Iterator[Path]:
+    """An ORBATCH_DATA_DIR for embedded services, outside pytest's temporary root.
+
+    Run as root, the embedded Postgres drops to a user of its own, which must reach its folder; pytest keeps its
+    root (`/tmp/pytest-of-<user>`) closed to others and closes it again whenever a test process starts.
+    """
+    folder = Path(tempfile.mkdtemp(prefix="orbatch-data-"))
+    folder.chmod(0o755)
+    yield folder / "data"
+    shutil.rmtree(folder, ignore_errors=True)

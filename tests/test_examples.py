@@ -16,13 +16,13 @@ from tests.support import ROOT, Workers, write_jsonl
 DATA = ROOT / "examples" / "data"
 
 
-def _fresh_machine_env(tmp_path: Path) -> dict[str, str]:
+def _fresh_machine_env(data_dir: Path) -> dict[str, str]:
     env = {
         k: v
         for k, v in os.environ.items()
         if not k.startswith(("ORBATCH_", "OPENROUTER_")) and k not in ("DATABASE_URL", "REDIS_URL")
     }
-    env["ORBATCH_DATA_DIR"] = str(tmp_path / "data")
+    env["ORBATCH_DATA_DIR"] = str(data_dir)
     env["PATH"] = f"{ROOT / '.venv' / 'bin'}:{env.get('PATH', '')}"
     return env
 
@@ -52,21 +52,23 @@ def test_the_example_sets_are_what_the_readme_says() -> None:
     assert (sotu[0]["year"], sotu[-1]["year"]) == (1790, 2021)
 
 
-def test_the_quick_start_runs_on_a_machine_with_no_services_and_no_key(tmp_path: Path) -> None:
-    done = _bash("examples/quickstart.sh", _fresh_machine_env(tmp_path))
+def test_the_quick_start_runs_on_a_machine_with_no_services_and_no_key(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    done = _bash("examples/quickstart.sh", _fresh_machine_env(data_dir))
     assert done.returncode == 0, done.stdout + done.stderr
     assert "using the local OpenRouter simulator" in done.stdout
     assert "embedded postgres and redis" in done.stderr
     assert "First result:" in done.stdout
     assert '"custom_id":"sentiment-1"' in done.stdout
     # The embedded Postgres and Redis stopped with the run.
-    data = str(tmp_path / "data")
+    data = str(data_dir)
     assert not [p for p in psutil.process_iter(["cmdline"]) if data in " ".join(p.info["cmdline"] or [])]
 
 
 @pytest.mark.slow
-def test_the_labelling_example_labels_and_scores_all_300_emails(tmp_path: Path) -> None:
-    done = _bash("examples/labelling/run.sh", _fresh_machine_env(tmp_path))
+def test_the_labelling_example_labels_and_scores_all_300_emails(tmp_path: Path, data_dir: Path) -> None:
+    done = _bash("examples/labelling/run.sh", _fresh_machine_env(data_dir))
     assert done.returncode == 0, done.stdout + done.stderr
     assert "300 labelled, accuracy" in done.stdout
     labels = [orjson.loads(line) for line in (ROOT / "out" / "spam-labels.jsonl").read_bytes().splitlines()]

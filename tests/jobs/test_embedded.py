@@ -80,8 +80,9 @@ async def _execute(url: str, sql: str) -> None:
 
 async def test_a_command_reaches_the_postgres_of_a_running_run_and_the_last_to_leave_stops_it(
     tmp_path: Path,
+    data_dir: Path,
 ) -> None:
-    data = tmp_path / "data"
+    data = data_dir
     with _held_like_a_run(data) as (run, run_url):
         assert run_url.startswith("postgresql://postgres@/orbatch?host=")
         await ensure_database(run_url)
@@ -97,8 +98,10 @@ async def test_a_command_reaches_the_postgres_of_a_running_run_and_the_last_to_l
         assert _postgres_of(data) == []
 
 
-async def test_a_killed_user_does_not_keep_the_postgres_running_for_good(tmp_path: Path) -> None:
-    data = tmp_path / "data"
+async def test_a_killed_user_does_not_keep_the_postgres_running_for_good(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    data = data_dir
     with _held_like_a_run(data) as (run, run_url):
         os.kill(run.pid, signal.SIGKILL)
         run.wait()

@@ -47,8 +47,10 @@ def _read(path: Path) -> list[dict[str, object]]:
     return [orjson.loads(line) for line in path.read_bytes().splitlines()]
 
 
-def test_run_on_a_fresh_machine_starts_embedded_services_and_leaves_nothing_running(tmp_path: Path) -> None:
-    data = tmp_path / "data"
+def test_run_on_a_fresh_machine_starts_embedded_services_and_leaves_nothing_running(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    data = data_dir
     env = _fresh_machine_env(data)
     path = write_jsonl(tmp_path / "in.jsonl", [chat_line(f"q{i}", f"question {i}") for i in range(8)])
     out = tmp_path / "out.jsonl"
@@ -71,8 +73,8 @@ def test_run_on_a_fresh_machine_starts_embedded_services_and_leaves_nothing_runn
     assert _processes_using(data) == []
 
 
-def test_run_without_a_key_says_how_to_try_it_without_one(tmp_path: Path) -> None:
-    env = _fresh_machine_env(tmp_path / "data")
+def test_run_without_a_key_says_how_to_try_it_without_one(tmp_path: Path, data_dir: Path) -> None:
+    env = _fresh_machine_env(data_dir)
     path = write_jsonl(tmp_path / "in.jsonl", [chat_line("a", "x")])
     done = run_cli(env, "run", str(path), "-o", str(tmp_path / "out.jsonl"), "--models", "sim/echo")
     assert done.returncode == 2
@@ -269,8 +271,10 @@ async def test_results_as_records_for_chat_lines_and_a_gzip_input(
     ]
 
 
-def test_every_command_sees_the_batches_of_the_embedded_postgres_that_run_used(tmp_path: Path) -> None:
-    env = _fresh_machine_env(tmp_path / "data")
+def test_every_command_sees_the_batches_of_the_embedded_postgres_that_run_used(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    env = _fresh_machine_env(data_dir)
     path = write_jsonl(tmp_path / "in.jsonl", [chat_line(f"q{i}", f"question {i}") for i in range(3)])
     done = run_cli(
         env,
@@ -303,12 +307,14 @@ def test_every_command_sees_the_batches_of_the_embedded_postgres_that_run_used(t
         step = run_cli(env, *args)
         assert step.returncode == 0, (args, step.stderr)
     assert len(_read(tmp_path / "again.jsonl")) == 3
-    assert _processes_using(tmp_path / "data") == []
+    assert _processes_using(data_dir) == []
 
 
-def test_run_works_its_own_batch_only_and_leaves_an_interrupted_one_as_it_was(tmp_path: Path) -> None:
+def test_run_works_its_own_batch_only_and_leaves_an_interrupted_one_as_it_was(
+    tmp_path: Path, data_dir: Path
+) -> None:
     env = {
-        **_fresh_machine_env(tmp_path / "data"),
+        **_fresh_machine_env(data_dir),
         "ORBATCH_SIMULATOR_ARGS": "--latency-ms 300 --no-free-tier",
     }
     first = write_jsonl(tmp_path / "a.jsonl", [chat_line(f"a{i}", f"first {i}") for i in range(60)])
@@ -357,8 +363,10 @@ def test_run_works_its_own_batch_only_and_leaves_an_interrupted_one_as_it_was(tm
     assert after["attempts"] == before["attempts"]
 
 
-def test_three_simulated_trials_in_one_data_dir_each_finish_in_under_a_minute(tmp_path: Path) -> None:
-    env = _fresh_machine_env(tmp_path / "data")
+def test_three_simulated_trials_in_one_data_dir_each_finish_in_under_a_minute(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    env = _fresh_machine_env(data_dir)
     del env["ORBATCH_SIMULATOR_ARGS"]  # the simulator as a new user meets it
     for trial in range(3):
         path = write_jsonl(
