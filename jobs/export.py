@@ -13,7 +13,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from jobs.output_format import error_line, merge_answer, result_line
 
-__all__ = ["ExportFormat", "ExportReport", "export_results", "export_to_files", "open_output"]
+__all__ = [
+    "ExportFormat",
+    "ExportReport",
+    "Unfinished",
+    "export_results",
+    "export_to_files",
+    "open_output",
+    "stream_file",
+]
 
 ExportFormat = Literal["batch", "records"]
 
@@ -27,11 +35,27 @@ _ROWS = """
         SELECT error_code, error_message, http_status FROM attempt
         WHERE request_id = r.id ORDER BY number DESC LIMIT 1
     ) la ON r.status = 'failed'
-    WHERE r.batch_id = $1 AND r.status IN ('completed', 'failed')
+    WHERE r.batch_id = $1 AND {where}
     ORDER BY r.id
 """
 
+# Which requests each export reads: `results` writes both files in one pass; the API serves one at a time.
+_WHERE = {
+    "both": "r.status IN ('completed', 'failed')",
+    "output": "r.status = 'completed'",
+    "errors": "r.status = 'failed'",
+    "errors_and_unfinished": "r.status <> 'completed'",
+}
+
 _EXPORT_CHUNK = 2000
+
+
+@dataclass(slots=True, frozen=True)
+class Unfinished:
+    """How requests that never finished are reported in an error file (a batch that expired or was cancelled)."""
+
+    code: str
+    message: str
 
 
 @dataclass(slots=True)
@@ -82,7 +106,8 @@ async def export_results(
     ok: list[bytes] = []
     bad: list[bytes] = []
     columns = _BATCH_COLUMNS if fmt == "batch" else _RECORD_COLUMNS
-    async with contextlib.aclosing(_rows(engine, _ROWS.format(columns=columns), batch_id)) as rows:
+    query = _ROWS.format(columns=columns, where=_WHERE["both"])
+    async with contextlib.aclosing(_rows(engine, query, batch_id)) as rows:
         async for row in rows:
             _add_row(row, fmt, ok, bad)
             if len(ok) + len(bad) >= _EXPORT_CHUNK:
@@ -91,8 +116,38 @@ async def export_results(
     return report
 
 
-def _add_row(row: Any, fmt: ExportFormat, ok: list[bytes], bad: list[bytes]) -> None:
+async def stream_file(
+    engine: AsyncEngine,
+    batch_id: str,
+    kind: Literal["output", "errors"],
+    unfinished: Unfinished | None = None,
+) -> AsyncGenerator[bytes]:
+    """A batch's output or error file as OpenAI Batch lines, a few thousand lines a piece, in line order.
+
+    With `unfinished`, requests that never finished are error lines with its code and message.
+    """
+    where = _WHERE["errors_and_unfinished" if kind == "errors" and unfinished else kind]
+    lines: list[bytes] = []
+    async with contextlib.aclosing(
+        _rows(engine, _ROWS.format(columns=_BATCH_COLUMNS, where=where), batch_id)
+    ) as rows:
+        async for row in rows:
+            _add_row(row, "batch", lines, lines, unfinished)
+            if len(lines) >= _EXPORT_CHUNK:
+                yield b"".join(lines)
+                lines.clear()
+    if lines:
+        yield b"".join(lines)
+
+
+def _add_row(
+    row: Any, fmt: ExportFormat, ok: list[bytes], bad: list[bytes], unfinished: Unfinished | None = None
+) -> None:
     completed = row["status"] == "completed"
+    if unfinished is not None and row["status"] not in ("completed", "failed"):
+        line = error_line(row["custom_id"], row["id"], unfinished.code, unfinished.message)
+        bad.append(orjson.dumps(line) + b"\n")
+        return
     if fmt == "batch":
         if completed:
             ok.append(

@@ -9,10 +9,10 @@ from arq.connections import ArqRedis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from jobs.constants import REDIS_EPOCH_KEY, REQUEUE_AFTER_SECONDS
+from jobs.constants import EXPIRY_SWEEP_SECONDS, REDIS_EPOCH_KEY, REQUEUE_AFTER_SECONDS
 from jobs.queue import enqueue_requests
 
-__all__ = ["FeedReport", "feed"]
+__all__ = ["FeedReport", "expire_batches", "feed"]
 
 
 @dataclass(slots=True)
@@ -23,6 +23,7 @@ class FeedReport:
     expired_leases: int = 0
     resumed_batches: int = 0
     finalized_batches: int = 0
+    expired_batches: int = 0
     redis_reset: bool = False
 
 
@@ -129,6 +130,42 @@ _FINALIZE = text(
 )
 
 
+# A batch past its completion window (one created through the API) expires: no new call starts, and its
+# unfinished requests are cancelled (its error file reports them as `batch_expired`); finished ones are kept.
+_EXPIRE_BATCHES = text(
+    """
+    UPDATE batch SET status = 'expired', pause_reason = NULL, pause_message = NULL, resume_at = NULL,
+           finished_at = now()
+    WHERE expires_at IS NOT NULL AND expires_at <= now() AND status IN ('validating', 'in_progress', 'paused')
+    RETURNING id
+    """
+)
+
+# Calls in flight at expiry end as they would; one that would run its request again puts it back to pending,
+# so requests of lately expired batches are cancelled on every tick, not only at the moment of expiry.
+_CANCEL_EXPIRED_REQUESTS = text(
+    """
+    WITH target AS (
+        SELECT r.id FROM request r JOIN batch b ON b.id = r.batch_id
+        WHERE b.status = 'expired' AND b.expired_at > now() - make_interval(secs => :sweep)
+          AND r.status = 'pending'
+        ORDER BY r.id FOR UPDATE OF r
+    )
+    UPDATE request r SET status = 'cancelled', finished_at = now(), enqueued_at = NULL, last_error = 'batch_expired'
+    FROM target WHERE r.id = target.id AND r.status = 'pending'
+    """
+)
+
+
+async def expire_batches(engine: AsyncEngine) -> int:
+    """Expire the batches past their completion window and cancel what they left unfinished; returns how many."""
+    async with engine.begin() as conn:
+        expired = len((await conn.execute(_EXPIRE_BATCHES)).all())
+    async with engine.begin() as conn:
+        await conn.execute(_CANCEL_EXPIRED_REQUESTS, {"sweep": EXPIRY_SWEEP_SECONDS})
+    return expired
+
+
 async def _check_redis_epoch(engine: AsyncEngine, redis: ArqRedis, queue_name: str) -> bool:
     """True when Redis lost its data; every queue mark in Postgres is then dropped so the work is re-fed."""
     key = REDIS_EPOCH_KEY.format(queue=queue_name)
@@ -151,6 +188,7 @@ async def feed(
     """One tick: recover lost work, resume parked batches, queue due requests, finalize finished batches."""
     report = FeedReport()
     report.redis_reset = await _check_redis_epoch(engine, redis, queue_name)
+    report.expired_batches = await expire_batches(engine)
     async with engine.begin() as conn:
         report.expired_leases = len((await conn.execute(_EXPIRE_LEASES)).all())
         report.resumed_batches = int((await conn.execute(_RESUME_BATCHES)).scalar_one())

@@ -27,7 +27,7 @@ from jobs.constants import (
 )
 from jobs.eta import Estimate, FreeLimits, RateMeter, estimate, format_duration
 from jobs.settings import Settings
-from jobs.states import BatchStatus, PauseReason
+from jobs.states import TERMINAL_BATCH_STATUSES, BatchStatus, PauseReason
 from jobs.status import BatchSummary, batch_summary
 from jobs.usage import free_calls_today
 
@@ -123,7 +123,7 @@ def needs_action(summary: BatchSummary) -> bool:
 
 def finished(summary: BatchSummary) -> bool:
     """True once every request of the batch has its final state."""
-    return summary.status in (BatchStatus.COMPLETED, BatchStatus.FAILED, BatchStatus.CANCELLED)
+    return summary.status in TERMINAL_BATCH_STATUSES
 
 
 def exit_status(summary: BatchSummary) -> int:

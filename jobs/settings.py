@@ -110,6 +110,21 @@ class Settings(BaseSettings):
     # Options for the simulator `orbatch run --simulator` serves, as `orbatch simulator` takes them.
     simulator_args: str = ""
 
+    # `orbatch serve`. An upload over this many bytes is refused (413); OpenAI's limit for batch files.
+    max_upload_bytes: int = Field(200 * 1000 * 1000, ge=1)
+    # An upload that sends nothing for this long is dropped (408) and nothing of it kept.
+    upload_idle_seconds: float = Field(30.0, gt=0)
+    # Requests a minute each key may make (429 beyond); None: no limit. `keys create --rate-limit` sets one
+    # key's own.
+    api_rate_per_minute: int | None = Field(None, ge=1)
+    # Host patterns (`hooks.example.com`, `*.example.com`, `127.0.0.1:9000`) a completion callback may be
+    # sent to; empty: callbacks are refused. Anything else could turn the server against internal addresses.
+    callback_allow: str = ""
+    # The first retry of a failed callback waits this long; each next one twice as long.
+    callback_retry_base_seconds: float = Field(2.0, gt=0)
+    # Postgres connections one API process opens at most.
+    api_db_pool: int = Field(10, ge=2, le=1000)
+
     @model_validator(mode="after")
     def _safe_upstream(self) -> Settings:
         parts = urlsplit(self.openrouter_base_url)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -34,6 +34,9 @@ __all__ = [
 ]
 
 ProgressFn = Callable[[int], None]
+# Called inside submit's transaction once the batch and its requests are stored, with the batch id: what
+# is written there commits, or rolls back, with the batch.
+StoredHook = Callable[[AsyncConnection, str], Awaitable[None]]
 
 
 @dataclass(slots=True, frozen=True)
@@ -55,10 +58,13 @@ class SubmitOptions:
     dedupe: bool = False
     # Lines are plain records that fill this template, not chat requests.
     template: Template | None = None
+    # The API owner the batch is made for; None for the CLI's batches, which no API owner's ever match.
+    owner: str | None = None
 
     def identity(self) -> dict[str, Any]:
         """The options that make a batch what it is: the same file with these gives the same batch."""
         return {
+            **({"owner": self.owner} if self.owner is not None else {}),
             "models": self.models,
             "max_attempts": self.max_attempts,
             "free_only": self.free_only,
@@ -154,11 +160,16 @@ def _row(raw: bytes, line_no: int, options: SubmitOptions) -> _Row | None:
     if parsed is None:
         return None
     if parsed.models is None and not options.models:
-        raise LineError(line_no, 'no model: pass --models or give the line a "model" or "models"')
+        raise LineError(
+            line_no,
+            'no model: give the batch a model chain (--models, or `models` through the API) or the line a "model"'
+            ' or "models"',
+            "missing_required_parameter",
+        )
     if parsed.models is not None:
         problem = model_problem(parsed.models, options)
         if problem:
-            raise LineError(line_no, problem)
+            raise LineError(line_no, problem, "invalid_model")
     if options.free_only:
         problem = free_only_problem(parsed.body)
         if problem:
@@ -186,7 +197,9 @@ async def _records(
                 if raw is None:
                     errors.add(
                         LineError(
-                            line_no, f"longer than the {options.max_line_bytes} byte limit for one line"
+                            line_no,
+                            f"longer than the {options.max_line_bytes} byte limit for one line",
+                            "line_too_long",
                         )
                     )
                     continue
@@ -223,7 +236,9 @@ async def _duplicates(conn: AsyncConnection, errors: _LineErrors) -> int:
     for line_no, custom_id, first, _ in rows:
         errors.add(
             LineError(
-                line_no, f"duplicate custom_id {orjson.dumps(custom_id).decode()} (first on line {first})"
+                line_no,
+                f"duplicate custom_id {orjson.dumps(custom_id).decode()} (first on line {first})",
+                "duplicate_custom_id",
             )
         )
     if not rows:
@@ -240,7 +255,11 @@ async def submit_file(
 
 
 async def submit_source(
-    engine: AsyncEngine, source: Source, options: SubmitOptions, progress: ProgressFn | None = None
+    engine: AsyncEngine,
+    source: Source,
+    options: SubmitOptions,
+    progress: ProgressFn | None = None,
+    on_stored: StoredHook | None = None,
 ) -> SubmitReport:
     """Create a batch from the source in one transaction; raises SubmitError and stores nothing on bad lines."""
     sha256 = source.sha256
@@ -254,7 +273,7 @@ async def submit_source(
                 await conn.execute(
                     text(
                         "SELECT id, total, invalid_lines FROM batch WHERE source_sha256 = :sha"
-                        " AND options = CAST(:options AS jsonb) AND status NOT IN ('cancelling', 'cancelled', 'failed')"
+                        " AND options = CAST(:options AS jsonb) AND status NOT IN ('cancelling', 'cancelled', 'failed', 'expired')"
                         " ORDER BY created_at DESC LIMIT 1"
                     ),
                     {"sha": sha256, "options": orjson.dumps(options.identity()).decode()},
@@ -323,4 +342,6 @@ async def submit_source(
                 started_at=text("now()"),
             )
         )
+        if on_stored is not None:
+            await on_stored(conn, batch_id)
     return SubmitReport(batch_id=batch_id, total=total, invalid=errors.count, errors=errors.kept)
