@@ -7,6 +7,7 @@ Batch names, file names, pause messages and upstream errors are user or upstream
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -18,6 +19,7 @@ from jobs.usage import UsageLine, UsageReport
 __all__ = [
     "batches_table",
     "err",
+    "keys_table",
     "out",
     "say",
     "say_error",
@@ -113,4 +115,18 @@ def usage_table(report: UsageReport) -> Table:
             _usage_row(table, batch_id, "all", report.batches[batch_id], style="bold")
     if len(report.batches) > 1:
         _usage_row(table, "all", "", report.total, style="bold")
+    return table
+
+
+def keys_table(rows: list[dict[str, Any]]) -> Table:
+    """The API's keys: owner, the key's first characters, rate limit, made and revoked."""
+    table = Table("owner", "key", "rate limit", "created", "revoked")
+    for row in rows:
+        table.add_row(
+            Text(row["name"]),
+            Text(row["hint"]),
+            Text("server default" if row["rate_per_minute"] is None else f"{row['rate_per_minute']}/min"),
+            Text(row["created_at"][:19]),
+            Text("" if row["revoked_at"] is None else row["revoked_at"][:19], style="red"),
+        )
     return table

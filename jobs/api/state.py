@@ -1,0 +1,30 @@
+"""What every request of one running API shares: its settings, the database engine and Redis."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from arq.connections import ArqRedis
+from fastapi import Request
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from jobs.settings import Settings
+
+__all__ = ["ApiState", "api_state"]
+
+
+@dataclass(slots=True)
+class ApiState:
+    """The shared clients of one app, made when it starts and closed when it stops."""
+
+    settings: Settings
+    engine: AsyncEngine
+    redis: ArqRedis
+    # Every request acts as the one owner `local` (a loopback-only server started with --no-auth).
+    no_auth: bool
+
+
+def api_state(request: Request) -> ApiState:
+    """The state of the app serving this request."""
+    state: ApiState = request.app.state.api
+    return state
