@@ -15,6 +15,7 @@ from typing import Annotated, Any, TypeVar
 import httpx
 import orjson
 import typer
+import uvloop
 from redis.exceptions import RedisError
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -544,7 +545,9 @@ def serve(
         local = settings.model_copy(
             update={"database_url": services.database_url, "redis_url": services.redis_url}
         )
-        asyncio.run(serve_api(local, plan, err))
+        # uvloop: the server answers many small requests, and its C event loop spends a fraction of asyncio's
+        # time on each socket read and write.
+        uvloop.run(serve_api(local, plan, err))
 
 
 @keys_app.command("create")

@@ -122,6 +122,9 @@ class Settings(BaseSettings):
     callback_allow: str = ""
     # The first retry of a failed callback waits this long; each next one twice as long.
     callback_retry_base_seconds: float = Field(2.0, gt=0)
+    # How long an API instance trusts a key it looked up: a revoked key stops working within this long, and a
+    # client polling costs no key query per poll. 0: every request looks its key up.
+    api_key_cache_seconds: float = Field(2.0, ge=0)
     # Postgres connections one API process opens at most.
     api_db_pool: int = Field(10, ge=2, le=1000)
 

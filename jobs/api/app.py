@@ -39,11 +39,22 @@ def create_app(settings: Settings, *, no_auth: bool = False, maintenance: bool =
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine = create_engine(settings.database_url, pool_size=settings.api_db_pool)
+        # No pre-ping: it would add three round trips to every request; a lost connection is a 503 once and
+        # recycles the pool. No overflow: requests beyond the pool wait a moment for a connection, rather than
+        # open (and close) one each, which costs far more than the wait.
+        engine = create_engine(
+            settings.database_url, pool_size=settings.api_db_pool, pre_ping=False, overflow=0
+        )
         redis = await connect(settings.redis_url, settings.queue_name, patient=False)
         # Callbacks go only where the allow list says: no proxies from the environment, no redirects.
         client = httpx.AsyncClient(timeout=CALLBACK_TIMEOUT_SECONDS, follow_redirects=False, trust_env=False)
-        app.state.api = ApiState(settings=settings, engine=engine, redis=redis, no_auth=no_auth)
+        app.state.api = ApiState(
+            settings=settings,
+            engine=engine,
+            reads=engine.execution_options(isolation_level="AUTOCOMMIT"),
+            redis=redis,
+            no_auth=no_auth,
+        )
         task = asyncio.create_task(maintain(engine, client, settings)) if maintenance else None
         try:
             yield

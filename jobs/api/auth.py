@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from typing import Annotated
 
 from fastapi import Depends, Request
 from redis.exceptions import RedisError
 
-from jobs.api.keys import Caller, find_caller
+from jobs.api.keys import Caller, digest, find_caller
 from jobs.api.state import ApiState, api_state
 from jobs.constants import API_KEY_PREFIX, API_RATE_KEY, NO_AUTH_OWNER
 from jobs.errors import RateLimited, Unauthorized
@@ -16,6 +17,9 @@ from jobs.logs import get_logger
 __all__ = ["Authorized", "authorized"]
 
 log = get_logger(__name__)
+
+# Keys remembered at once by one instance; past this the memory is emptied and refills as keys come back.
+_KNOWN_KEYS_MAX = 10_000
 
 # A token bucket per owner, on Redis's clock so every API instance shares it: `limit` requests of burst,
 # refilled at `limit` a minute. Answers 0 when a request may go, else the seconds until one may.
@@ -61,6 +65,24 @@ async def _take_token(state: ApiState, caller: Caller) -> None:
         )
 
 
+async def _lookup(state: ApiState, key: str) -> Caller | None:
+    """The key's caller, from what this instance saw in the last ORBATCH_API_KEY_CACHE_SECONDS, else Postgres."""
+    ttl = state.settings.api_key_cache_seconds
+    now = time.monotonic()
+    seen = state.known_keys.get(key_digest := digest(key))
+    if seen is not None and now - seen[0] < ttl:
+        return seen[1]
+    async with state.reads.connect() as conn:
+        found = await find_caller(conn, key)
+    if found is None:
+        state.known_keys.pop(key_digest, None)
+    elif ttl > 0:
+        if len(state.known_keys) >= _KNOWN_KEYS_MAX:
+            state.known_keys.clear()
+        state.known_keys[key_digest] = (now, found)
+    return found
+
+
 async def authorized(request: Request) -> Caller:
     """The caller of this request; Unauthorized (401) without a live key, RateLimited (429) over its rate."""
     state = api_state(request)
@@ -76,10 +98,7 @@ async def authorized(request: Request) -> Caller:
                 "using Bearer auth (i.e. Authorization: Bearer YOUR_KEY). An orbatch operator makes keys "
                 "with `orbatch keys create NAME`.",
             )
-        found = None
-        if key.startswith(API_KEY_PREFIX):
-            async with state.engine.connect() as conn:
-                found = await find_caller(conn, key)
+        found = await _lookup(state, key) if key.startswith(API_KEY_PREFIX) else None
         if found is None:
             raise Unauthorized(
                 f"Incorrect API key provided: {_masked(key)}. Keys are made, listed and revoked with "

@@ -51,14 +51,14 @@ async def create(
     """
     state = api_state(request)
     batch_id = await create_batch(state, caller, body)
-    async with state.engine.connect() as conn:
+    async with state.reads.connect() as conn:
         return json_response(await get_batch(conn, caller.owner, batch_id))
 
 
 @router.get("/batches/{batch_id}", response_model=BatchObject, responses=ERRORS, summary="Retrieve a batch")
 async def retrieve(request: Request, caller: Authorized, batch_id: str) -> Response:
     """A batch with its counts and usage (read from maintained tallies: no scan of its requests)."""
-    async with api_state(request).engine.connect() as conn:
+    async with api_state(request).reads.connect() as conn:
         return json_response(await get_batch(conn, caller.owner, batch_id))
 
 
@@ -70,7 +70,7 @@ async def list_route(
     limit: Annotated[int, Query(ge=1, le=BATCH_LIST_MAX)] = BATCH_LIST_DEFAULT,
 ) -> Response:
     """The key's batches, newest first; `after` a batch id for the next page."""
-    async with api_state(request).engine.connect() as conn:
+    async with api_state(request).reads.connect() as conn:
         batches, more = await list_batches(conn, caller.owner, after, limit)
     return json_response(
         BatchList(
@@ -91,7 +91,7 @@ async def list_route(
 async def cancel(request: Request, caller: Authorized, batch_id: str) -> Response:
     """Cancel a batch: `cancelling` at once, calls in flight finish and are kept, then `cancelled`."""
     state = api_state(request)
-    async with state.engine.connect() as conn:
+    async with state.reads.connect() as conn:
         batch = await get_batch(conn, caller.owner, batch_id)
     if batch.orbatch.status in (BatchStatus.COMPLETED, BatchStatus.FAILED, BatchStatus.EXPIRED):
         raise Conflict(
@@ -100,5 +100,5 @@ async def cancel(request: Request, caller: Authorized, batch_id: str) -> Respons
             code="batch_not_cancellable",
         )
     await cancel_batch(state.engine, batch_id)
-    async with state.engine.connect() as conn:
+    async with state.reads.connect() as conn:
         return json_response(await get_batch(conn, caller.owner, batch_id))

@@ -187,7 +187,7 @@ async def create_batch(state: ApiState, caller: Caller, body: BatchCreate) -> st
         dedupe=body.dedupe,
         owner=caller.owner,
     )
-    async with state.engine.connect() as conn:
+    async with state.reads.connect() as conn:
         if callback_url is not None:
             check_callback_url(callback_url, settings)
             if await callback_secret(conn, caller.owner) is None:

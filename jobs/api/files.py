@@ -61,7 +61,7 @@ async def create_file(request: Request, caller: Authorized) -> Response:
     """
     state = api_state(request)
     file_id = await receive_upload(request, state, caller.owner)
-    async with state.engine.connect() as conn:
+    async with state.reads.connect() as conn:
         return json_response(file_object(await get_file(conn, caller.owner, file_id)))
 
 
@@ -75,7 +75,7 @@ async def list_files_route(
     order: Literal["asc", "desc"] = "desc",
 ) -> Response:
     """The key's files, uploads and batch outputs, by creation time; `after` a file id for the next page."""
-    async with api_state(request).engine.connect() as conn:
+    async with api_state(request).reads.connect() as conn:
         files, more = await list_files(conn, caller.owner, purpose, after, limit, order)
     return json_response(
         FileList(
@@ -90,7 +90,7 @@ async def list_files_route(
 @router.get("/files/{file_id}", response_model=FileObject, responses=ERRORS, summary="Retrieve a file")
 async def retrieve_file(request: Request, caller: Authorized, file_id: str) -> Response:
     """One file's object."""
-    async with api_state(request).engine.connect() as conn:
+    async with api_state(request).reads.connect() as conn:
         return json_response(file_object(await get_file(conn, caller.owner, file_id)))
 
 
@@ -117,7 +117,7 @@ async def delete_file(request: Request, caller: Authorized, file_id: str) -> Res
 async def file_content(request: Request, caller: Authorized, file_id: str) -> Response:
     """The file's bytes, streamed: an upload as stored, a batch's output or error file made from its rows."""
     state = api_state(request)
-    async with state.engine.connect() as conn:
+    async with state.reads.connect() as conn:
         row = await get_file(conn, caller.owner, file_id)
         status = None
         if row.batch_id is not None:

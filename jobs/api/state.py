@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from arq.connections import ArqRedis
 from fastapi import Request
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from jobs.api.keys import Caller
 from jobs.settings import Settings
 
 __all__ = ["ApiState", "api_state"]
@@ -18,10 +19,16 @@ class ApiState:
     """The shared clients of one app, made when it starts and closed when it stops."""
 
     settings: Settings
+    # Transactions (uploads, creates, deletes).
     engine: AsyncEngine
+    # The same pool in autocommit, for the reads a request makes: one round trip per statement, instead of
+    # BEGIN, the statement and a ROLLBACK.
+    reads: AsyncEngine
     redis: ArqRedis
     # Every request acts as the one owner `local` (a loopback-only server started with --no-auth).
     no_auth: bool
+    # Keys seen lately (by digest), with when they were looked up: a poller's key costs no query per poll.
+    known_keys: dict[str, tuple[float, Caller]] = field(default_factory=dict)
 
 
 def api_state(request: Request) -> ApiState:

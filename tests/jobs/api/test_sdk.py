@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import httpx
 import openai
@@ -309,6 +310,7 @@ def test_every_object_the_server_returns_parses_with_the_sdks_own_types(
             seen.add(batch["status"])
             if batch["status"] == "completed":
                 break
+            time.sleep(0.1)
         for listed in http.get("/batches").json()["data"]:
             Batch.model_validate(listed, strict=True)
         cancelled = http.post(f"/batches/{created['id']}/cancel")
