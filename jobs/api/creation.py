@@ -9,6 +9,7 @@ Each create is a new batch, as with OpenAI, even for a file already used.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from dataclasses import replace
 from decimal import Decimal
@@ -229,16 +230,27 @@ async def create_batch(state: ApiState, caller: Caller, body: BatchCreate) -> st
         return await _failed_batch(
             state, options, source, metadata, window, {**row, "errors": batch_errors(exc)}, exc
         )
+    # The batch is stored: the answer need not wait for its first requests to be queued (a worker's feeder
+    # queues them within ORBATCH_FEED_INTERVAL anyway).
+    task = asyncio.create_task(_queue(state, report.batch_id))
+    _FEEDING.add(task)
+    task.add_done_callback(_FEEDING.discard)
+    return report.batch_id
+
+
+# Feeding tasks still running, held so that none is collected half done.
+_FEEDING: set[asyncio.Task[None]] = set()
+
+
+async def _queue(state: ApiState, batch_id: str) -> None:
+    settings = state.settings
     try:
-        await feed(
-            state.engine, state.redis, settings.queue_name, settings.feed_window, batch_id=report.batch_id
-        )
+        await feed(state.engine, state.redis, settings.queue_name, settings.feed_window, batch_id=batch_id)
     except (OSError, RedisError) as exc:
         # Postgres holds the batch; any worker's feeder queues it once Redis is reachable.
-        log.warning(
-            "batch stored but not queued yet: Redis unreachable", batch=report.batch_id, error=str(exc)
-        )
-    return report.batch_id
+        log.warning("batch stored but not queued yet: Redis unreachable", batch=batch_id, error=str(exc))
+    except Exception as exc:  # a worker's feeder queues it on its next tick
+        log.warning("batch stored but not queued yet", batch=batch_id, error=f"{type(exc).__name__}: {exc}")
 
 
 def _json(value: Any) -> str | None:

@@ -93,16 +93,35 @@ class FileWriter:
 async def file_blocks(engine: AsyncEngine, file_id: str) -> AsyncGenerator[bytes]:
     """An uploaded file's bytes, a piece at a time, from one consistent snapshot.
 
-    A file deleted while it is read is still read whole: a batch is never made from half a file.
+    A file deleted while it is read is still read whole: a batch is never made from half a file. The next
+    pieces are fetched while the caller works on this one (two ahead at most), so a submit parses while
+    Postgres reads.
     """
-    async with engine.connect() as conn:
-        raw: Any = (await conn.get_raw_connection()).driver_connection
-        async with raw.transaction(readonly=True, isolation="repeatable_read"):
-            cursor = raw.cursor(
-                "SELECT data FROM api_file_chunk WHERE file_id = $1 ORDER BY seq", file_id, prefetch=2
-            )
-            async for row in cursor:
-                yield bytes(row["data"])
+    ahead: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue(maxsize=2)
+
+    async def fetch() -> None:
+        try:
+            async with engine.connect() as conn:
+                raw: Any = (await conn.get_raw_connection()).driver_connection
+                async with raw.transaction(readonly=True, isolation="repeatable_read"):
+                    cursor = raw.cursor(
+                        "SELECT data FROM api_file_chunk WHERE file_id = $1 ORDER BY seq", file_id, prefetch=1
+                    )
+                    async for row in cursor:
+                        await ahead.put(bytes(row["data"]))
+            await ahead.put(None)
+        except Exception as exc:  # handed to the reader, which raises it where it reads
+            await ahead.put(exc)
+
+    task = asyncio.create_task(fetch())
+    try:
+        while (piece := await ahead.get()) is not None:
+            if isinstance(piece, BaseException):
+                raise piece
+            yield piece
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
 
 
 @dataclass(slots=True)
