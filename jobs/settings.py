@@ -125,6 +125,9 @@ class Settings(BaseSettings):
     # How long an API instance trusts a key it looked up: a revoked key stops working within this long, and a
     # client polling costs no key query per poll. 0: every request looks its key up.
     api_key_cache_seconds: float = Field(2.0, ge=0)
+    # How long an API instance answers a batch's GET from the object it last read: fifty clients polling one
+    # batch then cost one read a second, not fifty. 0: every GET reads.
+    api_batch_cache_seconds: float = Field(1.0, ge=0)
     # Postgres connections one API process opens at most.
     api_db_pool: int = Field(10, ge=2, le=1000)
 

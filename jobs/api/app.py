@@ -10,6 +10,7 @@ import httpx
 from fastapi import FastAPI
 
 from jobs.api import batches, files
+from jobs.api.cache import BatchCache
 from jobs.api.errors import install_error_handlers
 from jobs.api.maintenance import maintain
 from jobs.api.middleware import BodyGuard
@@ -53,6 +54,7 @@ def create_app(settings: Settings, *, no_auth: bool = False, maintenance: bool =
             engine=engine,
             reads=engine.execution_options(isolation_level="AUTOCOMMIT"),
             redis=redis,
+            batches=BatchCache(settings.api_batch_cache_seconds),
             no_auth=no_auth,
         )
         task = asyncio.create_task(maintain(engine, client, settings)) if maintenance else None

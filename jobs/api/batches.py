@@ -51,15 +51,22 @@ async def create(
     """
     state = api_state(request)
     batch_id = await create_batch(state, caller, body)
-    async with state.reads.connect() as conn:
-        return json_response(await get_batch(conn, caller.owner, batch_id))
+    return await _fresh(request, caller.owner, batch_id)
 
 
 @router.get("/batches/{batch_id}", response_model=BatchObject, responses=ERRORS, summary="Retrieve a batch")
 async def retrieve(request: Request, caller: Authorized, batch_id: str) -> Response:
-    """A batch with its counts and usage (read from maintained tallies: no scan of its requests)."""
-    async with api_state(request).reads.connect() as conn:
-        return json_response(await get_batch(conn, caller.owner, batch_id))
+    """A batch with its counts and usage (read from maintained tallies: no scan of its requests).
+
+    An instance answers from the object it read within ORBATCH_API_BATCH_CACHE_SECONDS (1 s).
+    """
+    state = api_state(request)
+
+    async def read() -> bytes:
+        async with state.reads.connect() as conn:
+            return (await get_batch(conn, caller.owner, batch_id)).model_dump_json().encode()
+
+    return Response(await state.batches.get(caller.owner, batch_id, read), media_type="application/json")
 
 
 @router.get("/batches", response_model=BatchList, responses=ERRORS, summary="List batches")
@@ -100,5 +107,13 @@ async def cancel(request: Request, caller: Authorized, batch_id: str) -> Respons
             code="batch_not_cancellable",
         )
     await cancel_batch(state.engine, batch_id)
+    return await _fresh(request, caller.owner, batch_id)
+
+
+async def _fresh(request: Request, owner: str, batch_id: str) -> Response:
+    """The batch as it is now, which this instance's next GETs also answer."""
+    state = api_state(request)
     async with state.reads.connect() as conn:
-        return json_response(await get_batch(conn, caller.owner, batch_id))
+        body = (await get_batch(conn, owner, batch_id)).model_dump_json().encode()
+    state.batches.put(owner, batch_id, body)
+    return Response(body, media_type="application/json")

@@ -8,6 +8,7 @@ from arq.connections import ArqRedis
 from fastapi import Request
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from jobs.api.cache import BatchCache
 from jobs.api.keys import Caller
 from jobs.settings import Settings
 
@@ -25,6 +26,8 @@ class ApiState:
     # BEGIN, the statement and a ROLLBACK.
     reads: AsyncEngine
     redis: ArqRedis
+    # Batch objects read lately, shared by the clients polling them.
+    batches: BatchCache
     # Every request acts as the one owner `local` (a loopback-only server started with --no-auth).
     no_auth: bool
     # Keys seen lately (by digest), with when they were looked up: a poller's key costs no query per poll.

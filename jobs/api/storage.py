@@ -32,8 +32,7 @@ class FileWriter:
     commits, and a rollback leaves nothing.
     """
 
-    def __init__(self, conn: AsyncConnection, raw: Any, file_id: str) -> None:
-        self._conn = conn
+    def __init__(self, raw: Any, file_id: str) -> None:
         self._raw = raw
         self.file_id = file_id
         self.size = 0
@@ -46,7 +45,7 @@ class FileWriter:
     async def open(cls, conn: AsyncConnection, file_id: str) -> FileWriter:
         """A writer on the connection's open transaction."""
         raw: Any = (await conn.get_raw_connection()).driver_connection
-        return cls(conn, raw, file_id)
+        return cls(raw, file_id)
 
     @property
     def sha256(self) -> str:

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from jobs.api.keys import NewKey
 from tests.jobs.api.conftest import TERMINAL, ApiServer, batch_lines, jsonl, wait_for
-from tests.support import Simulator
+from tests.support import TEST_API_KEY, Simulator
 
 MODELS = ["sim/echo"]
 
@@ -274,9 +274,14 @@ def test_no_key_at_all_is_a_401_in_openai_shape(api_server: ApiServer, owners: d
 def test_every_object_the_server_returns_parses_with_the_sdks_own_types(
     api_server: ApiServer, owners: dict[str, NewKey]
 ) -> None:
-    """Strict validation against openai.types: a missing required field or a wrong type would fail here."""
+    """Strict validation against openai.types: a missing required field or a wrong type would fail here.
+
+    No answer carries the OpenRouter key the server calls with.
+    """
     headers = {"Authorization": f"Bearer {owners['alice'].key}"}
-    with httpx.Client(base_url=api_server.base_url, headers=headers) as http:
+    answers: list[bytes] = []
+    hooks = {"response": [lambda response: answers.append(response.read())]}
+    with httpx.Client(base_url=api_server.base_url, headers=headers, event_hooks=hooks) as http:
         uploaded = http.post(
             "/files", files={"file": ("a.jsonl", jsonl(batch_lines(2)))}, data={"purpose": "batch"}
         )
@@ -317,7 +322,10 @@ def test_every_object_the_server_returns_parses_with_the_sdks_own_types(
         assert cancelled.status_code == 409
         FileObject.model_validate(http.get(f"/files/{batch['output_file_id']}").json(), strict=True)
         FileDeleted.model_validate(http.delete(f"/files/{file_id}").json(), strict=True)
+        answers.append(http.get(f"/files/{batch['output_file_id']}/content").content)
     assert "completed" in seen
+    assert len(answers) > 10
+    assert not [a for a in answers if TEST_API_KEY.encode() in a]
 
 
 def test_the_openapi_document_and_the_docs_are_served(api_server: ApiServer) -> None:
