@@ -47,19 +47,16 @@ def _async_url(database_url: str) -> URL:
     return url
 
 
-def create_engine(
-    database_url: str, pool_size: int = 10, pre_ping: bool = True, overflow: int | None = None
-) -> AsyncEngine:
+def create_engine(database_url: str, pool_size: int = 10, pre_ping: bool = True) -> AsyncEngine:
     """An asyncpg engine that speaks JSON through orjson and survives a database restart.
 
     `pre_ping` tests each connection as it is checked out (three round trips with asyncpg). The worker turns it
     off: its writes retry on a lost connection anyway, and the first failure recycles the whole pool.
-    `overflow` connections beyond the pool are opened when it is busy (default: as many as the pool).
     """
     return create_async_engine(
         _async_url(database_url),
         pool_size=pool_size,
-        max_overflow=pool_size if overflow is None else overflow,
+        max_overflow=pool_size,
         pool_pre_ping=pre_ping,
         json_serializer=_json_dumps,
         json_deserializer=orjson.loads,

@@ -42,11 +42,9 @@ def create_app(settings: Settings, *, no_auth: bool = False, maintenance: bool =
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # No pre-ping: it would add three round trips to every request; a lost connection is a 503 once and
-        # recycles the pool. No overflow: requests beyond the pool wait a moment for a connection, rather than
-        # open (and close) one each, which costs far more than the wait.
-        engine = create_engine(
-            settings.database_url, pool_size=settings.api_db_pool, pre_ping=False, overflow=0
-        )
+        # recycles the pool. Uploads and downloads hold a connection while they stream, so the pool may
+        # overflow to twice its size before a request waits.
+        engine = create_engine(settings.database_url, pool_size=settings.api_db_pool, pre_ping=False)
         redis = await connect(settings.redis_url, settings.queue_name, patient=False)
         # Callbacks go only where the allow list says: no proxies from the environment, no redirects.
         client = httpx.AsyncClient(timeout=CALLBACK_TIMEOUT_SECONDS, follow_redirects=False, trust_env=False)

@@ -14,6 +14,7 @@ from typing import Any
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from redis.exceptions import RedisError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from jobs.api.schemas import ErrorBody, ErrorDetail
@@ -106,6 +107,11 @@ def as_orbatch_error(request: Request, exc: BaseException) -> OrbatchError:
         if exc.status_code == 415:
             return UnsupportedMediaType(str(exc.detail), code="unsupported_media_type")
         return BadInput(str(exc.detail), code="invalid_request")
+    if isinstance(exc, PoolTimeout):
+        return ServiceUnavailable(
+            "orbatch is busy: every database connection of this instance is in use; try again shortly",
+            code="server_busy",
+        )
     if isinstance(exc, RedisError) or connection_lost(exc):
         return ServiceUnavailable(
             "orbatch cannot reach its database or queue right now; try again shortly",
