@@ -209,7 +209,7 @@ def main() -> None:
     try:
         with scratch_database() as url:
             env = env_for(
-                url, simulator.base_url, ORBATCH_MAX_UPLOAD_BYTES=str(10**9), ORBATCH_API_DB_POOL="20"
+                url, simulator.base_url, ORBATCH_MAX_UPLOAD_BYTES=str(10**9), ORBATCH_API_DB_POOL="10"
             )
             key = make_key(env, "bench")
             server = Server(env)

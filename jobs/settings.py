@@ -122,9 +122,10 @@ class Settings(BaseSettings):
     callback_allow: str = ""
     # The first retry of a failed callback waits this long; each next one twice as long.
     callback_retry_base_seconds: float = Field(2.0, gt=0)
-    # How long an API instance trusts a key it looked up: a revoked key stops working within this long, and a
-    # client polling costs no key query per poll. 0: every request looks its key up.
-    api_key_cache_seconds: float = Field(2.0, ge=0)
+    # How long an API instance trusts a key it looked up; for as long again it still does while it looks it
+    # up anew, so a revoked key stops working within twice this, and a client polling costs no key query
+    # per poll. 0: every request looks its key up.
+    api_key_cache_seconds: float = Field(1.0, ge=0)
     # How long an API instance answers a batch's GET from the object it last read: fifty clients polling one
     # batch then cost one read a second, not fifty. 0: every GET reads.
     api_batch_cache_seconds: float = Field(1.0, ge=0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Annotated
 
@@ -66,20 +67,42 @@ async def _take_token(state: ApiState, caller: Caller) -> None:
 
 
 async def _lookup(state: ApiState, key: str) -> Caller | None:
-    """The key's caller, from what this instance saw in the last ORBATCH_API_KEY_CACHE_SECONDS, else Postgres."""
+    """The key's caller: from what this instance saw within ORBATCH_API_KEY_CACHE_SECONDS; up to twice that
+    old while one background lookup refreshes it (so a burst of requests never waits on Postgres for its key);
+    else looked up in Postgres."""
     ttl = state.settings.api_key_cache_seconds
-    now = time.monotonic()
-    seen = state.known_keys.get(key_digest := digest(key))
-    if seen is not None and now - seen[0] < ttl:
+    key_digest = digest(key)
+    seen = state.known_keys.get(key_digest)
+    age = None if seen is None else time.monotonic() - seen[0]
+    if seen is not None and age is not None and age < 2 * ttl:
+        if age >= ttl and key_digest not in _REFRESHING:
+            task = asyncio.create_task(_look_up(state, key, key_digest))
+            _REFRESHING[key_digest] = task
+            task.add_done_callback(lambda done: _refreshed(key_digest, done))
         return seen[1]
+    return await _look_up(state, key, key_digest)
+
+
+# Background lookups of keys whose memory is getting old, one per key.
+_REFRESHING: dict[str, asyncio.Task[Caller | None]] = {}
+
+
+def _refreshed(key_digest: str, task: asyncio.Task[Caller | None]) -> None:
+    _REFRESHING.pop(key_digest, None)
+    if not task.cancelled():
+        # A lookup that failed (Postgres away) is met again by the next request.
+        task.exception()
+
+
+async def _look_up(state: ApiState, key: str, key_digest: str) -> Caller | None:
     async with state.reads.connect() as conn:
         found = await find_caller(conn, key)
     if found is None:
         state.known_keys.pop(key_digest, None)
-    elif ttl > 0:
+    elif state.settings.api_key_cache_seconds > 0:
         if len(state.known_keys) >= _KNOWN_KEYS_MAX:
             state.known_keys.clear()
-        state.known_keys[key_digest] = (now, found)
+        state.known_keys[key_digest] = (time.monotonic(), found)
     return found
 
 

@@ -89,7 +89,7 @@ async def test_a_new_key_for_an_owner_sees_what_its_revoked_key_made(
         file=("in.jsonl", jsonl(batch_lines(1))), purpose="batch"
     )
     assert run_cli(env, "keys", "revoke", "erin").returncode == 0
-    # An instance trusts a key it looked up for ORBATCH_API_KEY_CACHE_SECONDS (2 s), then asks again.
+    # An instance trusts a key it looked up for twice ORBATCH_API_KEY_CACHE_SECONDS (2 s in all), no longer.
     deadline = time.monotonic() + 5
     with pytest.raises(openai.AuthenticationError):  # noqa: PT012 (polls until the revocation is seen)
         while time.monotonic() < deadline:
