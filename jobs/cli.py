@@ -18,6 +18,7 @@ from typing import Annotated, Any, TypeVar
 import httpx
 import orjson
 import typer
+import uvloop
 from redis.exceptions import RedisError
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -62,6 +63,7 @@ from jobs.status import BatchSummary, batch_summary, list_batches
 from jobs.terminal import (
     batches_table,
     err,
+    keys_table,
     out,
     say,
     say_error,
@@ -101,6 +103,11 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+keys_app = typer.Typer(
+    help="Keys of the HTTP API (`orbatch serve`): one per owner, shown once, stored only as a hash.",
+    no_args_is_help=True,
+)
+app.add_typer(keys_app, name="keys")
 
 
 def _settings() -> Settings:
@@ -158,6 +165,26 @@ async def _batch(engine: AsyncEngine, ref: str) -> str:
     if note:
         say(err, note)
     return batch_id
+
+
+def _with_database(work: Callable[[AsyncEngine], Awaitable[T]]) -> T:
+    """`_with_engine` on DATABASE_URL, or, when it is unset, on the embedded Postgres `run` and `serve` use
+    (created and migrated if it is new), so keys can be made for an `orbatch serve` with embedded services."""
+    settings = _settings()
+    if settings.services_given()[0]:
+        return _with_engine(work)
+    with local_services(settings.data_dir, None, settings.redis_url) as services:
+
+        async def go() -> T:
+            await ensure_database(services.database_url)
+            await upgrade(services.database_url)
+            engine = create_engine(services.database_url, pool_size=1)
+            try:
+                return await work(engine)
+            finally:
+                await engine.dispose()
+
+        return asyncio.run(go())
 
 
 def _print_json(value: Any) -> None:
@@ -663,6 +690,141 @@ def delete(
 
 
 app.command("simulator")(simulator_command)
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on (0: any free port).")] = 8000,
+    worker_: Annotated[
+        bool,
+        typer.Option(
+            "--worker/--no-worker",
+            help="Run the batches with an arq worker in this process (--no-worker when a fleet runs them).",
+        ),
+    ] = True,
+    no_auth: Annotated[
+        bool,
+        typer.Option(
+            "--no-auth",
+            help="Take requests without a key, all as the owner `local` (only on a loopback address).",
+        ),
+    ] = False,
+    concurrency: Annotated[
+        int | None, typer.Option(min=1, max=4096, help="Requests run at once by the in-process worker.")
+    ] = None,
+    use_simulator: Annotated[
+        bool,
+        typer.Option(
+            "--simulator",
+            help="The in-process worker calls a local OpenRouter simulator: no key, no quota, no real model.",
+        ),
+    ] = False,
+) -> None:
+    """Serve OpenAI's Files and Batches API (for the official `openai` SDK) over the same Postgres and Redis.
+
+    Uses DATABASE_URL and REDIS_URL when set; otherwise starts an embedded Postgres (kept under
+    ORBATCH_DATA_DIR) and an embedded Redis, as `run` does, so `orbatch serve` alone is a working batch API on
+    one machine. Requests need a key from `orbatch keys create NAME` unless --no-auth.
+    """
+    from jobs.api.server import ServePlan, check_plan
+    from jobs.api.server import serve as serve_api
+
+    settings = _settings()
+    database_given, redis_given = settings.services_given()
+    plan = ServePlan(
+        host=host,
+        port=port,
+        no_auth=no_auth,
+        worker=worker_,
+        concurrency=concurrency,
+        simulator=use_simulator,
+        embedded_database=not database_given,
+    )
+    check_plan(settings, plan)
+    with local_services(
+        settings.data_dir,
+        settings.database_url if database_given else None,
+        settings.redis_url if redis_given else None,
+    ) as services:
+        if services.started:
+            say(
+                err,
+                f"embedded {' and '.join(services.started)} (DATABASE_URL / REDIS_URL not set), "
+                f"data in {settings.data_dir}",
+            )
+        local = settings.model_copy(
+            update={"database_url": services.database_url, "redis_url": services.redis_url}
+        )
+        # uvloop: the server answers many small requests, and its C event loop spends a fraction of asyncio's
+        # time on each socket read and write.
+        uvloop.run(serve_api(local, plan, err))
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Argument(help="The owner the key acts as (letters, digits, . _ @ -).")],
+    rate_limit: Annotated[
+        int | None,
+        typer.Option(
+            "--rate-limit",
+            min=1,
+            help="Requests a minute for this key (default: ORBATCH_API_RATE_PER_MINUTE).",
+        ),
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help='Print {"name", "key", "callback_secret"} as one JSON object.')
+    ] = False,
+) -> None:
+    """Make a key for NAME and print it, once: only its hash is stored.
+
+    NAME owns every file and batch the key makes. After `keys revoke NAME`, a new key for NAME sees them again.
+    The callback secret signs NAME's completion callbacks. Without DATABASE_URL the key goes to the embedded
+    Postgres `orbatch serve` uses (make keys while it is stopped).
+    """
+    from jobs.api.keys import create_key
+
+    made = _with_database(lambda engine: create_key(engine, name, rate_limit))
+    if as_json:
+        _print_json({"name": made.name, "key": made.key, "callback_secret": made.callback_secret})
+        return
+    sys.stdout.write(f"{made.key}\n")
+    say(
+        err,
+        f"key for {made.name} (shown only now; keep it secret). Its callbacks are signed with "
+        f"{made.callback_secret}",
+    )
+
+
+@keys_app.command("list")
+def keys_list(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """Every key: owner, the key's first characters, rate limit, when made and revoked."""
+    from jobs.api.keys import list_keys
+
+    keys = _with_database(list_keys)
+    rows = [
+        {
+            "name": k.name,
+            "hint": k.hint + "…",
+            "rate_per_minute": k.rate_per_minute,
+            "created_at": k.created_at.isoformat(),
+            "revoked_at": None if k.revoked_at is None else k.revoked_at.isoformat(),
+        }
+        for k in keys
+    ]
+    if as_json:
+        _print_json(rows)
+        return
+    out.print(keys_table(rows))
+
+
+@keys_app.command("revoke")
+def keys_revoke(name: Annotated[str, typer.Argument(help="The owner whose key to revoke.")]) -> None:
+    """Revoke NAME's key: its next request is refused (401). NAME's files and batches stay."""
+    from jobs.api.keys import revoke_key
+
+    _with_database(lambda engine: revoke_key(engine, name))
+    say(err, f"revoked {name}'s key")
 
 
 @app.command()

@@ -3,7 +3,16 @@
 from __future__ import annotations
 
 __all__ = [
+    "API_KEY_PREFIX",
+    "API_RATE_KEY",
+    "BATCH_LIST_DEFAULT",
+    "BATCH_LIST_MAX",
     "BURST_CHECK_SECONDS",
+    "CALLBACK_ATTEMPTS",
+    "CALLBACK_CLAIM_SECONDS",
+    "CALLBACK_RETRY_MAX_SECONDS",
+    "CALLBACK_SECRET_PREFIX",
+    "CALLBACK_TIMEOUT_SECONDS",
     "CALL_SECONDS_BUCKETS",
     "CREDITED_DAILY_REQUESTS",
     "EMBEDDED_REDIS_START_SECONDS",
@@ -12,8 +21,12 @@ __all__ = [
     "EXIT_INTERRUPTED",
     "EXIT_SKIPPED_LINES",
     "EXIT_STOPPED",
+    "EXPIRY_SWEEP_SECONDS",
     "FEEDER_LOCK_KEY",
+    "FILE_CHUNK_BYTES",
+    "FILE_LIST_MAX",
     "FLEET_READ_SECONDS",
+    "FORM_FIELD_MAX_BYTES",
     "FREE_TIER_DAILY_REQUESTS",
     "HEARTBEATS_KEY",
     "HEARTBEAT_FORGET_SECONDS",
@@ -22,12 +35,20 @@ __all__ = [
     "JOB_ID_PREFIX",
     "KEY_WAIT_SECONDS",
     "LIMITS_KEY",
+    "MAINTENANCE_SECONDS",
+    "MAX_COMPLETION_WINDOW_SECONDS",
     "MAX_CUSTOM_ID_CHARS",
     "MAX_LINE_BYTES",
     "MAX_MODELS_PER_CALL",
     "MAX_MODEL_LABELS",
     "MAX_REPORTED_LINE_ERRORS",
+    "MAX_REQUEST_HEAD_BYTES",
+    "METADATA_KEY_MAX_CHARS",
+    "METADATA_MAX_PAIRS",
+    "METADATA_VALUE_MAX_CHARS",
+    "MIN_COMPLETION_WINDOW_SECONDS",
     "MODEL_LABEL_RECHECK_SECONDS",
+    "NO_AUTH_OWNER",
     "PERSIST_DEADLINE_SECONDS",
     "PLAIN_PROGRESS_SECONDS",
     "QUOTA_HOLD_SECONDS",
@@ -172,3 +193,45 @@ MODEL_LABEL_RECHECK_SECONDS = 60.0
 # a worker's Redis client retries through a blip for longer, and a late answer is worth less than the process's
 # own counters on time.
 FLEET_READ_SECONDS = 3.0
+# --- the HTTP API (`orbatch serve`) ---------------------------------------------------------------------
+# A key is `obk_` and 43 URL-safe characters (32 random bytes): a prefix a secret scanner can match, and
+# enough entropy that a plain sha256 of it is a safe stored form (a slow hash guards guessable passwords).
+API_KEY_PREFIX = "obk_"
+# Callback signing secrets in the Standard Webhooks form OpenAI's own SDK verifies (`whsec_` + base64).
+CALLBACK_SECRET_PREFIX = "whsec_"  # noqa: S105 (a prefix, not a secret)
+# The owner a `--no-auth` server (loopback only) acts as; `orbatch keys create local` gives it a key.
+NO_AUTH_OWNER = "local"
+# One token bucket per owner: `<queue>:api-rate:<owner>`, expiring once full again.
+API_RATE_KEY = "{queue}:api-rate:{owner}"
+# A request's line and headers together: as much as common servers take (nginx 32 KB, Node 16 KB). The HTTP
+# parser would otherwise hold a header of any length in memory.
+MAX_REQUEST_HEAD_BYTES = 32 * 1024
+# Uploads are stored in Postgres in pieces of this size: few enough rows for a 200 MB file, small enough
+# that reading one back (to submit it, or to download it) holds little memory.
+FILE_CHUNK_BYTES = 1024 * 1024
+# A form field other than the file (`purpose`, `expires_after[seconds]`) is a word or a number.
+FORM_FIELD_MAX_BYTES = 1024
+# OpenAI's list limits: files up to 10,000 a page (its default too), batches 20 by default and 100 at most.
+FILE_LIST_MAX = 10_000
+BATCH_LIST_DEFAULT = 20
+BATCH_LIST_MAX = 100
+# OpenAI's metadata bounds: 16 pairs, keys up to 64 characters, values up to 512.
+METADATA_MAX_PAIRS = 16
+METADATA_KEY_MAX_CHARS = 64
+METADATA_VALUE_MAX_CHARS = 512
+# OpenAI's only window is 24h; free-tier batches can need days (50 free requests a day), so longer windows
+# are taken, up to 30 days (OpenAI's longest file expiry).
+MIN_COMPLETION_WINDOW_SECONDS = 24 * 3600
+MAX_COMPLETION_WINDOW_SECONDS = 30 * 24 * 3600
+# How often each API instance finalizes finished batches, sends due callbacks and drops expired files.
+MAINTENANCE_SECONDS = 1.0
+# An expired batch's calls in flight end within a lease and a request timeout; for this long after expiry
+# any request such a call put back to pending is cancelled too.
+EXPIRY_SWEEP_SECONDS = 3600.0
+# A callback is tried this many times, backing off from ORBATCH_CALLBACK_RETRY_BASE_SECONDS up to this cap
+# (about an hour and a half in all with the defaults), each POST bounded by the timeout.
+CALLBACK_ATTEMPTS = 12
+CALLBACK_RETRY_MAX_SECONDS = 900.0
+CALLBACK_TIMEOUT_SECONDS = 10.0
+# An instance sending a callback holds it this long; one that died mid-send loses it to another after that.
+CALLBACK_CLAIM_SECONDS = 60.0

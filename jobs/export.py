@@ -14,11 +14,19 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from jobs.output_format import error_line, merge_answer, result_line
 from jobs.sql import states
 
-__all__ = ["ExportFormat", "ExportReport", "export_results", "export_to_files", "open_output"]
+__all__ = [
+    "ExportFormat",
+    "ExportReport",
+    "Unfinished",
+    "export_results",
+    "export_to_files",
+    "open_output",
+    "stream_file",
+]
 
 ExportFormat = Literal["batch", "records"]
 
-# Run through asyncpg's cursor, not SQLAlchemy: `states()` fills in the state names, `{columns}` the format's.
+# Run through asyncpg's cursor, not SQLAlchemy: `_query` fills in the state names, the columns and the choice.
 _ROWS = """
     SELECT r.id, r.custom_id, r.status, r.last_error, {columns}, a.generation_id,
            a.http_status, la.error_code, la.error_message, la.http_status AS last_status
@@ -29,11 +37,33 @@ _ROWS = """
         SELECT error_code, error_message, http_status FROM attempt
         WHERE request_id = r.id ORDER BY number DESC LIMIT 1
     ) la ON r.status = {R.FAILED}
-    WHERE r.batch_id = $1 AND r.status IN ({R.COMPLETED}, {R.FAILED})
+    WHERE r.batch_id = $1 AND {where}
     ORDER BY r.id
 """
 
+# Which requests each export reads: `results` writes both files in one pass; the API serves one at a time.
+_WHERE = {
+    "both": "r.status IN ({R.COMPLETED}, {R.FAILED})",
+    "output": "r.status = {R.COMPLETED}",
+    "errors": "r.status = {R.FAILED}",
+    "errors_and_unfinished": "r.status <> {R.COMPLETED}",
+}
+
+
+def _query(columns: str, where: str) -> str:
+    """The export query for these columns and this choice of requests, its state names filled in."""
+    return states(_ROWS.replace("{columns}", columns).replace("{where}", where))
+
+
 _EXPORT_CHUNK = 2000
+
+
+@dataclass(slots=True, frozen=True)
+class Unfinished:
+    """How requests that never finished are reported in an error file (a batch that expired or was cancelled)."""
+
+    code: str
+    message: str
 
 
 @dataclass(slots=True)
@@ -84,7 +114,7 @@ async def export_results(
     ok: list[bytes] = []
     bad: list[bytes] = []
     columns = _BATCH_COLUMNS if fmt == "batch" else _RECORD_COLUMNS
-    query = states(_ROWS).replace("{columns}", columns)
+    query = _query(columns, _WHERE["both"])
     async with contextlib.aclosing(_rows(engine, query, batch_id)) as rows:
         async for row in rows:
             _add_row(row, fmt, ok, bad)
@@ -94,8 +124,36 @@ async def export_results(
     return report
 
 
-def _add_row(row: Any, fmt: ExportFormat, ok: list[bytes], bad: list[bytes]) -> None:
+async def stream_file(
+    engine: AsyncEngine,
+    batch_id: str,
+    kind: Literal["output", "errors"],
+    unfinished: Unfinished | None = None,
+) -> AsyncGenerator[bytes]:
+    """A batch's output or error file as OpenAI Batch lines, a few thousand lines a piece, in line order.
+
+    With `unfinished`, requests that never finished are error lines with its code and message.
+    """
+    where = _WHERE["errors_and_unfinished" if kind == "errors" and unfinished else kind]
+    lines: list[bytes] = []
+    async with contextlib.aclosing(_rows(engine, _query(_BATCH_COLUMNS, where), batch_id)) as rows:
+        async for row in rows:
+            _add_row(row, "batch", lines, lines, unfinished)
+            if len(lines) >= _EXPORT_CHUNK:
+                yield b"".join(lines)
+                lines.clear()
+    if lines:
+        yield b"".join(lines)
+
+
+def _add_row(
+    row: Any, fmt: ExportFormat, ok: list[bytes], bad: list[bytes], unfinished: Unfinished | None = None
+) -> None:
     completed = row["status"] == "completed"
+    if unfinished is not None and row["status"] not in ("completed", "failed"):
+        line = error_line(row["custom_id"], row["id"], unfinished.code, unfinished.message)
+        bad.append(orjson.dumps(line) + b"\n")
+        return
     if fmt == "batch":
         if completed:
             ok.append(

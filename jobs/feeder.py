@@ -8,11 +8,11 @@ from dataclasses import dataclass, field
 from arq.connections import ArqRedis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from jobs.constants import REDIS_EPOCH_KEY, REQUEUE_AFTER_SECONDS
+from jobs.constants import EXPIRY_SWEEP_SECONDS, REDIS_EPOCH_KEY, REQUEUE_AFTER_SECONDS
 from jobs.queue import enqueue_requests
 from jobs.sql import sql
 
-__all__ = ["FeedReport", "feed"]
+__all__ = ["FeedReport", "expire_batches", "feed"]
 
 
 @dataclass(slots=True)
@@ -23,6 +23,7 @@ class FeedReport:
     expired_leases: int = 0
     resumed_batches: int = 0
     finalized_batches: list[str] = field(default_factory=list)
+    expired_batches: int = 0
     redis_reset: bool = False
 
 
@@ -137,6 +138,44 @@ _FINALIZE = sql(
 )
 
 
+# A batch past its completion window (one created through the API) expires: no new call starts, and its
+# unfinished requests are cancelled (its error file reports them as `batch_expired`); finished ones are kept.
+_EXPIRE_BATCHES = sql(
+    """
+    UPDATE batch SET status = {B.EXPIRED}, pause_reason = NULL, pause_message = NULL, resume_at = NULL,
+           finished_at = now()
+    WHERE expires_at IS NOT NULL AND expires_at <= now()
+      AND status IN ({B.VALIDATING}, {B.IN_PROGRESS}, {B.PAUSED})
+    RETURNING id
+    """
+)
+
+# Calls in flight at expiry end as they would; one that would run its request again puts it back to pending,
+# so requests of lately expired batches are cancelled on every tick, not only at the moment of expiry.
+_CANCEL_EXPIRED_REQUESTS = sql(
+    """
+    WITH target AS (
+        SELECT r.id FROM request r JOIN batch b ON b.id = r.batch_id
+        WHERE b.status = {B.EXPIRED} AND b.expired_at > now() - make_interval(secs => :sweep)
+          AND r.status = {R.PENDING}
+        ORDER BY r.id FOR UPDATE OF r
+    )
+    UPDATE request r SET status = {R.CANCELLED}, finished_at = now(), enqueued_at = NULL,
+           last_error = 'batch_expired'
+    FROM target WHERE r.id = target.id AND r.status = {R.PENDING}
+    """
+)
+
+
+async def expire_batches(engine: AsyncEngine) -> int:
+    """Expire the batches past their completion window and cancel what they left unfinished; returns how many."""
+    async with engine.begin() as conn:
+        expired = len((await conn.execute(_EXPIRE_BATCHES)).all())
+    async with engine.begin() as conn:
+        await conn.execute(_CANCEL_EXPIRED_REQUESTS, {"sweep": EXPIRY_SWEEP_SECONDS})
+    return expired
+
+
 async def _check_redis_epoch(engine: AsyncEngine, redis: ArqRedis, namespace: str) -> bool:
     """True when Redis lost its data; every queue mark in Postgres is then dropped so the work is re-fed."""
     key = REDIS_EPOCH_KEY.format(queue=namespace)
@@ -165,6 +204,7 @@ async def feed(
     """
     report = FeedReport()
     report.redis_reset = await _check_redis_epoch(engine, redis, namespace)
+    report.expired_batches = await expire_batches(engine)
     async with engine.begin() as conn:
         report.expired_leases = len((await conn.execute(_EXPIRE_LEASES)).all())
         report.resumed_batches = int((await conn.execute(_RESUME_BATCHES)).scalar_one())

@@ -65,12 +65,15 @@ _PARAM_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
 # them rather than let a free model cost money.
 FREE_ONLY_REFUSED_FIELDS = ("plugins", "web_search_options")
 
+# The `code` of a line that is not a JSON object, as OpenAI's batch validation names it.
+_INVALID_JSON = "invalid_json_line"
+
 
 class LineError(BadInput):
     """A line that cannot become a request: where it is and what is wrong with it."""
 
-    def __init__(self, line_no: int, message: str) -> None:
-        super().__init__(f"LINE {line_no}: {message}", param=f"line {line_no}")
+    def __init__(self, line_no: int, message: str, code: str = "invalid_request") -> None:
+        super().__init__(f"LINE {line_no}: {message}", code=code, param=f"line {line_no}")
         self.line_no = line_no
         # What is wrong, without the line number (OpenAI's batch `errors.data` carry the two apart).
         self.detail = message
@@ -237,10 +240,14 @@ def _decode(raw: bytes, line_no: int) -> Any:
             raw.decode("utf-8")
         except UnicodeDecodeError as bad:
             raise LineError(
-                line_no, f"not valid UTF-8 (byte 0x{raw[bad.start]:02x} at column {bad.start + 1})"
+                line_no,
+                f"not valid UTF-8 (byte 0x{raw[bad.start]:02x} at column {bad.start + 1})",
+                _INVALID_JSON,
             ) from None
         # orjson counts lines and characters within the line it was given; the file's line is ours.
-        raise LineError(line_no, f"not valid JSON at column {exc.pos + 1}: {exc.msg}") from None
+        raise LineError(
+            line_no, f"not valid JSON at column {exc.pos + 1}: {exc.msg}", _INVALID_JSON
+        ) from None
 
 
 def parse_line(raw: bytes, line_no: int) -> ParsedLine | None:
@@ -249,7 +256,7 @@ def parse_line(raw: bytes, line_no: int) -> ParsedLine | None:
         return None
     obj = _decode(raw, line_no)
     if not isinstance(obj, dict):
-        raise LineError(line_no, f"each line must be a JSON object, got {_type_name(obj)}")
+        raise LineError(line_no, f"each line must be a JSON object, got {_type_name(obj)}", _INVALID_JSON)
     # Postgres refuses NUL inside JSON text; say so here rather than fail the whole COPY.
     if b"\\u0000" in raw:
         raise LineError(line_no, "contains the NUL character (\\u0000), which cannot be stored; remove it")
@@ -295,7 +302,9 @@ def parse_record(raw: bytes, line_no: int, template: Template) -> ParsedLine | N
     obj = _decode(raw, line_no)
     if not isinstance(obj, dict):
         raise LineError(
-            line_no, f"with --template each line must be a JSON object (a record), got {_type_name(obj)}"
+            line_no,
+            f"with --template each line must be a JSON object (a record), got {_type_name(obj)}",
+            _INVALID_JSON,
         )
     if b"\\u0000" in raw:
         raise LineError(line_no, "contains the NUL character (\\u0000), which cannot be stored; remove it")

@@ -15,6 +15,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     Numeric,
     SmallInteger,
     Text,
@@ -29,6 +30,11 @@ from jobs.sql import literal, sql
 from jobs.states import BatchStatus, Outcome, PauseReason, RequestStatus
 
 __all__ = [
+    "ApiBatch",
+    "ApiCallback",
+    "ApiFile",
+    "ApiFileChunk",
+    "ApiKey",
     "Attempt",
     "Base",
     "Batch",
@@ -66,6 +72,15 @@ class Batch(Base):
         Index(
             "batch_active_idx", "status", postgresql_where=sql("status IN ({B.IN_PROGRESS}, {B.CANCELLING})")
         ),
+        # The batches whose completion window can still run out, and those that ran out lately.
+        Index(
+            "batch_expiring_idx",
+            "expires_at",
+            postgresql_where=sql(
+                "expires_at IS NOT NULL AND status IN ({B.VALIDATING}, {B.IN_PROGRESS}, {B.PAUSED})"
+            ),
+        ),
+        Index("batch_expired_idx", "expired_at", postgresql_where=sql("status = {B.EXPIRED}")),
     )
 
     id: Mapped[str] = mapped_column(Text, primary_key=True)
@@ -98,6 +113,11 @@ class Batch(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The end of the completion window (batches created through the API); NULL: no window.
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Set by a trigger (revision 0007) when the status becomes `expired` or `cancelling`, whoever changed it.
+    expired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    cancelling_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class Request(Base):
@@ -313,3 +333,118 @@ class TriesTally(Base):
     tries: Mapped[int] = mapped_column(Integer, primary_key=True)
     shard: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
     requests: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+
+
+# The HTTP API's tables (revision 0007): keys, uploaded files and their bytes, what a batch created through
+# the API adds to the batch, and the completion callbacks to send.
+
+
+class ApiKey(Base):
+    """An owner of files and batches, and the key that acts as it (stored as its sha256 only)."""
+
+    __tablename__ = "api_key"
+
+    # The owner's name: every file and batch the key makes belongs to it, and a new key for the same name
+    # (after a revoke) sees them again.
+    name: Mapped[str] = mapped_column(Text, primary_key=True)
+    # sha256 of the key; NULL once revoked.
+    digest: Mapped[str | None] = mapped_column(Text, unique=True)
+    # The key's first characters, so a list can say which key it is without holding it.
+    hint: Mapped[str] = mapped_column(Text)
+    # Signs this owner's completion callbacks (Standard Webhooks, as OpenAI's SDK verifies them).
+    callback_secret: Mapped[str] = mapped_column(Text)
+    # Requests a minute for this key; NULL: the server's ORBATCH_API_RATE_PER_MINUTE.
+    rate_per_minute: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ApiFile(Base):
+    """A file as OpenAI's Files API shows it: an upload (bytes in `api_file_chunk`) or a batch's output."""
+
+    __tablename__ = "api_file"
+    __table_args__ = (
+        # Listing an owner's files in either order, with a cursor.
+        Index("api_file_owner_created_idx", "owner", "created_at", "id"),
+        Index("api_file_expires_idx", "expires_at", postgresql_where=text("expires_at IS NOT NULL")),
+        Index("api_file_batch_idx", "batch_id", postgresql_where=text("batch_id IS NOT NULL")),
+    )
+
+    id: Mapped[str] = mapped_column(Text, primary_key=True)
+    owner: Mapped[str] = mapped_column(Text)
+    filename: Mapped[str] = mapped_column(Text)
+    purpose: Mapped[str] = mapped_column(Text)
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    # sha256 of an upload's bytes: a batch's source identity, as for a file on disk.
+    sha256: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # For a batch's output or error file: the batch, and which of the two. Its bytes are made from the
+    # result rows when it is downloaded, never stored.
+    batch_id: Mapped[str | None] = mapped_column(Text, ForeignKey("batch.id", ondelete="CASCADE"))
+    kind: Mapped[str | None] = mapped_column(Text)
+
+
+class ApiFileChunk(Base):
+    """One piece of an uploaded file's bytes, in order."""
+
+    __tablename__ = "api_file_chunk"
+
+    file_id: Mapped[str] = mapped_column(
+        Text, ForeignKey("api_file.id", ondelete="CASCADE"), primary_key=True
+    )
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class ApiBatch(Base):
+    """What a batch created through the API adds: its owner, input file, window, errors and output files."""
+
+    __tablename__ = "api_batch"
+    __table_args__ = (
+        Index("api_batch_owner_created_idx", "owner", "created_at", "batch_id"),
+        # Batches whose output files are still to be made once they end: the active ones, a few.
+        Index("api_batch_unfinalized_idx", "batch_id", postgresql_where=text("finalized_at IS NULL")),
+    )
+
+    batch_id: Mapped[str] = mapped_column(Text, ForeignKey("batch.id", ondelete="CASCADE"), primary_key=True)
+    owner: Mapped[str] = mapped_column(Text)
+    input_file_id: Mapped[str] = mapped_column(Text)
+    endpoint: Mapped[str] = mapped_column(Text)
+    completion_window: Mapped[str] = mapped_column(Text)
+    # OpenAI's `errors.data` of a batch whose file had bad lines.
+    errors: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONB)
+    callback_url: Mapped[str | None] = mapped_column(Text)
+    # `output_expires_after.seconds`: the output and error files expire this long after they are made.
+    output_expires_seconds: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    # When the batch's output and error files were made after it ended; NULL while it runs (and again if
+    # `retry --failed` reopens it).
+    finalized_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    output_file_id: Mapped[str | None] = mapped_column(Text)
+    error_file_id: Mapped[str | None] = mapped_column(Text)
+
+
+class ApiCallback(Base):
+    """A batch's completion callback: one per batch, claimed by one API instance at a time until delivered."""
+
+    __tablename__ = "api_callback"
+    __table_args__ = (
+        Index(
+            "api_callback_due_idx",
+            "next_at",
+            postgresql_where=text("delivered_at IS NULL AND given_up_at IS NULL"),
+        ),
+    )
+
+    batch_id: Mapped[str] = mapped_column(Text, ForeignKey("batch.id", ondelete="CASCADE"), primary_key=True)
+    url: Mapped[str] = mapped_column(Text)
+    # The final batch object, as sent every time (the same bytes make the same signature on a retry).
+    payload: Mapped[str] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    next_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    claimed_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    given_up_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())

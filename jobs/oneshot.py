@@ -32,7 +32,7 @@ from jobs.submit import SubmitOptions
 from jobs.terminal import say
 from worker.plan import WorkerPlan
 
-__all__ = ["RunPlan", "run_file"]
+__all__ = ["RunPlan", "run_file", "start_simulator"]
 
 # The key the simulator is called with: it checks that one is sent, not which.
 SIMULATOR_KEY = "sk-or-v1-simulator"
@@ -52,7 +52,8 @@ class RunPlan:
     simulator: bool
 
 
-async def _start_simulator(settings: Settings, stack: contextlib.AsyncExitStack, err: Console) -> Settings:
+async def start_simulator(settings: Settings, stack: contextlib.AsyncExitStack, err: Console) -> Settings:
+    """Serve the OpenRouter simulator on loopback for this process; the settings that point the worker at it."""
     from worker.simconfig import config_from_args
     from worker.simulator import API_PREFIX, Simulator, serve
 
@@ -81,7 +82,7 @@ async def run_file(settings: Settings, plan: RunPlan, err: Console) -> int:
     """Run the plan; returns the exit status (0 done, 3 some failed, 4 stopped, 130 interrupted)."""
     async with contextlib.AsyncExitStack() as stack:
         if plan.simulator:
-            settings = await _start_simulator(settings, stack, err)
+            settings = await start_simulator(settings, stack, err)
         await ensure_database(settings.database_url)
         await upgrade(settings.database_url)
         engine = create_engine(settings.database_url, pool_size=2)

@@ -29,7 +29,7 @@ from jobs.eta import Estimate, FreeLimits, RateMeter, estimate, format_duration
 from jobs.fleet import BreakerState, limits_key, read_breaker
 from jobs.settings import Settings
 from jobs.sql import sql
-from jobs.states import BatchStatus, PauseReason
+from jobs.states import TERMINAL_BATCH_STATUSES, BatchStatus, PauseReason
 from jobs.status import BatchSummary, batch_summary
 
 __all__ = [
@@ -174,7 +174,7 @@ def needs_action(summary: BatchSummary) -> bool:
 
 def finished(summary: BatchSummary) -> bool:
     """True once every request of the batch has its final state."""
-    return summary.status in (BatchStatus.COMPLETED, BatchStatus.FAILED, BatchStatus.CANCELLED)
+    return summary.status in TERMINAL_BATCH_STATUSES
 
 
 def exit_status(summary: BatchSummary) -> int:

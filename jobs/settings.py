@@ -124,6 +124,27 @@ class Settings(BaseSettings):
     # A worker records its heartbeat in Redis this often; it lapses after HEARTBEAT_MISSED_BEATS missed beats, so
     # a killed worker leaves `orbatch workers` within a few of these.
     heartbeat_seconds: float = Field(5.0, gt=0, le=300)
+    # `orbatch serve`. An upload over this many bytes is refused (413); OpenAI's limit for batch files.
+    max_upload_bytes: int = Field(200 * 1000 * 1000, ge=1)
+    # An upload that sends nothing for this long is dropped (408) and nothing of it kept.
+    upload_idle_seconds: float = Field(30.0, gt=0)
+    # Requests a minute each key may make (429 beyond); None: no limit. `keys create --rate-limit` sets one
+    # key's own.
+    api_rate_per_minute: int | None = Field(None, ge=1)
+    # Host patterns (`hooks.example.com`, `*.example.com`, `127.0.0.1:9000`) a completion callback may be
+    # sent to; empty: callbacks are refused. Anything else could turn the server against internal addresses.
+    callback_allow: str = ""
+    # The first retry of a failed callback waits this long; each next one twice as long.
+    callback_retry_base_seconds: float = Field(2.0, gt=0)
+    # How long an API instance trusts a key it looked up; for as long again it still does while it looks it
+    # up anew, so a revoked key stops working within twice this, and a client polling costs no key query
+    # per poll. 0: every request looks its key up.
+    api_key_cache_seconds: float = Field(1.0, ge=0)
+    # How long an API instance answers a batch's GET from the object it last read: fifty clients polling one
+    # batch then cost one read a second, not fifty. 0: every GET reads.
+    api_batch_cache_seconds: float = Field(1.0, ge=0)
+    # Postgres connections one API process opens at most.
+    api_db_pool: int = Field(10, ge=2, le=1000)
 
     @model_validator(mode="after")
     def _safe_upstream(self) -> Settings:

@@ -5,6 +5,13 @@ from __future__ import annotations
 import enum
 
 __all__ = ["BatchStatus", "Outcome", "PauseReason", "RequestStatus"]
+__all__ = [
+    "TERMINAL_BATCH_STATUSES",
+    "BatchStatus",
+    "Outcome",
+    "PauseReason",
+    "RequestStatus",
+]
 
 
 class BatchStatus(enum.StrEnum):
@@ -18,6 +25,18 @@ class BatchStatus(enum.StrEnum):
     FAILED = "failed"
     CANCELLING = "cancelling"
     CANCELLED = "cancelled"
+    # Past its completion window (a batch created through the API): unfinished requests were cancelled,
+    # finished ones are kept.
+    EXPIRED = "expired"
+
+
+# A batch in one of these runs no more calls; only `retry --failed` reopens a completed one.
+TERMINAL_BATCH_STATUSES = (
+    BatchStatus.COMPLETED,
+    BatchStatus.FAILED,
+    BatchStatus.CANCELLED,
+    BatchStatus.EXPIRED,
+)
 
 
 class PauseReason(enum.StrEnum):

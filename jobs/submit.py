@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -35,6 +35,9 @@ __all__ = [
 ]
 
 ProgressFn = Callable[[int], None]
+# Called inside submit's transaction once the batch and its requests are stored, with the batch id: what
+# is written there commits, or rolls back, with the batch.
+StoredHook = Callable[[AsyncConnection, str], Awaitable[None]]
 
 
 @dataclass(slots=True, frozen=True)
@@ -62,10 +65,13 @@ class SubmitOptions:
     metadata: dict[str, str] | None = None
     # Body parameters every request gets unless its line sets them (`--temperature`, `--param k=v`).
     defaults: dict[str, Any] = field(default_factory=dict)
+    # The API owner the batch is made for; None for the CLI's batches, which no API owner's ever match.
+    owner: str | None = None
 
     def identity(self) -> dict[str, Any]:
         """The options that make a batch what it is: the same file with these gives the same batch."""
         return {
+            **({"owner": self.owner} if self.owner is not None else {}),
             "models": self.models,
             "max_attempts": self.max_attempts,
             "free_only": self.free_only,
@@ -146,7 +152,7 @@ def fingerprint(models: list[str], body: dict[str, Any]) -> str:
 # The batch a re-submitted file already is: the same bytes and options, and not one that was stopped for good.
 _SAME_BATCH = sql(
     "SELECT id, total, invalid_lines FROM batch WHERE source_sha256 = :sha AND options = CAST(:options AS jsonb)"
-    " AND status NOT IN ({B.CANCELLING}, {B.CANCELLED}, {B.FAILED}) ORDER BY created_at DESC LIMIT 1"
+    " AND status NOT IN ({B.CANCELLING}, {B.CANCELLED}, {B.FAILED}, {B.EXPIRED}) ORDER BY created_at DESC LIMIT 1"
 )
 
 _Row = tuple[int, str, str, list[str] | None, str | None, str | None]
@@ -171,11 +177,16 @@ def _row(raw: bytes, line_no: int, options: SubmitOptions) -> _Row | None:
     if parsed is None:
         return None
     if parsed.models is None and not options.models:
-        raise LineError(line_no, 'no model: pass --models or give the line a "model" or "models"')
+        raise LineError(
+            line_no,
+            'no model: give the batch a model chain (--models, or `models` through the API) or the line a "model"'
+            ' or "models"',
+            "missing_required_parameter",
+        )
     if parsed.models is not None:
         problem = model_problem(parsed.models, options)
         if problem:
-            raise LineError(line_no, problem)
+            raise LineError(line_no, problem, "invalid_model")
     body = {**options.defaults, **parsed.body} if options.defaults else parsed.body
     if options.free_only:
         problem = free_only_problem(body)
@@ -204,7 +215,9 @@ async def _records(
                 if raw is None:
                     errors.add(
                         LineError(
-                            line_no, f"longer than the {options.max_line_bytes} byte limit for one line"
+                            line_no,
+                            f"longer than the {options.max_line_bytes} byte limit for one line",
+                            "line_too_long",
                         )
                     )
                     continue
@@ -241,7 +254,9 @@ async def _duplicates(conn: AsyncConnection, errors: _LineErrors) -> int:
     for line_no, custom_id, first, _ in rows:
         errors.add(
             LineError(
-                line_no, f"duplicate custom_id {orjson.dumps(custom_id).decode()} (first on line {first})"
+                line_no,
+                f"duplicate custom_id {orjson.dumps(custom_id).decode()} (first on line {first})",
+                "duplicate_custom_id",
             )
         )
     if not rows:
@@ -258,7 +273,11 @@ async def submit_file(
 
 
 async def submit_source(
-    engine: AsyncEngine, source: Source, options: SubmitOptions, progress: ProgressFn | None = None
+    engine: AsyncEngine,
+    source: Source,
+    options: SubmitOptions,
+    progress: ProgressFn | None = None,
+    on_stored: StoredHook | None = None,
 ) -> SubmitReport:
     """Create a batch from the source in one transaction; raises SubmitError and stores nothing on bad lines."""
     sha256 = source.sha256
@@ -339,4 +358,6 @@ async def submit_source(
                 started_at=text("now()"),
             )
         )
+        if on_stored is not None:
+            await on_stored(conn, batch_id)
     return SubmitReport(batch_id=batch_id, total=total, invalid=errors.count, errors=errors.kept)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 from datetime import UTC, datetime
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -21,6 +22,7 @@ from jobs.usage import UsageLine, UsageReport
 __all__ = [
     "batches_table",
     "err",
+    "keys_table",
     "out",
     "say",
     "say_error",
@@ -146,5 +148,19 @@ def workers_table(beats: list[Heartbeat], now: datetime | None = None) -> Table:
             format_duration((now - beat.started_at).total_seconds()),
             idle if beat.last_activity is None else f"{idle} ago",
             state,
+        )
+    return table
+
+
+def keys_table(rows: list[dict[str, Any]]) -> Table:
+    """The API's keys: owner, the key's first characters, rate limit, made and revoked."""
+    table = Table("owner", "key", "rate limit", "created", "revoked")
+    for row in rows:
+        table.add_row(
+            Text(row["name"]),
+            Text(row["hint"]),
+            Text("server default" if row["rate_per_minute"] is None else f"{row['rate_per_minute']}/min"),
+            Text(row["created_at"][:19]),
+            Text("" if row["revoked_at"] is None else row["revoked_at"][:19], style="red"),
         )
     return table

@@ -59,6 +59,33 @@ def test_compose_sets_the_variables_the_settings_read(monkeypatch: pytest.Monkey
     assert settings.concurrency == 16
 
 
+def test_compose_has_an_api_on_loopback_that_leaves_the_work_to_the_workers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    services = compose()["services"]
+    api = services["api"]
+    assert api["image"] == services["worker"]["image"]
+    # The API serves the fleet's batches; it runs none itself, and never without a key (--no-auth is absent).
+    assert api["command"][0] == "serve"
+    assert "--no-worker" in api["command"]
+    assert "--no-auth" not in api["command"]
+    assert api["command"][api["command"].index("--host") + 1] == "0.0.0.0"  # noqa: S104 (inside its container; published on loopback)
+    assert api["ports"] == ["127.0.0.1:${ORBATCH_API_PORT:-8000}:8000"]
+    assert api["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+    assert api["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert "healthcheck" in api
+    for name, value in api["environment"].items():
+        match = re.fullmatch(r"\$\{\w+:-(.*)\}", str(value))
+        monkeypatch.setenv(name, match.group(1) if match else str(value))
+    settings = Settings()
+    assert (settings.database_url, settings.redis_url) == (
+        "postgresql://orbatch:orbatch@postgres:5432/orbatch",
+        "redis://redis:6379/0",
+    )
+    assert settings.max_upload_bytes == 200_000_000
+    assert settings.callback_allow == ""
+
+
 def test_the_image_copies_every_package_and_runs_orbatch() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
     for part in (

@@ -93,7 +93,8 @@ async def test_a_line_without_any_model_is_a_bad_line(engine: AsyncEngine, tmp_p
     with pytest.raises(SubmitError) as caught:
         await submit_file(engine, path, SubmitOptions())
     assert [str(e) for e in caught.value.errors] == [
-        'LINE 2: no model: pass --models or give the line a "model" or "models"'
+        "LINE 2: no model: give the batch a model chain (--models, or `models` through the API) or the line a"
+        ' "model" or "models"'
     ]
 
 

@@ -1,0 +1,88 @@
+"""The ASGI application: OpenAI's Files and Batches API under `/v1`, its OpenAPI document and docs pages."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+from collections.abc import AsyncIterator
+
+import httpx
+from fastapi import FastAPI
+
+from jobs.api import batches, files
+from jobs.api.cache import BatchCache
+from jobs.api.errors import install_error_handlers
+from jobs.api.maintenance import maintain
+from jobs.api.middleware import BodyGuard
+from jobs.api.state import ApiState
+from jobs.constants import CALLBACK_TIMEOUT_SECONDS
+from jobs.db import create_engine
+from jobs.queue import connect
+from jobs.settings import Settings
+
+__all__ = ["create_app"]
+
+_DESCRIPTION = """
+OpenAI's Batch API in front of OpenRouter: upload a JSONL file of chat requests (`POST /v1/files`), create a
+batch from it (`POST /v1/batches`), poll it, and download its output and error files. Point the official
+`openai` SDK at `http://HOST:PORT/v1` with an orbatch key (`orbatch keys create NAME`).
+
+Every error has OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`. A batch carries orbatch's
+own fields (cost in USD, model chain, pause reason) under `orbatch`.
+"""
+
+
+def create_app(settings: Settings, *, no_auth: bool = False, maintenance: bool = True) -> FastAPI:
+    """The application over the services the settings name; `no_auth` serves every request as `local`.
+
+    `maintenance` runs the finalizer, callbacks and file expiry in this process (every instance may).
+    """
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # No pre-ping: it would add three round trips to every request; a lost connection is a 503 once and
+        # recycles the pool. Uploads and downloads hold a connection while they stream, so the pool may
+        # overflow to twice its size before a request waits.
+        engine = create_engine(settings.database_url, pool_size=settings.api_db_pool, pre_ping=False)
+        redis = await connect(settings.redis_url, settings.queue_name, patient=False)
+        # Callbacks go only where the allow list says: no proxies from the environment, no redirects.
+        client = httpx.AsyncClient(timeout=CALLBACK_TIMEOUT_SECONDS, follow_redirects=False, trust_env=False)
+        app.state.api = ApiState(
+            settings=settings,
+            engine=engine,
+            reads=engine.execution_options(isolation_level="AUTOCOMMIT"),
+            redis=redis,
+            batches=BatchCache(settings.api_batch_cache_seconds),
+            no_auth=no_auth,
+        )
+        task = asyncio.create_task(maintain(engine, client, settings)) if maintenance else None
+        # Everything made so far (modules, the app, its clients) lives as long as the process: kept out of
+        # the collector's full passes, which otherwise stall every request for tens of milliseconds.
+        gc.collect()
+        gc.freeze()
+        try:
+            yield
+        finally:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await client.aclose()
+            await redis.aclose()
+            await engine.dispose()
+
+    app = FastAPI(
+        title="orbatch",
+        summary="OpenAI's Batch API over OpenRouter",
+        description=_DESCRIPTION,
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    app.add_middleware(
+        BodyGuard, max_upload_bytes=settings.max_upload_bytes, idle_seconds=settings.upload_idle_seconds
+    )
+    app.include_router(files.router, prefix="/v1")
+    app.include_router(batches.router, prefix="/v1")
+    return app

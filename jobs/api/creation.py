@@ -1,0 +1,300 @@
+"""`POST /v1/batches`: a stored file becomes a batch, through the same submit as `orbatch submit`.
+
+The request's parameters are checked first (400 for each, naming it). The file is then validated and stored
+line by line in one transaction, exactly as a file on disk is; the API's own row (owner, input file, window,
+callback) is written inside that transaction, so a batch never exists without its owner. A file with bad
+lines makes a `failed` batch whose `errors` list them, as OpenAI reports them, and nothing of it runs.
+Each create is a new batch, as with OpenAI, even for a file already used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from dataclasses import replace
+from decimal import Decimal
+from typing import Any
+
+import httpx
+import orjson
+from redis.exceptions import RedisError
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from jobs.api.callbacks import check_callback_url
+from jobs.api.keys import Caller, callback_secret
+from jobs.api.schemas import BatchCreate
+from jobs.api.state import ApiState
+from jobs.api.storage import StoredSource
+from jobs.catalog import load_catalog
+from jobs.constants import (
+    MAX_COMPLETION_WINDOW_SECONDS,
+    METADATA_KEY_MAX_CHARS,
+    METADATA_MAX_PAIRS,
+    METADATA_VALUE_MAX_CHARS,
+    MIN_COMPLETION_WINDOW_SECONDS,
+)
+from jobs.errors import BadInput, NotFound, Unprocessable
+from jobs.feeder import feed
+from jobs.input_format import BATCH_URL, parse_models
+from jobs.logs import get_logger
+from jobs.submit import SubmitError, SubmitOptions, model_problem, new_batch_id, submit_source
+
+__all__ = ["batch_errors", "create_batch", "window_seconds"]
+
+log = get_logger(__name__)
+
+_WINDOW = re.compile(r"([1-9][0-9]{0,4})([hd])")
+
+
+def window_seconds(window: str) -> int:
+    """A completion window (`24h`, `48h`, `7d`) in seconds; BadInput for anything else."""
+    match = _WINDOW.fullmatch(window)
+    seconds = 0 if match is None else int(match.group(1)) * (3600 if match.group(2) == "h" else 86400)
+    if not MIN_COMPLETION_WINDOW_SECONDS <= seconds <= MAX_COMPLETION_WINDOW_SECONDS:
+        raise BadInput(
+            f"Invalid value for 'completion_window': {window[:32]!r}. Give hours or days from 24h to 30d, "
+            "such as '24h' (OpenAI's only window), '48h' or '7d'.",
+            param="completion_window",
+            code="invalid_value",
+        )
+    return seconds
+
+
+def _metadata(metadata: dict[str, str] | None) -> dict[str, str] | None:
+    if metadata is None:
+        return None
+    if len(metadata) > METADATA_MAX_PAIRS:
+        raise BadInput(
+            f"metadata has {len(metadata)} pairs; at most {METADATA_MAX_PAIRS} are allowed",
+            param="metadata",
+            code="invalid_value",
+        )
+    for key, value in metadata.items():
+        if len(key) > METADATA_KEY_MAX_CHARS or len(value) > METADATA_VALUE_MAX_CHARS:
+            raise BadInput(
+                f"metadata keys are at most {METADATA_KEY_MAX_CHARS} characters and values at most "
+                f"{METADATA_VALUE_MAX_CHARS}; {key[:METADATA_KEY_MAX_CHARS]!r} is longer",
+                param=f"metadata.{key[:METADATA_KEY_MAX_CHARS]}",
+                code="invalid_value",
+            )
+    return metadata
+
+
+def _models(value: list[str] | str | None) -> list[str]:
+    if value is None:
+        return []
+    items = [m for m in value.split(",") if m.strip()] if isinstance(value, str) else value
+    try:
+        return parse_models(items, "models")
+    except ValueError as exc:
+        raise BadInput(str(exc), param="models", code="invalid_value") from None
+
+
+def _max_cost(value: Decimal | None) -> Decimal | None:
+    if value is not None and (not value.is_finite() or value <= 0):
+        raise BadInput(
+            f"max_cost must be an amount in USD above zero, got {value}",
+            param="max_cost",
+            code="invalid_value",
+        )
+    return value
+
+
+def batch_errors(exc: SubmitError) -> list[dict[str, Any]]:
+    """OpenAI's `errors.data` for a file that was refused: its first bad lines, then how many more."""
+    data: list[dict[str, Any]] = [
+        {"code": e.code or "invalid_request", "message": e.detail, "param": None, "line": e.line_no}
+        for e in exc.errors
+    ]
+    if not data:
+        code = "empty_file" if "no requests in the file" in exc.reason else "invalid_file"
+        data.append({"code": code, "message": exc.reason, "param": None, "line": None})
+    more = exc.invalid - len(exc.errors)
+    if exc.errors and more > 0:
+        data.append(
+            {
+                "code": "too_many_errors",
+                "message": f"... and {more} more bad lines",
+                "param": None,
+                "line": None,
+            }
+        )
+    return data
+
+
+async def _input_file(conn: AsyncConnection, owner: str, file_id: str) -> Any:
+    row = (
+        await conn.execute(
+            text(
+                "SELECT id, filename, purpose, sha256 FROM api_file WHERE id = :id AND owner = :owner"
+                " AND (expires_at IS NULL OR expires_at > now())"
+            ),
+            {"id": file_id, "owner": owner},
+        )
+    ).one_or_none()
+    if row is None:
+        raise NotFound(f"No such File object: {file_id[:100]}", param="input_file_id", code="file_not_found")
+    if row.purpose != "batch" or row.sha256 is None:
+        raise Unprocessable(
+            f"{file_id} has purpose {row.purpose!r}; a batch is made from a file uploaded with purpose 'batch'",
+            param="input_file_id",
+            code="invalid_file_purpose",
+        )
+    return row
+
+
+async def _known_models(state: ApiState) -> frozenset[str] | None:
+    settings = state.settings
+    key = settings.openrouter_api_key.get_secret_value() if settings.openrouter_api_key else None
+    try:
+        return frozenset(await load_catalog(state.engine, settings.openrouter_base_url, key))
+    except (httpx.HTTPError, OSError, ValueError) as exc:
+        log.warning("model ids not checked: OpenRouter's model list could not be read", error=str(exc))
+        return None
+
+
+_API_ROW = text(
+    """
+    INSERT INTO api_batch (batch_id, owner, input_file_id, endpoint, completion_window, errors, callback_url,
+                           output_expires_seconds, created_at)
+    SELECT b.id, :owner, :input_file_id, :endpoint, :window, CAST(:errors AS jsonb), :callback_url,
+           :output_expires, b.created_at
+    FROM batch b WHERE b.id = :batch_id
+    """
+)
+
+
+async def create_batch(state: ApiState, caller: Caller, body: BatchCreate) -> str:
+    """Make the batch the request describes and queue it; returns its id (a `failed` one for bad lines)."""
+    settings = state.settings
+    if body.endpoint != BATCH_URL:
+        raise BadInput(
+            f"Invalid value for 'endpoint': {body.endpoint[:64]!r}. orbatch runs {BATCH_URL} batches only.",
+            param="endpoint",
+            code="invalid_value",
+        )
+    window = window_seconds(body.completion_window)
+    metadata = _metadata(body.metadata)
+    callback_url = body.callback_url or (metadata or {}).get("callback_url")
+    models = _models(body.models)
+    options = SubmitOptions(
+        models=models,
+        name=(metadata or {}).get("name"),
+        max_attempts=body.max_attempts or settings.max_attempts,
+        free_only=body.free_only,
+        max_cost=_max_cost(body.max_cost),
+        new=True,
+        dedupe=body.dedupe,
+        owner=caller.owner,
+    )
+    async with state.reads.connect() as conn:
+        if callback_url is not None:
+            check_callback_url(callback_url, settings)
+            if await callback_secret(conn, caller.owner) is None:
+                raise BadInput(
+                    f"{caller.owner!r} has no secret to sign callbacks with: `orbatch keys create "
+                    f"{caller.owner}` makes one",
+                    param="callback_url",
+                    code="callback_not_allowed",
+                )
+        file = await _input_file(conn, caller.owner, body.input_file_id)
+    options = replace(options, known_models=await _known_models(state))
+    problem = model_problem(models, options)
+    if problem:
+        raise BadInput(problem, param="models", code="invalid_value")
+    row = {
+        "owner": caller.owner,
+        "input_file_id": file.id,
+        "endpoint": body.endpoint,
+        "window": body.completion_window,
+        "callback_url": callback_url,
+        "output_expires": None if body.output_expires_after is None else body.output_expires_after.seconds,
+        "errors": None,
+    }
+
+    async def stored(conn: AsyncConnection, batch_id: str) -> None:
+        await conn.execute(
+            text(
+                "UPDATE batch SET metadata = CAST(:metadata AS jsonb),"
+                " expires_at = created_at + make_interval(secs => :window) WHERE id = :id"
+            ),
+            {"id": batch_id, "metadata": _json(metadata), "window": window},
+        )
+        await conn.execute(_API_ROW, {**row, "batch_id": batch_id})
+
+    source = StoredSource(state.engine, file.id, file.filename, f"{file.id} ({file.filename})", file.sha256)
+    try:
+        report = await submit_source(state.engine, source, options, on_stored=stored)
+    except SubmitError as exc:
+        return await _failed_batch(
+            state, options, source, metadata, window, {**row, "errors": batch_errors(exc)}, exc
+        )
+    # The batch is stored: the answer need not wait for its first requests to be queued (a worker's feeder
+    # queues them within ORBATCH_FEED_INTERVAL anyway).
+    task = asyncio.create_task(_queue(state, report.batch_id))
+    _FEEDING.add(task)
+    task.add_done_callback(_FEEDING.discard)
+    return report.batch_id
+
+
+# Feeding tasks still running, held so that none is collected half done.
+_FEEDING: set[asyncio.Task[None]] = set()
+
+
+async def _queue(state: ApiState, batch_id: str) -> None:
+    settings = state.settings
+    try:
+        await feed(state.engine, state.redis, settings.queue_name, settings.feed_window, batch_id=batch_id)
+    except (OSError, RedisError) as exc:
+        # Postgres holds the batch; any worker's feeder queues it once Redis is reachable.
+        log.warning("batch stored but not queued yet: Redis unreachable", batch=batch_id, error=str(exc))
+    except Exception as exc:  # a worker's feeder queues it on its next tick
+        log.warning("batch stored but not queued yet", batch=batch_id, error=f"{type(exc).__name__}: {exc}")
+
+
+def _json(value: Any) -> str | None:
+    return None if value is None else orjson.dumps(value).decode()
+
+
+async def _failed_batch(
+    state: ApiState,
+    options: SubmitOptions,
+    source: StoredSource,
+    metadata: dict[str, str] | None,
+    window: int,
+    row: dict[str, Any],
+    exc: SubmitError,
+) -> str:
+    """A batch that failed validation: its errors, no requests, finished at once."""
+    batch_id = new_batch_id()
+    async with state.engine.begin() as conn:
+        await conn.execute(
+            text(
+                """
+                INSERT INTO batch (id, name, status, models, max_attempts, free_only, max_cost, dedupe, options,
+                                   metadata, source_name, source_sha256, total, invalid_lines, finished_at,
+                                   expires_at)
+                VALUES (:id, :name, 'failed', :models, :max_attempts, :free_only, :max_cost, :dedupe,
+                        CAST(:options AS jsonb), CAST(:metadata AS jsonb), :source_name, :sha256, 0, :invalid,
+                        now(), now() + make_interval(secs => :window))
+                """
+            ),
+            {
+                "id": batch_id,
+                "name": options.name,
+                "models": options.models,
+                "max_attempts": options.max_attempts,
+                "free_only": options.free_only,
+                "max_cost": options.max_cost,
+                "dedupe": options.dedupe,
+                "options": _json(options.identity()),
+                "metadata": _json(metadata),
+                "source_name": source.name,
+                "sha256": source.sha256,
+                "invalid": exc.invalid,
+                "window": window,
+            },
+        )
+        await conn.execute(_API_ROW, {**row, "errors": _json(row["errors"]), "batch_id": batch_id})
+    return batch_id

@@ -1,0 +1,40 @@
+"""What every request of one running API shares: its settings, the database engine and Redis."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from arq.connections import ArqRedis
+from fastapi import Request
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from jobs.api.cache import BatchCache
+from jobs.api.keys import Caller
+from jobs.settings import Settings
+
+__all__ = ["ApiState", "api_state"]
+
+
+@dataclass(slots=True)
+class ApiState:
+    """The shared clients of one app, made when it starts and closed when it stops."""
+
+    settings: Settings
+    # Transactions (uploads, creates, deletes).
+    engine: AsyncEngine
+    # The same pool in autocommit, for the reads a request makes: one round trip per statement, instead of
+    # BEGIN, the statement and a ROLLBACK.
+    reads: AsyncEngine
+    redis: ArqRedis
+    # Batch objects read lately, shared by the clients polling them.
+    batches: BatchCache
+    # Every request acts as the one owner `local` (a loopback-only server started with --no-auth).
+    no_auth: bool
+    # Keys seen lately (by digest), with when they were looked up: a poller's key costs no query per poll.
+    known_keys: dict[str, tuple[float, Caller]] = field(default_factory=dict)
+
+
+def api_state(request: Request) -> ApiState:
+    """The state of the app serving this request."""
+    state: ApiState = request.app.state.api
+    return state
