@@ -14,6 +14,7 @@ __all__ = [
     "CALLBACK_SECRET_PREFIX",
     "CALLBACK_TIMEOUT_SECONDS",
     "CALL_SECONDS_BUCKETS",
+    "CHART_SPANS",
     "CREDITED_DAILY_REQUESTS",
     "EMBEDDED_REDIS_START_SECONDS",
     "ERROR_MESSAGE_MAX_CHARS",
@@ -49,6 +50,9 @@ __all__ = [
     "MIN_COMPLETION_WINDOW_SECONDS",
     "MODEL_LABEL_RECHECK_SECONDS",
     "NO_AUTH_OWNER",
+    "PAGE_BATCHES",
+    "PAGE_RATE_MINUTES",
+    "PAGE_REFRESH_SECONDS",
     "PERSIST_DEADLINE_SECONDS",
     "PLAIN_PROGRESS_SECONDS",
     "QUOTA_HOLD_SECONDS",
@@ -58,6 +62,9 @@ __all__ = [
     "REQUEUE_AFTER_SECONDS",
     "RUN_REQUEST_FUNCTION",
     "RUN_SIMULATOR_ARGS",
+    "SESSION_COOKIE",
+    "SESSION_KEY",
+    "SESSION_SECONDS",
     "STAGING_COPY_BYTES",
     "STAGING_COPY_CHUNK",
     "SWEEP_SECONDS",
@@ -235,3 +242,19 @@ CALLBACK_RETRY_MAX_SECONDS = 900.0
 CALLBACK_TIMEOUT_SECONDS = 10.0
 # An instance sending a callback holds it this long; one that died mid-send loses it to another after that.
 CALLBACK_CLAIM_SECONDS = 60.0
+# --- the dashboard (`orbatch serve`'s pages) --------------------------------------------------------------
+# A batch's rate on its page: requests finished over this many whole minutes back, from the minute tally (a
+# few rows), long enough to smooth the free tier's bursts, short enough to show a stall within minutes.
+PAGE_RATE_MINUTES = 5
+# Batches per page of the list: a screen's worth, and each one a handful of tally rows to sum.
+PAGE_BATCHES = 20
+# Pages ask for their fresh part this often while open and visible; each ask is a few indexed reads.
+PAGE_REFRESH_SECONDS = 2
+# A chart spans a batch's whole life in at most this many bars or points: enough to see a stall or a pause,
+# and the minute tally is read in as many groups whatever the batch's age.
+CHART_SPANS = 120
+# A signed-in browser's session: `<queue>:session:<sha256 of its cookie>` holds the key's digest and the
+# session's form token, for a working day; the key's revoke ends it at the next page.
+SESSION_KEY = "{queue}:session:{digest}"
+SESSION_SECONDS = 12 * 3600
+SESSION_COOKIE = "orbatch_session"

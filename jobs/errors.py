@@ -13,6 +13,7 @@ from jobs.constants import EXIT_INTERRUPTED, EXIT_STOPPED
 __all__ = [
     "BadInput",
     "Conflict",
+    "Forbidden",
     "HeadersTooLarge",
     "Interrupted",
     "MethodNotAllowed",
@@ -99,6 +100,13 @@ class Unauthorized(BadInput):
     def headers(self) -> dict[str, str]:
         """The scheme a client must use, as RFC 9110 asks of a 401."""
         return {"WWW-Authenticate": 'Bearer realm="orbatch"'}
+
+
+class Forbidden(BadInput):
+    """A request the caller may not make this way: a form posted from another site, a page on a foreign host."""
+
+    http_status = 403
+    error_type = "permission_error"
 
 
 class MethodNotAllowed(BadInput):

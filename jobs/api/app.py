@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import httpx
 from fastapi import FastAPI
 
-from jobs.api import batches, files
+from jobs.api import batches, files, pages, scrape
 from jobs.api.cache import BatchCache
 from jobs.api.errors import install_error_handlers
 from jobs.api.maintenance import maintain
@@ -24,7 +24,7 @@ from jobs.settings import Settings
 __all__ = ["create_app"]
 
 _DESCRIPTION = """
-OpenAI's Batch API in front of OpenRouter: upload a JSONL file of chat requests (`POST /v1/files`), create a
+OpenAI's Batch API in front of OpenRouter (and, at `/`, a dashboard of the batches and the fleet): upload a JSONL file of chat requests (`POST /v1/files`), create a
 batch from it (`POST /v1/batches`), poll it, and download its output and error files. Point the official
 `openai` SDK at `http://HOST:PORT/v1` with an orbatch key (`orbatch keys create NAME`).
 
@@ -85,4 +85,7 @@ def create_app(settings: Settings, *, no_auth: bool = False, maintenance: bool =
     )
     app.include_router(files.router, prefix="/v1")
     app.include_router(batches.router, prefix="/v1")
+    app.include_router(scrape.router)
+    app.include_router(pages.router)
+    pages.mount_static(app)
     return app

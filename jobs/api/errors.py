@@ -1,4 +1,5 @@
-"""The one place an error becomes an HTTP answer: OpenAI's `{"error": {...}}` with the error's own status.
+"""The one place an error becomes an HTTP answer: OpenAI's `{"error": {...}}` with the error's own status, or
+for a browser on a dashboard page, that page's error page (a sign-in form for a 401).
 
 Routes only raise `OrbatchError`s. What the framework or a service raises (a body that does not validate, an
 unknown path, Postgres or Redis unreachable, a bug) is first turned into the `OrbatchError` it means, so
@@ -129,6 +130,11 @@ async def _handle(request: Request, exc: Exception) -> Response:
             path=request.url.path,
             error=f"{type(exc).__name__}: {exc}",
         )
+    # Late: the pages import the API's auth, which imports this module's neighbours.
+    from jobs.api.pages import error_page, wants_page
+
+    if wants_page(request):
+        return error_page(request, error)
     return error_response(error)
 
 

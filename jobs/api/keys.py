@@ -20,6 +20,7 @@ __all__ = [
     "KeyInfo",
     "NewKey",
     "callback_secret",
+    "caller_of_digest",
     "create_key",
     "digest",
     "find_caller",
@@ -151,9 +152,14 @@ async def revoke_key(engine: AsyncEngine, name: str) -> None:
 
 async def find_caller(conn: AsyncConnection, key: str) -> Caller | None:
     """The owner a live key acts as; None for an unknown or revoked key."""
+    return await caller_of_digest(conn, digest(key))
+
+
+async def caller_of_digest(conn: AsyncConnection, key_digest: str) -> Caller | None:
+    """The owner of the live key with this digest (a signed-in browser's); None once it is revoked."""
     row = (
         await conn.execute(
-            text("SELECT name, rate_per_minute FROM api_key WHERE digest = :digest"), {"digest": digest(key)}
+            text("SELECT name, rate_per_minute FROM api_key WHERE digest = :digest"), {"digest": key_digest}
         )
     ).one_or_none()
     return None if row is None else Caller(row.name, row.rate_per_minute)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass, field
 
 from arq.connections import ArqRedis
@@ -32,6 +33,9 @@ class ApiState:
     no_auth: bool
     # Keys seen lately (by digest), with when they were looked up: a poller's key costs no query per poll.
     known_keys: dict[str, tuple[float, Caller]] = field(default_factory=dict)
+    # The form token of the dashboard's pages on a `--no-auth` server (signed-in browsers carry their session's):
+    # a form posted from another site cannot know it.
+    form_token: str = field(default_factory=lambda: secrets.token_urlsafe(32))
 
 
 def api_state(request: Request) -> ApiState:

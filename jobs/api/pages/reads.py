@@ -1,0 +1,284 @@
+"""What the dashboard reads from Postgres: batches with their tallies, never a scan of a batch's requests.
+
+Every statement here reads `batch` rows and the tally tables the triggers keep (a few shard rows per batch,
+model, error code, try count or minute), so a page costs the same for a batch of ten requests or a million.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from jobs.constants import NO_AUTH_OWNER, PAGE_RATE_MINUTES
+
+__all__ = [
+    "BatchLine",
+    "BatchTallies",
+    "ErrorLine",
+    "MinuteLine",
+    "ModelLine",
+    "read_batch",
+    "read_batch_page",
+    "read_tallies",
+]
+
+_COUNTS = ("pending", "running", "completed", "failed", "cancelled")
+
+# A batch with its summed tally and the requests it finished over the last few whole minutes (its rate).
+# `:owner` NULL reads every batch (the operator's own loopback server); else the owner's API batches only.
+_BATCHES = f"""
+    SELECT b.id, b.name, b.status, b.pause_reason, b.pause_message, b.resume_at, b.models, b.simulated,
+           b.max_cost, b.created_at, b.started_at, b.finished_at, b.total,
+           {", ".join(f"t.{c}" for c in _COUNTS)}, t.calls, t.cost, t.prompt_tokens, t.completion_tokens,
+           m.recent, m.since, f.free_served
+    FROM batch b
+    LEFT JOIN api_batch a ON a.batch_id = b.id
+    LEFT JOIN LATERAL (
+        SELECT {", ".join(f"coalesce(sum(s.{c}), 0) AS {c}" for c in _COUNTS)},
+               coalesce(sum(s.calls), 0) AS calls, coalesce(sum(s.cost), 0) AS cost,
+               coalesce(sum(s.prompt_tokens), 0) AS prompt_tokens,
+               coalesce(sum(s.completion_tokens), 0) AS completion_tokens
+        FROM batch_tally s WHERE s.batch_id = b.id
+    ) t ON true
+    LEFT JOIN LATERAL (
+        SELECT coalesce(sum(mt.answers + mt.failed), 0) AS recent,
+               date_trunc('minute', now()) - interval '{PAGE_RATE_MINUTES} minutes' AS since
+        FROM batch_minute_tally mt
+        WHERE mt.batch_id = b.id
+          AND mt.minute >= date_trunc('minute', now()) - interval '{PAGE_RATE_MINUTES} minutes'
+    ) m ON true
+    LEFT JOIN LATERAL (
+        SELECT bool_and(ft.model LIKE '%:free') AS free_served
+        FROM batch_model_tally ft WHERE ft.batch_id = b.id AND ft.model <> '' AND ft.answers > 0
+    ) f ON true
+    WHERE (CAST(:owner AS text) IS NULL OR a.owner = :owner)
+"""  # noqa: S608 - built from this module's constants; values are bound parameters
+
+_PAGE = text(
+    _BATCHES
+    + """
+      AND (CAST(:before_at AS timestamptz) IS NULL OR (b.created_at, b.id) < (:before_at, :before_id))
+    ORDER BY b.created_at DESC, b.id DESC LIMIT :limit
+    """
+)
+_ONE = text(_BATCHES + " AND b.id = :id")
+
+_MODELS = text(
+    """
+    SELECT model, sum(calls) AS calls, sum(answers) AS answers, sum(fallbacks) AS fallbacks,
+           sum(reused) AS reused, sum(prompt_tokens) AS prompt_tokens,
+           sum(completion_tokens) AS completion_tokens, sum(cost) AS cost, sum(estimated) > 0 AS estimated
+    FROM batch_model_tally WHERE batch_id = :id
+    GROUP BY model HAVING sum(calls) <> 0 OR sum(answers) <> 0 OR sum(reused) <> 0
+    ORDER BY sum(cost) DESC, sum(answers) DESC, model
+    """
+)
+_ERRORS = text(
+    """
+    SELECT code, sum(count) AS calls,
+           (array_agg(last_message ORDER BY last_at DESC NULLS LAST))[1] AS last_message, max(last_at) AS last_at
+    FROM batch_error_tally WHERE batch_id = :id
+    GROUP BY code HAVING sum(count) <> 0 ORDER BY sum(count) DESC, code
+    """
+)
+_TRIES = text(
+    """
+    SELECT tries, sum(requests) AS requests FROM batch_tries_tally WHERE batch_id = :id
+    GROUP BY tries HAVING sum(requests) <> 0 ORDER BY tries
+    """
+)
+# The batch's minutes in at most `:buckets` equal spans from its start: a day-long batch is a few thousand
+# minute rows, read by the tally's primary key.
+_MINUTES = text(
+    """
+    SELECT date_bin(:bucket, minute, :origin) AS at, model,
+           sum(answers) AS answers, sum(failed) AS failed, sum(cost) AS cost
+    FROM batch_minute_tally WHERE batch_id = :id
+    GROUP BY 1, 2 ORDER BY 1, 2
+    """
+)
+
+
+def _owner(owner: str) -> str | None:
+    # The loopback server without keys is its operator's: it shows every batch, the CLI's too.
+    return None if owner == NO_AUTH_OWNER else owner
+
+
+@dataclass(slots=True, frozen=True)
+class BatchLine:
+    """One batch as the list and its page show it: its row, summed tally and recent pace."""
+
+    id: str
+    name: str | None
+    status: str
+    pause_reason: str | None
+    pause_message: str | None
+    resume_at: datetime | None
+    models: list[str]
+    simulated: bool
+    max_cost: Decimal | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    total: int
+    counts: dict[str, int]
+    calls: int
+    cost: Decimal
+    prompt_tokens: int
+    completion_tokens: int
+    # Requests finished since `recent_since` (whole minutes back from now, on Postgres's clock).
+    recent: int
+    recent_since: datetime
+    # Every model that answered so far is a free one (None before any answer): what a batch whose lines
+    # name their own models is taken to be bound for, since its requests are not read.
+    free_served: bool | None = None
+
+    @property
+    def done(self) -> int:
+        """Requests finished either way."""
+        return self.counts["completed"] + self.counts["failed"] + self.counts["cancelled"]
+
+    @property
+    def remaining(self) -> int:
+        """Requests still to finish."""
+        return self.counts["pending"] + self.counts["running"]
+
+
+def _line(row: Any) -> BatchLine:
+    return BatchLine(
+        id=row.id,
+        name=row.name,
+        status=row.status,
+        pause_reason=row.pause_reason,
+        pause_message=row.pause_message,
+        resume_at=row.resume_at,
+        models=list(row.models),
+        simulated=bool(row.simulated),
+        max_cost=row.max_cost,
+        created_at=row.created_at,
+        started_at=row.started_at,
+        finished_at=row.finished_at,
+        total=max(int(row.total), sum(int(getattr(row, c)) for c in _COUNTS)),
+        counts={c: int(getattr(row, c)) for c in _COUNTS},
+        calls=int(row.calls),
+        cost=Decimal(row.cost),
+        prompt_tokens=int(row.prompt_tokens),
+        completion_tokens=int(row.completion_tokens),
+        recent=int(row.recent),
+        recent_since=row.since,
+        free_served=row.free_served,
+    )
+
+
+async def read_batch_page(
+    conn: AsyncConnection, owner: str, before: str | None, limit: int
+) -> tuple[list[BatchLine], bool]:
+    """A page of the owner's batches, newest first, older than the batch `before`; and whether more follow."""
+    before_at = None
+    if before is not None:
+        before_at = (
+            await conn.execute(text("SELECT created_at FROM batch WHERE id = :id"), {"id": before})
+        ).scalar_one_or_none()
+    rows = (
+        await conn.execute(
+            _PAGE,
+            {
+                "owner": _owner(owner),
+                "before_at": before_at,
+                "before_id": before,
+                "limit": limit + 1,
+            },
+        )
+    ).all()
+    return [_line(r) for r in rows[:limit]], len(rows) > limit
+
+
+async def read_batch(conn: AsyncConnection, owner: str, batch_id: str) -> BatchLine | None:
+    """The owner's batch, or None (another owner's batch is not there either)."""
+    row = (await conn.execute(_ONE, {"owner": _owner(owner), "id": batch_id})).one_or_none()
+    return None if row is None else _line(row)
+
+
+@dataclass(slots=True, frozen=True)
+class ModelLine:
+    """Calls, answers, fallbacks, tokens and spend of one model that served ('' for calls with no answer)."""
+
+    model: str
+    calls: int
+    answers: int
+    # Answers it gave as a fallback: the request's chain named another model first.
+    fallbacks: int
+    reused: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost: Decimal
+    estimated: bool
+
+
+@dataclass(slots=True, frozen=True)
+class ErrorLine:
+    """Failed calls with one error code, and the latest message."""
+
+    code: str
+    count: int
+    last_message: str | None
+    last_at: datetime | None
+
+
+@dataclass(slots=True, frozen=True)
+class MinuteLine:
+    """One span of the batch's life for one model ('' holds failed requests)."""
+
+    at: datetime
+    model: str
+    answers: int
+    failed: int
+    cost: Decimal
+
+
+@dataclass(slots=True)
+class BatchTallies:
+    """Everything the batch page shows beside its counts."""
+
+    models: list[ModelLine] = field(default_factory=list)
+    errors: list[ErrorLine] = field(default_factory=list)
+    tries: list[tuple[int, int]] = field(default_factory=list)
+    minutes: list[MinuteLine] = field(default_factory=list)
+    bucket: timedelta = timedelta(minutes=1)
+
+
+async def read_tallies(conn: AsyncConnection, batch: BatchLine, now: datetime, buckets: int) -> BatchTallies:
+    """The batch's tallies by model, error code, try count and span of its life (at most `buckets` spans)."""
+    origin = (batch.started_at or batch.created_at).replace(second=0, microsecond=0)
+    life = max(timedelta(minutes=1), (batch.finished_at or now) - origin)
+    bucket = timedelta(minutes=max(1, -(-int(life.total_seconds() // 60 + 1) // buckets)))
+    params = {"id": batch.id}
+    models = [
+        ModelLine(
+            model=r.model,
+            calls=int(r.calls),
+            answers=int(r.answers),
+            fallbacks=int(r.fallbacks),
+            reused=int(r.reused),
+            prompt_tokens=int(r.prompt_tokens),
+            completion_tokens=int(r.completion_tokens),
+            cost=Decimal(r.cost),
+            estimated=bool(r.estimated),
+        )
+        for r in await conn.execute(_MODELS, params)
+    ]
+    errors = [
+        ErrorLine(r.code, int(r.calls), r.last_message, r.last_at)
+        for r in await conn.execute(_ERRORS, params)
+    ]
+    tries = [(int(r.tries), int(r.requests)) for r in await conn.execute(_TRIES, params)]
+    minutes = [
+        MinuteLine(r.at, r.model, int(r.answers), int(r.failed), Decimal(r.cost))
+        for r in await conn.execute(_MINUTES, {**params, "bucket": bucket, "origin": origin})
+    ]
+    return BatchTallies(models, errors, tries, minutes, bucket)

@@ -1,0 +1,247 @@
+"""The dashboard's routes: the batch list, a batch's page and its actions and downloads, the fleet, sign-in."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator
+from datetime import UTC, datetime
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Form, Request
+from fastapi.responses import RedirectResponse, Response, StreamingResponse
+
+from jobs.api.pages.charts import finished_chart, model_chart
+from jobs.api.pages.reads import BatchLine, read_batch, read_batch_page, read_tallies
+from jobs.api.pages.render import render
+from jobs.api.pages.session import Viewer, check_form, end_session, find_viewer, start_session
+from jobs.api.pages.views import ACTIONS, account_view, batch_view
+from jobs.api.state import api_state
+from jobs.constants import CHART_SPANS, FLEET_READ_SECONDS, PAGE_BATCHES, SESSION_COOKIE, SESSION_SECONDS
+from jobs.control import cancel_batch, resume_batch, retry_failed
+from jobs.errors import Conflict, NotFound, Unauthorized
+from jobs.export import stream_file
+from jobs.gauges import FleetGauges, read_fleet_gauges
+from jobs.logs import get_logger
+from jobs.states import BatchStatus
+
+__all__ = ["router"]
+
+log = get_logger(__name__)
+
+router = APIRouter(include_in_schema=False)
+
+# What a finished action tells the page it returns to: fixed words, so nothing from a URL is shown back.
+_NOTICES = {
+    "cancelled": "Cancel asked: no new call starts; the calls in flight finish and are kept.",
+    "retried": "The failed requests are queued again, each with its full number of attempts.",
+    "resumed": "Resumed: the batch's requests are queued again.",
+}
+
+
+async def _viewer(request: Request) -> Viewer:
+    viewer = await find_viewer(request)
+    if viewer is None:
+        raise Unauthorized("Sign in with your orbatch key to see this page.")
+    return viewer
+
+
+async def _gauges(request: Request) -> FleetGauges | None:
+    """The fleet's gauges from Redis, or None when Redis does not answer in time (the page still shows)."""
+    state = api_state(request)
+    try:
+        async with asyncio.timeout(FLEET_READ_SECONDS):
+            return await read_fleet_gauges(state.redis, state.settings)
+    except Exception as exc:  # the batches are in Postgres: a page shows them without the fleet's gauges
+        log.warning("could not read the fleet's gauges from Redis", error=str(exc))
+        return None
+
+
+async def _batch(request: Request, viewer: Viewer, batch_id: str) -> BatchLine:
+    async with api_state(request).reads.connect() as conn:
+        line = await read_batch(conn, viewer.owner, batch_id)
+    if line is None:
+        raise NotFound(
+            f"No batch found with id '{batch_id[:100]}'.", param="batch_id", code="batch_not_found"
+        )
+    return line
+
+
+@router.get("/")
+async def batches_page(request: Request, before: str | None = None) -> Response:
+    """The viewer's batches, newest first, a page at a time."""
+    viewer = await _viewer(request)
+    async with api_state(request).reads.connect() as conn:
+        lines, more = await read_batch_page(conn, viewer.owner, before, PAGE_BATCHES)
+    gauges = await _gauges(request)
+    now = datetime.now(UTC)
+    return render(
+        request,
+        "batches.html",
+        viewer=viewer,
+        batches=[batch_view(line, gauges, now) for line in lines],
+        older=lines[-1].id if more and lines else None,
+        first_page=before is None,
+    )
+
+
+@router.get("/batches/{batch_id}")
+async def batch_page(request: Request, batch_id: str, notice: str | None = None) -> Response:
+    """One batch: counts, spend by model, fallbacks, failures, tries, its life in charts, and its actions."""
+    viewer = await _viewer(request)
+    line = await _batch(request, viewer, batch_id)
+    return await _show_batch(request, viewer, line, _NOTICES.get(notice or ""))
+
+
+async def _show_batch(
+    request: Request, viewer: Viewer, line: BatchLine, notice: str | None, problem: str | None = None
+) -> Response:
+    now = datetime.now(UTC)
+    async with api_state(request).reads.connect() as conn:
+        tallies = await read_tallies(conn, line, now, CHART_SPANS)
+    view = batch_view(line, await _gauges(request), now)
+    fallbacks = sum(m.fallbacks for m in tallies.models)
+    answers = sum(m.answers for m in tallies.models)
+    return render(
+        request,
+        "batch.html",
+        status_code=409 if problem else 200,
+        viewer=viewer,
+        batch=view,
+        tallies=tallies,
+        fallbacks=fallbacks,
+        answers=answers,
+        finished=finished_chart(tallies.minutes, tallies.bucket, now),
+        by_model=model_chart(tallies.minutes, tallies.bucket, now),
+        notice=notice,
+        problem=problem,
+        action_hint=ACTIONS.get(line.pause_reason or "") if line.status == BatchStatus.PAUSED else None,
+    )
+
+
+@router.post("/batches/{batch_id}/{action}")
+async def batch_action(
+    request: Request,
+    batch_id: str,
+    action: Literal["cancel", "retry", "resume"],
+    token: Annotated[str | None, Form()] = None,
+) -> Response:
+    """Cancel, retry the failed requests of, or resume a batch, then show its page again."""
+    viewer = await _viewer(request)
+    check_form(request, viewer, token)
+    line = await _batch(request, viewer, batch_id)
+    engine = api_state(request).engine
+    try:
+        if action == "cancel":
+            if line.status in (BatchStatus.COMPLETED, BatchStatus.FAILED, BatchStatus.EXPIRED):
+                raise Conflict(f"A batch with status '{line.status}' cannot be cancelled.")
+            await cancel_batch(engine, batch_id)
+            done = "cancelled"
+        elif action == "retry":
+            await retry_failed(engine, batch_id)
+            done = "retried"
+        else:
+            await resume_batch(engine, batch_id)
+            done = "resumed"
+    except Conflict as refused:
+        # Shown on the batch's own page, beside the state that refused it.
+        return await _show_batch(
+            request, viewer, await _batch(request, viewer, batch_id), None, refused.message
+        )
+    return RedirectResponse(f"/batches/{batch_id}?notice={done}", status_code=303)
+
+
+@router.get("/batches/{batch_id}/{kind}.jsonl")
+async def batch_download(request: Request, batch_id: str, kind: Literal["results", "errors"]) -> Response:
+    """The batch's completed requests (or its failures) so far, as OpenAI Batch output lines."""
+    viewer = await _viewer(request)
+    await _batch(request, viewer, batch_id)
+    pieces = stream_file(api_state(request).engine, batch_id, "output" if kind == "results" else "errors")
+    return StreamingResponse(
+        _closing(pieces),
+        media_type="application/jsonl",
+        headers={
+            "Content-Disposition": f'attachment; filename="{batch_id[:100]}-{kind}.jsonl"',
+            "X-Content-Type-Options": "nosniff",
+        },
+    )
+
+
+async def _closing(pieces: AsyncGenerator[bytes]) -> AsyncIterator[bytes]:
+    async with contextlib.aclosing(pieces):
+        async for piece in pieces:
+            yield piece
+
+
+@router.get("/fleet")
+async def fleet_page(request: Request) -> Response:
+    """Workers alive, calls in flight, the free tier today, pacing, breaker and cool-downs, queue depth."""
+    viewer = await _viewer(request)
+    gauges = await _gauges(request)
+    now = datetime.now(UTC)
+    return render(
+        request,
+        "fleet.html",
+        viewer=viewer,
+        gauges=gauges,
+        accounts=[account_view(a, now) for a in gauges.accounts] if gauges else [],
+        now=now,
+    )
+
+
+def _safe_next(target: str | None) -> str:
+    # Only a path on this server: `//host` or `/\host` would send the browser elsewhere after signing in.
+    if not target or not target.startswith("/") or target.startswith(("//", "/\\")):
+        return "/"
+    return target
+
+
+@router.get("/signin")
+async def signin_page(request: Request, next: str | None = None) -> Response:
+    """The sign-in form."""
+    if api_state(request).no_auth:
+        return RedirectResponse("/", status_code=303)
+    return render(request, "signin.html", viewer=None, next=_safe_next(next), problem=None)
+
+
+@router.post("/signin")
+async def signin(
+    request: Request,
+    key: Annotated[str, Form(max_length=200)] = "",
+    next: Annotated[str, Form(max_length=2000)] = "/",
+) -> Response:
+    """Sign in with an orbatch key: a session cookie for a working day, then the page asked for."""
+    try:
+        cookie = await start_session(request, key)
+    except Unauthorized as refused:
+        return render(
+            request,
+            "signin.html",
+            status_code=401,
+            viewer=None,
+            next=_safe_next(next),
+            problem=refused.message,
+        )
+    answer = RedirectResponse(_safe_next(next), status_code=303)
+    answer.set_cookie(
+        SESSION_COOKIE,
+        cookie,
+        max_age=SESSION_SECONDS,
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+        path="/",
+    )
+    return answer
+
+
+@router.post("/signout")
+async def signout(request: Request, token: Annotated[str | None, Form()] = None) -> Response:
+    """Forget this browser's session."""
+    viewer = await find_viewer(request)
+    if viewer is not None:
+        check_form(request, viewer, token)
+        await end_session(request)
+    answer = RedirectResponse("/signin", status_code=303)
+    answer.delete_cookie(SESSION_COOKIE, path="/")
+    return answer

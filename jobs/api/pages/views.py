@@ -1,0 +1,157 @@
+"""What a page shows, worked out from what was read: progress, rate, the ETA and why, the fleet's state."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from jobs.api.pages.reads import BatchLine
+from jobs.eta import FreeLimits, estimate, format_duration
+from jobs.gauges import AccountGauges, FleetGauges
+from jobs.states import BatchStatus, PauseReason
+
+__all__ = ["ACTIONS", "AccountView", "BatchView", "Wait", "account_for", "account_view", "batch_view"]
+
+_ENDED = (BatchStatus.COMPLETED, BatchStatus.FAILED, BatchStatus.CANCELLED, BatchStatus.EXPIRED)
+# A rate over less than this is noise: the first requests of a batch come in a burst.
+_MIN_RATE_SECONDS = 20.0
+
+
+@dataclass(slots=True, frozen=True)
+class Wait:
+    """Why a batch's ETA is what it is: `kind` is quota, pace, cool-down, outage, budget, credits, auth or
+    cancelling; `text` says it in a sentence."""
+
+    kind: str
+    text: str
+
+
+@dataclass(slots=True, frozen=True)
+class BatchView:
+    """One batch as a page shows it."""
+
+    line: BatchLine
+    # Requests per second lately (None: too early to say).
+    rate: float | None
+    eta: str
+    wait: Wait | None
+
+    @property
+    def ended(self) -> bool:
+        """No request of it will move again unless a person retries it."""
+        return self.line.status in _ENDED
+
+
+def account_for(gauges: FleetGauges | None, simulated: bool) -> AccountGauges | None:
+    """The account whose throttle a batch's calls go through."""
+    if gauges is None:
+        return None
+    wanted = "simulator" if simulated else "openrouter"
+    return next((a for a in gauges.accounts if a.account == wanted), None)
+
+
+def _bound_for_free(line: BatchLine) -> bool:
+    """Whether the batch's requests go to a free model first: by its chain, else by the models that answered
+    (a line's own chain is not read: that would scan the batch's requests)."""
+    if line.models:
+        return line.models[0].endswith(":free")
+    return bool(line.free_served)
+
+
+def _rate(line: BatchLine, now: datetime) -> float | None:
+    since = max(line.recent_since, line.started_at or line.created_at)
+    seconds = (min(now, line.finished_at or now) - since).total_seconds()
+    return line.recent / seconds if seconds >= _MIN_RATE_SECONDS else None
+
+
+def _paused(line: BatchLine) -> Wait:
+    when = f" until {line.resume_at:%Y-%m-%d %H:%M} UTC" if line.resume_at else ""
+    message = line.pause_message or "paused"
+    return Wait(line.pause_reason or "paused", f"{message}{when}")
+
+
+def _waiting(line: BatchLine, account: AccountGauges | None) -> Wait | None:
+    if line.status == BatchStatus.PAUSED:
+        return _paused(line)
+    if line.status == BatchStatus.CANCELLING:
+        return Wait("cancelling", "cancelling: no new call starts; the calls in flight finish and are kept")
+    if account is None:
+        return None
+    if account.breaker is not None:
+        return Wait("outage", f"waiting: {account.breaker.describe()}")
+    free_first = _bound_for_free(line)
+    cooldown = account.cooldown_free_seconds if free_first else account.cooldown_paid_seconds
+    if cooldown > 0:
+        kind = "free" if free_first else "paid"
+        return Wait(
+            "cool-down",
+            f"OpenRouter answered 429: {kind} calls wait {format_duration(cooldown)} before the next one",
+        )
+    return None
+
+
+def batch_view(line: BatchLine, gauges: FleetGauges | None, now: datetime | None = None) -> BatchView:
+    """Progress, rate and ETA of a batch, with why it waits; free-tier limits from the fleet's gauges."""
+    now = now or datetime.now(UTC)
+    rate = _rate(line, now)
+    if line.status in _ENDED:
+        return BatchView(line, rate, "done", None)
+    account = account_for(gauges, line.simulated)
+    wait = _waiting(line, account)
+    if line.status in (BatchStatus.PAUSED, BatchStatus.CANCELLING):
+        return BatchView(line, rate, "—", wait)
+    remaining_free = line.remaining if _bound_for_free(line) else 0
+    limits = None
+    used = 0
+    if account is not None:
+        limits = FreeLimits(
+            account.free_per_window, account.window_seconds, account.free_per_day, account.margin
+        )
+        used = account.free_used_today
+    guess = estimate(line.remaining, remaining_free, rate, limits, used, now)
+    if wait is None and guess.reason:
+        left_today = max(0, limits.per_day - used) if limits else 0
+        wait = Wait("quota" if remaining_free > left_today else "pace", guess.reason)
+    eta = "estimating" if guess.seconds is None else format_duration(guess.seconds)
+    return BatchView(line, rate, eta, wait)
+
+
+@dataclass(slots=True, frozen=True)
+class AccountView:
+    """One account's free tier, pacing, cool-downs and breaker, as sentences."""
+
+    gauges: AccountGauges
+    resets_at: datetime
+    resets_in: str
+    pace: str
+    waits: list[Wait]
+
+
+def account_view(account: AccountGauges, now: datetime | None = None) -> AccountView:
+    """The fleet page's lines for one account."""
+    now = now or datetime.now(UTC)
+    resets_at = datetime.fromtimestamp(account.day_ends_at, UTC)
+    per_minute = account.free_per_window * 60 / account.window_seconds
+    pace = (
+        f"one free request every {account.pace_seconds:.1f} s across the fleet "
+        f"({account.free_per_window} per {account.window_seconds:g} s window, {per_minute:g} a minute, "
+        f"with a {account.margin:.0%} margin)"
+    )
+    waits: list[Wait] = []
+    if account.breaker is not None:
+        waits.append(Wait("outage", account.breaker.describe()))
+    for kind, seconds in (("free", account.cooldown_free_seconds), ("paid", account.cooldown_paid_seconds)):
+        if seconds > 0:
+            waits.append(
+                Wait("cool-down", f"{kind} calls cool down for {format_duration(seconds)} after a 429")
+            )
+    return AccountView(account, resets_at, format_duration((resets_at - now).total_seconds()), pace, waits)
+
+
+# Pause reasons a person acts on, for the batch page's hints.
+ACTIONS: dict[str, str] = {
+    PauseReason.BUDGET: "raise its budget with `orbatch resume BATCH --max-cost USD`",
+    PauseReason.CREDITS: "add credits to the OpenRouter account, then resume",
+    PauseReason.AUTH: "fix OPENROUTER_API_KEY on the workers, then resume",
+    PauseReason.QUOTA: "it resumes by itself when the free tier's day turns",
+}
