@@ -155,7 +155,8 @@ async def serve(settings: Settings, plan: ServePlan, err: Console) -> None:
         sys.stdout.flush()
         say(
             err,
-            f"API: http://{host}:{address[1]}/v1 (OpenAPI at /openapi.json, docs at /docs); "
+            f"dashboard: http://{host}:{address[1]}/; API: http://{host}:{address[1]}/v1 (OpenAPI at "
+            "/openapi.json, docs at /docs); metrics at /metrics; "
             + ("no auth: every request acts as `local`; " if plan.no_auth else "keys: `orbatch keys`; ")
             + (
                 "an in-process worker runs the batches"

@@ -53,7 +53,7 @@ _BATCHES = f"""
           AND mt.minute >= date_trunc('minute', now()) - interval '{PAGE_RATE_MINUTES} minutes'
     ) m ON true
     LEFT JOIN LATERAL (
-        SELECT bool_and(ft.model LIKE '%:free') AS free_served
+        SELECT bool_and(ft.model LIKE '%\\:free') AS free_served
         FROM batch_model_tally ft WHERE ft.batch_id = b.id AND ft.model <> '' AND ft.answers > 0
     ) f ON true
     WHERE (CAST(:owner AS text) IS NULL OR a.owner = :owner)

@@ -1,0 +1,82 @@
+"""Dashboard fixtures: Debian's Chromium driven by Playwright, a signed-in page, and where screenshots go."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from openai import OpenAI
+
+from jobs.api.keys import NewKey
+from tests.jobs.api.conftest import ApiServer, batch_lines, jsonl
+from tests.support import ROOT
+
+# Playwright's own browser download cannot run everywhere: the suite drives the machine's Chromium.
+_BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+
+
+def chromium_path() -> str | None:
+    """ORBATCH_CHROMIUM, else the first Chromium on PATH."""
+    given = os.environ.get("ORBATCH_CHROMIUM")
+    if given:
+        return given
+    return next((found for name in _BROWSERS if (found := shutil.which(name))), None)
+
+
+@pytest.fixture(scope="session")
+def screenshots() -> Path:
+    """Where the browser tests save what they saw (ORBATCH_TEST_ARTIFACTS, else ./test-artifacts)."""
+    folder = Path(os.environ.get("ORBATCH_TEST_ARTIFACTS", ROOT / "test-artifacts")) / "screenshots"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+@pytest.fixture(scope="module")
+async def browser() -> AsyncIterator[Any]:
+    """A headless Chromium for the module's tests."""
+    executable = chromium_path()
+    if executable is None:
+        pytest.skip(
+            "no Chromium to drive: install Debian's `chromium` package (apt-get install -y chromium) or set "
+            "ORBATCH_CHROMIUM to a Chromium or Chrome executable"
+        )
+    # The async API, on the suite's event loop: the sync one runs a loop of its own in this thread.
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as playwright:
+        launched = await playwright.chromium.launch(executable_path=executable, args=["--no-sandbox"])
+        yield launched
+        await launched.close()
+
+
+async def sign_in(browser: Any, server: ApiServer, key: str, **context: Any) -> Any:
+    """A page in a fresh browser context, signed in through the form with `key`."""
+    made = await browser.new_context(**{"viewport": {"width": 1280, "height": 900}, **context})
+    page = await made.new_page()
+    await page.goto(f"{server.url}/signin")
+    await page.fill("#key", key)
+    await page.click("button[type=submit]")
+    await page.wait_for_url(f"{server.url}/")
+    return page
+
+
+def start_batch(
+    client: OpenAI, count: int, models: list[str], name: str | None = None, prefix: str = "q"
+) -> str:
+    """A batch of `count` requests made through the API; its id."""
+    uploaded = client.files.create(file=("in.jsonl", jsonl(batch_lines(count, prefix))), purpose="batch")
+    batch = client.batches.create(
+        input_file_id=uploaded.id,
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
+        metadata={"name": name} if name else None,
+        extra_body={"models": models},
+    )
+    return batch.id
+
+
+__all__ = ["NewKey", "chromium_path", "sign_in", "start_batch"]
