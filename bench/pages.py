@@ -70,29 +70,11 @@ class ServerTiming:
         await self.app(scope, receive, timed)
 
 
-def escape_free_bind() -> bool:
-    """Whether the batch reads take `LIKE '%:free'` for a bind parameter; if so, rebuild them with it escaped."""
-    # Unescaped, SQLAlchemy wants a value for `:free` and `/` and `/batches/{id}` answer 500 for any batch;
-    # escaped, Postgres gets the statement the code means, so the pages are measured as they are meant to run.
-    from sqlalchemy import text
-
-    from jobs.api.pages import reads
-
-    broken = False
-    for name in ("_ONE", "_PAGE"):
-        statement = getattr(reads, name)
-        if "free" in statement._bindparams:
-            setattr(reads, name, text(statement.text.replace("'%:free'", "'%\\:free'")))
-            broken = True
-    return broken
-
-
 def serve_timed() -> None:
     """`orbatch serve` with its app wrapped in ServerTiming (run in the server's child process)."""
     from jobs.api import server
     from jobs.cli import main
 
-    escape_free_bind()
     # `serve` looks `create_app` up in its own module when it starts, so the wrapper goes there.
     create = vars(server)["create_app"]
     vars(server)["create_app"] = lambda *args, **kwargs: ServerTiming(create(*args, **kwargs))
@@ -247,7 +229,6 @@ async def explain_batch_page(url: str, batch_id: str) -> None:
     from jobs.constants import CHART_SPANS, NO_AUTH_OWNER
     from jobs.db import create_engine
 
-    escape_free_bind()
     engine = create_engine(url, pool_size=1)
     try:
         async with engine.connect() as conn:
@@ -381,11 +362,6 @@ def main() -> None:
     path = out / "pages.jsonl"
     write_requests(path, args.requests, 50)
     print(f"machine: {machine()}")
-    if escape_free_bind():
-        print(
-            "NOTE: jobs/api/pages/reads.py's `LIKE '%:free'` is taken by SQLAlchemy for a bind parameter, so `/` "
-            "and `/batches/{id}` answer 500; this run's server escapes it (`'%\\:free'`) to measure the pages"
-        )
     processes: list[subprocess.Popen[bytes]] = []
     simulator = Simulator("--latency-ms", str(args.latency_ms), "--no-free-tier")
     processes.append(simulator.process)

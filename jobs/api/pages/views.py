@@ -13,8 +13,8 @@ from jobs.states import BatchStatus, PauseReason
 __all__ = ["ACTIONS", "AccountView", "BatchView", "Wait", "account_for", "account_view", "batch_view"]
 
 _ENDED = (BatchStatus.COMPLETED, BatchStatus.FAILED, BatchStatus.CANCELLED, BatchStatus.EXPIRED)
-# A rate over less than this is noise: the first requests of a batch come in a burst.
-_MIN_RATE_SECONDS = 20.0
+# A rate over less than this is noise: the first requests of a batch come in a burst, before any throttle.
+_MIN_RATE_SECONDS = 5.0
 
 
 @dataclass(slots=True, frozen=True)
