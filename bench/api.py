@@ -28,7 +28,7 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import ROOT, Simulator, env_for, machine, scratch_database
+from bench.common import ROOT, Simulator, env_for, machine, scratch_database, start_workers
 from bench.ingest import checkpoint, step, write_file
 
 _BARE_APP = r"""
@@ -253,16 +253,7 @@ def main() -> None:
                 print(
                     f"\npolling: {args.poll_requests} requests uploaded and stored in {time.perf_counter() - started:.0f} s"
                 )
-                workers = [
-                    subprocess.Popen(  # noqa: S603 - argv built here, no shell
-                        [sys.executable, "-m", "jobs", "worker", "--concurrency", str(args.concurrency)],
-                        env=env,
-                        cwd=ROOT,
-                        stdout=subprocess.DEVNULL,
-                        stderr=(out / f"api-worker-{i}.log").open("wb"),
-                    )
-                    for i in range(args.workers)
-                ]
+                workers = start_workers(env, args.workers, args.concurrency, out, "api")
                 with running(*workers):
                     time.sleep(5)
                     retrieve = f"{base_url}/batches/{batch_id}"

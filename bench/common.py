@@ -134,3 +134,19 @@ class Code:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
+
+
+def start_workers(
+    env: dict[str, str], count: int, concurrency: int, logs: Path, name: str
+) -> list[subprocess.Popen[bytes]]:
+    """`count` `orbatch worker` processes on `env`'s services, each logging to `logs/NAME-worker-I.log`."""
+    return [
+        subprocess.Popen(  # noqa: S603 - argv built here, no shell
+            [sys.executable, "-m", "jobs", "worker", "--concurrency", str(concurrency)],
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=(logs / f"{name}-worker-{i}.log").open("wb"),
+        )
+        for i in range(count)
+    ]

@@ -29,7 +29,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import ROOT, Simulator, env_for, machine, scratch_database
+from bench.common import ROOT, Simulator, env_for, machine, scratch_database, start_workers
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -375,16 +375,7 @@ def main() -> None:
             processes.append(server.process)
             try:
                 batch_id = prepare(args, url, server.url, path)
-                workers = [
-                    subprocess.Popen(  # noqa: S603 - argv built here, no shell
-                        [sys.executable, "-m", "jobs", "worker", "--concurrency", str(args.concurrency)],
-                        env=env,
-                        cwd=ROOT,
-                        stdout=subprocess.DEVNULL,
-                        stderr=(out / f"pages-worker-{i}.log").open("wb"),
-                    )
-                    for i in range(args.workers)
-                ]
+                workers = start_workers(env, args.workers, args.concurrency, out, "pages")
                 processes.extend(workers)
                 time.sleep(5)  # imports, Redis, the first leases: the batch is moving before the clock starts
                 before, _ = asyncio.run(counts(url, batch_id))

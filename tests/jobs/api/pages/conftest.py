@@ -13,7 +13,7 @@ from openai import OpenAI
 
 from jobs.api.keys import NewKey
 from tests.jobs.api.conftest import ApiServer, batch_lines, jsonl
-from tests.support import ROOT
+from tests.support import ROOT, Simulator
 
 # Playwright's own browser download cannot run everywhere: the suite drives the machine's Chromium.
 _BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
@@ -25,6 +25,14 @@ def chromium_path() -> str | None:
     if given:
         return given
     return next((found for name in _BROWSERS if (found := shutil.which(name))), None)
+
+
+@pytest.fixture(autouse=True)
+async def calm_simulator(simulator: Simulator) -> AsyncIterator[None]:
+    """Each test starts with the simulator at its defaults and leaves it so: a test here that slows it or takes
+    a model down never reaches the next test on this worker, in this folder or another."""
+    yield
+    await simulator.reset()
 
 
 @pytest.fixture(scope="session")
@@ -57,11 +65,19 @@ async def sign_in(browser: Any, server: ApiServer, key: str, **context: Any) -> 
     """A page in a fresh browser context, signed in through the form with `key`."""
     made = await browser.new_context(**{"viewport": {"width": 1280, "height": 900}, **context})
     page = await made.new_page()
-    await page.goto(f"{server.url}/signin")
+    await visit(page, f"{server.url}/signin")
     await page.fill("#key", key)
     await page.click("button[type=submit]")
     await page.wait_for_url(f"{server.url}/")
     return page
+
+
+async def visit(page: Any, url: str) -> Any:
+    """Open `url` and insist on a 200: a page that failed says so with its text, not as a missing element."""
+    answer = await page.goto(url)
+    assert answer is not None
+    assert answer.status == 200, f"{url}: {answer.status} {(await page.inner_text('body'))[:2000]}"
+    return answer
 
 
 def start_batch(
@@ -79,4 +95,4 @@ def start_batch(
     return batch.id
 
 
-__all__ = ["NewKey", "chromium_path", "sign_in", "start_batch"]
+__all__ = ["NewKey", "chromium_path", "sign_in", "start_batch", "visit"]

@@ -13,7 +13,7 @@ import pytest
 
 from jobs.api.keys import NewKey
 from tests.jobs.api.conftest import ApiServer, wait_for
-from tests.jobs.api.pages.conftest import sign_in, start_batch
+from tests.jobs.api.pages.conftest import sign_in, start_batch, visit
 from tests.support import Simulator
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("browser")]
@@ -44,7 +44,7 @@ async def test_a_browser_is_sent_to_sign_in_and_a_wrong_key_is_refused(
     browser: Any, api_server: ApiServer, owners: dict[str, NewKey], screenshots: Path
 ) -> None:
     page = await browser.new_page()
-    await page.goto(f"{api_server.url}/fleet")
+    await visit(page, f"{api_server.url}/fleet")
     assert page.url == f"{api_server.url}/signin?next=/fleet"
     await page.fill("#key", "obk_not-a-key-at-all-000000000000000000000000")
     await page.click("button[type=submit]")
@@ -59,7 +59,7 @@ async def test_a_browser_is_sent_to_sign_in_and_a_wrong_key_is_refused(
     assert owners["alice"].key not in cookie["value"]
     await page.click("text=Sign out")
     await page.wait_for_url(f"{api_server.url}/signin")
-    await page.goto(f"{api_server.url}/")
+    await visit(page, f"{api_server.url}/")
     assert "/signin" in page.url
     await page.context.close()
 
@@ -84,13 +84,13 @@ async def test_progress_moves_on_the_page_while_a_worker_runs_the_batch(
     await _wait_until(moved, what="the progress bar")
     assert await page.evaluate("window.__sameDocument") is True
     await page.screenshot(path=screenshots / "batch-running.png", full_page=True)
-    await page.goto(f"{api_server.url}/")
+    await visit(page, f"{api_server.url}/")
     await page.wait_for_selector(f"tr[data-batch='{batch_id}'] progress")
     await page.screenshot(path=screenshots / "batches-running.png", full_page=True)
-    await page.goto(f"{api_server.url}/fleet")
+    await visit(page, f"{api_server.url}/fleet")
     assert int(await page.inner_text("#workers-alive")) >= 1
     await page.screenshot(path=screenshots / "fleet-running.png", full_page=True)
-    await page.goto(f"{api_server.url}/batches/{batch_id}")
+    await visit(page, f"{api_server.url}/batches/{batch_id}")
     await page.evaluate("window.__sameDocument = true")
     await _wait_until(lambda: _status_is(page, "completed"), what="the batch's status")
     assert await page.evaluate("window.__sameDocument") is True
@@ -108,7 +108,7 @@ async def test_spend_and_fallbacks_by_model_appear_once_models_answer(
     await _finished(client, batch_id)
     assert client.batches.retrieve(batch_id).status == "completed"
     page = await sign_in(browser, api_server, owners["alice"].key)
-    await page.goto(f"{api_server.url}/batches/{batch_id}")
+    await visit(page, f"{api_server.url}/batches/{batch_id}")
     row = page.locator("#models tr.model", has_text="sim/backup")
     cells = await row.locator("td").all_inner_texts()
     assert cells[1] == "40"
@@ -130,7 +130,7 @@ async def test_cancel_from_the_page_cancels_the_batch(
     client = api_server.client(owners["alice"].key)
     batch_id = start_batch(client, 200, ["sim/echo"], name="to be cancelled")
     page = await sign_in(browser, api_server, owners["alice"].key)
-    await page.goto(f"{api_server.url}/batches/{batch_id}")
+    await visit(page, f"{api_server.url}/batches/{batch_id}")
     await page.click("#cancel")
     await page.wait_for_url(re.compile(r".*notice=cancelled$"))
     assert "Cancel asked" in await page.inner_text("[role=status]")
@@ -151,7 +151,7 @@ async def test_a_batch_name_with_markup_shows_as_text_and_runs_nothing(
     dialogs: list[str] = []
     page.on("dialog", lambda dialog: dialogs.append(dialog.message))
     assert await page.inner_text(f"tr[data-batch='{batch_id}'] a.name") == name
-    await page.goto(f"{api_server.url}/batches/{batch_id}")
+    await visit(page, f"{api_server.url}/batches/{batch_id}")
     assert await page.inner_text("h1") == name
     await page.wait_for_timeout(500)
     assert await page.evaluate("window.__pwned") is None
@@ -174,12 +174,12 @@ async def test_the_pages_work_without_javascript_at_a_phones_width(
         (f"/batches/{batch_id}", "phone-batch"),
         ("/fleet", "phone-fleet"),
     ):
-        await page.goto(f"{api_server.url}{path}")
+        await visit(page, f"{api_server.url}{path}")
         assert await page.locator("#live").count() == 1
         # Wide tables scroll inside their box; the page itself never scrolls sideways.
         assert await page.evaluate("document.documentElement.scrollWidth") <= 390, path
         await page.screenshot(path=screenshots / f"{name}.png", full_page=True)
-    await page.goto(f"{api_server.url}/batches/{batch_id}")
+    await visit(page, f"{api_server.url}/batches/{batch_id}")
     assert await page.inner_text("#count-completed") == "5"
     assert await page.locator("#chart-finished").count() == 1
     await page.context.close()
