@@ -93,7 +93,8 @@ LIMITS_KEY = "{queue}:limits"
 
 # Job ids are `r<request id>.<attempt count>[.<feeds>]`: deterministic, so enqueueing twice is a no-op;
 # new after each attempt, so a request whose worker died can be queued again before arq's own in-progress
-# key for the dead job expires; and new after a lost job is given up on (`request.feeds`).
+# key for the dead job expires; and new after a lost job is given up on or a request is given back unsent
+# (`request.feeds`), since the job just run may still hold its id.
 JOB_ID_PREFIX = "r"
 RUN_REQUEST_FUNCTION = "run_request"
 

@@ -109,13 +109,15 @@ _DUE = sql(
     """
 )
 
-# Marks only the requests still as they were read: one taken or retried since has a new job id.
+# Marks only the requests still as they were read: every lease taken since moves `attempts` or `feeds` (the
+# job id), so a request whose job already ran and gave it back is never marked as waiting in the queue.
 _MARK_ENQUEUED = sql(
     """
     WITH target AS (
         SELECT r.id FROM request r
-        JOIN unnest(CAST(:ids AS bigint[]), CAST(:attempts AS integer[])) AS q(id, attempts)
-          ON r.id = q.id AND r.attempts = q.attempts
+        JOIN unnest(CAST(:ids AS bigint[]), CAST(:attempts AS integer[]), CAST(:feeds AS integer[]))
+          AS q(id, attempts, feeds)
+          ON r.id = q.id AND r.attempts = q.attempts AND r.feeds = q.feeds
         WHERE r.status = {R.PENDING} AND r.enqueued_at IS NULL
         ORDER BY r.id FOR UPDATE OF r
     )
@@ -233,7 +235,12 @@ async def feed(
             budget -= len(queued)
         async with engine.begin() as conn:
             await conn.execute(
-                _MARK_ENQUEUED, {"ids": [d[0] for d in queued], "attempts": [d[1] for d in queued]}
+                _MARK_ENQUEUED,
+                {
+                    "ids": [d[0] for d in queued],
+                    "attempts": [d[1] for d in queued],
+                    "feeds": [d[2] for d in queued],
+                },
             )
     async with engine.begin() as conn:
         report.finalized_batches = [str(r.id) for r in await conn.execute(_FINALIZE)]

@@ -162,7 +162,8 @@ class Request(Base):
     chain_pos: Mapped[int] = mapped_column(Integer, server_default=text("0"))
     next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     enqueued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    # Times a queued job of this request was given up as lost and fed again under a new job id.
+    # Times the request was fed again with its attempt count unchanged (a queued job given up as lost, or the
+    # request given back unsent), so that its next job id is new.
     feeds: Mapped[int] = mapped_column(Integer, server_default=text("0"))
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     lease_owner: Mapped[str | None] = mapped_column(Text)

@@ -89,7 +89,7 @@ async def drop_queue(redis: ArqRedis, queue_name: str) -> int:
 
 
 def job_id(request_id: int, attempts: int, feeds: int = 0) -> str:
-    """The deterministic job id of a request's next attempt (and of its n-th feeding after a lost job)."""
+    """The deterministic job id of a request's next attempt; `feeds` keeps it new when attempts do not move."""
     suffix = f".{feeds}" if feeds else ""
     return f"{JOB_ID_PREFIX}{request_id}.{attempts}{suffix}"
 

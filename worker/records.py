@@ -201,7 +201,9 @@ _ABANDON = sql(
 
 # No call was made (the throttle, the outage breaker or a twin said wait; the worker is stopping): the attempt
 # row goes and the request is as it was before the lease, due again after the wait, or cancelled when its batch
-# is cancelling. With a reason, the batch is paused until then (the daily quota).
+# is cancelling. With a reason, the batch is paused until then (the daily quota). Taking the attempt count back
+# would give the next job the id of the one just run, whose arq keys may outlive it and which a feeder may be
+# about to mark queued (stranding the request until the requeue sweep); `feeds` moves on so the id is new.
 _UNLEASE = sql(
     """
     WITH unfired AS (
@@ -210,8 +212,8 @@ _UNLEASE = sql(
         UPDATE request r SET
                status = CASE WHEN b.status = {B.CANCELLING} THEN {R.CANCELLED} ELSE {R.PENDING} END,
                finished_at = CASE WHEN b.status = {B.CANCELLING} THEN now() END,
-               attempts = r.attempts - 1, lease_owner = NULL, lease_expires_at = NULL, enqueued_at = NULL,
-               next_attempt_at = now() + make_interval(secs => :delay_seconds)
+               attempts = r.attempts - 1, feeds = r.feeds + 1, lease_owner = NULL, lease_expires_at = NULL,
+               enqueued_at = NULL, next_attempt_at = now() + make_interval(secs => :delay_seconds)
         FROM batch b
         WHERE r.id = :request_id AND r.status = {R.RUNNING} AND r.lease_owner = :owner AND b.id = r.batch_id
           AND r.id IN (SELECT request_id FROM unfired)

@@ -10,9 +10,13 @@ from typing import Any
 
 import orjson
 import pytest
+from arq.connections import ArqRedis
+from arq.constants import in_progress_key_prefix, job_key_prefix
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from jobs import feeder
+from jobs.queue import job_id
 from jobs.states import Outcome, PauseReason, RequestStatus
 from jobs.submit import SubmitOptions, submit_file
 from tests.netfaults import postgres_proxy
@@ -161,3 +165,57 @@ async def test_free_calls_are_counted_by_the_day_they_were_made_not_reused_answe
     assert (
         await records.free_calls_since(engine, datetime.now(UTC) + timedelta(minutes=1), simulated=False) == 0
     )
+
+
+async def queued(redis: ArqRedis, queue_name: str) -> list[str]:
+    return [j.decode() for j in await redis.zrange(queue_name, 0, -1)]
+
+
+async def test_a_request_given_back_before_the_feeder_marks_it_queued_is_fed_again_at_once(
+    engine: AsyncEngine, redis: ArqRedis, queue_name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await submit_file(
+        engine, write_jsonl(tmp_path / "in.jsonl", [chat_line("a", "x")]), SubmitOptions(models=["sim/echo"])
+    )
+    enqueue = feeder.enqueue_requests
+
+    async def taken_and_given_back_at_once(
+        pool: ArqRedis, queue: str, requests: list[tuple[int, int, int]]
+    ) -> list[int]:
+        outcomes = await enqueue(pool, queue, requests)
+        # Between the feeder's enqueue and its mark, a worker runs the job: the outage breaker denies it a
+        # permit, so it gives the request back unsent, and arq finishes the job.
+        [(request_id, attempts, feeds)] = requests
+        lease = await records.take_lease(engine, request_id, attempts, "me", 30)
+        assert lease is not None
+        await records.unlease(engine, lease, "me", 0.0)
+        await pool.zrem(queue, job_id(request_id, attempts, feeds))
+        await pool.delete(job_key_prefix + job_id(request_id, attempts, feeds))
+        return outcomes
+
+    monkeypatch.setattr(feeder, "enqueue_requests", taken_and_given_back_at_once)
+    assert (await feeder.feed(engine, redis, queue_name, window=10)).enqueued == 1
+    monkeypatch.undo()
+    # The request is not marked queued for a job that is gone, which only the requeue sweep would undo.
+    assert (await feeder.feed(engine, redis, queue_name, window=10)).enqueued == 1
+    assert await queued(redis, queue_name) == ["r1.0.1"]
+
+
+async def test_a_request_given_back_unsent_is_fed_under_a_new_job_id_while_its_job_finishes(
+    engine: AsyncEngine, redis: ArqRedis, queue_name: str, tmp_path: Path
+) -> None:
+    await submit_file(
+        engine, write_jsonl(tmp_path / "in.jsonl", [chat_line("a", "x")]), SubmitOptions(models=["sim/echo"])
+    )
+    await feeder.feed(engine, redis, queue_name, window=10)
+    # A worker claims the job (arq's in-progress key), finds the breaker open and gives the request back.
+    await redis.set(in_progress_key_prefix + "r1.0", b"1", px=600_000)
+    lease = await records.take_lease(engine, 1, 0, "me", 30)
+    assert lease is not None
+    await records.unlease(engine, lease, "me", 0.0)
+    # Its job still runs; the next attempt's job must not wait for that one's keys to go.
+    assert (await feeder.feed(engine, redis, queue_name, window=10)).enqueued == 1
+    assert sorted(await queued(redis, queue_name)) == ["r1.0", "r1.0.1"]
+    lease = await records.take_lease(engine, 1, 0, "me", 30)
+    assert lease is not None
+    assert lease.number == 1
