@@ -14,6 +14,8 @@ __all__ = [
     "CALLBACK_SECRET_PREFIX",
     "CALLBACK_TIMEOUT_SECONDS",
     "CALL_SECONDS_BUCKETS",
+    "CHART_MEMORY_BATCHES",
+    "CHART_READ_SECONDS",
     "CHART_SPANS",
     "CREDITED_DAILY_REQUESTS",
     "EMBEDDED_REDIS_START_SECONDS",
@@ -51,7 +53,9 @@ __all__ = [
     "MODEL_LABEL_RECHECK_SECONDS",
     "NO_AUTH_OWNER",
     "PAGE_BATCHES",
+    "PAGE_MESSAGE_CHARS",
     "PAGE_RATE_MINUTES",
+    "PAGE_RATE_MIN_SECONDS",
     "PAGE_REFRESH_SECONDS",
     "PERSIST_DEADLINE_SECONDS",
     "PLAIN_PROGRESS_SECONDS",
@@ -254,6 +258,15 @@ PAGE_REFRESH_SECONDS = 2
 # A chart spans a batch's whole life in at most this many bars or points: enough to see a stall or a pause,
 # and the minute tally is read in as many groups whatever the batch's age.
 CHART_SPANS = 120
+# A batch page's charts read the minute tally again at most this often (per API instance): they are drawn at a
+# minute's grain, and an old batch's minutes are thousands of rows that every 2 s refresh would read again.
+CHART_READ_SECONDS = 15.0
+# Batches whose chart rows an instance keeps at once; past this the memory is emptied and refills.
+CHART_MEMORY_BATCHES = 256
+# A batch's rate is shown once it has run this long: its first requests come in a burst, before any throttle.
+PAGE_RATE_MIN_SECONDS = 5.0
+# An error's latest message as a page shows it: enough for any provider's sentence, not a whole echoed body.
+PAGE_MESSAGE_CHARS = 500
 # A signed-in browser's session: `<queue>:session:<sha256 of its cookie>` holds the key's digest and the
 # session's form token, for a working day; the key's revoke ends it at the next page.
 SESSION_KEY = "{queue}:session:{digest}"

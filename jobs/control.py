@@ -13,6 +13,8 @@ from jobs.states import BatchStatus
 from jobs.status import BatchNotFound
 
 __all__ = [
+    "CANCEL_REFUSED",
+    "RETRY_FROM",
     "ResumeRefused",
     "cancel_batch",
     "delete_batch",
@@ -21,6 +23,11 @@ __all__ = [
     "resume_batch",
     "retry_failed",
 ]
+
+# A batch that ended on its own cannot be cancelled (its results stand); the API answers 409, a page hides it.
+CANCEL_REFUSED = frozenset({BatchStatus.COMPLETED, BatchStatus.FAILED, BatchStatus.EXPIRED})
+# Only a running or completed batch retries its failures: a paused, cancelled or expired one would not run them.
+RETRY_FROM = frozenset({BatchStatus.COMPLETED, BatchStatus.IN_PROGRESS})
 
 _RESUME = sql(
     """
@@ -178,7 +185,7 @@ async def _retry_failed(engine: AsyncEngine, batch_id: str) -> int:
         status = (await conn.execute(_STATUS, {"b": batch_id})).scalar()
         if status is None:
             raise BatchNotFound(batch_id)
-        if status not in (BatchStatus.COMPLETED, BatchStatus.IN_PROGRESS):
+        if status not in RETRY_FROM:
             raise ResumeRefused(
                 f"{batch_id} is {status}: only a running or completed batch can retry its failures"
             )

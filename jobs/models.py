@@ -69,6 +69,8 @@ class Batch(Base):
             name="pause_reason_known",
         ),
         Index("batch_source_sha256_idx", "source_sha256"),
+        # The dashboard's list of every batch, newest first (revision 0008).
+        Index("batch_created_idx", "created_at", "id"),
         Index(
             "batch_active_idx", "status", postgresql_where=sql("status IN ({B.IN_PROGRESS}, {B.CANCELLING})")
         ),

@@ -19,6 +19,7 @@ __all__ = [
     "DEFAULT_REDIS_URL",
     "Settings",
     "get_settings",
+    "is_loopback",
 ]
 
 DEFAULT_DATABASE_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/orbatch"
@@ -26,7 +27,8 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_OPENROUTER_BASE_URL = "https://openrouter.ai/api/v1"
 
 
-def _loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """Whether `host` (a name or an address, no port) is this machine's loopback."""
     if host == "localhost":
         return True
     try:
@@ -154,7 +156,7 @@ class Settings(BaseSettings):
                 f"OPENROUTER_BASE_URL must be an http(s) URL such as {DEFAULT_OPENROUTER_BASE_URL}, "
                 f"got {self.openrouter_base_url!r}"
             )
-        if parts.scheme == "http" and not _loopback(parts.hostname) and not self.allow_plain_http:
+        if parts.scheme == "http" and not is_loopback(parts.hostname) and not self.allow_plain_http:
             raise ValueError(
                 f"OPENROUTER_BASE_URL {self.openrouter_base_url!r} is plain http to another machine: the API "
                 "key would cross the network in clear. Use https, or set ORBATCH_ALLOW_PLAIN_HTTP=1 if the "

@@ -8,9 +8,10 @@ import gc
 from collections.abc import AsyncIterator
 
 import httpx
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from jobs.api import batches, files, pages, scrape
+from jobs.api.auth import loopback_host_only
 from jobs.api.cache import BatchCache
 from jobs.api.errors import install_error_handlers
 from jobs.api.maintenance import maintain
@@ -78,6 +79,7 @@ def create_app(settings: Settings, *, no_auth: bool = False, maintenance: bool =
         description=_DESCRIPTION,
         version="0.1.0",
         lifespan=lifespan,
+        dependencies=[Depends(loopback_host_only)],
     )
     install_error_handlers(app)
     app.add_middleware(

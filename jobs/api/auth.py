@@ -12,10 +12,11 @@ from redis.exceptions import RedisError
 from jobs.api.keys import Caller, digest, find_caller
 from jobs.api.state import ApiState, api_state
 from jobs.constants import API_KEY_PREFIX, API_RATE_KEY, NO_AUTH_OWNER
-from jobs.errors import RateLimited, Unauthorized
+from jobs.errors import Forbidden, RateLimited, Unauthorized
 from jobs.logs import get_logger
+from jobs.settings import is_loopback
 
-__all__ = ["Authorized", "authorized"]
+__all__ = ["Authorized", "authorized", "loopback_host_only"]
 
 log = get_logger(__name__)
 
@@ -104,6 +105,27 @@ async def _look_up(state: ApiState, key: str, key_digest: str) -> Caller | None:
             state.known_keys.clear()
         state.known_keys[key_digest] = (time.monotonic(), found)
     return found
+
+
+def _host_name(host: str) -> str:
+    """The name in a Host header, without its port (an IPv6 address keeps no brackets)."""
+    if host.startswith("["):
+        return host[1 : host.find("]")] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+async def loopback_host_only(request: Request) -> None:
+    """Forbidden on a `--no-auth` server for a request naming any host but loopback: a page of another site whose
+    name was rebound to 127.0.0.1 would otherwise act as the owner, its requests same-origin to the browser."""
+    if not api_state(request).no_auth:
+        return
+    host = request.headers.get("host", "")
+    if not is_loopback(_host_name(host.strip().lower())):
+        raise Forbidden(
+            f"this orbatch server runs without keys and answers only to a loopback name (127.0.0.1, [::1], "
+            f"localhost), not {host[:100]!r}",
+            code="host_not_allowed",
+        )
 
 
 async def authorized(request: Request) -> Caller:

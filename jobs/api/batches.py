@@ -14,9 +14,8 @@ from jobs.api.responses import ERRORS, json_response
 from jobs.api.schemas import BatchCreate, BatchList, BatchObject
 from jobs.api.state import api_state
 from jobs.constants import BATCH_LIST_DEFAULT, BATCH_LIST_MAX
-from jobs.control import cancel_batch
+from jobs.control import CANCEL_REFUSED, cancel_batch
 from jobs.errors import Conflict, UnsupportedMediaType
-from jobs.states import BatchStatus
 
 __all__ = ["router"]
 
@@ -100,7 +99,7 @@ async def cancel(request: Request, caller: Authorized, batch_id: str) -> Respons
     state = api_state(request)
     async with state.reads.connect() as conn:
         batch = await get_batch(conn, caller.owner, batch_id)
-    if batch.orbatch.status in (BatchStatus.COMPLETED, BatchStatus.FAILED, BatchStatus.EXPIRED):
+    if batch.orbatch.status in CANCEL_REFUSED:
         raise Conflict(
             f"Cannot cancel a batch with status '{batch.status}'.",
             param="batch_id",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import signal
 import socket
 import sys
@@ -22,10 +21,10 @@ from jobs.db import alembic_config, create_engine, ensure_database, upgrade
 from jobs.errors import BadInput, SettingsError
 from jobs.logs import get_logger
 from jobs.oneshot import start_simulator
-from jobs.settings import Settings
+from jobs.settings import Settings, is_loopback
 from jobs.terminal import say
 
-__all__ = ["ServePlan", "is_loopback", "serve"]
+__all__ = ["ServePlan", "serve"]
 
 log = get_logger(__name__)
 
@@ -45,16 +44,6 @@ class ServePlan:
     simulator: bool
     # The embedded Postgres of this run: its schema is brought up to date here.
     embedded_database: bool
-
-
-def is_loopback(host: str) -> bool:
-    """Whether only this machine can reach a server listening on `host`."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def check_plan(settings: Settings, plan: ServePlan) -> None:

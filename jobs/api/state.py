@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
 
 from arq.connections import ArqRedis
 from fastapi import Request
@@ -36,6 +38,8 @@ class ApiState:
     # The form token of the dashboard's pages on a `--no-auth` server (signed-in browsers carry their session's):
     # a form posted from another site cannot know it.
     form_token: str = field(default_factory=lambda: secrets.token_urlsafe(32))
+    # The dashboard's chart rows of a batch as last read (by batch and span), with when: see CHART_READ_SECONDS.
+    chart_minutes: dict[tuple[str, timedelta], tuple[float, list[Any]]] = field(default_factory=dict)
 
 
 def api_state(request: Request) -> ApiState:

@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 
 from jobs.api.pages.reads import MinuteLine
+from jobs.constants import CHART_SPANS
 
 __all__ = ["Bar", "BarChart", "LineChart", "Series", "finished_chart", "model_chart"]
 
@@ -14,7 +15,8 @@ WIDTH = 640
 HEIGHT = 180
 # Room for the axis labels on the left and below.
 _LEFT, _BOTTOM, _TOP = 56, 22, 8
-# Distinct at a glance and on a colour-blind reader's screen (the Okabe-Ito palette).
+# Distinct at a glance and on a colour-blind reader's screen (the Okabe-Ito palette); a ninth model takes the
+# first colour again, and the legend still names each line.
 _COLOURS = ("#0072b2", "#e69f00", "#009e73", "#cc79a7", "#56b4e9", "#d55e00", "#f0e442", "#000000")
 
 
@@ -63,28 +65,36 @@ class LineChart:
     end: str = ""
 
 
+_INSTANT = timedelta(microseconds=1)
+
+
 def _span_words(span: timedelta) -> str:
     minutes = int(span.total_seconds() // 60)
-    return "minute" if minutes == 1 else f"{minutes} minutes" if minutes < 120 else f"{minutes // 60} hours"
+    if minutes == 1:
+        return "minute"
+    return f"{minutes} minutes" if minutes < 120 or minutes % 60 else f"{minutes // 60} hours"
 
 
-def _spans(minutes: list[MinuteLine], bucket: timedelta, now: datetime) -> list[datetime]:
-    """Every span from the first to the last (or now), empty ones too, so a stall shows as a gap."""
+def _spans(minutes: list[MinuteLine], bucket: timedelta, end: datetime) -> list[datetime]:
+    """Every span from the first to the batch's end (now, while it runs), empty ones too, so a stall shows as a
+    gap; the spans were sized so that its life takes at most CHART_SPANS of them."""
     if not minutes:
         return []
-    first, last = minutes[0].at, max(minutes[-1].at, now - bucket)
-    count = min(int((last - first) / bucket) + 1, 10_000)
+    first = minutes[0].at
+    # The span that holds the batch's last moment (one ending on a span's edge ended in the span before).
+    last = max(minutes[-1].at, first + bucket * max(0, int((end - first - _INSTANT) / bucket)))
+    count = min(int((last - first) / bucket) + 1, CHART_SPANS + 1)
     return [first + i * bucket for i in range(count)]
 
 
-def finished_chart(minutes: list[MinuteLine], bucket: timedelta, now: datetime) -> BarChart:
+def finished_chart(minutes: list[MinuteLine], bucket: timedelta, end: datetime) -> BarChart:
     """Bars of requests answered and failed in each span."""
     answered: dict[datetime, int] = {}
     failed: dict[datetime, int] = {}
     for line in minutes:
         answered[line.at] = answered.get(line.at, 0) + line.answers
         failed[line.at] = failed.get(line.at, 0) + line.failed
-    spans = _spans(minutes, bucket, now)
+    spans = _spans(minutes, bucket, end)
     chart = BarChart(span=_span_words(bucket))
     if not spans:
         return chart
@@ -110,14 +120,14 @@ def finished_chart(minutes: list[MinuteLine], bucket: timedelta, now: datetime) 
     return chart
 
 
-def model_chart(minutes: list[MinuteLine], bucket: timedelta, now: datetime) -> LineChart:
+def model_chart(minutes: list[MinuteLine], bucket: timedelta, end: datetime) -> LineChart:
     """Each model's spend so far at every span; its answers so far when the batch has spent nothing."""
     served = [line for line in minutes if line.model]
     by_cost = any(line.cost for line in served)
     chart = LineChart(
         "Spend by model (USD, running total)" if by_cost else "Answers by model (running total)"
     )
-    spans = _spans(minutes, bucket, now)
+    spans = _spans(minutes, bucket, end)
     if not spans or not served:
         return chart
     per_model: dict[str, dict[datetime, Decimal]] = {}

@@ -6,15 +6,16 @@ model, error code, try count or minute), so a page costs the same for a batch of
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import TextClause, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from jobs.constants import NO_AUTH_OWNER, PAGE_RATE_MINUTES
+from jobs.constants import CHART_MEMORY_BATCHES, CHART_READ_SECONDS, PAGE_RATE_MINUTES
 
 __all__ = [
     "BatchLine",
@@ -29,15 +30,15 @@ __all__ = [
 
 _COUNTS = ("pending", "running", "completed", "failed", "cancelled")
 
-# A batch with its summed tally and the requests it finished over the last few whole minutes (its rate).
-# `:owner` NULL reads every batch (the operator's own loopback server); else the owner's API batches only.
-_BATCHES = f"""
+# The batches of a page (`page`: their ids and the time they are listed by), each with its summed tally, the
+# requests it finished over the last few whole minutes (its rate), and whether only free models answered it
+# (the backslash before the colon of `:free` keeps SQLAlchemy from taking it for a bind parameter).
+_BATCH_ROWS = f"""
     SELECT b.id, b.name, b.status, b.pause_reason, b.pause_message, b.resume_at, b.models, b.simulated,
            b.max_cost, b.created_at, b.started_at, b.finished_at, b.total,
            {", ".join(f"t.{c}" for c in _COUNTS)}, t.calls, t.cost, t.prompt_tokens, t.completion_tokens,
            m.recent, m.since, f.free_served
-    FROM batch b
-    LEFT JOIN api_batch a ON a.batch_id = b.id
+    FROM page p JOIN batch b ON b.id = p.id
     LEFT JOIN LATERAL (
         SELECT {", ".join(f"coalesce(sum(s.{c}), 0) AS {c}" for c in _COUNTS)},
                coalesce(sum(s.calls), 0) AS calls, coalesce(sum(s.cost), 0) AS cost,
@@ -56,17 +57,33 @@ _BATCHES = f"""
         SELECT bool_and(ft.model LIKE '%\\:free') AS free_served
         FROM batch_model_tally ft WHERE ft.batch_id = b.id AND ft.model <> '' AND ft.answers > 0
     ) f ON true
-    WHERE (CAST(:owner AS text) IS NULL OR a.owner = :owner)
+    ORDER BY p.at DESC, p.id DESC
 """  # noqa: S608 - built from this module's constants; values are bound parameters
 
-_PAGE = text(
-    _BATCHES
-    + """
-      AND (CAST(:before_at AS timestamptz) IS NULL OR (b.created_at, b.id) < (:before_at, :before_id))
-    ORDER BY b.created_at DESC, b.id DESC LIMIT :limit
-    """
+
+# The page's ids come first, off an index and limited, so only they are summed: an owner's from
+# `api_batch_owner_created_idx`, every batch (a `--no-auth` server's) from `batch_created_idx`.
+def _batches_of(page: str) -> TextClause:
+    """The batch rows of the batches `page` selects (each an `id`, and the `at` it is listed by)."""
+    return text(f"WITH page AS ({page}) {_BATCH_ROWS}")
+
+
+_OWNER_PAGE = _batches_of(
+    "SELECT batch_id AS id, created_at AS at FROM api_batch WHERE owner = :owner"
+    " AND (CAST(:before_at AS timestamptz) IS NULL OR (created_at, batch_id) < (:before_at, :before_id))"
+    " ORDER BY created_at DESC, batch_id DESC LIMIT :limit"
 )
-_ONE = text(_BATCHES + " AND b.id = :id")
+_ALL_PAGE = _batches_of(
+    "SELECT id, created_at AS at FROM batch"
+    " WHERE CAST(:before_at AS timestamptz) IS NULL OR (created_at, id) < (:before_at, :before_id)"
+    " ORDER BY created_at DESC, id DESC LIMIT :limit"
+)
+_OWNER_ONE = _batches_of(
+    "SELECT batch_id AS id, created_at AS at FROM api_batch WHERE batch_id = :id AND owner = :owner"
+)
+_ALL_ONE = _batches_of("SELECT id, created_at AS at FROM batch WHERE id = :id")
+_OWNER_CURSOR = text("SELECT created_at FROM api_batch WHERE batch_id = :id AND owner = :owner")
+_ALL_CURSOR = text("SELECT created_at FROM batch WHERE id = :id")
 
 _MODELS = text(
     """
@@ -102,11 +119,6 @@ _MINUTES = text(
     GROUP BY 1, 2 ORDER BY 1, 2
     """
 )
-
-
-def _owner(owner: str) -> str | None:
-    # The loopback server without keys is its operator's: it shows every batch, the CLI's too.
-    return None if owner == NO_AUTH_OWNER else owner
 
 
 @dataclass(slots=True, frozen=True)
@@ -176,31 +188,26 @@ def _line(row: Any) -> BatchLine:
 
 
 async def read_batch_page(
-    conn: AsyncConnection, owner: str, before: str | None, limit: int
+    conn: AsyncConnection, owner: str | None, before: str | None, limit: int
 ) -> tuple[list[BatchLine], bool]:
-    """A page of the owner's batches, newest first, older than the batch `before`; and whether more follow."""
-    before_at = None
+    """A page of the owner's batches (every batch for None), newest first, older than the batch `before`; and
+    whether more follow. A `before` that is not the owner's batch gives an empty page."""
+    params: dict[str, object] = {"owner": owner, "before_at": None, "before_id": before, "limit": limit + 1}
     if before is not None:
-        before_at = (
-            await conn.execute(text("SELECT created_at FROM batch WHERE id = :id"), {"id": before})
+        cursor = _ALL_CURSOR if owner is None else _OWNER_CURSOR
+        params["before_at"] = (
+            await conn.execute(cursor, {"id": before, "owner": owner})
         ).scalar_one_or_none()
-    rows = (
-        await conn.execute(
-            _PAGE,
-            {
-                "owner": _owner(owner),
-                "before_at": before_at,
-                "before_id": before,
-                "limit": limit + 1,
-            },
-        )
-    ).all()
+        if params["before_at"] is None:
+            return [], False
+    rows = (await conn.execute(_ALL_PAGE if owner is None else _OWNER_PAGE, params)).all()
     return [_line(r) for r in rows[:limit]], len(rows) > limit
 
 
-async def read_batch(conn: AsyncConnection, owner: str, batch_id: str) -> BatchLine | None:
-    """The owner's batch, or None (another owner's batch is not there either)."""
-    row = (await conn.execute(_ONE, {"owner": _owner(owner), "id": batch_id})).one_or_none()
+async def read_batch(conn: AsyncConnection, owner: str | None, batch_id: str) -> BatchLine | None:
+    """The owner's batch (any batch for None), or None: another owner's batch is not there either."""
+    statement = _ALL_ONE if owner is None else _OWNER_ONE
+    row = (await conn.execute(statement, {"owner": owner, "id": batch_id})).one_or_none()
     return None if row is None else _line(row)
 
 
@@ -241,7 +248,7 @@ class MinuteLine:
     cost: Decimal
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, frozen=True)
 class BatchTallies:
     """Everything the batch page shows beside its counts."""
 
@@ -252,11 +259,18 @@ class BatchTallies:
     bucket: timedelta = timedelta(minutes=1)
 
 
-async def read_tallies(conn: AsyncConnection, batch: BatchLine, now: datetime, buckets: int) -> BatchTallies:
-    """The batch's tallies by model, error code, try count and span of its life (at most `buckets` spans)."""
+async def read_tallies(
+    conn: AsyncConnection,
+    batch: BatchLine,
+    now: datetime,
+    spans: int,
+    memory: dict[tuple[str, timedelta], tuple[float, list[Any]]],
+) -> BatchTallies:
+    """The batch's tallies by model, error code and try count, and its life in at most `spans` spans (those read
+    again at most every CHART_READ_SECONDS, kept in `memory`)."""
     origin = (batch.started_at or batch.created_at).replace(second=0, microsecond=0)
     life = max(timedelta(minutes=1), (batch.finished_at or now) - origin)
-    bucket = timedelta(minutes=max(1, -(-int(life.total_seconds() // 60 + 1) // buckets)))
+    bucket = timedelta(minutes=max(1, -(-int(life.total_seconds() // 60 + 1) // spans)))
     params = {"id": batch.id}
     models = [
         ModelLine(
@@ -277,8 +291,16 @@ async def read_tallies(conn: AsyncConnection, batch: BatchLine, now: datetime, b
         for r in await conn.execute(_ERRORS, params)
     ]
     tries = [(int(r.tries), int(r.requests)) for r in await conn.execute(_TRIES, params)]
-    minutes = [
-        MinuteLine(r.at, r.model, int(r.answers), int(r.failed), Decimal(r.cost))
-        for r in await conn.execute(_MINUTES, {**params, "bucket": bucket, "origin": origin})
-    ]
+    key = (batch.id, bucket)
+    kept = memory.get(key)
+    if kept is not None and time.monotonic() - kept[0] < CHART_READ_SECONDS:
+        minutes: list[MinuteLine] = kept[1]
+    else:
+        minutes = [
+            MinuteLine(r.at, r.model, int(r.answers), int(r.failed), Decimal(r.cost))
+            for r in await conn.execute(_MINUTES, {**params, "bucket": bucket, "origin": origin})
+        ]
+        if len(memory) >= CHART_MEMORY_BATCHES:
+            memory.clear()
+        memory[key] = (time.monotonic(), minutes)
     return BatchTallies(models, errors, tries, minutes, bucket)

@@ -5,13 +5,13 @@ from __future__ import annotations
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import jinja2
 from fastapi import Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from jobs.constants import PAGE_REFRESH_SECONDS
+from jobs.constants import PAGE_MESSAGE_CHARS, PAGE_REFRESH_SECONDS
 from jobs.errors import OrbatchError, Unauthorized
 from jobs.eta import format_duration
 
@@ -62,13 +62,23 @@ _ENV = jinja2.Environment(
     lstrip_blocks=True,
 )
 _ENV.filters.update(money=_money, count=_count, when=_when, rate=_rate, duration=format_duration)
-_ENV.globals.update(refresh_seconds=PAGE_REFRESH_SECONDS)
+_ENV.globals.update(refresh_seconds=PAGE_REFRESH_SECONDS, message_chars=PAGE_MESSAGE_CHARS)
+
+
+# Query words that say what an action just did: shown once, then left out of the page's address and refreshes.
+_ONCE = frozenset({"notice", "problem"})
+
+
+def _live_url(request: Request) -> str:
+    """The page's own address without the words of a finished action, for its refreshes and its address bar."""
+    kept = urlencode([(k, v) for k, v in request.query_params.multi_items() if k not in _ONCE])
+    return request.url.path + (f"?{kept}" if kept else "")
 
 
 def render(request: Request, name: str, status_code: int = 200, **values: Any) -> Response:
     """The page `name` (or only its live part, when the page's script asks), with the page headers."""
     template = _ENV.get_template(name)
-    values = {"request": request, "path": request.url.path, **values}
+    values = {"request": request, "path": request.url.path, "live_url": _live_url(request), **values}
     if request.headers.get(LIVE_HEADER) and "live" in template.blocks:
         body = "".join(template.blocks["live"](template.new_context(values)))
     else:

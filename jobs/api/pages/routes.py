@@ -18,12 +18,12 @@ from jobs.api.pages.session import Viewer, check_form, end_session, find_viewer,
 from jobs.api.pages.views import ACTIONS, account_view, batch_view
 from jobs.api.state import api_state
 from jobs.constants import CHART_SPANS, FLEET_READ_SECONDS, PAGE_BATCHES, SESSION_COOKIE, SESSION_SECONDS
-from jobs.control import cancel_batch, resume_batch, retry_failed
+from jobs.control import CANCEL_REFUSED, RETRY_FROM, cancel_batch, resume_batch, retry_failed
 from jobs.errors import Conflict, NotFound, Unauthorized
 from jobs.export import stream_file
 from jobs.gauges import FleetGauges, read_fleet_gauges
 from jobs.logs import get_logger
-from jobs.states import BatchStatus
+from jobs.states import BatchStatus, PauseReason
 
 __all__ = ["router"]
 
@@ -31,11 +31,23 @@ log = get_logger(__name__)
 
 router = APIRouter(include_in_schema=False)
 
-# What a finished action tells the page it returns to: fixed words, so nothing from a URL is shown back.
+# What an action tells the page it returns to: fixed words chosen by what the action did, so nothing of a URL
+# is shown back.
 _NOTICES = {
     "cancelled": "Cancel asked: no new call starts; the calls in flight finish and are kept.",
+    "nothing_to_cancel": "Nothing to cancel: the batch had already stopped.",
     "retried": "The failed requests are queued again, each with its full number of attempts.",
+    "nothing_to_retry": "No failed request to retry.",
     "resumed": "Resumed: the batch's requests are queued again.",
+    "requeued": "The batch was running: its unfinished requests are queued again.",
+    "not_paused": "The batch is not paused: nothing to resume.",
+}
+# And what the batch's state refused.
+_PROBLEMS = {
+    "cancel": "This batch has ended: there is nothing to cancel.",
+    "retry": "Only a running or completed batch retries its failed requests.",
+    "resume": "This batch cannot be resumed from here: its budget is spent. Raise it with "
+    "`orbatch resume BATCH --max-cost USD`.",
 }
 
 
@@ -59,7 +71,7 @@ async def _gauges(request: Request) -> FleetGauges | None:
 
 async def _batch(request: Request, viewer: Viewer, batch_id: str) -> BatchLine:
     async with api_state(request).reads.connect() as conn:
-        line = await read_batch(conn, viewer.owner, batch_id)
+        line = await read_batch(conn, viewer.scope, batch_id)
     if line is None:
         raise NotFound(
             f"No batch found with id '{batch_id[:100]}'.", param="batch_id", code="batch_not_found"
@@ -72,7 +84,7 @@ async def batches_page(request: Request, before: str | None = None) -> Response:
     """The viewer's batches, newest first, a page at a time."""
     viewer = await _viewer(request)
     async with api_state(request).reads.connect() as conn:
-        lines, more = await read_batch_page(conn, viewer.owner, before, PAGE_BATCHES)
+        lines, more = await read_batch_page(conn, viewer.scope, before, PAGE_BATCHES)
     gauges = await _gauges(request)
     now = datetime.now(UTC)
     return render(
@@ -86,36 +98,39 @@ async def batches_page(request: Request, before: str | None = None) -> Response:
 
 
 @router.get("/batches/{batch_id}")
-async def batch_page(request: Request, batch_id: str, notice: str | None = None) -> Response:
+async def batch_page(
+    request: Request, batch_id: str, notice: str | None = None, problem: str | None = None
+) -> Response:
     """One batch: counts, spend by model, fallbacks, failures, tries, its life in charts, and its actions."""
     viewer = await _viewer(request)
     line = await _batch(request, viewer, batch_id)
-    return await _show_batch(request, viewer, line, _NOTICES.get(notice or ""))
-
-
-async def _show_batch(
-    request: Request, viewer: Viewer, line: BatchLine, notice: str | None, problem: str | None = None
-) -> Response:
     now = datetime.now(UTC)
-    async with api_state(request).reads.connect() as conn:
-        tallies = await read_tallies(conn, line, now, CHART_SPANS)
+    state = api_state(request)
+    async with state.reads.connect() as conn:
+        tallies = await read_tallies(conn, line, now, CHART_SPANS, state.chart_minutes)
     view = batch_view(line, await _gauges(request), now)
+    end = line.finished_at or now
     fallbacks = sum(m.fallbacks for m in tallies.models)
     answers = sum(m.answers for m in tallies.models)
+    paused = line.status == BatchStatus.PAUSED
     return render(
         request,
         "batch.html",
-        status_code=409 if problem else 200,
         viewer=viewer,
         batch=view,
         tallies=tallies,
         fallbacks=fallbacks,
         answers=answers,
-        finished=finished_chart(tallies.minutes, tallies.bucket, now),
-        by_model=model_chart(tallies.minutes, tallies.bucket, now),
-        notice=notice,
-        problem=problem,
-        action_hint=ACTIONS.get(line.pause_reason or "") if line.status == BatchStatus.PAUSED else None,
+        finished=finished_chart(tallies.minutes, tallies.bucket, end),
+        by_model=model_chart(tallies.minutes, tallies.bucket, end),
+        notice=_NOTICES.get(notice or ""),
+        problem=_PROBLEMS.get(problem or ""),
+        can_cancel=line.status not in CANCEL_REFUSED
+        and line.status not in (BatchStatus.CANCELLING, BatchStatus.CANCELLED),
+        can_retry=line.status in RETRY_FROM and line.counts["failed"] > 0,
+        # A spent budget needs a higher cap, which the command line takes; the page says how.
+        can_resume=paused and line.pause_reason != PauseReason.BUDGET,
+        action_hint=ACTIONS.get(line.pause_reason or "") if paused else None,
     )
 
 
@@ -126,28 +141,27 @@ async def batch_action(
     action: Literal["cancel", "retry", "resume"],
     token: Annotated[str | None, Form()] = None,
 ) -> Response:
-    """Cancel, retry the failed requests of, or resume a batch, then show its page again."""
+    """Cancel, retry the failed requests of, or resume a batch; then back to its page, which says what happened."""
     viewer = await _viewer(request)
     check_form(request, viewer, token)
     line = await _batch(request, viewer, batch_id)
     engine = api_state(request).engine
     try:
         if action == "cancel":
-            if line.status in (BatchStatus.COMPLETED, BatchStatus.FAILED, BatchStatus.EXPIRED):
-                raise Conflict(f"A batch with status '{line.status}' cannot be cancelled.")
-            await cancel_batch(engine, batch_id)
-            done = "cancelled"
+            if line.status in CANCEL_REFUSED:
+                raise Conflict(line.status)
+            said = await cancel_batch(engine, batch_id)
+            done = "nothing_to_cancel" if said.startswith("already") else "cancelled"
         elif action == "retry":
-            await retry_failed(engine, batch_id)
-            done = "retried"
+            done = "retried" if await retry_failed(engine, batch_id) else "nothing_to_retry"
         else:
-            await resume_batch(engine, batch_id)
-            done = "resumed"
-    except Conflict as refused:
-        # Shown on the batch's own page, beside the state that refused it.
-        return await _show_batch(
-            request, viewer, await _batch(request, viewer, batch_id), None, refused.message
-        )
+            said = await resume_batch(engine, batch_id)
+            done = {"resumed": "resumed"}.get(
+                said, "requeued" if said.startswith("running") else "not_paused"
+            )
+    except Conflict:
+        # Back to the page by GET like any action, so a reload never posts again and the page keeps refreshing.
+        return RedirectResponse(f"/batches/{batch_id}?problem={action}", status_code=303)
     return RedirectResponse(f"/batches/{batch_id}?notice={done}", status_code=303)
 
 
@@ -168,6 +182,7 @@ async def batch_download(request: Request, batch_id: str, kind: Literal["results
 
 
 async def _closing(pieces: AsyncGenerator[bytes]) -> AsyncIterator[bytes]:
+    # A client that leaves mid-download closes the export's generator, and with it its database connection.
     async with contextlib.aclosing(pieces):
         async for piece in pieces:
             yield piece
@@ -228,7 +243,8 @@ async def signin(
         cookie,
         max_age=SESSION_SECONDS,
         httponly=True,
-        samesite="strict",
+        # Lax: a link to a page from elsewhere opens it signed in; forms carry a token and are checked for origin.
+        samesite="lax",
         secure=request.url.scheme == "https",
         path="/",
     )
@@ -240,6 +256,7 @@ async def signout(request: Request, token: Annotated[str | None, Form()] = None)
     """Forget this browser's session."""
     viewer = await find_viewer(request)
     if viewer is not None:
+        # Another site cannot sign a browser out either: the form must be this page's.
         check_form(request, viewer, token)
         await end_session(request)
     answer = RedirectResponse("/signin", status_code=303)

@@ -30,6 +30,14 @@ class Viewer:
     form_token: str | None
     # Signed in through the form: the page offers to sign out.
     signed_in: bool = False
+    # The operator of a `--no-auth` loopback server, who sees every batch (the CLI's too); never a key's owner,
+    # whatever the key is named.
+    sees_all: bool = False
+
+    @property
+    def scope(self) -> str | None:
+        """The owner whose batches the pages read; None for every batch."""
+        return None if self.sees_all else self.owner
 
 
 def _session_key(state: ApiState, cookie: str) -> str:
@@ -46,7 +54,7 @@ async def find_viewer(request: Request) -> Viewer | None:
     """
     state = api_state(request)
     if state.no_auth:
-        return Viewer(NO_AUTH_OWNER, state.form_token)
+        return Viewer(NO_AUTH_OWNER, state.form_token, sees_all=True)
     if request.headers.get("authorization"):
         return Viewer((await authorized(request)).owner, None)
     cookie = request.cookies.get(SESSION_COOKIE)
@@ -69,8 +77,11 @@ async def find_viewer(request: Request) -> Viewer | None:
 
 
 async def start_session(request: Request, key: str) -> str:
-    """A new session for a live key: the cookie's value; Unauthorized for any other key."""
+    """A new session for a live key: the cookie's value; Unauthorized for any other key, Forbidden for a form
+    posted from another site (which would sign the browser in as someone else)."""
     state = api_state(request)
+    if not _same_origin(request):
+        raise _foreign_form()
     key = key.strip()
     caller = None
     if key.startswith(API_KEY_PREFIX):
@@ -81,6 +92,8 @@ async def start_session(request: Request, key: str) -> str:
             "That key is not a live orbatch key. Keys are made, listed and revoked with `orbatch keys`.",
             code="invalid_api_key",
         )
+    # A session the browser already had ends: a cookie planted before signing in is never the one used after.
+    await end_session(request)
     cookie = secrets.token_urlsafe(32)
     session = {"key": digest(key), "form": secrets.token_urlsafe(32)}
     await state.redis.set(_session_key(state, cookie), orjson.dumps(session), ex=SESSION_SECONDS)
@@ -93,6 +106,13 @@ async def end_session(request: Request) -> None:
     cookie = request.cookies.get(SESSION_COOKIE)
     if cookie:
         await state.redis.delete(_session_key(state, cookie))
+
+
+def _foreign_form() -> Forbidden:
+    return Forbidden(
+        "This form did not come from this orbatch page (or the page is too old): reload the page and try again.",
+        code="bad_form_token",
+    )
 
 
 def _same_origin(request: Request) -> bool:

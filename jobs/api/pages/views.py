@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from jobs.api.pages.reads import BatchLine
+from jobs.constants import PAGE_RATE_MIN_SECONDS, PAGE_RATE_MINUTES
 from jobs.eta import FreeLimits, estimate, format_duration
 from jobs.gauges import AccountGauges, FleetGauges
 from jobs.states import BatchStatus, PauseReason
@@ -13,14 +15,12 @@ from jobs.states import BatchStatus, PauseReason
 __all__ = ["ACTIONS", "AccountView", "BatchView", "Wait", "account_for", "account_view", "batch_view"]
 
 _ENDED = (BatchStatus.COMPLETED, BatchStatus.FAILED, BatchStatus.CANCELLED, BatchStatus.EXPIRED)
-# A rate over less than this is noise: the first requests of a batch come in a burst, before any throttle.
-_MIN_RATE_SECONDS = 5.0
 
 
 @dataclass(slots=True, frozen=True)
 class Wait:
-    """Why a batch's ETA is what it is: `kind` is quota, pace, cool-down, outage, budget, credits, auth or
-    cancelling; `text` says it in a sentence."""
+    """Why a batch's ETA is what it is: `kind` is quota, pace, cool-down, outage, stalled, budget, credits, auth
+    or cancelling; `text` says it in a sentence."""
 
     kind: str
     text: str
@@ -61,7 +61,7 @@ def _bound_for_free(line: BatchLine) -> bool:
 def _rate(line: BatchLine, now: datetime) -> float | None:
     since = max(line.recent_since, line.started_at or line.created_at)
     seconds = (min(now, line.finished_at or now) - since).total_seconds()
-    return line.recent / seconds if seconds >= _MIN_RATE_SECONDS else None
+    return line.recent / seconds if seconds >= PAGE_RATE_MIN_SECONDS else None
 
 
 def _paused(line: BatchLine) -> Wait:
@@ -109,9 +109,14 @@ def batch_view(line: BatchLine, gauges: FleetGauges | None, now: datetime | None
         )
         used = account.free_used_today
     guess = estimate(line.remaining, remaining_free, rate, limits, used, now)
+    if guess.seconds is not None and not math.isfinite(guess.seconds):
+        # The workers allow no free request a day: a batch bound for free models never ends on its own.
+        return BatchView(line, rate, "never", wait or Wait("quota", "the free tier allows 0 requests a day"))
     if wait is None and guess.reason:
         left_today = max(0, limits.per_day - used) if limits else 0
         wait = Wait("quota" if remaining_free > left_today else "pace", guess.reason)
+    if wait is None and rate == 0:
+        wait = Wait("stalled", f"no request finished in the last {PAGE_RATE_MINUTES} minutes")
     eta = "estimating" if guess.seconds is None else format_duration(guess.seconds)
     return BatchView(line, rate, eta, wait)
 

@@ -3,7 +3,11 @@
 (function () {
   "use strict";
   var page = document.getElementById("page");
-  if (!page || !page.dataset.live) return;
+  if (!page) return;
+  var url = page.dataset.liveUrl || window.location.pathname;
+  // A notice of what an action did is shown once: a reload or a bookmark of the page does not repeat it.
+  if (url !== window.location.pathname + window.location.search) window.history.replaceState(null, "", url);
+  if (!page.dataset.live) return;
   var every = 1000 * (Number(page.dataset.refresh) || 2);
   var busy = false;
   function refresh() {
@@ -11,9 +15,11 @@
     var live = document.getElementById("live");
     if (!live) return;
     busy = true;
-    fetch(window.location.href, { headers: { "X-Orbatch-Live": "1" }, credentials: "same-origin" })
+    fetch(url, { headers: { "X-Orbatch-Live": "1" }, credentials: "same-origin" })
       .then(function (answer) {
+        // Signed out, or the key revoked: the whole page goes to the sign-in form.
         if (answer.redirected || answer.status === 401) { window.location.reload(); return null; }
+        page.dataset.stale = answer.ok ? "" : String(answer.status);
         return answer.ok ? answer.text() : null;
       })
       .then(function (html) {
@@ -22,7 +28,7 @@
           document.body.dataset.refreshedAt = String(Date.now());
         }
       })
-      .catch(function () { /* the next tick tries again */ })
+      .catch(function () { page.dataset.stale = "unreachable"; })
       .finally(function () { busy = false; });
   }
   window.setInterval(refresh, every);

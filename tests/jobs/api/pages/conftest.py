@@ -81,16 +81,16 @@ async def visit(page: Any, url: str) -> Any:
 
 
 def start_batch(
-    client: OpenAI, count: int, models: list[str], name: str | None = None, prefix: str = "q"
+    client: OpenAI, count: int, models: list[str], name: str | None = None, prefix: str = "q", **extra: Any
 ) -> str:
-    """A batch of `count` requests made through the API; its id."""
+    """A batch of `count` requests made through the API (orbatch's own options in `extra`); its id."""
     uploaded = client.files.create(file=("in.jsonl", jsonl(batch_lines(count, prefix))), purpose="batch")
     batch = client.batches.create(
         input_file_id=uploaded.id,
         endpoint="/v1/chat/completions",
         completion_window="24h",
         metadata={"name": name} if name else None,
-        extra_body={"models": models},
+        extra_body={"models": models, **extra},
     )
     return batch.id
 

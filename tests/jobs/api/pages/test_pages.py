@@ -3,18 +3,22 @@ the live part alone on request, downloads, headers; and the server's `/metrics`.
 
 from __future__ import annotations
 
+import asyncio
 import re
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import orjson
+import psutil
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from jobs.api.keys import NewKey, revoke_key
+from jobs.api.keys import NewKey, create_key, revoke_key
 from tests.jobs.api.conftest import ApiServer, api_env, wait_for
 from tests.jobs.api.pages.conftest import start_batch
-from tests.support import Simulator
+from tests.support import Simulator, run_cli
 
 pytestmark = pytest.mark.xdist_group("browser")
 
@@ -136,6 +140,11 @@ async def test_signing_in_never_leaves_the_site_and_a_revoked_key_ends_the_sessi
         assert (await http.get("/")).status_code == 303
 
 
+def api_server_env(server: ApiServer) -> dict[str, str]:
+    """The environment a server was started with: a command line on the same services."""
+    return dict(psutil.Process(server.process.pid).environ())
+
+
 def test_the_loopback_server_without_keys_shows_every_batch(
     open_server: ApiServer, api_server: ApiServer, owners: dict[str, NewKey]
 ) -> None:
@@ -167,3 +176,141 @@ def test_metrics_on_the_server_move_with_a_batch_and_can_ask_for_a_token(
         assert http.get("/metrics").status_code == 401
         assert http.get("/metrics", headers={"authorization": "Bearer wrong"}).status_code == 401
         assert http.get("/metrics", headers={"authorization": "Bearer scrape-secret"}).status_code == 200
+
+
+async def test_a_key_named_local_is_an_owner_like_any_other_on_a_server_with_keys(
+    api_server: ApiServer, owners: dict[str, NewKey], engine: AsyncEngine
+) -> None:
+    batch_id = start_batch(api_server.client(owners["alice"].key), 1, ["sim/echo"], name="alice's")
+    local = await create_key(engine, "local")
+    async with httpx.AsyncClient(base_url=api_server.url, headers=_bearer(local.key)) as http:
+        assert batch_id not in (await http.get("/")).text
+        assert (await http.get(f"/batches/{batch_id}")).status_code == 404
+        assert (await http.get(f"/batches/{batch_id}/results.jsonl")).status_code == 404
+        assert (await http.post(f"/batches/{batch_id}/cancel")).status_code == 404
+
+
+def test_a_batch_submitted_from_the_command_line_shows_only_where_no_keys_are_asked(
+    api_server: ApiServer, open_server: ApiServer, owners: dict[str, NewKey], tmp_path: Path
+) -> None:
+    lines = tmp_path / "in.jsonl"
+    lines.write_text('{"custom_id": "a", "messages": [{"role": "user", "content": "hi"}]}\n')
+    submitted = run_cli(
+        api_server_env(api_server), "submit", str(lines), "--models", "sim/echo", "--name", "from the shell"
+    )
+    assert submitted.returncode == 0, submitted.stderr
+    batch_id = submitted.stdout.split()[0]
+    with httpx.Client(base_url=api_server.url, headers=_bearer(owners["alice"].key)) as http:
+        assert "from the shell" not in http.get("/").text
+        assert http.get(f"/batches/{batch_id}").status_code == 404
+    with httpx.Client(base_url=open_server.url, headers=HTML) as http:
+        assert "from the shell" in http.get("/").text
+        assert http.get(f"/batches/{batch_id}").status_code == 200
+
+
+def test_the_server_without_keys_answers_only_to_loopback_names(open_server: ApiServer) -> None:
+    port = open_server.url.rsplit(":", 1)[1]
+    rebound = {**HTML, "host": f"rebind.evil.example:{port}", "origin": f"http://rebind.evil.example:{port}"}
+    with httpx.Client(base_url=open_server.url) as http:
+        for method, path in (
+            ("GET", "/"),
+            ("GET", "/fleet"),
+            ("GET", "/v1/batches"),
+            ("POST", "/batches/b/cancel"),
+        ):
+            refused = http.request(method, path, headers=rebound)
+            assert refused.status_code == 403, (method, path)
+            assert "answers only to a loopback name" in refused.text
+        for host in (f"localhost:{port}", f"127.0.0.1:{port}"):
+            assert http.get("/", headers={**HTML, "host": host}).status_code == 200
+
+
+def test_a_sign_in_posted_from_another_site_is_refused(
+    api_server: ApiServer, owners: dict[str, NewKey]
+) -> None:
+    with httpx.Client(base_url=api_server.url, headers=HTML) as http:
+        forged = http.post(
+            "/signin",
+            data={"key": owners["alice"].key, "next": "/"},
+            headers={"origin": "https://evil.example", "sec-fetch-site": "cross-site"},
+        )
+        assert forged.status_code == 403
+        assert "set-cookie" not in forged.headers
+
+
+def test_a_refused_action_returns_to_the_batch_page_which_says_why_and_keeps_refreshing(
+    api_server: ApiServer, owners: dict[str, NewKey]
+) -> None:
+    client = api_server.client(owners["alice"].key)
+    batch_id = start_batch(client, 2, ["sim/echo"], name="done already")
+    wait_for(client, batch_id)
+    with httpx.Client(base_url=api_server.url, headers=HTML) as http:
+        token = _sign_in(http, owners["alice"].key)
+        refused = http.post(f"/batches/{batch_id}/cancel", data={"token": token})
+        assert refused.status_code == 303
+        assert refused.headers["location"] == f"/batches/{batch_id}?problem=cancel"
+        page = http.get(refused.headers["location"]).text
+        assert "This batch has ended: there is nothing to cancel." in page
+        # The page's refreshes ask for its own address, without the words of the action.
+        assert f'data-live-url="/batches/{batch_id}"' in page
+        assert 'id="cancel"' not in page
+        assert http.get(f"/batches/{batch_id}", headers={"x-orbatch-live": "1"}).status_code == 200
+
+
+def test_retry_from_the_page_runs_the_failed_requests_again(
+    api_server: ApiServer, owners: dict[str, NewKey], simulator: Simulator
+) -> None:
+    refuse = [{"match": "prompt of", "status": 400, "message": "refused <for> a test"}]
+    asyncio.run(simulator.configure(rules=refuse))
+    client = api_server.client(owners["alice"].key)
+    batch_id = start_batch(client, 3, ["sim/echo"], name="refused lines")
+    assert wait_for(client, batch_id).request_counts.failed == 3  # type: ignore[union-attr]
+    with httpx.Client(base_url=api_server.url, headers=HTML) as http:
+        token = _sign_in(http, owners["alice"].key)
+        page = http.get(f"/batches/{batch_id}").text
+        assert "Retry 3 failed" in page
+        assert "refused &lt;for&gt; a test" in page
+        retried = http.post(f"/batches/{batch_id}/retry", data={"token": token})
+        assert retried.headers["location"] == f"/batches/{batch_id}?notice=retried"
+    # Each request is called once more, and fails again the same way.
+    deadline = time.monotonic() + 60
+    while client.batches.retrieve(batch_id).orbatch["calls"] < 6:  # type: ignore[index]
+        assert time.monotonic() < deadline, "the retried requests were not called again"
+        time.sleep(0.2)
+    assert wait_for(client, batch_id).request_counts.failed == 3  # type: ignore[union-attr]
+
+
+def test_a_batch_paused_on_its_budget_says_how_to_go_on_and_offers_no_resume_that_would_fail(
+    api_server: ApiServer, owners: dict[str, NewKey]
+) -> None:
+    client = api_server.client(owners["alice"].key)
+    batch_id = start_batch(client, 40, ["sim/echo"], name="on a budget", max_cost="0.00003")
+    wait_for(client, batch_id, until=("in_progress",))
+    with httpx.Client(base_url=api_server.url, headers=_bearer(owners["alice"].key)) as http:
+        for _ in range(300):
+            page = http.get(f"/batches/{batch_id}").text
+            if 'class="status s-paused"' in page:
+                break
+            time.sleep(0.1)
+        assert "budget:" in page
+        assert "--max-cost USD" in page
+        assert 'id="resume"' not in page
+
+
+def test_the_list_pages_through_an_owners_batches_and_no_further(
+    api_server: ApiServer, owners: dict[str, NewKey]
+) -> None:
+    bob = api_server.client(owners["bob"].key)
+    made = [start_batch(bob, 1, ["sim/echo"], name=f"bob {i}") for i in range(22)]
+    others = start_batch(api_server.client(owners["alice"].key), 1, ["sim/echo"], name="alice's")
+    with httpx.Client(base_url=api_server.url, headers=_bearer(owners["bob"].key)) as http:
+        first = http.get("/").text
+        assert re.findall(r'data-batch="([^"]+)"', first) == made[::-1][:20]
+        older = re.search(r'href="/\?before=([^"]+)" rel="next"', first)
+        assert older is not None
+        second = http.get(f"/?before={older.group(1)}").text
+        assert re.findall(r'data-batch="([^"]+)"', second) == made[1::-1]
+        assert 'rel="next"' not in second
+        # Another owner's batch is no cursor: the page is empty, as for an id that never was.
+        for cursor in (others, "batch_never"):
+            assert re.findall(r'data-batch="([^"]+)"', http.get(f"/?before={cursor}").text) == []
