@@ -226,18 +226,22 @@ async def explain_batch_page(url: str, batch_id: str) -> None:
     from sqlalchemy import TextClause, text
 
     from jobs.api.pages import reads
-    from jobs.constants import CHART_SPANS, NO_AUTH_OWNER
+    from jobs.constants import CHART_SPANS, PAGE_BATCHES
     from jobs.db import create_engine
 
     engine = create_engine(url, pool_size=1)
     try:
         async with engine.connect() as conn:
-            line = await reads.read_batch(conn, NO_AUTH_OWNER, batch_id)
+            line = await reads.read_batch(conn, None, batch_id)
             assert line is not None
-            tallies = await reads.read_tallies(conn, line, datetime.now(UTC), CHART_SPANS)
+            tallies = await reads.read_tallies(conn, line, datetime.now(UTC), CHART_SPANS, {})
             origin = (line.started_at or line.created_at).replace(second=0, microsecond=0)
             statements: dict[str, tuple[TextClause, dict[str, Any]]] = {
-                "batch row and summed tally": (reads._ONE, {"owner": None, "id": batch_id}),
+                "batch row and summed tally": (reads._ALL_ONE, {"id": batch_id}),
+                "a page of the list": (
+                    reads._ALL_PAGE,
+                    {"before_at": None, "before_id": None, "limit": PAGE_BATCHES + 1},
+                ),
                 "by model": (reads._MODELS, {"id": batch_id}),
                 "by error code": (reads._ERRORS, {"id": batch_id}),
                 "by tries": (reads._TRIES, {"id": batch_id}),
@@ -315,8 +319,22 @@ PAGES = {
 BATCH_PAGE = "GET /batches/{id} (batch page)"
 
 
+def other_batches_sql(count: int) -> str:
+    """`count` small finished batches made before the big one: the list of a long-lived server, which must not
+    cost more with them."""
+    return f"""
+    INSERT INTO batch (id, name, status, models, max_attempts, total, created_at, started_at, finished_at)
+    SELECT 'batch_old_' || g, 'nightly ' || g, 'completed', ARRAY['sim/echo'], 3, 10,
+           now() - g * interval '1 minute', now() - g * interval '1 minute', now() - g * interval '1 minute'
+                   + interval '30 seconds'
+    FROM generate_series(1, {int(count)}) g
+    """  # noqa: S608 - a count formatted as an integer
+
+
 def prepare(args: argparse.Namespace, url: str, server_url: str, path: Path) -> str:
-    """The batch, made through the API and given its finished past; its id."""
+    """The batch, made through the API and given its finished past, after the other batches; its id."""
+    if args.other_batches:
+        psql(url, other_batches_sql(args.other_batches))
     started = time.perf_counter()
     batch_id = upload_and_create(f"{server_url}/v1", path)
     made = time.perf_counter() - started
@@ -331,7 +349,8 @@ def prepare(args: argparse.Namespace, url: str, server_url: str, path: Path) -> 
     tallied, scanned = asyncio.run(counts(url, batch_id))
     print(
         f"batch {batch_id}: {args.requests:,} requests uploaded and created through the API in {made:.0f} s; "
-        f"{done:,} given a finished past over {args.history_hours:g} h in {past:.0f} s"
+        f"{done:,} given a finished past over {args.history_hours:g} h in {past:.0f} s; "
+        f"{args.other_batches:,} older batches beside it"
     )
     print(f"  tallies match the request rows: {tallied == scanned} {tallied}")
     return batch_id
@@ -353,6 +372,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="worker processes working the batch")
     parser.add_argument("--concurrency", type=int, default=8, help="requests in flight per worker")
     parser.add_argument("--latency-ms", type=float, default=100.0, help="the simulator's answer time")
+    parser.add_argument(
+        "--other-batches", type=int, default=20_000, help="older small batches in the list beside the big one"
+    )
     parser.add_argument("--explain", action="store_true", help="EXPLAIN ANALYZE the batch page's statements")
     args = parser.parse_args()
     # SIGTERM ends the run through the `finally` blocks, so the server, workers and simulator go with it.
