@@ -66,7 +66,9 @@ async def start_simulator(settings: Settings, stack: contextlib.AsyncExitStack, 
             "OpenRouter is simulated on this machine: no real model is called and no quota or money is used; "
             f"answers echo the prompts. Free tier: {config.free_per_minute} requests per "
             f"{config.free_window_seconds:g} s, {config.free_per_day} per day of "
-            f"{(config.day_seconds or 86400) / 60:g} minutes (ORBATCH_SIMULATOR_ARGS changes them).",
+            f"{(config.day_seconds or 86400) / 60:g} minutes (ORBATCH_SIMULATOR_ARGS changes them). It answers at "
+            f"http://127.0.0.1:{port}{API_PREFIX} (OPENROUTER_BASE_URL for another command to use it); only "
+            "simulated batches are worked here.",
         ),
         highlight=False,
     )

@@ -69,6 +69,7 @@ _TAKE_LEASE = sql(
         FROM batch b
         WHERE r.id = :request_id AND r.attempts = :attempts AND r.status = {{R.PENDING}}
           AND r.next_attempt_at <= now() AND b.id = r.batch_id AND b.status = {{B.IN_PROGRESS}}
+          AND b.simulated = :simulated
         RETURNING r.id, r.batch_id, r.attempts, r.failures, r.body, b.max_attempts, b.free_only, r.fingerprint,
                   coalesce(r.models, b.models) AS chain,
                   CASE WHEN r.chain_pos < cardinality(coalesce(r.models, b.models)) THEN r.chain_pos ELSE 0 END
@@ -343,9 +344,11 @@ def _attempt_params(
 
 
 async def take_lease(
-    engine: AsyncEngine, request_id: int, attempts: int, owner: str, lease_seconds: float
+    engine: AsyncEngine, request_id: int, attempts: int, owner: str, lease_seconds: float, *, simulated: bool
 ) -> Lease | None:
-    """Lease the request for this job's attempt; None when it is not due, finished, taken or its batch stopped."""
+    """Lease the request for this job's attempt; None when it is not due, finished, taken or its batch stopped,
+    or when the batch is not for this worker's upstream: a simulated batch is never sent to OpenRouter (and
+    paid for), nor a real one answered by the simulator's echoes."""
     async with engine.connect() as conn:
         row = (
             await conn.execute(
@@ -355,6 +358,7 @@ async def take_lease(
                     "attempts": attempts,
                     "owner": owner,
                     "lease_seconds": lease_seconds,
+                    "simulated": simulated,
                 },
             )
         ).one_or_none()

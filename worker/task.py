@@ -149,9 +149,10 @@ async def _throttled(ctx: WorkerContext, lease: records.Lease, denied: Denied) -
     quota_hold = denied.kind == "cooldown" and lease.models_sent[0].endswith(":free")
     if denied.kind == "daily" or (quota_hold and denied.wait_seconds >= QUOTA_HOLD_SECONDS):
         limit = ctx.throttle.limits.free_per_day
+        # The day's end as this account counts days: 00:00 UTC for OpenRouter, sooner for a fast simulator.
+        day_ends = "the simulator's day ends" if ctx.simulated else "the free tier's day ends (00:00 UTC)"
         message = (
-            f"The daily quota of {limit} free-model requests is spent; the batch resumes when the free tier's "
-            "day ends (00:00 UTC)."
+            f"The daily quota of {limit} free-model requests is spent; the batch resumes when {day_ends}."
             if denied.kind == "daily"
             else "OpenRouter's free-model quota is spent; the batch resumes when OpenRouter said it resets."
         )
@@ -182,7 +183,9 @@ async def _attempt(ctx: WorkerContext, request_id: int, attempts: int) -> str:
         return "stopping"
     lease = await _persist(
         "lease",
-        lambda: records.take_lease(ctx.engine, request_id, attempts, ctx.owner, ctx.settings.lease_seconds),
+        lambda: records.take_lease(
+            ctx.engine, request_id, attempts, ctx.owner, ctx.settings.lease_seconds, simulated=ctx.simulated
+        ),
     )
     if lease is None:
         return "skipped"

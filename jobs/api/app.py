@@ -17,6 +17,7 @@ from jobs.api.errors import install_error_handlers
 from jobs.api.maintenance import maintain
 from jobs.api.middleware import BodyGuard
 from jobs.api.state import ApiState
+from jobs.catalog import upstream_is_simulator
 from jobs.constants import CALLBACK_TIMEOUT_SECONDS
 from jobs.db import create_engine
 from jobs.queue import connect
@@ -49,6 +50,8 @@ def create_app(settings: Settings, *, no_auth: bool = False, maintenance: bool =
         redis = await connect(settings.redis_url, settings.queue_name, patient=False)
         # Callbacks go only where the allow list says: no proxies from the environment, no redirects.
         client = httpx.AsyncClient(timeout=CALLBACK_TIMEOUT_SECONDS, follow_redirects=False, trust_env=False)
+        key = settings.openrouter_api_key.get_secret_value() if settings.openrouter_api_key else None
+        simulated = await upstream_is_simulator(settings.openrouter_base_url, key)
         app.state.api = ApiState(
             settings=settings,
             engine=engine,
@@ -56,6 +59,7 @@ def create_app(settings: Settings, *, no_auth: bool = False, maintenance: bool =
             redis=redis,
             batches=BatchCache(settings.api_batch_cache_seconds),
             no_auth=no_auth,
+            simulated=simulated,
         )
         task = asyncio.create_task(maintain(engine, client, settings)) if maintenance else None
         # Everything made so far (modules, the app, its clients) lives as long as the process: kept out of

@@ -187,6 +187,8 @@ async def create_batch(state: ApiState, caller: Caller, body: BatchCreate) -> st
         new=True,
         dedupe=body.dedupe,
         owner=caller.owner,
+        # Only workers in front of the same kind of upstream take it (see `records.take_lease`).
+        simulated=state.simulated,
     )
     async with state.reads.connect() as conn:
         if callback_url is not None:

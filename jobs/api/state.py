@@ -33,6 +33,9 @@ class ApiState:
     batches: BatchCache
     # Every request acts as the one owner `local` (a loopback-only server started with --no-auth).
     no_auth: bool
+    # OPENROUTER_BASE_URL is orbatch's simulator: the batches made here are simulated ones, which only workers in
+    # front of a simulator answer (and a real batch never gets its echoes).
+    simulated: bool = False
     # Keys seen lately (by digest), with when they were looked up: a poller's key costs no query per poll.
     known_keys: dict[str, tuple[float, Caller]] = field(default_factory=dict)
     # The form token of the dashboard's pages on a `--no-auth` server (signed-in browsers carry their session's):

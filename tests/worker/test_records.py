@@ -115,7 +115,9 @@ async def leased(engine: AsyncEngine, tmp_path: Path, **options: Any) -> records
         request_id = (
             await conn.execute(text("SELECT id FROM request WHERE batch_id = :b"), {"b": report.batch_id})
         ).scalar_one()
-    lease = await records.take_lease(engine, request_id, 0, "me", 30)
+    lease = await records.take_lease(
+        engine, request_id, 0, "me", 30, simulated=options.get("simulated", False)
+    )
     assert lease is not None
     return lease
 
@@ -186,7 +188,7 @@ async def test_a_request_given_back_before_the_feeder_marks_it_queued_is_fed_aga
         # Between the feeder's enqueue and its mark, a worker runs the job: the outage breaker denies it a
         # permit, so it gives the request back unsent, and arq finishes the job.
         [(request_id, attempts, feeds)] = requests
-        lease = await records.take_lease(engine, request_id, attempts, "me", 30)
+        lease = await records.take_lease(engine, request_id, attempts, "me", 30, simulated=False)
         assert lease is not None
         await records.unlease(engine, lease, "me", 0.0)
         await pool.zrem(queue, job_id(request_id, attempts, feeds))
@@ -210,12 +212,31 @@ async def test_a_request_given_back_unsent_is_fed_under_a_new_job_id_while_its_j
     await feeder.feed(engine, redis, queue_name, window=10)
     # A worker claims the job (arq's in-progress key), finds the breaker open and gives the request back.
     await redis.set(in_progress_key_prefix + "r1.0", b"1", px=600_000)
-    lease = await records.take_lease(engine, 1, 0, "me", 30)
+    lease = await records.take_lease(engine, 1, 0, "me", 30, simulated=False)
     assert lease is not None
     await records.unlease(engine, lease, "me", 0.0)
     # Its job still runs; the next attempt's job must not wait for that one's keys to go.
     assert (await feeder.feed(engine, redis, queue_name, window=10)).enqueued == 1
     assert sorted(await queued(redis, queue_name)) == ["r1.0", "r1.0.1"]
-    lease = await records.take_lease(engine, 1, 0, "me", 30)
+    lease = await records.take_lease(engine, 1, 0, "me", 30, simulated=False)
     assert lease is not None
     assert lease.number == 1
+
+
+async def test_a_worker_takes_only_the_batches_of_its_own_kind_of_upstream(
+    engine: AsyncEngine, tmp_path: Path
+) -> None:
+    # A real batch answered by the simulator would keep its echoes as results (and a later real run would carry
+    # on with them); a simulated batch sent to OpenRouter would be paid for.
+    for simulated in (False, True):
+        path = write_jsonl(tmp_path / f"{simulated}.jsonl", [chat_line("a", "x")])
+        report = await submit_file(
+            engine, path, SubmitOptions(models=["sim/echo"], new=True, simulated=simulated)
+        )
+        async with engine.connect() as conn:
+            request_id = (
+                await conn.execute(text("SELECT id FROM request WHERE batch_id = :b"), {"b": report.batch_id})
+            ).scalar_one()
+        assert await records.take_lease(engine, request_id, 0, "me", 30, simulated=not simulated) is None
+        lease = await records.take_lease(engine, request_id, 0, "me", 30, simulated=simulated)
+        assert lease is not None

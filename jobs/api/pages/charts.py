@@ -68,6 +68,11 @@ class LineChart:
 _INSTANT = timedelta(microseconds=1)
 
 
+def _usd(amount: Decimal) -> str:
+    # Free and cheap models cost fractions of a cent: their digits show.
+    return f"${amount:,.4f}" if amount >= Decimal("0.01") else f"${amount:.6f}"
+
+
 def _span_words(span: timedelta) -> str:
     minutes = int(span.total_seconds() // 60)
     if minutes == 1:
@@ -146,8 +151,8 @@ def model_chart(minutes: list[MinuteLine], bucket: timedelta, end: datetime) -> 
             running += per_model[model].get(span, Decimal(0))
             y = _TOP + plot_h - float(running / peak) * plot_h
             points.append(f"{_LEFT + (i + 1) * step:.1f},{y:.1f}")
-        total = f"${totals[model]:.6f}" if by_cost else f"{int(totals[model]):,}"
+        total = _usd(totals[model]) if by_cost else f"{int(totals[model]):,}"
         chart.series.append(Series(model, _COLOURS[index % len(_COLOURS)], " ".join(points), total))
-    chart.y_max = f"${peak:.4f}" if by_cost else f"{int(peak):,}"
+    chart.y_max = _usd(peak) if by_cost else f"{int(peak):,}"
     chart.start, chart.end = f"{spans[0]:%H:%M}", f"{spans[-1] + bucket:%H:%M} UTC"
     return chart

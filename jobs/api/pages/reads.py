@@ -156,6 +156,11 @@ class BatchLine:
         return self.counts["completed"] + self.counts["failed"] + self.counts["cancelled"]
 
     @property
+    def answered_or_failed(self) -> int:
+        """Requests that came to an answer or a failure: what the progress bar fills with (cancelled ones did not)."""
+        return self.counts["completed"] + self.counts["failed"]
+
+    @property
     def remaining(self) -> int:
         """Requests still to finish."""
         return self.counts["pending"] + self.counts["running"]

@@ -79,7 +79,7 @@ async def _batch(request: Request, viewer: Viewer, batch_id: str) -> BatchLine:
     return line
 
 
-@router.get("/")
+@router.api_route("/", methods=["GET", "HEAD"])
 async def batches_page(request: Request, before: str | None = None) -> Response:
     """The viewer's batches, newest first, a page at a time."""
     viewer = await _viewer(request)
@@ -97,7 +97,7 @@ async def batches_page(request: Request, before: str | None = None) -> Response:
     )
 
 
-@router.get("/batches/{batch_id}")
+@router.api_route("/batches/{batch_id}", methods=["GET", "HEAD"])
 async def batch_page(
     request: Request, batch_id: str, notice: str | None = None, problem: str | None = None
 ) -> Response:
@@ -128,8 +128,9 @@ async def batch_page(
         can_cancel=line.status not in CANCEL_REFUSED
         and line.status not in (BatchStatus.CANCELLING, BatchStatus.CANCELLED),
         can_retry=line.status in RETRY_FROM and line.counts["failed"] > 0,
-        # A spent budget needs a higher cap, which the command line takes; the page says how.
-        can_resume=paused and line.pause_reason != PauseReason.BUDGET,
+        # A spent budget needs a higher cap, which the command line takes, and a spent quota resumes by itself
+        # when the day turns (resuming sooner only pauses again): the page says so instead.
+        can_resume=paused and line.pause_reason in (PauseReason.CREDITS, PauseReason.AUTH),
         action_hint=ACTIONS.get(line.pause_reason or "") if paused else None,
     )
 
@@ -165,7 +166,7 @@ async def batch_action(
     return RedirectResponse(f"/batches/{batch_id}?notice={done}", status_code=303)
 
 
-@router.get("/batches/{batch_id}/{kind}.jsonl")
+@router.api_route("/batches/{batch_id}/{kind}.jsonl", methods=["GET", "HEAD"])
 async def batch_download(request: Request, batch_id: str, kind: Literal["results", "errors"]) -> Response:
     """The batch's completed requests (or its failures) so far, as OpenAI Batch output lines."""
     viewer = await _viewer(request)
@@ -188,7 +189,7 @@ async def _closing(pieces: AsyncGenerator[bytes]) -> AsyncIterator[bytes]:
             yield piece
 
 
-@router.get("/fleet")
+@router.api_route("/fleet", methods=["GET", "HEAD"])
 async def fleet_page(request: Request) -> Response:
     """Workers alive, calls in flight, the free tier today, pacing, breaker and cool-downs, queue depth."""
     viewer = await _viewer(request)
@@ -211,7 +212,7 @@ def _safe_next(target: str | None) -> str:
     return target
 
 
-@router.get("/signin")
+@router.api_route("/signin", methods=["GET", "HEAD"])
 async def signin_page(request: Request, next: str | None = None) -> Response:
     """The sign-in form."""
     if api_state(request).no_auth:

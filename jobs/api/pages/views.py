@@ -65,9 +65,8 @@ def _rate(line: BatchLine, now: datetime) -> float | None:
 
 
 def _paused(line: BatchLine) -> Wait:
-    when = f" until {line.resume_at:%Y-%m-%d %H:%M} UTC" if line.resume_at else ""
-    message = line.pause_message or "paused"
-    return Wait(line.pause_reason or "paused", f"{message}{when}")
+    when = f" It resumes at {line.resume_at:%Y-%m-%d %H:%M} UTC." if line.resume_at else ""
+    return Wait(line.pause_reason or "paused", f"{line.pause_message or 'Paused.'}{when}")
 
 
 def _waiting(line: BatchLine, account: AccountGauges | None) -> Wait | None:
@@ -93,11 +92,15 @@ def _waiting(line: BatchLine, account: AccountGauges | None) -> Wait | None:
 def batch_view(line: BatchLine, gauges: FleetGauges | None, now: datetime | None = None) -> BatchView:
     """Progress, rate and ETA of a batch, with why it waits; free-tier limits from the fleet's gauges."""
     now = now or datetime.now(UTC)
-    rate = _rate(line, now)
     if line.status in _ENDED:
-        return BatchView(line, rate, "done", None)
+        return BatchView(line, None, "done", None)
+    rate = _rate(line, now)
     account = account_for(gauges, line.simulated)
     wait = _waiting(line, account)
+    if line.status == BatchStatus.PAUSED and line.resume_at is not None:
+        return BatchView(
+            line, rate, f"resumes in {format_duration((line.resume_at - now).total_seconds())}", wait
+        )
     if line.status in (BatchStatus.PAUSED, BatchStatus.CANCELLING):
         return BatchView(line, rate, "—", wait)
     remaining_free = line.remaining if _bound_for_free(line) else 0

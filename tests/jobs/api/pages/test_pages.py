@@ -60,6 +60,8 @@ def test_a_script_reads_every_page_with_its_bearer_key(
             assert page.headers["content-type"].startswith("text/html")
             assert "script-src 'self'" in page.headers["content-security-policy"]
             assert page.headers["cache-control"] == "no-store"
+        # Made on a server whose upstream is the simulator: simulated, and tagged so.
+        assert '<span class="tag">simulated</span>' in http.get(f"/batches/{batch_id}").text
         live = http.get(f"/batches/{batch_id}", headers={"x-orbatch-live": "1"})
         assert "<html" not in live.text
         assert 'id="count-completed"' in live.text
