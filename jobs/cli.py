@@ -233,7 +233,10 @@ async def _watch_batch(
 ) -> BatchSummary:
     """Watch a batch run by other workers until it finishes or stops; Ctrl-C ends the watch only."""
     redis = await connect(settings.redis_url, settings.queue_name, patient=False)
-    limits = functools.partial(read_fleet, settings, redis)
+    async with engine.connect() as conn:
+        simulated = (await batch_summary(conn, batch_id)).simulated
+    # A simulated batch waits on the simulator's free tier, which its workers keep apart from OpenRouter's.
+    limits = functools.partial(read_fleet, settings, redis, throttle_namespace(settings.queue_name, simulated))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGINT, stop.set)
