@@ -17,7 +17,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from jobs.api.keys import NewKey, create_key
-from tests.conftest import REDIS_BASE_URL
+from tests.conftest import Services
 from tests.support import ROOT, Simulator, die_with_parent, test_env
 
 TERMINAL = ("completed", "failed", "expired", "cancelled")
@@ -66,18 +66,26 @@ class ApiServer:
         return self.process.returncode
 
 
-def api_env(database_url: str, simulator: Simulator, queue_name: str, **extra: str) -> dict[str, str]:
-    """What an operator would export for `orbatch serve` on the test services."""
-    return test_env(database_url, REDIS_BASE_URL, simulator.base_url, queue_name, **extra)
+def api_env(
+    services: Services, database_url: str, simulator: Simulator, queue_name: str, **extra: str
+) -> dict[str, str]:
+    """What an operator would export for `orbatch serve` on this test process's services (its own Redis
+    database, or its embedded Redis)."""
+    return test_env(database_url, services.redis, simulator.base_url, queue_name, **extra)
 
 
 @pytest.fixture(scope="module")
 def api_server(
-    database_url: str, queue_name: str, session_simulator: Simulator, tmp_path_factory: pytest.TempPathFactory
+    services: Services,
+    database_url: str,
+    queue_name: str,
+    session_simulator: Simulator,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[ApiServer]:
     """One server (with its in-process worker) for a module's tests."""
     server = ApiServer(
-        api_env(database_url, session_simulator, queue_name), tmp_path_factory.mktemp("api") / "serve.log"
+        api_env(services, database_url, session_simulator, queue_name),
+        tmp_path_factory.mktemp("api") / "serve.log",
     )
     yield server
     assert server.stop() == 0, server.log()[-3000:]

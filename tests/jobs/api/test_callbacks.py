@@ -19,6 +19,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from jobs.api.keys import NewKey
+from tests.conftest import Services
 from tests.jobs.api.conftest import ApiServer, api_env, batch_lines, jsonl, wait_for
 from tests.support import Simulator
 
@@ -82,8 +83,11 @@ def receiver() -> Iterator[Receiver]:
     http.server_close()
 
 
-def _env(database_url: str, simulator: Simulator, queue_name: str, receiver: Receiver) -> dict[str, str]:
+def _env(
+    services: Services, database_url: str, simulator: Simulator, queue_name: str, receiver: Receiver
+) -> dict[str, str]:
     return api_env(
+        services,
         database_url,
         simulator,
         queue_name,
@@ -94,6 +98,7 @@ def _env(database_url: str, simulator: Simulator, queue_name: str, receiver: Rec
 
 @pytest.fixture(scope="module")
 def server(
+    services: Services,
     database_url: str,
     queue_name: str,
     session_simulator: Simulator,
@@ -101,7 +106,7 @@ def server(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[ApiServer]:
     api = ApiServer(
-        _env(database_url, session_simulator, queue_name, receiver),
+        _env(services, database_url, session_simulator, queue_name, receiver),
         tmp_path_factory.mktemp("cb") / "serve.log",
     )
     yield api
@@ -192,12 +197,13 @@ def test_several_api_instances_send_each_callback_exactly_once(
     server: ApiServer,
     receiver: Receiver,
     owners: dict[str, NewKey],
+    services: Services,
     database_url: str,
     queue_name: str,
     simulator: Simulator,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
-    env = _env(database_url, simulator, queue_name, receiver)
+    env = _env(services, database_url, simulator, queue_name, receiver)
     others = [
         ApiServer(env, tmp_path_factory.mktemp("cb") / f"other-{i}.log", "--no-worker") for i in range(2)
     ]

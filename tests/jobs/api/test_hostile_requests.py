@@ -14,6 +14,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from jobs.api.keys import NewKey, create_key
+from tests.conftest import Services
 from tests.jobs.api.conftest import ApiServer, api_env, batch_lines, jsonl, wait_for
 from tests.support import Simulator
 
@@ -23,9 +24,14 @@ BOUNDARY = "orbatchtestboundary"
 
 @pytest.fixture(scope="module")
 def server(
-    database_url: str, queue_name: str, session_simulator: Simulator, tmp_path_factory: pytest.TempPathFactory
+    services: Services,
+    database_url: str,
+    queue_name: str,
+    session_simulator: Simulator,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[ApiServer]:
     env = api_env(
+        services,
         database_url,
         session_simulator,
         queue_name,

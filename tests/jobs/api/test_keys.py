@@ -14,6 +14,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from jobs.api.keys import find_caller
+from tests.conftest import Services
 from tests.jobs.api.conftest import ApiServer, api_env, batch_lines, jsonl
 from tests.support import Simulator, run_cli
 
@@ -108,10 +109,14 @@ def test_no_auth_is_refused_unless_the_server_listens_on_loopback(env: dict[str,
 
 @pytest.fixture
 def open_server(
-    database_url: str, queue_name: str, simulator: Simulator, tmp_path_factory: pytest.TempPathFactory
+    services: Services,
+    database_url: str,
+    queue_name: str,
+    simulator: Simulator,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[ApiServer]:
     api = ApiServer(
-        api_env(database_url, simulator, queue_name),
+        api_env(services, database_url, simulator, queue_name),
         tmp_path_factory.mktemp("open") / "serve.log",
         "--no-auth",
     )

@@ -16,6 +16,7 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from jobs.api.keys import NewKey, create_key, revoke_key
+from tests.conftest import Services
 from tests.jobs.api.conftest import ApiServer, api_env, wait_for
 from tests.jobs.api.pages.conftest import start_batch
 from tests.support import Simulator, run_cli
@@ -38,10 +39,16 @@ def _sample(text: str, name: str, labels: str = "") -> float:
 
 @pytest.fixture(scope="module")
 def open_server(
-    database_url: str, queue_name: str, session_simulator: Simulator, tmp_path_factory: pytest.TempPathFactory
+    services: Services,
+    database_url: str,
+    queue_name: str,
+    session_simulator: Simulator,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[ApiServer]:
     """A `--no-auth` loopback server whose /metrics asks for a token."""
-    env = api_env(database_url, session_simulator, queue_name, ORBATCH_METRICS_TOKEN="scrape-secret")
+    env = api_env(
+        services, database_url, session_simulator, queue_name, ORBATCH_METRICS_TOKEN="scrape-secret"
+    )
     server = ApiServer(env, tmp_path_factory.mktemp("open") / "serve.log", "--no-auth", "--no-worker")
     yield server
     assert server.stop() == 0, server.log()[-3000:]
