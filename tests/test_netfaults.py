@@ -11,7 +11,7 @@ import asyncpg
 import httpx
 import pytest
 
-from tests.netfaults import FaultProxy, FaultProxyThread
+from tests.netfaults import FaultProxy, FaultProxyThread, postgres_proxy
 from tests.support import TEST_API_KEY, Simulator
 
 
@@ -119,14 +119,13 @@ async def test_a_marked_request_reaches_the_server_but_its_reply_never_reaches_t
 async def test_against_postgres_the_row_is_committed_while_the_client_sees_the_connection_drop(
     database_url: str,
 ) -> None:
-    url = urlsplit(database_url)
     direct = await asyncpg.connect(database_url)
-    proxy = FaultProxy(url.hostname or "127.0.0.1", url.port or 5432)
-    port = await proxy.start()
+    # Over TCP or the Unix socket of an embedded Postgres, whichever the suite runs on.
+    proxy, through = await postgres_proxy(database_url)
     table = f"netfaults_{uuid.uuid4().hex[:8]}"
     await direct.execute(f"CREATE TABLE {table} (v text)")
     try:
-        client = await asyncpg.connect(database_url.replace(url.netloc, f"{url.username}@127.0.0.1:{port}"))
+        client = await asyncpg.connect(through)
         await client.execute(f"INSERT INTO {table} VALUES ($1)", "before")  # noqa: S608 - SQL built from constants; every value is a bind parameter
         marker = f"commit-{uuid.uuid4().hex}"
         proxy.drop_reply_after(marker.encode())
