@@ -236,7 +236,9 @@ async def _watch_batch(
     async with engine.connect() as conn:
         simulated = (await batch_summary(conn, batch_id)).simulated
     # A simulated batch waits on the simulator's free tier, which its workers keep apart from OpenRouter's.
-    limits = functools.partial(read_fleet, settings, redis, throttle_namespace(settings.queue_name, simulated))
+    limits = functools.partial(
+        read_fleet, settings, redis, throttle_namespace(settings.queue_name, simulated)
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGINT, stop.set)
