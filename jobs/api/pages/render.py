@@ -97,6 +97,7 @@ def wants_page(request: Request) -> bool:
 def error_page(request: Request, error: OrbatchError) -> Response:
     """The error as a page; a browser without a session is sent to sign in instead of shown a 401."""
     if isinstance(error, Unauthorized) and not request.headers.get("authorization"):
-        target = request.url.path if request.method == "GET" else "/"
+        # Back to the page asked for, with its query (a list's cursor, say); a form's POST goes back to the list.
+        target = _live_url(request) if request.method in ("GET", "HEAD") else "/"
         return RedirectResponse(f"/signin?next={quote(target, safe='/')}", status_code=303, headers=_HEADERS)
     return render(request, "error.html", status_code=error.http_status, error=error, viewer=None)

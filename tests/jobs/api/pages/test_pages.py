@@ -91,6 +91,9 @@ def test_a_wrong_key_is_a_401_and_a_browser_without_one_is_sent_to_sign_in(api_s
         browser = http.get("/batches/batch_x", headers=HTML)
         assert browser.status_code == 303
         assert browser.headers["location"] == "/signin?next=/batches/batch_x"
+        # A page's query comes back too after signing in (the list's cursor, say).
+        paged = http.get("/?before=batch_x", headers=HTML)
+        assert paged.headers["location"] == "/signin?next=/%3Fbefore%3Dbatch_x"
         # The API itself still answers in OpenAI's shape.
         api = http.get("/v1/batches", headers=HTML)
         assert api.status_code == 401
