@@ -24,7 +24,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from jobs.catalog import model_rows, render_table, rows_json
-from jobs.constants import EXIT_SKIPPED_LINES, KEY_WAIT_SECONDS
+from jobs.constants import KEY_WAIT_SECONDS
 from jobs.control import cancel_batch, delete_batch, resolve_batch, resume_batch, retry_failed
 from jobs.db import create_engine, ensure_database, upgrade
 from jobs.embedded import embedded_database, local_services
@@ -56,7 +56,15 @@ from jobs.options import (
     parse_usd,
     submit_options,
 )
-from jobs.progress import ProgressView, exit_status, finished, needs_action, read_fleet, watch
+from jobs.progress import (
+    ProgressView,
+    exit_status,
+    finished,
+    needs_action,
+    read_fleet,
+    watch,
+    with_skipped_lines,
+)
 from jobs.queue import connect
 from jobs.settings import Settings, get_settings
 from jobs.status import BatchSummary, batch_summary, list_batches
@@ -145,17 +153,6 @@ def _with_engine(work: Callable[[AsyncEngine], Awaitable[T]], pool_size: int = 1
                 await engine.dispose()
 
         return asyncio.run(go())
-
-
-def _with_skipped(status: int, summary: BatchSummary) -> int:
-    """A clean outcome whose file had lines left out (`--skip-invalid`) says so in its exit status."""
-    if status == 0 and summary.invalid_lines:
-        say(
-            err,
-            f"{summary.invalid_lines} bad lines were skipped (--skip-invalid); exit status {EXIT_SKIPPED_LINES}",
-        )
-        return EXIT_SKIPPED_LINES
-    return status
 
 
 async def _batch(engine: AsyncEngine, ref: str) -> str:
@@ -319,7 +316,7 @@ def submit(
         sys.stdout.write(result["id"] + "\n")
         if result["status"] == "in_progress":
             say(err, f"submitted {result['request_counts']['total']} requests as {result['id']}")
-    raise typer.Exit(_with_skipped(status, summary))
+    raise typer.Exit(with_skipped_lines(status, summary, err))
 
 
 @app.command()
@@ -736,7 +733,7 @@ def serve(
     from jobs.api.server import serve as serve_api
 
     settings = _settings()
-    database_given, redis_given = settings.services_given()
+    database_given, _ = settings.services_given()
     plan = ServePlan(
         host=host,
         port=port,
@@ -747,20 +744,7 @@ def serve(
         embedded_database=not database_given,
     )
     check_plan(settings, plan)
-    with local_services(
-        settings.data_dir,
-        settings.database_url if database_given else None,
-        settings.redis_url if redis_given else None,
-    ) as services:
-        if services.started:
-            say(
-                err,
-                f"embedded {' and '.join(services.started)} (DATABASE_URL / REDIS_URL not set), "
-                f"data in {settings.data_dir}",
-            )
-        local = settings.model_copy(
-            update={"database_url": services.database_url, "redis_url": services.redis_url}
-        )
+    with _services(settings) as local:
         # uvloop: the server answers many small requests, and its C event loop spends a fraction of asyncio's
         # time on each socket read and write.
         uvloop.run(serve_api(local, plan, err))

@@ -17,13 +17,22 @@ from rich.console import Console
 from rich.text import Text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from jobs.constants import EXIT_INTERRUPTED, EXIT_SKIPPED_LINES, RUN_SIMULATOR_ARGS
+from jobs.constants import EXIT_INTERRUPTED, RUN_SIMULATOR_ARGS
 from jobs.control import release_batch_queue_marks, resume_batch
 from jobs.db import create_engine, ensure_database, upgrade
 from jobs.export import ExportFormat, ExportReport, export_to_files
 from jobs.fleet import throttle_namespace
 from jobs.intake import take_in
-from jobs.progress import FleetReading, ProgressView, exit_status, finished, needs_action, read_fleet, watch
+from jobs.progress import (
+    FleetReading,
+    ProgressView,
+    exit_status,
+    finished,
+    needs_action,
+    read_fleet,
+    watch,
+    with_skipped_lines,
+)
 from jobs.queue import connect, drop_queue
 from jobs.settings import Settings
 from jobs.states import BatchStatus, PauseReason
@@ -119,14 +128,7 @@ async def run_file(settings: Settings, plan: RunPlan, err: Console) -> int:
     if interrupted and not finished(summary) and not needs_action(summary):
         say(err, f"interrupted: {batch_id} is kept; run the same command again to carry on with it")
         return EXIT_INTERRUPTED
-    status = exit_status(summary)
-    if status == 0 and summary.invalid_lines:
-        say(
-            err,
-            f"{summary.invalid_lines} bad lines were skipped (--skip-invalid); exit status {EXIT_SKIPPED_LINES}",
-        )
-        return EXIT_SKIPPED_LINES
-    return status
+    return with_skipped_lines(exit_status(summary), summary, err)
 
 
 async def _release_queue(engine: AsyncEngine, redis: ArqRedis, work: WorkerPlan, batch_id: str) -> None:

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from jobs.constants import (
     EXIT_FAILED_REQUESTS,
+    EXIT_SKIPPED_LINES,
     EXIT_STOPPED,
     FREE_TIER_DAILY_REQUESTS,
     PLAIN_PROGRESS_SECONDS,
@@ -31,6 +32,7 @@ from jobs.settings import Settings
 from jobs.sql import sql
 from jobs.states import TERMINAL_BATCH_STATUSES, BatchStatus, PauseReason
 from jobs.status import BatchSummary, batch_summary
+from jobs.terminal import say
 
 __all__ = [
     "FleetReading",
@@ -41,6 +43,7 @@ __all__ = [
     "read_fleet",
     "snapshot",
     "watch",
+    "with_skipped_lines",
 ]
 
 # How many unfinished requests go to a free model next: a scan of the batch's unfinished requests, so a watcher
@@ -182,6 +185,17 @@ def exit_status(summary: BatchSummary) -> int:
     if needs_action(summary) or summary.status != BatchStatus.COMPLETED:
         return EXIT_STOPPED
     return EXIT_FAILED_REQUESTS if summary.counts.get("failed", 0) else 0
+
+
+def with_skipped_lines(status: int, summary: BatchSummary, err: Console) -> int:
+    """A clean outcome whose file had lines left out (`--skip-invalid`) says so, in words and in its status."""
+    if status == 0 and summary.invalid_lines:
+        say(
+            err,
+            f"{summary.invalid_lines} bad lines were skipped (--skip-invalid); exit status {EXIT_SKIPPED_LINES}",
+        )
+        return EXIT_SKIPPED_LINES
+    return status
 
 
 def _note(snap: Snapshot) -> str:

@@ -26,9 +26,10 @@ from jobs.settings import Settings
 __all__ = ["create_app"]
 
 _DESCRIPTION = """
-OpenAI's Batch API in front of OpenRouter (and, at `/`, a dashboard of the batches and the fleet): upload a JSONL file of chat requests (`POST /v1/files`), create a
+OpenAI's Batch API in front of OpenRouter: upload a JSONL file of chat requests (`POST /v1/files`), create a
 batch from it (`POST /v1/batches`), poll it, and download its output and error files. Point the official
-`openai` SDK at `http://HOST:PORT/v1` with an orbatch key (`orbatch keys create NAME`).
+`openai` SDK at `http://HOST:PORT/v1` with an orbatch key (`orbatch keys create NAME`). The same server shows
+a dashboard of the batches and the fleet at `/`.
 
 Every error has OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`. A batch carries orbatch's
 own fields (cost in USD, model chain, pause reason) under `orbatch`.

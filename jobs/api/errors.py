@@ -18,6 +18,7 @@ from redis.exceptions import RedisError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from jobs.api.pages.render import error_page, wants_page
 from jobs.api.schemas import ErrorBody, ErrorDetail
 from jobs.db import connection_lost
 from jobs.errors import (
@@ -130,9 +131,6 @@ async def _handle(request: Request, exc: Exception) -> Response:
             path=request.url.path,
             error=f"{type(exc).__name__}: {exc}",
         )
-    # Late: the pages import the API's auth, which imports this module's neighbours.
-    from jobs.api.pages import error_page, wants_page
-
     if wants_page(request):
         return error_page(request, error)
     return error_response(error)

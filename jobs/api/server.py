@@ -17,7 +17,7 @@ from sqlalchemy import Connection
 
 from jobs.api.app import create_app
 from jobs.api.protocol import GuardedHttpToolsProtocol
-from jobs.db import alembic_config, create_engine, ensure_database, upgrade
+from jobs.db import alembic_config, create_engine
 from jobs.errors import BadInput, SettingsError
 from jobs.logs import get_logger
 from jobs.oneshot import start_simulator
@@ -70,8 +70,7 @@ def _schema_current(connection: Connection, database_url: str) -> bool:
 
 async def _prepare_database(settings: Settings, plan: ServePlan) -> None:
     if plan.embedded_database:
-        await ensure_database(settings.database_url)
-        await upgrade(settings.database_url)
+        # The command that started the embedded Postgres brought it to this orbatch's schema.
         return
     # Several instances may start at once: they check the schema, and one `orbatch db upgrade` migrates it.
     engine = create_engine(settings.database_url, pool_size=1)
