@@ -38,6 +38,7 @@ from jobs.errors import BadInput, NotFound, Unprocessable
 from jobs.feeder import feed
 from jobs.input_format import BATCH_URL, parse_models
 from jobs.logs import get_logger
+from jobs.sql import sql
 from jobs.submit import SubmitError, SubmitOptions, model_problem, new_batch_id, submit_source
 
 __all__ = ["batch_errors", "create_batch", "window_seconds"]
@@ -272,12 +273,12 @@ async def _failed_batch(
     batch_id = new_batch_id()
     async with state.engine.begin() as conn:
         await conn.execute(
-            text(
+            sql(
                 """
                 INSERT INTO batch (id, name, status, models, max_attempts, free_only, max_cost, dedupe, options,
                                    metadata, source_name, source_sha256, total, invalid_lines, finished_at,
                                    expires_at)
-                VALUES (:id, :name, 'failed', :models, :max_attempts, :free_only, :max_cost, :dedupe,
+                VALUES (:id, :name, {B.FAILED}, :models, :max_attempts, :free_only, :max_cost, :dedupe,
                         CAST(:options AS jsonb), CAST(:metadata AS jsonb), :source_name, :sha256, 0, :invalid,
                         now(), now() + make_interval(secs => :window))
                 """

@@ -17,17 +17,20 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from jobs.api.objects import get_batch
 from jobs.api.storage import new_file_id
 from jobs.export import Unfinished, stream_file
+from jobs.sql import sql
 from jobs.states import BatchStatus
 
 __all__ = ["finalize_batches", "unfinished_for"]
 
 # Batches that ended with nothing left running: an expired batch's calls in flight end first.
-_CLAIM = text(
+_CLAIM = sql(
     """
     SELECT a.batch_id, a.owner, a.callback_url, a.output_expires_seconds, b.status
     FROM api_batch a JOIN batch b ON b.id = a.batch_id
-    WHERE a.finalized_at IS NULL AND b.status IN ('completed', 'failed', 'cancelled', 'expired')
-      AND NOT EXISTS (SELECT 1 FROM request r WHERE r.batch_id = b.id AND r.status IN ('pending', 'running'))
+    WHERE a.finalized_at IS NULL AND b.status IN ({B.COMPLETED}, {B.FAILED}, {B.CANCELLED}, {B.EXPIRED})
+      AND NOT EXISTS (
+          SELECT 1 FROM request r WHERE r.batch_id = b.id AND r.status IN ({R.PENDING}, {R.RUNNING})
+      )
     ORDER BY a.batch_id LIMIT 1 FOR UPDATE OF a SKIP LOCKED
     """
 )
