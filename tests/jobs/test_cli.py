@@ -231,3 +231,22 @@ def test_a_worker_without_a_key_can_wait_for_one_instead_of_exiting(
         {**env, "OPENROUTER_API_KEY": "", "OPENROUTER_API_KEY_FILE": str(key)}, "worker", "--burst"
     )
     assert done.returncode == 0, done.stderr
+
+
+def test_a_worker_says_where_it_works_each_batch_it_takes_up_and_sees_finish(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    path = write_jsonl(tmp_path / "in.jsonl", [chat_line("a", "x"), chat_line("b", "y")])
+    batch_id = run_cli(env, "submit", str(path), "--models", "sim/echo").stdout.strip()
+    done = run_cli(env, "worker", "--burst", "--concurrency", "3")
+    assert done.returncode == 0, done.stderr
+    lines = [orjson.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
+    started = next(line for line in lines if line["event"] == "worker started")
+    assert started["concurrency"] == 3
+    assert started["queue"] == env["ORBATCH_QUEUE_NAME"]
+    # Where it works, without credentials; the simulator's own limits.
+    assert "@" not in started["postgres"]
+    assert started["simulated"] is True
+    events = [(line["event"], line.get("batch_id")) for line in lines]
+    assert ("working on a batch", batch_id) in events
+    assert ("batch finished", batch_id) in events

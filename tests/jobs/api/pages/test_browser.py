@@ -57,6 +57,8 @@ async def test_a_browser_is_sent_to_sign_in_and_a_wrong_key_is_refused(
     assert cookie["httpOnly"]
     assert cookie["sameSite"] == "Lax"
     assert owners["alice"].key not in cookie["value"]
+    # The key a browser signs in with is kept nowhere it could be read back: not in the server's log either.
+    assert owners["alice"].key not in api_server.log()
     await page.click("text=Sign out")
     await page.wait_for_url(f"{api_server.url}/signin")
     await visit(page, f"{api_server.url}/")

@@ -13,6 +13,7 @@ import httpx
 import orjson
 import psutil
 import pytest
+from arq.connections import ArqRedis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from jobs.api.keys import NewKey, create_key, revoke_key
@@ -67,6 +68,16 @@ def test_a_script_reads_every_page_with_its_bearer_key(
             assert page.headers["content-type"].startswith("text/html")
             assert "script-src 'self'" in page.headers["content-security-policy"]
             assert page.headers["cache-control"] == "no-store"
+        fleet = http.get("/fleet").text
+        for shown in (
+            "free requests used",
+            "the day resets at",
+            "Pacing: one free request every",
+            "jobs due now",
+        ):
+            assert shown in fleet
+        assert 'id="in-flight"' in fleet
+        assert 'id="queue-ready"' in fleet
         # Made on a server whose upstream is the simulator: simulated, and tagged so.
         assert '<span class="tag">simulated</span>' in http.get(f"/batches/{batch_id}").text
         live = http.get(f"/batches/{batch_id}", headers={"x-orbatch-live": "1"})
@@ -140,13 +151,22 @@ def test_a_form_from_another_site_or_without_the_pages_token_is_refused(
 
 
 async def test_signing_in_never_leaves_the_site_and_a_revoked_key_ends_the_session(
-    api_server: ApiServer, owners: dict[str, NewKey], engine: AsyncEngine
+    api_server: ApiServer, owners: dict[str, NewKey], engine: AsyncEngine, session_redis: ArqRedis
 ) -> None:
     async with httpx.AsyncClient(base_url=api_server.url, headers=HTML) as http:
         for target in ("//evil.example/", "https://evil.example/", "/\\evil.example"):
             answer = await http.post("/signin", data={"key": owners["bob"].key, "next": target})
             assert answer.headers["location"] == "/"
         assert (await http.get("/")).status_code == 200
+        # Redis keeps the session under a hash of its cookie, with the key's digest: neither secret is in it.
+        cookie = http.cookies["orbatch_session"]
+        stored = [(k, await session_redis.get(k)) for k in await session_redis.keys("*:session:*")]
+        assert stored
+        for name, value in stored:
+            assert cookie.encode() not in name
+            assert value is not None
+            assert owners["bob"].key.encode() not in value
+            assert cookie.encode() not in value
         await revoke_key(engine, "bob")
         # The session's key is looked up at every page: a revoke ends it at once.
         assert (await http.get("/")).status_code == 303
@@ -281,7 +301,12 @@ def test_retry_from_the_page_runs_the_failed_requests_again(
         token = _sign_in(http, owners["alice"].key)
         page = http.get(f"/batches/{batch_id}").text
         assert "Retry 3 failed" in page
-        assert "refused &lt;for&gt; a test" in page
+        # Failures by error code with the latest message, escaped; calls per finished request.
+        errors = page.split('id="errors"')[1].split("</table>")[0]
+        assert "<code>400</code>" in errors
+        assert "refused &lt;for&gt; a test" in errors
+        tries = page.split('id="tries"')[1].split("</table>")[0]
+        assert '<td class="num">1</td><td class="num">3</td>' in tries
         retried = http.post(f"/batches/{batch_id}/retry", data={"token": token})
         assert retried.headers["location"] == f"/batches/{batch_id}?notice=retried"
     # Each request is called once more, and fails again the same way.
