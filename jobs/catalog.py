@@ -14,6 +14,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from jobs.constants import SIMULATOR_HEADER
 from jobs.models import ModelPrice
 
 __all__ = [
@@ -26,6 +27,8 @@ __all__ = [
     "refresh_catalog",
     "render_table",
     "rows_json",
+    "upstream_is_simulator",
+    "upstream_simulator",
 ]
 
 # Prices change rarely; ids appear often. An hour keeps submit fast and new models usable the same day.
@@ -74,19 +77,23 @@ async def fetch_models(base_url: str, api_key: str | None) -> Catalog:
     return catalog
 
 
-async def upstream_is_simulator(base_url: str, api_key: str | None) -> bool:
-    """True when the upstream's GET /key says it is orbatch's simulator (its `data.simulator` object)."""
+async def upstream_simulator(base_url: str, api_key: str | None) -> bool | None:
+    """Whether the upstream is orbatch's simulator (its answers say so in a header, with a key or without);
+    None when it cannot be reached, so the caller can ask again later."""
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     try:
         async with httpx.AsyncClient(
             base_url=base_url.rstrip("/") + "/", timeout=5.0, headers=headers
         ) as client:
             response = await client.get("key")
-            response.raise_for_status()
-        data = orjson.loads(response.content).get("data")
-    except (httpx.HTTPError, orjson.JSONDecodeError, AttributeError):
-        return False
-    return isinstance(data, dict) and isinstance(data.get("simulator"), dict)
+    except httpx.HTTPError:
+        return None
+    return SIMULATOR_HEADER in response.headers
+
+
+async def upstream_is_simulator(base_url: str, api_key: str | None) -> bool:
+    """True when the upstream is orbatch's simulator; an unreachable one is taken for OpenRouter."""
+    return bool(await upstream_simulator(base_url, api_key))
 
 
 async def refresh_catalog(engine: AsyncEngine, catalog: Catalog) -> None:

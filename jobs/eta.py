@@ -20,6 +20,10 @@ class FreeLimits:
     window_seconds: float
     per_day: int
     margin: float = 0.0
+    # The free tier's day: a UTC day for OpenRouter, shorter for a simulator whose clock runs fast.
+    day_seconds: float = _DAY
+    # The limits are a simulator's: its days are said as simulated days, not as dates.
+    simulated: bool = False
 
     @property
     def pace(self) -> float:
@@ -69,6 +73,14 @@ def format_duration(seconds: float) -> str:
     return f"{s // 86400}d {s % 86400 // 3600}h"
 
 
+def _day_ends(limits: FreeLimits, now: datetime) -> datetime:
+    """When the free tier's current day ends: 00:00 UTC, or a simulated day's end (days run from the epoch)."""
+    if limits.day_seconds == _DAY:
+        return (now + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+    day = math.floor(now.timestamp() / limits.day_seconds)
+    return datetime.fromtimestamp((day + 1) * limits.day_seconds, UTC)
+
+
 def _free_seconds(remaining_free: int, used_today: int, limits: FreeLimits, now: datetime) -> float:
     """Seconds to send `remaining_free` free requests at the limits' pace, waiting out spent days."""
     pace = limits.pace
@@ -77,12 +89,12 @@ def _free_seconds(remaining_free: int, used_today: int, limits: FreeLimits, now:
         return remaining_free / pace
     if limits.per_day <= 0:
         return math.inf
-    midnight = (now + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
     later = remaining_free - left_today
     full_days, last_day = divmod(later, limits.per_day)
     if last_day == 0:
         full_days, last_day = full_days - 1, limits.per_day
-    return (midnight - now).total_seconds() + full_days * _DAY + last_day / pace
+    day_left = (_day_ends(limits, now) - now).total_seconds()
+    return day_left + full_days * limits.day_seconds + last_day / pace
 
 
 def estimate(
@@ -105,14 +117,32 @@ def estimate(
     if remaining_free > left_today:
         more = math.ceil((remaining_free - left_today) / limits.per_day) if limits.per_day else math.inf
         days = more + (1 if left_today else 0)
-        today = f"{left_today} of them today, the rest" if left_today else "none of them today; they go"
-        reason = (
-            f"free models allow {limits.per_day} requests a day: {remaining_free} requests need {days} "
-            f"day{'s' if days != 1 else ''} of quota ({today} from 00:00 UTC)"
-        )
+        plural = "s" if days != 1 else ""
+        if limits.simulated:
+            # A simulator's day lasts minutes: said as what it is, with when the next one begins in wall time.
+            length = format_duration(limits.day_seconds)
+            next_day = format_duration((_day_ends(limits, now) - now).total_seconds())
+            today = f"{left_today} of them now, the rest" if left_today else "none of them now; they go"
+            reason = (
+                f"the simulator allows {limits.per_day} free requests a simulated day ({length} of real time): "
+                f"{remaining_free} requests need {days} simulated day{plural} of quota ({today} from its "
+                f"next day, in {next_day})"
+            )
+        else:
+            today = f"{left_today} of them today, the rest" if left_today else "none of them today; they go"
+            reason = (
+                f"free models allow {limits.per_day} requests a day: {remaining_free} requests need {days} "
+                f"day{plural} of quota ({today} from 00:00 UTC)"
+            )
     else:
         per_minute = limits.pace * 60
         reason = f"free models allow about {per_minute:.0f} requests a minute"
+        if limits.simulated:
+            window = limits.window_seconds
+            reason = (
+                f"the simulator allows about {limits.pace * window:.0f} free requests per {window:g} s "
+                "(its minute)"
+            )
     seconds = max(free, observed or 0.0)
     # The free limit decides only when it is the slower of the two; otherwise the rate speaks for itself.
     return Estimate(seconds, reason if observed is None or free >= observed * 0.9 else None)

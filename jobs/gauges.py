@@ -45,6 +45,13 @@ class AccountGauges:
     free_per_window: int = 20
     window_seconds: float = 60.0
     margin: float = 0.05
+    # The free tier's day: 86,400 s for OpenRouter, shorter for a simulator whose clock runs fast.
+    day_seconds: float = 86400.0
+
+    @property
+    def simulated(self) -> bool:
+        """The account is a simulator's: its days are simulated days."""
+        return self.account == "simulator"
 
     @property
     def free_left_today(self) -> int:
@@ -66,6 +73,8 @@ class FleetGauges:
     queue_deferred: int = 0
     workers: list[Heartbeat] = field(default_factory=list)
     accounts: list[AccountGauges] = field(default_factory=list)
+    # The fleet's queue: a worker on it takes any batch of its kind; a `run`'s worker has a queue of its own.
+    queue: str = ""
 
 
 def _int(raw: bytes | None, default: int = 0) -> int:
@@ -127,6 +136,7 @@ async def read_fleet_gauges(redis: Redis, settings: Settings) -> FleetGauges:
                 free_per_window=_int(published.get(b"free_per_window"), settings.free_requests_per_minute),
                 window_seconds=float(window) if window else settings.free_window_seconds,
                 margin=float(margin) if margin else settings.free_rate_margin,
+                day_seconds=float(published.get(b"day_seconds") or settings.free_day_seconds),
             )
         )
     return FleetGauges(
@@ -134,6 +144,7 @@ async def read_fleet_gauges(redis: Redis, settings: Settings) -> FleetGauges:
         queue_deferred=int(replies[2]),
         workers=await read_heartbeats(redis, queue),
         accounts=accounts,
+        queue=queue,
     )
 
 

@@ -12,7 +12,7 @@ from redis.asyncio import Redis
 
 from jobs.constants import HEARTBEAT_FORGET_SECONDS, HEARTBEAT_KEY, HEARTBEATS_KEY
 
-__all__ = ["Heartbeat", "forget_heartbeat", "read_heartbeats", "write_heartbeat"]
+__all__ = ["Heartbeat", "forget_heartbeat", "no_taker", "read_heartbeats", "takers", "write_heartbeat"]
 
 
 def _moment(value: Any) -> datetime | None:
@@ -106,3 +106,28 @@ async def forget_heartbeat(redis: Redis, queue_name: str, worker_id: str) -> Non
         pipe.delete(_key(queue_name, worker_id))
         pipe.zrem(HEARTBEATS_KEY.format(queue=queue_name), worker_id)
         await pipe.execute()
+
+
+def takers(beats: list[Heartbeat], queue_name: str, batch_id: str, simulated: bool) -> list[Heartbeat]:
+    """The live workers that can take a batch up: fleet workers in front of its kind of upstream (a simulator
+    or OpenRouter), and the `orbatch run` that works it from its own queue."""
+    own_queue = f"{queue_name}:run:{batch_id}"
+    return [
+        b
+        for b in beats
+        if not b.stopping and (b.queue == own_queue or (b.queue == queue_name and b.simulated == simulated))
+    ]
+
+
+def no_taker(simulated: bool, where: str) -> str:
+    """Why a batch that can run does not move when no live worker can take it, and what starts one."""
+    if simulated:
+        return (
+            f"no worker on {where} in front of a simulator can take this simulated batch: start one "
+            "(`orbatch serve --simulator`, or `orbatch worker` with OPENROUTER_BASE_URL at `orbatch simulator`), "
+            "or run the same file with `orbatch run FILE --simulator`"
+        )
+    return (
+        f"no worker on {where} in front of OpenRouter can take this batch: start one with `orbatch worker` "
+        "(or `orbatch serve`), or run the same file with `orbatch run FILE`"
+    )

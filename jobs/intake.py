@@ -69,6 +69,9 @@ async def take_in(
     problem = model_problem(options.models, options)
     if problem:
         raise SubmitError(str(file), [], 0, reason=f"--models: {problem}")
+    if not err.is_terminal:
+        # Off a terminal there is no bar: one line says what the command is doing while a big file goes in.
+        say(err, f"submitting {file}")
     with Progress(
         TextColumn("submitting"),
         BarColumn(),
@@ -91,8 +94,13 @@ async def take_in(
             f"{file} was already submitted with these options as {report.batch_id}; "
             "carrying on with it (pass --new for a new batch)",
         )
-    for error in report.errors:
-        say(err, f"skipped {error}")
-    if report.invalid > len(report.errors):
-        say(err, f"skipped {report.invalid - len(report.errors)} more bad lines")
+    if report.reused:
+        # The lines were reported when the file was first submitted; this run stores nothing of it again.
+        if report.invalid:
+            say(err, f"{report.invalid} bad lines of {file} were left out when it was submitted (--skip-invalid)")
+    else:
+        for error in report.errors:
+            say(err, f"skipped {error}")
+        if report.invalid > len(report.errors):
+            say(err, f"skipped {report.invalid - len(report.errors)} more bad lines")
     return report, summary

@@ -44,10 +44,20 @@ def _dumps(value: Any, **_: Any) -> str:
     return orjson.dumps(value, default=str).decode()
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever `sys.stderr` is at the time: while a live progress display runs, Rich puts a proxy
+    there that prints each line above the display instead of through it."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
 def configure_logging(
     level: str = "INFO", secrets: list[str] | None = None, json: bool | None = None
 ) -> None:
-    """Route structlog and stdlib logging to stderr; JSON lines unless stderr is a terminal."""
+    """Route structlog and stdlib logging to stderr; JSON lines unless stderr is a terminal or `json` is False
+    (plain `level event key=value` lines, for commands a person reads)."""
     _secrets[:] = [s for s in (secrets or []) if s]
     as_json = not sys.stderr.isatty() if json is None else json
     shared: list[Any] = [
@@ -59,7 +69,9 @@ def configure_logging(
         _scrub_processor,
     ]
     renderer: Any = (
-        structlog.processors.JSONRenderer(serializer=_dumps) if as_json else structlog.dev.ConsoleRenderer()
+        structlog.processors.JSONRenderer(serializer=_dumps)
+        if as_json
+        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     )
     structlog.configure(
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
@@ -71,7 +83,7 @@ def configure_logging(
         foreign_pre_chain=[structlog.stdlib.ExtraAdder(), *shared],
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, _scrub_processor, renderer],
     )
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler(sys.stderr)
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]

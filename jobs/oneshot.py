@@ -15,11 +15,14 @@ from arq.connections import ArqRedis
 from pydantic import SecretStr
 from rich.console import Console
 from rich.text import Text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from jobs.constants import EXIT_INTERRUPTED, RUN_SIMULATOR_ARGS
-from jobs.control import release_batch_queue_marks, resume_batch
+from jobs.constants import EXIT_INTERRUPTED, REDIS_SPARE_SECONDS, RUN_SIMULATOR_ARGS
+from jobs.control import hold_for_its_run, release_batch_queue_marks, resume_batch
 from jobs.db import create_engine, ensure_database, upgrade
+from jobs.embedded import LocalServices
+from jobs.errors import ServiceUnavailable
 from jobs.export import ExportFormat, ExportReport, export_to_files
 from jobs.fleet import throttle_namespace
 from jobs.intake import take_in
@@ -34,11 +37,12 @@ from jobs.progress import (
     with_skipped_lines,
 )
 from jobs.queue import connect, drop_queue
+from jobs.service_watch import ServiceWatch
 from jobs.settings import Settings
 from jobs.states import BatchStatus, PauseReason
 from jobs.status import BatchSummary, batch_summary
 from jobs.submit import SubmitOptions
-from jobs.terminal import say
+from jobs.terminal import say, say_error
 from worker.plan import WorkerPlan
 
 __all__ = ["RunPlan", "run_file", "start_simulator"]
@@ -89,8 +93,14 @@ async def start_simulator(settings: Settings, stack: contextlib.AsyncExitStack, 
     )
 
 
-async def run_file(settings: Settings, plan: RunPlan, err: Console) -> int:
-    """Run the plan; returns the exit status (0 done, 3 some failed, 4 stopped, 130 interrupted)."""
+async def run_file(
+    settings: Settings, plan: RunPlan, err: Console, services: LocalServices | None = None
+) -> int:
+    """Run the plan; returns the exit status (0 done, 3 some failed, 4 stopped, 130 interrupted).
+
+    A service lost mid-run (an embedded one's process gone, or one silent for SERVICE_LOST_SECONDS) stops the
+    run as a Ctrl-C does, writes what finished, and raises ServiceUnavailable saying which.
+    """
     async with contextlib.AsyncExitStack() as stack:
         if plan.simulator:
             settings = await start_simulator(settings, stack, err)
@@ -115,26 +125,75 @@ async def run_file(settings: Settings, plan: RunPlan, err: Console) -> int:
             say(err, f"{batch_id} was paused ({summary.pause_reason}); resuming it")
             await resume_batch(engine, batch_id, None)
         redis = await connect(settings.redis_url, settings.queue_name, patient=False)
-        stack.push_async_callback(redis.aclose)
+        stack.push_async_callback(_spare, redis.aclose())
         namespace = throttle_namespace(settings.queue_name, plan.simulator)
-        limits = functools.partial(read_fleet, settings, redis, namespace)
+        limits = functools.partial(read_fleet, settings, redis, namespace, plan.simulator)
         # The run works its own batch only, from a queue of its own; workers sharing this Redis may still help it
         # through theirs, while other unfinished batches stay as they are until run or worked.
         work = WorkerPlan(queue=f"{settings.queue_name}:run:{batch_id}", only_batch=batch_id)
         stack.push_async_callback(_release_queue, engine, redis, work, batch_id)
-        summary, interrupted = await _work(settings, plan, engine, work, limits, err)
-        exported = await export_to_files(engine, batch_id, plan.output, plan.errors, plan.fmt)
+        watch_services = ServiceWatch(engine, settings.redis_url, services, settings.service_lost_seconds)
+        ended = await _work(settings, plan, engine, work, limits, err, watch_services, summary)
+        if ended.interrupted or ended.lost is not None:
+            # What is left waits for this run: a server's or a fleet's worker does not take it up meanwhile.
+            with contextlib.suppress(OSError, DBAPIError):
+                await hold_for_its_run(engine, batch_id)
+        try:
+            exported = await export_to_files(engine, batch_id, plan.output, plan.errors, plan.fmt)
+        except (OSError, DBAPIError) as exc:
+            if ended.lost is None:
+                raise
+            raise ServiceUnavailable(
+                f"{ended.lost}; the run stopped and could not write its results ({type(exc).__name__}). "
+                "Nothing stored is lost: run the same command again once the service is back"
+            ) from None
+    summary = ended.summary
     _report(summary, exported, plan, err)
-    if interrupted and not finished(summary) and not needs_action(summary):
-        say(err, f"interrupted: {batch_id} is kept; run the same command again to carry on with it")
+    if ended.lost is not None:
+        raise ServiceUnavailable(
+            f"{ended.lost}; the run stopped: the results of what finished are written, and running the same "
+            "command again carries on with the rest"
+        )
+    if ended.interrupted and not finished(summary) and not needs_action(summary):
+        say(
+            err,
+            f"interrupted: {batch_id} is kept and waits for this run (no other worker takes it up); run the "
+            "same command again to carry on with it, or `orbatch resume` it for any worker",
+        )
         return EXIT_INTERRUPTED
     return with_skipped_lines(exit_status(summary), summary, err)
 
 
+async def _spare(step: Awaitable[object]) -> None:
+    """A Redis step at the end of a run, which need not wait on a Redis that no longer answers."""
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(REDIS_SPARE_SECONDS):
+            await step
+
+
 async def _release_queue(engine: AsyncEngine, redis: ArqRedis, work: WorkerPlan, batch_id: str) -> None:
     """The run's own queue goes with it: its jobs are dropped and their requests marked unqueued, for others."""
-    await drop_queue(redis, work.queue)
-    await release_batch_queue_marks(engine, batch_id)
+    await _spare(drop_queue(redis, work.queue))
+    with contextlib.suppress(OSError, DBAPIError):
+        await release_batch_queue_marks(engine, batch_id)
+
+
+@dataclass(slots=True, frozen=True)
+class _Ended:
+    """How the run's work ended: the last summary, whether a stop was asked for, which service was lost."""
+
+    summary: BatchSummary
+    interrupted: bool
+    lost: str | None = None
+
+
+async def _latest(engine: AsyncEngine, batch_id: str, fallback: BatchSummary) -> BatchSummary:
+    """The batch's summary now, or the last one read when Postgres cannot say."""
+    try:
+        async with engine.connect() as conn:
+            return await batch_summary(conn, batch_id)
+    except (OSError, DBAPIError):
+        return fallback
 
 
 async def _work(
@@ -144,13 +203,16 @@ async def _work(
     work: WorkerPlan,
     limits: Callable[[], Awaitable[FleetReading]],
     err: Console,
-) -> tuple[BatchSummary, bool]:
-    """Run an arq worker in this process while showing progress, until the batch is done or Ctrl-C.
+    services: ServiceWatch,
+    first: BatchSummary,
+) -> _Ended:
+    """Run an arq worker in this process while showing progress, until the batch is done, Ctrl-C, or a
+    service is lost.
 
     The first Ctrl-C (or SIGTERM) stops new calls and lets those in flight end, so they are paid once and
-    recorded; a second stops at once. Returns the last summary and whether the run was interrupted.
+    recorded; a second stops at once, giving them back. A lost service stops the run as a first Ctrl-C does.
     """
-    from worker.runner import build_worker
+    from worker.runner import build_worker, dump_tasks
     from worker.shutdown import GracefulStop, close_worker
 
     batch_id = work.only_batch
@@ -160,32 +222,47 @@ async def _work(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.request)
+    # The README's advice for a run that seems stuck: it says where each task waits, and the run goes on.
+    loop.add_signal_handler(signal.SIGUSR2, dump_tasks)
     main = asyncio.create_task(worker.async_run())
+    lost_task = asyncio.create_task(services.lost())
+    lost: str | None = None
     try:
         with ProgressView(err, batch_id) as view:
-            watcher = asyncio.create_task(watch(engine, batch_id, limits, view, stop.requested))
-            done, _ = await asyncio.wait({main, watcher}, return_when=asyncio.FIRST_COMPLETED)
-            if main in done and watcher not in done:
+            watcher = asyncio.create_task(watch(engine, batch_id, limits, view, stop.requested, patient=True))
+            done, _ = await asyncio.wait({main, watcher, lost_task}, return_when=asyncio.FIRST_COMPLETED)
+            if lost_task in done:
+                lost = lost_task.result()
+                stop.request()
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
+                summary = view.last_summary or first
+            elif main in done and watcher not in done:
                 watcher.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await watcher
                 main.result()  # the worker's own error: Redis, Postgres or the key at its start
                 raise RuntimeError("the in-process worker stopped before the batch was done")
-            summary = watcher.result()
+            else:
+                summary = watcher.result()
+        if lost is not None:
+            say_error(err, f"{lost}; stopping: calls in flight finish and are recorded first")
         if stop.requested.is_set():
             in_flight = sum(not t.done() for t in worker.tasks.values())
-            if in_flight:
+            if in_flight and lost is None:
                 say(err, f"stopping: {in_flight} calls in flight finish first (Ctrl-C again to stop now)")
             await stop.drain()
-            async with engine.connect() as conn:
-                summary = await batch_summary(conn, batch_id)
-        return summary, stop.requested.is_set()
+        summary = await _latest(engine, batch_id, summary)
+        return _Ended(summary, stop.requested.is_set() and lost is None, lost)
     finally:
+        lost_task.cancel()
         main.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await main
+        for task in (lost_task, main):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
         await close_worker(worker)
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2):
             loop.remove_signal_handler(sig)
 
 

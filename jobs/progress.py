@@ -7,6 +7,7 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -14,6 +15,7 @@ from redis.asyncio import Redis
 from rich.console import Console, RenderableType
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn
 from rich.text import Text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from jobs.constants import (
@@ -26,6 +28,7 @@ from jobs.constants import (
     THROTTLE_KEY,
     WATCH_POLL_SECONDS,
 )
+from jobs.db import connection_lost
 from jobs.eta import Estimate, FreeLimits, RateMeter, estimate, format_duration
 from jobs.fleet import BreakerState, limits_key, read_breaker
 from jobs.settings import Settings
@@ -64,7 +67,8 @@ def _done(summary: BatchSummary) -> int:
 class FleetReading:
     """What the workers share that a watcher shows: their free-tier limits, today's free calls, the breaker."""
 
-    limits: FreeLimits
+    # None: a simulator's workers have not said its limits yet (the settings' defaults would be OpenRouter's).
+    limits: FreeLimits | None
     free_used_today: int
     breaker: BreakerState | None = None
 
@@ -96,8 +100,13 @@ class Snapshot:
         }
 
 
-async def read_fleet(settings: Settings, redis: Redis | None, namespace: str | None = None) -> FleetReading:
-    """The limits the workers apply (as they published them, else the settings), today's free calls, the breaker."""
+async def read_fleet(
+    settings: Settings, redis: Redis | None, namespace: str | None = None, simulated: bool = False
+) -> FleetReading:
+    """The limits the workers apply (as they published them, else the settings), today's free calls, the breaker.
+
+    `simulated`: the limits are a simulator's, whose days are said as simulated days.
+    """
     namespace = namespace or settings.queue_name
     published: dict[bytes, bytes] = {}
     day_count: bytes | None = None
@@ -116,7 +125,11 @@ async def read_fleet(settings: Settings, redis: Redis | None, namespace: str | N
         window_seconds=float(published.get(b"window_seconds") or settings.free_window_seconds),
         per_day=int(per_day) if per_day else settings.free_requests_per_day or FREE_TIER_DAILY_REQUESTS,
         margin=float(published.get(b"margin") or settings.free_rate_margin),
+        day_seconds=day_seconds,
+        simulated=simulated,
     )
+    if simulated and not published:
+        return FleetReading(None, 0, breaker)
     used = 0
     if day_count:
         day, _, count = day_count.decode().partition(":")
@@ -203,7 +216,10 @@ def _note(snap: Snapshot) -> str:
     if snap.breaker is not None and not finished(summary):
         return f"waiting: {snap.breaker.describe()}"
     if summary.status == BatchStatus.PAUSED:
-        when = f" until {summary.resume_at:%Y-%m-%d %H:%M} UTC" if summary.resume_at else ""
+        when = ""
+        if summary.resume_at is not None:
+            left = (summary.resume_at - datetime.now(UTC)).total_seconds()
+            when = f" until {summary.resume_at:%Y-%m-%d %H:%M:%S} UTC (in {format_duration(left)})"
         return f"paused ({summary.pause_reason}){when}: {summary.pause_message or ''}"
     return snap.estimate.reason or ""
 
@@ -249,6 +265,8 @@ class ProgressView:
             refresh_per_second=4,
         )
         self._task = self._panel.add_task(batch_id, total=None, rate="", eta="", cost="", failed="")
+        # The last summary shown, for a caller that must stop watching before the batch is done.
+        self.last_summary: BatchSummary | None = None
 
     def __enter__(self) -> ProgressView:
         self._panel.start()
@@ -260,6 +278,7 @@ class ProgressView:
     def show(self, snap: Snapshot, final: bool = False) -> None:
         """Display one snapshot (a plain line only when something changed, or at most every few seconds)."""
         summary = snap.summary
+        self.last_summary = summary
         failed = summary.counts.get("failed", 0)
         rate = "" if snap.rate is None else f"{snap.rate:.2f} req/s"
         if self.live:
@@ -291,6 +310,8 @@ class ProgressView:
             ("total", summary.total),
             ("completed", summary.counts.get("completed", 0)),
             ("failed", failed),
+            # Requests being called (or waiting for a slot) now.
+            ("running", summary.counts.get("running", 0)),
             ("rate", "" if snap.rate is None else f"{snap.rate:.3f}"),
             ("eta_seconds", "0" if finished(summary) else eta),
             ("cost", f"{summary.cost:.6f}"),
@@ -309,18 +330,36 @@ async def watch(
     view: ProgressView,
     stop: asyncio.Event | None = None,
     poll_seconds: float = WATCH_POLL_SECONDS,
+    patient: bool = False,
 ) -> BatchSummary:
-    """Show the batch until it finishes, stops for a person, or `stop` is set; returns its last summary."""
+    """Show the batch until it finishes, stops for a person, or `stop` is set; returns its last summary.
+
+    `patient`: a database that does not answer skips a reading instead of ending the watch (a run's own
+    service watch decides when a silence is too long).
+    """
     meter = RateMeter()
     free = _FreeCounter()
     while True:
-        snap = await snapshot(engine, batch_id, await fleet(), meter, free)
+        try:
+            snap = await snapshot(engine, batch_id, await fleet(), meter, free)
+        except (OSError, DBAPIError) as exc:
+            if not patient or not connection_lost(exc):
+                raise
+            if stop is not None and stop.is_set() and view.last_summary is not None:
+                return view.last_summary
+            await _pause(stop, poll_seconds)
+            continue
         done = finished(snap.summary) or needs_action(snap.summary) or (stop is not None and stop.is_set())
         view.show(snap, final=done)
         if done:
             return snap.summary
-        if stop is None:
-            await asyncio.sleep(poll_seconds)
-            continue
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), poll_seconds)
+        await _pause(stop, poll_seconds)
+
+
+async def _pause(stop: asyncio.Event | None, seconds: float) -> None:
+    """Sleep between readings, or until `stop` is set."""
+    if stop is None:
+        await asyncio.sleep(seconds)
+        return
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)

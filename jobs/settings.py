@@ -116,6 +116,9 @@ class Settings(BaseSettings):
     )
     # Options for the simulator `orbatch run --simulator` serves, as `orbatch simulator` takes them.
     simulator_args: str = ""
+    # `orbatch run` stops with an error when Postgres or Redis has not answered for this long (an embedded
+    # one whose process exited is said at once): long enough for a restart, short enough not to look hung.
+    service_lost_seconds: float = Field(30.0, gt=0)
 
     # Watching the fleet. A worker serves Prometheus metrics at `/metrics` on this port (0: any free port, logged);
     # None: none, so two workers on one machine never fight over a port nobody asked for.

@@ -40,12 +40,14 @@ TERMINAL_BATCH_STATUSES = (
 
 
 class PauseReason(enum.StrEnum):
-    """Why a paused batch waits: a spent quota, its budget, the account's credits or a rejected key."""
+    """Why a paused batch waits: a spent quota, its budget, the account's credits, a rejected key, or its
+    `orbatch run` was stopped (it waits for that command again, or for `orbatch resume`)."""
 
     QUOTA = "quota"
     BUDGET = "budget"
     CREDITS = "credits"
     AUTH = "auth"
+    INTERRUPTED = "interrupted"
 
 
 class RequestStatus(enum.StrEnum):

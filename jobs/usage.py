@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from jobs.sql import sql
 from jobs.status import BatchNotFound
 
-__all__ = ["UsageLine", "UsageReport", "usage_report"]
+__all__ = ["QuotaSpender", "UsageLine", "UsageReport", "quota_spenders", "usage_report"]
 
 # From the tallies the triggers keep: a few rows per batch and model, whatever the batch's size.
 _BY_MODEL = text(
@@ -115,3 +117,37 @@ async def usage_report(engine: AsyncEngine, batch_id: str | None = None) -> Usag
             report.batches.setdefault(row.batch_id, UsageLine()).add(line)
             report.total.add(line)
     return report
+
+
+# The batches whose free calls the free tier's current day counted, most first: on the partial index of free
+# attempts by start time, so its cost is the day's free calls (a day's quota at most), not the table's.
+_SPENDERS = sql(
+    """
+    SELECT b.id, b.name, count(*) AS calls
+    FROM attempt a JOIN batch b ON b.id = a.batch_id
+    WHERE a.started_at >= :since AND a.models_sent[1] LIKE '%\\:free'
+      AND a.outcome NOT IN ({O.IN_FLIGHT}, {O.REUSED}) AND b.simulated = :simulated
+    GROUP BY b.id, b.name ORDER BY calls DESC, b.id LIMIT :most
+    """
+)
+
+
+@dataclass(slots=True, frozen=True)
+class QuotaSpender:
+    """A batch and the free calls it made in the free tier's current day."""
+
+    batch_id: str
+    name: str | None
+    calls: int
+
+    def describe(self) -> str:
+        """`batch_… (name) 600`, as status and the fleet page list them."""
+        return f"{self.batch_id}{f' ({self.name})' if self.name else ''} {self.calls}"
+
+
+async def quota_spenders(
+    conn: AsyncConnection, since: datetime, simulated: bool, most: int = 5
+) -> list[QuotaSpender]:
+    """The batches that spent the free tier's day that began at `since` (a simulator's, or OpenRouter's)."""
+    rows = await conn.execute(_SPENDERS, {"since": since, "simulated": simulated, "most": most})
+    return [QuotaSpender(r.id, r.name, int(r.calls)) for r in rows]

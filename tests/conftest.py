@@ -127,7 +127,7 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
             redis = _worker_redis_url(REDIS_BASE_URL)
         else:
             # A Redis of this worker's own: no other worker can flush it.
-            redis = stack.enter_context(embedded_redis(tmp_path_factory.mktemp("embedded")))
+            redis = stack.enter_context(embedded_redis(tmp_path_factory.mktemp("embedded"))).url
             embedded.append("redis")
         yield Services(postgres, redis, tuple(embedded))
 

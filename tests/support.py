@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import queue
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import IO, Any, ClassVar
 
 import httpx
 import orjson
@@ -90,6 +92,62 @@ class Simulator:
         if self.process.stdout is not None:
             self.process.stdout.close()
         self._log.close()
+
+
+def fresh_machine_env(data_dir: Path, **extra: str) -> dict[str, str]:
+    """What a new user has: no DATABASE_URL, REDIS_URL or key; the embedded services in `data_dir`."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("ORBATCH_", "OPENROUTER_")) and k not in ("DATABASE_URL", "REDIS_URL")
+    }
+    env.update(ORBATCH_DATA_DIR=str(data_dir), **extra)
+    return env
+
+
+class Lines:
+    """A child's output read line by line in a thread, so a test can wait for a line without blocking on it."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.seen: list[str] = []
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._pump, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _pump(self, stream: IO[str]) -> None:
+        try:
+            for line in stream:
+                self._queue.put(line)
+        except (OSError, ValueError):  # the test closed the stream as it ended
+            pass
+        self._queue.put(None)
+
+    def wait_for(self, wanted: Callable[[str], bool], seconds: float = 120) -> str:
+        """The first line from now on for which `wanted` holds; fails with what was seen on timeout or EOF."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                line = self._queue.get(timeout=left)
+            except queue.Empty:
+                break
+            if line is None:
+                raise AssertionError("the output ended first:\n" + "".join(self.seen[-40:]))
+            self.seen.append(line)
+            if wanted(line):
+                return line
+        raise AssertionError(f"no such line within {seconds} s:\n" + "".join(self.seen[-40:]))
+
+    def rest(self, seconds: float = 60) -> str:
+        """Everything until the stream ends."""
+        self._thread.join(seconds)
+        while True:
+            try:
+                line = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if line is not None:
+                self.seen.append(line)
+        return "".join(self.seen)
 
 
 def write_jsonl(path: Path, rows: Iterable[Any]) -> Path:

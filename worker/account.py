@@ -30,6 +30,11 @@ class AccountLimits:
     free_per_day: int
     day_seconds: float
     simulated: bool
+    # A simulator's identity and the moment its counts began (a new or reset simulator counts from nothing).
+    instance: str | None = None
+    counting_since: float | None = None
+    # GET /key answered: False while the upstream is unreachable and the defaults stand in.
+    read: bool = True
 
 
 def _number(data: dict[str, Any], name: str) -> float | None:
@@ -39,14 +44,20 @@ def _number(data: dict[str, Any], name: str) -> float | None:
     )
 
 
-async def account_limits(settings: Settings, client: OpenRouterClient) -> AccountLimits:
+async def account_limits(settings: Settings, client: OpenRouterClient, quiet: bool = False) -> AccountLimits:
     """The limits to apply: the settings set explicitly, else what GET /key reports, else the defaults."""
     explicit = settings.model_fields_set
+    read = True
     try:
         key: dict[str, Any] = (await client.get_json("key"))["data"]
     except Exception as exc:  # a key endpoint that is down must not stop the worker; assume the lower limit
-        log.warning("could not read GET /key; assuming the free tier's limits", error=str(exc))
-        key = {}
+        if not quiet:
+            log.warning("could not read GET /key; assuming the free tier's limits for now", error=str(exc))
+        key, read = {}, False
+        # A simulator answering an error still names itself: its batches are simulated ones all the same.
+        instance = await client.simulator_instance()
+        if instance is not None:
+            key = {"simulator": {"instance": instance}}
     sim: dict[str, Any] = key.get("simulator") if isinstance(key.get("simulator"), dict) else {}  # type: ignore[assignment]
     credited = key.get("is_free_tier") is False
     reported_day = CREDITED_DAILY_REQUESTS if credited else FREE_TIER_DAILY_REQUESTS
@@ -74,4 +85,7 @@ async def account_limits(settings: Settings, client: OpenRouterClient) -> Accoun
         free_per_day=per_day,
         day_seconds=pick("free_day_seconds", settings.free_day_seconds, _number(sim, "day_seconds")),
         simulated=bool(sim),
+        instance=str(sim["instance"]) if sim.get("instance") else None,
+        counting_since=_number(sim, "counting_since"),
+        read=read,
     )

@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from jobs.settings import Settings
+from worker.account import AccountLimits
 from worker.meter import Meter
 from worker.openrouter import OpenRouterClient
 from worker.pricing import PriceBook
@@ -42,6 +43,10 @@ class WorkerContext:
     report: WorkerReport = field(default_factory=WorkerReport)
     # What it counts for /metrics and its heartbeat.
     meter: Meter = field(default_factory=Meter)
+    # What GET /key said of the account last (None before the first reading).
+    account: AccountLimits | None = None
+    # Tasks whose upstream call was sent and is not yet recorded: the only ones a graceful stop waits for.
+    calling: set[asyncio.Task[Any]] = field(default_factory=set)
 
 
 def context(arq_ctx: Mapping[str, Any]) -> WorkerContext:

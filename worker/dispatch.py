@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import signal
 from typing import Any
 
 from arq.constants import in_progress_key_prefix
 from arq.utils import timestamp_ms
 from arq.worker import Worker
+
+from jobs.constants import REDIS_SPARE_SECONDS
 
 __all__ = ["ClaimingWorker"]
 
@@ -73,3 +78,36 @@ class ClaimingWorker(Worker):
             task = self.loop.create_task(self.run_job(job_id, score))
             task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
             self.tasks[job_id] = task
+
+    async def finish_job(self, job_id: str, *args: Any, **kwargs: Any) -> None:
+        """arq's bookkeeping after a job, bounded in time: the job's result is in Postgres already, and a key
+        left behind lapses or is skipped (a job id is never used for another attempt)."""
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(REDIS_SPARE_SECONDS):
+                await super().finish_job(job_id, *args, **kwargs)
+
+    async def finish_failed_job(self, job_id: str, result_data: bytes | None) -> None:
+        """arq's bookkeeping after a job that could not start, bounded in time as `finish_job` is."""
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(REDIS_SPARE_SECONDS):
+                await super().finish_failed_job(job_id, result_data)
+
+    async def close(self) -> None:
+        """arq's close, but a Redis that no longer answers is not waited for: the worker's health-check key
+        lapses by itself, and its own shutdown (the database, the HTTP client) must still run."""
+        if not self._handle_signals:
+            self.handle_sig(signal.SIGUSR1)  # as arq does: cancels what still runs
+        if not self._pool:
+            return
+        await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(REDIS_SPARE_SECONDS):
+                await self.pool.delete(self.health_check_key)
+        try:
+            if self.on_shutdown:
+                await self.on_shutdown(self.ctx)
+        finally:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(REDIS_SPARE_SECONDS):
+                    await self.pool.close(close_connection_pool=True)
+            self._pool = None

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 
 from redis.asyncio import Redis
 
-from jobs.constants import HEARTBEAT_MISSED_BEATS
+from jobs.constants import HEARTBEAT_MISSED_BEATS, REDIS_SPARE_SECONDS
 from jobs.heartbeats import Heartbeat, forget_heartbeat, write_heartbeat
 from jobs.logs import get_logger
 from jobs.metrics import orbatch_version
@@ -54,6 +54,8 @@ async def beat_forever(ctx: WorkerContext, redis: Redis, queue: str, concurrency
 
 
 async def stop_beating(ctx: WorkerContext, redis: Redis) -> None:
-    """Remove this worker's heartbeat as it stops cleanly (a killed one's lapses by itself)."""
+    """Remove this worker's heartbeat as it stops cleanly (a killed one's lapses by itself); a Redis that does
+    not answer is not waited for."""
     with contextlib.suppress(Exception):
-        await forget_heartbeat(redis, ctx.settings.queue_name, ctx.owner)
+        async with asyncio.timeout(REDIS_SPARE_SECONDS):
+            await forget_heartbeat(redis, ctx.settings.queue_name, ctx.owner)

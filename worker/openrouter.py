@@ -10,6 +10,8 @@ from typing import Any
 import httpx
 import orjson
 
+from jobs.constants import SIMULATOR_HEADER
+
 __all__ = ["CallDeadline", "CallResult", "OpenRouterClient", "chat_payload"]
 
 # Of an answer over the size limit, the start (its id, model, provider) and the end (its usage, which
@@ -126,6 +128,16 @@ class OpenRouterClient:
         response = await self._client.get(path)
         response.raise_for_status()
         return orjson.loads(response.content)
+
+    async def simulator_instance(self) -> str | None:
+        """The instance of orbatch's simulator this client calls (its answers name it, errors too); None when
+        the upstream is not a simulator or does not answer."""
+        try:
+            response = await self._client.get("key")
+        except httpx.HTTPError:
+            return None
+        instance: str | None = response.headers.get(SIMULATOR_HEADER)
+        return instance
 
     async def aclose(self) -> None:
         """Close the connection pool."""

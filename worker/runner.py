@@ -28,7 +28,6 @@ from jobs.constants import (
 )
 from jobs.db import create_engine
 from jobs.feeder import feed
-from jobs.fleet import limits_key, throttle_namespace
 from jobs.logs import get_logger
 from jobs.metrics import BUILD, CONCURRENCY, orbatch_version
 from jobs.queue import job_dumps, job_loads
@@ -48,9 +47,9 @@ from worker.replycheck import ReplyChecker
 from worker.report import where
 from worker.shutdown import GracefulStop, close_worker
 from worker.task import run_request
-from worker.throttle import Throttle, ThrottleLimits
+from worker.upstream import adopt, throttle_for, watch_upstream
 
-__all__ = ["build_worker", "run_worker", "sweep", "task_timeout"]
+__all__ = ["build_worker", "dump_tasks", "run_worker", "sweep", "task_timeout"]
 
 log = get_logger(__name__)
 
@@ -134,56 +133,27 @@ async def _startup(arq_ctx: dict[str, Any]) -> None:
         max_response_bytes=settings.max_response_bytes,
     )
     account = await account_limits(settings, client)
-    limits = ThrottleLimits(
-        free_per_window=account.free_per_window,
-        window_seconds=account.window_seconds,
-        margin=settings.free_rate_margin,
-        free_per_day=account.free_per_day,
-        max_in_flight=settings.max_in_flight,
-        max_wait_seconds=settings.max_throttle_wait,
-        # Renewed with the lease: a killed worker's permits lapse as soon as its leases do.
-        permit_ttl_seconds=settings.lease_seconds * 2,
-        day_seconds=account.day_seconds,
-        breaker_run=settings.breaker_5xx_run,
-        probe_base_seconds=settings.breaker_probe_base,
-        probe_max_seconds=settings.breaker_probe_max,
-        probe_ttl_seconds=settings.request_timeout + TASK_TIMEOUT_MARGIN_SECONDS,
-    )
     autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
-    # A simulator's counts live apart from a real account's: the same Redis may serve both.
-    namespace = throttle_namespace(settings.queue_name, account.simulated)
     prices = PriceBook(lambda max_age: load_catalog(engine, settings.openrouter_base_url, api_key, max_age))
     ctx = WorkerContext(
         settings=settings,
         engine=autocommit,
         client=client,
-        throttle=Throttle(
-            arq_ctx["redis"],
-            namespace,
-            limits,
-            lambda since: records.free_calls_since(autocommit, since, account.simulated),
-        ),
+        throttle=throttle_for(settings, arq_ctx["redis"], autocommit, account),
         prices=prices,
         replies=ReplyChecker(settings.reply_check_seconds),
         owner=f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}",
         simulated=account.simulated,
         meter=Meter(prices.listed),
     )
+    await adopt(ctx, arq_ctx["redis"], account)
     arq_ctx[CONTEXT_KEY] = ctx
     await _start_watching(arq_ctx, ctx, plan, concurrency)
-    await arq_ctx["redis"].hset(
-        limits_key(namespace),
-        mapping={
-            "free_per_window": limits.free_per_window,
-            "window_seconds": limits.window_seconds,
-            "free_per_day": limits.free_per_day,
-            "margin": limits.margin,
-            "day_seconds": limits.day_seconds,
-        },
-    )
     arq_ctx["engine"] = engine
     arq_ctx["feeder"] = asyncio.create_task(_feeder_loop(ctx, arq_ctx["redis"], plan))
     arq_ctx["reporter"] = asyncio.create_task(ctx.report.every())
+    arq_ctx["upstream"] = asyncio.create_task(watch_upstream(ctx, arq_ctx["redis"], client))
+    limits = ctx.throttle.limits
     log.info(
         "worker started",
         owner=ctx.owner,
@@ -222,7 +192,7 @@ async def _stop_watching(arq_ctx: dict[str, Any], ctx: WorkerContext) -> None:
 
 
 async def _shutdown(arq_ctx: dict[str, Any]) -> None:
-    for name in ("feeder", "reporter", "heartbeat"):
+    for name in ("feeder", "reporter", "heartbeat", "upstream"):
         background: asyncio.Task[None] | None = arq_ctx.get(name)
         if background is not None:
             background.cancel()
@@ -337,7 +307,7 @@ async def _wait_until_idle(worker: Worker, ctx_holder: dict[str, Any]) -> None:
             return
 
 
-def _dump_tasks() -> None:
+def dump_tasks() -> None:
     """SIGUSR2: log what every task of this worker is waiting on (for a worker that seems stuck)."""
     for task in asyncio.all_tasks():
         stream = io.StringIO()
@@ -348,7 +318,7 @@ def _dump_tasks() -> None:
 async def run_worker(settings: Settings, concurrency: int | None = None, burst: bool = False) -> None:
     """Run a worker until SIGTERM or Ctrl-C (graceful, then at once), or with `burst` until nothing is left to run."""
     loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGUSR2, _dump_tasks)
+    loop.add_signal_handler(signal.SIGUSR2, dump_tasks)
     worker = build_worker(settings, concurrency)
     stop = GracefulStop(worker, settings.shutdown_grace)
     for sig in (signal.SIGINT, signal.SIGTERM):

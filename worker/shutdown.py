@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from typing import Any
 
 from arq.worker import Worker
 
+from jobs.constants import REDIS_SPARE_SECONDS
 from jobs.logs import get_logger
 from worker.context import CONTEXT_KEY, WorkerContext
 
@@ -37,32 +39,43 @@ class GracefulStop:
         self.requested.set()
 
     async def drain(self) -> int:
-        """Take no new job, let calls in flight end within the grace period; how many were still running."""
+        """Take no new job, let calls in flight end within the grace period; how many were still running.
+
+        Only tasks whose call was sent are waited for: the others have nothing to pay for and give their
+        requests back at once, or are cancelled after a moment (one stuck on a Redis that went away, say).
+        """
         self.worker.allow_pick_jobs = False
         ctx = self.worker.ctx.get(CONTEXT_KEY)
+        calling: set[asyncio.Task[Any]] = set()
         if isinstance(ctx, WorkerContext):
             ctx.stopping.set()
+            calling = ctx.calling
         tasks = [t for t in self.worker.tasks.values() if not t.done()]
         if tasks:
             log.warning(
-                "stopping: letting calls in flight finish", calls=len(tasks), grace_seconds=self.grace
+                "stopping: letting calls in flight finish",
+                calls=len(calling),
+                grace_seconds=self.grace,
             )
             loop = asyncio.get_running_loop()
             deadline = loop.time() + self.grace
+            unsent_by = loop.time() + 2 * REDIS_SPARE_SECONDS
             now = asyncio.create_task(self.now.wait())
             try:
                 while not now.done() and (pending := [t for t in tasks if not t.done()]):
+                    if loop.time() >= unsent_by and not calling:
+                        break  # what is left sent nothing: close_worker cancels it, and it gives back
                     remaining = deadline - loop.time()
                     if remaining <= 0:
                         break
                     await asyncio.wait(
-                        [*pending, now], timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+                        [*pending, now], timeout=min(remaining, 0.5), return_when=asyncio.FIRST_COMPLETED
                     )
             finally:
                 now.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await now
-        left = sum(not t.done() for t in tasks)
+        left = len(calling)
         if left:
             log.warning("stopping now: calls still in flight are given back", calls=left)
         return left

@@ -51,6 +51,7 @@ import socket
 import struct
 import sys
 import time
+import uuid
 from collections.abc import Iterable, Mapping
 from decimal import Decimal, InvalidOperation
 from importlib.resources import files
@@ -59,6 +60,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from jobs.constants import SIMULATOR_HEADER
 from worker.simconfig import DAY_SECONDS, MINUTE_SECONDS, Rule, SimConfig, simulator_main
 from worker.structured import requested_schema
 
@@ -165,6 +167,9 @@ class Simulator:
         self.initial_models = [dict(m) for m in (default_models() if models is None else models)]
         self._set_models(self.initial_models)
         self.started = time.time()
+        # Who this simulator is: a new one (or one reset) is a new account whose counts start from nothing,
+        # which a worker tells from this id, sent on every answer (401s included) and in GET /key.
+        self.instance = uuid.uuid4().hex[:12]
         self.epoch = 0
         self.reset_counters()
 
@@ -181,6 +186,8 @@ class Simulator:
         self.epoch += 1
         self.generation = 0
         self.spent = Decimal(0)
+        # When its free-tier counts began: no call before this moment counts against its quota.
+        self.counting_since = time.time()
 
     def _set_models(self, entries: Iterable[Mapping[str, Any]]) -> None:
         self.models = {str(e["id"]): dict(e) for e in entries}
@@ -286,6 +293,8 @@ class Simulator:
             "day_seconds": self._day_seconds(),
             "day_started_at": self._day_index(now) * self._day_seconds(),
             "speed": cfg.speed,
+            "instance": self.instance,
+            "counting_since": self.counting_since,
         }
 
     # --- helpers ---------------------------------------------------------------------------------------
@@ -650,9 +659,14 @@ class Simulator:
         stats.update(max_in_flight=self.max_in_flight, in_flight=self.in_flight, day_count=self.day_count)
         return web.json_response(stats)
 
+    async def _say_who(self, _: web.Request, response: web.StreamResponse) -> None:
+        # Every answer says it comes from a simulator, so a client knows without a key (GET /key needs one).
+        response.headers[SIMULATOR_HEADER] = self.instance
+
     def app(self) -> web.Application:
         """The aiohttp application."""
         app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.on_response_prepare.append(self._say_who)
         app.router.add_post(f"{API_PREFIX}/chat/completions", self.chat)
         app.router.add_get(f"{API_PREFIX}/models", self.list_models)
         app.router.add_get(f"{API_PREFIX}/key", self.key)
@@ -717,7 +731,9 @@ def _structured_reply(body: dict[str, Any], text: str) -> str | None:
 
 async def serve(simulator: Simulator, host: str, port: int) -> tuple[web.AppRunner, int]:
     """Start serving; returns the runner and the port bound (useful with port 0)."""
-    runner = web.AppRunner(simulator.app(), access_log=None, handle_signals=False)
+    # A simulated call still open when the simulator stops (a run interrupted twice) is not waited for: it
+    # answers no one and costs nothing.
+    runner = web.AppRunner(simulator.app(), access_log=None, handle_signals=False, shutdown_timeout=1.0)
     await runner.setup()
     site = web.TCPSite(runner, host, port, backlog=1024)
     await site.start()

@@ -13,8 +13,15 @@ from typing import Any, TypeVar
 from redis.exceptions import RedisError
 from sqlalchemy.exc import DBAPIError
 
-from jobs.constants import PERSIST_DEADLINE_SECONDS, QUOTA_HOLD_SECONDS, TWIN_WAIT_SECONDS
+from jobs.constants import (
+    PERSIST_DEADLINE_SECONDS,
+    QUOTA_HOLD_SECONDS,
+    REDIS_SPARE_SECONDS,
+    STOPPED_WRITE_SECONDS,
+    TWIN_WAIT_SECONDS,
+)
 from jobs.db import connection_lost
+from jobs.eta import format_duration
 from jobs.logs import get_logger, redact
 from jobs.states import Outcome, PauseReason, RequestStatus
 from worker import records
@@ -69,6 +76,39 @@ class _Call:
         self.provider, self.generation_id = outcome.provider, outcome.generation_id
 
 
+async def _spare(what: str, request_id: int, step: Awaitable[T], default: T) -> T:
+    """A Redis step the request's record can do without, bounded in time: a lost Redis costs seconds, not a
+    paid answer (permits and cool-downs lapse by themselves; Postgres keeps the truth)."""
+    try:
+        async with asyncio.timeout(REDIS_SPARE_SECONDS):
+            return await step
+    except (RedisError, OSError, TimeoutError) as exc:
+        log.warning(
+            "Redis did not answer; going on without it", what=what, request_id=request_id, error=str(exc)
+        )
+        return default
+
+
+async def _unless_stopping(ctx: WorkerContext, step: Awaitable[T]) -> T | None:
+    """Run a step that may wait on Redis for long (its retries ride out a blip), or None once the worker stops:
+    a stopping worker gives unsent requests back at once, whatever Redis is doing."""
+    task = asyncio.ensure_future(step)
+    stopping = asyncio.ensure_future(ctx.stopping.wait())
+    try:
+        await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+    if not task.done():
+        # The step sees the same event (a throttle wait gives its slot back by itself): a moment to do so.
+        await asyncio.wait({task}, timeout=REDIS_SPARE_SECONDS)
+    if task.done():
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, RedisError, OSError):
+        await task
+    return None
+
+
 @contextlib.asynccontextmanager
 async def _renewing(ctx: WorkerContext, lease: records.Lease, call: _Call) -> AsyncIterator[None]:
     """Renew every third of the lease (and the call's throttle permit), so only a dead worker's leases expire."""
@@ -115,7 +155,8 @@ async def _record_failure(
     )
     # The throttle learns first, so other workers hold back while this one writes to Postgres.
     if failure.cooldown_until is not None:
-        held = await ctx.throttle.cool_down(free, int(failure.cooldown_until.timestamp() * 1000))
+        until_ms = int(failure.cooldown_until.timestamp() * 1000)
+        held = await _spare("cool-down", lease.request_id, ctx.throttle.cool_down(free, until_ms), 0.0)
         log.warning("OpenRouter rate limit: every worker waits", seconds=held, message=failure.message)
     record = await _persist(
         "failure",
@@ -142,20 +183,28 @@ async def _record_failure(
 
 async def _throttled(ctx: WorkerContext, lease: records.Lease, denied: Denied) -> str:
     """Give the request back unsent: the wait is longer than a worker holds a slot, or the worker is stopping."""
-    if denied.kind in ("stopping", "outage"):
+    if denied.kind in ("stopping", "outage", "unreachable"):
         # An outage's requests are due at once; the feeder holds them back while the breaker is open.
         await _persist("unlease", lambda: records.unlease(ctx.engine, lease, ctx.owner, 0.0))
-        return "stopping" if denied.kind == "stopping" else "waiting-outage"
+        return {"stopping": "stopping", "outage": "waiting-outage"}.get(denied.kind, "redis-unreachable")
     quota_hold = denied.kind == "cooldown" and lease.models_sent[0].endswith(":free")
     if denied.kind == "daily" or (quota_hold and denied.wait_seconds >= QUOTA_HOLD_SECONDS):
-        limit = ctx.throttle.limits.free_per_day
-        # The day's end as this account counts days: 00:00 UTC for OpenRouter, sooner for a fast simulator.
-        day_ends = "the simulator's day ends" if ctx.simulated else "the free tier's day ends (00:00 UTC)"
-        message = (
-            f"The daily quota of {limit} free-model requests is spent; the batch resumes when {day_ends}."
-            if denied.kind == "daily"
-            else "OpenRouter's free-model quota is spent; the batch resumes when OpenRouter said it resets."
-        )
+        limits = ctx.throttle.limits
+        if denied.kind != "daily":
+            message = (
+                "OpenRouter's free-model quota is spent; the batch resumes when OpenRouter said it resets."
+            )
+        elif ctx.simulated:
+            # A simulator's day lasts minutes at its default speed: said so, not as a date.
+            message = (
+                f"The simulator's daily quota of {limits.free_per_day} free requests is spent (its simulated day "
+                f"lasts {format_duration(limits.day_seconds)}); the batch resumes when its next day begins."
+            )
+        else:
+            message = (
+                f"The daily quota of {limits.free_per_day} free-model requests is spent; the batch resumes when "
+                "the free tier's day ends (00:00 UTC)."
+            )
         paused = await _persist(
             "park",
             lambda: records.unlease(
@@ -176,6 +225,14 @@ async def run_request(arq_ctx: dict[str, Any], request_id: int, attempts: int) -
         result = await _attempt(ctx, request_id, attempts)
     ctx.meter.ended(result)
     return result
+
+
+def _calling(ctx: WorkerContext) -> None:
+    """This task has sent a call: a graceful stop waits for it until its answer is recorded."""
+    task = asyncio.current_task()
+    if task is not None:
+        ctx.calling.add(task)
+        task.add_done_callback(ctx.calling.discard)
 
 
 async def _attempt(ctx: WorkerContext, request_id: int, attempts: int) -> str:
@@ -241,12 +298,16 @@ async def _check_structured(ctx: WorkerContext, body: dict[str, Any], success: S
 async def _release(
     ctx: WorkerContext, call: _Call, lease: records.Lease, verdict: Verdict, reason: str = ""
 ) -> str:
-    """Hand the permit back, telling the breaker what the call showed; 'open' when the breaker is open after it."""
+    """Hand the permit back, telling the breaker what the call showed; 'open' when the breaker is open after it.
+
+    Never raises and never waits long: whatever Redis does, the call's answer is recorded next.
+    """
     if call.permit is None or call.released:
         return "ok"
     call.released = True
     model = lease.models_sent[0] if lease.models_sent else ""
-    return await ctx.throttle.release(call.permit, verdict, lease.request_id, model, reason)
+    step = ctx.throttle.release(call.permit, verdict, lease.request_id, model, reason)
+    return await _spare("release", lease.request_id, step, "ok")
 
 
 def _outage(failure: Failure) -> Failure:
@@ -279,12 +340,20 @@ async def _run_leased(ctx: WorkerContext, lease: records.Lease, call: _Call) -> 
     try:
         async with _renewing(ctx, lease, call):
             asked = time.monotonic()
-            permit = await ctx.throttle.acquire(free, ctx.stopping)
-            if isinstance(permit, Denied):
-                return await _throttled(ctx, lease, permit)
+            try:
+                permit = await _unless_stopping(ctx, ctx.throttle.acquire(free, ctx.stopping))
+            except (RedisError, OSError) as exc:
+                # Nothing was sent: the request goes back as it was, to run once Redis answers again.
+                log.warning(
+                    "throttle unreachable; request given back", request_id=lease.request_id, error=str(exc)
+                )
+                permit = Denied("unreachable", 0.0)
+            if permit is None or isinstance(permit, Denied):
+                return await _throttled(ctx, lease, permit or Denied("stopping", 0.0))
             ctx.meter.waited(free, time.monotonic() - asked)
             call.permit = permit
             call.started_at = datetime.now(UTC)
+            _calling(ctx)
             with ctx.meter.call():
                 result = await ctx.client.chat(lease.body, lease.models_sent)
             call.result = result
@@ -324,7 +393,23 @@ async def _run_leased(ctx: WorkerContext, lease: records.Lease, call: _Call) -> 
 
 
 async def _stopped(ctx: WorkerContext, lease: records.Lease, call: _Call) -> None:
-    """The task was cancelled: give the request back (the worker stops) or fail the attempt (arq's timeout)."""
+    """The task was cancelled: give the request back (the worker stops) or fail the attempt (arq's timeout).
+
+    Bounded in time, as a second Ctrl-C means now: a write that cannot be made in time is left to the lease,
+    whose expiry the feeder turns into the same outcome.
+    """
+    try:
+        async with asyncio.timeout(STOPPED_WRITE_SECONDS):
+            await _give_back(ctx, lease, call)
+    except (TimeoutError, DBAPIError, OSError) as exc:
+        log.warning(
+            "could not record the stop; the lease expires instead",
+            request_id=lease.request_id,
+            error=str(exc),
+        )
+
+
+async def _give_back(ctx: WorkerContext, lease: records.Lease, call: _Call) -> None:
     if call.permit is not None and not call.released:
         await _release(ctx, call, lease, "aborted" if call.sent else "unsent")
     if not call.sent:

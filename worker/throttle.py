@@ -249,7 +249,7 @@ class Permit:
 class Denied:
     """No slot within the longest wait a worker holds: why, and how long until one may be free."""
 
-    kind: str  # 'daily', 'rate', 'cooldown', 'outage' or 'stopping'
+    kind: str  # 'daily', 'rate', 'cooldown', 'outage', 'stopping', or 'unreachable' (Redis did not answer)
     wait_seconds: float
 
 

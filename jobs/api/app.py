@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import time
 from collections.abc import AsyncIterator
 
 import httpx
@@ -17,7 +18,7 @@ from jobs.api.errors import install_error_handlers
 from jobs.api.maintenance import maintain
 from jobs.api.middleware import BodyGuard
 from jobs.api.state import ApiState
-from jobs.catalog import upstream_is_simulator
+from jobs.catalog import upstream_simulator
 from jobs.constants import CALLBACK_TIMEOUT_SECONDS
 from jobs.db import create_engine
 from jobs.queue import connect
@@ -52,7 +53,7 @@ def create_app(settings: Settings, *, no_auth: bool = False, maintenance: bool =
         # Callbacks go only where the allow list says: no proxies from the environment, no redirects.
         client = httpx.AsyncClient(timeout=CALLBACK_TIMEOUT_SECONDS, follow_redirects=False, trust_env=False)
         key = settings.openrouter_api_key.get_secret_value() if settings.openrouter_api_key else None
-        simulated = await upstream_is_simulator(settings.openrouter_base_url, key)
+        simulated = await upstream_simulator(settings.openrouter_base_url, key)
         app.state.api = ApiState(
             settings=settings,
             engine=engine,
@@ -61,6 +62,7 @@ def create_app(settings: Settings, *, no_auth: bool = False, maintenance: bool =
             batches=BatchCache(settings.api_batch_cache_seconds),
             no_auth=no_auth,
             simulated=simulated,
+            simulated_at=time.monotonic(),
         )
         task = asyncio.create_task(maintain(engine, client, settings)) if maintenance else None
         # Everything made so far (modules, the app, its clients) lives as long as the process: kept out of

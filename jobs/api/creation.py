@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from jobs.api.callbacks import check_callback_url
 from jobs.api.keys import Caller, callback_secret
 from jobs.api.schemas import BatchCreate
-from jobs.api.state import ApiState
+from jobs.api.state import ApiState, upstream_is_simulated
 from jobs.api.storage import StoredSource
 from jobs.catalog import load_catalog
 from jobs.constants import (
@@ -189,7 +189,7 @@ async def create_batch(state: ApiState, caller: Caller, body: BatchCreate) -> st
         dedupe=body.dedupe,
         owner=caller.owner,
         # Only workers in front of the same kind of upstream take it (see `records.take_lease`).
-        simulated=state.simulated,
+        simulated=await upstream_is_simulated(state),
     )
     async with state.reads.connect() as conn:
         if callback_url is not None:

@@ -147,7 +147,12 @@ async def serve(settings: Settings, plan: ServePlan, err: Console) -> None:
             "/openapi.json, docs at /docs); metrics at /metrics; "
             + ("no auth: every request acts as `local`; " if plan.no_auth else "keys: `orbatch keys`; ")
             + (
-                "an in-process worker runs the batches"
+                (
+                    "an in-process worker runs the "
+                    + ("simulated" if plan.simulator else "real (OpenRouter)")
+                    + " batches of this database, made here or by `orbatch submit` (a batch an interrupted "
+                    "`orbatch run` left waits for that run, or for `orbatch resume`)"
+                )
                 if plan.worker
                 else "no worker: a fleet runs the batches"
             ),

@@ -1,9 +1,10 @@
-"""The embedded services of a machine with neither Postgres nor Redis: one shared Postgres per data dir,
-a private Redis per run, and where each comes from."""
+"""The embedded services of a machine with neither Postgres nor Redis: one Postgres and one Redis per data dir,
+shared by the commands that use it, stopped by the last to leave, and where each comes from."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -22,6 +23,7 @@ from jobs.embedded import (
     find_redis_server,
     local_services,
     postgres_folder,
+    running_redis,
 )
 from tests.support import ROOT
 
@@ -136,16 +138,82 @@ def test_the_cluster_of_an_earlier_postgresql_is_left_as_it_was_and_named_once(
     assert postgres_folder(tmp_path).name == "postgres-18"
 
 
-def test_one_run_with_an_embedded_redis_per_data_dir(tmp_path: Path) -> None:
+def _redis_of(data: Path) -> list[psutil.Process]:
+    server = data.resolve() / "redis" / "server.json"
+    if not server.exists():
+        return []
+    pid = int(json.loads(server.read_text())["pid"])
+    return [p for p in psutil.process_iter(["name"]) if p.pid == pid and p.status() != psutil.STATUS_ZOMBIE]
+
+
+_HOLD_REDIS = """
+import sys
+from pathlib import Path
+from jobs.embedded import local_services
+with local_services(Path(sys.argv[1]), "postgresql://unused/db", None) as services:
+    print(services.redis_url, flush=True)
+    sys.stdin.read()
+"""
+
+
+def test_commands_share_the_data_dirs_redis_in_a_session_of_its_own_until_the_last_leaves(
+    tmp_path: Path,
+) -> None:
+    with subprocess.Popen(  # noqa: S603 - argv built here, no shell
+        [sys.executable, "-c", _HOLD_REDIS, str(tmp_path)],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as first:
+        assert first.stdout is not None
+        assert first.stdin is not None
+        url = first.stdout.readline().strip()
+        assert url.startswith("redis://127.0.0.1:")
+        [server] = _redis_of(tmp_path)
+        # The terminal's Ctrl-C goes to the foreground process group: the Redis is in neither it nor its session.
+        assert os.getsid(server.pid) != os.getsid(first.pid)
+        assert os.getpgid(server.pid) != os.getpgid(first.pid)
+        assert running_redis(tmp_path) == url
+        with local_services(tmp_path, "postgresql://unused/db", None) as services:
+            assert services.redis_url == url
+            first.stdin.close()
+            assert first.wait(30) == 0
+            # The first user has gone; this one still has the Redis it found.
+            assert _redis_of(tmp_path) == [server]
+            assert services.lost() is None
+        assert _redis_of(tmp_path) == []
+    assert running_redis(tmp_path) is None
+
+
+def test_a_killed_user_does_not_keep_the_redis_for_good_and_a_dead_redis_is_said(tmp_path: Path) -> None:
+    with subprocess.Popen(  # noqa: S603 - argv built here, no shell
+        [sys.executable, "-c", _HOLD_REDIS, str(tmp_path)],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as killed:
+        assert killed.stdout is not None
+        url = killed.stdout.readline().strip()
+        os.kill(killed.pid, signal.SIGKILL)
+        killed.wait()
+    # It outlives its user until the next user of the data dir leaves.
+    assert running_redis(tmp_path) == url
     with local_services(tmp_path, "postgresql://unused/db", None) as services:
-        assert services.started == ["redis"]
-        assert services.redis_url.startswith("redis://127.0.0.1:")
-        with (
-            pytest.raises(EmbeddedError, match="another `orbatch run` is using"),
-            local_services(tmp_path, "postgresql://unused/db", None),
-        ):
-            pass
-    assert _postgres_of(tmp_path) == []
+        assert services.redis_url == url
+        [server] = _redis_of(tmp_path)
+        server.kill()
+        server.wait(10)
+        lost = services.lost()
+        assert lost is not None
+        assert lost.startswith("the embedded Redis stopped; see ")
+    assert running_redis(tmp_path) is None
+    # The next command starts a new one.
+    with local_services(tmp_path, "postgresql://unused/db", None) as services:
+        assert services.redis_url != url or _redis_of(tmp_path) != [server]
+        assert services.lost() is None
+    assert _redis_of(tmp_path) == []
 
 
 def _executable(folder: Path, name: str) -> Path:

@@ -58,3 +58,19 @@ def test_durations_read_like_a_person_would_say_them() -> None:
     assert format_duration(725) == "12m 5s"
     assert format_duration(3 * 3600 + 20 * 60) == "3h 20m"
     assert format_duration(9 * 86400 + 14 * 3600) == "9d 14h"
+
+
+def test_a_simulators_days_are_said_as_simulated_days_and_end_when_its_day_does() -> None:
+    # At speed 60 a simulated day lasts 24 minutes; days run from the epoch.
+    limits = FreeLimits(20, 1, 1000, 0.05, day_seconds=1440, simulated=True)
+    now = datetime.fromtimestamp(1440 * 1_000_000 + 600, UTC)  # ten minutes into a simulated day
+    eta = estimate(3000, 3000, None, limits, used_today=200, now=now)
+    assert eta.reason == (
+        "the simulator allows 1000 free requests a simulated day (24m 0s of real time): 3000 requests need 4 "
+        "simulated days of quota (800 of them now, the rest from its next day, in 14m 0s)"
+    )
+    assert eta.seconds is not None
+    # The rest of this day, two whole simulated days, then the last 200 at the simulated pace: minutes, not days.
+    assert 14 * 60 + 2 * 1440 < eta.seconds < 14 * 60 + 2 * 1440 + 60
+    paced = estimate(40, 40, None, limits, now=now)
+    assert paced.reason == "the simulator allows about 19 free requests per 1 s (its minute)"

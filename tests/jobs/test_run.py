@@ -17,8 +17,9 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from jobs.embedded import postgres_folder
-from tests.support import ROOT, Simulator, Workers, chat_line, run_cli, write_jsonl
+from tests.support import ROOT, Lines, Simulator, Workers, chat_line, run_cli, write_jsonl
 
+FREE_SIMULATED = ("--models", "sim/echo:free", "--simulator")
 # The simulator's limits reach the run through its GET /key: nothing else needs setting.
 SCALED_SIMULATOR = {"ORBATCH_SIMULATOR_ARGS": "--speed 60 --free-per-day 100000"}
 
@@ -390,3 +391,48 @@ def test_three_simulated_trials_in_one_data_dir_each_finish_in_under_a_minute(
         assert elapsed < 60, f"trial {trial} took {elapsed:.0f} s"
         assert "batch paused" not in done.stderr
         assert len(_read(tmp_path / f"t{trial}.out")) == 60
+
+
+def test_each_simulated_trial_has_the_simulators_whole_quota_and_its_own_quota_is_said_in_simulated_days(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    # A day of 30 free requests: two trials of 20 in one simulated day would overrun it, were the day's count
+    # carried from one trial's simulator to the next.
+    env = {
+        **_fresh_machine_env(data_dir),
+        "ORBATCH_SIMULATOR_ARGS": "--speed 60 --no-free-tier --free-per-day 30",
+    }
+    for trial in range(3):
+        path = write_jsonl(
+            tmp_path / f"t{trial}.jsonl", [chat_line(f"t{trial}-{i}", f"row {i}") for i in range(20)]
+        )
+        out = tmp_path / f"t{trial}.out"
+        done = run_cli(env, "run", str(path), "-o", str(out), "--models", "sim/echo:free", "--simulator")
+        assert done.returncode == 0, done.stderr
+        assert "paused" not in done.stderr
+        assert len(_read(out)) == 20
+    # A trial that needs more than the simulator's day still waits for the next one, and says so in its terms.
+    path = write_jsonl(tmp_path / "big.jsonl", [chat_line(f"b{i}", f"row {i}") for i in range(40)])
+    process = subprocess.Popen(  # noqa: S603 - argv built here
+        [sys.executable, "-m", "jobs", "run", str(path), "-o", str(tmp_path / "big.out"), *FREE_SIMULATED],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stderr is not None
+    lines = Lines(process.stderr)
+    try:
+        paused = lines.wait_for(lambda line: "status=paused" in line and " done=30 " in line)
+        process.send_signal(signal.SIGINT)
+        assert process.wait(60) == 130
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        process.stderr.close()
+    assert (
+        "The simulator's daily quota of 30 free requests is spent (its simulated day lasts 24m 0s)" in paused
+    )
+    assert "00:00 UTC" not in "".join(lines.seen)

@@ -24,6 +24,7 @@ from jobs.export import stream_file
 from jobs.gauges import FleetGauges, read_fleet_gauges
 from jobs.logs import get_logger
 from jobs.states import BatchStatus, PauseReason
+from jobs.usage import quota_spenders
 
 __all__ = ["router"]
 
@@ -130,7 +131,8 @@ async def batch_page(
         can_retry=line.status in RETRY_FROM and line.counts["failed"] > 0,
         # A spent budget needs a higher cap, which the command line takes, and a spent quota resumes by itself
         # when the day turns (resuming sooner only pauses again): the page says so instead.
-        can_resume=paused and line.pause_reason in (PauseReason.CREDITS, PauseReason.AUTH),
+        can_resume=paused
+        and line.pause_reason in (PauseReason.CREDITS, PauseReason.AUTH, PauseReason.INTERRUPTED),
         action_hint=ACTIONS.get(line.pause_reason or "") if paused else None,
     )
 
@@ -195,14 +197,14 @@ async def fleet_page(request: Request) -> Response:
     viewer = await _viewer(request)
     gauges = await _gauges(request)
     now = datetime.now(UTC)
-    return render(
-        request,
-        "fleet.html",
-        viewer=viewer,
-        gauges=gauges,
-        accounts=[account_view(a, now) for a in gauges.accounts] if gauges else [],
-        now=now,
-    )
+    accounts = []
+    for account in gauges.accounts if gauges else []:
+        # Which batches spent the day: the fleet's free tier is every owner's, so its spenders are shown to all.
+        day_began = datetime.fromtimestamp(account.day_ends_at - account.day_seconds, UTC)
+        async with api_state(request).reads.connect() as conn:
+            spenders = await quota_spenders(conn, day_began, account.simulated)
+        accounts.append(account_view(account, now, spenders))
+    return render(request, "fleet.html", viewer=viewer, gauges=gauges, accounts=accounts, now=now)
 
 
 def _safe_next(target: str | None) -> str:

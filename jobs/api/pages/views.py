@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from jobs.api.pages.reads import BatchLine
 from jobs.constants import PAGE_RATE_MIN_SECONDS, PAGE_RATE_MINUTES
 from jobs.eta import FreeLimits, estimate, format_duration
 from jobs.gauges import AccountGauges, FleetGauges
+from jobs.heartbeats import no_taker, takers
 from jobs.states import BatchStatus, PauseReason
+from jobs.usage import QuotaSpender
 
 __all__ = ["ACTIONS", "AccountView", "BatchView", "Wait", "account_for", "account_view", "batch_view"]
 
@@ -19,8 +21,8 @@ _ENDED = (BatchStatus.COMPLETED, BatchStatus.FAILED, BatchStatus.CANCELLED, Batc
 
 @dataclass(slots=True, frozen=True)
 class Wait:
-    """Why a batch's ETA is what it is: `kind` is quota, pace, cool-down, outage, stalled, budget, credits, auth
-    or cancelling; `text` says it in a sentence."""
+    """Why a batch's ETA is what it is: `kind` is quota, pace, cool-down, outage, no-worker, stalled, budget,
+    credits, auth, interrupted or cancelling; `text` says it in a sentence."""
 
     kind: str
     text: str
@@ -108,7 +110,12 @@ def batch_view(line: BatchLine, gauges: FleetGauges | None, now: datetime | None
     used = 0
     if account is not None:
         limits = FreeLimits(
-            account.free_per_window, account.window_seconds, account.free_per_day, account.margin
+            account.free_per_window,
+            account.window_seconds,
+            account.free_per_day,
+            account.margin,
+            account.day_seconds,
+            account.simulated,
         )
         used = account.free_used_today
     guess = estimate(line.remaining, remaining_free, rate, limits, used, now)
@@ -118,6 +125,13 @@ def batch_view(line: BatchLine, gauges: FleetGauges | None, now: datetime | None
     if wait is None and guess.reason:
         left_today = max(0, limits.per_day - used) if limits else 0
         wait = Wait("quota" if remaining_free > left_today else "pace", guess.reason)
+    if (
+        wait is None
+        and gauges is not None
+        and line.status == BatchStatus.IN_PROGRESS
+        and not takers(gauges.workers, gauges.queue, line.id, line.simulated)
+    ):
+        wait = Wait("no-worker", no_taker(line.simulated, "this server's Redis"))
     if wait is None and rate == 0:
         wait = Wait("stalled", f"no request finished in the last {PAGE_RATE_MINUTES} minutes")
     eta = "estimating" if guess.seconds is None else format_duration(guess.seconds)
@@ -133,9 +147,15 @@ class AccountView:
     resets_in: str
     pace: str
     waits: list[Wait]
+    # How long the account's day lasts: a day, or a simulated day of a few minutes.
+    day_length: str = "1d"
+    # The batches that spent the day's free requests, most first.
+    spenders: list[QuotaSpender] = field(default_factory=list)
 
 
-def account_view(account: AccountGauges, now: datetime | None = None) -> AccountView:
+def account_view(
+    account: AccountGauges, now: datetime | None = None, spenders: list[QuotaSpender] | None = None
+) -> AccountView:
     """The fleet page's lines for one account."""
     now = now or datetime.now(UTC)
     resets_at = datetime.fromtimestamp(account.day_ends_at, UTC)
@@ -153,7 +173,15 @@ def account_view(account: AccountGauges, now: datetime | None = None) -> Account
             waits.append(
                 Wait("cool-down", f"{kind} calls cool down for {format_duration(seconds)} after a 429")
             )
-    return AccountView(account, resets_at, format_duration((resets_at - now).total_seconds()), pace, waits)
+    return AccountView(
+        account,
+        resets_at,
+        format_duration((resets_at - now).total_seconds()),
+        pace,
+        waits,
+        format_duration(account.day_seconds),
+        spenders or [],
+    )
 
 
 # Pause reasons a person acts on, for the batch page's hints.
@@ -162,4 +190,5 @@ ACTIONS: dict[str, str] = {
     PauseReason.CREDITS: "add credits to the OpenRouter account, then resume",
     PauseReason.AUTH: "fix OPENROUTER_API_KEY on the workers, then resume",
     PauseReason.QUOTA: "it resumes by itself when the free tier's day turns",
+    PauseReason.INTERRUPTED: "run the same `orbatch run` command again, or resume it for any worker to carry on",
 }

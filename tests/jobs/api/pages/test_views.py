@@ -11,6 +11,7 @@ from jobs.api.pages.views import batch_view
 from jobs.constants import CHART_SPANS
 from jobs.fleet import BreakerState
 from jobs.gauges import AccountGauges, FleetGauges
+from jobs.heartbeats import Heartbeat
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 
@@ -44,11 +45,33 @@ def line(
     return BatchLine(**values)  # type: ignore[arg-type]
 
 
-def fleet(**changes: object) -> FleetGauges:
+QUEUE = "orbatch:queue"
+
+
+def worker(queue: str = QUEUE, simulated: bool = False) -> Heartbeat:
+    return Heartbeat(
+        id="h:1:x",
+        host="h",
+        pid=1,
+        version="0",
+        queue=queue,
+        concurrency=16,
+        in_flight=0,
+        tasks=0,
+        answered=0,
+        started_at=NOW,
+        last_activity=None,
+        beat_at=NOW,
+        simulated=simulated,
+    )
+
+
+def fleet(workers: list[Heartbeat] | None = None, **changes: object) -> FleetGauges:
+    """The fleet's gauges: OpenRouter's account and, unless told otherwise, one live worker in front of it."""
     account = AccountGauges(
         **{"account": "openrouter", "free_per_day": 1000, "free_used_today": 0, "day_ends_at": 0.0, **changes}
     )  # type: ignore[arg-type]
-    return FleetGauges(accounts=[account])
+    return FleetGauges(accounts=[account], workers=[worker()] if workers is None else workers, queue=QUEUE)
 
 
 def test_a_free_batch_on_an_account_allowed_no_free_request_never_ends_and_says_why() -> None:
@@ -87,6 +110,27 @@ def test_a_paid_batch_that_finished_nothing_lately_has_stalled() -> None:
     view = batch_view(line(models=("a/paid",), recent=0), fleet(), NOW)
     assert view.wait is not None
     assert view.wait.kind == "stalled"
+
+
+def test_a_batch_no_live_worker_can_take_says_so_and_what_would_take_it() -> None:
+    alone = batch_view(line(models=("a/paid",), recent=0), fleet(workers=[]), NOW)
+    assert alone.wait is not None
+    assert alone.wait.kind == "no-worker"
+    assert "`orbatch worker`" in alone.wait.text
+    # Workers of the other kind, or another run's, cannot take it either.
+    others = [worker(simulated=True), worker(queue=f"{QUEUE}:run:batch_other")]
+    simulated_only = batch_view(line(models=("a/paid",)), fleet(workers=others), NOW)
+    assert simulated_only.wait is not None
+    assert simulated_only.wait.kind == "no-worker"
+    # Its own run's worker takes it; so would a fleet worker of its kind.
+    own_run = batch_view(line(models=("a/paid",)), fleet(workers=[worker(queue=f"{QUEUE}:run:batch_1")]), NOW)
+    assert own_run.wait is None
+    simulated = batch_view(line(models=("a/paid",), simulated=True), fleet(workers=others), NOW)
+    assert simulated.wait is None
+    assert (
+        "in front of a simulator"
+        in batch_view(line(models=("a/paid",), simulated=True), fleet(workers=[]), NOW).wait.text
+    )  # type: ignore[union-attr]
 
 
 def _minutes(start: datetime, count: int, step: timedelta, model: str = "m") -> list[MinuteLine]:
