@@ -23,8 +23,10 @@ __all__ = [
     "ErrorLine",
     "MinuteLine",
     "ModelLine",
+    "Named",
     "read_batch",
     "read_batch_page",
+    "read_named",
     "read_tallies",
 ]
 
@@ -82,6 +84,18 @@ _OWNER_ONE = _batches_of(
     "SELECT batch_id AS id, created_at AS at FROM api_batch WHERE batch_id = :id AND owner = :owner"
 )
 _ALL_ONE = _batches_of("SELECT id, created_at AS at FROM batch WHERE id = :id")
+# A name means the latest batch of that name the viewer may see, as on the command line (`resolve_batch`); an
+# owner's from its own batches only, so another owner's newer batch of the same name neither hides its own nor
+# shows through. No index holds names: the owner's batches are walked by `api_batch_owner_created_idx`, every
+# batch (a `--no-auth` server's) is a scan of the batch rows, read only when a page is asked for by a name.
+_OWNER_NAMED = text(
+    "SELECT b.id, count(*) OVER () AS named FROM api_batch a JOIN batch b ON b.id = a.batch_id"
+    " WHERE a.owner = :owner AND b.name = :name ORDER BY b.created_at DESC, b.id DESC LIMIT 1"
+)
+_ALL_NAMED = text(
+    "SELECT id, count(*) OVER () AS named FROM batch WHERE name = :name"
+    " ORDER BY created_at DESC, id DESC LIMIT 1"
+)
 _OWNER_CURSOR = text("SELECT created_at FROM api_batch WHERE batch_id = :id AND owner = :owner")
 _ALL_CURSOR = text("SELECT created_at FROM batch WHERE id = :id")
 
@@ -214,6 +228,22 @@ async def read_batch(conn: AsyncConnection, owner: str | None, batch_id: str) ->
     statement = _ALL_ONE if owner is None else _OWNER_ONE
     row = (await conn.execute(statement, {"owner": owner, "id": batch_id})).one_or_none()
     return None if row is None else _line(row)
+
+
+@dataclass(slots=True, frozen=True)
+class Named:
+    """The latest batch of a name, and how many batches have that name."""
+
+    latest: str
+    count: int
+
+
+async def read_named(conn: AsyncConnection, owner: str | None, name: str) -> Named | None:
+    """The latest of the owner's batches named `name` (of every batch for None) and how many of them have that
+    name; None when none has."""
+    statement = _ALL_NAMED if owner is None else _OWNER_NAMED
+    row = (await conn.execute(statement, {"owner": owner, "name": name})).one_or_none()
+    return None if row is None else Named(latest=str(row.id), count=int(row.named))
 
 
 @dataclass(slots=True, frozen=True)

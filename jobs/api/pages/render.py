@@ -65,8 +65,9 @@ _ENV.filters.update(money=_money, count=_count, when=_when, rate=_rate, duration
 _ENV.globals.update(refresh_seconds=PAGE_REFRESH_SECONDS, message_chars=PAGE_MESSAGE_CHARS)
 
 
-# Query words that say what an action just did: shown once, then left out of the page's address and refreshes.
-_ONCE = frozenset({"notice", "problem"})
+# Query words that say what an action just did, or that a page was asked for by a batch's name: shown once, then
+# left out of the page's address and refreshes.
+_ONCE = frozenset({"notice", "problem", "by"})
 
 
 def _live_url(request: Request) -> str:

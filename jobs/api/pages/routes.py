@@ -12,7 +12,7 @@ from fastapi import APIRouter, Form, Request
 from fastapi.responses import RedirectResponse, Response, StreamingResponse
 
 from jobs.api.pages.charts import finished_chart, model_chart
-from jobs.api.pages.reads import BatchLine, read_batch, read_batch_page, read_tallies
+from jobs.api.pages.reads import BatchLine, Named, read_batch, read_batch_page, read_named, read_tallies
 from jobs.api.pages.render import render
 from jobs.api.pages.session import Viewer, check_form, end_session, find_viewer, start_session
 from jobs.api.pages.views import ACTIONS, account_view, batch_view
@@ -98,45 +98,6 @@ async def batches_page(request: Request, before: str | None = None) -> Response:
     )
 
 
-@router.api_route("/batches/{batch_id}", methods=["GET", "HEAD"])
-async def batch_page(
-    request: Request, batch_id: str, notice: str | None = None, problem: str | None = None
-) -> Response:
-    """One batch: counts, spend by model, fallbacks, failures, tries, its life in charts, and its actions."""
-    viewer = await _viewer(request)
-    line = await _batch(request, viewer, batch_id)
-    now = datetime.now(UTC)
-    state = api_state(request)
-    async with state.reads.connect() as conn:
-        tallies = await read_tallies(conn, line, now, CHART_SPANS, state.chart_minutes)
-    view = batch_view(line, await _gauges(request), now)
-    end = line.finished_at or now
-    fallbacks = sum(m.fallbacks for m in tallies.models)
-    answers = sum(m.answers for m in tallies.models)
-    paused = line.status == BatchStatus.PAUSED
-    return render(
-        request,
-        "batch.html",
-        viewer=viewer,
-        batch=view,
-        tallies=tallies,
-        fallbacks=fallbacks,
-        answers=answers,
-        finished=finished_chart(tallies.minutes, tallies.bucket, end),
-        by_model=model_chart(tallies.minutes, tallies.bucket, end),
-        notice=_NOTICES.get(notice or ""),
-        problem=_PROBLEMS.get(problem or ""),
-        can_cancel=line.status not in CANCEL_REFUSED
-        and line.status not in (BatchStatus.CANCELLING, BatchStatus.CANCELLED),
-        can_retry=line.status in RETRY_FROM and line.counts["failed"] > 0,
-        # A spent budget needs a higher cap, which the command line takes, and a spent quota resumes by itself
-        # when the day turns (resuming sooner only pauses again): the page says so instead.
-        can_resume=paused
-        and line.pause_reason in (PauseReason.CREDITS, PauseReason.AUTH, PauseReason.INTERRUPTED),
-        action_hint=ACTIONS.get(line.pause_reason or "") if paused else None,
-    )
-
-
 @router.post("/batches/{batch_id}/{action}")
 async def batch_action(
     request: Request,
@@ -189,6 +150,69 @@ async def _closing(pieces: AsyncGenerator[bytes]) -> AsyncIterator[bytes]:
     async with contextlib.aclosing(pieces):
         async for piece in pieces:
             yield piece
+
+
+# After the downloads: a name may hold slashes, so this path takes the rest of the address.
+@router.api_route("/batches/{ref:path}", methods=["GET", "HEAD"])
+async def batch_page(
+    request: Request,
+    ref: str,
+    notice: str | None = None,
+    problem: str | None = None,
+    by: str | None = None,
+) -> Response:
+    """One batch: counts, spend by model, fallbacks, failures, tries, its life in charts, and its actions.
+
+    `ref` is the batch's id, or a name: the latest batch of that name the viewer may see, whose page the browser
+    is sent to (`?by=name` there says how many batches share the name)."""
+    viewer = await _viewer(request)
+    if not ref:
+        return RedirectResponse("/", status_code=303)
+    state = api_state(request)
+    named: Named | None = None
+    async with state.reads.connect() as conn:
+        line = await read_batch(conn, viewer.scope, ref)
+        if line is None:
+            found = await read_named(conn, viewer.scope, ref)
+            if found is None:
+                raise NotFound(
+                    f"No batch found with the id or name '{ref[:100]}'.",
+                    param="batch_id",
+                    code="batch_not_found",
+                )
+            return RedirectResponse(f"/batches/{found.latest}?by=name", status_code=303)
+        if by == "name" and line.name:
+            named = await read_named(conn, viewer.scope, line.name)
+        now = datetime.now(UTC)
+        tallies = await read_tallies(conn, line, now, CHART_SPANS, state.chart_minutes)
+    view = batch_view(line, await _gauges(request), now)
+    end = line.finished_at or now
+    fallbacks = sum(m.fallbacks for m in tallies.models)
+    answers = sum(m.answers for m in tallies.models)
+    paused = line.status == BatchStatus.PAUSED
+    return render(
+        request,
+        "batch.html",
+        viewer=viewer,
+        batch=view,
+        # Others share its name: said when the page was asked for by the name.
+        named=named if named is not None and named.count > 1 else None,
+        tallies=tallies,
+        fallbacks=fallbacks,
+        answers=answers,
+        finished=finished_chart(tallies.minutes, tallies.bucket, end),
+        by_model=model_chart(tallies.minutes, tallies.bucket, end),
+        notice=_NOTICES.get(notice or ""),
+        problem=_PROBLEMS.get(problem or ""),
+        can_cancel=line.status not in CANCEL_REFUSED
+        and line.status not in (BatchStatus.CANCELLING, BatchStatus.CANCELLED),
+        can_retry=line.status in RETRY_FROM and line.counts["failed"] > 0,
+        # A spent budget needs a higher cap, which the command line takes, and a spent quota resumes by itself
+        # when the day turns (resuming sooner only pauses again): the page says so instead.
+        can_resume=paused
+        and line.pause_reason in (PauseReason.CREDITS, PauseReason.AUTH, PauseReason.INTERRUPTED),
+        action_hint=ACTIONS.get(line.pause_reason or "") if paused else None,
+    )
 
 
 @router.api_route("/fleet", methods=["GET", "HEAD"])

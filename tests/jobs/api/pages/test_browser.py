@@ -185,4 +185,14 @@ async def test_the_pages_work_without_javascript_at_a_phones_width(
     await visit(page, f"{api_server.url}/batches/{batch_id}")
     assert await page.inner_text("#count-completed") == "5"
     assert await page.locator("#chart-finished").count() == 1
+    # The list's card says when the batch was made, on a line of its own under the name.
+    await visit(page, f"{api_server.url}/")
+    card = page.locator(f"tr[data-batch='{batch_id}']")
+    created = card.locator("td.created")
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", await created.inner_text())
+    boxes = [await card.locator(f"td.{cell}").bounding_box() for cell in ("what", "created", "state")]
+    spans = [(box["y"], box["y"] + box["height"]) for box in boxes if box is not None]
+    assert len(spans) == 3
+    assert spans[0][1] <= spans[1][0] + 1
+    assert spans[1][1] <= spans[2][0] + 1
     await page.context.close()

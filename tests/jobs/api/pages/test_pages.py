@@ -7,6 +7,7 @@ import asyncio
 import re
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -36,6 +37,21 @@ def _sample(text: str, name: str, labels: str = "") -> float:
     pattern = rf"^{re.escape(name)}{re.escape(labels)} (\S+)$" if labels else rf"^{re.escape(name)} (\S+)$"
     found = re.search(pattern, text, re.MULTILINE)
     return float(found.group(1)) if found else 0.0
+
+
+def _text(html: str) -> str:
+    """What a page shows of `html`: its text, without the tags and their attributes."""
+    return re.sub(r"<[^>]+>", " ", html)
+
+
+def _main(page: str) -> str:
+    """The page's own content, without the head (its title) and the header."""
+    return page.split("<main", 1)[1].split(">", 1)[1]
+
+
+def _row(page: str, batch_id: str) -> str:
+    """The list's row of one batch."""
+    return page.split(f'data-batch="{batch_id}"', 1)[1].split("</tr>", 1)[0]
 
 
 @pytest.fixture(scope="module")
@@ -237,9 +253,13 @@ def test_a_batch_submitted_from_the_command_line_shows_only_where_no_keys_are_as
     with httpx.Client(base_url=api_server.url, headers=_bearer(owners["alice"].key)) as http:
         assert "from the shell" not in http.get("/").text
         assert http.get(f"/batches/{batch_id}").status_code == 404
+        assert http.get("/batches/from the shell").status_code == 404
     with httpx.Client(base_url=open_server.url, headers=HTML) as http:
         assert "from the shell" in http.get("/").text
         assert http.get(f"/batches/{batch_id}").status_code == 200
+        by_name = http.get("/batches/from the shell")
+        assert by_name.status_code == 303
+        assert by_name.headers["location"] == f"/batches/{batch_id}?by=name"
 
 
 def test_the_server_without_keys_answers_only_to_loopback_names(open_server: ApiServer) -> None:
@@ -353,3 +373,98 @@ def test_the_list_pages_through_an_owners_batches_and_no_further(
         # Another owner's batch is no cursor: the page is empty, as for an id that never was.
         for cursor in (others, "batch_never"):
             assert re.findall(r'data-batch="([^"]+)"', http.get(f"/?before={cursor}").text) == []
+
+
+def test_a_batchs_name_opens_the_latest_batch_of_that_name_the_viewer_may_see(
+    api_server: ApiServer, owners: dict[str, NewKey]
+) -> None:
+    alice = api_server.client(owners["alice"].key)
+    older = start_batch(alice, 1, ["sim/echo"], name="nightly summaries")
+    latest = start_batch(alice, 1, ["sim/echo"], name="nightly summaries")
+    # Another owner's batch of the same name, newer than both, is neither shown to alice nor counted for her.
+    bobs = start_batch(api_server.client(owners["bob"].key), 1, ["sim/echo"], name="nightly summaries")
+    with httpx.Client(base_url=api_server.url, headers=_bearer(owners["alice"].key)) as http:
+        sent = http.get("/batches/nightly summaries")
+        assert sent.status_code == 303
+        assert sent.headers["location"] == f"/batches/{latest}?by=name"
+        page = http.get(sent.headers["location"]).text
+        assert '<h1 class="name">nightly summaries</h1>' in page
+        assert latest in _text(_main(page))
+        named = page.split('id="named">')[1].split("</p>")[0]
+        assert "2 batches are named 'nightly summaries': this is the latest" in named
+        # The page refreshes, and is bookmarked, by the batch's id: the name's note is said once.
+        assert f'data-live-url="/batches/{latest}"' in page
+        assert 'id="named"' not in http.get(f"/batches/{latest}").text
+        # Arriving by name at an older batch of it (an old link) says which one is the latest.
+        old_page = http.get(f"/batches/{older}?by=name").text
+        assert f'the latest is <a href="/batches/{latest}">{latest}</a>' in old_page
+    with httpx.Client(base_url=api_server.url, headers=_bearer(owners["bob"].key)) as http:
+        sent = http.get("/batches/nightly summaries")
+        assert sent.headers["location"] == f"/batches/{bobs}?by=name"
+        # Bob has one batch of that name: nothing to say about others.
+        assert 'id="named"' not in http.get(sent.headers["location"]).text
+
+
+def test_a_name_with_slashes_opens_its_batch_and_downloads_still_go_by_id(
+    api_server: ApiServer, owners: dict[str, NewKey]
+) -> None:
+    client = api_server.client(owners["alice"].key)
+    batch_id = start_batch(client, 2, ["sim/echo"], name="evals/2026-11/run 1")
+    wait_for(client, batch_id)
+    with httpx.Client(base_url=api_server.url, headers=_bearer(owners["alice"].key)) as http:
+        sent = http.get("/batches/evals/2026-11/run%201")
+        assert sent.status_code == 303
+        assert sent.headers["location"] == f"/batches/{batch_id}?by=name"
+        results = http.get(f"/batches/{batch_id}/results.jsonl")
+        assert results.headers["content-disposition"].startswith("attachment")
+        assert len(results.text.splitlines()) == 2
+
+
+def test_a_name_that_matches_no_batch_the_viewer_may_see_is_a_404_page_that_says_so(
+    api_server: ApiServer, owners: dict[str, NewKey]
+) -> None:
+    start_batch(api_server.client(owners["alice"].key), 1, ["sim/echo"], name="alice's secret <b>plan</b>")
+    with httpx.Client(base_url=api_server.url, headers=_bearer(owners["bob"].key)) as http:
+        # A name no batch has, and a name only another owner's batch has, answer the same.
+        for name, shown in (
+            ("never made", "never made"),
+            ("alice's secret <b>plan</b>", "alice&#39;s secret &lt;b&gt;plan&lt;/b&gt;"),
+        ):
+            missing = http.get(f"/batches/{name}")
+            assert missing.status_code == 404, name
+            assert missing.headers["content-type"].startswith("text/html")
+            assert f"No batch found with the id or name &#39;{shown}&#39;." in missing.text
+    with httpx.Client(base_url=api_server.url, headers=HTML) as http:
+        # A browser that has not signed in is asked to first, whatever the name.
+        assert http.get("/batches/never made").headers["location"].startswith("/signin?next=")
+
+
+def test_an_unnamed_batch_shows_its_id_once_and_a_named_one_shows_its_name_and_id(
+    api_server: ApiServer, owners: dict[str, NewKey]
+) -> None:
+    client = api_server.client(owners["alice"].key)
+    unnamed = start_batch(client, 1, ["sim/echo"])
+    named = start_batch(client, 1, ["sim/echo"], name="labelled")
+    with httpx.Client(base_url=api_server.url, headers=_bearer(owners["alice"].key)) as http:
+        listed = http.get("/").text
+        assert _text(_row(listed, unnamed)).count(unnamed) == 1
+        assert _text(_row(listed, named)).count(named) == 1
+        assert "labelled" in _text(_row(listed, named))
+        for batch_id in (unnamed, named):
+            page = _text(_main(http.get(f"/batches/{batch_id}").text))
+            assert page.count(batch_id) == 1, batch_id
+        assert f'<h1 class="name">{unnamed}</h1>' in http.get(f"/batches/{unnamed}").text
+
+
+def test_the_list_says_when_each_batch_was_created_as_its_page_does(
+    api_server: ApiServer, owners: dict[str, NewKey]
+) -> None:
+    client = api_server.client(owners["alice"].key)
+    batch_id = start_batch(client, 1, ["sim/echo"], name="dated")
+    created = datetime.fromtimestamp(client.batches.retrieve(batch_id).created_at, UTC)
+    when = f"{created:%Y-%m-%d %H:%M:%S} UTC"
+    with httpx.Client(base_url=api_server.url, headers=_bearer(owners["alice"].key)) as http:
+        listed = http.get("/").text
+        assert "<th>Created</th>" in listed
+        assert f'<td class="created">{when}</td>' in _row(listed, batch_id)
+        assert f"created {when}" in http.get(f"/batches/{batch_id}").text
