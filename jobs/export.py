@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncGenerator
+import errno
+import sys
+from collections.abc import AsyncGenerator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Literal
@@ -11,13 +13,17 @@ from typing import IO, Any, Literal
 import orjson
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from jobs.errors import BadInput
 from jobs.output_format import error_line, merge_answer, result_line
 from jobs.sql import states
 
 __all__ = [
+    "STDOUT",
     "ExportFormat",
     "ExportReport",
     "Unfinished",
+    "check_destinations",
+    "destination",
     "export_results",
     "export_to_files",
     "open_output",
@@ -177,24 +183,65 @@ def _add_row(
 def _flush(
     ok: list[bytes], bad: list[bytes], out: IO[bytes], errors: IO[bytes] | None, report: ExportReport
 ) -> None:
-    out.write(b"".join(ok))
+    _write_all(out, b"".join(ok))
     if errors is not None:
-        errors.write(b"".join(bad))
+        _write_all(errors, b"".join(bad))
     report.completed += len(ok)
     report.failed += len(bad)
     ok.clear()
     bad.clear()
 
 
+# `-o -`: standard output, as the convention goes (a file named `-` is `$PWD/-`).
+STDOUT = Path("-")
+
+
+def destination(path: Path) -> str:
+    """Where output goes, for a message: the path, or `stdout`."""
+    return "stdout" if path == STDOUT else str(path)
+
+
+def check_destinations(output: Path, errors: Path | None) -> None:
+    """Refuse results and failures both on stdout, where they could not be told apart."""
+    if output == STDOUT and errors == STDOUT:
+        raise BadInput(
+            "--errors -: the results already go to stdout; give --errors a file (or -o FILE for the results)",
+            param="errors",
+        )
+
+
+def _write_all(f: IO[bytes], data: bytes) -> None:
+    # A write to a pipe can stop short (a signal, or the reader gone), which a buffered file returns, not raises.
+    view = memoryview(data)
+    while view:
+        written = f.write(view)
+        if not written:
+            raise OSError(errno.EIO, "the output took no bytes")
+        view = view[written:]
+
+
 async def export_to_files(
     engine: AsyncEngine, batch_id: str, output: Path, errors: Path | None, fmt: ExportFormat = "batch"
 ) -> ExportReport:
-    """export_results into OUTPUT (and ERRORS, if given), creating their folders."""
-    with open_output(output) as out_f:
+    """export_results into OUTPUT (and ERRORS, if given), creating their folders; `-` is stdout."""
+    check_destinations(output, errors)
+    with _sink(output) as out_f:
         if errors is None:
             return await export_results(engine, batch_id, out_f, None, fmt)
-        with open_output(errors) as err_f:
+        with _sink(errors) as err_f:
             return await export_results(engine, batch_id, out_f, err_f, fmt)
+
+
+@contextlib.contextmanager
+def _sink(path: Path) -> Iterator[IO[bytes]]:
+    if path != STDOUT:
+        with open_output(path) as f:
+            yield f
+        return
+    # Bytes go under the text layer: whatever it holds goes first, and stdout stays open after.
+    sys.stdout.flush()
+    yield sys.stdout.buffer
+    sys.stdout.buffer.flush()
 
 
 def open_output(path: Path) -> IO[bytes]:

@@ -97,7 +97,10 @@ async def take_in(
     if report.reused:
         # The lines were reported when the file was first submitted; this run stores nothing of it again.
         if report.invalid:
-            say(err, f"{report.invalid} bad lines of {file} were left out when it was submitted (--skip-invalid)")
+            say(
+                err,
+                f"{report.invalid} bad lines of {file} were left out when it was submitted (--skip-invalid)",
+            )
     else:
         for error in report.errors:
             say(err, f"skipped {error}")

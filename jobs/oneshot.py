@@ -23,7 +23,7 @@ from jobs.control import hold_for_its_run, release_batch_queue_marks, resume_bat
 from jobs.db import create_engine, ensure_database, upgrade
 from jobs.embedded import LocalServices
 from jobs.errors import ServiceUnavailable
-from jobs.export import ExportFormat, ExportReport, export_to_files
+from jobs.export import ExportFormat, ExportReport, destination, export_to_files
 from jobs.fleet import throttle_namespace
 from jobs.intake import take_in
 from jobs.progress import (
@@ -268,10 +268,12 @@ async def _work(
 
 def _report(summary: BatchSummary, exported: ExportReport, plan: RunPlan, err: Console) -> None:
     counts = summary.counts
-    line = f"{summary.id}: {summary.status}; {exported.completed} results written to {plan.output}"
+    line = (
+        f"{summary.id}: {summary.status}; {exported.completed} results written to {destination(plan.output)}"
+    )
     if exported.failed:
         line += (
-            f", {exported.failed} failures to {plan.errors}"
+            f", {exported.failed} failures to {destination(plan.errors)}"
             if plan.errors
             else f"; {exported.failed} requests failed (--errors FILE writes them)"
         )

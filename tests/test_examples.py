@@ -11,7 +11,7 @@ import orjson
 import psutil
 import pytest
 
-from tests.support import ROOT, Workers, write_jsonl
+from tests.support import ROOT, Workers, run_cli, write_jsonl
 
 DATA = ROOT / "examples" / "data"
 
@@ -59,8 +59,13 @@ def test_the_quick_start_runs_on_a_machine_with_no_services_and_no_key(
     assert done.returncode == 0, done.stdout + done.stderr
     assert "using the local OpenRouter simulator" in done.stdout
     assert "embedded postgres and redis" in done.stderr
-    assert "First result:" in done.stdout
-    assert '"custom_id":"sentiment-1"' in done.stdout
+    # The first answer as a person reads it, and where the rest are; no raw JSON.
+    assert (
+        "First answer, sentiment-1 (google/gemma-4-31b-it:free): echo: The battery lasts all day"
+        in done.stdout
+    )
+    assert "All 12 results: out/quickstart/results.jsonl" in done.stdout
+    assert "{" not in done.stdout
     # The embedded Postgres and Redis stopped with the run.
     data = str(data_dir)
     assert not [p for p in psutil.process_iter(["cmdline"]) if data in " ".join(p.info["cmdline"] or [])]
@@ -74,6 +79,13 @@ def test_the_labelling_example_labels_and_scores_all_300_emails(tmp_path: Path, 
     labels = [orjson.loads(line) for line in (ROOT / "out" / "spam-labels.jsonl").read_bytes().splitlines()]
     assert len(labels) == 300
     assert all(row["label"] in ("spam", "ham") and row["reason"] for row in labels)
+    # `orbatch status` lists the batch by its name, and finds it by it.
+    status = run_cli(_fresh_machine_env(data_dir), "status", "spam-labels", "--json")
+    assert status.returncode == 0, status.stderr
+    assert (orjson.loads(status.stdout)["name"], orjson.loads(status.stdout)["status"]) == (
+        "spam-labels",
+        "completed",
+    )
 
 
 async def test_nightly_writes_results_beside_each_new_file_once(env: dict[str, str], tmp_path: Path) -> None:
@@ -90,6 +102,9 @@ async def test_nightly_writes_results_beside_each_new_file_once(env: dict[str, s
         assert monday["president"] == "A"
         assert "echo: Summarise this State of the Union address, given by A in 1" in monday["answer"]
         assert (inbox / "tuesday.results.jsonl").exists()
+        # Each file's batch is named after it, so `orbatch status` lists them by name.
+        listed = orjson.loads(run_cli(env, "status", "--json").stdout)
+        assert sorted(batch["name"] for batch in listed) == ["nightly:monday.jsonl", "nightly:tuesday.jsonl"]
         again = _bash("examples/nightly/nightly.sh", env, str(inbox))
         assert again.returncode == 0
         assert again.stdout == ""

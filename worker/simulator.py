@@ -70,8 +70,10 @@ __all__ = [
     "SIM_MODELS",
     "Simulator",
     "default_models",
+    "openrouter_snapshot",
     "serve",
     "serve_forever",
+    "served_models",
 ]
 
 API_PREFIX = "/api/v1"
@@ -134,6 +136,17 @@ def default_models() -> list[dict[str, Any]]:
         *(entry["model"] for entry in snapshot["withdrawn"]),
         *(_listing_entry(model_id, *prices) for model_id, prices in SIM_MODELS.items()),
     ]
+
+
+def openrouter_snapshot() -> tuple[str, list[dict[str, Any]]]:
+    """The day OpenRouter's list was saved and that list as shipped (no withdrawn model, no `sim/*`)."""
+    snapshot = _snapshot()
+    return str(snapshot["snapshot"]), list(snapshot["data"])
+
+
+def served_models() -> list[dict[str, Any]]:
+    """`GET /models`'s `data` as a simulator answers it before any reconfiguration, with no simulator running."""
+    return [_served(entry) for entry in Simulator().models.values()]
 
 
 def _usd(value: Any) -> Decimal:

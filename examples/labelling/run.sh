@@ -10,7 +10,7 @@ if [ -z "${OPENROUTER_API_KEY:-}" ]; then
   extra=(--simulator)
 fi
 orbatch run examples/data/spam.jsonl -o out/spam-labels.jsonl --errors out/spam-errors.jsonl --format records \
-  --template examples/labelling/prompt.txt --system "$(cat examples/labelling/system.txt)" \
+  --name spam-labels --template examples/labelling/prompt.txt --system "$(cat examples/labelling/system.txt)" \
   --json-schema examples/labelling/label.schema.json \
   --models "${MODELS:-google/gemma-4-31b-it:free,openai/gpt-oss-20b:free}" \
   "${extra[@]}"

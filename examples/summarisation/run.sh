@@ -10,6 +10,6 @@ if [ -z "${OPENROUTER_API_KEY:-}" ]; then
   extra=(--simulator)
 fi
 orbatch run examples/data/sotu.jsonl.gz -o out/sotu-summaries.jsonl --errors out/sotu-errors.jsonl \
-  --format records --template examples/summarisation/prompt.txt \
+  --format records --name sotu-summaries --template examples/summarisation/prompt.txt \
   --models "${MODELS:-google/gemma-4-31b-it:free,z-ai/glm-5.2:free}" "${extra[@]}"
 python3 -c 'import json,sys; r=json.loads(open(sys.argv[1]).readline()); print(r["president"], r["year"]); print(r["answer"][:600])' out/sotu-summaries.jsonl

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import time
@@ -16,7 +17,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from jobs.db import alembic_config, drop_database
 from tests.conftest import Services
-from tests.support import ROOT, chat_line, run_cli, write_jsonl
+from tests.support import ROOT, Simulator, chat_line, run_cli, write_jsonl
+from worker.simulator import CATALOG_FILE
 
 
 def test_submit_json_prints_one_object_with_id_status_and_counts(env: dict[str, str], tmp_path: Path) -> None:
@@ -200,6 +202,102 @@ def test_models_lists_the_catalogue_with_prices_and_free_variants(env: dict[str,
     assert "google/gemma-4-31b-it:free" in {r["id"] for r in rows}
     table = run_cli(env, "models")
     assert "anthropic/" in table.stdout
+
+
+def _unreachable_upstream() -> str:
+    """An OPENROUTER_BASE_URL nothing answers at, as on a machine with no network."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return f"http://127.0.0.1:{port}/api/v1"
+
+
+def test_models_with_no_network_lists_the_copy_of_openrouters_list_shipped_with_orbatch_and_says_so(
+    env: dict[str, str],
+) -> None:
+    saved = orjson.loads((ROOT / "worker" / CATALOG_FILE).read_bytes())["snapshot"]
+    offline = {**env, "OPENROUTER_BASE_URL": _unreachable_upstream()}
+    done = run_cli(offline, "models", "--free", "--json")
+    assert done.returncode == 0, done.stderr
+    assert "warning: cannot read the model list from http://127.0.0.1:" in done.stderr
+    assert f"OpenRouter's list as saved on {saved}, the copy shipped with orbatch" in done.stderr
+    # stdout is the JSON array it always is.
+    ids = [row["id"] for row in orjson.loads(done.stdout)]
+    assert "google/gemma-4-31b-it:free" in ids
+    assert all(i.endswith(":free") for i in ids)
+    # OpenRouter's own list only: neither the models it withdrew that the simulator keeps, nor the tests' own.
+    assert "meta-llama/llama-3.3-70b-instruct:free" not in ids
+    assert not [i for i in ids if i.startswith("sim/")]
+    table = run_cli(offline, "models")
+    assert table.returncode == 0, table.stderr
+    assert "anthropic/" in table.stdout
+    assert "models from OpenRouter's list" in table.stdout
+
+
+def test_models_simulator_lists_what_the_simulators_get_models_answers_with_no_network(
+    env: dict[str, str],
+) -> None:
+    served = orjson.loads(run_cli(env, "models", "--json").stdout)  # GET /models of the tests' simulator
+    offline = {**env, "OPENROUTER_BASE_URL": _unreachable_upstream()}
+    done = run_cli(offline, "models", "--simulator", "--json")
+    assert done.returncode == 0, done.stderr
+    assert orjson.loads(done.stdout) == served
+    assert "warning" not in done.stderr
+    assert "models from the simulator's catalogue" in done.stderr
+    ids = {row["id"] for row in served}
+    assert {"sim/echo", "sim/echo:free", "meta-llama/llama-3.3-70b-instruct:free"} <= ids
+    free = run_cli(offline, "models", "--simulator", "--free", "--json")
+    assert orjson.loads(free.stdout) == [row for row in served if row["free"]]
+    table = run_cli(offline, "models", "--simulator")
+    assert "sim/last-resort" in table.stdout
+
+
+async def test_results_go_to_stdout_unless_o_names_a_file_and_what_was_written_is_counted_on_stderr(
+    env: dict[str, str], simulator: Simulator, tmp_path: Path
+) -> None:
+    await simulator.configure(rules=[{"match": "doomed", "kind": "status", "status": 400, "message": "bad"}])
+    path = write_jsonl(tmp_path / "in.jsonl", [chat_line("ok", "fine"), chat_line("bad", "doomed")])
+    batch = run_cli(env, "submit", str(path), "--models", "sim/echo", "--name", "stdout").stdout.strip()
+    assert run_cli(env, "worker", "--burst").returncode == 0
+    for dash in ((), ("-o", "-")):
+        done = run_cli(env, "results", "stdout", *dash)
+        assert done.returncode == 0, done.stderr
+        assert [orjson.loads(line)["custom_id"] for line in done.stdout.splitlines()] == ["ok"]
+        assert "wrote 1 results to stdout (1 failed)" in done.stderr
+    assert not (ROOT / "-").exists()
+    records = run_cli(
+        env, "results", batch, "--format", "records", "--errors", str(tmp_path / "errors.jsonl")
+    )
+    assert [orjson.loads(line) for line in records.stdout.splitlines()] == [
+        {"custom_id": "ok", "answer": "echo: fine"}
+    ]
+    assert f"and 1 failures to {tmp_path / 'errors.jsonl'}" in records.stderr
+    assert orjson.loads((tmp_path / "errors.jsonl").read_bytes())["custom_id"] == "bad"
+    # The failures may go to stdout while the results go to a file.
+    failures = run_cli(env, "results", batch, "-o", str(tmp_path / "out.jsonl"), "--errors", "-")
+    assert [orjson.loads(line)["custom_id"] for line in failures.stdout.splitlines()] == ["bad"]
+    assert orjson.loads((tmp_path / "out.jsonl").read_bytes())["custom_id"] == "ok"
+    # Never both on stdout, nor the counts of --json mixed into the results.
+    both = run_cli(env, "results", batch, "-o", "-", "--errors", "-")
+    assert (both.returncode, both.stdout) == (2, "")
+    assert "--errors -: the results already go to stdout; give --errors a file" in both.stderr
+    counted = run_cli(env, "results", batch, "--json")
+    assert (counted.returncode, counted.stdout) == (2, "")
+    assert "--json prints the counts on stdout, where the results would go: give -o FILE" in counted.stderr
+
+
+def test_run_writes_its_results_to_stdout_with_o_dash_and_everything_else_to_stderr(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    path = write_jsonl(tmp_path / "in.jsonl", [chat_line("a", "x"), chat_line("b", "y")])
+    both = run_cli(env, "run", str(path), "-o", "-", "--errors", "-", "--models", "sim/echo")
+    assert both.returncode == 2
+    assert "the results already go to stdout" in both.stderr
+    done = run_cli(env, "run", str(path), "-o", "-", "--models", "sim/echo")
+    assert done.returncode == 0, done.stderr
+    assert [orjson.loads(line)["custom_id"] for line in done.stdout.splitlines()] == ["a", "b"]
+    assert "2 results written to stdout" in done.stderr
+    assert not (ROOT / "-").exists()
 
 
 def test_a_worker_without_a_key_can_wait_for_one_instead_of_exiting(
