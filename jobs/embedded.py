@@ -58,11 +58,15 @@ class LocalServices:
 
     def lost(self) -> str | None:
         """Which embedded service has stopped (and where its log is), or None while both run."""
+        if self.postgres_lost():
+            return f"the embedded Postgres stopped; see {self.postgres_log}"
         if self.redis is not None and not self.redis.alive():
             return f"the embedded Redis stopped; see {self.redis.log}"
-        if self.postgres_pid is not None and not _alive(self.postgres_pid):
-            return f"the embedded Postgres stopped; see {self.postgres_log}"
         return None
+
+    def postgres_lost(self) -> bool:
+        """The embedded Postgres this command uses has exited (it does not come back by itself)."""
+        return self.postgres_pid is not None and not _alive(self.postgres_pid)
 
 
 @dataclass(slots=True, frozen=True)

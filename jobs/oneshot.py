@@ -234,6 +234,10 @@ async def _work(
             if lost_task in done:
                 lost = lost_task.result()
                 stop.request()
+                if services.nothing_can_be_recorded():
+                    # Nothing can be recorded any more, and a dead embedded Postgres does not come back by
+                    # itself: waiting for the calls in flight would only delay the error.
+                    stop.request()
                 watcher.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await watcher

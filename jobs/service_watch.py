@@ -47,6 +47,10 @@ class ServiceWatch:
     interval: float = 1.0
     _silences: dict[str, _Silence] = field(default_factory=dict)
 
+    def nothing_can_be_recorded(self) -> bool:
+        """The run's Postgres is gone for good (an embedded one exited): calls in flight cannot be stored."""
+        return self.services is not None and self.services.postgres_lost()
+
     async def lost(self) -> str:
         """Wait until a service is lost; what was lost, as a user is told."""
         redis = Redis.from_url(

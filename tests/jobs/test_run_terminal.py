@@ -25,6 +25,7 @@ import orjson
 import psutil
 import pytest
 
+from jobs.embedded import postgres_folder
 from tests.support import ROOT, Lines, chat_line, fresh_machine_env, run_cli, write_jsonl
 
 pytestmark = pytest.mark.slow
@@ -319,3 +320,29 @@ def test_sigusr2_makes_a_run_say_where_its_tasks_wait_and_it_goes_on(tmp_path: P
     lines.wait_for(lambda line: "task stack" in line)
     assert process.wait(120) == 0
     assert len(_lines(out)) == TOTAL
+
+
+def test_a_run_whose_embedded_postgres_dies_stops_at_once_and_the_same_command_carries_on(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    env = fresh_machine_env(data_dir, ORBATCH_SIMULATOR_ARGS="--latency-ms 1000 --no-free-tier --speed 60")
+    out = tmp_path / "out.jsonl"
+    args = (str(_requests(tmp_path)), "-o", str(out), "--models", "sim/echo", "--simulator")
+    process, lines = _start(env, *args, "--concurrency", str(CONCURRENCY))
+    lines.wait_for(_some_done)
+    postmaster = int((postgres_folder(data_dir) / "postmaster.pid").read_text().split()[0])
+    os.kill(postmaster, signal.SIGKILL)
+    started = time.monotonic()
+    assert process.wait(60) == 1
+    stopped_in = time.monotonic() - started
+    rest = lines.rest()
+    assert "error: the embedded Postgres stopped; see " in rest
+    # Nothing can be stored without it: the run says so at once rather than letting calls finish for nothing.
+    assert stopped_in < 30, f"took {stopped_in:.1f} s"
+    # The same command starts the Postgres again (it recovers from its log) and carries on.
+    again = run_cli(env, "run", *args)
+    assert again.returncode == 0, again.stderr
+    assert sorted(line["custom_id"] for line in _lines(out)) == sorted(f"r{i}" for i in range(TOTAL))
+    # Calls lost with the database are made again: at most those that were in flight.
+    assert TOTAL <= _status(env)["attempts"] <= TOTAL + CONCURRENCY  # type: ignore[operator]
+    assert _services_left(data_dir) == []
