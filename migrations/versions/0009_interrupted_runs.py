@@ -28,6 +28,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    op.execute("UPDATE batch SET status = 'in_progress', pause_reason = NULL WHERE pause_reason = 'interrupted'")
+    op.execute(
+        "UPDATE batch SET status = 'in_progress', pause_reason = NULL WHERE pause_reason = 'interrupted'"
+    )
     op.drop_constraint("pause_reason_known", "batch", type_="check")
     op.create_check_constraint("pause_reason_known", "batch", _BEFORE)
