@@ -150,3 +150,24 @@ def start_workers(
         )
         for i in range(count)
     ]
+
+
+@contextmanager
+def code_database(code: Code, base_url: str, **extra: str) -> Iterator[tuple[str, dict[str, str]]]:
+    """A fresh database migrated by `code` itself (a baseline runs on its own schema), with the environment of
+    an orbatch process on it; Redis database 13 flushed before and after, the database dropped after."""
+    from jobs.db import drop_database
+
+    url = f"{POSTGRES_URL}/orbatch_bench_{uuid.uuid4().hex[:8]}"
+    env = env_for(url, base_url, **extra)
+    flush = redis.Redis.from_url(REDIS_URL)
+    flush.flushdb()
+    done = code.cli(env, "db", "upgrade")
+    if done.returncode != 0:
+        raise RuntimeError(f"{code.name}: db upgrade failed: {done.stderr}")
+    try:
+        yield url, env
+    finally:
+        flush.flushdb()
+        flush.close()
+        asyncio.run(drop_database(url))

@@ -10,7 +10,7 @@ import httpx
 import orjson
 from rich.table import Table
 from rich.text import Text
-from sqlalchemy import func, select, text
+from sqlalchemy import delete, func, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -99,15 +99,27 @@ async def upstream_is_simulator(base_url: str, api_key: str | None) -> bool:
     return bool(await upstream_simulator(base_url, api_key))
 
 
-async def refresh_catalog(engine: AsyncEngine, catalog: Catalog) -> None:
-    """Replace the cached model list."""
+def _upstream(base_url: str) -> str:
+    """The key an upstream's list is kept under: its base URL, without a trailing slash."""
+    return base_url.rstrip("/")
+
+
+async def refresh_catalog(engine: AsyncEngine, catalog: Catalog, base_url: str) -> None:
+    """Replace the cached model list of the upstream at `base_url` (the others' are kept)."""
+    upstream = _upstream(base_url)
     async with engine.begin() as conn:
-        await conn.execute(text("DELETE FROM model_price"))
+        await conn.execute(delete(ModelPrice).where(ModelPrice.upstream == upstream))
         if catalog:
             await conn.execute(
                 insert(ModelPrice),
                 [
-                    {"id": m, "prompt": p.prompt, "completion": p.completion, "request": p.request}
+                    {
+                        "upstream": upstream,
+                        "id": m,
+                        "prompt": p.prompt,
+                        "completion": p.completion,
+                        "request": p.request,
+                    }
                     for m, p in catalog.items()
                 ],
             )
@@ -116,16 +128,24 @@ async def refresh_catalog(engine: AsyncEngine, catalog: Catalog) -> None:
 async def load_catalog(
     engine: AsyncEngine, base_url: str, api_key: str | None, max_age: float = CATALOG_MAX_AGE_SECONDS
 ) -> Catalog:
-    """The model list from Postgres, fetched again from OpenRouter when older than `max_age` seconds."""
+    """The upstream's model list from Postgres, fetched again from it when older than `max_age` seconds.
+
+    Each upstream (OpenRouter, a simulator, another proxy) has its own: one database may serve submits and
+    workers against several."""
+    upstream = _upstream(base_url)
     async with engine.connect() as conn:
         age = (
-            await conn.execute(select(func.extract("epoch", func.now() - func.max(ModelPrice.fetched_at))))
+            await conn.execute(
+                select(func.extract("epoch", func.now() - func.max(ModelPrice.fetched_at))).where(
+                    ModelPrice.upstream == upstream
+                )
+            )
         ).scalar_one()
         if age is not None and float(age) < max_age:
-            rows = (await conn.execute(select(ModelPrice))).all()
+            rows = (await conn.execute(select(ModelPrice).where(ModelPrice.upstream == upstream))).all()
             return {r.id: ModelPrices(r.prompt, r.completion, r.request) for r in rows}
     catalog = await fetch_models(base_url, api_key)
-    await refresh_catalog(engine, catalog)
+    await refresh_catalog(engine, catalog, base_url)
     return catalog
 
 

@@ -28,7 +28,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from jobs.catalog import model_rows, render_table, rows_json, shipped_rows, simulator_rows
 from jobs.constants import KEY_WAIT_SECONDS
-from jobs.control import cancel_batch, delete_batch, resolve_batch, resume_batch, retry_failed
+from jobs.control import (
+    cancel_batch,
+    change_priority,
+    delete_batch,
+    resolve_batch,
+    resume_batch,
+    retry_failed,
+)
 from jobs.db import create_engine, ensure_database, upgrade
 from jobs.embedded import LocalServices, embedded_database, local_services, running_redis
 from jobs.errors import BadInput, Interrupted, OrbatchError, ServiceUnavailable, SettingsError
@@ -52,6 +59,7 @@ from jobs.options import (
     Name,
     New,
     Params,
+    Priority,
     SkipInvalid,
     System,
     Temperature,
@@ -69,8 +77,9 @@ from jobs.progress import (
     with_skipped_lines,
 )
 from jobs.queue import connect
+from jobs.schedule_view import read_competition
 from jobs.settings import Settings, get_settings
-from jobs.states import BatchStatus, PauseReason
+from jobs.states import BatchPriority, BatchStatus, PauseReason
 from jobs.status import BatchSummary, batch_summary, list_batches
 from jobs.terminal import (
     batches_table,
@@ -308,6 +317,7 @@ def submit(
     max_tokens: MaxTokens = None,
     params: Params = None,
     metadata: Metadata = None,
+    priority: Priority = None,
     wait: Annotated[
         bool,
         typer.Option(
@@ -335,6 +345,7 @@ def submit(
         max_tokens=max_tokens,
         params=params,
         metadata=metadata,
+        priority=priority,
     )
 
     redis_url = _redis_in_use(settings)
@@ -396,6 +407,7 @@ def run(
     max_tokens: MaxTokens = None,
     params: Params = None,
     metadata: Metadata = None,
+    priority: Priority = None,
     concurrency: Annotated[
         int | None, typer.Option(min=1, max=4096, help="Requests run at once by the in-process worker.")
     ] = None,
@@ -438,6 +450,7 @@ def run(
         max_tokens=max_tokens,
         params=params,
         metadata=metadata,
+        priority=priority,
     )
     plan = RunPlan(file, options, check_models, output, errors, fmt, concurrency, use_simulator)
     _logs_for_people(settings)
@@ -590,6 +603,12 @@ def status(
         waiting = None
         if batch and not finished(found[0]):
             waiting = await _waiting(settings, found[0])
+        if batch and found[0].status == BatchStatus.IN_PROGRESS:
+            async with engine.connect() as conn:
+                turn = (await read_competition(conn, found[0].id, found[0].simulated)).says(
+                    found[0].priority, found[0].counts.get("running", 0)
+                )
+            waiting = "; ".join(filter(None, [waiting, turn]))
         if batch and found[0].pause_reason == PauseReason.QUOTA:
             spent = await _quota_spent_by(settings, engine, found[0].simulated)
             waiting = "; ".join(filter(None, [waiting, spent]))
@@ -766,6 +785,21 @@ def cancel(batch: BatchId) -> None:
 
     state = _with_engine(go)
     say(err, f"{batch}: {state}")
+
+
+@app.command("priority")
+def set_priority(
+    batch: BatchId,
+    level: Annotated[BatchPriority, typer.Argument(help="urgent, normal or background.", show_default=False)],
+) -> None:
+    """Change which batches run first: urgent before every normal batch, background after every normal one."""
+
+    async def go(engine: AsyncEngine) -> tuple[str, str]:
+        batch_id = await _batch(engine, batch)
+        return batch_id, await change_priority(engine, batch_id, level)
+
+    batch_id, said = _with_engine(go)
+    say(err, f"{batch_id}: {said}")
 
 
 @app.command()

@@ -27,6 +27,7 @@ __all__ = [
     "EXIT_SKIPPED_LINES",
     "EXIT_STOPPED",
     "EXPIRY_SWEEP_SECONDS",
+    "FAIR_KEY",
     "FEEDER_LOCK_KEY",
     "FILE_CHUNK_BYTES",
     "FILE_LIST_MAX",
@@ -89,6 +90,8 @@ __all__ = [
 # plus a suffix, so two deployments sharing one Redis database never see each other's.
 # Held by whichever worker feeds the queue this tick, so N workers do not all run the same query.
 FEEDER_LOCK_KEY = "{queue}:feeder-lock"
+# The fair queue's tags (jobs/fairness.py): the last tag handed to each running batch, and each tier's newest.
+FAIR_KEY = "{queue}:fair"
 # Written by the feeder and never expired: when it is missing, Redis lost its data (FLUSHALL or a restart
 # without persistence) and every request Postgres believes queued must be queued again.
 REDIS_EPOCH_KEY = "{queue}:epoch"

@@ -9,7 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from jobs.db import retry_conflicts
 from jobs.errors import Conflict
 from jobs.sql import sql
-from jobs.states import BatchStatus
+from jobs.states import BatchPriority, BatchStatus
 from jobs.status import BatchNotFound
 
 __all__ = [
@@ -17,6 +17,7 @@ __all__ = [
     "RETRY_FROM",
     "ResumeRefused",
     "cancel_batch",
+    "change_priority",
     "delete_batch",
     "hold_for_its_run",
     "release_batch_queue_marks",
@@ -177,6 +178,20 @@ async def hold_for_its_run(engine: AsyncEngine, batch_id: str) -> bool:
     async with engine.begin() as conn:
         held = await conn.execute(_HOLD_FOR_RUN, {"batch_id": batch_id, "message": message})
     return bool(held.rowcount)
+
+
+_PRIORITY = sql("UPDATE batch SET priority = :priority WHERE id = :batch_id RETURNING status")
+
+
+async def change_priority(engine: AsyncEngine, batch_id: str, priority: BatchPriority) -> str:
+    """Set a batch's priority; the feeder orders its next jobs by it (those already queued keep their place)."""
+    async with engine.begin() as conn:
+        row = (
+            await conn.execute(_PRIORITY, {"batch_id": batch_id, "priority": priority.value})
+        ).one_or_none()
+    if row is None:
+        raise BatchNotFound(batch_id)
+    return f"priority {priority.value}"
 
 
 async def cancel_batch(engine: AsyncEngine, batch_id: str) -> str:

@@ -144,8 +144,14 @@ def _start_redis(folder: Path) -> tuple[subprocess.Popen[bytes], int]:
     args += ["--dir", str(folder), "--logfile", str(log), "--daemonize", "no"]
     # A session of its own: the terminal's Ctrl-C goes to the foreground process group, which must not
     # include the Redis that the interrupted command still needs to record its calls.
+    # Its output goes to its log file only: a Redis shared by several commands must not hold the terminal or
+    # the pipe of the command that happened to start it.
     process = subprocess.Popen(  # noqa: S603 - argv built here, no shell
-        args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True
+        args,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     deadline = time.monotonic() + EMBEDDED_REDIS_START_SECONDS
     while not _redis_answers(port):

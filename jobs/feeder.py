@@ -9,8 +9,10 @@ from arq.connections import ArqRedis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from jobs.constants import EXPIRY_SWEEP_SECONDS, REDIS_EPOCH_KEY, REQUEUE_AFTER_SECONDS
-from jobs.queue import enqueue_requests
+from jobs.fairness import FairQueue, Runnable
+from jobs.queue import enqueue_requests, job_id, rescore_jobs
 from jobs.sql import sql
+from jobs.states import BatchPriority
 
 __all__ = ["FeedReport", "expire_batches", "feed"]
 
@@ -92,11 +94,13 @@ _REQUEUE_STALE = sql(
 
 _ACTIVE_BATCHES = sql(
     """
-    SELECT b.id,
+    SELECT b.id, coalesce(a.owner, '') AS owner, b.priority, b.simulated,
            (SELECT count(*) FROM request r WHERE r.batch_id = b.id AND r.status = {R.RUNNING})
          + (SELECT count(*) FROM request r
             WHERE r.batch_id = b.id AND r.status = {R.PENDING} AND r.enqueued_at IS NOT NULL) AS in_queue
-    FROM batch b WHERE b.status = {B.IN_PROGRESS} AND (CAST(:batch_id AS text) IS NULL OR b.id = :batch_id)
+    FROM batch b LEFT JOIN api_batch a ON a.batch_id = b.id
+    WHERE b.status = {B.IN_PROGRESS} AND (CAST(:batch_id AS text) IS NULL OR b.id = :batch_id)
+      AND (CAST(:simulated AS boolean) IS NULL OR b.simulated = :simulated)
     ORDER BY b.created_at
     """
 )
@@ -106,6 +110,15 @@ _DUE = sql(
     SELECT id, attempts, feeds FROM request
     WHERE batch_id = :batch_id AND status = {R.PENDING} AND enqueued_at IS NULL AND next_attempt_at <= now()
     ORDER BY id LIMIT :room
+    """
+)
+
+# A batch's jobs waiting in the queue, in the order they were fed: scored again when the batch's weight changed.
+_QUEUED = sql(
+    """
+    SELECT id, attempts, feeds FROM request
+    WHERE batch_id = :batch_id AND status = {R.PENDING} AND enqueued_at IS NOT NULL
+    ORDER BY id
     """
 )
 
@@ -198,11 +211,13 @@ async def feed(
     requeue_after: float = REQUEUE_AFTER_SECONDS,
     queue: str | None = None,
     at_most: int | None = None,
+    simulated: bool | None = None,
 ) -> FeedReport:
     """One tick: recover lost work, resume parked batches, queue due requests, finalize finished batches.
 
-    Jobs go to `queue` (the namespace's own queue by default); `batch_id` feeds that batch only; `at_most`
-    bounds how many requests are queued this tick (0 while the outage breaker holds everyone, 1 for its probe).
+    Jobs go to `queue` (the namespace's own queue by default), in the fair queue's order (jobs/fairness.py);
+    `batch_id` feeds that batch only, `simulated` the batches of that kind of upstream only; `at_most` bounds
+    how many requests are queued this tick (0 while the outage breaker holds everyone, 1 for its probe).
     """
     report = FeedReport()
     report.redis_reset = await _check_redis_epoch(engine, redis, namespace)
@@ -211,9 +226,25 @@ async def feed(
         report.expired_leases = len((await conn.execute(_EXPIRE_LEASES)).all())
         report.resumed_batches = int((await conn.execute(_RESUME_BATCHES)).scalar_one())
         await conn.execute(_REQUEUE_STALE, {"after": requeue_after})
-        batches = (await conn.execute(_ACTIVE_BATCHES, {"batch_id": batch_id})).all()
+        batches = (await conn.execute(_ACTIVE_BATCHES, {"batch_id": batch_id, "simulated": simulated})).all()
+        weighed = batches
+        if batch_id is not None and batches:
+            # One batch fed (a submit's first window): it is weighed against every running batch of its kind,
+            # so an owner's new batches do not each start as if alone.
+            kind = {"batch_id": None, "simulated": bool(batches[0].simulated)}
+            weighed = (await conn.execute(_ACTIVE_BATCHES, kind)).all()
+    target = queue or namespace
+    fair = FairQueue(redis, target)
+    await fair.start([Runnable(b.id, b.owner, BatchPriority(b.priority)) for b in weighed])
+    for bid in fair.reweighed():
+        async with engine.connect() as conn:
+            waiting = [
+                job_id(int(r.id), int(r.attempts), int(r.feeds))
+                for r in await conn.execute(_QUEUED, {"batch_id": bid})
+            ]
+        await rescore_jobs(redis, target, waiting, fair.rescore(bid, len(waiting)))
     budget = at_most
-    for bid, in_queue in batches:
+    for bid, _, _, _, in_queue in batches:
         room = window - int(in_queue)
         if budget is not None:
             room = min(room, budget)
@@ -228,7 +259,7 @@ async def feed(
             continue
         # Redis first, then the mark: a crash in between leaves a job queued twice (a no-op), never a
         # request marked queued that is not.
-        outcomes = await enqueue_requests(redis, queue or namespace, due)
+        outcomes = await enqueue_requests(redis, target, due, fair.scores(bid, len(due)))
         report.enqueued += sum(1 for o in outcomes if o == 1)
         queued = [d for d, o in zip(due, outcomes, strict=True) if o >= 0]
         if budget is not None:
@@ -242,6 +273,7 @@ async def feed(
                     "feeds": [d[2] for d in queued],
                 },
             )
+    await fair.save()
     async with engine.begin() as conn:
         report.finalized_batches = [str(r.id) for r in await conn.execute(_FINALIZE)]
     return report

@@ -10,7 +10,15 @@ from redis.asyncio import Redis
 
 from jobs.constants import LIMITS_KEY, THROTTLE_KEY
 
-__all__ = ["BreakerState", "breaker_from", "breaker_key", "limits_key", "read_breaker", "throttle_namespace"]
+__all__ = [
+    "BreakerState",
+    "breaker_from",
+    "breaker_key",
+    "kind_queue",
+    "limits_key",
+    "read_breaker",
+    "throttle_namespace",
+]
 
 
 def breaker_key(namespace: str) -> str:
@@ -61,6 +69,12 @@ def breaker_from(raw: dict[bytes, bytes]) -> BreakerState | None:
         probing=b"probe" in raw and probe_until > now_ms,
         reason=raw.get(b"reason", b"").decode(errors="replace"),
     )
+
+
+def kind_queue(queue_name: str, simulated: bool) -> str:
+    """The arq queue of one kind of upstream's batches: workers in front of OpenRouter take jobs from the
+    deployment's queue, workers in front of a simulator from its `:sim` twin, so neither takes the other's."""
+    return f"{queue_name}:sim" if simulated else queue_name
 
 
 def throttle_namespace(queue_name: str, simulated: bool) -> str:

@@ -16,9 +16,11 @@ from prometheus_client.registry import Collector
 from redis.asyncio import Redis
 
 from jobs.constants import FREE_TIER_DAILY_REQUESTS, THROTTLE_KEY
-from jobs.fleet import BreakerState, breaker_from, breaker_key, limits_key, throttle_namespace
+from jobs.fairness import TIER_BASE, TIER_WIDTH
+from jobs.fleet import BreakerState, breaker_from, breaker_key, kind_queue, limits_key, throttle_namespace
 from jobs.heartbeats import Heartbeat, read_heartbeats
 from jobs.settings import Settings
+from jobs.states import BatchPriority
 
 __all__ = ["ACCOUNTS", "AccountGauges", "FleetCollector", "FleetGauges", "read_fleet_gauges"]
 
@@ -68,9 +70,12 @@ class AccountGauges:
 class FleetGauges:
     """One reading of what the fleet shares in Redis."""
 
-    # Jobs in the arq queue that are due now (an autoscaler's signal), and those scheduled for later.
+    # Jobs in the arq queues that are due now (an autoscaler's signal), and those scheduled for later.
     queue_ready: int = 0
     queue_deferred: int = 0
+    # Jobs waiting in each kind's queue ("openrouter", "simulator"), by priority ("urgent", "normal",
+    # "background", or "unordered" for a job fed before priorities existed).
+    queued: dict[tuple[str, str], int] = field(default_factory=dict)
     workers: list[Heartbeat] = field(default_factory=list)
     accounts: list[AccountGauges] = field(default_factory=list)
     # The fleet's queue: a worker on it takes any batch of its kind; a `run`'s worker has a queue of its own.
@@ -95,9 +100,15 @@ async def read_fleet_gauges(redis: Redis, settings: Settings) -> FleetGauges:
     now_ms = int(time.time() * 1000)
     async with redis.pipeline(transaction=False) as pipe:
         pipe.time()
-        # arq scores a job by when it may run (ms since the epoch, the enqueuer's clock).
-        pipe.zcount(queue, "-inf", now_ms)
-        pipe.zcount(queue, f"({now_ms}", "+inf")
+        # The feeder scores a job by its place in the fair order, far below any time (jobs/fairness.py); a
+        # score above now is a job scheduled for later.
+        for simulated in (False, True):
+            kind = kind_queue(queue, simulated)
+            for priority in BatchPriority:
+                base = TIER_BASE[priority]
+                pipe.zcount(kind, base, f"({base + TIER_WIDTH}")
+            pipe.zcount(kind, "-inf", now_ms)
+            pipe.zcount(kind, f"({now_ms}", "+inf")
         for namespace in namespaces:
             pipe.hgetall(limits_key(namespace))
             pipe.get(THROTTLE_KEY.format(queue=namespace, name="free-day"))
@@ -110,7 +121,19 @@ async def read_fleet_gauges(redis: Redis, settings: Settings) -> FleetGauges:
     seconds, micros = replies[0]
     # The throttle's day and cool-downs are on Redis's clock; so are these readings of them.
     redis_ms = int(seconds) * 1000 + int(micros) // 1000
-    per_account = [replies[3 + 6 * i : 9 + 6 * i] for i in range(len(namespaces))]
+    queued: dict[tuple[str, str], int] = {}
+    ready = deferred = 0
+    per_kind = len(BatchPriority) + 2
+    for k, account in enumerate(ACCOUNTS):
+        counts = replies[1 + per_kind * k : 1 + per_kind * (k + 1)]
+        tiers = {str(level): int(c) for level, c in zip(BatchPriority, counts, strict=False)}
+        due, later = int(counts[-2]), int(counts[-1])
+        for level, count in tiers.items():
+            queued[(account, level)] = count
+        queued[(account, "unordered")] = max(0, due - sum(tiers.values()))
+        ready, deferred = ready + due, deferred + later
+    first = 1 + per_kind * len(ACCOUNTS)
+    per_account = [replies[first + 6 * i : first + 6 + 6 * i] for i in range(len(namespaces))]
     published_any = any(part[0] for part in per_account)
     accounts: list[AccountGauges] = []
     for account, (published, day_count, breaker, cool_free, cool_paid, in_flight) in zip(
@@ -140,8 +163,9 @@ async def read_fleet_gauges(redis: Redis, settings: Settings) -> FleetGauges:
             )
         )
     return FleetGauges(
-        queue_ready=int(replies[1]),
-        queue_deferred=int(replies[2]),
+        queue_ready=ready,
+        queue_deferred=deferred,
+        queued=queued,
         workers=await read_heartbeats(redis, queue),
         accounts=accounts,
         queue=queue,
@@ -190,6 +214,14 @@ class FleetCollector(Collector):
             "Jobs in the arq queue scheduled for later.",
             value=gauges.queue_deferred,
         )
+        by_kind = GaugeMetricFamily(
+            "orbatch_queue_jobs",
+            "Jobs waiting in the queue of each kind of upstream (openrouter, simulator), by batch priority.",
+            labels=["account", "priority"],
+        )
+        for (account, priority), count in sorted(gauges.queued.items()):
+            by_kind.add_metric([account, priority], count)
+        yield by_kind
         yield GaugeMetricFamily(
             "orbatch_workers_alive", "Workers whose heartbeat is live.", value=len(gauges.workers)
         )

@@ -11,6 +11,7 @@ import orjson
 from redis.asyncio import Redis
 
 from jobs.constants import HEARTBEAT_FORGET_SECONDS, HEARTBEAT_KEY, HEARTBEATS_KEY
+from jobs.fleet import kind_queue
 
 __all__ = ["Heartbeat", "forget_heartbeat", "no_taker", "read_heartbeats", "takers", "write_heartbeat"]
 
@@ -112,10 +113,11 @@ def takers(beats: list[Heartbeat], queue_name: str, batch_id: str, simulated: bo
     """The live workers that can take a batch up: fleet workers in front of its kind of upstream (a simulator
     or OpenRouter), and the `orbatch run` that works it from its own queue."""
     own_queue = f"{queue_name}:run:{batch_id}"
+    fleet_queue = kind_queue(queue_name, simulated)
     return [
         b
         for b in beats
-        if not b.stopping and (b.queue == own_queue or (b.queue == queue_name and b.simulated == simulated))
+        if not b.stopping and (b.queue == own_queue or (b.queue == fleet_queue and b.simulated == simulated))
     ]
 
 

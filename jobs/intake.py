@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from jobs.catalog import load_catalog, upstream_is_simulator
 from jobs.feeder import feed
+from jobs.fleet import kind_queue
 from jobs.queue import connect
 from jobs.settings import Settings
 from jobs.status import BatchSummary, batch_summary
@@ -22,12 +23,18 @@ from jobs.terminal import say, say_warning
 __all__ = ["take_in"]
 
 
-async def _queue_first_window(engine: AsyncEngine, settings: Settings, batch_id: str, err: Console) -> None:
-    """Queue the batch's first requests now, so workers start at once; Redis down only delays them."""
+async def _queue_first_window(
+    engine: AsyncEngine, settings: Settings, batch_id: str, simulated: bool, err: Console
+) -> None:
+    """Queue the batch's first requests now, in its kind's queue, so workers start at once; Redis down only
+    delays them."""
     try:
         redis = await connect(settings.redis_url, settings.queue_name, patient=False)
         try:
-            await feed(engine, redis, settings.queue_name, settings.feed_window, batch_id=batch_id)
+            queue = kind_queue(settings.queue_name, simulated)
+            await feed(
+                engine, redis, settings.queue_name, settings.feed_window, batch_id=batch_id, queue=queue
+            )
         finally:
             await redis.aclose()
     except (OSError, RedisError) as exc:
@@ -85,7 +92,7 @@ async def take_in(
         task = progress.add_task("submit", total=file.stat().st_size)  # noqa: ASYNC240
         report = await submit_file(engine, file, options, lambda pos: progress.update(task, completed=pos))
     if queue_now:
-        await _queue_first_window(engine, settings, report.batch_id, err)
+        await _queue_first_window(engine, settings, report.batch_id, options.simulated, err)
     async with engine.connect() as conn:
         summary = await batch_summary(conn, report.batch_id)
     if report.reused:

@@ -27,7 +27,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from jobs.sql import literal, sql
-from jobs.states import BatchStatus, Outcome, PauseReason, RequestStatus
+from jobs.states import BatchPriority, BatchStatus, Outcome, PauseReason, RequestStatus
 
 __all__ = [
     "ApiBatch",
@@ -64,6 +64,7 @@ class Batch(Base):
     __tablename__ = "batch"
     __table_args__ = (
         _check_in("status", BatchStatus),
+        _check_in("priority", BatchPriority),
         CheckConstraint(
             "pause_reason IS NULL OR pause_reason IN ({})".format(", ".join(literal(r) for r in PauseReason)),
             name="pause_reason_known",
@@ -108,6 +109,8 @@ class Batch(Base):
     metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSONB)
     # Called the local simulator, not OpenRouter: its calls never count against a real account's quota.
     simulated: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    # Which batches run first (revision 0010): strict tiers, fair shares within each.
+    priority: Mapped[str] = mapped_column(Text, server_default=BatchPriority.NORMAL.value)
     source_name: Mapped[str | None] = mapped_column(Text)
     source_sha256: Mapped[str | None] = mapped_column(Text)
     total: Mapped[int] = mapped_column(Integer, server_default=text("0"))
@@ -221,10 +224,12 @@ class Attempt(Base):
 
 
 class ModelPrice(Base):
-    """OpenRouter's model list as last fetched: the ids it knows and their prices (USD per token)."""
+    """An upstream's model list as last fetched: the ids it knows and their prices (USD per token)."""
 
     __tablename__ = "model_price"
 
+    # The upstream's base URL (OpenRouter's, a simulator's): each has a list of its own (revision 0010).
+    upstream: Mapped[str] = mapped_column(Text, primary_key=True)
     id: Mapped[str] = mapped_column(Text, primary_key=True)
     prompt: Mapped[Decimal | None] = mapped_column(Numeric)
     completion: Mapped[Decimal | None] = mapped_column(Numeric)

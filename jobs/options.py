@@ -11,6 +11,7 @@ import typer
 
 from jobs.errors import BadInput
 from jobs.input_format import body_problem, parse_models
+from jobs.states import BatchPriority
 from jobs.submit import SubmitOptions
 from jobs.templates import Template, load_json_schema, load_template_text
 
@@ -28,6 +29,7 @@ __all__ = [
     "Name",
     "New",
     "Params",
+    "Priority",
     "SkipInvalid",
     "System",
     "Temperature",
@@ -51,6 +53,16 @@ Models = Annotated[
     typer.Option("--models", "-m", help="Fallback chain for lines without their own, comma-separated."),
 ]
 Name = Annotated[str | None, typer.Option(help="A name to find the batch by.")]
+Priority = Annotated[
+    BatchPriority | None,
+    typer.Option(
+        "--priority",
+        help="urgent: runs before every normal batch; background: yields to every normal one; normal (the "
+        "default): the fleet's fair share, between owners and then between an owner's batches. Given for a "
+        "file already submitted, it changes that batch's.",
+        show_default="normal",
+    ),
+]
 MaxAttempts = Annotated[int | None, typer.Option(min=1, max=100, help="Failed calls before a request fails.")]
 FreeOnly = Annotated[bool, typer.Option("--free-only", help="Refuse any model that is not a :free variant.")]
 MaxCost = Annotated[
@@ -183,6 +195,7 @@ def submit_options(
     max_tokens: int | None = None,
     params: list[str] | None = None,
     metadata: list[str] | None = None,
+    priority: BatchPriority | None = None,
 ) -> SubmitOptions:
     """The options as typed on the command line, checked; UsageError (or TemplateError) says what is wrong."""
     try:
@@ -212,4 +225,5 @@ def submit_options(
         template=parsed,
         defaults=body_defaults(temperature, max_tokens, params),
         metadata=batch_metadata(metadata),
+        priority=priority,
     )

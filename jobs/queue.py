@@ -17,7 +17,16 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from jobs.constants import JOB_ID_PREFIX, RUN_REQUEST_FUNCTION
 
-__all__ = ["connect", "drop_queue", "enqueue_requests", "job_dumps", "job_id", "job_loads", "redis_settings"]
+__all__ = [
+    "connect",
+    "drop_queue",
+    "enqueue_requests",
+    "job_dumps",
+    "job_id",
+    "job_loads",
+    "redis_settings",
+    "rescore_jobs",
+]
 
 # One day past its scheduled time, as arq does by default: jobs carry no state, so an expired one
 # is simply queued again by the feeder.
@@ -88,6 +97,14 @@ async def drop_queue(redis: ArqRedis, queue_name: str) -> int:
     return len(ids)
 
 
+async def rescore_jobs(
+    redis: ArqRedis, queue_name: str, jobs: Sequence[str], scores: Sequence[float]
+) -> None:
+    """Move jobs still waiting in the queue to new places in its order; a job no longer there stays gone."""
+    if jobs:
+        await redis.zadd(queue_name, dict(zip(jobs, scores, strict=True)), xx=True)
+
+
 def job_id(request_id: int, attempts: int, feeds: int = 0) -> str:
     """The deterministic job id of a request's next attempt; `feeds` keeps it new when attempts do not move."""
     suffix = f".{feeds}" if feeds else ""
@@ -95,15 +112,21 @@ def job_id(request_id: int, attempts: int, feeds: int = 0) -> str:
 
 
 async def enqueue_requests(
-    redis: ArqRedis, queue_name: str, requests: Sequence[tuple[int, int, int]]
+    redis: ArqRedis,
+    queue_name: str,
+    requests: Sequence[tuple[int, int, int]],
+    scores: Sequence[float] | None = None,
 ) -> list[int]:
-    """Queue `run_request` for each (request id, attempts, feeds): 1 queued now, 0 already queued, -1 running."""
+    """Queue `run_request` for each (request id, attempts, feeds): 1 queued now, 0 already queued, -1 running.
+
+    `scores` order the jobs in the queue (workers take the lowest due score first; see jobs/fairness.py);
+    without them, the time of enqueueing: first in, first out."""
     if not requests:
         return []
     script = redis.register_script(_ENQUEUE_LUA)
     now_ms = int(time.time() * 1000)
     async with redis.pipeline(transaction=False) as pipe:
-        for request_id, attempts, feeds in requests:
+        for i, (request_id, attempts, feeds) in enumerate(requests):
             jid = job_id(request_id, attempts, feeds)
             payload = serialize_job(
                 RUN_REQUEST_FUNCTION, (request_id, attempts), {}, None, now_ms, serializer=job_dumps
@@ -115,7 +138,7 @@ async def enqueue_requests(
                     queue_name,
                     in_progress_key_prefix + jid,
                 ],
-                args=[_JOB_EXPIRES_MS, payload, now_ms, jid],
+                args=[_JOB_EXPIRES_MS, payload, now_ms if scores is None else scores[i], jid],
                 client=pipe,
             )
         return [int(r) for r in await pipe.execute()]

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import enum
 
-__all__ = ["BatchStatus", "Outcome", "PauseReason", "RequestStatus"]
 __all__ = [
     "TERMINAL_BATCH_STATUSES",
+    "BatchPriority",
     "BatchStatus",
     "Outcome",
     "PauseReason",
@@ -75,3 +75,12 @@ class Outcome(enum.StrEnum):
     ABANDONED = "abandoned"
     # No call: an identical request's stored answer was reused (`submit --dedupe`).
     REUSED = "reused"
+
+
+class BatchPriority(enum.StrEnum):
+    """Which batches run first: every `urgent` one that can run now before any `normal`, and those before any
+    `background`; within a priority the fleet is shared fairly between owners and their batches."""
+
+    URGENT = "urgent"
+    NORMAL = "normal"
+    BACKGROUND = "background"

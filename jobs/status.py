@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from jobs.errors import NotFound
 from jobs.models import Batch, BatchTally
-from jobs.states import RequestStatus
+from jobs.states import BatchPriority, RequestStatus
 
 __all__ = ["BatchNotFound", "BatchSummary", "batch_summary", "list_batches"]
 
@@ -47,6 +47,7 @@ class BatchSummary:
     completion_tokens: int
     metadata: dict[str, Any] | None = None
     simulated: bool = False
+    priority: str = BatchPriority.NORMAL.value
 
     @property
     def total(self) -> int:
@@ -70,6 +71,7 @@ class BatchSummary:
             "models": self.models,
             "metadata": self.metadata or {},
             "simulated": self.simulated,
+            "priority": self.priority,
             "created_at": self.created_at.isoformat(),
             "started_at": self.started_at.isoformat() if self.started_at else None,
             "finished_at": self.finished_at.isoformat() if self.finished_at else None,
@@ -115,6 +117,7 @@ def _summary(batch: Any, tally: Any) -> BatchSummary:
         completion_tokens=int(tally.completion_tokens) if tally is not None else 0,
         metadata=batch.metadata,
         simulated=batch.simulated,
+        priority=batch.priority,
     )
 
 

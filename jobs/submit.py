@@ -20,7 +20,7 @@ from jobs.input_format import LineError, free_only_problem, parse_line, parse_re
 from jobs.models import Batch
 from jobs.reader import DamagedGzip, FileSource, Source, read_lines
 from jobs.sql import sql
-from jobs.states import BatchStatus
+from jobs.states import BatchPriority, BatchStatus
 from jobs.templates import Template
 
 __all__ = [
@@ -67,6 +67,9 @@ class SubmitOptions:
     defaults: dict[str, Any] = field(default_factory=dict)
     # The API owner the batch is made for; None for the CLI's batches, which no API owner's ever match.
     owner: str | None = None
+    # Which batches run first (not part of the identity: a batch submitted again keeps its own, or takes this
+    # one when it is given outright). None: `normal` for a new batch.
+    priority: BatchPriority | None = None
 
     def identity(self) -> dict[str, Any]:
         """The options that make a batch what it is: the same file with these gives the same batch."""
@@ -294,6 +297,11 @@ async def submit_source(
                 )
             ).one_or_none()
             if existing is not None:
+                if options.priority is not None:
+                    # Given outright on a batch submitted again: the user means it for that batch now.
+                    await conn.execute(
+                        update(Batch).where(Batch.id == existing.id).values(priority=options.priority)
+                    )
                 return SubmitReport(existing.id, existing.total, existing.invalid_lines, [], reused=True)
         await conn.execute(
             insert(Batch).values(
@@ -311,6 +319,7 @@ async def submit_source(
                 simulated=options.simulated,
                 metadata_=options.metadata,
                 source_sha256=sha256,
+                priority=options.priority or BatchPriority.NORMAL,
             )
         )
         await conn.execute(

@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from jobs.db import create_engine, drop_database, ensure_database, upgrade
 from jobs.embedded import embedded_database, embedded_redis
 from jobs.queue import connect
-from tests.support import Simulator, Workers, test_env
+from tests.support import Simulator, Workers, stop_leftovers, test_env
 
 POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432")
 REDIS_BASE_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/14")
@@ -231,4 +231,5 @@ def data_dir() -> Iterator[Path]:
     folder = Path(tempfile.mkdtemp(prefix="orbatch-data-"))
     folder.chmod(0o755)
     yield folder / "data"
+    stop_leftovers(folder / "data")
     shutil.rmtree(folder, ignore_errors=True)

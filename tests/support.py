@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import queue
 import subprocess
@@ -68,6 +69,7 @@ class Simulator:
             "rules": [],
             "outage_status": None,
             "outage_provider_name": None,
+            "identify": True,
         }
         await self.configure(**{**defaults, **settings})
 
@@ -103,6 +105,25 @@ def fresh_machine_env(data_dir: Path, **extra: str) -> dict[str, str]:
     }
     env.update(ORBATCH_DATA_DIR=str(data_dir), **extra)
     return env
+
+
+def stop_leftovers(data_dir: Path) -> None:
+    """Stop the embedded services a test left running in `data_dir`: a command the test SIGKILLed leaves them
+    for the next command on that data dir (by design), and a test's data dir has no next command."""
+    import json
+    import signal
+
+    server = data_dir / "redis" / "server.json"
+    pids = []
+    if server.exists():
+        with contextlib.suppress(ValueError, KeyError, OSError):
+            pids.append(int(json.loads(server.read_text())["pid"]))
+    for postmaster in data_dir.glob("postgres*/postmaster.pid"):
+        with contextlib.suppress(ValueError, IndexError, OSError):
+            pids.append(int(postmaster.read_text().split()[0]))
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
 
 
 class Lines:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +45,10 @@ class WorkerContext:
     meter: Meter = field(default_factory=Meter)
     # What GET /key said of the account last (None before the first reading).
     account: AccountLimits | None = None
+    # The arq queue this worker takes jobs from now: its upstream kind's (or a run's own), and what it feeds.
+    queue: str = ""
+    # Moves the arq worker to another queue when the upstream's kind changes (a fleet worker; None for a run's).
+    follow: Callable[[str], None] | None = None
     # Tasks whose upstream call was sent and is not yet recorded: the only ones a graceful stop waits for.
     calling: set[asyncio.Task[Any]] = field(default_factory=set)
 

@@ -57,6 +57,8 @@ class ClaimingWorker(Worker):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._claim: Any = None
+        # The startup moves a fleet worker to its upstream kind's queue once it knows the kind (GET /key).
+        self.ctx["arq_worker"] = self
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
         """Claim up to the free slots' worth of the given jobs that no worker runs yet, and start them."""

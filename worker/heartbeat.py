@@ -21,7 +21,7 @@ __all__ = ["beat_forever", "stop_beating"]
 log = get_logger(__name__)
 
 
-async def beat_forever(ctx: WorkerContext, redis: Redis, queue: str, concurrency: int) -> None:
+async def beat_forever(ctx: WorkerContext, redis: Redis, concurrency: int) -> None:
     """Beat every ORBATCH_HEARTBEAT_SECONDS until cancelled; a Redis outage only skips beats."""
     started_at = datetime.now(UTC)
     host, pid, version = socket.gethostname(), os.getpid(), orbatch_version()
@@ -33,7 +33,7 @@ async def beat_forever(ctx: WorkerContext, redis: Redis, queue: str, concurrency
             host=host,
             pid=pid,
             version=version,
-            queue=queue,
+            queue=ctx.queue,
             concurrency=concurrency,
             in_flight=meter.calls,
             tasks=meter.tasks,

@@ -293,6 +293,7 @@ _NOTHING_LEFT = sql(
     SELECT NOT EXISTS (
         SELECT 1 FROM request r JOIN batch b ON b.id = r.batch_id
         WHERE b.status IN ({B.IN_PROGRESS}, {B.CANCELLING}) AND r.status IN ({R.PENDING}, {R.RUNNING})
+          AND b.simulated = :simulated
     )
     """
 )
@@ -566,7 +567,8 @@ async def free_calls_since(engine: AsyncEngine, since: datetime, simulated: bool
         return int((await conn.execute(_FREE_CALLS_SINCE, params)).scalar_one())
 
 
-async def nothing_left(engine: AsyncEngine) -> bool:
-    """True when no request can run now: all finished, or parked by their batch's state."""
+async def nothing_left(engine: AsyncEngine, simulated: bool) -> bool:
+    """True when no request of this kind of upstream can run now: all finished, or parked by their batch's
+    state (a worker in front of a simulator has nothing to do with OpenRouter's batches, and the other way)."""
     async with engine.connect() as conn:
-        return bool((await conn.execute(_NOTHING_LEFT)).scalar_one())
+        return bool((await conn.execute(_NOTHING_LEFT, {"simulated": simulated})).scalar_one())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import io
 import os
 import signal
@@ -62,7 +63,7 @@ async def _feed_once(ctx: WorkerContext, redis: ArqRedis, plan: WorkerPlan) -> N
     """Run one feeder tick unless another worker holds the feeder lock (a run's own feeder takes none)."""
     settings = ctx.settings
     lock_ms = max(2000, int(settings.feed_interval * 4000))
-    lock_key = FEEDER_LOCK_KEY.format(queue=plan.queue)
+    lock_key = FEEDER_LOCK_KEY.format(queue=ctx.queue)
     if not await redis.set(lock_key, ctx.owner, nx=True, px=lock_ms):
         return
     try:
@@ -76,8 +77,10 @@ async def _feed_once(ctx: WorkerContext, redis: ArqRedis, plan: WorkerPlan) -> N
             settings.feed_window,
             batch_id=plan.only_batch,
             requeue_after=settings.requeue_after,
-            queue=plan.queue,
+            queue=ctx.queue,
             at_most=at_most,
+            # A fleet worker feeds the batches of its upstream's kind only, into that kind's queue.
+            simulated=ctx.simulated if plan.only_batch is None else None,
         )
         ctx.report.finished(report.finalized_batches)
         if report.redis_reset or report.expired_leases or report.resumed_batches:
@@ -145,7 +148,11 @@ async def _startup(arq_ctx: dict[str, Any]) -> None:
         owner=f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}",
         simulated=account.simulated,
         meter=Meter(prices.listed),
+        queue=plan.queue,
     )
+    worker: Worker | None = arq_ctx.get("arq_worker")
+    if plan.only_batch is None and worker is not None:
+        ctx.follow = functools.partial(setattr, worker, "queue_name")
     await adopt(ctx, arq_ctx["redis"], account)
     arq_ctx[CONTEXT_KEY] = ctx
     await _start_watching(arq_ctx, ctx, plan, concurrency)
@@ -157,7 +164,7 @@ async def _startup(arq_ctx: dict[str, Any]) -> None:
     log.info(
         "worker started",
         owner=ctx.owner,
-        queue=plan.queue,
+        queue=ctx.queue,
         postgres=where(settings.database_url),
         redis=where(settings.redis_url),
         concurrency=concurrency,
@@ -181,7 +188,7 @@ async def _start_watching(
         port = await exporter.start(ctx.settings.metrics_port)
         arq_ctx["exporter"] = exporter
         log.info("metrics served", port=port, path="/metrics")
-    arq_ctx["heartbeat"] = asyncio.create_task(beat_forever(ctx, arq_ctx["redis"], plan.queue, concurrency))
+    arq_ctx["heartbeat"] = asyncio.create_task(beat_forever(ctx, arq_ctx["redis"], concurrency))
 
 
 async def _stop_watching(arq_ctx: dict[str, Any], ctx: WorkerContext) -> None:
@@ -287,7 +294,7 @@ async def _wait_until_idle(worker: Worker, ctx_holder: dict[str, Any]) -> None:
         if not isinstance(ctx, WorkerContext):
             continue
         try:
-            idle = not worker.tasks and await records.nothing_left(ctx.engine)
+            idle = not worker.tasks and await records.nothing_left(ctx.engine, ctx.simulated)
         except Exception as exc:  # a database blip must not end a burst run early
             log.warning("burst check failed", error=str(exc))
             idle = False
@@ -302,7 +309,8 @@ async def _wait_until_idle(worker: Worker, ctx_holder: dict[str, Any]) -> None:
                     ctx.settings.queue_name,
                     ctx.settings.feed_window,
                     batch_id=plan.only_batch,
-                    queue=plan.queue,
+                    queue=ctx.queue,
+                    simulated=ctx.simulated if plan.only_batch is None else None,
                 )
             return
 

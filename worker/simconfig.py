@@ -103,6 +103,9 @@ class SimConfig:
     # Every call answers this 5xx until set back to None: OpenRouter down, or its providers (named) down.
     outage_status: int | None = None
     outage_provider_name: str | None = None
+    # Say it is a simulator (a header on every answer, `data.simulator` in GET /key). Off, it passes for
+    # OpenRouter itself: tests play a real upstream beside a simulator with it.
+    identify: bool = True
 
 
 def _positive(value: float | None, option: str) -> None:

@@ -652,9 +652,10 @@ class Simulator:
             },
             "expires_at": None,
             "creator_user_id": "user_sim",
-            # Not OpenRouter's: the limits this simulator enforces, so a worker can take them as from a real key.
-            "simulator": self.limits(time.time()),
         }
+        if cfg.identify:
+            # Not OpenRouter's: the limits this simulator enforces, so a worker can take them as from a real key.
+            data["simulator"] = self.limits(time.time())
         return _json({"data": data})
 
     async def set_config(self, request: web.Request) -> web.Response:
@@ -674,7 +675,8 @@ class Simulator:
 
     async def _say_who(self, _: web.Request, response: web.StreamResponse) -> None:
         # Every answer says it comes from a simulator, so a client knows without a key (GET /key needs one).
-        response.headers[SIMULATOR_HEADER] = self.instance
+        if self.config.identify:
+            response.headers[SIMULATOR_HEADER] = self.instance
 
     def app(self) -> web.Application:
         """The aiohttp application."""

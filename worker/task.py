@@ -341,7 +341,10 @@ async def _run_leased(ctx: WorkerContext, lease: records.Lease, call: _Call) -> 
         async with _renewing(ctx, lease, call):
             asked = time.monotonic()
             try:
-                permit = await _unless_stopping(ctx, ctx.throttle.acquire(free, ctx.stopping))
+                # A slot more than a moment away is held for the request, which waits for it in Postgres:
+                # the worker's slot goes to a call that can go now.
+                acquiring = ctx.throttle.acquire(free, ctx.stopping, lease.request_id)
+                permit = await _unless_stopping(ctx, acquiring)
             except (RedisError, OSError) as exc:
                 # Nothing was sent: the request goes back as it was, to run once Redis answers again.
                 log.warning(

@@ -41,7 +41,10 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
 # KEYS: tat, day, inflight, cooldown, breaker. ARGV: permit, free, interval_ms, day_limit, cap, permit_ttl_ms,
-# max_wait_ms, day_ms, probe_ttl_ms. Returns {granted (0) or denied (1), wait_ms, kind, day}.
+# max_wait_ms, day_ms, probe_ttl_ms, hold_after_ms (-1: never). Returns {granted (0) or denied (1), wait_ms,
+# kind, day}. A free slot further off than hold_after_ms is granted as 'held': its pacing is booked, but it counts
+# against the day, and as a call in flight, only when its request comes back for it (`_CLAIM_HELD`), so a slot
+# whose batch stopped meanwhile costs none of the day's quota.
 _RESERVE = (
     _NOW
     + """
@@ -77,6 +80,8 @@ if free then
   wait = slot - now
   if wait > max_wait then return {1, wait, 'rate', today} end
   redis.call('SET', KEYS[1], slot + interval, 'PX', wait + interval + 60000)
+  local hold_after = tonumber(ARGV[10])
+  if hold_after >= 0 and wait > hold_after and not probe then return {0, wait, 'held', today} end
   redis.call('SET', KEYS[2], today .. ':' .. (count + 1), 'PX', math.max(2 * day_ms, 60000))
 end
 redis.call('ZADD', KEYS[3], now + wait + ttl, ARGV[1])
@@ -190,6 +195,50 @@ return untill - now
 """
 )
 
+# KEYS: held. ARGV: the permit's fields, ms until its slot, ttl ms. Holds a slot for a request, its time on Redis's
+# clock like every other.
+_HOLD = (
+    _NOW
+    + """
+redis.call('SET', KEYS[1], ARGV[1] .. ':' .. (now + tonumber(ARGV[2])), 'PX', math.max(1, tonumber(ARGV[3])))
+return 1
+"""
+)
+
+# KEYS: held, inflight, day. ARGV: permit ttl ms, day_limit, day_ms. A slot held earlier for a request, taken back
+# by its next task: {permit fields (the day it counts on now), ms until its slot, 'ok'}, counted against the day
+# and in flight from now; {..., ms until the day ends, 'daily'} when the day's quota is spent meanwhile;
+# {'unseeded', day} when Redis has no count for the day (the caller rebuilds it and asks again); nil when none is held.
+_CLAIM_HELD = (
+    _NOW
+    + """
+local held = redis.call('GET', KEYS[1])
+if not held then return nil end
+local id, free, day, probe, slot = string.match(held, '^(%w+):(%d):(%d+):(%d):(%d+)$')
+if not id then
+  redis.call('DEL', KEYS[1])
+  return nil
+end
+local day_ms = tonumber(ARGV[3])
+local today = math.floor(now / day_ms)
+if free == '1' then
+  local stored = redis.call('GET', KEYS[3])
+  if not stored then return {'unseeded', today} end
+  local count = 0
+  local d, n = string.match(stored, '^(%d+):(%d+)$')
+  if tonumber(d) == today then count = tonumber(n) end
+  if count >= tonumber(ARGV[2]) then
+    redis.call('DEL', KEYS[1])
+    return {id, free, today, probe, (today + 1) * day_ms - now, 'daily'}
+  end
+  redis.call('SET', KEYS[3], today .. ':' .. (count + 1), 'PX', math.max(2 * day_ms, 60000))
+end
+redis.call('DEL', KEYS[1])
+redis.call('ZADD', KEYS[2], math.max(tonumber(slot), now) + tonumber(ARGV[1]), id)
+return {id, free, today, probe, tonumber(slot) - now, 'ok'}
+"""
+)
+
 # KEYS: day. ARGV: count, day_ms, day. Sets that day's count of free requests if Redis has none.
 _SEED_DAY = (
     _NOW
@@ -221,6 +270,9 @@ class ThrottleLimits:
     probe_base_seconds: float = 2.0
     probe_max_seconds: float = 60.0
     probe_ttl_seconds: float = 360.0
+    # A wait for a slot or a cool-down longer than this is not slept in a worker's task (holding one of its
+    # concurrency slots): the request waits in Postgres, its slot held for it. Shorter ones cost less slept.
+    defer_seconds: float = 1.0
 
     @property
     def interval_ms(self) -> int:
@@ -249,7 +301,9 @@ class Permit:
 class Denied:
     """No slot within the longest wait a worker holds: why, and how long until one may be free."""
 
-    kind: str  # 'daily', 'rate', 'cooldown', 'outage', 'stopping', or 'unreachable' (Redis did not answer)
+    # 'daily', 'rate', 'cooldown', 'outage', 'stopping', 'unreachable' (Redis did not answer), or 'slot': a slot is
+    # held for the request (`Throttle.acquire`'s `request_id`) at `wait_seconds` from now.
+    kind: str
     wait_seconds: float
 
 
@@ -296,11 +350,13 @@ class Throttle:
         self._renew = redis.register_script(_RENEW)
         self._cool_down = redis.register_script(_COOL_DOWN)
         self._seed_day = redis.register_script(_SEED_DAY)
+        self._claim_held = redis.register_script(_CLAIM_HELD)
+        self._hold_slot = redis.register_script(_HOLD)
 
     def _cooldown_key(self, free: bool) -> str:
         return self.keys["cool_free" if free else "cool_paid"]
 
-    async def _try(self, permit_id: str, free: bool) -> tuple[bool, float, str, int]:
+    async def _try(self, permit_id: str, free: bool, may_hold: bool = False) -> tuple[bool, float, str, int]:
         limits = self.limits
         result: Any = await self._reserve(
             keys=[
@@ -320,24 +376,81 @@ class Throttle:
                 int(limits.max_wait_seconds * 1000),
                 limits.day_ms,
                 int(limits.probe_ttl_seconds * 1000),
+                int(limits.defer_seconds * 1000) if may_hold else -1,
             ],
         )
         kind = result[2].decode() if isinstance(result[2], bytes) else str(result[2])
         return int(result[0]) == 0, int(result[1]) / 1000, kind, int(result[3])
 
-    async def acquire(self, free: bool, stop: asyncio.Event | None = None) -> Permit | Denied:
-        """A permit to send now (after sleeping for a reserved slot), or the long wait that denies one.
+    def _held_key(self, request_id: int) -> str:
+        return THROTTLE_KEY.format(queue=self.namespace, name=f"held:{request_id}")
 
-        When `stop` is set while waiting, the slot is given back and the answer is Denied('stopping').
+    async def _hold(self, request_id: int, permit: Permit, wait: float) -> None:
+        """Keep a reserved slot for the request's next task, which the request waits for in Postgres."""
+        await self._hold_slot(
+            keys=[self._held_key(request_id)],
+            args=[
+                f"{permit.id}:{int(permit.free)}:{permit.day}:{int(permit.probe)}",
+                int(wait * 1000),
+                int((wait + self.limits.permit_ttl_seconds) * 1000),
+            ],
+        )
+
+    async def _held(self, request_id: int) -> tuple[Permit, float] | Denied | None:
+        """The slot held for the request, and how long until it; Denied('daily') when the day's quota was spent
+        meanwhile; None when none is held."""
+        limits = self.limits
+        while True:
+            result: Any = await self._claim_held(
+                keys=[self._held_key(request_id), self.keys["inflight"], self.keys["day"]],
+                args=[int(limits.permit_ttl_seconds * 1000), limits.free_per_day, limits.day_ms],
+            )
+            if result is None:
+                return None
+            text = [v.decode() if isinstance(v, bytes) else str(v) for v in result]
+            if text[0] == "unseeded":
+                await self._seed(int(text[1]))
+                continue
+            if text[5] == "daily":
+                return Denied("daily", int(text[4]) / 1000)
+            permit = Permit(text[0], text[1] == "1", int(text[2]), probe=text[3] == "1")
+            return permit, max(0, int(text[4])) / 1000
+
+    async def acquire(
+        self, free: bool, stop: asyncio.Event | None = None, request_id: int | None = None
+    ) -> Permit | Denied:
+        """A permit to send now (after sleeping for a slot a moment away), or the wait that denies one.
+
+        With `request_id`, a slot further away than `defer_seconds` is held for that request (Denied('slot')) and
+        the task gives its worker slot back: the request comes back when the slot does, and takes it then. When
+        `stop` is set while waiting, the slot is given back and the answer is Denied('stopping').
         """
         in_flight_wait = 0.02
+        held = await self._held(request_id) if request_id is not None else None
+        if isinstance(held, Denied):
+            return held
         while True:
             if stop is not None and stop.is_set():
+                if held is not None:
+                    await self.release(held[0], "unsent")
                 return Denied("stopping", 0.0)
-            permit_id = uuid.uuid4().hex
-            granted, wait, kind, day = await self._try(permit_id, free)
-            if granted:
+            if held is not None:
+                (permit, wait), held = held, None
+                granted, kind = True, "probe" if permit.probe else "ok"
+            else:
+                permit_id = uuid.uuid4().hex
+                granted, wait, kind, day = await self._try(permit_id, free, request_id is not None)
                 permit = Permit(permit_id, free, day, probe=kind == "probe")
+            if granted:
+                permit_id = permit.id
+                if kind == "held":
+                    # Booked for the request, which waits in Postgres: the worker's slot goes to a call that can go.
+                    await self._hold(request_id or 0, permit, wait)
+                    return Denied("slot", wait)
+                if request_id is not None and wait > self.limits.defer_seconds:
+                    # A paid slot a while away (the in-flight cap's): hand it back and come back then.
+                    await self.release(permit, "unsent")
+                    return Denied("slot", wait)
                 if wait > 0:
                     try:
                         stopped = await _sleep(wait, stop)
@@ -357,7 +470,9 @@ class Throttle:
                 await self.release(permit, "unsent")
                 if cool < 0:
                     continue
-                if cool > self.limits.max_wait_seconds:
+                if cool > self.limits.max_wait_seconds or (
+                    request_id is not None and cool > self.limits.defer_seconds
+                ):
                     return Denied("cooldown", cool)
                 if await _sleep(cool, stop):
                     return Denied("stopping", 0.0)
@@ -371,7 +486,8 @@ class Throttle:
                     return Denied("stopping", 0.0)
                 in_flight_wait = min(in_flight_wait * 2, 1.0)
                 continue
-            if wait <= self.limits.max_wait_seconds and kind not in ("daily", "outage"):
+            holds_slot = request_id is not None and wait > self.limits.defer_seconds
+            if wait <= self.limits.max_wait_seconds and kind not in ("daily", "outage") and not holds_slot:
                 if await _sleep(wait, stop):
                     return Denied("stopping", 0.0)
                 continue

@@ -20,7 +20,7 @@ from jobs.constants import (
     TASK_TIMEOUT_MARGIN_SECONDS,
     THROTTLE_KEY,
 )
-from jobs.fleet import breaker_key, limits_key, throttle_namespace
+from jobs.fleet import breaker_key, kind_queue, limits_key, throttle_namespace
 from jobs.logs import get_logger
 from jobs.settings import Settings
 from worker import records
@@ -93,6 +93,10 @@ async def adopt(ctx: WorkerContext, redis: Redis, account: AccountLimits) -> Non
     ctx.throttle = throttle
     ctx.simulated = account.simulated
     ctx.account = account
+    if ctx.follow is not None:
+        # A fleet worker takes the jobs of its upstream's kind, from that kind's queue.
+        ctx.queue = kind_queue(ctx.settings.queue_name, account.simulated)
+        ctx.follow(ctx.queue)
 
 
 def _same(a: AccountLimits, b: AccountLimits) -> bool:

@@ -36,6 +36,7 @@ from jobs.constants import (
 )
 from jobs.errors import BadInput, NotFound, Unprocessable
 from jobs.feeder import feed
+from jobs.fleet import kind_queue
 from jobs.input_format import BATCH_URL, parse_models
 from jobs.logs import get_logger
 from jobs.sql import sql
@@ -188,6 +189,7 @@ async def create_batch(state: ApiState, caller: Caller, body: BatchCreate) -> st
         new=True,
         dedupe=body.dedupe,
         owner=caller.owner,
+        priority=body.priority,
         # Only workers in front of the same kind of upstream take it (see `records.take_lease`).
         simulated=await upstream_is_simulated(state),
     )
@@ -235,7 +237,7 @@ async def create_batch(state: ApiState, caller: Caller, body: BatchCreate) -> st
         )
     # The batch is stored: the answer need not wait for its first requests to be queued (a worker's feeder
     # queues them within ORBATCH_FEED_INTERVAL anyway).
-    task = asyncio.create_task(_queue(state, report.batch_id))
+    task = asyncio.create_task(_queue(state, report.batch_id, options.simulated))
     _FEEDING.add(task)
     task.add_done_callback(_FEEDING.discard)
     return report.batch_id
@@ -245,10 +247,18 @@ async def create_batch(state: ApiState, caller: Caller, body: BatchCreate) -> st
 _FEEDING: set[asyncio.Task[None]] = set()
 
 
-async def _queue(state: ApiState, batch_id: str) -> None:
+async def _queue(state: ApiState, batch_id: str, simulated: bool) -> None:
     settings = state.settings
+    queue = kind_queue(settings.queue_name, simulated)
     try:
-        await feed(state.engine, state.redis, settings.queue_name, settings.feed_window, batch_id=batch_id)
+        await feed(
+            state.engine,
+            state.redis,
+            settings.queue_name,
+            settings.feed_window,
+            batch_id=batch_id,
+            queue=queue,
+        )
     except (OSError, RedisError) as exc:
         # Postgres holds the batch; any worker's feeder queues it once Redis is reachable.
         log.warning("batch stored but not queued yet: Redis unreachable", batch=batch_id, error=str(exc))

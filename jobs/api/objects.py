@@ -45,7 +45,7 @@ _TALLIES = ("pending", "running", "completed", "failed", "cancelled", "calls")
 _USAGE = ("prompt_tokens", "completion_tokens", "reasoning_tokens", "cached_tokens")
 
 _BATCH_SELECT = f"""
-    SELECT b.id, b.status, b.models, b.max_attempts, b.max_cost, b.free_only, b.dedupe, b.metadata,
+    SELECT b.id, b.status, b.models, b.max_attempts, b.max_cost, b.free_only, b.dedupe, b.metadata, b.priority,
            b.pause_reason, b.pause_message, b.resume_at, b.created_at, b.started_at, b.finished_at,
            b.expires_at, b.expired_at, b.cancelling_at, b.total,
            a.input_file_id, a.endpoint, a.completion_window, a.errors, a.callback_url, a.finalized_at,
@@ -148,6 +148,7 @@ def _batch(row: Any) -> BatchObject:
             models=list(row.models),
             max_attempts=row.max_attempts,
             free_only=row.free_only,
+            priority=row.priority,
             dedupe=row.dedupe,
             cost_usd=str(Decimal(row.cost)),
             max_cost_usd=None if row.max_cost is None else str(row.max_cost),

@@ -11,6 +11,8 @@ from typing import Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
+from jobs.states import BatchPriority
+
 __all__ = [
     "BatchCreate",
     "BatchError",
@@ -167,6 +169,8 @@ class OrbatchBatch(BaseModel):
     max_attempts: int
     free_only: bool
     dedupe: bool
+    # `urgent`, `normal` or `background`: which batches run first.
+    priority: str = "normal"
     # USD as a decimal string, never a float: what every call cost so far, and the cap.
     cost_usd: str
     max_cost_usd: str | None = None
@@ -244,6 +248,11 @@ class BatchCreate(BaseModel):
     free_only: StrictBool = Field(False, description="Refuse any model that is not a `:free` variant.")
     dedupe: StrictBool = Field(
         False, description="Answer requests identical to one already answered from its stored result."
+    )
+    priority: BatchPriority = Field(
+        BatchPriority.NORMAL,
+        description="`urgent` runs before every `normal` batch, `background` yields to every `normal` one; "
+        "within a priority the fleet is shared fairly between owners, then between an owner's batches.",
     )
     callback_url: StrictStr | None = Field(
         None,

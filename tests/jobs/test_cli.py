@@ -341,7 +341,8 @@ def test_a_worker_says_where_it_works_each_batch_it_takes_up_and_sees_finish(
     lines = [orjson.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
     started = next(line for line in lines if line["event"] == "worker started")
     assert started["concurrency"] == 3
-    assert started["queue"] == env["ORBATCH_QUEUE_NAME"]
+    # In front of the suite's simulator: the queue of simulated batches.
+    assert started["queue"] == env["ORBATCH_QUEUE_NAME"] + ":sim"
     # Where it works, without credentials; the simulator's own limits.
     assert "@" not in started["postgres"]
     assert started["simulated"] is True

@@ -73,7 +73,8 @@ async def test_started_workers_are_listed_and_a_sigkilled_one_drops_out_within_i
             assert w["host"] == socket.gethostname()
             assert w["id"].startswith(f"{w['host']}:{w['pid']}:")
             assert w["version"] == importlib.metadata.version("orbatch")
-            assert w["queue"] == queue
+            # In front of the suite's simulator, a worker takes its jobs from the simulated batches' queue.
+            assert w["queue"] == f"{queue}:sim"
             assert w["concurrency"] == 3
             assert (w["in_flight"], w["tasks"], w["answered"]) == (0, 0, 0)
             assert w["last_activity"] is None

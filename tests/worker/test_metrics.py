@@ -26,7 +26,7 @@ pytestmark = pytest.mark.slow
 Samples = dict[str, dict[tuple[tuple[str, str], ...], float]]
 
 # Every label a metric may carry; a batch, request or custom id is none of them.
-LABELS = {"result", "outcome", "model", "status", "kind", "tier", "account", "le", "version"}
+LABELS = {"result", "outcome", "model", "status", "kind", "tier", "account", "priority", "le", "version"}
 STATUS = re.compile(r"\d{3}|timeout|connect_timeout|connection_error|none")
 
 

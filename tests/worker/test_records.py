@@ -182,9 +182,9 @@ async def test_a_request_given_back_before_the_feeder_marks_it_queued_is_fed_aga
     enqueue = feeder.enqueue_requests
 
     async def taken_and_given_back_at_once(
-        pool: ArqRedis, queue: str, requests: list[tuple[int, int, int]]
+        pool: ArqRedis, queue: str, requests: list[tuple[int, int, int]], scores: list[float] | None = None
     ) -> list[int]:
-        outcomes = await enqueue(pool, queue, requests)
+        outcomes = await enqueue(pool, queue, requests, scores)
         # Between the feeder's enqueue and its mark, a worker runs the job: the outage breaker denies it a
         # permit, so it gives the request back unsent, and arq finishes the job.
         [(request_id, attempts, feeds)] = requests

@@ -75,7 +75,9 @@ async def test_a_simulator_new_to_the_fleet_is_an_account_whose_quota_is_whole(
     redis: ArqRedis, engine: AsyncEngine, queue_name: str
 ) -> None:
     settings = Settings(queue_name=queue_name)
-    ctx = SimpleNamespace(settings=settings, engine=engine, throttle=None, simulated=False, account=None)
+    ctx = SimpleNamespace(
+        settings=settings, engine=engine, throttle=None, simulated=False, account=None, follow=None, queue=""
+    )
     namespace = throttle_namespace(queue_name, True)
     day = THROTTLE_KEY.format(queue=namespace, name="free-day")
     await adopt(ctx, redis, _account("first"))  # type: ignore[arg-type]

@@ -16,6 +16,7 @@ from sqlalchemy import TextClause, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from jobs.constants import CHART_MEMORY_BATCHES, CHART_READ_SECONDS, PAGE_RATE_MINUTES
+from jobs.sql import states
 
 __all__ = [
     "BatchLine",
@@ -27,6 +28,7 @@ __all__ = [
     "read_batch",
     "read_batch_page",
     "read_named",
+    "read_running",
     "read_tallies",
 ]
 
@@ -37,7 +39,7 @@ _COUNTS = ("pending", "running", "completed", "failed", "cancelled")
 # (the backslash before the colon of `:free` keeps SQLAlchemy from taking it for a bind parameter).
 _BATCH_ROWS = f"""
     SELECT b.id, b.name, b.status, b.pause_reason, b.pause_message, b.resume_at, b.models, b.simulated,
-           b.max_cost, b.created_at, b.started_at, b.finished_at, b.total,
+           b.priority, b.max_cost, b.created_at, b.started_at, b.finished_at, b.total,
            {", ".join(f"t.{c}" for c in _COUNTS)}, t.calls, t.cost, t.prompt_tokens, t.completion_tokens,
            m.recent, m.since, f.free_served
     FROM page p JOIN batch b ON b.id = p.id
@@ -95,6 +97,19 @@ _OWNER_NAMED = text(
 _ALL_NAMED = text(
     "SELECT id, count(*) OVER () AS named FROM batch WHERE name = :name"
     " ORDER BY created_at DESC, id DESC LIMIT 1"
+)
+# The running batches the fleet page lists with the worker slots each holds: on the index of active batches.
+_OWNER_RUNNING = _batches_of(
+    states(
+        "SELECT b.id, b.created_at AS at FROM batch b JOIN api_batch a ON a.batch_id = b.id"
+        " WHERE b.status = {B.IN_PROGRESS} AND a.owner = :owner ORDER BY b.created_at DESC LIMIT :limit"
+    )
+)
+_ALL_RUNNING = _batches_of(
+    states(
+        "SELECT id, created_at AS at FROM batch WHERE status = {B.IN_PROGRESS}"
+        " ORDER BY created_at DESC LIMIT :limit"
+    )
 )
 _OWNER_CURSOR = text("SELECT created_at FROM api_batch WHERE batch_id = :id AND owner = :owner")
 _ALL_CURSOR = text("SELECT created_at FROM batch WHERE id = :id")
@@ -163,6 +178,8 @@ class BatchLine:
     # Every model that answered so far is a free one (None before any answer): what a batch whose lines
     # name their own models is taken to be bound for, since its requests are not read.
     free_served: bool | None = None
+    # Which batches run first: `urgent`, `normal` or `background`.
+    priority: str = "normal"
 
     @property
     def done(self) -> int:
@@ -190,6 +207,7 @@ def _line(row: Any) -> BatchLine:
         resume_at=row.resume_at,
         models=list(row.models),
         simulated=bool(row.simulated),
+        priority=str(row.priority),
         max_cost=row.max_cost,
         created_at=row.created_at,
         started_at=row.started_at,
@@ -221,6 +239,12 @@ async def read_batch_page(
             return [], False
     rows = (await conn.execute(_ALL_PAGE if owner is None else _OWNER_PAGE, params)).all()
     return [_line(r) for r in rows[:limit]], len(rows) > limit
+
+
+async def read_running(conn: AsyncConnection, owner: str | None, limit: int) -> list[BatchLine]:
+    """The owner's running batches (every running batch for None), newest first."""
+    statement = _ALL_RUNNING if owner is None else _OWNER_RUNNING
+    return [_line(r) for r in await conn.execute(statement, {"owner": owner, "limit": limit})]
 
 
 async def read_batch(conn: AsyncConnection, owner: str | None, batch_id: str) -> BatchLine | None:

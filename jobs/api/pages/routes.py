@@ -12,18 +12,27 @@ from fastapi import APIRouter, Form, Request
 from fastapi.responses import RedirectResponse, Response, StreamingResponse
 
 from jobs.api.pages.charts import finished_chart, model_chart
-from jobs.api.pages.reads import BatchLine, Named, read_batch, read_batch_page, read_named, read_tallies
+from jobs.api.pages.reads import (
+    BatchLine,
+    Named,
+    read_batch,
+    read_batch_page,
+    read_named,
+    read_running,
+    read_tallies,
+)
 from jobs.api.pages.render import render
 from jobs.api.pages.session import Viewer, check_form, end_session, find_viewer, start_session
 from jobs.api.pages.views import ACTIONS, account_view, batch_view
 from jobs.api.state import api_state
 from jobs.constants import CHART_SPANS, FLEET_READ_SECONDS, PAGE_BATCHES, SESSION_COOKIE, SESSION_SECONDS
-from jobs.control import CANCEL_REFUSED, RETRY_FROM, cancel_batch, resume_batch, retry_failed
-from jobs.errors import Conflict, NotFound, Unauthorized
+from jobs.control import CANCEL_REFUSED, RETRY_FROM, cancel_batch, change_priority, resume_batch, retry_failed
+from jobs.errors import BadInput, Conflict, NotFound, Unauthorized
 from jobs.export import stream_file
 from jobs.gauges import FleetGauges, read_fleet_gauges
 from jobs.logs import get_logger
-from jobs.states import BatchStatus, PauseReason
+from jobs.schedule_view import read_running_by_kind
+from jobs.states import BatchPriority, BatchStatus, PauseReason
 from jobs.usage import quota_spenders
 
 __all__ = ["router"]
@@ -42,6 +51,9 @@ _NOTICES = {
     "resumed": "Resumed: the batch's requests are queued again.",
     "requeued": "The batch was running: its unfinished requests are queued again.",
     "not_paused": "The batch is not paused: nothing to resume.",
+    "priority_urgent": "Priority urgent: its next requests go before every normal batch's.",
+    "priority_normal": "Priority normal: its next requests share the fleet fairly with the other batches.",
+    "priority_background": "Priority background: its next requests yield to every normal batch's.",
 }
 # And what the batch's state refused.
 _PROBLEMS = {
@@ -86,13 +98,14 @@ async def batches_page(request: Request, before: str | None = None) -> Response:
     viewer = await _viewer(request)
     async with api_state(request).reads.connect() as conn:
         lines, more = await read_batch_page(conn, viewer.scope, before, PAGE_BATCHES)
+        running = await read_running_by_kind(conn)
     gauges = await _gauges(request)
     now = datetime.now(UTC)
     return render(
         request,
         "batches.html",
         viewer=viewer,
-        batches=[batch_view(line, gauges, now) for line in lines],
+        batches=[batch_view(line, gauges, now, running) for line in lines],
         older=lines[-1].id if more and lines else None,
         first_page=before is None,
     )
@@ -102,10 +115,12 @@ async def batches_page(request: Request, before: str | None = None) -> Response:
 async def batch_action(
     request: Request,
     batch_id: str,
-    action: Literal["cancel", "retry", "resume"],
+    action: Literal["cancel", "retry", "resume", "priority"],
     token: Annotated[str | None, Form()] = None,
+    priority: Annotated[BatchPriority | None, Form()] = None,
 ) -> Response:
-    """Cancel, retry the failed requests of, or resume a batch; then back to its page, which says what happened."""
+    """Cancel, retry the failed requests of, resume a batch, or set its priority; then back to its page, which
+    says what happened."""
     viewer = await _viewer(request)
     check_form(request, viewer, token)
     line = await _batch(request, viewer, batch_id)
@@ -118,6 +133,11 @@ async def batch_action(
             done = "nothing_to_cancel" if said.startswith("already") else "cancelled"
         elif action == "retry":
             done = "retried" if await retry_failed(engine, batch_id) else "nothing_to_retry"
+        elif action == "priority":
+            if priority is None:
+                raise BadInput("choose a priority: urgent, normal or background", param="priority")
+            await change_priority(engine, batch_id, priority)
+            done = f"priority_{priority.value}"
         else:
             said = await resume_batch(engine, batch_id)
             done = {"resumed": "resumed"}.get(
@@ -185,7 +205,8 @@ async def batch_page(
             named = await read_named(conn, viewer.scope, line.name)
         now = datetime.now(UTC)
         tallies = await read_tallies(conn, line, now, CHART_SPANS, state.chart_minutes)
-    view = batch_view(line, await _gauges(request), now)
+        running = await read_running_by_kind(conn)
+    view = batch_view(line, await _gauges(request), now, running)
     end = line.finished_at or now
     fallbacks = sum(m.fallbacks for m in tallies.models)
     answers = sum(m.answers for m in tallies.models)
@@ -195,6 +216,7 @@ async def batch_page(
         "batch.html",
         viewer=viewer,
         batch=view,
+        priorities=[p.value for p in BatchPriority],
         # Others share its name: said when the page was asked for by the name.
         named=named if named is not None and named.count > 1 else None,
         tallies=tallies,
@@ -222,13 +244,29 @@ async def fleet_page(request: Request) -> Response:
     gauges = await _gauges(request)
     now = datetime.now(UTC)
     accounts = []
-    for account in gauges.accounts if gauges else []:
-        # Which batches spent the day: the fleet's free tier is every owner's, so its spenders are shown to all.
-        day_began = datetime.fromtimestamp(account.day_ends_at - account.day_seconds, UTC)
-        async with api_state(request).reads.connect() as conn:
+    async with api_state(request).reads.connect() as conn:
+        for account in gauges.accounts if gauges else []:
+            # Which batches spent the day: the fleet's free tier is every owner's, so its spenders are shown.
+            day_began = datetime.fromtimestamp(account.day_ends_at - account.day_seconds, UTC)
             spenders = await quota_spenders(conn, day_began, account.simulated)
-        accounts.append(account_view(account, now, spenders))
-    return render(request, "fleet.html", viewer=viewer, gauges=gauges, accounts=accounts, now=now)
+            accounts.append(account_view(account, now, spenders))
+        # The viewer's running batches, each with the slots it holds and its turn among every running batch.
+        lines = await read_running(conn, viewer.scope, PAGE_BATCHES)
+        running = await read_running_by_kind(conn)
+    batches = [batch_view(line, gauges, now, running) for line in lines]
+    return render(
+        request,
+        "fleet.html",
+        viewer=viewer,
+        gauges=gauges,
+        accounts=accounts,
+        now=now,
+        running=[
+            f"{n} {priority}{' simulated' if simulated else ''}"
+            for (simulated, priority), n in sorted(running.items())
+        ],
+        batches=batches,
+    )
 
 
 def _safe_next(target: str | None) -> str:

@@ -11,6 +11,7 @@ from jobs.constants import PAGE_RATE_MIN_SECONDS, PAGE_RATE_MINUTES
 from jobs.eta import FreeLimits, estimate, format_duration
 from jobs.gauges import AccountGauges, FleetGauges
 from jobs.heartbeats import no_taker, takers
+from jobs.schedule_view import Competition
 from jobs.states import BatchStatus, PauseReason
 from jobs.usage import QuotaSpender
 
@@ -21,8 +22,8 @@ _ENDED = (BatchStatus.COMPLETED, BatchStatus.FAILED, BatchStatus.CANCELLED, Batc
 
 @dataclass(slots=True, frozen=True)
 class Wait:
-    """Why a batch's ETA is what it is: `kind` is quota, pace, cool-down, outage, no-worker, stalled, budget,
-    credits, auth, interrupted or cancelling; `text` says it in a sentence."""
+    """Why a batch's ETA is what it is: `kind` is quota, pace, cool-down, outage, no-worker, priority, share,
+    stalled, budget, credits, auth, interrupted or cancelling; `text` says it in a sentence."""
 
     kind: str
     text: str
@@ -91,8 +92,14 @@ def _waiting(line: BatchLine, account: AccountGauges | None) -> Wait | None:
     return None
 
 
-def batch_view(line: BatchLine, gauges: FleetGauges | None, now: datetime | None = None) -> BatchView:
-    """Progress, rate and ETA of a batch, with why it waits; free-tier limits from the fleet's gauges."""
+def batch_view(
+    line: BatchLine,
+    gauges: FleetGauges | None,
+    now: datetime | None = None,
+    running: dict[tuple[bool, str], int] | None = None,
+) -> BatchView:
+    """Progress, rate and ETA of a batch, with why it waits; free-tier limits from the fleet's gauges, and its
+    turn from `running` (every running batch by kind and priority)."""
     now = now or datetime.now(UTC)
     if line.status in _ENDED:
         return BatchView(line, None, "done", None)
@@ -132,6 +139,11 @@ def batch_view(line: BatchLine, gauges: FleetGauges | None, now: datetime | None
         and not takers(gauges.workers, gauges.queue, line.id, line.simulated)
     ):
         wait = Wait("no-worker", no_taker(line.simulated, "this server's Redis"))
+    if wait is None and running is not None and line.status == BatchStatus.IN_PROGRESS:
+        competition = Competition.of(running, line.simulated, line.priority)
+        turn = competition.says(line.priority, line.counts.get("running", 0))
+        if turn is not None:
+            wait = Wait("priority" if competition.ahead(line.priority) else "share", turn)
     if wait is None and rate == 0:
         wait = Wait("stalled", f"no request finished in the last {PAGE_RATE_MINUTES} minutes")
     eta = "estimating" if guess.seconds is None else format_duration(guess.seconds)

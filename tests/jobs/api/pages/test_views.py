@@ -48,7 +48,9 @@ def line(
 QUEUE = "orbatch:queue"
 
 
-def worker(queue: str = QUEUE, simulated: bool = False) -> Heartbeat:
+def worker(queue: str | None = None, simulated: bool = False) -> Heartbeat:
+    """A live worker's heartbeat: a fleet worker takes jobs from its upstream kind's queue."""
+    queue = queue or (f"{QUEUE}:sim" if simulated else QUEUE)
     return Heartbeat(
         id="h:1:x",
         host="h",
@@ -170,3 +172,30 @@ def test_a_batch_that_spent_nothing_charts_answers_by_model() -> None:
     assert chart.title.startswith("Answers by model")
     assert [s.label for s in chart.series] == ["a:free", "b:free"]
     assert {s.total for s in chart.series} == {"3"}
+
+
+def test_a_running_batch_says_whose_turn_it_is_and_the_slots_it_holds() -> None:
+    counts = {"pending": 50, "running": 3, "completed": 40, "failed": 0, "cancelled": 0}
+    behind = batch_view(
+        line(models=("a/paid",), priority="background", counts=counts),
+        fleet(),
+        NOW,
+        {(False, "background"): 1, (False, "normal"): 2, (True, "urgent"): 4},
+    )
+    assert behind.wait is not None
+    assert behind.wait.kind == "priority"
+    # Simulated batches are another fleet's business: only the two normal real ones go first.
+    assert behind.wait.text == (
+        "priority background: 2 running batches of a higher priority go first; it holds 3 worker slots"
+    )
+    sharing = batch_view(
+        line(models=("a/paid",), counts=counts),
+        fleet(),
+        NOW,
+        {(False, "normal"): 3, (False, "background"): 5},
+    )
+    assert sharing.wait is not None
+    assert sharing.wait.kind == "share"
+    assert sharing.wait.text.startswith("shares the fleet fairly with 2 other normal batches")
+    alone = batch_view(line(models=("a/paid",), counts=counts), fleet(), NOW, {(False, "normal"): 1})
+    assert alone.wait is None
