@@ -89,26 +89,6 @@ async def _spare(what: str, request_id: int, step: Awaitable[T], default: T) -> 
         return default
 
 
-async def _unless_stopping(ctx: WorkerContext, step: Awaitable[T]) -> T | None:
-    """Run a step that may wait on Redis for long (its retries ride out a blip), or None once the worker stops:
-    a stopping worker gives unsent requests back at once, whatever Redis is doing."""
-    task = asyncio.ensure_future(step)
-    stopping = asyncio.ensure_future(ctx.stopping.wait())
-    try:
-        await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        stopping.cancel()
-    if not task.done():
-        # The step sees the same event (a throttle wait gives its slot back by itself): a moment to do so.
-        await asyncio.wait({task}, timeout=REDIS_SPARE_SECONDS)
-    if task.done():
-        return task.result()
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError, RedisError, OSError):
-        await task
-    return None
-
-
 @contextlib.asynccontextmanager
 async def _renewing(ctx: WorkerContext, lease: records.Lease, call: _Call) -> AsyncIterator[None]:
     """Renew every third of the lease (and the call's throttle permit), so only a dead worker's leases expire."""
@@ -343,16 +323,16 @@ async def _run_leased(ctx: WorkerContext, lease: records.Lease, call: _Call) -> 
             try:
                 # A slot more than a moment away is held for the request, which waits for it in Postgres:
                 # the worker's slot goes to a call that can go now.
-                acquiring = ctx.throttle.acquire(free, ctx.stopping, lease.request_id)
-                permit = await _unless_stopping(ctx, acquiring)
+                # (A stop does not wait on it: the graceful stop cancels a task that sent nothing after a moment.)
+                permit = await ctx.throttle.acquire(free, ctx.stopping, lease.request_id)
             except (RedisError, OSError) as exc:
                 # Nothing was sent: the request goes back as it was, to run once Redis answers again.
                 log.warning(
                     "throttle unreachable; request given back", request_id=lease.request_id, error=str(exc)
                 )
                 permit = Denied("unreachable", 0.0)
-            if permit is None or isinstance(permit, Denied):
-                return await _throttled(ctx, lease, permit or Denied("stopping", 0.0))
+            if isinstance(permit, Denied):
+                return await _throttled(ctx, lease, permit)
             ctx.meter.waited(free, time.monotonic() - asked)
             call.permit = permit
             call.started_at = datetime.now(UTC)

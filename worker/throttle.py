@@ -426,7 +426,8 @@ class Throttle:
         `stop` is set while waiting, the slot is given back and the answer is Denied('stopping').
         """
         in_flight_wait = 0.02
-        held = await self._held(request_id) if request_id is not None else None
+        # Only a free request's slot is ever held: a paid one costs no extra round trip here.
+        held = await self._held(request_id) if request_id is not None and free else None
         if isinstance(held, Denied):
             return held
         while True:
