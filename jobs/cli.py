@@ -77,7 +77,7 @@ from jobs.progress import (
     with_skipped_lines,
 )
 from jobs.queue import connect
-from jobs.schedule_view import read_competition
+from jobs.schedule_view import read_competition, read_later
 from jobs.settings import Settings, get_settings
 from jobs.states import BatchPriority, BatchStatus, PauseReason
 from jobs.status import BatchSummary, batch_summary, list_batches
@@ -608,7 +608,8 @@ def status(
                 turn = (await read_competition(conn, found[0].id, found[0].simulated)).says(
                     found[0].priority, found[0].counts.get("running", 0)
                 )
-            waiting = "; ".join(filter(None, [waiting, turn]))
+                later = (await read_later(conn, found[0].id)).says(datetime.now(UTC))
+            waiting = "; ".join(filter(None, [waiting, turn, later]))
         if batch and found[0].pause_reason == PauseReason.QUOTA:
             spent = await _quota_spent_by(settings, engine, found[0].simulated)
             waiting = "; ".join(filter(None, [waiting, spent]))

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from jobs.sql import sql
 from jobs.states import BatchPriority
 
-__all__ = ["Competition", "read_competition", "read_running_by_kind"]
+__all__ = ["Competition", "Later", "read_competition", "read_later", "read_running_by_kind"]
 
 # The running batches of one kind of upstream, by priority: a handful of rows, on the index of active batches.
 _COMPETITION = sql(
@@ -24,6 +25,18 @@ _COMPETITION = sql(
 _RUNNING_BY_KIND = sql(
     "SELECT simulated, priority, count(*) AS batches FROM batch WHERE status = {B.IN_PROGRESS}"
     " GROUP BY simulated, priority"
+)
+
+# A batch's requests waiting for a moment to come (a free-tier slot held for them, a retry, a cool-down): counted
+# up to a bound, so a status of a million-request batch stays a quick read.
+_LATER = sql(
+    """
+    SELECT count(*) AS waiting, min(next_attempt_at) AS next_at FROM (
+        SELECT next_attempt_at FROM request
+        WHERE batch_id = :batch_id AND status = {R.PENDING} AND next_attempt_at > now()
+        LIMIT 100000
+    ) later
+    """
 )
 
 _RANK = {p: i for i, p in enumerate(BatchPriority)}
@@ -78,3 +91,27 @@ async def read_running_by_kind(conn: AsyncConnection) -> dict[tuple[bool, str], 
     """Every running batch, counted by kind of upstream (simulated or not) and priority."""
     rows = await conn.execute(_RUNNING_BY_KIND)
     return {(bool(r.simulated), str(r.priority)): int(r.batches) for r in rows}
+
+
+@dataclass(slots=True, frozen=True)
+class Later:
+    """A batch's requests that wait for their moment, and when the first one comes."""
+
+    waiting: int
+    next_at: datetime | None
+
+    def says(self, now: datetime) -> str | None:
+        """One sentence, or None when none waits."""
+        if not self.waiting or self.next_at is None:
+            return None
+        seconds = max(0.0, (self.next_at - now).total_seconds())
+        return (
+            f"{self.waiting} request{'s' if self.waiting != 1 else ''} wait for their moment (a free-tier slot held "
+            f"for them, a retry or a cool-down), the next in {seconds:.0f} s, holding no worker slot meanwhile"
+        )
+
+
+async def read_later(conn: AsyncConnection, batch_id: str) -> Later:
+    """The batch's requests that wait for a moment to come, up to 100,000 of them."""
+    row = (await conn.execute(_LATER, {"batch_id": batch_id})).one()
+    return Later(int(row.waiting), row.next_at)

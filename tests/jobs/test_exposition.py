@@ -13,11 +13,13 @@ from redis.asyncio import Redis
 
 from jobs.constants import THROTTLE_KEY
 from jobs.exposition import metrics_authorized, render_metrics
+from jobs.fairness import TIER_BASE
 from jobs.fleet import breaker_key, limits_key
 from jobs.heartbeats import Heartbeat, write_heartbeat
 from jobs.metrics import OTHER_MODEL, ModelLabels
 from jobs.queue import enqueue_requests
 from jobs.settings import Settings
+from jobs.states import BatchPriority
 
 Readings = dict[str, dict[frozenset[tuple[str, str]], float]]
 
@@ -59,6 +61,12 @@ async def test_the_fleets_gauges_come_from_redis_alone(redis: ArqRedis, queue_na
     await write_heartbeat(redis, queue_name, beat("b", 8), 30)
     await enqueue_requests(redis, queue_name, [(i, 0, 0) for i in range(1, 8)])
     await redis.zadd(queue_name, {"later": time.time() * 1000 + 3_600_000})
+    # The simulated batches' queue beside it: one urgent and two background jobs, in the fair order's tiers.
+    simulated = f"{queue_name}:sim"
+    urgent, background = TIER_BASE[BatchPriority.URGENT], TIER_BASE[BatchPriority.BACKGROUND]
+    await enqueue_requests(
+        redis, simulated, [(11, 0, 0), (12, 0, 0), (13, 0, 0)], [urgent + 1, background + 1, background + 2]
+    )
     await redis.hset(
         limits_key(queue_name),
         mapping={
@@ -79,8 +87,13 @@ async def test_the_fleets_gauges_come_from_redis_alone(redis: ArqRedis, queue_na
     found = readings(await render_metrics(redis, settings))
 
     assert one(found, "orbatch_redis_up") == 1
-    assert one(found, "orbatch_queue_depth") == 7
+    assert one(found, "orbatch_queue_depth") == 10
     assert one(found, "orbatch_queue_deferred") == 1
+    # By kind of upstream and priority (jobs queued without a fair order's score count as unordered).
+    assert one(found, "orbatch_queue_jobs", account="openrouter", priority="unordered") == 7
+    assert one(found, "orbatch_queue_jobs", account="openrouter", priority="normal") == 0
+    assert one(found, "orbatch_queue_jobs", account="simulator", priority="urgent") == 1
+    assert one(found, "orbatch_queue_jobs", account="simulator", priority="background") == 2
     assert one(found, "orbatch_workers_alive") == 2
     assert one(found, "orbatch_fleet_concurrency") == 24
     assert one(found, "orbatch_free_requests_per_day", account="openrouter") == 1000
