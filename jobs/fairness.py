@@ -74,6 +74,7 @@ class FairQueue:
     _now: dict[BatchPriority, float] = field(default_factory=dict)
     _issued: dict[BatchPriority, float] = field(default_factory=dict)
     _steps_before: dict[str, float] = field(default_factory=dict)
+    _shares: dict[str, float] = field(default_factory=dict)
 
     @property
     def key(self) -> str:
@@ -86,6 +87,8 @@ class FairQueue:
         per_owner = Counter((r.priority, r.share_holder) for r in runnable)
         # A batch's step is 1 / weight: its owner's batches that can run now, in its tier.
         self._steps = {r.batch_id: float(per_owner[(r.priority, r.share_holder)]) for r in runnable}
+        holders = Counter(priority for priority, _ in per_owner)
+        self._shares = {r.batch_id: 1 / (self._steps[r.batch_id] * holders[r.priority]) for r in runnable}
         tiers = list(TIER_BASE)
         async with self.redis.pipeline(transaction=False) as pipe:
             for priority in tiers:
@@ -110,6 +113,11 @@ class FairQueue:
         self._steps_before = {
             b: float(raw) for b, raw in zip(self._batches, steps, strict=True) if raw is not None
         }
+
+    def share(self, batch_id: str) -> float:
+        """The part of its tier's capacity the batch is due (its owner's equal part, split between its batches):
+        what the feeder sizes its window of queued jobs by."""
+        return self._shares.get(batch_id, 1.0)
 
     def reweighed(self) -> list[str]:
         """The batches whose weight changed since their jobs were scored (another batch of their owner and tier

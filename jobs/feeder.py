@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import uuid
 from dataclasses import dataclass, field
 
 from arq.connections import ArqRedis
+from arq.constants import in_progress_key_prefix, job_key_prefix
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from jobs.constants import EXPIRY_SWEEP_SECONDS, REDIS_EPOCH_KEY, REQUEUE_AFTER_SECONDS
@@ -15,6 +17,10 @@ from jobs.sql import sql
 from jobs.states import BatchPriority
 
 __all__ = ["FeedReport", "expire_batches", "feed"]
+
+# However many batches share a tier, each keeps at least this many jobs queued: enough for a few workers' worth
+# between two feeder ticks.
+MIN_WINDOW = 16
 
 
 @dataclass(slots=True)
@@ -78,19 +84,39 @@ _FORGET_QUEUED = sql(
     """
 )
 
-# A job marked queued a while ago that never started is lost (an expired key, or a worker killed between
-# taking the job and leasing the request, whose arq in-progress key blocks that job id for the task
-# timeout): the request is fed again under a new job id.
+# A job marked queued a while ago that has not started may be lost (an expired key, or a worker killed between
+# taking the job and leasing the request, whose arq in-progress key blocks that job id for the task timeout),
+# or may only be waiting its turn in a long queue: Redis tells which (`_lost_jobs`). A lost one's request is fed
+# again under a new job id; a waiting one's mark is renewed, so it is not looked at again for a while.
+_STALE = sql(
+    """
+    SELECT id, attempts, feeds FROM request
+    WHERE status = {R.PENDING} AND enqueued_at IS NOT NULL AND enqueued_at < now() - make_interval(secs => :after)
+    ORDER BY id LIMIT :most
+    """
+)
 _REQUEUE_STALE = sql(
     """
     WITH target AS (
-        SELECT id FROM request WHERE status = {R.PENDING} AND enqueued_at IS NOT NULL
-          AND enqueued_at < now() - make_interval(secs => :after)
+        SELECT id FROM request WHERE id = ANY(CAST(:ids AS bigint[])) AND status = {R.PENDING}
+          AND enqueued_at IS NOT NULL
         ORDER BY id FOR UPDATE
     )
     UPDATE request r SET enqueued_at = NULL, feeds = r.feeds + 1 FROM target WHERE r.id = target.id
     """
 )
+_STILL_QUEUED = sql(
+    """
+    WITH target AS (
+        SELECT id FROM request WHERE id = ANY(CAST(:ids AS bigint[])) AND status = {R.PENDING}
+          AND enqueued_at IS NOT NULL
+        ORDER BY id FOR UPDATE
+    )
+    UPDATE request r SET enqueued_at = now() FROM target WHERE r.id = target.id
+    """
+)
+# Stale marks looked at in one tick: the rest wait for the next.
+_STALE_PER_TICK = 5000
 
 _ACTIVE_BATCHES = sql(
     """
@@ -191,6 +217,21 @@ async def expire_batches(engine: AsyncEngine) -> int:
     return expired
 
 
+async def _lost_jobs(redis: ArqRedis, requests: list[tuple[int, int, int]]) -> set[int]:
+    """Of these requests marked queued, those whose job is gone from Redis or stuck in a dead worker's claim."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for request_id, attempts, feeds in requests:
+            jid = job_id(request_id, attempts, feeds)
+            pipe.exists(job_key_prefix + jid)
+            pipe.exists(in_progress_key_prefix + jid)
+        replies = await pipe.execute()
+    return {
+        request_id
+        for i, (request_id, _, _) in enumerate(requests)
+        if not replies[2 * i] or replies[2 * i + 1]
+    }
+
+
 async def _check_redis_epoch(engine: AsyncEngine, redis: ArqRedis, namespace: str) -> bool:
     """True when Redis lost its data; every queue mark in Postgres is then dropped so the work is re-fed."""
     key = REDIS_EPOCH_KEY.format(queue=namespace)
@@ -212,12 +253,14 @@ async def feed(
     queue: str | None = None,
     at_most: int | None = None,
     simulated: bool | None = None,
+    shared: bool = True,
 ) -> FeedReport:
     """One tick: recover lost work, resume parked batches, queue due requests, finalize finished batches.
 
     Jobs go to `queue` (the namespace's own queue by default), in the fair queue's order (jobs/fairness.py);
     `batch_id` feeds that batch only, `simulated` the batches of that kind of upstream only; `at_most` bounds
-    how many requests are queued this tick (0 while the outage breaker holds everyone, 1 for its probe).
+    how many requests are queued this tick (0 while the outage breaker holds everyone, 1 for its probe);
+    `shared`: the queue is the fleet's, whose window the batches share (a run's own queue is not).
     """
     report = FeedReport()
     report.redis_reset = await _check_redis_epoch(engine, redis, namespace)
@@ -225,7 +268,16 @@ async def feed(
     async with engine.begin() as conn:
         report.expired_leases = len((await conn.execute(_EXPIRE_LEASES)).all())
         report.resumed_batches = int((await conn.execute(_RESUME_BATCHES)).scalar_one())
-        await conn.execute(_REQUEUE_STALE, {"after": requeue_after})
+        stale = (await conn.execute(_STALE, {"after": requeue_after, "most": _STALE_PER_TICK})).all()
+    if stale:
+        lost = await _lost_jobs(redis, [(int(r.id), int(r.attempts), int(r.feeds)) for r in stale])
+        waiting = [int(r.id) for r in stale if int(r.id) not in lost]
+        async with engine.begin() as conn:
+            if lost:
+                await conn.execute(_REQUEUE_STALE, {"ids": sorted(lost)})
+            if waiting:
+                await conn.execute(_STILL_QUEUED, {"ids": waiting})
+    async with engine.begin() as conn:
         batches = (await conn.execute(_ACTIVE_BATCHES, {"batch_id": batch_id, "simulated": simulated})).all()
         weighed = batches
         if batch_id is not None and batches:
@@ -238,14 +290,18 @@ async def feed(
     await fair.start([Runnable(b.id, b.owner, BatchPriority(b.priority)) for b in weighed])
     for bid in fair.reweighed():
         async with engine.connect() as conn:
-            waiting = [
+            queued_jobs = [
                 job_id(int(r.id), int(r.attempts), int(r.feeds))
                 for r in await conn.execute(_QUEUED, {"batch_id": bid})
             ]
-        await rescore_jobs(redis, target, waiting, fair.rescore(bid, len(waiting)))
+        await rescore_jobs(redis, target, queued_jobs, fair.rescore(bid, len(queued_jobs)))
     budget = at_most
     for bid, _, _, _, in_queue in batches:
-        room = window - int(in_queue)
+        # The window is the tier's: split between the batches that share it as their shares go, so fifty batches
+        # keep a queue as deep as one does (a job waiting longer than ORBATCH_REQUEUE_AFTER looks lost), and a
+        # batch alone in its tier still has all of it.
+        share = fair.share(bid) if shared else 1.0
+        room = max(min(MIN_WINDOW, window), math.ceil(window * share)) - int(in_queue)
         if budget is not None:
             room = min(room, budget)
         if room <= 0:

@@ -81,6 +81,7 @@ async def _feed_once(ctx: WorkerContext, redis: ArqRedis, plan: WorkerPlan) -> N
             at_most=at_most,
             # A fleet worker feeds the batches of its upstream's kind only, into that kind's queue.
             simulated=ctx.simulated if plan.only_batch is None else None,
+            shared=plan.only_batch is None,
         )
         ctx.report.finished(report.finalized_batches)
         if report.redis_reset or report.expired_leases or report.resumed_batches:
@@ -311,6 +312,7 @@ async def _wait_until_idle(worker: Worker, ctx_holder: dict[str, Any]) -> None:
                     batch_id=plan.only_batch,
                     queue=ctx.queue,
                     simulated=ctx.simulated if plan.only_batch is None else None,
+                    shared=plan.only_batch is None,
                 )
             return
 

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
+import httpx
 import pytest
 from arq.connections import ArqRedis
 from openai import OpenAI
@@ -16,6 +18,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from jobs.api.keys import NewKey
+from jobs.heartbeats import Heartbeat, write_heartbeat
 from tests.conftest import Services
 from tests.jobs.api.conftest import ApiServer, api_env, batch_lines, jsonl
 from tests.support import Simulator, Workers
@@ -87,6 +90,28 @@ async def test_a_batchs_priority_is_given_at_creation_and_refused_when_it_is_no_
         alice = server.client(owners["alice"].key)
         nightly = _batch(alice, 2, "n-", priority="background")
         assert alice.batches.retrieve(nightly).model_extra["orbatch"]["priority"] == "background"  # type: ignore[index]
+        labels = _batch(alice, 2, "l-")
+        # A live worker's heartbeat for these simulated batches (one that works none of them yet), so the pages
+        # speak of their turn rather than of a missing worker.
+        now = datetime.now(UTC)
+        idle = Heartbeat(
+            "h:1:x", "h", 1, "0", f"{queue_name}:sim", 4, 0, 0, 0, now, None, now, simulated=True
+        )
+        await write_heartbeat(redis, queue_name, idle, 60)
+        bearer = {"accept": "text/html", "authorization": f"Bearer {owners['alice'].key}"}
+        async with httpx.AsyncClient(base_url=server.url, headers=bearer) as http:
+            # The fleet page lists the viewer's running batches with their priority, slots and turn.
+            fleet = (await http.get("/fleet")).text
+            assert 'id="running-batches"' in fleet
+            assert nightly in fleet
+            assert labels in fleet
+            # The server is in front of the suite's simulator: its batches are simulated ones.
+            assert "1 background simulated · 1 normal simulated" in fleet
+            # The batch page says whose turn it is and offers the priority.
+            page = (await http.get(f"/batches/{nightly}")).text
+            assert 'id="priority-tag">background<' in page
+            assert "priority background: 1 running batch of a higher priority go first" in page
+            assert '<option value="urgent">' in page
         with pytest.raises(Exception, match="priority") as refused:
             _batch(alice, 2, "x-", priority="whenever")
         assert getattr(refused.value, "status_code", None) == 400
