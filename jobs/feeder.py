@@ -131,11 +131,16 @@ _ACTIVE_BATCHES = sql(
     """
 )
 
+# The due requests of each batch fed this tick, up to its room, in one round trip.
 _DUE = sql(
     """
-    SELECT id, attempts, feeds FROM request
-    WHERE batch_id = :batch_id AND status = {R.PENDING} AND enqueued_at IS NULL AND next_attempt_at <= now()
-    ORDER BY id LIMIT :room
+    SELECT f.batch_id, r.id, r.attempts, r.feeds
+    FROM unnest(CAST(:batch_ids AS text[]), CAST(:rooms AS integer[])) AS f(batch_id, room)
+    CROSS JOIN LATERAL (
+        SELECT id, attempts, feeds FROM request
+        WHERE batch_id = f.batch_id AND status = {R.PENDING} AND enqueued_at IS NULL AND next_attempt_at <= now()
+        ORDER BY id LIMIT f.room
+    ) r
     """
 )
 
@@ -295,40 +300,47 @@ async def feed(
                 for r in await conn.execute(_QUEUED, {"batch_id": bid})
             ]
         await rescore_jobs(redis, target, queued_jobs, fair.rescore(bid, len(queued_jobs)))
+    rooms: dict[str, int] = {}
     budget = at_most
     for bid, _, _, _, in_queue in batches:
         # The window is the tier's: split between the batches that share it as their shares go, so fifty batches
         # keep a queue as deep as one does (a job waiting longer than ORBATCH_REQUEUE_AFTER looks lost), and a
-        # batch alone in its tier still has all of it.
+        # batch alone in its tier still has all of it. A window is topped up once it is half spent, so a tick
+        # feeds a few batches many jobs rather than every batch one or two.
         share = fair.share(bid) if shared else 1.0
-        room = max(min(MIN_WINDOW, window), math.ceil(window * share)) - int(in_queue)
+        size = max(min(MIN_WINDOW, window), math.ceil(window * share))
+        room = size - int(in_queue)
+        if room < size / 2 and int(in_queue) > 0:
+            continue
         if budget is not None:
             room = min(room, budget)
-        if room <= 0:
-            continue
+            budget -= max(0, room)
+        if room > 0:
+            rooms[bid] = room
+    if rooms:
+        # Every batch's due requests in one query, then one pipeline of jobs and one statement of marks.
         async with engine.connect() as conn:
-            due = [
-                (int(r.id), int(r.attempts), int(r.feeds))
-                for r in await conn.execute(_DUE, {"batch_id": bid, "room": room})
-            ]
-        if not due:
-            continue
-        # Redis first, then the mark: a crash in between leaves a job queued twice (a no-op), never a
-        # request marked queued that is not.
-        outcomes = await enqueue_requests(redis, target, due, fair.scores(bid, len(due)))
-        report.enqueued += sum(1 for o in outcomes if o == 1)
-        queued = [d for d, o in zip(due, outcomes, strict=True) if o >= 0]
-        if budget is not None:
-            budget -= len(queued)
-        async with engine.begin() as conn:
-            await conn.execute(
-                _MARK_ENQUEUED,
-                {
-                    "ids": [d[0] for d in queued],
-                    "attempts": [d[1] for d in queued],
-                    "feeds": [d[2] for d in queued],
-                },
-            )
+            rows = (await conn.execute(_DUE, {"batch_ids": list(rooms), "rooms": list(rooms.values())})).all()
+        due_by_batch: dict[str, list[tuple[int, int, int]]] = {}
+        for r in rows:
+            due_by_batch.setdefault(str(r.batch_id), []).append((int(r.id), int(r.attempts), int(r.feeds)))
+        due = [d for bid in rooms for d in due_by_batch.get(bid, [])]
+        scores = [s for bid in rooms for s in fair.scores(bid, len(due_by_batch.get(bid, [])))]
+        if due:
+            # Redis first, then the mark: a crash in between leaves a job queued twice (a no-op), never a
+            # request marked queued that is not.
+            outcomes = await enqueue_requests(redis, target, due, scores)
+            report.enqueued += sum(1 for o in outcomes if o == 1)
+            queued = [d for d, o in zip(due, outcomes, strict=True) if o >= 0]
+            async with engine.begin() as conn:
+                await conn.execute(
+                    _MARK_ENQUEUED,
+                    {
+                        "ids": [d[0] for d in queued],
+                        "attempts": [d[1] for d in queued],
+                        "feeds": [d[2] for d in queued],
+                    },
+                )
     await fair.save()
     async with engine.begin() as conn:
         report.finalized_batches = [str(r.id) for r in await conn.execute(_FINALIZE)]

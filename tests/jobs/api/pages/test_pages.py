@@ -168,6 +168,35 @@ def test_a_form_from_another_site_or_without_the_pages_token_is_refused(
         assert done.headers["location"].endswith("?notice=cancelled")
 
 
+async def test_a_batchs_priority_is_set_from_its_page(
+    api_server: ApiServer, owners: dict[str, NewKey], simulator: Simulator
+) -> None:
+    # Slow answers, so the batch is still running while its page is used.
+    await simulator.configure(latency_ms=1000)
+    batch_id = start_batch(api_server.client(owners["alice"].key), 100, ["sim/echo"], name="later")
+    async with httpx.AsyncClient(base_url=api_server.url, headers=HTML) as http:
+        assert (await http.post("/signin", data={"key": owners["alice"].key, "next": "/"})).status_code == 303
+        page = (await http.get(f"/batches/{batch_id}")).text
+        assert 'id="set-priority"' in page
+        token = re.search(r'name="token" value="([^"]+)"', page)
+        assert token is not None
+        form, origin = {"token": token.group(1)}, {"origin": api_server.url}
+        done = await http.post(
+            f"/batches/{batch_id}/priority", data={**form, "priority": "background"}, headers=origin
+        )
+        assert done.status_code == 303
+        assert done.headers["location"].endswith("?notice=priority_background")
+        shown = (await http.get(done.headers["location"])).text
+        assert "Priority background: its next requests yield to every normal batch" in shown
+        assert 'id="priority-tag">background<' in shown
+        refused = await http.post(
+            f"/batches/{batch_id}/priority", data={**form, "priority": "whenever"}, headers=origin
+        )
+        assert refused.status_code in (400, 422)
+    kept = api_server.client(owners["alice"].key).batches.retrieve(batch_id)
+    assert kept.model_extra["orbatch"]["priority"] == "background"  # type: ignore[index]
+
+
 async def test_signing_in_never_leaves_the_site_and_a_revoked_key_ends_the_session(
     api_server: ApiServer, owners: dict[str, NewKey], engine: AsyncEngine, session_redis: ArqRedis
 ) -> None:
