@@ -271,6 +271,8 @@ class Simulator:
             extra = " Add 10 credits to unlock 1000 free model requests per day" if cfg.is_free_tier else ""
             return self._rate_limited(limit_name, cfg.free_per_day, self._day_reset_ms(now), extra)
         if len(window) >= cfg.free_per_minute:
+            # Failed attempts count against the day, as OpenRouter documents.
+            self.day_count += 1
             reset_ms = int((window[0] + cfg.free_window_seconds) * 1000)
             return self._rate_limited("free-models-per-min", cfg.free_per_minute, reset_ms, "")
         window.append(now)

@@ -29,14 +29,26 @@ class BatchCache:
         self._kept: dict[Key, tuple[float, bytes]] = {}
         self._reading: dict[Key, asyncio.Future[bytes]] = {}
         self._refreshing: dict[Key, asyncio.Task[bytes]] = {}
+        # When each batch was last changed through this instance: a read begun before that is not remembered.
+        self._changed: dict[str, float] = {}
 
-    def put(self, owner: str, batch_id: str, body: bytes) -> None:
-        """Remember what this instance just read or changed."""
+    def put(self, owner: str, batch_id: str, body: bytes, read_at: float | None = None) -> None:
+        """Remember what this instance just read (at `read_at`, monotonic) or changed."""
         if self.ttl <= 0:
+            return
+        if read_at is not None and read_at < self._changed.get(batch_id, -1.0):
             return
         if len(self._kept) >= _MAX_ENTRIES:
             self._kept.clear()
         self._kept[(owner, batch_id)] = (time.monotonic(), body)
+
+    def forget(self, batch_id: str) -> None:
+        """Drop every owner's memory of a batch this instance just changed (by a page's form, say)."""
+        if len(self._changed) >= _MAX_ENTRIES:
+            self._changed.clear()
+        self._changed[batch_id] = time.monotonic()
+        for key in [key for key in self._kept if key[1] == batch_id]:
+            del self._kept[key]
 
     async def get(self, owner: str, batch_id: str, read: Callable[[], Awaitable[bytes]]) -> bytes:
         """The object as read within `ttl` seconds (or `2 ttl`, refreshing it behind the answer), else as `read`
@@ -66,6 +78,7 @@ class BatchCache:
             return await asyncio.shield(pending)
         future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self._reading[key] = future
+        started = time.monotonic()
         try:
             body = await read()
         except asyncio.CancelledError:
@@ -79,5 +92,5 @@ class BatchCache:
         finally:
             del self._reading[key]
         future.set_result(body)
-        self.put(owner, batch_id, body)
+        self.put(owner, batch_id, body, read_at=started)
         return body

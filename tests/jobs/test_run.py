@@ -129,8 +129,8 @@ async def test_a_free_tier_batch_says_it_takes_ten_days_and_ctrl_c_keeps_what_is
         while time.monotonic() < deadline:
             line = process.stderr.readline()
             lines.append(line)
-            # Paused once the 51st request is refused; the calls already given a slot finish after that.
-            if "status=paused" in line and "done=50 " in line:
+            # Paused once the day's 50 attempts are spent and the calls already given a slot are in.
+            if "status=paused" in line and " running=0 " in line:
                 break
         else:
             pytest.fail("the batch never paused on its daily quota:\n" + "".join(lines))
@@ -147,7 +147,11 @@ async def test_a_free_tier_batch_says_it_takes_ten_days_and_ctrl_c_keeps_what_is
     assert "quota" in progress[-1]
     assert process.returncode == 130, rest
     assert "run the same command again to carry on" in rest
-    assert len(_read(out)) == 50
+    # Failed attempts count against the day as OpenRouter's do: a 429 from a loaded machine's bunched calls is
+    # one answer fewer, never one attempt more than the day allows.
+    stats = await simulator.stats()
+    assert stats["day_count"] == 50, stats
+    assert len(_read(out)) == stats.get("status:200", 0) >= 40, stats
 
 
 async def test_submit_wait_exits_0_when_all_completed_and_3_when_some_failed(

@@ -137,6 +137,16 @@ async def test_speed_scales_the_minute_and_the_day_and_the_429_says_when_the_day
     assert int(limited.headers["X-RateLimit-Reset"]) == (limits["day_started_at"] + 8640) * 1000
 
 
+async def test_a_call_refused_for_the_minute_still_counts_against_the_day(simulator: Simulator) -> None:
+    await simulator.configure(free_per_minute=2, free_per_day=3)
+    statuses = [(await post_chat(simulator, chat("q", "sim/echo:free"))).status_code for _ in range(4)]
+    # The third is refused for the minute and spends the day's last attempt; the fourth meets the day's limit.
+    assert statuses == [200, 200, 429, 429]
+    refused = await post_chat(simulator, chat("q", "sim/echo:free"))
+    assert "free-models-per-day" in refused.json()["error"]["message"]
+    assert (await simulator.stats())["day_count"] == 3
+
+
 async def test_an_explicit_window_or_day_overrides_the_speed(simulator: Simulator) -> None:
     await simulator.configure(speed=10, day_seconds=30)
     limits = (await get(simulator, "key")).json()["data"]["simulator"]

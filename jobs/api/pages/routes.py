@@ -146,6 +146,9 @@ async def batch_action(
     except Conflict:
         # Back to the page by GET like any action, so a reload never posts again and the page keeps refreshing.
         return RedirectResponse(f"/batches/{batch_id}?problem={action}", status_code=303)
+    finally:
+        # The API's next GET of this batch shows the change, not the object it read a moment ago.
+        api_state(request).batches.forget(batch_id)
     return RedirectResponse(f"/batches/{batch_id}?notice={done}", status_code=303)
 
 
