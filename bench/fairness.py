@@ -137,7 +137,9 @@ async def _all_completed(url: str, batch_ids: list[str]) -> int:
     try:
         return int(
             await connection.fetchval(
-                "SELECT count(*) FROM request WHERE batch_id = ANY($1) AND status = 'completed'", batch_ids
+                # The maintained tallies (both codes keep them): a count over the request table every 0.2 s
+                # would itself take Postgres from the workers.
+                "SELECT coalesce(sum(completed), 0) FROM batch_tally WHERE batch_id = ANY($1)", batch_ids
             )
         )
     finally:
