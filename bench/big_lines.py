@@ -25,8 +25,8 @@ from bench.common import ROOT, Code, baseline_tree, machine, scratch_database
 _SUBMIT = (
     "import asyncio, sys\n"
     "from pathlib import Path\n"
-    "from jobs.db import create_engine\n"
-    "from jobs.submit import SubmitOptions, submit_file\n"
+    "from jobs.core.db import create_engine\n"
+    "from jobs.submission.submit import SubmitOptions, submit_file\n"
     "async def go():\n"
     "    engine = create_engine(sys.argv[1], pool_size=1)\n"
     "    await submit_file(engine, Path(sys.argv[2]), SubmitOptions(models=['sim/echo'], new=True))\n"

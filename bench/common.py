@@ -37,7 +37,7 @@ def machine() -> str:
 @contextmanager
 def scratch_database() -> Iterator[str]:
     """A fresh database migrated to head, dropped afterwards; Redis database 13 flushed before and after."""
-    from jobs.db import drop_database, ensure_database, upgrade
+    from jobs.core.db import drop_database, ensure_database, upgrade
 
     url = f"{POSTGRES_URL}/orbatch_bench_{uuid.uuid4().hex[:8]}"
     asyncio.run(ensure_database(url))
@@ -57,7 +57,7 @@ class Simulator:
 
     def __init__(self, *args: str) -> None:
         self.process = subprocess.Popen(  # noqa: S603 - argv built here, no shell
-            [sys.executable, "-u", "-m", "worker.simulator", "--port", "0", "--no-record", *args],
+            [sys.executable, "-u", "-m", "jobs.simulator", "--port", "0", "--no-record", *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             cwd=ROOT,
@@ -156,7 +156,7 @@ def start_workers(
 def code_database(code: Code, base_url: str, **extra: str) -> Iterator[tuple[str, dict[str, str]]]:
     """A fresh database migrated by `code` itself (a baseline runs on its own schema), with the environment of
     an orbatch process on it; Redis database 13 flushed before and after, the database dropped after."""
-    from jobs.db import drop_database
+    from jobs.core.db import drop_database
 
     url = f"{POSTGRES_URL}/orbatch_bench_{uuid.uuid4().hex[:8]}"
     env = env_for(url, base_url, **extra)

@@ -139,7 +139,8 @@ async def _all_completed(url: str, batch_ids: list[str]) -> int:
             await connection.fetchval(
                 # The maintained tallies (both codes keep them): a count over the request table every 0.2 s
                 # would itself take Postgres from the workers.
-                "SELECT coalesce(sum(completed), 0) FROM batch_tally WHERE batch_id = ANY($1)", batch_ids
+                "SELECT coalesce(sum(completed), 0) FROM batch_tally WHERE batch_id = ANY($1)",
+                batch_ids,
             )
         )
     finally:

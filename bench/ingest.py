@@ -31,10 +31,10 @@ step, url, path = sys.argv[1], sys.argv[2], Path(sys.argv[3])
 
 async def main():
     import asyncpg, orjson
-    from jobs.db import create_engine
+    from jobs.core.db import create_engine
     started = time.perf_counter()
     if step == "submit":
-        from jobs.submit import SubmitOptions, submit_file
+        from jobs.submission.submit import SubmitOptions, submit_file
         engine = create_engine(url, pool_size=1)
         report = await submit_file(engine, path, SubmitOptions(models=["sim/echo"], new=True))
         await engine.dispose()
@@ -53,7 +53,7 @@ async def main():
         count = await conn.fetchval("SELECT count(*) FROM raw")
         await conn.close()
     elif step == "export":
-        from jobs.export import export_results
+        from jobs.operations.results import export_results
         engine = create_engine(url, pool_size=1)
         batch = sys.argv[4]
         with path.open("wb") as out:

@@ -2,7 +2,7 @@
 
 A scrape renders the process's own counters and reads the fleet's gauges from Redis (two round trips: sorted-set
 counts and small keys, then the heartbeats); it never touches Postgres, so the size of a batch in the database
-does not enter. Measured here: `jobs.exposition.render_metrics` with 0, 1,000 and 1,000,000 jobs in the arq
+does not enter. Measured here: `jobs.observation.exposition.render_metrics` with 0, 1,000 and 1,000,000 jobs in the arq
 queue (the feeder keeps at most ORBATCH_FEED_WINDOW, 1,000, per batch there: a million is a thousand batches
 running at once) and 1, 10 and 100 live workers, beside a bare PING.
 
@@ -29,7 +29,7 @@ QUEUE = "orbatch-bench-metrics"
 async def _fill(redis: object, jobs: int, workers: int) -> None:
     from redis.asyncio import Redis
 
-    from jobs.heartbeats import Heartbeat, write_heartbeat
+    from jobs.scheduling.roster import Heartbeat, write_heartbeat
 
     assert isinstance(redis, Redis)
     await redis.flushdb()
@@ -60,8 +60,8 @@ async def _time(scrapes: int, jobs: int, workers: int) -> tuple[float, float, fl
     """Median and p99 ms of a scrape, median ms of a PING, and the size of the answer."""
     from redis.asyncio import Redis
 
-    from jobs.exposition import render_metrics
-    from jobs.settings import Settings
+    from jobs.core.settings import Settings
+    from jobs.observation.exposition import render_metrics
 
     settings = Settings(queue_name=QUEUE)
     redis = Redis.from_url(REDIS_URL)

@@ -73,7 +73,7 @@ class ServerTiming:
 def serve_timed() -> None:
     """`orbatch serve` with its app wrapped in ServerTiming (run in the server's child process)."""
     from jobs.api import server
-    from jobs.cli import main
+    from jobs.cli.commands import main
 
     # `serve` looks `create_app` up in its own module when it starts, so the wrapper goes there.
     create = vars(server)["create_app"]
@@ -226,8 +226,8 @@ async def explain_batch_page(url: str, batch_id: str) -> None:
     from sqlalchemy import TextClause, text
 
     from jobs.api.pages import reads
-    from jobs.constants import CHART_SPANS, PAGE_BATCHES
-    from jobs.db import create_engine
+    from jobs.core.constants import CHART_SPANS, PAGE_BATCHES
+    from jobs.core.db import create_engine
 
     engine = create_engine(url, pool_size=1)
     try:

@@ -160,7 +160,7 @@ def main() -> None:
         asyncio.run(_baseline_child(args.baseline_child, args.limit, args.window, args.seconds))
         return
 
-    from jobs.settings import Settings
+    from jobs.core.settings import Settings
 
     margin = Settings().free_rate_margin
     allowed = args.limit / args.window

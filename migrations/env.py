@@ -7,9 +7,9 @@ import asyncio
 from alembic import context
 from sqlalchemy import Connection
 
-from jobs.db import create_engine
-from jobs.models import Base
-from jobs.settings import get_settings
+from jobs.core.db import create_engine
+from jobs.core.models import Base
+from jobs.core.settings import get_settings
 
 target_metadata = Base.metadata
 

@@ -25,9 +25,9 @@ from arq.connections import ArqRedis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from jobs.db import create_engine, drop_database, ensure_database, upgrade
-from jobs.embedded import embedded_database, embedded_redis
-from jobs.queue import connect
+from jobs.core.db import create_engine, drop_database, ensure_database, upgrade
+from jobs.scheduling.queue import connect
+from jobs.services.embedded import embedded_database, embedded_redis
 from tests.support import Simulator, Workers, stop_leftovers, test_env
 
 POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432")

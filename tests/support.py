@@ -28,7 +28,7 @@ class Simulator:
         self.log_path = log_path
         self._log = log_path.open("wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-u", "-m", "worker.simulator", "--port", "0"],
+            [sys.executable, "-u", "-m", "jobs.simulator", "--port", "0"],
             stdout=subprocess.PIPE,
             stderr=self._log,
             cwd=ROOT,
@@ -41,7 +41,7 @@ class Simulator:
         self.root = self.base_url.removesuffix("/api/v1")
 
     async def configure(self, **settings: Any) -> None:
-        """Change its behaviour (see worker.simulator.SimConfig)."""
+        """Change its behaviour (see jobs.simulator.server.SimConfig)."""
         async with httpx.AsyncClient() as client:
             response = await client.post(f"{self.root}/_sim/config", content=orjson.dumps(settings))
             response.raise_for_status()

@@ -24,9 +24,9 @@ from jsonschema import Draft7Validator
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from jobs.catalog import upstream_is_simulator
-from jobs.errors import SettingsError
-from jobs.settings import Settings, get_settings, is_loopback
+from jobs.core.errors import SettingsError
+from jobs.core.settings import Settings, get_settings, is_loopback
+from jobs.submission.catalog import upstream_is_simulator
 from tests.conftest import Services
 from tests.support import Simulator, Workers, chat_line, run_cli, write_jsonl
 

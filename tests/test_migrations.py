@@ -12,8 +12,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import Connection
 
-from jobs.db import alembic_config, create_engine, drop_database, ensure_database, upgrade
-from jobs.models import Base
+from jobs.core.db import alembic_config, create_engine, drop_database, ensure_database, upgrade
+from jobs.core.models import Base
 from tests.conftest import Services
 
 

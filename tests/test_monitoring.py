@@ -12,8 +12,8 @@ from typing import Any
 
 import yaml
 
-from jobs.gauges import AccountGauges, FleetCollector, FleetGauges
-from jobs.metrics import REGISTRY
+from jobs.observation.gauges import AccountGauges, FleetCollector, FleetGauges
+from jobs.observation.metrics import REGISTRY
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"

@@ -12,8 +12,8 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from jobs.logs import configure_logging, get_logger
-from jobs.settings import Settings
+from jobs.core.logs import configure_logging, get_logger
+from jobs.core.settings import Settings
 from tests.support import TEST_API_KEY, Simulator, Workers, chat_line, run_cli, write_jsonl
 
 

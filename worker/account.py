@@ -11,9 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from jobs.constants import CREDITED_DAILY_REQUESTS, FREE_TIER_DAILY_REQUESTS
-from jobs.logs import get_logger
-from jobs.settings import Settings
+from jobs.core.constants import CREDITED_DAILY_REQUESTS, FREE_TIER_DAILY_REQUESTS
+from jobs.core.logs import get_logger
+from jobs.core.settings import Settings
 from worker.openrouter import OpenRouterClient
 
 __all__ = ["AccountLimits", "account_limits"]

@@ -39,9 +39,9 @@ from typing import Any
 import httpx
 import orjson
 
-from jobs.constants import ERROR_MESSAGE_MAX_CHARS
-from jobs.logs import redact
-from jobs.states import Outcome, PauseReason
+from jobs.core.constants import ERROR_MESSAGE_MAX_CHARS
+from jobs.core.logs import redact
+from jobs.core.states import Outcome, PauseReason
 from worker.openrouter import CallDeadline, CallResult
 from worker.throttle import Verdict
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from jobs.settings import Settings
+from jobs.core.settings import Settings
 from worker.account import AccountLimits
 from worker.meter import Meter
 from worker.openrouter import OpenRouterClient

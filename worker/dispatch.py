@@ -11,7 +11,7 @@ from arq.constants import in_progress_key_prefix
 from arq.utils import timestamp_ms
 from arq.worker import Worker
 
-from jobs.constants import REDIS_SPARE_SECONDS
+from jobs.core.constants import REDIS_SPARE_SECONDS
 
 __all__ = ["ClaimingWorker"]
 

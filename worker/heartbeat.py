@@ -10,10 +10,10 @@ from datetime import UTC, datetime
 
 from redis.asyncio import Redis
 
-from jobs.constants import HEARTBEAT_MISSED_BEATS, REDIS_SPARE_SECONDS
-from jobs.heartbeats import Heartbeat, forget_heartbeat, write_heartbeat
-from jobs.logs import get_logger
-from jobs.metrics import orbatch_version
+from jobs.core.constants import HEARTBEAT_MISSED_BEATS, REDIS_SPARE_SECONDS
+from jobs.core.logs import get_logger
+from jobs.observation.metrics import orbatch_version
+from jobs.scheduling.roster import Heartbeat, forget_heartbeat, write_heartbeat
 from worker.context import WorkerContext
 
 __all__ = ["beat_forever", "stop_beating"]

@@ -7,8 +7,8 @@ import contextlib
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from datetime import UTC, datetime
 
-from jobs import metrics
-from jobs.states import PauseReason
+from jobs.core.states import PauseReason
+from jobs.observation import metrics
 from worker.classify import Failure, Success, Usage
 
 __all__ = ["Meter", "rate_limit_kind"]

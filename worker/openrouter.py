@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import orjson
 
-from jobs.constants import SIMULATOR_HEADER
+from jobs.core.constants import SIMULATOR_HEADER
 
 __all__ = ["CallDeadline", "CallResult", "OpenRouterClient", "chat_payload"]
 

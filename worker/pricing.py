@@ -7,8 +7,8 @@ import time
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
 
-from jobs.catalog import Catalog, ModelPrices
-from jobs.logs import get_logger
+from jobs.core.logs import get_logger
+from jobs.submission.catalog import Catalog, ModelPrices
 from worker.classify import Usage
 
 __all__ = ["PriceBook"]

@@ -16,9 +16,9 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from jobs.constants import MAX_MODELS_PER_CALL
-from jobs.sql import sql
-from jobs.states import Outcome, PauseReason
+from jobs.core.constants import MAX_MODELS_PER_CALL
+from jobs.core.sql import sql
+from jobs.core.states import Outcome, PauseReason
 from worker.classify import Failure, Success, Usage
 from worker.retry import Decision
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from jobs.logs import get_logger
+from jobs.core.logs import get_logger
 
 __all__ = ["ReplyChecker", "check_reply"]
 
@@ -30,7 +30,7 @@ _LENGTH = struct.Struct(">I")
 
 def check_reply(schema_json: bytes, content: str | None) -> str | None:
     """Why the reply does not satisfy the schema, None when it does; a schema that cannot check says so."""
-    from worker.structured import reply_problem
+    from jobs.formats.structured import reply_problem
 
     try:
         return reply_problem(orjson.loads(schema_json), content)

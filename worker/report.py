@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.engine import make_url
 
-from jobs.constants import WORKER_SUMMARY_SECONDS
-from jobs.logs import get_logger
+from jobs.core.constants import WORKER_SUMMARY_SECONDS
+from jobs.core.logs import get_logger
 
 __all__ = ["WorkerReport", "where"]
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from jobs.constants import MAX_MODELS_PER_CALL
-from jobs.states import Outcome, RequestStatus
+from jobs.core.constants import MAX_MODELS_PER_CALL
+from jobs.core.states import Outcome, RequestStatus
 from worker.classify import Failure
 
 __all__ = ["Decision", "backoff_seconds", "decide"]

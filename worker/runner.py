@@ -18,8 +18,7 @@ from arq.connections import ArqRedis
 from arq.typing import WorkerCoroutine
 from arq.worker import Worker
 
-from jobs.catalog import load_catalog
-from jobs.constants import (
+from jobs.core.constants import (
     BURST_CHECK_SECONDS,
     FEEDER_LOCK_KEY,
     PERSIST_DEADLINE_SECONDS,
@@ -27,20 +26,21 @@ from jobs.constants import (
     SWEEP_SECONDS,
     TASK_TIMEOUT_MARGIN_SECONDS,
 )
-from jobs.db import create_engine
-from jobs.feeder import feed
-from jobs.logs import get_logger
-from jobs.metrics import BUILD, CONCURRENCY, orbatch_version
-from jobs.queue import job_dumps, job_loads
-from jobs.queue import redis_settings as arq_redis_settings
-from jobs.settings import Settings, get_settings
+from jobs.core.db import create_engine
+from jobs.core.logs import get_logger
+from jobs.core.settings import Settings, get_settings
+from jobs.observation.metrics import BUILD, CONCURRENCY, orbatch_version
+from jobs.scheduling.feeder import feed
+from jobs.scheduling.queue import job_dumps, job_loads
+from jobs.scheduling.queue import redis_settings as arq_redis_settings
+from jobs.submission.catalog import load_catalog
 from worker import records
 from worker.account import account_limits
 from worker.context import CONTEXT_KEY, WorkerContext, context
 from worker.dispatch import ClaimingWorker
-from worker.exporter import Exporter
 from worker.heartbeat import beat_forever, stop_beating
 from worker.meter import Meter
+from worker.metrics_server import Exporter
 from worker.openrouter import OpenRouterClient
 from worker.plan import WorkerPlan
 from worker.pricing import PriceBook
@@ -117,7 +117,7 @@ async def _startup(arq_ctx: dict[str, Any]) -> None:
     settings: Settings = arq_ctx["settings"]
     concurrency: int = arq_ctx["concurrency"]
     plan: WorkerPlan = arq_ctx["plan"]
-    # No pre-ping on the hot path: it costs three round trips per statement (see jobs.db.create_engine).
+    # No pre-ping on the hot path: it costs three round trips per statement (see jobs.core.db.create_engine).
     # A task holds a connection only while it writes, so the pool is capped well below the concurrency.
     engine = create_engine(
         settings.database_url,

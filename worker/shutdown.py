@@ -14,8 +14,8 @@ from typing import Any
 
 from arq.worker import Worker
 
-from jobs.constants import REDIS_SPARE_SECONDS
-from jobs.logs import get_logger
+from jobs.core.constants import REDIS_SPARE_SECONDS
+from jobs.core.logs import get_logger
 from worker.context import CONTEXT_KEY, WorkerContext
 
 __all__ = ["GracefulStop", "close_worker"]

@@ -13,23 +13,23 @@ from typing import Any, TypeVar
 from redis.exceptions import RedisError
 from sqlalchemy.exc import DBAPIError
 
-from jobs.constants import (
+from jobs.core.constants import (
     PERSIST_DEADLINE_SECONDS,
     QUOTA_HOLD_SECONDS,
     REDIS_SPARE_SECONDS,
     STOPPED_WRITE_SECONDS,
     TWIN_WAIT_SECONDS,
 )
-from jobs.db import connection_lost
-from jobs.eta import format_duration
-from jobs.logs import get_logger, redact
-from jobs.states import Outcome, PauseReason, RequestStatus
+from jobs.core.db import connection_lost
+from jobs.core.logs import get_logger, redact
+from jobs.core.states import Outcome, PauseReason, RequestStatus
+from jobs.formats.structured import requested_schema
+from jobs.observation.eta import format_duration
 from worker import records
 from worker.classify import Failure, Success, Usage, classify
 from worker.context import WorkerContext, context
 from worker.openrouter import CallResult
 from worker.retry import decide
-from worker.structured import requested_schema
 from worker.throttle import Denied, Permit, Verdict
 
 __all__ = ["run_request"]

@@ -25,8 +25,8 @@ from typing import Any, Literal
 
 from redis.asyncio import Redis
 
-from jobs.constants import THROTTLE_KEY
-from jobs.fleet import BreakerState, breaker_key, read_breaker
+from jobs.core.constants import THROTTLE_KEY
+from jobs.scheduling.fleet import BreakerState, breaker_key, read_breaker
 
 __all__ = ["Denied", "Permit", "Throttle", "ThrottleLimits", "Verdict"]
 

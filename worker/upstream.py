@@ -14,15 +14,15 @@ from datetime import UTC, datetime
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from jobs.constants import (
+from jobs.core.constants import (
     ACCOUNT_RECHECK_SECONDS,
     ACCOUNT_RETRY_SECONDS,
     TASK_TIMEOUT_MARGIN_SECONDS,
     THROTTLE_KEY,
 )
-from jobs.fleet import breaker_key, kind_queue, limits_key, throttle_namespace
-from jobs.logs import get_logger
-from jobs.settings import Settings
+from jobs.core.logs import get_logger
+from jobs.core.settings import Settings
+from jobs.scheduling.fleet import breaker_key, kind_queue, limits_key, throttle_namespace
 from worker import records
 from worker.account import AccountLimits, account_limits
 from worker.context import WorkerContext

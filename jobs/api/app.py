@@ -18,11 +18,11 @@ from jobs.api.errors import install_error_handlers
 from jobs.api.maintenance import maintain
 from jobs.api.middleware import BodyGuard
 from jobs.api.state import ApiState
-from jobs.catalog import upstream_simulator
-from jobs.constants import CALLBACK_TIMEOUT_SECONDS
-from jobs.db import create_engine
-from jobs.queue import connect
-from jobs.settings import Settings
+from jobs.core.constants import CALLBACK_TIMEOUT_SECONDS
+from jobs.core.db import create_engine
+from jobs.core.settings import Settings
+from jobs.scheduling.queue import connect
+from jobs.submission.catalog import upstream_simulator
 
 __all__ = ["create_app"]
 

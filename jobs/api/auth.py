@@ -11,10 +11,10 @@ from redis.exceptions import RedisError
 
 from jobs.api.keys import Caller, digest, find_caller
 from jobs.api.state import ApiState, api_state
-from jobs.constants import API_KEY_PREFIX, API_RATE_KEY, NO_AUTH_OWNER
-from jobs.errors import Forbidden, RateLimited, Unauthorized
-from jobs.logs import get_logger
-from jobs.settings import is_loopback
+from jobs.core.constants import API_KEY_PREFIX, API_RATE_KEY, NO_AUTH_OWNER
+from jobs.core.errors import Forbidden, RateLimited, Unauthorized
+from jobs.core.logs import get_logger
+from jobs.core.settings import is_loopback
 
 __all__ = ["Authorized", "authorized", "loopback_host_only"]
 

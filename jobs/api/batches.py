@@ -13,9 +13,9 @@ from jobs.api.objects import get_batch, list_batches
 from jobs.api.responses import ERRORS, json_response
 from jobs.api.schemas import BatchCreate, BatchList, BatchObject
 from jobs.api.state import api_state
-from jobs.constants import BATCH_LIST_DEFAULT, BATCH_LIST_MAX
-from jobs.control import CANCEL_REFUSED, cancel_batch
-from jobs.errors import Conflict, UnsupportedMediaType
+from jobs.core.constants import BATCH_LIST_DEFAULT, BATCH_LIST_MAX
+from jobs.core.errors import Conflict, UnsupportedMediaType
+from jobs.operations.control import CANCEL_REFUSED, cancel_batch
 
 __all__ = ["router"]
 

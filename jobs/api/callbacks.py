@@ -25,15 +25,15 @@ import httpx
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from jobs.constants import (
+from jobs.core.constants import (
     CALLBACK_ATTEMPTS,
     CALLBACK_CLAIM_SECONDS,
     CALLBACK_RETRY_MAX_SECONDS,
     CALLBACK_SECRET_PREFIX,
 )
-from jobs.errors import BadInput
-from jobs.logs import get_logger
-from jobs.settings import Settings
+from jobs.core.errors import BadInput
+from jobs.core.logs import get_logger
+from jobs.core.settings import Settings
 
 __all__ = ["callback_allowed", "check_callback_url", "deliver_due", "retry_delay", "sign"]
 

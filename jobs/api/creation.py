@@ -26,21 +26,21 @@ from jobs.api.keys import Caller, callback_secret
 from jobs.api.schemas import BatchCreate
 from jobs.api.state import ApiState, upstream_is_simulated
 from jobs.api.storage import StoredSource
-from jobs.catalog import load_catalog
-from jobs.constants import (
+from jobs.core.constants import (
     MAX_COMPLETION_WINDOW_SECONDS,
     METADATA_KEY_MAX_CHARS,
     METADATA_MAX_PAIRS,
     METADATA_VALUE_MAX_CHARS,
     MIN_COMPLETION_WINDOW_SECONDS,
 )
-from jobs.errors import BadInput, NotFound, Unprocessable
-from jobs.feeder import feed
-from jobs.fleet import kind_queue
-from jobs.input_format import BATCH_URL, parse_models
-from jobs.logs import get_logger
-from jobs.sql import sql
-from jobs.submit import SubmitError, SubmitOptions, model_problem, new_batch_id, submit_source
+from jobs.core.errors import BadInput, NotFound, Unprocessable
+from jobs.core.logs import get_logger
+from jobs.core.sql import sql
+from jobs.formats.input_lines import BATCH_URL, parse_models
+from jobs.scheduling.feeder import feed
+from jobs.scheduling.fleet import kind_queue
+from jobs.submission.catalog import load_catalog
+from jobs.submission.submit import SubmitError, SubmitOptions, model_problem, new_batch_id, submit_source
 
 __all__ = ["batch_errors", "create_batch", "window_seconds"]
 

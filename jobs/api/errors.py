@@ -20,8 +20,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from jobs.api.pages.render import error_page, wants_page
 from jobs.api.schemas import ErrorBody, ErrorDetail
-from jobs.db import connection_lost
-from jobs.errors import (
+from jobs.core.db import connection_lost
+from jobs.core.errors import (
     BadInput,
     MethodNotAllowed,
     NotFound,
@@ -30,7 +30,7 @@ from jobs.errors import (
     TooLarge,
     UnsupportedMediaType,
 )
-from jobs.logs import get_logger
+from jobs.core.logs import get_logger
 
 __all__ = ["as_orbatch_error", "error_response", "install_error_handlers", "validation_error"]
 

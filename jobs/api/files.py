@@ -18,8 +18,8 @@ from jobs.api.schemas import FileDeleted, FileList, FileObject
 from jobs.api.state import api_state
 from jobs.api.storage import file_blocks
 from jobs.api.uploads import receive_upload
-from jobs.constants import FILE_LIST_MAX
-from jobs.export import stream_file
+from jobs.core.constants import FILE_LIST_MAX
+from jobs.operations.results import stream_file
 
 __all__ = ["router"]
 

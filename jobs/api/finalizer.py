@@ -16,9 +16,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from jobs.api.objects import get_batch
 from jobs.api.storage import new_file_id
-from jobs.export import Unfinished, stream_file
-from jobs.sql import sql
-from jobs.states import BatchStatus
+from jobs.core.sql import sql
+from jobs.core.states import BatchStatus
+from jobs.operations.results import Unfinished, stream_file
 
 __all__ = ["finalize_batches", "unfinished_for"]
 

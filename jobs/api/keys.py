@@ -12,8 +12,8 @@ from datetime import datetime
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from jobs.constants import API_KEY_PREFIX, CALLBACK_SECRET_PREFIX
-from jobs.errors import BadInput, Conflict, NotFound
+from jobs.core.constants import API_KEY_PREFIX, CALLBACK_SECRET_PREFIX
+from jobs.core.errors import BadInput, Conflict, NotFound
 
 __all__ = [
     "Caller",

@@ -15,10 +15,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from jobs.api.callbacks import deliver_due
 from jobs.api.finalizer import finalize_batches
 from jobs.api.storage import delete_expired_files
-from jobs.constants import MAINTENANCE_SECONDS
-from jobs.feeder import expire_batches
-from jobs.logs import get_logger
-from jobs.settings import Settings
+from jobs.core.constants import MAINTENANCE_SECONDS
+from jobs.core.logs import get_logger
+from jobs.core.settings import Settings
+from jobs.scheduling.feeder import expire_batches
 
 __all__ = ["maintain", "maintenance_round"]
 

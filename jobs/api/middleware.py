@@ -14,7 +14,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from jobs.errors import TooLarge
+from jobs.core.errors import TooLarge
 
 __all__ = ["JSON_BODY_MAX_BYTES", "UPLOAD_FRAMING_BYTES", "BodyGuard"]
 

@@ -27,8 +27,8 @@ from jobs.api.schemas import (
     Pause,
     RequestCounts,
 )
-from jobs.errors import NotFound
-from jobs.states import BatchStatus
+from jobs.core.errors import NotFound
+from jobs.core.states import BatchStatus
 
 __all__ = [
     "batch_not_found",

@@ -14,8 +14,8 @@ from typing import Any
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from jobs.api.errors import error_response
-from jobs.constants import MAX_REQUEST_HEAD_BYTES
-from jobs.errors import BadInput, HeadersTooLarge, OrbatchError
+from jobs.core.constants import MAX_REQUEST_HEAD_BYTES
+from jobs.core.errors import BadInput, HeadersTooLarge, OrbatchError
 
 __all__ = ["GuardedHttpToolsProtocol"]
 

@@ -11,7 +11,7 @@ from typing import Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
-from jobs.states import BatchPriority
+from jobs.core.states import BatchPriority
 
 __all__ = [
     "BatchCreate",

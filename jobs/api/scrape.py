@@ -5,8 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 
 from jobs.api.state import api_state
-from jobs.errors import Unauthorized
-from jobs.exposition import CHALLENGE, CONTENT_TYPE, metrics_authorized, render_metrics
+from jobs.core.errors import Unauthorized
+from jobs.observation.exposition import CHALLENGE, CONTENT_TYPE, metrics_authorized, render_metrics
 
 __all__ = ["router"]
 

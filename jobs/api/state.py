@@ -14,8 +14,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from jobs.api.cache import BatchCache
 from jobs.api.keys import Caller
-from jobs.catalog import upstream_simulator
-from jobs.settings import Settings
+from jobs.core.settings import Settings
+from jobs.submission.catalog import upstream_simulator
 
 __all__ = ["ApiState", "api_state", "upstream_is_simulated"]
 

@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from jobs.constants import FILE_CHUNK_BYTES
+from jobs.core.constants import FILE_CHUNK_BYTES
 
 __all__ = ["FileWriter", "StoredSource", "delete_expired_files", "file_blocks", "new_file_id"]
 
@@ -125,7 +125,7 @@ async def file_blocks(engine: AsyncEngine, file_id: str) -> AsyncGenerator[bytes
 
 @dataclass(slots=True)
 class StoredSource:
-    """An uploaded file as a `jobs.reader.Source`: what a batch is submitted from."""
+    """An uploaded file as a `jobs.formats.reader.Source`: what a batch is submitted from."""
 
     engine: AsyncEngine
     file_id: str

@@ -23,8 +23,8 @@ from starlette.requests import ClientDisconnect
 from jobs.api.middleware import UPLOAD_FRAMING_BYTES
 from jobs.api.state import ApiState
 from jobs.api.storage import FileWriter, new_file_id
-from jobs.constants import FORM_FIELD_MAX_BYTES
-from jobs.errors import BadInput, RequestTimeout, TooLarge, UnsupportedMediaType
+from jobs.core.constants import FORM_FIELD_MAX_BYTES
+from jobs.core.errors import BadInput, RequestTimeout, TooLarge, UnsupportedMediaType
 
 if TYPE_CHECKING:
     from python_multipart.multipart import MultipartCallbacks

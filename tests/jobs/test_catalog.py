@@ -6,7 +6,7 @@ from decimal import Decimal
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from jobs.catalog import load_catalog
+from jobs.submission.catalog import load_catalog
 from tests.support import Simulator
 
 

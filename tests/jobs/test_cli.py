@@ -15,10 +15,10 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from jobs.db import alembic_config, drop_database
+from jobs.core.db import alembic_config, drop_database
+from jobs.simulator.server import CATALOG_FILE
 from tests.conftest import Services
 from tests.support import ROOT, Simulator, chat_line, run_cli, write_jsonl
-from worker.simulator import CATALOG_FILE
 
 
 def test_submit_json_prints_one_object_with_id_status_and_counts(env: dict[str, str], tmp_path: Path) -> None:

@@ -16,8 +16,8 @@ import asyncpg
 import psutil
 import pytest
 
-from jobs.db import ensure_database
-from jobs.embedded import (
+from jobs.core.db import ensure_database
+from jobs.services.embedded import (
     EmbeddedError,
     embedded_database,
     find_redis_server,
@@ -32,7 +32,7 @@ from tests.support import ROOT
 _HOLD_LIKE_A_RUN = """
 import sys
 from pathlib import Path
-from jobs.embedded import local_services
+from jobs.services.embedded import local_services
 with local_services(Path(sys.argv[1]), None, None) as services:
     print(services.database_url, flush=True)
     sys.stdin.read()
@@ -149,7 +149,7 @@ def _redis_of(data: Path) -> list[psutil.Process]:
 _HOLD_REDIS = """
 import sys
 from pathlib import Path
-from jobs.embedded import local_services
+from jobs.services.embedded import local_services
 with local_services(Path(sys.argv[1]), "postgresql://unused/db", None) as services:
     print(services.redis_url, flush=True)
     sys.stdin.read()

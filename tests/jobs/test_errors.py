@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from jobs.constants import EXIT_INTERRUPTED, EXIT_STOPPED
-from jobs.errors import (
+from jobs.core.constants import EXIT_INTERRUPTED, EXIT_STOPPED
+from jobs.core.errors import (
     BadInput,
     Conflict,
     Forbidden,
@@ -22,7 +22,7 @@ from jobs.errors import (
     SettingsError,
     Unauthorized,
 )
-from jobs.states import BatchStatus, Outcome, PauseReason, RequestStatus
+from jobs.core.states import BatchStatus, Outcome, PauseReason, RequestStatus
 from tests.support import ROOT
 
 

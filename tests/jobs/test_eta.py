@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from jobs.eta import FreeLimits, RateMeter, estimate, format_duration
+from jobs.observation.eta import FreeLimits, RateMeter, estimate, format_duration
 
 NOW = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
 FREE_TIER = FreeLimits(per_window=20, window_seconds=60, per_day=50, margin=0.05)

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from jobs.submit import SubmitOptions, submit_file
+from jobs.submission.submit import SubmitOptions, submit_file
 from tests.support import ROOT, chat_line, write_jsonl
 
 _ANSWER_ALL = """
@@ -26,8 +26,8 @@ FROM attempt a WHERE a.batch_id = :b;
 
 _EXPORT = (
     "import asyncio, resource, sys\n"
-    "from jobs.db import create_engine\n"
-    "from jobs.export import export_results\n"
+    "from jobs.core.db import create_engine\n"
+    "from jobs.operations.results import export_results\n"
     "async def go():\n"
     "    engine = create_engine(sys.argv[1], pool_size=1)\n"
     "    with open(sys.argv[3], 'wb') as out:\n"

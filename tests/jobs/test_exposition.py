@@ -11,15 +11,15 @@ from arq.connections import ArqRedis
 from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 
-from jobs.constants import THROTTLE_KEY
-from jobs.exposition import metrics_authorized, render_metrics
-from jobs.fairness import TIER_BASE
-from jobs.fleet import breaker_key, limits_key
-from jobs.heartbeats import Heartbeat, write_heartbeat
-from jobs.metrics import OTHER_MODEL, ModelLabels
-from jobs.queue import enqueue_requests
-from jobs.settings import Settings
-from jobs.states import BatchPriority
+from jobs.core.constants import THROTTLE_KEY
+from jobs.core.settings import Settings
+from jobs.core.states import BatchPriority
+from jobs.observation.exposition import metrics_authorized, render_metrics
+from jobs.observation.metrics import OTHER_MODEL, ModelLabels
+from jobs.scheduling.fairness import TIER_BASE
+from jobs.scheduling.fleet import breaker_key, limits_key
+from jobs.scheduling.queue import enqueue_requests
+from jobs.scheduling.roster import Heartbeat, write_heartbeat
 
 Readings = dict[str, dict[frozenset[tuple[str, str]], float]]
 

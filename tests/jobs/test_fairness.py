@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from arq.connections import ArqRedis
 
-from jobs.fairness import TIER_BASE, FairQueue, Runnable, tier_of
-from jobs.states import BatchPriority
+from jobs.core.states import BatchPriority
+from jobs.scheduling.fairness import TIER_BASE, FairQueue, Runnable, tier_of
 
 NORMAL = BatchPriority.NORMAL
 

@@ -9,8 +9,8 @@ from arq.connections import ArqRedis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from jobs.feeder import feed
-from jobs.submit import SubmitOptions, submit_file
+from jobs.scheduling.feeder import feed
+from jobs.submission.submit import SubmitOptions, submit_file
 from tests.support import chat_line, write_jsonl
 
 

@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from jobs.input_format import LineError, ParsedLine, parse_line
-from jobs.submit import SubmitError, SubmitOptions, submit_file
+from jobs.formats.input_lines import LineError, ParsedLine, parse_line
+from jobs.submission.submit import SubmitError, SubmitOptions, submit_file
 from tests.support import ROOT, chat_line, write_jsonl
 
 OPTIONS = SubmitOptions(models=["sim/echo"])
@@ -124,8 +124,8 @@ def _peak_rss_mb(code: str, *args: str) -> float:
 _SUBMIT_AND_MEASURE = (
     "import asyncio, resource, sys\n"
     "from pathlib import Path\n"
-    "from jobs.db import create_engine\n"
-    "from jobs.submit import SubmitError, SubmitOptions, submit_file\n"
+    "from jobs.core.db import create_engine\n"
+    "from jobs.submission.submit import SubmitError, SubmitOptions, submit_file\n"
     "async def go():\n"
     "    engine = create_engine(sys.argv[1], pool_size=1)\n"
     "    try:\n"

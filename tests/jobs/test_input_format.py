@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from jobs.input_format import LineError, parse_line
+from jobs.formats.input_lines import LineError, parse_line
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import orjson
 
-from jobs.output_format import error_line, merge_answer, result_line
+from jobs.formats.output_lines import error_line, merge_answer, result_line
 
 
 def test_a_result_line_follows_openai_batch_output_with_the_stored_body_as_is() -> None:

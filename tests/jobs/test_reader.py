@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from jobs.reader import DamagedGzip, LineReader, read_lines
+from jobs.formats.reader import DamagedGzip, LineReader, read_lines
 
 
 @dataclass

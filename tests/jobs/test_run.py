@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from jobs.embedded import postgres_folder
+from jobs.services.embedded import postgres_folder
 from tests.support import ROOT, Lines, Simulator, Workers, chat_line, run_cli, write_jsonl
 
 FREE_SIMULATED = ("--models", "sim/echo:free", "--simulator")

@@ -25,7 +25,7 @@ import orjson
 import psutil
 import pytest
 
-from jobs.embedded import postgres_folder
+from jobs.services.embedded import postgres_folder
 from tests.support import ROOT, Lines, chat_line, fresh_machine_env, run_cli, write_jsonl
 
 pytestmark = pytest.mark.slow

@@ -12,9 +12,9 @@ import pytest
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from jobs.constants import STAGING_COPY_CHUNK
-from jobs.models import Batch, Request
-from jobs.submit import SubmitError, SubmitOptions, submit_file
+from jobs.core.constants import STAGING_COPY_CHUNK
+from jobs.core.models import Batch, Request
+from jobs.submission.submit import SubmitError, SubmitOptions, submit_file
 from tests.support import ROOT, chat_line, write_jsonl
 
 
@@ -124,8 +124,8 @@ def _peak_rss_mb_of_submit(env: dict[str, str], path: Path) -> float:
     code = (
         "import asyncio, resource, sys\n"
         "from pathlib import Path\n"
-        "from jobs.db import create_engine\n"
-        "from jobs.submit import SubmitOptions, submit_file\n"
+        "from jobs.core.db import create_engine\n"
+        "from jobs.submission.submit import SubmitOptions, submit_file\n"
         "async def go():\n"
         "    engine = create_engine(sys.argv[1], pool_size=1)\n"
         "    await submit_file(engine, Path(sys.argv[2]), SubmitOptions(models=['sim/echo']))\n"

@@ -7,8 +7,14 @@ from pathlib import Path
 import orjson
 import pytest
 
-from jobs.input_format import LineError, parse_record
-from jobs.templates import Template, TemplateError, load_json_schema, load_template_text, parse_answer
+from jobs.formats.input_lines import LineError, parse_record
+from jobs.formats.prompt_template import (
+    Template,
+    TemplateError,
+    load_json_schema,
+    load_template_text,
+    parse_answer,
+)
 
 SCHEMA = {
     "type": "object",

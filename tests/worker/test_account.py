@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from jobs.settings import Settings
+from jobs.core.settings import Settings
 from tests.support import TEST_API_KEY, Simulator
 from worker.account import account_limits
 from worker.openrouter import OpenRouterClient

@@ -9,7 +9,7 @@ import httpx
 import orjson
 import pytest
 
-from jobs.states import Outcome, PauseReason
+from jobs.core.states import Outcome, PauseReason
 from worker.classify import Failure, Success, classify
 from worker.openrouter import CallResult
 

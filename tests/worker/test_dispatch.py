@@ -9,7 +9,7 @@ from typing import Any
 from arq import func
 from arq.connections import ArqRedis
 
-from jobs.queue import job_dumps, job_loads
+from jobs.scheduling.queue import job_dumps, job_loads
 from worker.dispatch import ClaimingWorker
 
 

@@ -16,7 +16,7 @@ import orjson
 import pytest
 from arq.connections import ArqRedis
 
-from jobs.heartbeats import Heartbeat, read_heartbeats, write_heartbeat
+from jobs.scheduling.roster import Heartbeat, read_heartbeats, write_heartbeat
 from tests.support import Simulator, Workers, chat_line, run_cli, write_jsonl
 
 pytestmark = pytest.mark.slow

@@ -11,8 +11,8 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from jobs.errors import SettingsError
-from jobs.settings import Settings, get_settings
+from jobs.core.errors import SettingsError
+from jobs.core.settings import Settings, get_settings
 from tests.support import ROOT, Simulator, Workers, chat_line, run_cli, write_jsonl
 
 

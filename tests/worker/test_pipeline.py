@@ -10,7 +10,7 @@ from arq.connections import ArqRedis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from jobs.queue import enqueue_requests
+from jobs.scheduling.queue import enqueue_requests
 from tests.support import Simulator, Workers, chat_line, run_cli, write_jsonl
 
 

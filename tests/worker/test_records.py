@@ -15,10 +15,10 @@ from arq.constants import in_progress_key_prefix, job_key_prefix
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from jobs import feeder
-from jobs.queue import job_id
-from jobs.states import Outcome, PauseReason, RequestStatus
-from jobs.submit import SubmitOptions, submit_file
+from jobs.core.states import Outcome, PauseReason, RequestStatus
+from jobs.scheduling import feeder
+from jobs.scheduling.queue import job_id
+from jobs.submission.submit import SubmitOptions, submit_file
 from tests.netfaults import postgres_proxy
 from tests.support import Simulator, Workers, chat_line, run_cli, write_jsonl
 from worker import records

@@ -19,7 +19,7 @@ from arq.connections import ArqRedis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from jobs.db import create_engine, upgrade
+from jobs.core.db import create_engine, upgrade
 from tests.support import (
     ROOT,
     PrivatePostgres,

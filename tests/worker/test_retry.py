@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from jobs.states import Outcome, PauseReason, RequestStatus
+from jobs.core.states import Outcome, PauseReason, RequestStatus
 from worker.classify import Failure
 from worker.retry import backoff_seconds, decide
 

@@ -19,9 +19,9 @@ from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
+from jobs.simulator.config import config_from_args
 from tests.support import ROOT, TEST_API_KEY, Simulator
 from tests.worker.test_openrouter import SPEC
-from worker.simconfig import config_from_args
 
 AUTH = {"Authorization": f"Bearer {TEST_API_KEY}"}
 
@@ -171,7 +171,7 @@ def test_the_command_line_takes_the_speed_and_the_account() -> None:
 
 def test_help_lists_every_option_with_its_default() -> None:
     shown = subprocess.run(
-        [sys.executable, "-m", "worker.simulator", "--help"],
+        [sys.executable, "-m", "jobs.simulator", "--help"],
         cwd=ROOT,
         capture_output=True,
         text=True,

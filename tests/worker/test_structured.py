@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from worker.structured import reply_problem, requested_schema
+from jobs.formats.structured import reply_problem, requested_schema
 
 SCHEMA = {
     "type": "object",

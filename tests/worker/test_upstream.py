@@ -13,9 +13,9 @@ from types import SimpleNamespace
 from arq.connections import ArqRedis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from jobs.constants import THROTTLE_KEY
-from jobs.fleet import limits_key, throttle_namespace
-from jobs.settings import Settings
+from jobs.core.constants import THROTTLE_KEY
+from jobs.core.settings import Settings
+from jobs.scheduling.fleet import limits_key, throttle_namespace
 from tests.support import ROOT, Workers, chat_line, run_cli, write_jsonl
 from worker.account import AccountLimits
 from worker.upstream import adopt
@@ -41,7 +41,7 @@ async def test_a_worker_started_before_its_simulator_adopts_it_once_it_answers(
     log = tmp_path / "late-simulator.log"
     with log.open("wb") as sink:
         simulator = subprocess.Popen(  # noqa: ASYNC220, S603 - started and left running; argv built here
-            [sys.executable, "-m", "worker.simulator", "--port", str(port)],
+            [sys.executable, "-m", "jobs.simulator", "--port", str(port)],
             cwd=ROOT,
             stdout=subprocess.DEVNULL,
             stderr=sink,

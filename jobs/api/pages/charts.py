@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 
 from jobs.api.pages.reads import MinuteLine
-from jobs.constants import CHART_SPANS
+from jobs.core.constants import CHART_SPANS
 
 __all__ = ["Bar", "BarChart", "LineChart", "Series", "finished_chart", "model_chart"]
 

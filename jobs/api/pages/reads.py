@@ -15,8 +15,8 @@ from typing import Any
 from sqlalchemy import TextClause, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from jobs.constants import CHART_MEMORY_BATCHES, CHART_READ_SECONDS, PAGE_RATE_MINUTES
-from jobs.sql import states
+from jobs.core.constants import CHART_MEMORY_BATCHES, CHART_READ_SECONDS, PAGE_RATE_MINUTES
+from jobs.core.sql import states
 
 __all__ = [
     "BatchLine",

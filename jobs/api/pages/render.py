@@ -11,9 +11,9 @@ import jinja2
 from fastapi import Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from jobs.constants import PAGE_MESSAGE_CHARS, PAGE_REFRESH_SECONDS
-from jobs.errors import OrbatchError, Unauthorized
-from jobs.eta import format_duration
+from jobs.core.constants import PAGE_MESSAGE_CHARS, PAGE_REFRESH_SECONDS
+from jobs.core.errors import OrbatchError, Unauthorized
+from jobs.observation.eta import format_duration
 
 __all__ = ["LIVE_HEADER", "error_page", "render", "wants_page"]
 

@@ -25,15 +25,22 @@ from jobs.api.pages.render import render
 from jobs.api.pages.session import Viewer, check_form, end_session, find_viewer, start_session
 from jobs.api.pages.views import ACTIONS, account_view, batch_view
 from jobs.api.state import api_state
-from jobs.constants import CHART_SPANS, FLEET_READ_SECONDS, PAGE_BATCHES, SESSION_COOKIE, SESSION_SECONDS
-from jobs.control import CANCEL_REFUSED, RETRY_FROM, cancel_batch, change_priority, resume_batch, retry_failed
-from jobs.errors import BadInput, Conflict, NotFound, Unauthorized
-from jobs.export import stream_file
-from jobs.gauges import FleetGauges, read_fleet_gauges
-from jobs.logs import get_logger
-from jobs.schedule_view import read_running_by_kind
-from jobs.states import BatchPriority, BatchStatus, PauseReason
-from jobs.usage import quota_spenders
+from jobs.core.constants import CHART_SPANS, FLEET_READ_SECONDS, PAGE_BATCHES, SESSION_COOKIE, SESSION_SECONDS
+from jobs.core.errors import BadInput, Conflict, NotFound, Unauthorized
+from jobs.core.logs import get_logger
+from jobs.core.states import BatchPriority, BatchStatus, PauseReason
+from jobs.observation.gauges import FleetGauges, read_fleet_gauges
+from jobs.observation.schedule_view import read_running_by_kind
+from jobs.observation.usage import quota_spenders
+from jobs.operations.control import (
+    CANCEL_REFUSED,
+    RETRY_FROM,
+    cancel_batch,
+    change_priority,
+    resume_batch,
+    retry_failed,
+)
+from jobs.operations.results import stream_file
 
 __all__ = ["router"]
 

@@ -16,8 +16,8 @@ from redis.exceptions import RedisError
 from jobs.api.auth import authorized
 from jobs.api.keys import caller_of_digest, digest, find_caller
 from jobs.api.state import ApiState, api_state
-from jobs.constants import API_KEY_PREFIX, NO_AUTH_OWNER, SESSION_COOKIE, SESSION_KEY, SESSION_SECONDS
-from jobs.errors import Forbidden, ServiceUnavailable, Unauthorized
+from jobs.core.constants import API_KEY_PREFIX, NO_AUTH_OWNER, SESSION_COOKIE, SESSION_KEY, SESSION_SECONDS
+from jobs.core.errors import Forbidden, ServiceUnavailable, Unauthorized
 
 __all__ = ["Viewer", "check_form", "end_session", "find_viewer", "start_session"]
 

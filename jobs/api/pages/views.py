@@ -7,13 +7,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from jobs.api.pages.reads import BatchLine
-from jobs.constants import PAGE_RATE_MIN_SECONDS, PAGE_RATE_MINUTES
-from jobs.eta import FreeLimits, estimate, format_duration
-from jobs.gauges import AccountGauges, FleetGauges
-from jobs.heartbeats import no_taker, takers
-from jobs.schedule_view import Competition
-from jobs.states import BatchStatus, PauseReason
-from jobs.usage import QuotaSpender
+from jobs.core.constants import PAGE_RATE_MIN_SECONDS, PAGE_RATE_MINUTES
+from jobs.core.states import BatchStatus, PauseReason
+from jobs.observation.eta import FreeLimits, estimate, format_duration
+from jobs.observation.gauges import AccountGauges, FleetGauges
+from jobs.observation.schedule_view import Competition
+from jobs.observation.usage import QuotaSpender
+from jobs.scheduling.roster import no_taker, takers
 
 __all__ = ["ACTIONS", "AccountView", "BatchView", "Wait", "account_for", "account_view", "batch_view"]
 

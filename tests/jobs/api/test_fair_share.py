@@ -18,7 +18,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from jobs.api.keys import NewKey
-from jobs.heartbeats import Heartbeat, write_heartbeat
+from jobs.scheduling.roster import Heartbeat, write_heartbeat
 from tests.conftest import Services
 from tests.jobs.api.conftest import ApiServer, api_env, batch_lines, jsonl
 from tests.support import Simulator, Workers

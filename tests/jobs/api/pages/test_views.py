@@ -8,10 +8,10 @@ from decimal import Decimal
 from jobs.api.pages.charts import finished_chart, model_chart
 from jobs.api.pages.reads import BatchLine, MinuteLine
 from jobs.api.pages.views import batch_view
-from jobs.constants import CHART_SPANS
-from jobs.fleet import BreakerState
-from jobs.gauges import AccountGauges, FleetGauges
-from jobs.heartbeats import Heartbeat
+from jobs.core.constants import CHART_SPANS
+from jobs.observation.gauges import AccountGauges, FleetGauges
+from jobs.scheduling.fleet import BreakerState
+from jobs.scheduling.roster import Heartbeat
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 

@@ -1,0 +1,166 @@
+"""What the CLI prints: messages, tables of batches and usage, with every piece of user text shown as text.
+
+Batch names, file names, pause messages and upstream errors are user or upstream text: Rich would read
+`[/x]` in them as markup (and crash on it), so they only ever reach a console as `rich.text.Text`.
+"""
+
+from __future__ import annotations
+
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from jobs.observation.eta import format_duration
+from jobs.observation.standing import BatchSummary
+from jobs.observation.usage import UsageLine, UsageReport
+from jobs.scheduling.roster import Heartbeat
+
+__all__ = [
+    "batches_table",
+    "err",
+    "keys_table",
+    "out",
+    "say",
+    "say_error",
+    "say_warning",
+    "summary_table",
+    "usage_table",
+    "workers_table",
+]
+
+# soft_wrap: messages stay one line each when piped, whatever the width; piped tables get room for ids.
+out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
+err = Console(stderr=True, soft_wrap=True)
+
+
+def say(console: Console, message: str, style: str | None = None) -> None:
+    """Print a message as plain text (never read as markup)."""
+    console.print(Text(message, style=style or ""), highlight=False)
+
+
+def say_warning(console: Console, message: str) -> None:
+    """`warning: MESSAGE`, the prefix in yellow."""
+    console.print(Text.assemble(("warning: ", "bold yellow"), message), highlight=False)
+
+
+def say_error(console: Console, message: str) -> None:
+    """`error: MESSAGE`, the prefix in red."""
+    console.print(Text.assemble(("error: ", "bold red"), message), highlight=False)
+
+
+def summary_table(summary: BatchSummary, waiting: str | None = None) -> Table:
+    """One batch: state, what it waits for, pause, models, counts, attempts, tokens, cost."""
+    counts = summary.counts
+    title = f"batch {summary.id}" + (f" ({summary.name})" if summary.name else "")
+    table = Table(title=Text(title), show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("status", Text(summary.status))
+    if waiting:
+        table.add_row("waiting", Text(waiting))
+    if summary.pause_reason:
+        when = f" until {summary.resume_at:%Y-%m-%d %H:%M:%S} UTC" if summary.resume_at else ""
+        table.add_row("paused", Text(f"{summary.pause_reason}{when}: {summary.pause_message or ''}"))
+    table.add_row("models", Text(", ".join(summary.models) or "(per line)"))
+    table.add_row(
+        "requests",
+        f"{summary.total} total · {counts.get('completed', 0)} completed · {counts.get('failed', 0)} failed · "
+        f"{counts.get('pending', 0)} pending · {counts.get('running', 0)} running"
+        + (f" · {counts['cancelled']} cancelled" if counts.get("cancelled") else ""),
+    )
+    table.add_row("attempts", str(summary.attempts))
+    table.add_row("tokens", f"{summary.prompt_tokens} prompt · {summary.completion_tokens} completion")
+    table.add_row("cost", f"${summary.cost:.6f}")
+    return table
+
+
+def batches_table(summaries: list[BatchSummary]) -> Table:
+    """The latest batches, one row each."""
+    table = Table("id", "name", "status", "total", "completed", "failed", "cost")
+    for s in summaries:
+        table.add_row(
+            s.id,
+            Text(s.name or ""),
+            Text(s.status),
+            str(s.total),
+            str(s.counts.get("completed", 0)),
+            str(s.counts.get("failed", 0)),
+            f"${s.cost:.6f}",
+        )
+    return table
+
+
+def _usage_row(table: Table, batch_id: str, model: str, line: UsageLine, style: str | None = None) -> None:
+    table.add_row(
+        batch_id,
+        Text(model),
+        str(line.requests),
+        str(line.calls),
+        str(line.prompt_tokens),
+        str(line.completion_tokens),
+        str(line.reasoning_tokens),
+        str(line.cached_tokens),
+        f"${line.cost:.6f}" + ("*" if line.cost_estimated else ""),
+        style=style,
+    )
+
+
+def usage_table(report: UsageReport) -> Table:
+    """Requests, calls, tokens and cost by batch and by the model that served, with totals."""
+    table = Table(
+        "batch", "model served", "requests", "calls", "prompt", "completion", "reasoning", "cached", "cost"
+    )
+    for batch_id, models in report.models.items():
+        for model, line in models.items():
+            _usage_row(table, batch_id, model or "(no answer)", line)
+        if len(models) > 1:
+            _usage_row(table, batch_id, "all", report.batches[batch_id], style="bold")
+    if len(report.batches) > 1:
+        _usage_row(table, "all", "", report.total, style="bold")
+    return table
+
+
+def workers_table(beats: list[Heartbeat], now: datetime | None = None) -> Table:
+    """The live workers, one row each: who, what it runs, its load now, how long up and since it last worked."""
+    now = now or datetime.now(UTC)
+    table = Table(
+        "worker", "version", "queue", "calls", "holding", "answered", "up", "last activity", "state"
+    )
+    for beat in beats:
+        idle = (
+            "never"
+            if beat.last_activity is None
+            else format_duration((now - beat.last_activity).total_seconds())
+        )
+        state = "stopping" if beat.stopping else ("working" if beat.tasks else "idle")
+        table.add_row(
+            # Host names and queue names come from other machines' configuration: shown as text, never markup.
+            Text(f"{beat.host}:{beat.pid}"),
+            Text(beat.version + (" (simulator)" if beat.simulated else "")),
+            Text(beat.queue),
+            f"{beat.in_flight}/{beat.concurrency}",
+            str(beat.tasks),
+            str(beat.answered),
+            format_duration((now - beat.started_at).total_seconds()),
+            idle if beat.last_activity is None else f"{idle} ago",
+            state,
+        )
+    return table
+
+
+def keys_table(rows: list[dict[str, Any]]) -> Table:
+    """The API's keys: owner, the key's first characters, rate limit, made and revoked."""
+    table = Table("owner", "key", "rate limit", "created", "revoked")
+    for row in rows:
+        table.add_row(
+            Text(row["name"]),
+            Text(row["hint"]),
+            Text("server default" if row["rate_per_minute"] is None else f"{row['rate_per_minute']}/min"),
+            Text(row["created_at"][:19]),
+            Text("" if row["revoked_at"] is None else row["revoked_at"][:19], style="red"),
+        )
+    return table

@@ -1,0 +1,286 @@
+"""Steering a batch from Postgres: resume or re-queue it, cancel it, retry its failed requests."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from jobs.core.db import retry_conflicts
+from jobs.core.errors import Conflict
+from jobs.core.sql import sql
+from jobs.core.states import BatchPriority, BatchStatus
+from jobs.observation.standing import BatchNotFound
+
+__all__ = [
+    "CANCEL_REFUSED",
+    "RETRY_FROM",
+    "ResumeRefused",
+    "cancel_batch",
+    "change_priority",
+    "delete_batch",
+    "hold_for_its_run",
+    "release_batch_queue_marks",
+    "resolve_batch",
+    "resume_batch",
+    "retry_failed",
+]
+
+# A batch that ended on its own cannot be cancelled (its results stand); the API answers 409, a page hides it.
+CANCEL_REFUSED = frozenset({BatchStatus.COMPLETED, BatchStatus.FAILED, BatchStatus.EXPIRED})
+# Only a running or completed batch retries its failures: a paused, cancelled or expired one would not run them.
+RETRY_FROM = frozenset({BatchStatus.COMPLETED, BatchStatus.IN_PROGRESS})
+
+_RESUME = sql(
+    """
+    WITH resumed AS (
+        UPDATE batch SET status = {B.IN_PROGRESS}, pause_reason = NULL, pause_message = NULL, resume_at = NULL,
+               max_cost = coalesce(CAST(:max_cost AS numeric), max_cost)
+        WHERE id = :batch_id AND status = {B.PAUSED}
+        RETURNING id
+    ), target AS (
+        SELECT r.id FROM request r JOIN resumed ON r.batch_id = resumed.id
+        WHERE r.status = {R.PENDING} ORDER BY r.id FOR UPDATE OF r
+    ), cleared AS (
+        UPDATE request r SET enqueued_at = NULL, next_attempt_at = LEAST(r.next_attempt_at, now())
+        FROM target WHERE r.id = target.id
+    )
+    SELECT count(*) FROM resumed
+    """
+)
+
+# A running batch is swept by hand: every unfinished request of it is fed again (after a Redis loss, say).
+_REQUEUE = sql(
+    """
+    WITH target AS (
+        SELECT id FROM request WHERE batch_id = :batch_id AND status = {R.PENDING} ORDER BY id FOR UPDATE
+    )
+    UPDATE request r SET enqueued_at = NULL, next_attempt_at = LEAST(r.next_attempt_at, now())
+    FROM target WHERE r.id = target.id AND r.status = {R.PENDING}
+    """
+)
+
+# No new call starts for a cancelling batch; calls in flight finish and are kept, then the feeder marks
+# the batch cancelled (at once, when nothing was in flight).
+_CANCEL = sql(
+    """
+    WITH batch_row AS (
+        UPDATE batch SET status = {B.CANCELLING}, pause_reason = NULL, pause_message = NULL, resume_at = NULL
+        WHERE id = :batch_id AND status IN ({B.VALIDATING}, {B.IN_PROGRESS}, {B.PAUSED})
+        RETURNING id
+    ), target AS (
+        SELECT r.id FROM request r JOIN batch_row ON r.batch_id = batch_row.id
+        WHERE r.status = {R.PENDING} ORDER BY r.id FOR UPDATE OF r
+    ), cancelled AS (
+        UPDATE request r SET status = {R.CANCELLED}, finished_at = now(), enqueued_at = NULL
+        FROM target WHERE r.id = target.id AND r.status = {R.PENDING}
+        RETURNING r.id
+    )
+    SELECT (SELECT count(*) FROM batch_row) AS batches, (SELECT count(*) FROM cancelled) AS requests
+    """
+)
+
+_CANCELLED_IF_IDLE = sql(
+    """
+    UPDATE batch SET status = {B.CANCELLED}, finished_at = now()
+    WHERE id = :batch_id AND status = {B.CANCELLING}
+      AND NOT EXISTS (SELECT 1 FROM request WHERE batch_id = :batch_id AND status IN ({R.PENDING}, {R.RUNNING}))
+    """
+)
+
+_STATUS = sql("SELECT status FROM batch WHERE id = :b")
+
+# A run's own queue is gone: its requests still marked queued are fed again by whoever works the batch next.
+_RELEASE_QUEUE_MARKS = sql(
+    """
+    WITH target AS (
+        SELECT id FROM request WHERE batch_id = :batch_id AND status = {R.PENDING} AND enqueued_at IS NOT NULL
+        ORDER BY id FOR UPDATE
+    )
+    UPDATE request r SET enqueued_at = NULL FROM target WHERE r.id = target.id
+    """
+)
+
+_RETRY_FAILED = sql(
+    """
+    WITH target AS (
+        SELECT id FROM request WHERE batch_id = :batch_id AND status = {R.FAILED} ORDER BY id FOR UPDATE
+    ), retried AS (
+        UPDATE request r SET status = {R.PENDING}, failures = 0, chain_pos = 0, next_attempt_at = now(),
+               enqueued_at = NULL, finished_at = NULL, last_error = NULL
+        FROM target WHERE r.id = target.id AND r.status = {R.FAILED}
+        RETURNING r.id
+    ), reopened AS (
+        UPDATE batch SET status = {B.IN_PROGRESS}, finished_at = NULL
+        WHERE id = :batch_id AND status IN ({B.COMPLETED}, {B.IN_PROGRESS}) AND EXISTS (SELECT 1 FROM retried)
+        RETURNING id
+    )
+    SELECT count(*) FROM retried
+    """
+)
+
+
+class ResumeRefused(Conflict):
+    """Resuming would stop again at once (a spent budget with no higher cap)."""
+
+
+async def resume_batch(engine: AsyncEngine, batch_id: str, max_cost: Decimal | None = None) -> str:
+    """Unpause a paused batch (or re-queue a running one's unfinished requests); returns what happened."""
+    return await retry_conflicts(lambda: _resume(engine, batch_id, max_cost))
+
+
+async def _resume(engine: AsyncEngine, batch_id: str, max_cost: Decimal | None) -> str:
+    async with engine.begin() as conn:
+        row = (
+            await conn.execute(
+                sql("SELECT status, max_cost, spent FROM batch WHERE id = :batch_id FOR UPDATE"),
+                {"batch_id": batch_id},
+            )
+        ).one_or_none()
+        if row is None:
+            raise BatchNotFound(batch_id)
+        if (
+            max_cost is None
+            and row.status == BatchStatus.PAUSED
+            and row.max_cost is not None
+            and row.spent >= row.max_cost
+        ):
+            raise ResumeRefused(
+                f"{batch_id} has spent {row.spent} USD of its {row.max_cost} USD cap; "
+                "pass --max-cost with a higher cap to resume it"
+            )
+        if max_cost is not None and max_cost <= row.spent:
+            raise ResumeRefused(
+                f"--max-cost {max_cost} is not above what {batch_id} has already spent ({row.spent} USD)"
+            )
+        if row.status == BatchStatus.IN_PROGRESS:
+            requeued = (await conn.execute(_REQUEUE, {"batch_id": batch_id})).rowcount
+            return f"running; {requeued} unfinished requests queued again"
+        resumed = (await conn.execute(_RESUME, {"batch_id": batch_id, "max_cost": max_cost})).scalar_one()
+    return "resumed" if resumed else f"not paused (status {row.status}); nothing to do"
+
+
+_HOLD_FOR_RUN = sql(
+    "UPDATE batch SET status = {B.PAUSED}, pause_reason = {P.INTERRUPTED}, pause_message = :message,"
+    " resume_at = NULL WHERE id = :batch_id"
+    # Waiting for the quota's day too: when it turns, the batch waits for its run rather than a fleet worker.
+    " AND (status = {B.IN_PROGRESS} OR (status = {B.PAUSED} AND pause_reason = {P.QUOTA}))"
+)
+
+
+async def hold_for_its_run(engine: AsyncEngine, batch_id: str) -> bool:
+    """Pause a stopped run's batch, so no fleet or server worker takes it up until the same `orbatch run`
+    command runs again or a user resumes it; True when it was running and is now held."""
+    message = (
+        "its `orbatch run` was stopped: the same command carries on with it, or `orbatch resume` hands it to "
+        "any worker"
+    )
+    async with engine.begin() as conn:
+        held = await conn.execute(_HOLD_FOR_RUN, {"batch_id": batch_id, "message": message})
+    return bool(held.rowcount)
+
+
+_PRIORITY = sql("UPDATE batch SET priority = :priority WHERE id = :batch_id RETURNING status")
+
+
+async def change_priority(engine: AsyncEngine, batch_id: str, priority: BatchPriority) -> str:
+    """Set a batch's priority; the feeder orders its next jobs by it (those already queued keep their place)."""
+    async with engine.begin() as conn:
+        row = (
+            await conn.execute(_PRIORITY, {"batch_id": batch_id, "priority": priority.value})
+        ).one_or_none()
+    if row is None:
+        raise BatchNotFound(batch_id)
+    return f"priority {priority.value}"
+
+
+async def cancel_batch(engine: AsyncEngine, batch_id: str) -> str:
+    """Stop a batch: queued requests are cancelled, calls in flight finish and are kept."""
+    return await retry_conflicts(lambda: _cancel(engine, batch_id))
+
+
+async def _cancel(engine: AsyncEngine, batch_id: str) -> str:
+    async with engine.begin() as conn:
+        row = (await conn.execute(_CANCEL, {"batch_id": batch_id})).one()
+        await conn.execute(_CANCELLED_IF_IDLE, {"batch_id": batch_id})
+        status = (await conn.execute(_STATUS, {"b": batch_id})).scalar()
+    if status is None:
+        raise BatchNotFound(batch_id)
+    if not row.batches:
+        return f"already {status}; nothing to cancel"
+    return f"cancelling: {row.requests} queued requests cancelled; calls in flight finish and are kept"
+
+
+async def retry_failed(engine: AsyncEngine, batch_id: str) -> int:
+    """Queue the batch's failed requests again with fresh attempts; returns how many."""
+    return await retry_conflicts(lambda: _retry_failed(engine, batch_id))
+
+
+async def _retry_failed(engine: AsyncEngine, batch_id: str) -> int:
+    async with engine.begin() as conn:
+        status = (await conn.execute(_STATUS, {"b": batch_id})).scalar()
+        if status is None:
+            raise BatchNotFound(batch_id)
+        if status not in RETRY_FROM:
+            raise ResumeRefused(
+                f"{batch_id} is {status}: only a running or completed batch can retry its failures"
+            )
+        return int((await conn.execute(_RETRY_FAILED, {"batch_id": batch_id})).scalar_one())
+
+
+async def release_batch_queue_marks(engine: AsyncEngine, batch_id: str) -> None:
+    """Forget which of the batch's requests are queued (their queue is gone); the feeder queues them again."""
+    await retry_conflicts(lambda: _release_marks(engine, batch_id))
+
+
+async def _release_marks(engine: AsyncEngine, batch_id: str) -> None:
+    async with engine.begin() as conn:
+        await conn.execute(_RELEASE_QUEUE_MARKS, {"batch_id": batch_id})
+
+
+_BY_NAME = sql(
+    "SELECT id, created_at, count(*) OVER () AS named FROM batch WHERE name = :name ORDER BY created_at DESC LIMIT 1"
+)
+_EXISTS = sql("SELECT 1 FROM batch WHERE id = :id")
+
+
+async def resolve_batch(conn: AsyncConnection, ref: str) -> tuple[str, str | None]:
+    """The batch a user means by an id or a name (the latest of that name), and a note when the name is shared."""
+    if (await conn.execute(_EXISTS, {"id": ref})).first() is not None:
+        return ref, None
+    row = (await conn.execute(_BY_NAME, {"name": ref})).one_or_none()
+    if row is None:
+        raise BatchNotFound(ref)
+    note = None
+    if row.named > 1:
+        note = (
+            f"{row.named} batches are named {ref!r}; this is the latest, {row.id} "
+            f"(created {row.created_at:%Y-%m-%d %H:%M} UTC): give its id for another"
+        )
+    return str(row.id), note
+
+
+# Only a batch that no call is running for goes: its requests, attempts, results and tallies with it.
+_DELETE = sql(
+    """
+    DELETE FROM batch b WHERE b.id = :batch_id
+      AND b.status IN ({B.COMPLETED}, {B.FAILED}, {B.CANCELLED}, {B.PAUSED})
+      AND NOT EXISTS (SELECT 1 FROM request r WHERE r.batch_id = b.id AND r.status = {R.RUNNING})
+    RETURNING b.total
+    """
+)
+
+
+async def delete_batch(engine: AsyncEngine, batch_id: str) -> int:
+    """Delete a finished (or paused, idle) batch and every row of it; how many requests it had."""
+    async with engine.begin() as conn:
+        status = (await conn.execute(_STATUS, {"b": batch_id})).scalar()
+        if status is None:
+            raise BatchNotFound(batch_id)
+        deleted = (await conn.execute(_DELETE, {"batch_id": batch_id})).one_or_none()
+    if deleted is None:
+        raise Conflict(
+            f"{batch_id} is {status} with calls running: cancel it first (`orbatch cancel {batch_id}`), "
+            "then delete it once it is cancelled"
+        )
+    return int(deleted.total)

@@ -1,0 +1,347 @@
+"""The feeder: keeps the arq queue topped up from Postgres, and is the recovery path for everything else."""
+
+from __future__ import annotations
+
+import math
+import uuid
+from dataclasses import dataclass, field
+
+from arq.connections import ArqRedis
+from arq.constants import in_progress_key_prefix, job_key_prefix
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from jobs.core.constants import EXPIRY_SWEEP_SECONDS, REDIS_EPOCH_KEY, REQUEUE_AFTER_SECONDS
+from jobs.core.sql import sql
+from jobs.core.states import BatchPriority
+from jobs.scheduling.fairness import FairQueue, Runnable
+from jobs.scheduling.queue import enqueue_requests, job_id, rescore_jobs
+
+__all__ = ["FeedReport", "expire_batches", "feed"]
+
+# However many batches share a tier, each keeps at least this many jobs queued: enough for a few workers' worth
+# between two feeder ticks.
+MIN_WINDOW = 16
+
+
+@dataclass(slots=True)
+class FeedReport:
+    """What one feeder tick did."""
+
+    enqueued: int = 0
+    expired_leases: int = 0
+    resumed_batches: int = 0
+    finalized_batches: list[str] = field(default_factory=list)
+    expired_batches: int = 0
+    redis_reset: bool = False
+
+
+# A dead worker's leases: its requests go back to pending (cancelled, for a cancelling batch) and its calls in
+# flight are marked abandoned.
+_EXPIRE_LEASES = sql(
+    """
+    WITH target AS (
+        SELECT id FROM request WHERE status = {R.RUNNING} AND lease_expires_at < now() ORDER BY id FOR UPDATE
+    ), expired AS (
+        UPDATE request r SET
+               status = CASE WHEN b.status = {B.CANCELLING} THEN {R.CANCELLED} ELSE {R.PENDING} END,
+               finished_at = CASE WHEN b.status = {B.CANCELLING} THEN now() END,
+               lease_owner = NULL, lease_expires_at = NULL, enqueued_at = NULL, next_attempt_at = now()
+        FROM target, batch b
+        WHERE r.id = target.id AND b.id = r.batch_id AND r.status = {R.RUNNING} AND r.lease_expires_at < now()
+        RETURNING r.id, r.attempts
+    )
+    UPDATE attempt a SET outcome = {O.ABANDONED}, finished_at = now(),
+           error_message = 'the worker running this call stopped before recording it'
+    FROM expired e WHERE a.request_id = e.id AND a.number = e.attempts AND a.outcome = {O.IN_FLIGHT}
+    RETURNING a.request_id
+    """
+)
+
+# A parked batch whose wait is over runs again; its requests' queue marks are dropped so they are re-fed.
+_RESUME_BATCHES = sql(
+    """
+    WITH resumed AS (
+        UPDATE batch SET status = {B.IN_PROGRESS}, pause_reason = NULL, pause_message = NULL, resume_at = NULL
+        WHERE status = {B.PAUSED} AND resume_at IS NOT NULL AND resume_at <= now()
+        RETURNING id
+    ), target AS (
+        SELECT r.id FROM request r JOIN resumed ON r.batch_id = resumed.id
+        WHERE r.status = {R.PENDING} AND r.enqueued_at IS NOT NULL ORDER BY r.id FOR UPDATE OF r
+    ), cleared AS (
+        UPDATE request r SET enqueued_at = NULL FROM target WHERE r.id = target.id
+    )
+    SELECT count(*) FROM resumed
+    """
+)
+
+# Multi-row updates of requests lock them in id order, so two of them never deadlock each other.
+_FORGET_QUEUED = sql(
+    """
+    WITH target AS (
+        SELECT id FROM request WHERE status = {R.PENDING} AND enqueued_at IS NOT NULL ORDER BY id FOR UPDATE
+    )
+    UPDATE request r SET enqueued_at = NULL FROM target WHERE r.id = target.id
+    """
+)
+
+# A job marked queued a while ago that has not started may be lost (an expired key, or a worker killed between
+# taking the job and leasing the request, whose arq in-progress key blocks that job id for the task timeout),
+# or may only be waiting its turn in a long queue: Redis tells which (`_lost_jobs`). A lost one's request is fed
+# again under a new job id; a waiting one's mark is renewed, so it is not looked at again for a while.
+_STALE = sql(
+    """
+    SELECT id, attempts, feeds FROM request
+    WHERE status = {R.PENDING} AND enqueued_at IS NOT NULL AND enqueued_at < now() - make_interval(secs => :after)
+    ORDER BY id LIMIT :most
+    """
+)
+_REQUEUE_STALE = sql(
+    """
+    WITH target AS (
+        SELECT id FROM request WHERE id = ANY(CAST(:ids AS bigint[])) AND status = {R.PENDING}
+          AND enqueued_at IS NOT NULL
+        ORDER BY id FOR UPDATE
+    )
+    UPDATE request r SET enqueued_at = NULL, feeds = r.feeds + 1 FROM target WHERE r.id = target.id
+    """
+)
+_STILL_QUEUED = sql(
+    """
+    WITH target AS (
+        SELECT id FROM request WHERE id = ANY(CAST(:ids AS bigint[])) AND status = {R.PENDING}
+          AND enqueued_at IS NOT NULL
+        ORDER BY id FOR UPDATE
+    )
+    UPDATE request r SET enqueued_at = now() FROM target WHERE r.id = target.id
+    """
+)
+# Stale marks looked at in one tick: the rest wait for the next.
+_STALE_PER_TICK = 5000
+
+_ACTIVE_BATCHES = sql(
+    """
+    SELECT b.id, coalesce(a.owner, '') AS owner, b.priority, b.simulated,
+           (SELECT count(*) FROM request r WHERE r.batch_id = b.id AND r.status = {R.RUNNING})
+         + (SELECT count(*) FROM request r
+            WHERE r.batch_id = b.id AND r.status = {R.PENDING} AND r.enqueued_at IS NOT NULL) AS in_queue
+    FROM batch b LEFT JOIN api_batch a ON a.batch_id = b.id
+    WHERE b.status = {B.IN_PROGRESS} AND (CAST(:batch_id AS text) IS NULL OR b.id = :batch_id)
+      AND (CAST(:simulated AS boolean) IS NULL OR b.simulated = :simulated)
+    ORDER BY b.created_at
+    """
+)
+
+# The due requests of each batch fed this tick, up to its room, in one round trip.
+_DUE = sql(
+    """
+    SELECT f.batch_id, r.id, r.attempts, r.feeds
+    FROM unnest(CAST(:batch_ids AS text[]), CAST(:rooms AS integer[])) AS f(batch_id, room)
+    CROSS JOIN LATERAL (
+        SELECT id, attempts, feeds FROM request
+        WHERE batch_id = f.batch_id AND status = {R.PENDING} AND enqueued_at IS NULL AND next_attempt_at <= now()
+        ORDER BY id LIMIT f.room
+    ) r
+    """
+)
+
+# A batch's jobs waiting in the queue, in the order they were fed: scored again when the batch's weight changed.
+_QUEUED = sql(
+    """
+    SELECT id, attempts, feeds FROM request
+    WHERE batch_id = :batch_id AND status = {R.PENDING} AND enqueued_at IS NOT NULL
+    ORDER BY id
+    """
+)
+
+# Marks only the requests still as they were read: every lease taken since moves `attempts` or `feeds` (the
+# job id), so a request whose job already ran and gave it back is never marked as waiting in the queue.
+_MARK_ENQUEUED = sql(
+    """
+    WITH target AS (
+        SELECT r.id FROM request r
+        JOIN unnest(CAST(:ids AS bigint[]), CAST(:attempts AS integer[]), CAST(:feeds AS integer[]))
+          AS q(id, attempts, feeds)
+          ON r.id = q.id AND r.attempts = q.attempts AND r.feeds = q.feeds
+        WHERE r.status = {R.PENDING} AND r.enqueued_at IS NULL
+        ORDER BY r.id FOR UPDATE OF r
+    )
+    UPDATE request r SET enqueued_at = now()
+    FROM target WHERE r.id = target.id AND r.status = {R.PENDING} AND r.enqueued_at IS NULL
+    """
+)
+
+# A batch with nothing left to run is done: completed, or cancelled when it was cancelling.
+_FINALIZE = sql(
+    """
+    UPDATE batch b SET status = CASE WHEN b.status = {B.CANCELLING} THEN {B.CANCELLED} ELSE {B.COMPLETED} END,
+           finished_at = now()
+    WHERE b.status IN ({B.IN_PROGRESS}, {B.CANCELLING})
+      AND NOT EXISTS (
+          SELECT 1 FROM request r WHERE r.batch_id = b.id AND r.status IN ({R.PENDING}, {R.RUNNING})
+      )
+    RETURNING b.id
+    """
+)
+
+
+# A batch past its completion window (one created through the API) expires: no new call starts, and its
+# unfinished requests are cancelled (its error file reports them as `batch_expired`); finished ones are kept.
+_EXPIRE_BATCHES = sql(
+    """
+    UPDATE batch SET status = {B.EXPIRED}, pause_reason = NULL, pause_message = NULL, resume_at = NULL,
+           finished_at = now()
+    WHERE expires_at IS NOT NULL AND expires_at <= now()
+      AND status IN ({B.VALIDATING}, {B.IN_PROGRESS}, {B.PAUSED})
+    RETURNING id
+    """
+)
+
+# Calls in flight at expiry end as they would; one that would run its request again puts it back to pending,
+# so requests of lately expired batches are cancelled on every tick, not only at the moment of expiry.
+_CANCEL_EXPIRED_REQUESTS = sql(
+    """
+    WITH target AS (
+        SELECT r.id FROM request r JOIN batch b ON b.id = r.batch_id
+        WHERE b.status = {B.EXPIRED} AND b.expired_at > now() - make_interval(secs => :sweep)
+          AND r.status = {R.PENDING}
+        ORDER BY r.id FOR UPDATE OF r
+    )
+    UPDATE request r SET status = {R.CANCELLED}, finished_at = now(), enqueued_at = NULL,
+           last_error = 'batch_expired'
+    FROM target WHERE r.id = target.id AND r.status = {R.PENDING}
+    """
+)
+
+
+async def expire_batches(engine: AsyncEngine) -> int:
+    """Expire the batches past their completion window and cancel what they left unfinished; returns how many."""
+    async with engine.begin() as conn:
+        expired = len((await conn.execute(_EXPIRE_BATCHES)).all())
+    async with engine.begin() as conn:
+        await conn.execute(_CANCEL_EXPIRED_REQUESTS, {"sweep": EXPIRY_SWEEP_SECONDS})
+    return expired
+
+
+async def _lost_jobs(redis: ArqRedis, requests: list[tuple[int, int, int]]) -> set[int]:
+    """Of these requests marked queued, those whose job is gone from Redis or stuck in a dead worker's claim."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for request_id, attempts, feeds in requests:
+            jid = job_id(request_id, attempts, feeds)
+            pipe.exists(job_key_prefix + jid)
+            pipe.exists(in_progress_key_prefix + jid)
+        replies = await pipe.execute()
+    return {
+        request_id
+        for i, (request_id, _, _) in enumerate(requests)
+        if not replies[2 * i] or replies[2 * i + 1]
+    }
+
+
+async def _check_redis_epoch(engine: AsyncEngine, redis: ArqRedis, namespace: str) -> bool:
+    """True when Redis lost its data; every queue mark in Postgres is then dropped so the work is re-fed."""
+    key = REDIS_EPOCH_KEY.format(queue=namespace)
+    if await redis.get(key) is not None:
+        return False
+    async with engine.begin() as conn:
+        await conn.execute(_FORGET_QUEUED)
+    await redis.set(key, uuid.uuid4().hex)
+    return True
+
+
+async def feed(
+    engine: AsyncEngine,
+    redis: ArqRedis,
+    namespace: str,
+    window: int,
+    batch_id: str | None = None,
+    requeue_after: float = REQUEUE_AFTER_SECONDS,
+    queue: str | None = None,
+    at_most: int | None = None,
+    simulated: bool | None = None,
+    shared: bool = True,
+) -> FeedReport:
+    """One tick: recover lost work, resume parked batches, queue due requests, finalize finished batches.
+
+    Jobs go to `queue` (the namespace's own queue by default), in the fair queue's order (jobs/scheduling/fairness.py);
+    `batch_id` feeds that batch only, `simulated` the batches of that kind of upstream only; `at_most` bounds
+    how many requests are queued this tick (0 while the outage breaker holds everyone, 1 for its probe);
+    `shared`: the queue is the fleet's, whose window the batches share (a run's own queue is not).
+    """
+    report = FeedReport()
+    report.redis_reset = await _check_redis_epoch(engine, redis, namespace)
+    report.expired_batches = await expire_batches(engine)
+    async with engine.begin() as conn:
+        report.expired_leases = len((await conn.execute(_EXPIRE_LEASES)).all())
+        report.resumed_batches = int((await conn.execute(_RESUME_BATCHES)).scalar_one())
+        stale = (await conn.execute(_STALE, {"after": requeue_after, "most": _STALE_PER_TICK})).all()
+    if stale:
+        lost = await _lost_jobs(redis, [(int(r.id), int(r.attempts), int(r.feeds)) for r in stale])
+        waiting = [int(r.id) for r in stale if int(r.id) not in lost]
+        async with engine.begin() as conn:
+            if lost:
+                await conn.execute(_REQUEUE_STALE, {"ids": sorted(lost)})
+            if waiting:
+                await conn.execute(_STILL_QUEUED, {"ids": waiting})
+    async with engine.begin() as conn:
+        batches = (await conn.execute(_ACTIVE_BATCHES, {"batch_id": batch_id, "simulated": simulated})).all()
+        weighed = batches
+        if batch_id is not None and batches:
+            # One batch fed (a submit's first window): it is weighed against every running batch of its kind,
+            # so an owner's new batches do not each start as if alone.
+            kind = {"batch_id": None, "simulated": bool(batches[0].simulated)}
+            weighed = (await conn.execute(_ACTIVE_BATCHES, kind)).all()
+    target = queue or namespace
+    fair = FairQueue(redis, target)
+    await fair.start([Runnable(b.id, b.owner, BatchPriority(b.priority)) for b in weighed])
+    for bid in fair.reweighed():
+        async with engine.connect() as conn:
+            queued_jobs = [
+                job_id(int(r.id), int(r.attempts), int(r.feeds))
+                for r in await conn.execute(_QUEUED, {"batch_id": bid})
+            ]
+        await rescore_jobs(redis, target, queued_jobs, fair.rescore(bid, len(queued_jobs)))
+    rooms: dict[str, int] = {}
+    budget = at_most
+    for bid, _, _, _, in_queue in batches:
+        # The window is the tier's: split between the batches that share it as their shares go, so fifty batches
+        # keep a queue as deep as one does (a job waiting longer than ORBATCH_REQUEUE_AFTER looks lost), and a
+        # batch alone in its tier still has all of it. A window is topped up once it is half spent, so a tick
+        # feeds a few batches many jobs rather than every batch one or two.
+        share = fair.share(bid) if shared else 1.0
+        size = max(min(MIN_WINDOW, window), math.ceil(window * share))
+        room = size - int(in_queue)
+        if room < size / 2 and int(in_queue) > 0:
+            continue
+        if budget is not None:
+            room = min(room, budget)
+            budget -= max(0, room)
+        if room > 0:
+            rooms[bid] = room
+    if rooms:
+        # Every batch's due requests in one query, then one pipeline of jobs and one statement of marks.
+        async with engine.connect() as conn:
+            rows = (await conn.execute(_DUE, {"batch_ids": list(rooms), "rooms": list(rooms.values())})).all()
+        due_by_batch: dict[str, list[tuple[int, int, int]]] = {}
+        for r in rows:
+            due_by_batch.setdefault(str(r.batch_id), []).append((int(r.id), int(r.attempts), int(r.feeds)))
+        due = [d for bid in rooms for d in due_by_batch.get(bid, [])]
+        scores = [s for bid in rooms for s in fair.scores(bid, len(due_by_batch.get(bid, [])))]
+        if due:
+            # Redis first, then the mark: a crash in between leaves a job queued twice (a no-op), never a
+            # request marked queued that is not.
+            outcomes = await enqueue_requests(redis, target, due, scores)
+            report.enqueued += sum(1 for o in outcomes if o == 1)
+            queued = [d for d, o in zip(due, outcomes, strict=True) if o >= 0]
+            async with engine.begin() as conn:
+                await conn.execute(
+                    _MARK_ENQUEUED,
+                    {
+                        "ids": [d[0] for d in queued],
+                        "attempts": [d[1] for d in queued],
+                        "feeds": [d[2] for d in queued],
+                    },
+                )
+    await fair.save()
+    async with engine.begin() as conn:
+        report.finalized_batches = [str(r.id) for r in await conn.execute(_FINALIZE)]
+    return report

@@ -1,0 +1,5 @@
+"""`python -m jobs.simulator` serves the OpenRouter simulator (`orbatch simulator` does the same)."""
+
+from jobs.simulator.config import simulator_main
+
+simulator_main()

@@ -1,0 +1,377 @@
+"""Submission: stream a JSONL file into a new batch, all or nothing, in constant memory."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import orjson
+from sqlalchemy import insert, text, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from jobs.core.constants import (
+    MAX_LINE_BYTES,
+    MAX_REPORTED_LINE_ERRORS,
+    STAGING_COPY_BYTES,
+    STAGING_COPY_CHUNK,
+)
+from jobs.core.errors import BadInput
+from jobs.core.models import Batch
+from jobs.core.sql import sql
+from jobs.core.states import BatchPriority, BatchStatus
+from jobs.formats.input_lines import LineError, free_only_problem, parse_line, parse_record
+from jobs.formats.prompt_template import Template
+from jobs.formats.reader import DamagedGzip, FileSource, Source, read_lines
+
+__all__ = [
+    "SubmitError",
+    "SubmitOptions",
+    "SubmitReport",
+    "fingerprint",
+    "model_problem",
+    "new_batch_id",
+    "submit_file",
+    "submit_source",
+]
+
+ProgressFn = Callable[[int], None]
+# Called inside submit's transaction once the batch and its requests are stored, with the batch id: what
+# is written there commits, or rolls back, with the batch.
+StoredHook = Callable[[AsyncConnection, str], Awaitable[None]]
+
+
+@dataclass(slots=True, frozen=True)
+class SubmitOptions:
+    """What the user chose at submit time."""
+
+    models: list[str] = field(default_factory=list)
+    name: str | None = None
+    max_attempts: int = 5
+    skip_invalid: bool = False
+    max_line_bytes: int = MAX_LINE_BYTES
+    free_only: bool = False
+    max_cost: Decimal | None = None
+    # Model ids OpenRouter lists (GET /models); None when the list could not be had, so ids go unchecked.
+    known_models: frozenset[str] | None = None
+    # Always make a new batch, even for a file already submitted with the same options.
+    new: bool = False
+    # Answer a request identical to one already answered (same chain, messages, parameters) from its result.
+    dedupe: bool = False
+    # Lines are plain records that fill this template, not chat requests.
+    template: Template | None = None
+    # The batch is worked against the local simulator: none of its calls are a real account's.
+    simulated: bool = False
+    # A user's own labels for the batch (`--metadata k=v`), not part of its identity.
+    metadata: dict[str, str] | None = None
+    # Body parameters every request gets unless its line sets them (`--temperature`, `--param k=v`).
+    defaults: dict[str, Any] = field(default_factory=dict)
+    # The API owner the batch is made for; None for the CLI's batches, which no API owner's ever match.
+    owner: str | None = None
+    # Which batches run first (not part of the identity: a batch submitted again keeps its own, or takes this
+    # one when it is given outright). None: `normal` for a new batch.
+    priority: BatchPriority | None = None
+
+    def identity(self) -> dict[str, Any]:
+        """The options that make a batch what it is: the same file with these gives the same batch."""
+        return {
+            **({"owner": self.owner} if self.owner is not None else {}),
+            "models": self.models,
+            "max_attempts": self.max_attempts,
+            "free_only": self.free_only,
+            "max_cost": None if self.max_cost is None else str(self.max_cost),
+            "skip_invalid": self.skip_invalid,
+            "dedupe": self.dedupe,
+            **({"template": self.template.to_json()} if self.template is not None else {}),
+            # A real run of a file tried against the simulator is a new batch: the simulator's answers are not
+            # a model's.
+            **({"simulated": True} if self.simulated else {}),
+            **({"defaults": self.defaults} if self.defaults else {}),
+        }
+
+
+@dataclass(slots=True)
+class SubmitReport:
+    """The batch created and the lines left out of it."""
+
+    batch_id: str
+    total: int
+    invalid: int
+    errors: list[LineError]
+    # True when the same file with the same options was already a batch, which is returned instead.
+    reused: bool = False
+
+
+class SubmitError(BadInput):
+    """A file that was not queued: the first bad lines and how many there were."""
+
+    def __init__(self, path: str, errors: list[LineError], invalid: int, reason: str | None = None) -> None:
+        self.path = path
+        self.errors = errors
+        self.invalid = invalid
+        self.reason = reason or (
+            f"{path}: {invalid} bad line{'s' if invalid != 1 else ''}; nothing was queued "
+            "(fix them, or pass --skip-invalid to queue the good lines)"
+        )
+        more = invalid - len(errors)
+        details = tuple(str(e) for e in errors) + ((f"... and {more} more bad lines",) if more > 0 else ())
+        super().__init__(self.reason, code="invalid_file", details=details)
+
+
+class _LineErrors:
+    """Counts every bad line and keeps the first few."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.kept: list[LineError] = []
+
+    def add(self, error: LineError) -> None:
+        self.count += 1
+        if len(self.kept) < MAX_REPORTED_LINE_ERRORS:
+            self.kept.append(error)
+
+
+def model_problem(models: list[str], options: SubmitOptions) -> str | None:
+    """What is wrong with a model chain under the options (an unknown id, a paid model in a free-only batch)."""
+    for model in models:
+        if options.known_models is not None and model not in options.known_models:
+            return f"unknown model {model!r}: OpenRouter's model list (GET /models) has no such id"
+        if options.free_only and not model.endswith(":free"):
+            return f"--free-only: {model!r} is not a free model (a free variant's id ends in ':free')"
+    return None
+
+
+def new_batch_id() -> str:
+    """A fresh batch id in OpenAI's style."""
+    return f"batch_{secrets.token_hex(8)}"
+
+
+def fingerprint(models: list[str], body: dict[str, Any]) -> str:
+    """What makes two requests the same request: the model chain and the body, keys in any order."""
+    return hashlib.sha256(
+        orjson.dumps({"models": models, "body": body}, option=orjson.OPT_SORT_KEYS)
+    ).hexdigest()
+
+
+# The batch a re-submitted file already is: the same bytes and options, and not one that was stopped for good.
+_SAME_BATCH = sql(
+    "SELECT id, total, invalid_lines FROM batch WHERE source_sha256 = :sha AND options = CAST(:options AS jsonb)"
+    " AND status NOT IN ({B.CANCELLING}, {B.CANCELLED}, {B.FAILED}, {B.EXPIRED}) ORDER BY created_at DESC LIMIT 1"
+)
+
+_Row = tuple[int, str, str, list[str] | None, str | None, str | None]
+_STAGING_COLUMNS = ["line_no", "custom_id", "body", "models", "fingerprint", "record"]
+
+
+def _damaged(source: Source, line_no: int, errors: _LineErrors, exc: DamagedGzip) -> SubmitError:
+    """Damaged gzip data is a SubmitError saying where it broke, not a traceback."""
+    return SubmitError(
+        source.where,
+        errors.kept,
+        errors.count,
+        reason=f"{source.where}: the gzip data is damaged after line {line_no} ({exc}); nothing was queued "
+        "(check the file, or submit it uncompressed)",
+    )
+
+
+def _row(raw: bytes, line_no: int, options: SubmitOptions) -> _Row | None:
+    """The staging row of one line; None for a blank line; LineError for a bad one."""
+    template = options.template
+    parsed = parse_line(raw, line_no) if template is None else parse_record(raw, line_no, template)
+    if parsed is None:
+        return None
+    if parsed.models is None and not options.models:
+        raise LineError(
+            line_no,
+            'no model: give the batch a model chain (--models, or `models` through the API) or the line a "model"'
+            ' or "models"',
+            "missing_required_parameter",
+        )
+    if parsed.models is not None:
+        problem = model_problem(parsed.models, options)
+        if problem:
+            raise LineError(line_no, problem, "invalid_model")
+    body = {**options.defaults, **parsed.body} if options.defaults else parsed.body
+    if options.free_only:
+        problem = free_only_problem(body)
+        if problem:
+            raise LineError(line_no, problem)
+    print_ = fingerprint(parsed.models or options.models, body) if options.dedupe else None
+    record = None if parsed.record is None else orjson.dumps(parsed.record).decode()
+    return (line_no, parsed.custom_id, orjson.dumps(body).decode(), parsed.models, print_, record)
+
+
+async def _records(
+    source: Source, options: SubmitOptions, errors: _LineErrors, progress: ProgressFn | None
+) -> AsyncIterator[list[_Row]]:
+    """Chunks of staging rows (line, custom_id, body, models, fingerprint, record), bad lines into `errors`.
+
+    A chunk goes once it has STAGING_COPY_CHUNK rows or STAGING_COPY_BYTES of them, so memory is bounded by
+    bytes whatever the lines' sizes.
+    """
+    chunk: list[_Row] = []
+    size = 0
+    line_no = 0
+    lines = read_lines(source, options.max_line_bytes, progress)
+    try:
+        async for block in lines:
+            for line_no, raw in block:
+                if raw is None:
+                    errors.add(
+                        LineError(
+                            line_no,
+                            f"longer than the {options.max_line_bytes} byte limit for one line",
+                            "line_too_long",
+                        )
+                    )
+                    continue
+                try:
+                    row = _row(raw, line_no, options)
+                except LineError as exc:
+                    errors.add(exc)
+                    continue
+                if row is None:
+                    continue
+                chunk.append(row)
+                size += len(row[2]) + len(row[5] or "")
+                if len(chunk) >= STAGING_COPY_CHUNK or size >= STAGING_COPY_BYTES:
+                    yield chunk
+                    chunk, size = [], 0
+    except DamagedGzip as exc:
+        raise _damaged(source, line_no, errors, exc) from None
+    if chunk:
+        yield chunk
+
+
+async def _duplicates(conn: AsyncConnection, errors: _LineErrors) -> int:
+    # The first duplicates and how many there are, in one bounded answer whatever their number.
+    rows = (
+        await conn.execute(
+            text(
+                "SELECT line_no, custom_id, first, count(*) OVER () AS total FROM ("
+                " SELECT line_no, custom_id, min(line_no) OVER (PARTITION BY custom_id) AS first FROM orbatch_staging"
+                ") s WHERE line_no <> first ORDER BY line_no LIMIT :keep"
+            ),
+            {"keep": MAX_REPORTED_LINE_ERRORS},
+        )
+    ).all()
+    for line_no, custom_id, first, _ in rows:
+        errors.add(
+            LineError(
+                line_no,
+                f"duplicate custom_id {orjson.dumps(custom_id).decode()} (first on line {first})",
+                "duplicate_custom_id",
+            )
+        )
+    if not rows:
+        return 0
+    errors.count += int(rows[0].total) - len(rows)
+    return int(rows[0].total)
+
+
+async def submit_file(
+    engine: AsyncEngine, path: Path, options: SubmitOptions, progress: ProgressFn | None = None
+) -> SubmitReport:
+    """Create a batch from a file on disk; see submit_source."""
+    return await submit_source(engine, FileSource.open(path), options, progress)
+
+
+async def submit_source(
+    engine: AsyncEngine,
+    source: Source,
+    options: SubmitOptions,
+    progress: ProgressFn | None = None,
+    on_stored: StoredHook | None = None,
+) -> SubmitReport:
+    """Create a batch from the source in one transaction; raises SubmitError and stores nothing on bad lines."""
+    sha256 = source.sha256
+    batch_id = new_batch_id()
+    errors = _LineErrors()
+    async with engine.begin() as conn:
+        # Two submits of the same file take turns, so the second finds the first's batch.
+        await conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:sha))"), {"sha": sha256})
+        if not options.new:
+            existing = (
+                await conn.execute(
+                    _SAME_BATCH,
+                    {"sha": sha256, "options": orjson.dumps(options.identity()).decode()},
+                )
+            ).one_or_none()
+            if existing is not None:
+                if options.priority is not None:
+                    # Given outright on a batch submitted again: the user means it for that batch now.
+                    await conn.execute(
+                        update(Batch).where(Batch.id == existing.id).values(priority=options.priority)
+                    )
+                return SubmitReport(existing.id, existing.total, existing.invalid_lines, [], reused=True)
+        await conn.execute(
+            insert(Batch).values(
+                id=batch_id,
+                name=options.name,
+                status=BatchStatus.VALIDATING,
+                models=options.models,
+                max_attempts=options.max_attempts,
+                free_only=options.free_only,
+                max_cost=options.max_cost,
+                dedupe=options.dedupe,
+                options=options.identity(),
+                template=None if options.template is None else options.template.to_json(),
+                source_name=source.name,
+                simulated=options.simulated,
+                metadata_=options.metadata,
+                source_sha256=sha256,
+                priority=options.priority or BatchPriority.NORMAL,
+            )
+        )
+        await conn.execute(
+            text(
+                "CREATE TEMP TABLE orbatch_staging"
+                " (line_no integer, custom_id text, body jsonb, models text[], fingerprint text, record jsonb)"
+                " ON COMMIT DROP"
+            )
+        )
+        raw_conn: Any = (await conn.get_raw_connection()).driver_connection
+        async for chunk in _records(source, options, errors, progress):
+            await raw_conn.copy_records_to_table(
+                "orbatch_staging",
+                records=chunk,
+                columns=_STAGING_COLUMNS,
+            )
+        duplicates = await _duplicates(conn, errors)
+        errors.kept.sort(key=lambda e: e.line_no)
+        if errors.count and not options.skip_invalid:
+            raise SubmitError(source.where, errors.kept, errors.count)
+        # ON CONFLICT only when there are duplicates to skip: its speculative insertion costs a third of the
+        # INSERT's time on a million rows, and a new batch has no other rows to conflict with.
+        on_conflict = " ON CONFLICT (batch_id, custom_id) DO NOTHING" if duplicates else ""
+        inserted = await conn.execute(
+            text(
+                "INSERT INTO request (batch_id, custom_id, line_no, body, models, fingerprint, record)"  # noqa: S608 - SQL built from constants; every value is a bind parameter
+                " SELECT :batch_id, custom_id, line_no, body, models, fingerprint, record"
+                " FROM orbatch_staging ORDER BY line_no" + on_conflict
+            ),
+            {"batch_id": batch_id},
+        )
+        total = inserted.rowcount
+        if total == 0:
+            reason = f"{source.name}: no requests in the file" + (
+                " (every line was bad)" if errors.count else ""
+            )
+            raise SubmitError(source.name, errors.kept, errors.count, reason=reason)
+        await conn.execute(
+            update(Batch)
+            .where(Batch.id == batch_id)
+            .values(
+                status=BatchStatus.IN_PROGRESS,
+                total=total,
+                invalid_lines=errors.count,
+                started_at=text("now()"),
+            )
+        )
+        if on_stored is not None:
+            await on_stored(conn, batch_id)
+    return SubmitReport(batch_id=batch_id, total=total, invalid=errors.count, errors=errors.kept)
