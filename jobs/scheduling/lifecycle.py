@@ -51,8 +51,8 @@ __all__ = [
 # The worker, the feeder, the commands and the API call these functions; each runs on the connection it is given,
 # so the caller keeps its transaction (the worker's AUTOCOMMIT engine, the feeder's tick, a command's
 # `engine.begin()`). Statements that only move a request's queue mark (`enqueued_at`) stay with the feeder and the
-# commands: they change where its job is, not where the request stands. The Postgres triggers of revision 0006
-# (`TRIGGERS`) change no status: they follow the rows each statement here changes and keep the batch's tallies.
+# commands: they change where its job is, not where the request stands. The Postgres triggers (`TRIGGERS`)
+# change no status: they follow the rows each statement here changes, to keep the batch's tallies and times.
 
 Subject = Literal["request", "batch"]
 # No trigger is an actor: the triggers of `TRIGGERS` change no status (a test reads their source to hold that).
@@ -138,24 +138,31 @@ BIRTHS: tuple[tuple[Subject, str, str], ...] = (
     ),
 )
 
-# Revision 0006's statement-level triggers (PL/pgSQL, `migrations/versions/0006_tallies_and_outages.py`): none
-# changes a status; each follows the rows a statement changed, so every transition above keeps the tallies right
-# without knowing of them.
+# Every trigger of the schema (a test reads them from Postgres), by the revision that made it and what it does.
+# None changes a status, so none is in the table above: each follows the rows a statement changed, and every
+# transition keeps the tallies and the API's times right without knowing of them. Revision 0006
+# (migrations/versions/0006_tallies_and_outages.py) made the statement-level PL/pgSQL tally triggers, which read
+# the statement's transition tables (a bulk cancel of a million requests is one aggregate); 0007
+# (migrations/versions/0007_api.py) the row-level one on a batch's status.
 TRIGGERS: dict[str, str] = {
-    "orbatch_request_tally_insert": "new requests: batch_tally counts by status, tries per finished request",
+    "orbatch_request_tally_insert": "0006: new requests: batch_tally counts by status, tries per finished request",
     "orbatch_request_tally_update": (
-        "every request status change above: batch_tally counts move from `was` to `became`, failed requests "
+        "0006: every request status change above: batch_tally counts move from `was` to `became`, failed requests "
         "by minute (batch_minute_tally), tries per finished request (batch_tries_tally)"
     ),
-    "orbatch_request_tally_delete": "requests of a batch that remains: their counts and tries come off",
-    "orbatch_attempt_tally_insert": "an attempt born finished: calls, tokens, cost by batch, model, minute; errors",
+    "orbatch_request_tally_delete": "0006: requests of a batch that remains: their counts and tries come off",
+    "orbatch_attempt_tally_insert": "0006: an attempt born finished: calls, tokens, cost by batch, model, minute; errors",
     "orbatch_attempt_tally_update": (
-        "an attempt leaving in_flight (or rewritten: abandoned, then answered late) counts once, by batch, "
+        "0006: an attempt leaving in_flight (or rewritten: abandoned, then answered late) counts once, by batch, "
         "model and minute; its error by code"
     ),
-    "orbatch_attempt_tally_delete": "an unfired attempt taken back (give_back, refuse): its counts come off",
-    "orbatch_result_tally_insert": "an answer: answers and fallbacks by model, answers by minute",
-    "orbatch_result_tally_delete": "an answer deleted with its batch: its counts come off",
+    "orbatch_attempt_tally_delete": "0006: an unfired attempt taken back (give_back, refuse): its counts come off",
+    "orbatch_result_tally_insert": "0006: an answer: answers and fallbacks by model, answers by minute",
+    "orbatch_result_tally_delete": "0006: an answer deleted with its batch: its counts come off",
+    "orbatch_batch_status_times": (
+        "0007: before a batch's status changes: stamps cancelling_at and expired_at; a batch that runs again "
+        "(resume, retry --failed) loses its API output and error files, made anew when it ends"
+    ),
 }
 
 
