@@ -90,9 +90,10 @@ async def _spare(what: str, request_id: int, step: Awaitable[T], default: T) -> 
 
 
 @contextlib.asynccontextmanager
-async def _renewing(ctx: WorkerContext, lease: records.Lease, call: _Call) -> AsyncIterator[None]:
+async def _renewing(ctx: WorkerContext, attempt: records.Attempt, call: _Call) -> AsyncIterator[None]:
     """Renew every third of the lease (and the call's throttle permit), so only a dead worker's leases expire."""
-    interval = ctx.settings.lease_seconds / 3
+    interval = attempt.lease_seconds / 3
+    request_id = attempt.lease.request_id
 
     async def renew_forever() -> None:
         while True:
@@ -100,11 +101,11 @@ async def _renewing(ctx: WorkerContext, lease: records.Lease, call: _Call) -> As
             try:
                 if call.permit is not None and not call.released:
                     await ctx.throttle.renew(call.permit)
-                if not await records.renew(ctx.engine, lease, ctx.owner, ctx.settings.lease_seconds):
-                    log.warning("lease lost; the answer will still be recorded", request_id=lease.request_id)
+                if not await attempt.renew():
+                    log.warning("lease lost; the answer will still be recorded", request_id=request_id)
                     return
             except (DBAPIError, OSError, RedisError) as exc:
-                log.warning("lease renewal failed", request_id=lease.request_id, error=str(exc))
+                log.warning("lease renewal failed", request_id=request_id, error=str(exc))
 
     renewer = asyncio.create_task(renew_forever())
     try:
@@ -117,13 +118,14 @@ async def _renewing(ctx: WorkerContext, lease: records.Lease, call: _Call) -> As
 
 async def _record_failure(
     ctx: WorkerContext,
-    lease: records.Lease,
+    attempt: records.Attempt,
     free: bool,
     latency_ms: int,
     failure: Failure,
     started_at: datetime,
 ) -> str:
     settings = ctx.settings
+    lease = attempt.lease
     decision = decide(
         failure,
         failures=lease.failures,
@@ -138,10 +140,7 @@ async def _record_failure(
         until_ms = int(failure.cooldown_until.timestamp() * 1000)
         held = await _spare("cool-down", lease.request_id, ctx.throttle.cool_down(free, until_ms), 0.0)
         log.warning("OpenRouter rate limit: every worker waits", seconds=held, message=failure.message)
-    record = await _persist(
-        "failure",
-        lambda: records.fail(ctx.engine, lease, ctx.owner, failure, decision, started_at, latency_ms),
-    )
+    record = await _persist("failure", lambda: attempt.fail(failure, decision, started_at, latency_ms))
     log.debug(
         "attempt failed",
         request_id=lease.request_id,
@@ -161,11 +160,12 @@ async def _record_failure(
     return failure.outcome.value
 
 
-async def _throttled(ctx: WorkerContext, lease: records.Lease, denied: Denied) -> str:
+async def _throttled(ctx: WorkerContext, attempt: records.Attempt, denied: Denied) -> str:
     """Give the request back unsent: the wait is longer than a worker holds a slot, or the worker is stopping."""
+    lease = attempt.lease
     if denied.kind in ("stopping", "outage", "unreachable"):
         # An outage's requests are due at once; the feeder holds them back while the breaker is open.
-        await _persist("unlease", lambda: records.unlease(ctx.engine, lease, ctx.owner, 0.0))
+        await _persist("unlease", lambda: attempt.give_back(0.0))
         return {"stopping": "stopping", "outage": "waiting-outage"}.get(denied.kind, "redis-unreachable")
     quota_hold = denied.kind == "cooldown" and lease.models_sent[0].endswith(":free")
     if denied.kind == "daily" or (quota_hold and denied.wait_seconds >= QUOTA_HOLD_SECONDS):
@@ -186,15 +186,12 @@ async def _throttled(ctx: WorkerContext, lease: records.Lease, denied: Denied) -
                 "the free tier's day ends (00:00 UTC)."
             )
         paused = await _persist(
-            "park",
-            lambda: records.unlease(
-                ctx.engine, lease, ctx.owner, denied.wait_seconds, PauseReason.QUOTA, message
-            ),
+            "park", lambda: attempt.give_back(denied.wait_seconds, PauseReason.QUOTA, message)
         )
         if paused:
             log.warning("batch paused", batch_id=lease.batch_id, reason="quota", message=message)
     else:
-        await _persist("unlease", lambda: records.unlease(ctx.engine, lease, ctx.owner, denied.wait_seconds))
+        await _persist("unlease", lambda: attempt.give_back(denied.wait_seconds))
     return f"throttled-{denied.kind}"
 
 
@@ -218,17 +215,18 @@ def _calling(ctx: WorkerContext) -> None:
 async def _attempt(ctx: WorkerContext, request_id: int, attempts: int) -> str:
     if ctx.stopping.is_set():
         return "stopping"
-    lease = await _persist(
+    attempt = await _persist(
         "lease",
         lambda: records.take_lease(
             ctx.engine, request_id, attempts, ctx.owner, ctx.settings.lease_seconds, simulated=ctx.simulated
         ),
     )
-    if lease is None:
+    if attempt is None:
         return "skipped"
+    lease = attempt.lease
     call = _Call()
     try:
-        outcome = await _run_leased(ctx, lease, call)
+        outcome = await _run_leased(ctx, attempt, call)
         ctx.report.task(lease.batch_id, outcome)
         return outcome
     except asyncio.CancelledError:
@@ -250,7 +248,7 @@ async def _attempt(ctx: WorkerContext, request_id: int, attempts: int) -> str:
             usage=call.usage,
         )
         latency = call.result.latency_ms if call.result is not None else 0
-        await _record_failure(ctx, lease, False, latency, failure, call.started_at or datetime.now(UTC))
+        await _record_failure(ctx, attempt, False, latency, failure, call.started_at or datetime.now(UTC))
         ctx.report.task(lease.batch_id, "internal-error")
         return "internal-error"
 
@@ -298,27 +296,26 @@ def _outage(failure: Failure) -> Failure:
     return failure
 
 
-async def _run_leased(ctx: WorkerContext, lease: records.Lease, call: _Call) -> str:
+async def _run_leased(ctx: WorkerContext, attempt: records.Attempt, call: _Call) -> str:
     """Throttle, call and record one leased request."""
+    lease = attempt.lease
     paid = [m for m in lease.models_sent if not m.endswith(":free")]
     if lease.free_only and paid:
         message = f"the batch is --free-only and this request would send the paid model {paid[0]!r}; not sent"
-        await _persist("refuse", lambda: records.refuse(ctx.engine, lease, ctx.owner, message))
+        await _persist("refuse", lambda: attempt.refuse(message))
         ctx.meter.finished("failed")
         return "refused"
     if lease.fingerprint is not None:
-        if await _persist("reuse", lambda: records.reuse(ctx.engine, lease, ctx.owner)):
+        if await _persist("reuse", attempt.reuse):
             ctx.meter.finished("completed")
             return "reused"
-        if await _persist("twin", lambda: records.twin_in_flight(ctx.engine, lease)):
-            await _persist(
-                "unlease", lambda: records.unlease(ctx.engine, lease, ctx.owner, TWIN_WAIT_SECONDS)
-            )
+        if await _persist("twin", attempt.twin_in_flight):
+            await _persist("unlease", lambda: attempt.give_back(TWIN_WAIT_SECONDS))
             return "waiting-for-twin"
     # A request counts against the free limits when the first model it will try is a free variant.
     free = lease.models_sent[0].endswith(":free")
     try:
-        async with _renewing(ctx, lease, call):
+        async with _renewing(ctx, attempt, call):
             asked = time.monotonic()
             try:
                 # A slot more than a moment away is held for the request, which waits for it in Postgres:
@@ -332,7 +329,7 @@ async def _run_leased(ctx: WorkerContext, lease: records.Lease, call: _Call) -> 
                 )
                 permit = Denied("unreachable", 0.0)
             if isinstance(permit, Denied):
-                return await _throttled(ctx, lease, permit)
+                return await _throttled(ctx, attempt, permit)
             ctx.meter.waited(free, time.monotonic() - asked)
             call.permit = permit
             call.started_at = datetime.now(UTC)
@@ -346,7 +343,7 @@ async def _run_leased(ctx: WorkerContext, lease: records.Lease, call: _Call) -> 
             reason = outcome.message if isinstance(outcome, Failure) else ""
             breaker = await asyncio.shield(_release(ctx, call, lease, verdict, reason))
     except asyncio.CancelledError:
-        await asyncio.shield(_stopped(ctx, lease, call))
+        await asyncio.shield(_stopped(ctx, attempt, call))
         raise
     finally:
         if not call.released and call.permit is not None:
@@ -366,16 +363,14 @@ async def _run_leased(ctx: WorkerContext, lease: records.Lease, call: _Call) -> 
     started_at = call.started_at or datetime.now(UTC)
     if isinstance(outcome, Success):
         success = outcome
-        stored = await _persist(
-            "result", lambda: records.complete(ctx.engine, lease, success, started_at, result.latency_ms)
-        )
+        stored = await _persist("result", lambda: attempt.complete(success, started_at, result.latency_ms))
         if stored:
             ctx.meter.finished("completed")
         return "completed" if stored else "completed-elsewhere"
-    return await _record_failure(ctx, lease, free, result.latency_ms, outcome, started_at)
+    return await _record_failure(ctx, attempt, free, result.latency_ms, outcome, started_at)
 
 
-async def _stopped(ctx: WorkerContext, lease: records.Lease, call: _Call) -> None:
+async def _stopped(ctx: WorkerContext, attempt: records.Attempt, call: _Call) -> None:
     """The task was cancelled: give the request back (the worker stops) or fail the attempt (arq's timeout).
 
     Bounded in time, as a second Ctrl-C means now: a write that cannot be made in time is left to the lease,
@@ -383,26 +378,26 @@ async def _stopped(ctx: WorkerContext, lease: records.Lease, call: _Call) -> Non
     """
     try:
         async with asyncio.timeout(STOPPED_WRITE_SECONDS):
-            await _give_back(ctx, lease, call)
+            await _give_back(ctx, attempt, call)
     except (TimeoutError, DBAPIError, OSError) as exc:
         log.warning(
             "could not record the stop; the lease expires instead",
-            request_id=lease.request_id,
+            request_id=attempt.lease.request_id,
             error=str(exc),
         )
 
 
-async def _give_back(ctx: WorkerContext, lease: records.Lease, call: _Call) -> None:
+async def _give_back(ctx: WorkerContext, attempt: records.Attempt, call: _Call) -> None:
     if call.permit is not None and not call.released:
-        await _release(ctx, call, lease, "aborted" if call.sent else "unsent")
+        await _release(ctx, call, attempt.lease, "aborted" if call.sent else "unsent")
     if not call.sent:
-        await records.unlease(ctx.engine, lease, ctx.owner, 0.0)
+        await attempt.give_back(0.0)
     elif ctx.stopping.is_set():
-        await records.abandon(ctx.engine, lease, ctx.owner, "the worker stopped during the call")
+        await attempt.abandon("the worker stopped during the call")
     else:
         # Not a stopping worker: arq's own timeout, which only a call stuck past every deadline meets.
         failure = Failure(
             Outcome.RETRY, "task_timeout", "the call outlived the task's timeout and was cut off"
         )
         latency = int((datetime.now(UTC) - call.started_at).total_seconds() * 1000) if call.started_at else 0
-        await _record_failure(ctx, lease, False, latency, failure, call.started_at or datetime.now(UTC))
+        await _record_failure(ctx, attempt, False, latency, failure, call.started_at or datetime.now(UTC))

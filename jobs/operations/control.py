@@ -11,6 +11,7 @@ from jobs.core.errors import Conflict
 from jobs.core.sql import sql
 from jobs.core.states import BatchPriority, BatchStatus
 from jobs.observation.standing import BatchNotFound
+from jobs.scheduling import lifecycle
 
 __all__ = [
     "CANCEL_REFUSED",
@@ -31,24 +32,6 @@ CANCEL_REFUSED = frozenset({BatchStatus.COMPLETED, BatchStatus.FAILED, BatchStat
 # Only a running or completed batch retries its failures: a paused, cancelled or expired one would not run them.
 RETRY_FROM = frozenset({BatchStatus.COMPLETED, BatchStatus.IN_PROGRESS})
 
-_RESUME = sql(
-    """
-    WITH resumed AS (
-        UPDATE batch SET status = {B.IN_PROGRESS}, pause_reason = NULL, pause_message = NULL, resume_at = NULL,
-               max_cost = coalesce(CAST(:max_cost AS numeric), max_cost)
-        WHERE id = :batch_id AND status = {B.PAUSED}
-        RETURNING id
-    ), target AS (
-        SELECT r.id FROM request r JOIN resumed ON r.batch_id = resumed.id
-        WHERE r.status = {R.PENDING} ORDER BY r.id FOR UPDATE OF r
-    ), cleared AS (
-        UPDATE request r SET enqueued_at = NULL, next_attempt_at = LEAST(r.next_attempt_at, now())
-        FROM target WHERE r.id = target.id
-    )
-    SELECT count(*) FROM resumed
-    """
-)
-
 # A running batch is swept by hand: every unfinished request of it is fed again (after a Redis loss, say).
 _REQUEUE = sql(
     """
@@ -57,34 +40,6 @@ _REQUEUE = sql(
     )
     UPDATE request r SET enqueued_at = NULL, next_attempt_at = LEAST(r.next_attempt_at, now())
     FROM target WHERE r.id = target.id AND r.status = {R.PENDING}
-    """
-)
-
-# No new call starts for a cancelling batch; calls in flight finish and are kept, then the feeder marks
-# the batch cancelled (at once, when nothing was in flight).
-_CANCEL = sql(
-    """
-    WITH batch_row AS (
-        UPDATE batch SET status = {B.CANCELLING}, pause_reason = NULL, pause_message = NULL, resume_at = NULL
-        WHERE id = :batch_id AND status IN ({B.VALIDATING}, {B.IN_PROGRESS}, {B.PAUSED})
-        RETURNING id
-    ), target AS (
-        SELECT r.id FROM request r JOIN batch_row ON r.batch_id = batch_row.id
-        WHERE r.status = {R.PENDING} ORDER BY r.id FOR UPDATE OF r
-    ), cancelled AS (
-        UPDATE request r SET status = {R.CANCELLED}, finished_at = now(), enqueued_at = NULL
-        FROM target WHERE r.id = target.id AND r.status = {R.PENDING}
-        RETURNING r.id
-    )
-    SELECT (SELECT count(*) FROM batch_row) AS batches, (SELECT count(*) FROM cancelled) AS requests
-    """
-)
-
-_CANCELLED_IF_IDLE = sql(
-    """
-    UPDATE batch SET status = {B.CANCELLED}, finished_at = now()
-    WHERE id = :batch_id AND status = {B.CANCELLING}
-      AND NOT EXISTS (SELECT 1 FROM request WHERE batch_id = :batch_id AND status IN ({R.PENDING}, {R.RUNNING}))
     """
 )
 
@@ -98,24 +53,6 @@ _RELEASE_QUEUE_MARKS = sql(
         ORDER BY id FOR UPDATE
     )
     UPDATE request r SET enqueued_at = NULL FROM target WHERE r.id = target.id
-    """
-)
-
-_RETRY_FAILED = sql(
-    """
-    WITH target AS (
-        SELECT id FROM request WHERE batch_id = :batch_id AND status = {R.FAILED} ORDER BY id FOR UPDATE
-    ), retried AS (
-        UPDATE request r SET status = {R.PENDING}, failures = 0, chain_pos = 0, next_attempt_at = now(),
-               enqueued_at = NULL, finished_at = NULL, last_error = NULL
-        FROM target WHERE r.id = target.id AND r.status = {R.FAILED}
-        RETURNING r.id
-    ), reopened AS (
-        UPDATE batch SET status = {B.IN_PROGRESS}, finished_at = NULL
-        WHERE id = :batch_id AND status IN ({B.COMPLETED}, {B.IN_PROGRESS}) AND EXISTS (SELECT 1 FROM retried)
-        RETURNING id
-    )
-    SELECT count(*) FROM retried
     """
 )
 
@@ -156,16 +93,8 @@ async def _resume(engine: AsyncEngine, batch_id: str, max_cost: Decimal | None) 
         if row.status == BatchStatus.IN_PROGRESS:
             requeued = (await conn.execute(_REQUEUE, {"batch_id": batch_id})).rowcount
             return f"running; {requeued} unfinished requests queued again"
-        resumed = (await conn.execute(_RESUME, {"batch_id": batch_id, "max_cost": max_cost})).scalar_one()
+        resumed = await lifecycle.resume_paused(conn, batch_id, max_cost)
     return "resumed" if resumed else f"not paused (status {row.status}); nothing to do"
-
-
-_HOLD_FOR_RUN = sql(
-    "UPDATE batch SET status = {B.PAUSED}, pause_reason = {P.INTERRUPTED}, pause_message = :message,"
-    " resume_at = NULL WHERE id = :batch_id"
-    # Waiting for the quota's day too: when it turns, the batch waits for its run rather than a fleet worker.
-    " AND (status = {B.IN_PROGRESS} OR (status = {B.PAUSED} AND pause_reason = {P.QUOTA}))"
-)
 
 
 async def hold_for_its_run(engine: AsyncEngine, batch_id: str) -> bool:
@@ -176,8 +105,7 @@ async def hold_for_its_run(engine: AsyncEngine, batch_id: str) -> bool:
         "any worker"
     )
     async with engine.begin() as conn:
-        held = await conn.execute(_HOLD_FOR_RUN, {"batch_id": batch_id, "message": message})
-    return bool(held.rowcount)
+        return await lifecycle.hold_for_run(conn, batch_id, message)
 
 
 _PRIORITY = sql("UPDATE batch SET priority = :priority WHERE id = :batch_id RETURNING status")
@@ -201,14 +129,13 @@ async def cancel_batch(engine: AsyncEngine, batch_id: str) -> str:
 
 async def _cancel(engine: AsyncEngine, batch_id: str) -> str:
     async with engine.begin() as conn:
-        row = (await conn.execute(_CANCEL, {"batch_id": batch_id})).one()
-        await conn.execute(_CANCELLED_IF_IDLE, {"batch_id": batch_id})
+        cancelled = await lifecycle.cancel(conn, batch_id)
         status = (await conn.execute(_STATUS, {"b": batch_id})).scalar()
     if status is None:
         raise BatchNotFound(batch_id)
-    if not row.batches:
+    if not cancelled.batches:
         return f"already {status}; nothing to cancel"
-    return f"cancelling: {row.requests} queued requests cancelled; calls in flight finish and are kept"
+    return f"cancelling: {cancelled.requests} queued requests cancelled; calls in flight finish and are kept"
 
 
 async def retry_failed(engine: AsyncEngine, batch_id: str) -> int:
@@ -225,7 +152,7 @@ async def _retry_failed(engine: AsyncEngine, batch_id: str) -> int:
             raise ResumeRefused(
                 f"{batch_id} is {status}: only a running or completed batch can retry its failures"
             )
-        return int((await conn.execute(_RETRY_FAILED, {"batch_id": batch_id})).scalar_one())
+        return await lifecycle.retry_failed(conn, batch_id)
 
 
 async def release_batch_queue_marks(engine: AsyncEngine, batch_id: str) -> None:
@@ -260,27 +187,16 @@ async def resolve_batch(conn: AsyncConnection, ref: str) -> tuple[str, str | Non
     return str(row.id), note
 
 
-# Only a batch that no call is running for goes: its requests, attempts, results and tallies with it.
-_DELETE = sql(
-    """
-    DELETE FROM batch b WHERE b.id = :batch_id
-      AND b.status IN ({B.COMPLETED}, {B.FAILED}, {B.CANCELLED}, {B.PAUSED})
-      AND NOT EXISTS (SELECT 1 FROM request r WHERE r.batch_id = b.id AND r.status = {R.RUNNING})
-    RETURNING b.total
-    """
-)
-
-
 async def delete_batch(engine: AsyncEngine, batch_id: str) -> int:
     """Delete a finished (or paused, idle) batch and every row of it; how many requests it had."""
     async with engine.begin() as conn:
         status = (await conn.execute(_STATUS, {"b": batch_id})).scalar()
         if status is None:
             raise BatchNotFound(batch_id)
-        deleted = (await conn.execute(_DELETE, {"batch_id": batch_id})).one_or_none()
-    if deleted is None:
+        total = await lifecycle.delete(conn, batch_id)
+    if total is None:
         raise Conflict(
             f"{batch_id} is {status} with calls running: cancel it first (`orbatch cancel {batch_id}`), "
             "then delete it once it is cancelled"
         )
-    return int(deleted.total)
+    return total

@@ -10,9 +10,10 @@ from arq.connections import ArqRedis
 from arq.constants import in_progress_key_prefix, job_key_prefix
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from jobs.core.constants import EXPIRY_SWEEP_SECONDS, REDIS_EPOCH_KEY, REQUEUE_AFTER_SECONDS
+from jobs.core.constants import REDIS_EPOCH_KEY, REQUEUE_AFTER_SECONDS
 from jobs.core.sql import sql
 from jobs.core.states import BatchPriority
+from jobs.scheduling import lifecycle
 from jobs.scheduling.fairness import FairQueue, Runnable
 from jobs.scheduling.queue import enqueue_requests, job_id, rescore_jobs
 
@@ -21,6 +22,9 @@ __all__ = ["FeedReport", "expire_batches", "feed"]
 # However many batches share a tier, each keeps at least this many jobs queued: enough for a few workers' worth
 # between two feeder ticks.
 MIN_WINDOW = 16
+
+# What a tick does to a status (lease expiry, a parked batch's resume, expiry, the end of a batch) is written in
+# jobs/scheduling/lifecycle.py with every other transition; the queue marks (`enqueued_at`) are the feeder's own.
 
 
 @dataclass(slots=True)
@@ -34,45 +38,6 @@ class FeedReport:
     expired_batches: int = 0
     redis_reset: bool = False
 
-
-# A dead worker's leases: its requests go back to pending (cancelled, for a cancelling batch) and its calls in
-# flight are marked abandoned.
-_EXPIRE_LEASES = sql(
-    """
-    WITH target AS (
-        SELECT id FROM request WHERE status = {R.RUNNING} AND lease_expires_at < now() ORDER BY id FOR UPDATE
-    ), expired AS (
-        UPDATE request r SET
-               status = CASE WHEN b.status = {B.CANCELLING} THEN {R.CANCELLED} ELSE {R.PENDING} END,
-               finished_at = CASE WHEN b.status = {B.CANCELLING} THEN now() END,
-               lease_owner = NULL, lease_expires_at = NULL, enqueued_at = NULL, next_attempt_at = now()
-        FROM target, batch b
-        WHERE r.id = target.id AND b.id = r.batch_id AND r.status = {R.RUNNING} AND r.lease_expires_at < now()
-        RETURNING r.id, r.attempts
-    )
-    UPDATE attempt a SET outcome = {O.ABANDONED}, finished_at = now(),
-           error_message = 'the worker running this call stopped before recording it'
-    FROM expired e WHERE a.request_id = e.id AND a.number = e.attempts AND a.outcome = {O.IN_FLIGHT}
-    RETURNING a.request_id
-    """
-)
-
-# A parked batch whose wait is over runs again; its requests' queue marks are dropped so they are re-fed.
-_RESUME_BATCHES = sql(
-    """
-    WITH resumed AS (
-        UPDATE batch SET status = {B.IN_PROGRESS}, pause_reason = NULL, pause_message = NULL, resume_at = NULL
-        WHERE status = {B.PAUSED} AND resume_at IS NOT NULL AND resume_at <= now()
-        RETURNING id
-    ), target AS (
-        SELECT r.id FROM request r JOIN resumed ON r.batch_id = resumed.id
-        WHERE r.status = {R.PENDING} AND r.enqueued_at IS NOT NULL ORDER BY r.id FOR UPDATE OF r
-    ), cleared AS (
-        UPDATE request r SET enqueued_at = NULL FROM target WHERE r.id = target.id
-    )
-    SELECT count(*) FROM resumed
-    """
-)
 
 # Multi-row updates of requests lock them in id order, so two of them never deadlock each other.
 _FORGET_QUEUED = sql(
@@ -170,55 +135,13 @@ _MARK_ENQUEUED = sql(
     """
 )
 
-# A batch with nothing left to run is done: completed, or cancelled when it was cancelling.
-_FINALIZE = sql(
-    """
-    UPDATE batch b SET status = CASE WHEN b.status = {B.CANCELLING} THEN {B.CANCELLED} ELSE {B.COMPLETED} END,
-           finished_at = now()
-    WHERE b.status IN ({B.IN_PROGRESS}, {B.CANCELLING})
-      AND NOT EXISTS (
-          SELECT 1 FROM request r WHERE r.batch_id = b.id AND r.status IN ({R.PENDING}, {R.RUNNING})
-      )
-    RETURNING b.id
-    """
-)
-
-
-# A batch past its completion window (one created through the API) expires: no new call starts, and its
-# unfinished requests are cancelled (its error file reports them as `batch_expired`); finished ones are kept.
-_EXPIRE_BATCHES = sql(
-    """
-    UPDATE batch SET status = {B.EXPIRED}, pause_reason = NULL, pause_message = NULL, resume_at = NULL,
-           finished_at = now()
-    WHERE expires_at IS NOT NULL AND expires_at <= now()
-      AND status IN ({B.VALIDATING}, {B.IN_PROGRESS}, {B.PAUSED})
-    RETURNING id
-    """
-)
-
-# Calls in flight at expiry end as they would; one that would run its request again puts it back to pending,
-# so requests of lately expired batches are cancelled on every tick, not only at the moment of expiry.
-_CANCEL_EXPIRED_REQUESTS = sql(
-    """
-    WITH target AS (
-        SELECT r.id FROM request r JOIN batch b ON b.id = r.batch_id
-        WHERE b.status = {B.EXPIRED} AND b.expired_at > now() - make_interval(secs => :sweep)
-          AND r.status = {R.PENDING}
-        ORDER BY r.id FOR UPDATE OF r
-    )
-    UPDATE request r SET status = {R.CANCELLED}, finished_at = now(), enqueued_at = NULL,
-           last_error = 'batch_expired'
-    FROM target WHERE r.id = target.id AND r.status = {R.PENDING}
-    """
-)
-
 
 async def expire_batches(engine: AsyncEngine) -> int:
     """Expire the batches past their completion window and cancel what they left unfinished; returns how many."""
     async with engine.begin() as conn:
-        expired = len((await conn.execute(_EXPIRE_BATCHES)).all())
+        expired = await lifecycle.expire_batches(conn)
     async with engine.begin() as conn:
-        await conn.execute(_CANCEL_EXPIRED_REQUESTS, {"sweep": EXPIRY_SWEEP_SECONDS})
+        await lifecycle.cancel_expired_requests(conn)
     return expired
 
 
@@ -271,8 +194,8 @@ async def feed(
     report.redis_reset = await _check_redis_epoch(engine, redis, namespace)
     report.expired_batches = await expire_batches(engine)
     async with engine.begin() as conn:
-        report.expired_leases = len((await conn.execute(_EXPIRE_LEASES)).all())
-        report.resumed_batches = int((await conn.execute(_RESUME_BATCHES)).scalar_one())
+        report.expired_leases = await lifecycle.expire_leases(conn)
+        report.resumed_batches = await lifecycle.resume_due_batches(conn)
         stale = (await conn.execute(_STALE, {"after": requeue_after, "most": _STALE_PER_TICK})).all()
     if stale:
         lost = await _lost_jobs(redis, [(int(r.id), int(r.attempts), int(r.feeds)) for r in stale])
@@ -343,5 +266,5 @@ async def feed(
                 )
     await fair.save()
     async with engine.begin() as conn:
-        report.finalized_batches = [str(r.id) for r in await conn.execute(_FINALIZE)]
+        report.finalized_batches = await lifecycle.finalize_batches(conn)
     return report

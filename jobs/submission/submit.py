@@ -27,6 +27,7 @@ from jobs.core.states import BatchPriority, BatchStatus
 from jobs.formats.input_lines import LineError, free_only_problem, parse_line, parse_record
 from jobs.formats.prompt_template import Template
 from jobs.formats.reader import DamagedGzip, FileSource, Source, read_lines
+from jobs.scheduling import lifecycle
 
 __all__ = [
     "SubmitError",
@@ -362,16 +363,7 @@ async def submit_source(
                 " (every line was bad)" if errors.count else ""
             )
             raise SubmitError(source.name, errors.kept, errors.count, reason=reason)
-        await conn.execute(
-            update(Batch)
-            .where(Batch.id == batch_id)
-            .values(
-                status=BatchStatus.IN_PROGRESS,
-                total=total,
-                invalid_lines=errors.count,
-                started_at=text("now()"),
-            )
-        )
+        await lifecycle.start_batch(conn, batch_id, total, errors.count)
         if on_stored is not None:
             await on_stored(conn, batch_id)
     return SubmitReport(batch_id=batch_id, total=total, invalid=errors.count, errors=errors.kept)

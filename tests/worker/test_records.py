@@ -106,7 +106,7 @@ async def test_a_failure_whose_commit_reply_is_lost_moves_its_request_once(
     await tallies_match_the_rows(engine)
 
 
-async def leased(engine: AsyncEngine, tmp_path: Path, **options: Any) -> records.Lease:
+async def leased(engine: AsyncEngine, tmp_path: Path, **options: Any) -> records.Attempt:
     path = write_jsonl(tmp_path / f"{uuid.uuid4().hex}.jsonl", [chat_line("a", "x")])
     report = await submit_file(
         engine, path, SubmitOptions(**{"models": ["sim/echo"], "new": True, **options})
@@ -115,17 +115,17 @@ async def leased(engine: AsyncEngine, tmp_path: Path, **options: Any) -> records
         request_id = (
             await conn.execute(text("SELECT id FROM request WHERE batch_id = :b"), {"b": report.batch_id})
         ).scalar_one()
-    lease = await records.take_lease(
+    attempt = await records.take_lease(
         engine, request_id, 0, "me", 30, simulated=options.get("simulated", False)
     )
-    assert lease is not None
-    return lease
+    assert attempt is not None
+    return attempt
 
 
 async def test_a_paid_call_that_parks_its_batch_both_spends_and_pauses(
     engine: AsyncEngine, tmp_path: Path
 ) -> None:
-    lease = await leased(engine, tmp_path, max_cost=Decimal("5"))
+    attempt = await leased(engine, tmp_path, max_cost=Decimal("5"))
     failure = Failure(
         Outcome.PARK,
         "402",
@@ -135,16 +135,15 @@ async def test_a_paid_call_that_parks_its_batch_both_spends_and_pauses(
         usage=Usage(prompt_tokens=3, completion_tokens=0, cost=Decimal("0.25")),
     )
     decision = Decision(RequestStatus.PENDING, 0, 0, 0.0)
-    record = await records.fail(engine, lease, "me", failure, decision, datetime.now(UTC), 10)
+    record = await attempt.fail(failure, decision, datetime.now(UTC), 10)
     assert record.paused == "credits"
-    batch = await one(engine, "SELECT status, pause_reason, spent FROM batch WHERE id = :b", b=lease.batch_id)
+    batch_id = attempt.lease.batch_id
+    batch = await one(engine, "SELECT status, pause_reason, spent FROM batch WHERE id = :b", b=batch_id)
     assert tuple(batch) == ("paused", "credits", Decimal("0.25"))
     # Run again (a retry after a lost reply): nothing moves twice.
-    again = await records.fail(engine, lease, "me", failure, decision, datetime.now(UTC), 10)
+    again = await attempt.fail(failure, decision, datetime.now(UTC), 10)
     assert (again.recorded, again.moved, again.paused) == (False, False, None)
-    assert (await one(engine, "SELECT spent FROM batch WHERE id = :b", b=lease.batch_id)).spent == Decimal(
-        "0.25"
-    )
+    assert (await one(engine, "SELECT spent FROM batch WHERE id = :b", b=batch_id)).spent == Decimal("0.25")
 
 
 async def test_free_calls_are_counted_by_the_day_they_were_made_not_reused_answers_nor_other_batches(
@@ -153,14 +152,14 @@ async def test_free_calls_are_counted_by_the_day_they_were_made_not_reused_answe
     since = datetime.now(UTC) - timedelta(minutes=1)
     real = await leased(engine, tmp_path, models=["sim/echo:free"])
     simulated = await leased(engine, tmp_path, models=["sim/echo:free"], simulated=True)
-    for lease in (real, simulated):
+    for attempt in (real, simulated):
         failure = Failure(Outcome.RETRY, "http_500", "boom", 500)
-        await records.fail(engine, lease, "me", failure, Decision(RequestStatus.PENDING, 1, 0, 0.0), since, 5)
+        await attempt.fail(failure, Decision(RequestStatus.PENDING, 1, 0, 0.0), since, 5)
     # An answer reused from another request made no call.
     reused = await leased(engine, tmp_path, models=["sim/echo:free"])
     async with engine.begin() as conn:
         await conn.execute(
-            text("UPDATE attempt SET outcome = 'reused' WHERE id = :a"), {"a": reused.attempt_id}
+            text("UPDATE attempt SET outcome = 'reused' WHERE id = :a"), {"a": reused.lease.attempt_id}
         )
     assert await records.free_calls_since(engine, since, simulated=False) == 1
     assert await records.free_calls_since(engine, since, simulated=True) == 1
@@ -188,9 +187,9 @@ async def test_a_request_given_back_before_the_feeder_marks_it_queued_is_fed_aga
         # Between the feeder's enqueue and its mark, a worker runs the job: the outage breaker denies it a
         # permit, so it gives the request back unsent, and arq finishes the job.
         [(request_id, attempts, feeds)] = requests
-        lease = await records.take_lease(engine, request_id, attempts, "me", 30, simulated=False)
-        assert lease is not None
-        await records.unlease(engine, lease, "me", 0.0)
+        attempt = await records.take_lease(engine, request_id, attempts, "me", 30, simulated=False)
+        assert attempt is not None
+        await attempt.give_back(0.0)
         await pool.zrem(queue, job_id(request_id, attempts, feeds))
         await pool.delete(job_key_prefix + job_id(request_id, attempts, feeds))
         return outcomes
@@ -212,15 +211,15 @@ async def test_a_request_given_back_unsent_is_fed_under_a_new_job_id_while_its_j
     await feeder.feed(engine, redis, queue_name, window=10)
     # A worker claims the job (arq's in-progress key), finds the breaker open and gives the request back.
     await redis.set(in_progress_key_prefix + "r1.0", b"1", px=600_000)
-    lease = await records.take_lease(engine, 1, 0, "me", 30, simulated=False)
-    assert lease is not None
-    await records.unlease(engine, lease, "me", 0.0)
+    attempt = await records.take_lease(engine, 1, 0, "me", 30, simulated=False)
+    assert attempt is not None
+    await attempt.give_back(0.0)
     # Its job still runs; the next attempt's job must not wait for that one's keys to go.
     assert (await feeder.feed(engine, redis, queue_name, window=10)).enqueued == 1
     assert sorted(await queued(redis, queue_name)) == ["r1.0", "r1.0.1"]
-    lease = await records.take_lease(engine, 1, 0, "me", 30, simulated=False)
-    assert lease is not None
-    assert lease.number == 1
+    attempt = await records.take_lease(engine, 1, 0, "me", 30, simulated=False)
+    assert attempt is not None
+    assert attempt.lease.number == 1
 
 
 async def test_a_worker_takes_only_the_batches_of_its_own_kind_of_upstream(
@@ -238,5 +237,5 @@ async def test_a_worker_takes_only_the_batches_of_its_own_kind_of_upstream(
                 await conn.execute(text("SELECT id FROM request WHERE batch_id = :b"), {"b": report.batch_id})
             ).scalar_one()
         assert await records.take_lease(engine, request_id, 0, "me", 30, simulated=not simulated) is None
-        lease = await records.take_lease(engine, request_id, 0, "me", 30, simulated=simulated)
-        assert lease is not None
+        attempt = await records.take_lease(engine, request_id, 0, "me", 30, simulated=simulated)
+        assert attempt is not None
