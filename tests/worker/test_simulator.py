@@ -19,7 +19,7 @@ from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-from jobs.simulator.config import config_from_args
+from jobs.simulator.main import config_from_args
 from tests.support import ROOT, TEST_API_KEY, Simulator
 from tests.worker.test_openrouter import SPEC
 
