@@ -32,7 +32,7 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import POSTGRES_URL, REDIS_URL, ROOT, Code, Simulator, baseline_tree, env_for, machine
-from tests.netfaults import FaultProxy
+from jobs.simulator.netfaults import FaultProxy
 
 LIMIT_SECONDS = 60.0
 

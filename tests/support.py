@@ -41,7 +41,7 @@ class Simulator:
         self.root = self.base_url.removesuffix("/api/v1")
 
     async def configure(self, **settings: Any) -> None:
-        """Change its behaviour (see jobs.simulator.server.SimConfig)."""
+        """Change its behaviour (see jobs.simulator.config.SimConfig)."""
         async with httpx.AsyncClient() as client:
             response = await client.post(f"{self.root}/_sim/config", content=orjson.dumps(settings))
             response.raise_for_status()

@@ -11,7 +11,7 @@ import asyncpg
 import httpx
 import pytest
 
-from tests.netfaults import FaultProxy, FaultProxyThread, postgres_proxy
+from jobs.simulator.netfaults import FaultProxy, FaultProxyThread, postgres_proxy
 from tests.support import TEST_API_KEY, Simulator
 
 

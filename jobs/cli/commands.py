@@ -92,7 +92,7 @@ from jobs.scheduling.fleet import limits_key, read_breaker, throttle_namespace
 from jobs.scheduling.queue import connect
 from jobs.scheduling.roster import Heartbeat, no_taker, read_heartbeats, takers
 from jobs.services.embedded import LocalServices, embedded_database, local_services, running_redis
-from jobs.simulator.config import simulator_command
+from jobs.simulator.main import simulator_command
 from jobs.submission.catalog import model_rows, render_table, rows_json, shipped_rows, simulator_rows
 from jobs.submission.intake import take_in
 from worker.report import where

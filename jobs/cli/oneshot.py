@@ -67,8 +67,9 @@ class RunPlan:
 
 async def start_simulator(settings: Settings, stack: contextlib.AsyncExitStack, err: Console) -> Settings:
     """Serve the OpenRouter simulator on loopback for this process; the settings that point the worker at it."""
-    from jobs.simulator.config import config_from_args
-    from jobs.simulator.server import API_PREFIX, Simulator, serve
+    from jobs.simulator.catalogue import API_PREFIX
+    from jobs.simulator.main import config_from_args
+    from jobs.simulator.server import Simulator, serve
 
     config = config_from_args(shlex.split(settings.simulator_args or RUN_SIMULATOR_ARGS))
     runner, port = await serve(Simulator(config), "127.0.0.1", 0)

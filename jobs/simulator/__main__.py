@@ -1,5 +1,5 @@
 """`python -m jobs.simulator` serves the OpenRouter simulator (`orbatch simulator` does the same)."""
 
-from jobs.simulator.config import simulator_main
+from jobs.simulator.main import simulator_main
 
 simulator_main()

@@ -207,17 +207,17 @@ async def model_rows(base_url: str, api_key: str | None, free_only: bool = False
 def shipped_rows(free_only: bool = False) -> tuple[list[ModelRow], str]:
     """OpenRouter's list as saved and shipped with orbatch (the file the simulator serves), read with no network;
     and what it is, for a user."""
-    from jobs.simulator.server import CATALOG_FILE, openrouter_snapshot
+    from jobs.simulator.catalogue import CATALOG_FILE, openrouter_snapshot
 
     saved, listing = openrouter_snapshot()
     return listing_rows(listing, free_only), (
-        f"OpenRouter's list as saved on {saved}, the copy shipped with orbatch (worker/{CATALOG_FILE})"
+        f"OpenRouter's list as saved on {saved}, the copy shipped with orbatch (jobs/simulator/{CATALOG_FILE})"
     )
 
 
 def simulator_rows(free_only: bool = False) -> tuple[list[ModelRow], str]:
     """The catalogue orbatch's simulator serves (`GET /models`), read with no network; and what it is."""
-    from jobs.simulator.server import openrouter_snapshot, served_models
+    from jobs.simulator.catalogue import openrouter_snapshot, served_models
 
     saved, _ = openrouter_snapshot()
     return listing_rows(served_models(), free_only), (

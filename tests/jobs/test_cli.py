@@ -16,7 +16,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from jobs.core.db import alembic_config, drop_database
-from jobs.simulator.server import CATALOG_FILE
+from jobs.simulator.catalogue import CATALOG_FILE
 from tests.conftest import Services
 from tests.support import ROOT, Simulator, chat_line, run_cli, write_jsonl
 
@@ -215,7 +215,7 @@ def _unreachable_upstream() -> str:
 def test_models_with_no_network_lists_the_copy_of_openrouters_list_shipped_with_orbatch_and_says_so(
     env: dict[str, str],
 ) -> None:
-    saved = orjson.loads((ROOT / "worker" / CATALOG_FILE).read_bytes())["snapshot"]
+    saved = orjson.loads((ROOT / "jobs" / "simulator" / CATALOG_FILE).read_bytes())["snapshot"]
     offline = {**env, "OPENROUTER_BASE_URL": _unreachable_upstream()}
     done = run_cli(offline, "models", "--free", "--json")
     assert done.returncode == 0, done.stderr

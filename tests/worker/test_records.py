@@ -18,8 +18,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from jobs.core.states import Outcome, PauseReason, RequestStatus
 from jobs.scheduling import feeder
 from jobs.scheduling.queue import job_id
+from jobs.simulator.netfaults import postgres_proxy
 from jobs.submission.submit import SubmitOptions, submit_file
-from tests.netfaults import postgres_proxy
 from tests.support import Simulator, Workers, chat_line, run_cli, write_jsonl
 from worker import records
 from worker.classify import Failure, Usage

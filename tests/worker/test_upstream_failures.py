@@ -18,7 +18,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.netfaults import FaultProxy
+from jobs.simulator.netfaults import FaultProxy
 from tests.support import Simulator, Workers, chat_line, run_cli, write_jsonl
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("failures")]

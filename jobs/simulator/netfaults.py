@@ -1,4 +1,4 @@
-"""A TCP fault proxy for damage tests: put it in front of any TCP service on loopback and break the network on cue.
+"""A TCP fault proxy, a hostile network for damage tests and benches: it breaks loopback TCP services on cue.
 
 `FaultProxy(host, port)` forwards every connection made to its own port to the target, byte for byte, until a
 switch is thrown: `down()` (its port refuses connections until `up()`), `reset_all()` (RST every open

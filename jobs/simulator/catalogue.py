@@ -1,0 +1,172 @@
+"""The simulator's model list: OpenRouter's saved catalogue, the tests' models, `GET /models`, prices and costs.
+
+`GET /models` lists OpenRouter's own model list as saved on 2026-08-18 (`CATALOG_FILE` beside this module: ids,
+names, context lengths, architecture, prices, top provider, supported parameters), then a few models orbatch's
+examples name that OpenRouter has withdrawn since (kept from the last saved list that had them, so the examples
+run offline), then the `sim/*` models the tests use. Any listed id is accepted and billed at its listed prices:
+prompt and completion USD per token, plus the request price where one is listed.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from importlib.resources import files
+from typing import Any
+
+import orjson
+
+__all__ = [
+    "API_PREFIX",
+    "CATALOG_FILE",
+    "SIM_MODELS",
+    "Catalogue",
+    "Cost",
+    "default_models",
+    "listing_entry",
+    "openrouter_snapshot",
+    "served_models",
+    "snapshot_date",
+]
+
+# Where the simulated API lives on the server; the listing's links name it too.
+API_PREFIX = "/api/v1"
+
+# OpenRouter's GET /models as saved on the date in its name; the file says where it came from.
+CATALOG_FILE = "openrouter_models_2026-08-18.json"
+
+# The tests' own models, never in OpenRouter's list: id -> (prompt, completion) USD per token.
+SIM_MODELS: dict[str, tuple[str, str]] = {
+    "sim/echo": ("0.000001", "0.000002"),
+    "sim/echo:free": ("0", "0"),
+    "sim/backup": ("0.000002", "0.000004"),
+    "sim/backup:free": ("0", "0"),
+    "sim/spare": ("0.000003", "0.000006"),
+    "sim/last-resort": ("0.000004", "0.000008"),
+}
+
+
+@functools.cache
+def _snapshot() -> dict[str, Any]:
+    snapshot: dict[str, Any] = orjson.loads(files("jobs.simulator").joinpath(CATALOG_FILE).read_bytes())
+    return snapshot
+
+
+def snapshot_date() -> str:
+    """The day OpenRouter's list shipped here was saved."""
+    return str(_snapshot()["snapshot"])
+
+
+def listing_entry(model_id: str, prompt: str, completion: str, request: str | None = None) -> dict[str, Any]:
+    """A `/models` entry for a model given only by its prices (the tests' models)."""
+    pricing = {"prompt": prompt, "completion": completion}
+    if request is not None:
+        pricing["request"] = request
+    return {
+        "id": model_id,
+        "canonical_slug": model_id,
+        "name": model_id,
+        "created": 1735689600,
+        "context_length": 131072,
+        "architecture": {
+            "modality": "text->text",
+            "input_modalities": ["text"],
+            "output_modalities": ["text"],
+            "tokenizer": "Other",
+            "instruct_type": None,
+        },
+        "pricing": pricing,
+        "top_provider": {"context_length": 131072, "max_completion_tokens": 8192, "is_moderated": False},
+        "supported_parameters": ["max_tokens", "temperature", "top_p", "stop", "seed", "response_format"],
+    }
+
+
+def default_models() -> list[dict[str, Any]]:
+    """The catalogue served by default: OpenRouter's list, the withdrawn models the examples name, `sim/*`."""
+    snapshot = _snapshot()
+    return [
+        *snapshot["data"],
+        *(entry["model"] for entry in snapshot["withdrawn"]),
+        *(listing_entry(model_id, *prices) for model_id, prices in SIM_MODELS.items()),
+    ]
+
+
+def openrouter_snapshot() -> tuple[str, list[dict[str, Any]]]:
+    """The day OpenRouter's list was saved and that list as shipped (no withdrawn model, no `sim/*`)."""
+    snapshot = _snapshot()
+    return str(snapshot["snapshot"]), list(snapshot["data"])
+
+
+def served_models() -> list[dict[str, Any]]:
+    """`GET /models`'s `data` as a simulator answers it before any reconfiguration, with no simulator running."""
+    return [_served(entry) for entry in Catalogue(default_models()).models.values()]
+
+
+def _usd(value: Any) -> Decimal:
+    # "-1" marks a price OpenRouter cannot know in advance (its routers); the simulator charges nothing for it.
+    try:
+        amount = Decimal(str(value))
+    except (InvalidOperation, ValueError):
+        return Decimal(0)
+    return amount if amount.is_finite() and amount > 0 else Decimal(0)
+
+
+def _served(entry: Mapping[str, Any]) -> dict[str, Any]:
+    # Fields the published schema requires that the saved list was trimmed of; they hold nothing for text models.
+    slug = entry.get("canonical_slug") or entry["id"]
+    return {
+        "per_request_limits": None,
+        "default_parameters": None,
+        "supported_voices": None,
+        **entry,
+        "links": {"details": f"{API_PREFIX}/models/{slug}/endpoints"},
+    }
+
+
+def _configured_entry(model: Mapping[str, Any]) -> Mapping[str, Any]:
+    """An entry of `POST /_sim/config {"models": [...]}`: a full `/models` entry, or an id with its prices."""
+    if "pricing" in model:
+        return model
+    return listing_entry(
+        model["id"],
+        str(model["prompt"]),
+        str(model["completion"]),
+        None if model.get("request") is None else str(model["request"]),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Cost:
+    """What a call costs in USD: its prompt tokens, its completion tokens, and in all (the request price too)."""
+
+    prompt: Decimal
+    completion: Decimal
+    total: Decimal
+
+
+class Catalogue:
+    """The models a simulator accepts, their prices, and its `GET /models` body."""
+
+    def __init__(self, entries: Iterable[Mapping[str, Any]]) -> None:
+        self.models = {str(e["id"]): dict(e) for e in entries}
+        self.prices = {
+            model_id: tuple(_usd(e.get("pricing", {}).get(k)) for k in ("prompt", "completion", "request"))
+            for model_id, e in self.models.items()
+        }
+        served = [_served(e) for e in self.models.values()]
+        # Serialised once: the list is asked for at every submit and changes only through configure.
+        self.body = orjson.dumps({"data": served, "total_count": len(served), "links": {"next": None}})
+
+    @classmethod
+    def configured(cls, models: Iterable[Mapping[str, Any]]) -> Catalogue:
+        """The catalogue `POST /_sim/config {"models": [...]}` sets (entries with `pricing`, or bare prices)."""
+        return cls(_configured_entry(m) for m in models)
+
+    def cost(self, model: str, prompt_tokens: int, completion_tokens: int) -> Cost:
+        """A call's cost at this model's listed prices."""
+        prompt_price, completion_price, request_price = self.prices[model]
+        prompt_cost = prompt_price * prompt_tokens
+        completion_cost = completion_price * completion_tokens
+        return Cost(prompt_cost, completion_cost, prompt_cost + completion_cost + request_price)

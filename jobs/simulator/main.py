@@ -1,0 +1,153 @@
+"""`orbatch simulator` and `python -m jobs.simulator`: the command's options, read into a `SimConfig`, and its run.
+
+The server (on aiohttp) is imported only when the command runs, so the CLI offers the options without loading a
+web server; nothing in the simulator imports this module back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+from collections.abc import Sequence
+from typing import Annotated
+
+import typer
+
+from jobs.simulator.config import DAY_SECONDS, MINUTE_SECONDS, SimConfig
+
+__all__ = ["config_from_args", "simulator_command", "simulator_main"]
+
+
+def _positive(value: float | None, option: str) -> None:
+    if value is not None and value <= 0:
+        raise typer.BadParameter("must be above 0", param_hint=option)
+
+
+def _make_config(
+    *,
+    latency_ms: float,
+    free_per_minute: int,
+    free_window_seconds: float | None,
+    free_per_day: int | None,
+    day_seconds: float | None,
+    speed: float,
+    free_tier: bool,
+    credits: float | None,
+    no_record: bool,
+) -> SimConfig:
+    _positive(speed, "--speed")
+    _positive(free_window_seconds, "--free-window-seconds")
+    _positive(day_seconds, "--day-seconds")
+    if day_seconds is None and speed != 1:
+        day_seconds = DAY_SECONDS / speed
+    return SimConfig(
+        latency_ms=latency_ms,
+        free_per_minute=free_per_minute,
+        free_window_seconds=MINUTE_SECONDS / speed if free_window_seconds is None else free_window_seconds,
+        # An account that bought $10 of credits gets 1000 free requests a day instead of 50.
+        free_per_day=(50 if free_tier else 1000) if free_per_day is None else free_per_day,
+        day_seconds=day_seconds,
+        speed=speed,
+        is_free_tier=free_tier,
+        credits=credits,
+        record_calls=not no_record,
+    )
+
+
+def simulator_command(
+    host: Annotated[
+        str, typer.Option(help="Address to listen on. Keep it on loopback: the simulator checks no key.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on; 0 takes a free one.")] = 8787,
+    latency_ms: Annotated[
+        float, typer.Option(help="Milliseconds every answer takes, as a model would.")
+    ] = 0.0,
+    free_per_minute: Annotated[
+        int, typer.Option(help="Free-model requests allowed in any window (OpenRouter: 20 a minute).")
+    ] = 20,
+    free_window_seconds: Annotated[
+        float | None,
+        typer.Option(help="Length of that window in seconds.", show_default="60 / speed"),
+    ] = None,
+    free_per_day: Annotated[
+        int | None,
+        typer.Option(
+            help="Free-model requests allowed per (simulated) day.",
+            show_default="50; 1000 with --no-free-tier",
+        ),
+    ] = None,
+    day_seconds: Annotated[
+        float | None,
+        typer.Option(
+            help="Length of a simulated day in seconds (days run from the epoch, as UTC days do).",
+            show_default="86400 / speed: real UTC days at speed 1",
+        ),
+    ] = None,
+    speed: Annotated[
+        float,
+        typer.Option(
+            help="How many times faster than real time the free tier's clock runs: at 10 the minute lasts "
+            "6 s and the day 8,640 s, so a spent daily quota comes back within hours, not at 00:00 UTC."
+        ),
+    ] = 1.0,
+    free_tier: Annotated[
+        bool,
+        typer.Option(
+            "--free-tier/--no-free-tier",
+            help="Answer as an account that never bought credits, or (--no-free-tier) one that bought $10: "
+            "GET /key's is_free_tier, the daily limit's default and its 429's name.",
+        ),
+    ] = True,
+    credits: Annotated[
+        float | None,
+        typer.Option(
+            help="The key's credit limit in USD, as GET /key reports it; 0 or less answers every call with "
+            "402 (no credits).",
+            show_default="no limit",
+        ),
+    ] = None,
+    no_record: Annotated[
+        bool, typer.Option("--no-record", help="Keep no request bodies (long benchmarks).")
+    ] = False,
+) -> None:
+    """Serve the OpenRouter simulator on loopback: no key, no quota, no real model; answers echo the prompts."""
+    config = _make_config(
+        latency_ms=latency_ms,
+        free_per_minute=free_per_minute,
+        free_window_seconds=free_window_seconds,
+        free_per_day=free_per_day,
+        day_seconds=day_seconds,
+        speed=speed,
+        free_tier=free_tier,
+        credits=credits,
+        no_record=no_record,
+    )
+    from jobs.simulator.server import serve_forever
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve_forever(config, host, port))
+
+
+_cli = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+_cli.command()(simulator_command)
+
+
+def config_from_args(argv: Sequence[str]) -> SimConfig:
+    """A simulator configuration from `orbatch simulator`'s options (for `orbatch run --simulator`)."""
+    command = typer.main.get_command(_cli)
+    try:
+        with command.make_context("orbatch simulator", list(argv)) as ctx:
+            params = dict(ctx.params)
+        del params["host"], params["port"]
+        return _make_config(**params)
+    except typer.TyperException as exc:
+        print(f"orbatch simulator: error: {exc.format_message()}", file=sys.stderr)
+        raise SystemExit(2) from exc
+
+
+def simulator_main(argv: Sequence[str] | None = None) -> None:
+    """Run the simulator until interrupted (`python -m jobs.simulator --help` lists its options)."""
+    typer.main.get_command(_cli).main(
+        args=None if argv is None else list(argv), prog_name="orbatch simulator"
+    )

@@ -1,0 +1,164 @@
+"""The shapes of the simulator's answers: completions and their usage, error bodies, fake structured output."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from decimal import Decimal
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from jobs.formats.structured import requested_schema
+from jobs.simulator.catalogue import Cost
+
+__all__ = [
+    "completion",
+    "error_response",
+    "fake_instance",
+    "json_response",
+    "last_user_text",
+    "structured_reply",
+    "token_counts",
+    "usage",
+]
+
+
+def json_response(value: Any) -> web.Response:
+    """A 200 with `value` as its JSON body."""
+    return web.Response(body=orjson.dumps(value), content_type="application/json")
+
+
+def error_response(
+    status: int,
+    message: str,
+    code: Any = None,
+    metadata: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
+) -> web.Response:
+    """An error as OpenRouter answers one: `{"error": {"code", "message", "metadata"?}, "user_id"}`."""
+    error: dict[str, Any] = {"code": status if code is None else code, "message": message}
+    if metadata is not None:
+        error["metadata"] = metadata
+    return web.Response(
+        status=status,
+        body=orjson.dumps({"error": error, "user_id": "user_sim"}),
+        headers=headers,
+        content_type="application/json",
+    )
+
+
+def last_user_text(messages: list[Any]) -> str:
+    """The text of the last user message: what the simulator echoes and what rules match."""
+    for message in reversed(messages):
+        if isinstance(message, dict) and message.get("role") == "user":
+            content = message.get("content")
+            if isinstance(content, str):
+                return content
+            if isinstance(content, list):
+                return " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return ""
+
+
+def token_counts(prompt_text: str, content: str) -> tuple[int, int]:
+    """Prompt and completion tokens, taken as four characters each (at least one)."""
+    return max(1, len(prompt_text) // 4), max(1, len(content) // 4)
+
+
+def usage(
+    prompt_tokens: int, completion_tokens: int, cost: Cost, *, byok: bool, omit_cost: bool
+) -> dict[str, Any]:
+    """A completion's `usage`, with its cost as OpenRouter reports it (a BYOK fee, or none at all, if asked)."""
+    result: dict[str, Any] = {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+        "cost": float(cost.total),
+        "is_byok": False,
+        "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+        "completion_tokens_details": {"reasoning_tokens": 0, "image_tokens": 0},
+        "cost_details": {
+            "upstream_inference_cost": None,
+            "upstream_inference_prompt_cost": float(cost.prompt),
+            "upstream_inference_completions_cost": float(cost.completion),
+        },
+    }
+    if byok:
+        # OpenRouter's BYOK fee is 5 % of what the provider charges the user's own key.
+        result["is_byok"] = True
+        result["cost"] = float(cost.total * Decimal("0.05"))
+        result["cost_details"]["upstream_inference_cost"] = float(cost.total)
+    if omit_cost:
+        del result["cost"]
+    return result
+
+
+def completion(
+    generation: int,
+    model: str,
+    content: str,
+    usage: dict[str, Any],
+    finish: str = "stop",
+    choice_error: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A chat completion with one choice; `choice_error` makes it an error inside HTTP 200."""
+    choice: dict[str, Any] = {
+        "index": 0,
+        "logprobs": None,
+        "finish_reason": finish,
+        "native_finish_reason": finish,
+        "message": {"role": "assistant", "content": content, "refusal": None, "reasoning": None},
+    }
+    if choice_error is not None:
+        choice["error"] = choice_error
+    return {
+        "id": f"gen-{int(time.time())}-{generation:08d}",
+        "provider": "SimProvider",
+        "model": model,
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "system_fingerprint": None,
+        "choices": [choice],
+        "usage": usage,
+    }
+
+
+def fake_instance(schema: Any, text: str, depth: int = 0) -> Any:
+    """A value that follows a (simple) JSON schema, chosen from the prompt so that answers vary by record."""
+    if not isinstance(schema, dict) or depth > 8:
+        return None
+    seed = int(hashlib.sha256(text.encode()).hexdigest()[:8], 16)
+    if "const" in schema:
+        return schema["const"]
+    if isinstance(schema.get("enum"), list) and schema["enum"]:
+        return schema["enum"][seed % len(schema["enum"])]
+    for key in ("anyOf", "oneOf", "allOf"):
+        if isinstance(schema.get(key), list) and schema[key]:
+            return fake_instance(schema[key][0], text, depth + 1)
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "null")
+    if kind == "object" or "properties" in schema:
+        props: dict[str, Any] = schema["properties"] if isinstance(schema.get("properties"), dict) else {}
+        return {name: fake_instance(sub, f"{name}:{text}", depth + 1) for name, sub in props.items()}
+    if kind == "array":
+        return [fake_instance(schema.get("items", {}), text, depth + 1)] * max(
+            1, int(schema.get("minItems", 1))
+        )
+    if kind == "integer":
+        return int(schema.get("minimum", 0)) + seed % 5
+    if kind == "number":
+        return float(schema.get("minimum", 0)) + (seed % 100) / 100
+    if kind == "boolean":
+        return bool(seed % 2)
+    if kind == "null":
+        return None
+    words = " ".join(text.split()[:12])
+    return f"echo: {words}"[: int(schema.get("maxLength", 200))]
+
+
+def structured_reply(body: dict[str, Any], text: str) -> str | None:
+    """The reply to a request for structured output: JSON following its schema, as a model would send."""
+    schema = requested_schema(body)
+    return None if schema is None else orjson.dumps(fake_instance(schema, text)).decode()

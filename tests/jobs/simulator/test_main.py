@@ -1,0 +1,55 @@
+"""`orbatch simulator`'s options: read into a configuration, and listed by --help with their defaults."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from jobs.simulator.main import config_from_args
+from tests.support import ROOT
+
+
+def test_the_command_line_takes_the_speed_and_the_account() -> None:
+    scaled = config_from_args(["--speed", "10"])
+    assert (scaled.free_window_seconds, scaled.day_seconds, scaled.free_per_day) == (6, 8640, 50)
+    real = config_from_args([])
+    assert (real.free_window_seconds, real.day_seconds, real.free_per_day, real.speed) == (60, None, 50, 1)
+    bought = config_from_args(["--no-free-tier", "--credits", "10"])
+    assert (bought.is_free_tier, bought.free_per_day, bought.credits) == (False, 1000, 10)
+    # The options ORBATCH_SIMULATOR_ARGS has always taken.
+    old = config_from_args(["--free-window-seconds", "1", "--free-per-day", "100000", "--latency-ms", "5"])
+    assert (old.free_window_seconds, old.free_per_day, old.latency_ms) == (1, 100000, 5)
+    with pytest.raises(SystemExit) as refused:
+        config_from_args(["--speed", "0"])
+    assert refused.value.code == 2
+
+
+def test_help_lists_every_option_with_its_default() -> None:
+    shown = subprocess.run(
+        [sys.executable, "-m", "jobs.simulator", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        env={**os.environ, "COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb"},
+    ).stdout
+    for option in (
+        "--host",
+        "--port",
+        "--latency-ms",
+        "--free-per-minute",
+        "--free-window-seconds",
+        "--free-per-day",
+        "--day-seconds",
+        "--speed",
+        "--free-tier",
+        "--credits",
+        "--no-record",
+    ):
+        assert option in shown
+    assert "[default: 8787]" in shown
+    assert "[default: 1.0]" in shown
