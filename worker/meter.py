@@ -7,9 +7,10 @@ import contextlib
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from datetime import UTC, datetime
 
-from jobs.core.states import PauseReason
+from jobs.core.states import PauseReason, RequestStatus
 from jobs.observation import metrics
 from worker.classify import Failure, Success, Usage
+from worker.ends import TaskResult
 
 __all__ = ["Meter", "rate_limit_kind"]
 
@@ -79,14 +80,14 @@ class Meter:
             self.calls -= 1
             metrics.CALLS_IN_FLIGHT.dec()
 
-    def ended(self, result: str) -> None:
+    def ended(self, result: TaskResult) -> None:
         """A task came to `result` (what run_request returns)."""
-        metrics.TASKS.labels(result).inc()
+        metrics.TASKS.labels(result.value).inc()
 
-    def finished(self, outcome: str) -> None:
+    def finished(self, status: RequestStatus) -> None:
         """A request reached its final state: `completed` or `failed`."""
-        metrics.FINISHED.labels(outcome).inc()
-        if outcome == "completed":
+        metrics.FINISHED.labels(status.value).inc()
+        if status is RequestStatus.COMPLETED:
             self.answered += 1
 
     def waited(self, free: bool, seconds: float) -> None:

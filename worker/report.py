@@ -11,6 +11,8 @@ from sqlalchemy.engine import make_url
 
 from jobs.core.constants import WORKER_SUMMARY_SECONDS
 from jobs.core.logs import get_logger
+from jobs.core.states import Outcome
+from worker.ends import TaskEnd, TaskResult
 
 __all__ = ["WorkerReport", "where"]
 
@@ -30,13 +32,13 @@ def where(url: str) -> str:
 class WorkerReport:
     """Counts what the worker's tasks came to, and says so now and then."""
 
-    outcomes: collections.Counter[str] = field(default_factory=collections.Counter)
+    outcomes: collections.Counter[TaskResult] = field(default_factory=collections.Counter)
     batches: set[str] = field(default_factory=set)
     started: float = field(default_factory=time.monotonic)
     _said: float = field(default_factory=time.monotonic)
     _done_then: int = 0
 
-    def task(self, batch_id: str | None, outcome: str) -> None:
+    def task(self, batch_id: str | None, outcome: TaskResult) -> None:
         """One task ended with `outcome` (its return value); a batch seen for the first time is said once."""
         self.outcomes[outcome] += 1
         if batch_id is not None and batch_id not in self.batches:
@@ -51,11 +53,15 @@ class WorkerReport:
     def summary(self) -> None:
         """One line: requests answered and failed, calls, rate, and what tasks waited for, since the last."""
         now = time.monotonic()
-        done = self.outcomes["completed"] + self.outcomes["completed-elsewhere"] + self.outcomes["reused"]
+        done = sum(
+            self.outcomes[end] for end in (TaskEnd.COMPLETED, TaskEnd.COMPLETED_ELSEWHERE, TaskEnd.REUSED)
+        )
         waits = {
-            k.removeprefix("throttled-"): n for k, n in self.outcomes.items() if k.startswith("throttled-")
+            k.value.removeprefix("throttled-"): n
+            for k, n in self.outcomes.items()
+            if k.startswith("throttled-")
         }
-        waits["outage"] = self.outcomes["waiting-outage"]
+        waits["outage"] = self.outcomes[TaskEnd.WAITING_OUTAGE]
         rate = (done - self._done_then) / max(now - self._said, 1e-9)
         log.info(
             "worker summary",
@@ -79,4 +85,6 @@ class WorkerReport:
 
 
 # Task outcomes that are failed attempts (the retry policy's classes).
-_FAILURES = frozenset({"retry", "fallback", "park", "fail", "outage", "internal-error"})
+_FAILURES: frozenset[TaskResult] = frozenset(
+    {Outcome.RETRY, Outcome.FALLBACK, Outcome.PARK, Outcome.FAIL, Outcome.OUTAGE, TaskEnd.INTERNAL_ERROR}
+)

@@ -28,9 +28,10 @@ from jobs.observation.eta import format_duration
 from worker import records
 from worker.classify import Failure, Success, Usage, classify
 from worker.context import WorkerContext, context
+from worker.ends import TaskEnd, TaskResult, throttled
 from worker.openrouter import CallResult
 from worker.retry import decide
-from worker.throttle import Denied, Permit, Verdict
+from worker.throttle import Denied, DeniedKind, Permit, Verdict
 
 __all__ = ["run_request"]
 
@@ -123,7 +124,7 @@ async def _record_failure(
     latency_ms: int,
     failure: Failure,
     started_at: datetime,
-) -> str:
+) -> TaskResult:
     settings = ctx.settings
     lease = attempt.lease
     decision = decide(
@@ -156,21 +157,23 @@ async def _record_failure(
     if record.paused is not None:
         log.warning("batch paused", batch_id=lease.batch_id, reason=record.paused, message=failure.message)
     if record.moved and decision.status is RequestStatus.FAILED:
-        ctx.meter.finished("failed")
-    return failure.outcome.value
+        ctx.meter.finished(RequestStatus.FAILED)
+    return failure.outcome
 
 
-async def _throttled(ctx: WorkerContext, attempt: records.Attempt, denied: Denied) -> str:
+async def _throttled(ctx: WorkerContext, attempt: records.Attempt, denied: Denied) -> TaskResult:
     """Give the request back unsent: the wait is longer than a worker holds a slot, or the worker is stopping."""
     lease = attempt.lease
-    if denied.kind in ("stopping", "outage", "unreachable"):
+    if denied.kind in (DeniedKind.STOPPING, DeniedKind.OUTAGE, DeniedKind.UNREACHABLE):
         # An outage's requests are due at once; the feeder holds them back while the breaker is open.
         await _persist("unlease", lambda: attempt.give_back(0.0))
-        return {"stopping": "stopping", "outage": "waiting-outage"}.get(denied.kind, "redis-unreachable")
-    quota_hold = denied.kind == "cooldown" and lease.models_sent[0].endswith(":free")
-    if denied.kind == "daily" or (quota_hold and denied.wait_seconds >= QUOTA_HOLD_SECONDS):
+        return {DeniedKind.STOPPING: TaskEnd.STOPPING, DeniedKind.OUTAGE: TaskEnd.WAITING_OUTAGE}.get(
+            denied.kind, TaskEnd.REDIS_UNREACHABLE
+        )
+    quota_hold = denied.kind is DeniedKind.COOLDOWN and lease.models_sent[0].endswith(":free")
+    if denied.kind is DeniedKind.DAILY or (quota_hold and denied.wait_seconds >= QUOTA_HOLD_SECONDS):
         limits = ctx.throttle.limits
-        if denied.kind != "daily":
+        if denied.kind is not DeniedKind.DAILY:
             message = (
                 "OpenRouter's free-model quota is spent; the batch resumes when OpenRouter said it resets."
             )
@@ -189,10 +192,10 @@ async def _throttled(ctx: WorkerContext, attempt: records.Attempt, denied: Denie
             "park", lambda: attempt.give_back(denied.wait_seconds, PauseReason.QUOTA, message)
         )
         if paused:
-            log.warning("batch paused", batch_id=lease.batch_id, reason="quota", message=message)
+            log.warning("batch paused", batch_id=lease.batch_id, reason=PauseReason.QUOTA, message=message)
     else:
         await _persist("unlease", lambda: attempt.give_back(denied.wait_seconds))
-    return f"throttled-{denied.kind}"
+    return throttled(denied.kind)
 
 
 async def run_request(arq_ctx: dict[str, Any], request_id: int, attempts: int) -> str:
@@ -201,7 +204,7 @@ async def run_request(arq_ctx: dict[str, Any], request_id: int, attempts: int) -
     with ctx.meter.task():
         result = await _attempt(ctx, request_id, attempts)
     ctx.meter.ended(result)
-    return result
+    return result.value
 
 
 def _calling(ctx: WorkerContext) -> None:
@@ -212,9 +215,9 @@ def _calling(ctx: WorkerContext) -> None:
         task.add_done_callback(ctx.calling.discard)
 
 
-async def _attempt(ctx: WorkerContext, request_id: int, attempts: int) -> str:
+async def _attempt(ctx: WorkerContext, request_id: int, attempts: int) -> TaskResult:
     if ctx.stopping.is_set():
-        return "stopping"
+        return TaskEnd.STOPPING
     attempt = await _persist(
         "lease",
         lambda: records.take_lease(
@@ -222,7 +225,7 @@ async def _attempt(ctx: WorkerContext, request_id: int, attempts: int) -> str:
         ),
     )
     if attempt is None:
-        return "skipped"
+        return TaskEnd.SKIPPED
     lease = attempt.lease
     call = _Call()
     try:
@@ -249,8 +252,8 @@ async def _attempt(ctx: WorkerContext, request_id: int, attempts: int) -> str:
         )
         latency = call.result.latency_ms if call.result is not None else 0
         await _record_failure(ctx, attempt, False, latency, failure, call.started_at or datetime.now(UTC))
-        ctx.report.task(lease.batch_id, "internal-error")
-        return "internal-error"
+        ctx.report.task(lease.batch_id, TaskEnd.INTERNAL_ERROR)
+        return TaskEnd.INTERNAL_ERROR
 
 
 async def _check_structured(ctx: WorkerContext, body: dict[str, Any], success: Success) -> Success | Failure:
@@ -296,22 +299,22 @@ def _outage(failure: Failure) -> Failure:
     return failure
 
 
-async def _run_leased(ctx: WorkerContext, attempt: records.Attempt, call: _Call) -> str:
+async def _run_leased(ctx: WorkerContext, attempt: records.Attempt, call: _Call) -> TaskResult:
     """Throttle, call and record one leased request."""
     lease = attempt.lease
     paid = [m for m in lease.models_sent if not m.endswith(":free")]
     if lease.free_only and paid:
         message = f"the batch is --free-only and this request would send the paid model {paid[0]!r}; not sent"
         await _persist("refuse", lambda: attempt.refuse(message))
-        ctx.meter.finished("failed")
-        return "refused"
+        ctx.meter.finished(RequestStatus.FAILED)
+        return TaskEnd.REFUSED
     if lease.fingerprint is not None:
         if await _persist("reuse", attempt.reuse):
-            ctx.meter.finished("completed")
-            return "reused"
+            ctx.meter.finished(RequestStatus.COMPLETED)
+            return TaskEnd.REUSED
         if await _persist("twin", attempt.twin_in_flight):
             await _persist("unlease", lambda: attempt.give_back(TWIN_WAIT_SECONDS))
-            return "waiting-for-twin"
+            return TaskEnd.WAITING_FOR_TWIN
     # A request counts against the free limits when the first model it will try is a free variant.
     free = lease.models_sent[0].endswith(":free")
     try:
@@ -327,7 +330,7 @@ async def _run_leased(ctx: WorkerContext, attempt: records.Attempt, call: _Call)
                 log.warning(
                     "throttle unreachable; request given back", request_id=lease.request_id, error=str(exc)
                 )
-                permit = Denied("unreachable", 0.0)
+                permit = Denied(DeniedKind.UNREACHABLE, 0.0)
             if isinstance(permit, Denied):
                 return await _throttled(ctx, attempt, permit)
             ctx.meter.waited(free, time.monotonic() - asked)
@@ -365,8 +368,8 @@ async def _run_leased(ctx: WorkerContext, attempt: records.Attempt, call: _Call)
         success = outcome
         stored = await _persist("result", lambda: attempt.complete(success, started_at, result.latency_ms))
         if stored:
-            ctx.meter.finished("completed")
-        return "completed" if stored else "completed-elsewhere"
+            ctx.meter.finished(RequestStatus.COMPLETED)
+        return TaskEnd.COMPLETED if stored else TaskEnd.COMPLETED_ELSEWHERE
     return await _record_failure(ctx, attempt, free, result.latency_ms, outcome, started_at)
 
 

@@ -21,6 +21,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any, Literal
 
 from redis.asyncio import Redis
@@ -28,7 +29,7 @@ from redis.asyncio import Redis
 from jobs.core.constants import THROTTLE_KEY
 from jobs.scheduling.fleet import BreakerState, breaker_key, read_breaker
 
-__all__ = ["Denied", "Permit", "Throttle", "ThrottleLimits", "Verdict"]
+__all__ = ["Denied", "DeniedKind", "Permit", "Throttle", "ThrottleLimits", "Verdict"]
 
 # What a call's outcome says about OpenRouter as a whole, for the breaker: `ok` it answered; `none` it answered
 # with an error about this request; `fail` a 5xx or a cut connection, one of a possible run; `down` it could not
@@ -251,6 +252,18 @@ return redis.call('SET', KEYS[1], today .. ':' .. ARGV[1], 'PX', ttl, 'NX') and 
 )
 
 
+class DeniedKind(StrEnum):
+    """Why the throttle gave no slot."""
+
+    DAILY = "daily"  # the free tier's day is spent
+    RATE = "rate"  # the next free slot is further off than a worker holds one
+    COOLDOWN = "cooldown"  # a 429 told every worker to wait
+    OUTAGE = "outage"  # the outage breaker is open
+    STOPPING = "stopping"  # the worker is stopping
+    UNREACHABLE = "unreachable"  # Redis did not answer
+    SLOT = "slot"  # a slot is held for the request (`acquire`'s `request_id`) at `wait_seconds` from now
+
+
 @dataclass(slots=True, frozen=True)
 class ThrottleLimits:
     """The limits the throttle enforces."""
@@ -301,9 +314,7 @@ class Permit:
 class Denied:
     """No slot within the longest wait a worker holds: why, and how long until one may be free."""
 
-    # 'daily', 'rate', 'cooldown', 'outage', 'stopping', 'unreachable' (Redis did not answer), or 'slot': a slot is
-    # held for the request (`Throttle.acquire`'s `request_id`) at `wait_seconds` from now.
-    kind: str
+    kind: DeniedKind
     wait_seconds: float
 
 
@@ -412,7 +423,7 @@ class Throttle:
                 await self._seed(int(text[1]))
                 continue
             if text[5] == "daily":
-                return Denied("daily", int(text[4]) / 1000)
+                return Denied(DeniedKind.DAILY, int(text[4]) / 1000)
             permit = Permit(text[0], text[1] == "1", int(text[2]), probe=text[3] == "1")
             return permit, max(0, int(text[4])) / 1000
 
@@ -434,7 +445,7 @@ class Throttle:
             if stop is not None and stop.is_set():
                 if held is not None:
                     await self.release(held[0], "unsent")
-                return Denied("stopping", 0.0)
+                return Denied(DeniedKind.STOPPING, 0.0)
             if held is not None:
                 (permit, wait), held = held, None
                 granted, kind = True, "probe" if permit.probe else "ok"
@@ -447,11 +458,11 @@ class Throttle:
                 if kind == "held":
                     # Booked for the request, which waits in Postgres: the worker's slot goes to a call that can go.
                     await self._hold(request_id or 0, permit, wait)
-                    return Denied("slot", wait)
+                    return Denied(DeniedKind.SLOT, wait)
                 if request_id is not None and wait > self.limits.defer_seconds:
                     # A paid slot a while away (the in-flight cap's): hand it back and come back then.
                     await self.release(permit, "unsent")
-                    return Denied("slot", wait)
+                    return Denied(DeniedKind.SLOT, wait)
                 if wait > 0:
                     try:
                         stopped = await _sleep(wait, stop)
@@ -460,7 +471,7 @@ class Throttle:
                         raise
                     if stopped:
                         await self.release(permit, "unsent")
-                        return Denied("stopping", 0.0)
+                        return Denied(DeniedKind.STOPPING, 0.0)
                 # A 429 may have set a cool-down, or the breaker opened, while this slot waited: the slot is void.
                 confirm: Any = await self._confirm(
                     keys=[self._cooldown_key(free), self.keys["breaker"]], args=[permit_id]
@@ -474,9 +485,9 @@ class Throttle:
                 if cool > self.limits.max_wait_seconds or (
                     request_id is not None and cool > self.limits.defer_seconds
                 ):
-                    return Denied("cooldown", cool)
+                    return Denied(DeniedKind.COOLDOWN, cool)
                 if await _sleep(cool, stop):
-                    return Denied("stopping", 0.0)
+                    return Denied(DeniedKind.STOPPING, 0.0)
                 continue
             if kind == "unseeded":
                 await self._seed(day)
@@ -484,15 +495,15 @@ class Throttle:
             if kind == "in_flight":
                 # Permits free up as calls end; poll with jitter so waiters do not wake together.
                 if await _sleep(in_flight_wait * (0.5 + random.random()), stop):
-                    return Denied("stopping", 0.0)
+                    return Denied(DeniedKind.STOPPING, 0.0)
                 in_flight_wait = min(in_flight_wait * 2, 1.0)
                 continue
             holds_slot = request_id is not None and wait > self.limits.defer_seconds
             if wait <= self.limits.max_wait_seconds and kind not in ("daily", "outage") and not holds_slot:
                 if await _sleep(wait, stop):
-                    return Denied("stopping", 0.0)
+                    return Denied(DeniedKind.STOPPING, 0.0)
                 continue
-            return Denied(kind, wait)
+            return Denied(DeniedKind(kind), wait)
 
     async def _seed(self, day: int) -> None:
         """Rebuild the day's free count from Postgres after Redis lost it (or before the first free call)."""
