@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from jobs.core.errors import BadInput
 from jobs.core.sql import states
+from jobs.core.states import RequestStatus
 from jobs.formats.output_lines import error_line, merge_answer, result_line
 
 __all__ = [
@@ -155,8 +156,8 @@ async def stream_file(
 def _add_row(
     row: Any, fmt: ExportFormat, ok: list[bytes], bad: list[bytes], unfinished: Unfinished | None = None
 ) -> None:
-    completed = row["status"] == "completed"
-    if unfinished is not None and row["status"] not in ("completed", "failed"):
+    completed = row["status"] == RequestStatus.COMPLETED
+    if unfinished is not None and row["status"] not in (RequestStatus.COMPLETED, RequestStatus.FAILED):
         line = error_line(row["custom_id"], row["id"], unfinished.code, unfinished.message)
         bad.append(orjson.dumps(line) + b"\n")
         return
