@@ -211,7 +211,7 @@ def shipped_rows(free_only: bool = False) -> tuple[list[ModelRow], str]:
 
     saved, listing = openrouter_snapshot()
     return listing_rows(listing, free_only), (
-        f"OpenRouter's list as saved on {saved}, the copy shipped with orbatch (worker/{CATALOG_FILE})"
+        f"OpenRouter's list as saved on {saved}, the copy shipped with orbatch (jobs/simulator/{CATALOG_FILE})"
     )
 
 

@@ -215,7 +215,7 @@ def _unreachable_upstream() -> str:
 def test_models_with_no_network_lists_the_copy_of_openrouters_list_shipped_with_orbatch_and_says_so(
     env: dict[str, str],
 ) -> None:
-    saved = orjson.loads((ROOT / "worker" / CATALOG_FILE).read_bytes())["snapshot"]
+    saved = orjson.loads((ROOT / "jobs" / "simulator" / CATALOG_FILE).read_bytes())["snapshot"]
     offline = {**env, "OPENROUTER_BASE_URL": _unreachable_upstream()}
     done = run_cli(offline, "models", "--free", "--json")
     assert done.returncode == 0, done.stderr
