@@ -29,6 +29,8 @@ from jobs.formats.prompt_template import Template
 from jobs.formats.reader import DamagedGzip, FileSource, Source, read_lines
 
 __all__ = [
+    "ProgressFn",
+    "StoredHook",
     "SubmitError",
     "SubmitOptions",
     "SubmitReport",
