@@ -9,13 +9,12 @@ Each create is a new batch, as with OpenAI, even for a file already used.
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import re
 from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 
-import httpx
 import orjson
 from redis.exceptions import RedisError
 from sqlalchemy import text
@@ -36,11 +35,10 @@ from jobs.core.constants import (
 from jobs.core.errors import BadInput, NotFound, Unprocessable
 from jobs.core.logs import get_logger
 from jobs.core.sql import sql
-from jobs.formats.input_lines import BATCH_URL, parse_models
-from jobs.scheduling.feeder import feed
-from jobs.scheduling.fleet import kind_queue
-from jobs.submission.catalog import load_catalog
-from jobs.submission.submit import SubmitError, SubmitOptions, model_problem, new_batch_id, submit_source
+from jobs.formats.input_lines import BATCH_URL
+from jobs.submission.choices import batch_options, model_chain
+from jobs.submission.intake import FirstWindow, Setback, take_in
+from jobs.submission.submit import SubmitError, SubmitOptions, new_batch_id
 
 __all__ = ["batch_errors", "create_batch", "window_seconds"]
 
@@ -84,11 +82,8 @@ def _metadata(metadata: dict[str, str] | None) -> dict[str, str] | None:
 
 
 def _models(value: list[str] | str | None) -> list[str]:
-    if value is None:
-        return []
-    items = [m for m in value.split(",") if m.strip()] if isinstance(value, str) else value
     try:
-        return parse_models(items, "models")
+        return model_chain(value, "models")
     except ValueError as exc:
         raise BadInput(str(exc), param="models", code="invalid_value") from None
 
@@ -146,14 +141,22 @@ async def _input_file(conn: AsyncConnection, owner: str, file_id: str) -> Any:
     return row
 
 
-async def _known_models(state: ApiState) -> frozenset[str] | None:
-    settings = state.settings
-    key = settings.openrouter_api_key.get_secret_value() if settings.openrouter_api_key else None
-    try:
-        return frozenset(await load_catalog(state.engine, settings.openrouter_base_url, key))
-    except (httpx.HTTPError, OSError, ValueError) as exc:
-        log.warning("model ids not checked: OpenRouter's model list could not be read", error=str(exc))
-        return None
+def _setback(setback: Setback) -> None:
+    """What the intake went on without, in the server's log (the caller's answer does not wait on it)."""
+    error = setback.error
+    if setback.stage == "catalogue":
+        log.warning("model ids not checked: OpenRouter's model list could not be read", error=str(error))
+    elif isinstance(error, (OSError, RedisError)):
+        # Postgres holds the batch; any worker's feeder queues it once Redis is reachable.
+        log.warning(
+            "batch stored but not queued yet: Redis unreachable", batch=setback.batch_id, error=str(error)
+        )
+    else:
+        log.warning(
+            "batch stored but not queued yet",
+            batch=setback.batch_id,
+            error=f"{type(error).__name__}: {error}",
+        )
 
 
 _API_ROW = text(
@@ -179,19 +182,18 @@ async def create_batch(state: ApiState, caller: Caller, body: BatchCreate) -> st
     window = window_seconds(body.completion_window)
     metadata = _metadata(body.metadata)
     callback_url = body.callback_url or (metadata or {}).get("callback_url")
-    models = _models(body.models)
-    options = SubmitOptions(
-        models=models,
+    options = batch_options(
+        settings,
+        models=_models(body.models),
         name=(metadata or {}).get("name"),
-        max_attempts=body.max_attempts or settings.max_attempts,
+        max_attempts=body.max_attempts,
         free_only=body.free_only,
         max_cost=_max_cost(body.max_cost),
+        # Each create is a new batch, as with OpenAI, even for a file already used.
         new=True,
         dedupe=body.dedupe,
         owner=caller.owner,
         priority=body.priority,
-        # Only workers in front of the same kind of upstream take it (see `records.take_lease`).
-        simulated=await upstream_is_simulated(state),
     )
     async with state.reads.connect() as conn:
         if callback_url is not None:
@@ -204,10 +206,6 @@ async def create_batch(state: ApiState, caller: Caller, body: BatchCreate) -> st
                     code="callback_not_allowed",
                 )
         file = await _input_file(conn, caller.owner, body.input_file_id)
-    options = replace(options, known_models=await _known_models(state))
-    problem = model_problem(models, options)
-    if problem:
-        raise BadInput(problem, param="models", code="invalid_value")
     row = {
         "owner": caller.owner,
         "input_file_id": file.id,
@@ -230,40 +228,25 @@ async def create_batch(state: ApiState, caller: Caller, body: BatchCreate) -> st
 
     source = StoredSource(state.engine, file.id, file.filename, f"{file.id} ({file.filename})", file.sha256)
     try:
-        report = await submit_source(state.engine, source, options, on_stored=stored)
-    except SubmitError as exc:
-        return await _failed_batch(
-            state, options, source, metadata, window, {**row, "errors": batch_errors(exc)}, exc
-        )
-    # The batch is stored: the answer need not wait for its first requests to be queued (a worker's feeder
-    # queues them within ORBATCH_FEED_INTERVAL anyway).
-    task = asyncio.create_task(_queue(state, report.batch_id, options.simulated))
-    _FEEDING.add(task)
-    task.add_done_callback(_FEEDING.discard)
-    return report.batch_id
-
-
-# Feeding tasks still running, held so that none is collected half done.
-_FEEDING: set[asyncio.Task[None]] = set()
-
-
-async def _queue(state: ApiState, batch_id: str, simulated: bool) -> None:
-    settings = state.settings
-    queue = kind_queue(settings.queue_name, simulated)
-    try:
-        await feed(
+        taken = await take_in(
             state.engine,
-            state.redis,
-            settings.queue_name,
-            settings.feed_window,
-            batch_id=batch_id,
-            queue=queue,
+            settings,
+            source,
+            options,
+            # Only workers in front of the same kind of upstream take it (see `records.take_lease`).
+            upstream=functools.partial(upstream_is_simulated, state),
+            on_stored=stored,
+            # The batch is stored: the answer need not wait for its first requests to be queued (a worker's
+            # feeder queues them within ORBATCH_FEED_INTERVAL anyway).
+            first_window=FirstWindow(state.redis, background=True),
+            warn=_setback,
         )
-    except (OSError, RedisError) as exc:
-        # Postgres holds the batch; any worker's feeder queues it once Redis is reachable.
-        log.warning("batch stored but not queued yet: Redis unreachable", batch=batch_id, error=str(exc))
-    except Exception as exc:  # a worker's feeder queues it on its next tick
-        log.warning("batch stored but not queued yet", batch=batch_id, error=f"{type(exc).__name__}: {exc}")
+    except SubmitError as exc:
+        failed = replace(options, simulated=await upstream_is_simulated(state))
+        return await _failed_batch(
+            state, failed, source, metadata, window, {**row, "errors": batch_errors(exc)}, exc
+        )
+    return taken.batch_id
 
 
 def _json(value: Any) -> str | None:

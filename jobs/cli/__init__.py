@@ -1,5 +1,5 @@
 """The `orbatch` command line, on top of every other layer: commands, `run`, `serve`, what a terminal shows."""
 
-from jobs.cli.commands import app, main
+from jobs.cli.app import app, main
 
 __all__ = ["app", "main"]

@@ -10,7 +10,9 @@ import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Annotated
 
+import typer
 from arq.connections import ArqRedis
 from pydantic import SecretStr
 from rich.console import Console
@@ -18,6 +20,8 @@ from rich.text import Text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from jobs.cli.context import Format, logs_for_people, services
+from jobs.cli.options import InputFile, SubmitChoices, with_submit_choices
 from jobs.cli.progress import (
     FleetReading,
     ProgressView,
@@ -28,24 +32,30 @@ from jobs.cli.progress import (
     watch,
     with_skipped_lines,
 )
-from jobs.cli.terminal import say, say_error
+from jobs.cli.taking import take_in_file
+from jobs.cli.terminal import err, say, say_error
 from jobs.core.constants import EXIT_INTERRUPTED, REDIS_SPARE_SECONDS, RUN_SIMULATOR_ARGS
 from jobs.core.db import create_engine, ensure_database, upgrade
-from jobs.core.errors import ServiceUnavailable
-from jobs.core.settings import Settings
+from jobs.core.errors import Interrupted, ServiceUnavailable, SettingsError
+from jobs.core.settings import Settings, get_settings
 from jobs.core.states import BatchStatus, PauseReason
 from jobs.observation.standing import BatchSummary, batch_summary
 from jobs.operations.control import hold_for_its_run, release_batch_queue_marks, resume_batch
-from jobs.operations.results import ExportFormat, ExportReport, destination, export_to_files
+from jobs.operations.results import (
+    ExportFormat,
+    ExportReport,
+    check_destinations,
+    destination,
+    export_to_files,
+)
 from jobs.scheduling.fleet import throttle_namespace
 from jobs.scheduling.queue import connect, drop_queue
 from jobs.services.embedded import LocalServices
 from jobs.services.service_watch import ServiceWatch
-from jobs.submission.intake import take_in
 from jobs.submission.submit import SubmitOptions
 from worker.plan import WorkerPlan
 
-__all__ = ["RunPlan", "run_file", "start_simulator"]
+__all__ = ["RunPlan", "run", "run_file", "start_simulator"]
 
 # The key the simulator is called with: it checks that one is sent, not which.
 SIMULATOR_KEY = "sk-or-v1-simulator"
@@ -110,9 +120,9 @@ async def run_file(
         engine = create_engine(settings.database_url, pool_size=2)
         stack.push_async_callback(engine.dispose)
         options = replace(plan.options, simulated=plan.simulator)
-        report, summary = await take_in(
-            engine, settings, plan.file, options, plan.check_models, err, queue_now=False
-        )
+        # The run queues the batch in a queue of its own, once its worker is up.
+        taken, summary = await take_in_file(engine, settings, plan.file, options, plan.check_models, err)
+        report = taken.report
         batch_id = report.batch_id
         # Requests queued elsewhere before (a `submit`) are fed again to this run's own queue.
         await release_batch_queue_marks(engine, batch_id)
@@ -289,3 +299,56 @@ def _report(summary: BatchSummary, exported: ExportReport, plan: RunPlan, err: C
     say(err, line)
     if needs_action(summary) and summary.status == BatchStatus.PAUSED:
         say(err, f"paused ({summary.pause_reason}): {summary.pause_message}")
+
+
+@with_submit_choices
+def run(
+    file: InputFile,
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Where to write the results (JSONL); `-` is stdout.")
+    ],
+    errors: Annotated[
+        Path | None,
+        typer.Option(
+            "--errors", help="Where to write the failures (JSONL); `-` is stdout, if the results are not."
+        ),
+    ] = None,
+    fmt: Format = "batch",
+    *,
+    choices: SubmitChoices,
+    concurrency: Annotated[
+        int | None, typer.Option(min=1, max=4096, help="Requests run at once by the in-process worker.")
+    ] = None,
+    use_simulator: Annotated[
+        bool,
+        typer.Option(
+            "--simulator",
+            help="Call a local OpenRouter simulator instead of OpenRouter: no key, no quota, no real model "
+            "(its options: ORBATCH_SIMULATOR_ARGS, as `orbatch simulator` takes them).",
+        ),
+    ] = False,
+) -> None:
+    """Submit FILE, run it with a worker in this process showing progress, and write the results.
+
+    Uses DATABASE_URL and REDIS_URL when set; otherwise starts an embedded Postgres (kept under
+    ORBATCH_DATA_DIR between runs) and an embedded Redis, and stops them at the end. Running the same command
+    again carries on with the same batch. Exit status: 0 all completed, 3 some requests failed, 4 the batch
+    stopped (paused on its budget, credits or key; cancelled), 130 interrupted.
+    """
+    settings = get_settings()
+    if not use_simulator and not settings.openrouter_api_key:
+        raise SettingsError(
+            "OPENROUTER_API_KEY is not set: export your OpenRouter key, or try the pipeline without one "
+            "against the local simulator with --simulator"
+        )
+    check_destinations(output, errors)
+    options = choices.options(settings)
+    plan = RunPlan(file, options, choices.check_models, output, errors, fmt, concurrency, use_simulator)
+    logs_for_people(settings)
+    try:
+        with services(settings, redis=True) as up:
+            code = asyncio.run(run_file(up.settings, plan, err, up.local))
+    except KeyboardInterrupt:
+        # Before the batch was stored and watched (while starting services or submitting): nothing to keep.
+        raise Interrupted("interrupted") from None
+    raise typer.Exit(code)

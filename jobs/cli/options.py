@@ -1,18 +1,24 @@
-"""The command-line options `submit` and `run` share, and how they become SubmitOptions."""
+"""The command-line options `submit` and `run` share, as one bundle, and how they become SubmitOptions."""
 
 from __future__ import annotations
 
+import functools
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, fields
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, get_type_hints
 
 import orjson
 import typer
 
 from jobs.core.errors import BadInput
+from jobs.core.settings import Settings
 from jobs.core.states import BatchPriority
-from jobs.formats.input_lines import body_problem, parse_models
+from jobs.formats.input_lines import body_problem
 from jobs.formats.prompt_template import Template, load_json_schema, load_template_text
+from jobs.submission.choices import batch_options, model_chain
 from jobs.submission.submit import SubmitOptions
 
 __all__ = [
@@ -31,12 +37,13 @@ __all__ = [
     "Params",
     "Priority",
     "SkipInvalid",
+    "SubmitChoices",
     "System",
     "Temperature",
     "TemplateText",
     "UsageError",
     "parse_usd",
-    "submit_options",
+    "with_submit_choices",
 ]
 
 InputFile = Annotated[
@@ -178,52 +185,87 @@ def batch_metadata(values: list[str] | None) -> dict[str, str] | None:
     return dict(pairs) if pairs else None
 
 
-def submit_options(
-    *,
-    models: str | None,
-    name: str | None,
-    max_attempts: int,
-    free_only: bool,
-    max_cost: str | None,
-    skip_invalid: bool,
-    new: bool,
-    dedupe: bool,
-    template: str | None,
-    system: str | None,
-    json_schema: Path | None,
-    temperature: float | None = None,
-    max_tokens: int | None = None,
-    params: list[str] | None = None,
-    metadata: list[str] | None = None,
-    priority: BatchPriority | None = None,
-) -> SubmitOptions:
-    """The options as typed on the command line, checked; UsageError (or TemplateError) says what is wrong."""
-    try:
-        chain = (
-            parse_models([m for m in (models or "").split(",") if m.strip()], "--models") if models else []
+@dataclass(slots=True, frozen=True)
+class SubmitChoices:
+    """The options `submit` and `run` share, as typed; `with_submit_choices` puts them on a command."""
+
+    models: Models = None
+    name: Name = None
+    max_attempts: MaxAttempts = None
+    free_only: FreeOnly = False
+    max_cost: MaxCost = None
+    skip_invalid: SkipInvalid = False
+    check_models: CheckModels = True
+    new: New = False
+    dedupe: Dedupe = False
+    template: TemplateText = None
+    system: System = None
+    json_schema: JsonSchema = None
+    temperature: Temperature = None
+    max_tokens: MaxTokens = None
+    params: Params = None
+    metadata: Metadata = None
+    priority: Priority = None
+
+    def options(self, settings: Settings) -> SubmitOptions:
+        """The SubmitOptions they mean, checked; UsageError (or TemplateError) says what is wrong."""
+        try:
+            chain = model_chain(self.models or None, "--models")
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        if self.template is None and (self.system is not None or self.json_schema is not None):
+            raise UsageError("--system and --json-schema go with --template (a file of plain records)")
+        parsed: Template | None = None
+        if self.template is not None:
+            if not chain:
+                raise UsageError("--template needs --models: plain records name no model")
+            path = self.json_schema
+            schema = load_json_schema(path) if path is not None else None
+            stem = path.stem if path is not None else ""
+            parsed = Template.parse(load_template_text(self.template), self.system, schema, schema_name=stem)
+        return batch_options(
+            settings,
+            models=chain,
+            name=self.name,
+            max_attempts=self.max_attempts,
+            free_only=self.free_only,
+            max_cost=parse_usd(self.max_cost, "--max-cost") if self.max_cost is not None else None,
+            dedupe=self.dedupe,
+            priority=self.priority,
+            new=self.new,
+            skip_invalid=self.skip_invalid,
+            template=parsed,
+            defaults=body_defaults(self.temperature, self.max_tokens, self.params),
+            metadata=batch_metadata(self.metadata),
         )
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
-    if template is None and (system is not None or json_schema is not None):
-        raise UsageError("--system and --json-schema go with --template (a file of plain records)")
-    parsed: Template | None = None
-    if template is not None:
-        if not chain:
-            raise UsageError("--template needs --models: plain records name no model")
-        schema = load_json_schema(json_schema) if json_schema is not None else None
-        stem = json_schema.stem if json_schema is not None else ""
-        parsed = Template.parse(load_template_text(template), system, schema, schema_name=stem)
-    return SubmitOptions(
-        models=chain,
-        name=name,
-        max_attempts=max_attempts,
-        skip_invalid=skip_invalid,
-        free_only=free_only,
-        max_cost=parse_usd(max_cost, "--max-cost") if max_cost is not None else None,
-        new=new,
-        dedupe=dedupe,
-        template=parsed,
-        defaults=body_defaults(temperature, max_tokens, params),
-        metadata=batch_metadata(metadata),
-        priority=priority,
-    )
+
+
+def with_submit_choices(command: Callable[..., None]) -> Callable[..., None]:
+    """The command with every SubmitChoices option where its `choices` parameter is (so `--help` lists them in
+    that place), called with them gathered as `choices`."""
+    signature = inspect.signature(command, eval_str=True)
+    hints = get_type_hints(SubmitChoices, include_extras=True)
+    bundle = [
+        inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=hints[f.name])
+        for f in fields(SubmitChoices)
+    ]
+    if "choices" not in signature.parameters:
+        raise TypeError(f"{command.__name__} takes no `choices`")
+    parameters: list[inspect.Parameter] = []
+    for parameter in signature.parameters.values():
+        # Keyword-only: Typer calls with keywords, and the options' defaults may then precede an argument.
+        if parameter.name == "choices":
+            parameters.extend(bundle)
+        else:
+            parameters.append(parameter.replace(kind=inspect.Parameter.KEYWORD_ONLY))
+
+    @functools.wraps(command)
+    def with_choices(**given: Any) -> None:
+        chosen = SubmitChoices(**{f.name: given.pop(f.name) for f in fields(SubmitChoices)})
+        command(choices=chosen, **given)
+
+    # Typer reads a command's parameters from its signature and type hints.
+    setattr(with_choices, "__signature__", signature.replace(parameters=parameters))  # noqa: B010
+    with_choices.__annotations__ = {p.name: p.annotation for p in parameters}
+    with_choices.__annotations__["return"] = signature.return_annotation
+    return with_choices

@@ -1,116 +1,171 @@
-"""Taking a file in: check model ids, store the batch with a progress bar, queue its first window."""
+"""The one intake every surface submits through: model ids checked, simulated or real decided, the batch stored
+(or the one it already is found), its first window queued."""
 
 from __future__ import annotations
 
-from dataclasses import replace
-from pathlib import Path
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, replace
+from typing import Literal
 
 import httpx
+from arq.connections import ArqRedis
 from redis.exceptions import RedisError
-from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from jobs.cli.terminal import say, say_warning
+from jobs.core.errors import BadInput
 from jobs.core.settings import Settings
-from jobs.observation.standing import BatchSummary, batch_summary
+from jobs.formats.reader import Source
 from jobs.scheduling.feeder import feed
 from jobs.scheduling.fleet import kind_queue
 from jobs.scheduling.queue import connect
 from jobs.submission.catalog import load_catalog, upstream_is_simulator
-from jobs.submission.submit import SubmitError, SubmitOptions, SubmitReport, model_problem, submit_file
+from jobs.submission.submit import (
+    ProgressFn,
+    StoredHook,
+    SubmitOptions,
+    SubmitReport,
+    model_problem,
+    submit_source,
+)
 
-__all__ = ["take_in"]
+__all__ = ["FirstWindow", "Intake", "ModelRefused", "Setback", "take_in"]
+
+# Whether the upstream a batch is made for now is orbatch's simulator.
+UpstreamCheck = Callable[[], Awaitable[bool]]
+# A context the storing runs in (a progress bar, say), yielding what is told of the bytes read so far.
+StoringView = Callable[[], AbstractContextManager[ProgressFn | None]]
 
 
-async def _queue_first_window(
-    engine: AsyncEngine, settings: Settings, batch_id: str, simulated: bool, err: Console
-) -> None:
-    """Queue the batch's first requests now, in its kind's queue, so workers start at once; Redis down only
-    delays them."""
-    try:
-        redis = await connect(settings.redis_url, settings.queue_name, patient=False)
-        try:
-            queue = kind_queue(settings.queue_name, simulated)
-            await feed(
-                engine, redis, settings.queue_name, settings.feed_window, batch_id=batch_id, queue=queue
-            )
-        finally:
-            await redis.aclose()
-    except (OSError, RedisError) as exc:
-        # Postgres holds the batch; any worker's feeder queues it once Redis is reachable.
-        say_warning(
-            err,
-            f"stored {batch_id} but could not reach Redis at REDIS_URL ({exc}); "
-            "its requests are queued as soon as a worker can reach it",
-        )
+class ModelRefused(BadInput):
+    """A model chain the intake refuses (an id the catalogue lacks, a paid model in a free-only batch)."""
+
+    def __init__(self, problem: str) -> None:
+        self.problem = problem
+        super().__init__(problem, param="models", code="invalid_value")
+
+
+@dataclass(slots=True, frozen=True)
+class Setback:
+    """Something the intake went on without: the model list (ids unchecked) or Redis (the window not queued
+    now; any worker's feeder queues it later). A surface says it its own way."""
+
+    stage: Literal["catalogue", "queue"]
+    error: BaseException
+    batch_id: str | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class FirstWindow:
+    """Where the first window is queued: a Redis URL (connected for it) or a connection the caller keeps."""
+
+    redis: str | ArqRedis
+    # Return once the batch is stored and queue in a task of its own (a worker's feeder would anyway).
+    background: bool = False
+
+
+@dataclass(slots=True, frozen=True)
+class Intake:
+    """What was taken in: the batch (made now, or the one the same file and options already are) and the
+    options it was stored with (simulated decided, known models filled in)."""
+
+    report: SubmitReport
+    options: SubmitOptions
+
+    @property
+    def batch_id(self) -> str:
+        """The batch's id."""
+        return self.report.batch_id
+
+
+def _ignore(_: Setback) -> None:
+    pass
+
+
+# Background queueing tasks still running, held so that none is collected half done.
+_FEEDING: set[asyncio.Task[None]] = set()
 
 
 async def take_in(
     engine: AsyncEngine,
     settings: Settings,
-    file: Path,
+    source: Source,
     options: SubmitOptions,
-    check_models: bool,
-    err: Console,
-    queue_now: bool = True,
-) -> tuple[SubmitReport, BatchSummary]:
-    """Submit FILE as a batch (or find the one it already is) and, with `queue_now`, queue its first window.
+    *,
+    check_models: bool = True,
+    upstream: UpstreamCheck | None = None,
+    storing: StoringView | None = None,
+    on_stored: StoredHook | None = None,
+    first_window: FirstWindow | None = None,
+    warn: Callable[[Setback], None] = _ignore,
+) -> Intake:
+    """Take `source` in as a batch under `options`, or find the batch it already is (unless `options.new`).
 
-    Warnings go to `err`.
+    The batch is simulated when the options say so or `upstream` (default: asking OPENROUTER_BASE_URL) finds
+    the simulator. With `check_models`, ids are checked against the catalogue (ModelRefused; a list that
+    cannot be read is a Setback and leaves them unchecked). Bad lines raise SubmitError. `on_stored` runs in
+    the storing transaction; with `first_window` the batch's first requests are queued in its kind's queue.
     """
     key = settings.openrouter_api_key.get_secret_value() if settings.openrouter_api_key else None
-    if not options.simulated and await upstream_is_simulator(settings.openrouter_base_url, key):
-        # Its calls will count against no real account, and a real run of the same file is another batch.
+    if not options.simulated and await (upstream or _asks(settings.openrouter_base_url, key))():
+        # Its calls count against no real account, and a real run of the same file is another batch.
         options = replace(options, simulated=True)
     if check_models:
         try:
             known = frozenset(await load_catalog(engine, settings.openrouter_base_url, key))
             options = replace(options, known_models=known)
         except (httpx.HTTPError, OSError, ValueError) as exc:
-            say_warning(
-                err,
-                f"could not read OpenRouter's model list ({type(exc).__name__}); "
-                "model ids are not checked before submitting",
-            )
+            warn(Setback("catalogue", exc))
     problem = model_problem(options.models, options)
     if problem:
-        raise SubmitError(str(file), [], 0, reason=f"--models: {problem}")
-    if not err.is_terminal:
-        # Off a terminal there is no bar: one line says what the command is doing while a big file goes in.
-        say(err, f"submitting {file}")
-    with Progress(
-        TextColumn("submitting"),
-        BarColumn(),
-        DownloadColumn(),
-        TimeRemainingColumn(),
-        console=err,
-        transient=True,
-        disable=not err.is_terminal,
-    ) as progress:
-        # One stat call; the file itself is read in blocking chunks by submit_file, as COPY needs them.
-        task = progress.add_task("submit", total=file.stat().st_size)  # noqa: ASYNC240
-        report = await submit_file(engine, file, options, lambda pos: progress.update(task, completed=pos))
-    if queue_now:
-        await _queue_first_window(engine, settings, report.batch_id, options.simulated, err)
-    async with engine.connect() as conn:
-        summary = await batch_summary(conn, report.batch_id)
-    if report.reused:
-        say(
-            err,
-            f"{file} was already submitted with these options as {report.batch_id}; "
-            "carrying on with it (pass --new for a new batch)",
-        )
-    if report.reused:
-        # The lines were reported when the file was first submitted; this run stores nothing of it again.
-        if report.invalid:
-            say(
-                err,
-                f"{report.invalid} bad lines of {file} were left out when it was submitted (--skip-invalid)",
+        raise ModelRefused(problem)
+    with storing() if storing is not None else contextlib.nullcontext() as progress:
+        report = await submit_source(engine, source, options, progress, on_stored=on_stored)
+    if first_window is not None:
+        queued = _queue(engine, settings, first_window, report.batch_id, options.simulated, warn)
+        if first_window.background:
+            task = asyncio.create_task(queued)
+            _FEEDING.add(task)
+            task.add_done_callback(_FEEDING.discard)
+        else:
+            await queued
+    return Intake(report, options)
+
+
+def _asks(base_url: str, key: str | None) -> UpstreamCheck:
+    async def check() -> bool:
+        return await upstream_is_simulator(base_url, key)
+
+    return check
+
+
+async def _queue(
+    engine: AsyncEngine,
+    settings: Settings,
+    window: FirstWindow,
+    batch_id: str,
+    simulated: bool,
+    warn: Callable[[Setback], None],
+) -> None:
+    """Queue the batch's first requests in its kind's queue, so workers start at once; a failure only delays
+    them: Postgres holds the batch, and any worker's feeder queues it once Redis is reachable."""
+    queue = kind_queue(settings.queue_name, simulated)
+    redis = window.redis
+    try:
+        conn = await connect(redis, settings.queue_name, patient=False) if isinstance(redis, str) else redis
+        try:
+            await feed(
+                engine, conn, settings.queue_name, settings.feed_window, batch_id=batch_id, queue=queue
             )
-    else:
-        for error in report.errors:
-            say(err, f"skipped {error}")
-        if report.invalid > len(report.errors):
-            say(err, f"skipped {report.invalid - len(report.errors)} more bad lines")
-    return report, summary
+        finally:
+            if isinstance(redis, str):
+                await conn.aclose()
+    except (OSError, RedisError) as exc:
+        warn(Setback("queue", exc, batch_id))
+    except Exception as exc:
+        if not window.background:
+            raise
+        # Queued by a task of its own, whose error nobody awaits: a worker's feeder queues it on its next tick.
+        warn(Setback("queue", exc, batch_id))

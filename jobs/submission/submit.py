@@ -30,6 +30,8 @@ from jobs.formats.reader import DamagedGzip, FileSource, Source, read_lines
 from jobs.scheduling import lifecycle
 
 __all__ = [
+    "ProgressFn",
+    "StoredHook",
     "SubmitError",
     "SubmitOptions",
     "SubmitReport",

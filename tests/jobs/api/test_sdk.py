@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
 import httpx
 import openai
@@ -17,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from jobs.api.keys import NewKey
 from tests.jobs.api.conftest import TERMINAL, ApiServer, batch_lines, jsonl, wait_for
-from tests.support import TEST_API_KEY, Simulator
+from tests.support import TEST_API_KEY, Simulator, run_cli
 
 MODELS = ["sim/echo"]
 
@@ -338,3 +339,28 @@ def test_the_openapi_document_and_the_docs_are_served(api_server: ApiServer) -> 
     docs = httpx.get(f"{api_server.url}/docs")
     assert docs.status_code == 200
     assert "swagger" in docs.text.lower()
+
+
+def test_the_api_and_the_cli_refuse_an_unknown_model_in_the_same_words_through_the_one_intake(
+    api_server: ApiServer, owners: dict[str, NewKey], env: dict[str, str], tmp_path: Path
+) -> None:
+    problem = "unknown model 'sim/typo': OpenRouter's model list (GET /models) has no such id"
+    lines = jsonl(batch_lines(2))
+    client = api_server.client(owners["alice"].key)
+    uploaded = client.files.create(file=("requests.jsonl", lines), purpose="batch")
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.batches.create(
+            input_file_id=uploaded.id,
+            endpoint="/v1/chat/completions",
+            completion_window="24h",
+            extra_body={"models": ["sim/echo", "sim/typo"]},
+        )
+    assert caught.value.param == "models"  # type: ignore[attr-defined]
+    assert caught.value.body["message"] == problem  # type: ignore[index]
+    path = tmp_path / "requests.jsonl"
+    path.write_bytes(lines)
+    refused = run_cli(env, "submit", str(path), "--models", "sim/echo,sim/typo")
+    assert refused.returncode == 2
+    assert f"--models: {problem}" in refused.stderr
+    assert refused.stdout == ""
+    assert client.batches.list().data == []

@@ -1,0 +1,100 @@
+"""A file taken in from the command line: the one intake, with a progress bar and what a terminal is told."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from jobs.cli.terminal import say, say_warning
+from jobs.core.settings import Settings
+from jobs.formats.reader import FileSource
+from jobs.observation.standing import BatchSummary, batch_summary
+from jobs.submission.intake import FirstWindow, Intake, ModelRefused, Setback, take_in
+from jobs.submission.submit import ProgressFn, SubmitError, SubmitOptions
+
+__all__ = ["take_in_file"]
+
+
+async def take_in_file(
+    engine: AsyncEngine,
+    settings: Settings,
+    file: Path,
+    options: SubmitOptions,
+    check_models: bool,
+    err: Console,
+    queue_on: str | None = None,
+) -> tuple[Intake, BatchSummary]:
+    """Submit FILE through the intake (or find the batch it already is) and, given the URL of a Redis
+    `queue_on`, queue its first window there; setbacks, skipped lines and a re-submit are said on `err`."""
+
+    def warn(setback: Setback) -> None:
+        if setback.stage == "catalogue":
+            say_warning(
+                err,
+                f"could not read OpenRouter's model list ({type(setback.error).__name__}); "
+                "model ids are not checked before submitting",
+            )
+        else:
+            say_warning(
+                err,
+                f"stored {setback.batch_id} but could not reach Redis at REDIS_URL ({setback.error}); "
+                "its requests are queued as soon as a worker can reach it",
+            )
+
+    @contextlib.contextmanager
+    def storing() -> Iterator[ProgressFn]:
+        if not err.is_terminal:
+            # Off a terminal there is no bar: one line says what the command is doing while a big file goes in.
+            say(err, f"submitting {file}")
+        with Progress(
+            TextColumn("submitting"),
+            BarColumn(),
+            DownloadColumn(),
+            TimeRemainingColumn(),
+            console=err,
+            transient=True,
+            disable=not err.is_terminal,
+        ) as progress:
+            # One stat call; the file itself is read in blocking chunks by the intake, as COPY needs them.
+            task = progress.add_task("submit", total=file.stat().st_size)
+            yield lambda pos: progress.update(task, completed=pos)
+
+    try:
+        taken = await take_in(
+            engine,
+            settings,
+            FileSource.open(file),
+            options,
+            check_models=check_models,
+            storing=storing,
+            first_window=None if queue_on is None else FirstWindow(queue_on),
+            warn=warn,
+        )
+    except ModelRefused as exc:
+        raise SubmitError(str(file), [], 0, reason=f"--models: {exc.problem}") from None
+    report = taken.report
+    async with engine.connect() as conn:
+        summary = await batch_summary(conn, report.batch_id)
+    if report.reused:
+        say(
+            err,
+            f"{file} was already submitted with these options as {report.batch_id}; "
+            "carrying on with it (pass --new for a new batch)",
+        )
+        # The lines were reported when the file was first submitted; this run stores nothing of it again.
+        if report.invalid:
+            say(
+                err,
+                f"{report.invalid} bad lines of {file} were left out when it was submitted (--skip-invalid)",
+            )
+    else:
+        for error in report.errors:
+            say(err, f"skipped {error}")
+        if report.invalid > len(report.errors):
+            say(err, f"skipped {report.invalid - len(report.errors)} more bad lines")
+    return taken, summary
