@@ -226,7 +226,8 @@ async def explain_batch_page(url: str, batch_id: str) -> None:
     from sqlalchemy import TextClause, text
 
     from jobs.api.pages import reads
-    from jobs.core.constants import CHART_SPANS, PAGE_BATCHES
+    from jobs.api.pages.routes import PAGE_BATCHES
+    from jobs.core.constants import CHART_SPANS
     from jobs.core.db import create_engine
 
     engine = create_engine(url, pool_size=1)

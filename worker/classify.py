@@ -39,13 +39,15 @@ from typing import Any
 import httpx
 import orjson
 
-from jobs.core.constants import ERROR_MESSAGE_MAX_CHARS
 from jobs.core.logs import redact
 from jobs.core.states import Outcome, PauseReason
 from worker.openrouter import CallDeadline, CallResult
 from worker.throttle import Verdict
 
 __all__ = ["Failure", "Success", "Usage", "classify", "next_utc_midnight"]
+
+# Upstream error messages can be whole HTML pages; the database keeps their start.
+ERROR_MESSAGE_MAX_CHARS = 2000
 
 
 @dataclass(slots=True)

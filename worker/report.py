@@ -9,12 +9,14 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.engine import make_url
 
-from jobs.core.constants import WORKER_SUMMARY_SECONDS
 from jobs.core.logs import get_logger
 from jobs.core.states import Outcome
 from worker.ends import TaskEnd, TaskResult
 
 __all__ = ["WorkerReport", "where"]
+
+# A worker says what it did (answered, failed, rate, waits) this often, when anything happened.
+WORKER_SUMMARY_SECONDS = 30.0
 
 log = get_logger("orbatch.worker")
 

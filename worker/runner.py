@@ -19,11 +19,9 @@ from arq.typing import WorkerCoroutine
 from arq.worker import Worker
 
 from jobs.core.constants import (
-    BURST_CHECK_SECONDS,
     FEEDER_LOCK_KEY,
     PERSIST_DEADLINE_SECONDS,
     RUN_REQUEST_FUNCTION,
-    SWEEP_SECONDS,
     TASK_TIMEOUT_MARGIN_SECONDS,
 )
 from jobs.core.db import create_engine
@@ -51,6 +49,11 @@ from worker.task import run_request
 from worker.upstream import adopt, throttle_for, watch_upstream
 
 __all__ = ["build_worker", "dump_tasks", "run_worker", "sweep", "task_timeout"]
+
+# Seconds of each minute at which the arq cron sweeper runs a feeder tick (a backstop for the feeder loop).
+SWEEP_SECONDS = frozenset({0, 15, 30, 45})
+# How often a burst worker asks Postgres whether anything is left to run.
+BURST_CHECK_SECONDS = 0.5
 
 log = get_logger(__name__)
 

@@ -13,13 +13,7 @@ from typing import Any, TypeVar
 from redis.exceptions import RedisError
 from sqlalchemy.exc import DBAPIError
 
-from jobs.core.constants import (
-    PERSIST_DEADLINE_SECONDS,
-    QUOTA_HOLD_SECONDS,
-    REDIS_SPARE_SECONDS,
-    STOPPED_WRITE_SECONDS,
-    TWIN_WAIT_SECONDS,
-)
+from jobs.core.constants import PERSIST_DEADLINE_SECONDS, REDIS_SPARE_SECONDS
 from jobs.core.db import connection_lost
 from jobs.core.logs import get_logger, redact
 from jobs.core.states import Outcome, PauseReason, RequestStatus
@@ -34,6 +28,14 @@ from worker.retry import decide
 from worker.throttle import Denied, DeniedKind, Permit, Verdict
 
 __all__ = ["run_request"]
+
+# A hold on free requests longer than this is the daily quota, not the per-minute limit: the batch is parked
+# (reason `quota`) so that `worker --burst` can exit and `status` says why.
+QUOTA_HOLD_SECONDS = 300.0
+# With --dedupe, a request whose identical twin is being called waits this long before looking again.
+TWIN_WAIT_SECONDS = 2.0
+# A task cancelled by a second Ctrl-C records its stop within this; past it the lease expires instead.
+STOPPED_WRITE_SECONDS = 5.0
 
 log = get_logger(__name__)
 T = TypeVar("T")

@@ -14,12 +14,7 @@ from datetime import UTC, datetime
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from jobs.core.constants import (
-    ACCOUNT_RECHECK_SECONDS,
-    ACCOUNT_RETRY_SECONDS,
-    TASK_TIMEOUT_MARGIN_SECONDS,
-    THROTTLE_KEY,
-)
+from jobs.core.constants import TASK_TIMEOUT_MARGIN_SECONDS, THROTTLE_KEY
 from jobs.core.logs import get_logger
 from jobs.core.settings import Settings
 from jobs.scheduling.fleet import breaker_key, kind_queue, limits_key, throttle_namespace
@@ -30,6 +25,11 @@ from worker.openrouter import OpenRouterClient
 from worker.throttle import Throttle, ThrottleLimits
 
 __all__ = ["adopt", "throttle_for", "watch_upstream"]
+
+# A worker reads its upstream's GET /key again this often, and adopts what changed (limits, a new simulator);
+# while it cannot be read (the upstream starts after the worker), every few seconds.
+ACCOUNT_RECHECK_SECONDS = 60.0
+ACCOUNT_RETRY_SECONDS = 5.0
 
 log = get_logger(__name__)
 

@@ -25,17 +25,15 @@ import httpx
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from jobs.core.constants import (
-    CALLBACK_ATTEMPTS,
-    CALLBACK_CLAIM_SECONDS,
-    CALLBACK_RETRY_MAX_SECONDS,
-    CALLBACK_SECRET_PREFIX,
-)
+from jobs.core.constants import CALLBACK_ATTEMPTS, CALLBACK_RETRY_MAX_SECONDS, CALLBACK_SECRET_PREFIX
 from jobs.core.errors import BadInput
 from jobs.core.logs import get_logger
 from jobs.core.settings import Settings
 
 __all__ = ["callback_allowed", "check_callback_url", "deliver_due", "retry_delay", "sign"]
+
+# An instance sending a callback holds it this long; one that died mid-send loses it to another after that.
+CALLBACK_CLAIM_SECONDS = 60.0
 
 log = get_logger(__name__)
 

@@ -25,13 +25,6 @@ from jobs.api.keys import Caller, callback_secret
 from jobs.api.schemas import BatchCreate
 from jobs.api.state import ApiState, upstream_is_simulated
 from jobs.api.storage import StoredSource
-from jobs.core.constants import (
-    MAX_COMPLETION_WINDOW_SECONDS,
-    METADATA_KEY_MAX_CHARS,
-    METADATA_MAX_PAIRS,
-    METADATA_VALUE_MAX_CHARS,
-    MIN_COMPLETION_WINDOW_SECONDS,
-)
 from jobs.core.errors import BadInput, NotFound, Unprocessable
 from jobs.core.logs import get_logger
 from jobs.core.sql import sql
@@ -41,6 +34,15 @@ from jobs.submission.intake import FirstWindow, Setback, take_in
 from jobs.submission.submit import SubmitError, SubmitOptions, new_batch_id
 
 __all__ = ["batch_errors", "create_batch", "window_seconds"]
+
+# OpenAI's metadata bounds: 16 pairs, keys up to 64 characters, values up to 512.
+METADATA_MAX_PAIRS = 16
+METADATA_KEY_MAX_CHARS = 64
+METADATA_VALUE_MAX_CHARS = 512
+# OpenAI's only window is 24h; free-tier batches can need days (50 free requests a day), so longer windows
+# are taken, up to 30 days (OpenAI's longest file expiry).
+MIN_COMPLETION_WINDOW_SECONDS = 24 * 3600
+MAX_COMPLETION_WINDOW_SECONDS = 30 * 24 * 3600
 
 log = get_logger(__name__)
 

@@ -15,12 +15,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from jobs.api.callbacks import deliver_due
 from jobs.api.finalizer import finalize_batches
 from jobs.api.storage import delete_expired_files
-from jobs.core.constants import MAINTENANCE_SECONDS
 from jobs.core.logs import get_logger
 from jobs.core.settings import Settings
 from jobs.scheduling.feeder import expire_batches
 
 __all__ = ["maintain", "maintenance_round"]
+
+# How often each API instance finalizes finished batches, sends due callbacks and drops expired files.
+MAINTENANCE_SECONDS = 1.0
 
 log = get_logger(__name__)
 

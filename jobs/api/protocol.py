@@ -14,10 +14,13 @@ from typing import Any
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from jobs.api.errors import error_response
-from jobs.core.constants import MAX_REQUEST_HEAD_BYTES
 from jobs.core.errors import BadInput, HeadersTooLarge, OrbatchError
 
 __all__ = ["GuardedHttpToolsProtocol"]
+
+# A request's line and headers together: as much as common servers take (nginx 32 KB, Node 16 KB). The HTTP
+# parser would otherwise hold a header of any length in memory.
+MAX_REQUEST_HEAD_BYTES = 32 * 1024
 
 # How long, and how much, a refused connection is read and dropped before it is closed.
 _LINGER_SECONDS = 2.0

@@ -12,9 +12,11 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from jobs.core.constants import FILE_CHUNK_BYTES
-
 __all__ = ["FileWriter", "StoredSource", "delete_expired_files", "file_blocks", "new_file_id"]
+
+# Uploads are stored in Postgres in pieces of this size: few enough rows for a 200 MB file, small enough
+# that reading one back (to submit it, or to download it) holds little memory.
+FILE_CHUNK_BYTES = 1024 * 1024
 
 _INSERT_CHUNK = "INSERT INTO api_file_chunk (file_id, seq, data) VALUES ($1, $2, $3)"
 

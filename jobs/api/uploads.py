@@ -23,13 +23,15 @@ from starlette.requests import ClientDisconnect
 from jobs.api.middleware import UPLOAD_FRAMING_BYTES
 from jobs.api.state import ApiState
 from jobs.api.storage import FileWriter, new_file_id
-from jobs.core.constants import FORM_FIELD_MAX_BYTES
 from jobs.core.errors import BadInput, RequestTimeout, TooLarge, UnsupportedMediaType
 
 if TYPE_CHECKING:
     from python_multipart.multipart import MultipartCallbacks
 
 __all__ = ["FILE_PURPOSES", "receive_upload"]
+
+# A form field other than the file (`purpose`, `expires_after[seconds]`) is a word or a number.
+FORM_FIELD_MAX_BYTES = 1024
 
 # OpenAI's purposes; orbatch stores files for batches only, and says so for the others.
 FILE_PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")

@@ -41,7 +41,7 @@ from jobs.cli.taking import take_in_file
 from jobs.cli.terminal import batches_table, err, out, say, say_warning, summary_table, usage_table
 from jobs.core.errors import BadInput, Interrupted
 from jobs.core.settings import Settings, get_settings
-from jobs.core.states import BatchPriority, BatchStatus, PauseReason
+from jobs.core.states import BatchPriority, BatchStatus, PauseReason, RequestStatus
 from jobs.observation.schedule_view import read_competition, read_later
 from jobs.observation.standing import BatchSummary, batch_summary, list_batches
 from jobs.observation.usage import UsageReport, quota_spenders, usage_report
@@ -121,7 +121,7 @@ def submit(
     status = exit_status(summary) if wait else 0
     if not wait and not as_json:
         sys.stdout.write(result["id"] + "\n")
-        if result["status"] == "in_progress":
+        if result["status"] == BatchStatus.IN_PROGRESS:
             say(err, f"submitted {result['request_counts']['total']} requests as {result['id']}")
     raise typer.Exit(with_skipped_lines(status, summary, err))
 
@@ -162,7 +162,7 @@ def status(
         if batch and found[0].status == BatchStatus.IN_PROGRESS:
             async with engine.connect() as conn:
                 turn = (await read_competition(conn, found[0].id, found[0].simulated)).says(
-                    found[0].priority, found[0].counts.get("running", 0)
+                    found[0].priority, found[0].counts.get(RequestStatus.RUNNING, 0)
                 )
                 later = (await read_later(conn, found[0].id)).says(datetime.now(UTC))
             waiting = "; ".join(filter(None, [waiting, turn, later]))
@@ -272,8 +272,9 @@ def results(
             "status": summary.status,
             "completed": report.completed,
             "failed": report.failed,
-            "cancelled": summary.counts.get("cancelled", 0),
-            "unfinished": summary.counts.get("pending", 0) + summary.counts.get("running", 0),
+            "cancelled": summary.counts.get(RequestStatus.CANCELLED, 0),
+            "unfinished": summary.counts.get(RequestStatus.PENDING, 0)
+            + summary.counts.get(RequestStatus.RUNNING, 0),
         }
 
     with services() as up:
@@ -292,7 +293,8 @@ def results(
         + (f"; {counts['cancelled']} requests were cancelled" if counts["cancelled"] else "")
         + (
             f"; {counts['unfinished']} requests are not finished yet"
-            if counts["unfinished"] and counts["status"] not in ("cancelled", "cancelling")
+            if counts["unfinished"]
+            and counts["status"] not in (BatchStatus.CANCELLED, BatchStatus.CANCELLING)
             else ""
         ),
     )

@@ -34,11 +34,11 @@ from jobs.cli.progress import (
 )
 from jobs.cli.taking import take_in_file
 from jobs.cli.terminal import err, say, say_error
-from jobs.core.constants import EXIT_INTERRUPTED, REDIS_SPARE_SECONDS, RUN_SIMULATOR_ARGS
+from jobs.core.constants import EXIT_INTERRUPTED, REDIS_SPARE_SECONDS
 from jobs.core.db import create_engine, ensure_database, upgrade
 from jobs.core.errors import Interrupted, ServiceUnavailable, SettingsError
 from jobs.core.settings import Settings, get_settings
-from jobs.core.states import BatchStatus, PauseReason
+from jobs.core.states import BatchStatus, PauseReason, RequestStatus
 from jobs.observation.standing import BatchSummary, batch_summary
 from jobs.operations.control import hold_for_its_run, release_batch_queue_marks, resume_batch
 from jobs.operations.results import (
@@ -56,6 +56,11 @@ from jobs.submission.submit import SubmitOptions
 from worker.plan import WorkerPlan
 
 __all__ = ["RunPlan", "run", "run_file", "start_simulator"]
+
+# `orbatch run --simulator` without ORBATCH_SIMULATOR_ARGS: the simulator's clock runs 60 times faster (its
+# minute is a second, its day 24 minutes) and it answers as an account that bought credits (1000 free requests a
+# day), so a trial shows the free tier's pacing and quota at work and never waits long for a simulated midnight.
+RUN_SIMULATOR_ARGS = "--speed 60 --no-free-tier"
 
 # The key the simulator is called with: it checks that one is sent, not which.
 SIMULATOR_KEY = "sk-or-v1-simulator"
@@ -292,7 +297,7 @@ def _report(summary: BatchSummary, exported: ExportReport, plan: RunPlan, err: C
             if plan.errors
             else f"; {exported.failed} requests failed (--errors FILE writes them)"
         )
-    unfinished = counts.get("pending", 0) + counts.get("running", 0)
+    unfinished = counts.get(RequestStatus.PENDING, 0) + counts.get(RequestStatus.RUNNING, 0)
     if unfinished:
         line += f"; {unfinished} not finished yet"
     line += f"; cost ${summary.cost:.6f}"

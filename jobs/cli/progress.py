@@ -24,15 +24,12 @@ from jobs.core.constants import (
     EXIT_SKIPPED_LINES,
     EXIT_STOPPED,
     FREE_TIER_DAILY_REQUESTS,
-    PLAIN_PROGRESS_SECONDS,
-    REMAINING_FREE_SECONDS,
     THROTTLE_KEY,
-    WATCH_POLL_SECONDS,
 )
 from jobs.core.db import connection_lost
 from jobs.core.settings import Settings
 from jobs.core.sql import sql
-from jobs.core.states import TERMINAL_BATCH_STATUSES, BatchStatus, PauseReason
+from jobs.core.states import TERMINAL_BATCH_STATUSES, BatchStatus, PauseReason, RequestStatus
 from jobs.observation.eta import Estimate, FreeLimits, RateMeter, estimate, format_duration
 from jobs.observation.standing import BatchSummary, batch_summary
 from jobs.scheduling.fleet import BreakerState, limits_key, read_breaker
@@ -49,6 +46,14 @@ __all__ = [
     "with_skipped_lines",
 ]
 
+# How often a watcher (`run`, `status --watch`, `submit --wait`) reads a batch's counts: one cheap query.
+WATCH_POLL_SECONDS = 1.0
+# How often a watcher counts again which unfinished requests go to a free model (a scan of the batch's
+# unfinished requests, for the quota-aware ETA): the count moves slowly and the scan grows with the batch.
+REMAINING_FREE_SECONDS = 30.0
+# Off a terminal, progress is a plain line this often (and at every change of state): a log, not a redraw.
+PLAIN_PROGRESS_SECONDS = 5.0
+
 # How many unfinished requests go to a free model next: a scan of the batch's unfinished requests, so a watcher
 # runs it at most every REMAINING_FREE_SECONDS.
 _REMAINING_FREE = sql(
@@ -60,7 +65,11 @@ _REMAINING_FREE = sql(
 
 def _done(summary: BatchSummary) -> int:
     counts = summary.counts
-    return counts.get("completed", 0) + counts.get("failed", 0) + counts.get("cancelled", 0)
+    return (
+        counts.get(RequestStatus.COMPLETED, 0)
+        + counts.get(RequestStatus.FAILED, 0)
+        + counts.get(RequestStatus.CANCELLED, 0)
+    )
 
 
 @dataclass(slots=True, frozen=True)
@@ -166,7 +175,7 @@ async def snapshot(
     async with engine.connect() as conn:
         summary = await batch_summary(conn, batch_id)
         counts = summary.counts
-        remaining = counts.get("pending", 0) + counts.get("running", 0)
+        remaining = counts.get(RequestStatus.PENDING, 0) + counts.get(RequestStatus.RUNNING, 0)
         remaining_free = await free.read(conn, batch_id, remaining)
     meter.add(time.monotonic(), _done(summary))
     rate = meter.rate
@@ -197,7 +206,7 @@ def exit_status(summary: BatchSummary) -> int:
     """0 when every request completed, EXIT_FAILED_REQUESTS when some failed, EXIT_STOPPED when it stopped."""
     if needs_action(summary) or summary.status != BatchStatus.COMPLETED:
         return EXIT_STOPPED
-    return EXIT_FAILED_REQUESTS if summary.counts.get("failed", 0) else 0
+    return EXIT_FAILED_REQUESTS if summary.counts.get(RequestStatus.FAILED, 0) else 0
 
 
 def with_skipped_lines(status: int, summary: BatchSummary, err: Console) -> int:
@@ -279,7 +288,7 @@ class ProgressView:
         """Display one snapshot (a plain line only when something changed, or at most every few seconds)."""
         summary = snap.summary
         self.last_summary = summary
-        failed = summary.counts.get("failed", 0)
+        failed = summary.counts.get(RequestStatus.FAILED, 0)
         rate = "" if snap.rate is None else f"{snap.rate:.2f} req/s"
         if self.live:
             self._panel.note = _note(snap)
@@ -308,10 +317,10 @@ class ProgressView:
             ("status", summary.status),
             ("done", snap.done),
             ("total", summary.total),
-            ("completed", summary.counts.get("completed", 0)),
+            ("completed", summary.counts.get(RequestStatus.COMPLETED, 0)),
             ("failed", failed),
             # Requests being called (or waiting for a slot) now.
-            ("running", summary.counts.get("running", 0)),
+            ("running", summary.counts.get(RequestStatus.RUNNING, 0)),
             ("rate", "" if snap.rate is None else f"{snap.rate:.3f}"),
             ("eta_seconds", "0" if finished(summary) else eta),
             ("cost", f"{summary.cost:.6f}"),

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from jobs.core.states import RequestStatus
 from jobs.observation.eta import format_duration
 from jobs.observation.standing import BatchSummary
 from jobs.observation.usage import UsageLine, UsageReport
@@ -68,9 +69,9 @@ def summary_table(summary: BatchSummary, waiting: str | None = None) -> Table:
     table.add_row("models", Text(", ".join(summary.models) or "(per line)"))
     table.add_row(
         "requests",
-        f"{summary.total} total · {counts.get('completed', 0)} completed · {counts.get('failed', 0)} failed · "
-        f"{counts.get('pending', 0)} pending · {counts.get('running', 0)} running"
-        + (f" · {counts['cancelled']} cancelled" if counts.get("cancelled") else ""),
+        f"{summary.total} total · {counts.get(RequestStatus.COMPLETED, 0)} completed · {counts.get(RequestStatus.FAILED, 0)} failed · "
+        f"{counts.get(RequestStatus.PENDING, 0)} pending · {counts.get(RequestStatus.RUNNING, 0)} running"
+        + (f" · {counts['cancelled']} cancelled" if counts.get(RequestStatus.CANCELLED) else ""),
     )
     table.add_row("attempts", str(summary.attempts))
     table.add_row("tokens", f"{summary.prompt_tokens} prompt · {summary.completion_tokens} completion")
@@ -87,8 +88,8 @@ def batches_table(summaries: list[BatchSummary]) -> Table:
             Text(s.name or ""),
             Text(s.status),
             str(s.total),
-            str(s.counts.get("completed", 0)),
-            str(s.counts.get("failed", 0)),
+            str(s.counts.get(RequestStatus.COMPLETED, 0)),
+            str(s.counts.get(RequestStatus.FAILED, 0)),
             f"${s.cost:.6f}",
         )
     return table

@@ -11,7 +11,6 @@ import typer
 
 from jobs.cli.context import print_json, redis_in_use, services, where_redis
 from jobs.cli.terminal import err, out, say, say_warning, workers_table
-from jobs.core.constants import KEY_WAIT_SECONDS
 from jobs.core.errors import SettingsError
 from jobs.core.logs import configure_logging
 from jobs.core.settings import Settings, get_settings
@@ -19,6 +18,9 @@ from jobs.scheduling.queue import connect
 from jobs.scheduling.roster import Heartbeat, read_heartbeats
 
 __all__ = ["worker", "workers"]
+
+# A worker waiting for its key (ORBATCH_WAIT_FOR_KEY) says so, and looks again, this often.
+KEY_WAIT_SECONDS = 60.0
 
 
 def worker(

@@ -10,7 +10,6 @@ import orjson
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
-from jobs.core.constants import MAX_CUSTOM_ID_CHARS
 from jobs.core.errors import BadInput
 from jobs.formats.prompt_template import Template
 
@@ -26,6 +25,9 @@ __all__ = [
     "parse_models",
     "parse_record",
 ]
+
+# custom_id is an identifier, not a payload; OpenAI's Batch API uses the same bound.
+MAX_CUSTOM_ID_CHARS = 512
 
 BATCH_URL = "/v1/chat/completions"
 _ROLES = ("system", "user", "assistant", "tool", "developer")

@@ -9,9 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from jobs.core.constants import READ_BLOCK_BYTES
-
 __all__ = ["DamagedGzip", "FileSource", "LineReader", "Source", "file_sha256", "read_lines"]
+
+# Input is read (and gzip decompressed) this much at a time.
+READ_BLOCK_BYTES = 1024 * 1024
 
 _BOM = b"\xef\xbb\xbf"
 _GZIP_MAGIC = b"\x1f\x8b"

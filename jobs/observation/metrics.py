@@ -14,13 +14,6 @@ from functools import lru_cache
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector
 
-from jobs.core.constants import (
-    CALL_SECONDS_BUCKETS,
-    MAX_MODEL_LABELS,
-    MODEL_LABEL_RECHECK_SECONDS,
-    THROTTLE_WAIT_BUCKETS,
-)
-
 __all__ = [
     "BUILD",
     "CALLS",
@@ -39,6 +32,20 @@ __all__ = [
     "ModelLabels",
     "orbatch_version",
 ]
+
+# Call latency buckets (seconds): a chat completion takes from a tenth of a second (a cached or tiny answer) to
+# minutes (a long reasoning answer), up to the call's default deadline of 300 s.
+CALL_SECONDS_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
+# Throttle wait buckets (seconds): no wait at all for paid calls, up to the 3 s GCRA spacing of free calls at
+# 20 a minute, and up to ORBATCH_MAX_THROTTLE_WAIT (30 s) behind a queue of reserved slots or a cool-down.
+THROTTLE_WAIT_BUCKETS = (0.001, 0.01, 0.1, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 60.0)
+# A worker labels its metrics with at most this many model ids (others are `other`): model ids come from
+# OpenRouter's catalogue, but `submit --no-check-models` lets any string through, and every label value is a
+# time series Prometheus keeps.
+MAX_MODEL_LABELS = 200
+# A model id the catalogue did not list is labelled `other` without asking again for this long: the worker's
+# price book reloads the list on a miss at most once a minute, so asking sooner only waits on its lock.
+MODEL_LABEL_RECHECK_SECONDS = 60.0
 
 # orbatch's own registry rather than the library's global one: exactly these metrics and the process's, whatever
 # else the process imports.

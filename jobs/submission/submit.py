@@ -14,12 +14,6 @@ import orjson
 from sqlalchemy import insert, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from jobs.core.constants import (
-    MAX_LINE_BYTES,
-    MAX_REPORTED_LINE_ERRORS,
-    STAGING_COPY_BYTES,
-    STAGING_COPY_CHUNK,
-)
 from jobs.core.errors import BadInput
 from jobs.core.models import Batch
 from jobs.core.sql import sql
@@ -41,6 +35,16 @@ __all__ = [
     "submit_file",
     "submit_source",
 ]
+
+# Rows per COPY chunk into the staging table: large enough to amortise the round trip. A chunk is also sent
+# once its rows hold this many bytes, so that a file of long lines (up to the 16 MiB line limit) keeps submit
+# within its memory bound: rows of the chunk, plus COPY's encoding of them, plus one line being parsed.
+STAGING_COPY_CHUNK = 5000
+STAGING_COPY_BYTES = 16 * 1024 * 1024
+# A line longer than this is a bad line; the reader never holds more than this of one line.
+MAX_LINE_BYTES = 16 * 1024 * 1024
+# A file with a million bad lines reports the first ones and a count, not a million lines of output.
+MAX_REPORTED_LINE_ERRORS = 50
 
 ProgressFn = Callable[[int], None]
 # Called inside submit's transaction once the batch and its requests are stored, with the batch id: what

@@ -12,9 +12,8 @@ import pytest
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from jobs.core.constants import STAGING_COPY_CHUNK
 from jobs.core.models import Batch, Request
-from jobs.submission.submit import SubmitError, SubmitOptions, submit_file
+from jobs.submission.submit import STAGING_COPY_CHUNK, SubmitError, SubmitOptions, submit_file
 from tests.support import ROOT, chat_line, write_jsonl
 
 

@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import TextClause, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from jobs.core.constants import CHART_MEMORY_BATCHES, CHART_READ_SECONDS, PAGE_RATE_MINUTES
+from jobs.core.constants import CHART_READ_SECONDS, PAGE_RATE_MINUTES
 from jobs.core.sql import states
 
 __all__ = [
@@ -31,6 +31,9 @@ __all__ = [
     "read_running",
     "read_tallies",
 ]
+
+# Batches whose chart rows an instance keeps at once; past this the memory is emptied and refills.
+CHART_MEMORY_BATCHES = 256
 
 _COUNTS = ("pending", "running", "completed", "failed", "cancelled")
 

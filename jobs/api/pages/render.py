@@ -11,11 +11,15 @@ import jinja2
 from fastapi import Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from jobs.core.constants import PAGE_MESSAGE_CHARS, PAGE_REFRESH_SECONDS
 from jobs.core.errors import OrbatchError, Unauthorized
 from jobs.observation.eta import format_duration
 
 __all__ = ["LIVE_HEADER", "error_page", "render", "wants_page"]
+
+# Pages ask for their fresh part this often while open and visible; each ask is a few indexed reads.
+PAGE_REFRESH_SECONDS = 2
+# An error's latest message as a page shows it: enough for any provider's sentence, not a whole echoed body.
+PAGE_MESSAGE_CHARS = 500
 
 # A page's script asks for the part that changes with this header, and swaps it in without a reload.
 LIVE_HEADER = "x-orbatch-live"

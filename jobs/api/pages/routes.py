@@ -25,7 +25,7 @@ from jobs.api.pages.render import render
 from jobs.api.pages.session import Viewer, check_form, end_session, find_viewer, start_session
 from jobs.api.pages.views import ACTIONS, account_view, batch_view
 from jobs.api.state import api_state
-from jobs.core.constants import CHART_SPANS, FLEET_READ_SECONDS, PAGE_BATCHES, SESSION_COOKIE, SESSION_SECONDS
+from jobs.core.constants import CHART_SPANS, FLEET_READ_SECONDS, SESSION_COOKIE, SESSION_SECONDS
 from jobs.core.errors import BadInput, Conflict, NotFound, Unauthorized
 from jobs.core.logs import get_logger
 from jobs.core.states import BatchPriority, BatchStatus, PauseReason
@@ -43,6 +43,9 @@ from jobs.operations.control import (
 from jobs.operations.results import stream_file
 
 __all__ = ["router"]
+
+# Batches per page of the list: a screen's worth, and each one a handful of tally rows to sum.
+PAGE_BATCHES = 20
 
 log = get_logger(__name__)
 

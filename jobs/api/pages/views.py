@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from jobs.api.pages.reads import BatchLine
-from jobs.core.constants import PAGE_RATE_MIN_SECONDS, PAGE_RATE_MINUTES
+from jobs.core.constants import PAGE_RATE_MINUTES
 from jobs.core.states import BatchStatus, PauseReason
 from jobs.observation.eta import FreeLimits, estimate, format_duration
 from jobs.observation.gauges import AccountGauges, FleetGauges
@@ -16,6 +16,9 @@ from jobs.observation.usage import QuotaSpender
 from jobs.scheduling.roster import no_taker, takers
 
 __all__ = ["ACTIONS", "AccountView", "BatchView", "Wait", "account_for", "account_view", "batch_view"]
+
+# A batch's rate is shown once it has run this long: its first requests come in a burst, before any throttle.
+PAGE_RATE_MIN_SECONDS = 5.0
 
 _ENDED = (BatchStatus.COMPLETED, BatchStatus.FAILED, BatchStatus.CANCELLED, BatchStatus.EXPIRED)
 
