@@ -75,6 +75,11 @@ def test_the_table_names_every_statement_and_holds_to_what_each_does() -> None:
                 )
 
 
+def test_the_design_notes_show_the_same_table() -> None:
+    notes = (Path(__file__).resolve().parents[2] / "docs" / "design.md").read_text()
+    assert lifecycle.TRANSITIONS_TABLE.strip() in notes
+
+
 def test_every_state_is_reached_and_every_request_state_left_but_the_finished_ones() -> None:
     born = {(subject, state) for subject, state, _ in lifecycle.BIRTHS}
     reached = born | {(t.subject, s) for t in lifecycle.TRANSITIONS for s in t.became}
