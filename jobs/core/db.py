@@ -32,7 +32,7 @@ T = TypeVar("T")
 # Deadlock and serialization failure: the transaction did nothing and may simply run again.
 _CONFLICT_SQLSTATES = frozenset({"40P01", "40001"})
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 
 
 def _json_dumps(value: Any) -> str:
