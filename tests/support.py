@@ -10,15 +10,39 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
-from typing import IO, Any, ClassVar
+from typing import IO, Any, ClassVar, TypeVar
 
 import httpx
 import orjson
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_API_KEY = "sk-or-v1-test-0123456789abcdef-do-not-leak"
+
+T = TypeVar("T")
+
+
+def wait_until(ready: Callable[[], T], what: str, seconds: float = 60, every: float = 0.05) -> T:
+    """Poll `ready` until it returns something true, and return that; fail saying `what` never happened.
+
+    For a test that must see an event happen before it asserts, instead of sleeping and hoping it did."""
+    deadline = time.monotonic() + seconds
+    while not (found := ready()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {seconds} s: {what} (last seen: {found!r})")
+        time.sleep(every)
+    return found
+
+
+async def until(ready: Callable[[], Awaitable[T]], what: str, seconds: float = 60, every: float = 0.05) -> T:
+    """`wait_until` for an async check, on the test's event loop."""
+    deadline = time.monotonic() + seconds
+    while not (found := await ready()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {seconds} s: {what} (last seen: {found!r})")
+        await asyncio.sleep(every)
+    return found
 
 
 class Simulator:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from jobs.core.db import alembic_config, drop_database
 from jobs.simulator.catalogue import CATALOG_FILE
 from tests.conftest import Services
-from tests.support import ROOT, Simulator, chat_line, run_cli, write_jsonl
+from tests.support import ROOT, Simulator, chat_line, run_cli, wait_until, write_jsonl
 
 
 def test_submit_json_prints_one_object_with_id_status_and_counts(env: dict[str, str], tmp_path: Path) -> None:
@@ -300,6 +299,14 @@ def test_run_writes_its_results_to_stdout_with_o_dash_and_everything_else_to_std
     assert not (ROOT / "-").exists()
 
 
+def _asleep_on_a_timer(pid: int) -> bool:
+    """Whether the process's main thread sleeps in the kernel on a timer (Python's time.sleep)."""
+    try:
+        return Path(f"/proc/{pid}/wchan").read_text() == "hrtimer_nanosleep"
+    except OSError:
+        return False
+
+
 def test_a_worker_without_a_key_can_wait_for_one_instead_of_exiting(
     env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -315,7 +322,9 @@ def test_a_worker_without_a_key_can_wait_for_one_instead_of_exiting(
         line = waiting.stderr.readline()
         assert "OPENROUTER_API_KEY is not set" in line
         assert "waiting (ORBATCH_WAIT_FOR_KEY)" in line
-        time.sleep(1)
+        # It said so and went to sleep until it looks again (every KEY_WAIT_SECONDS, a minute): the kernel shows
+        # its main thread asleep on a timer, and it is still running, not on its way out.
+        wait_until(lambda: _asleep_on_a_timer(waiting.pid), "the worker asleep, waiting for its key", 30)
         assert waiting.poll() is None
     finally:
         waiting.kill()

@@ -28,6 +28,7 @@ from tests.support import (
     chat_line,
     die_with_parent,
     run_cli,
+    until,
     write_jsonl,
 )
 
@@ -134,6 +135,18 @@ async def private_postgres() -> AsyncIterator[PrivatePostgres]:
         await asyncio.to_thread(pg.destroy)
 
 
+async def _nothing_in_flight(simulator: Simulator) -> bool:
+    return int((await simulator.stats())["in_flight"]) == 0
+
+
+async def _retrying_for(workers: Workers, wait: float) -> bool:
+    """Whether a worker has logged a failed database write that it retries after `wait` seconds or more."""
+    return any(
+        '"database write failed; retrying"' in line and orjson.loads(line)["retry_in"] >= wait
+        for line in workers.output().splitlines()
+    )
+
+
 async def test_postgres_going_down_mid_batch_loses_no_answer_received_meanwhile(
     env: dict[str, str], simulator: Simulator, private_postgres: PrivatePostgres, tmp_path: Path
 ) -> None:
@@ -147,8 +160,11 @@ async def test_postgres_going_down_mid_batch_loses_no_answer_received_meanwhile(
         await wait_for(engine, "SELECT count(*) FROM result", 30, 60)
         await asyncio.to_thread(private_postgres.stop)
         calls_before = len(await simulator.calls())
-        # Answers keep arriving for the calls in flight while the database is down.
-        await asyncio.sleep(3)
+        # Answers keep arriving for the calls in flight while the database is down: every call in flight has
+        # been answered, and the workers have been retrying to store them for over a second (a retry after
+        # waits of 0.2, 0.4 and 0.8 s says it waits 1.6 s next).
+        await until(lambda: _nothing_in_flight(simulator), "the calls in flight answered")
+        await until(lambda: _retrying_for(workers, 1.6), "the workers retrying their writes")
         await asyncio.to_thread(private_postgres.start)
         assert await workers.wait(120) == [0, 0], workers.output()[-3000:]
         await every_request_answered_once(engine, 150)

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.support import Simulator, Workers, chat_line, run_cli, write_jsonl
+from tests.support import Simulator, Workers, chat_line, run_cli, until, write_jsonl
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("failures")]
 
@@ -27,6 +27,11 @@ async def in_flight(simulator: Simulator, n: int, seconds: float = 30) -> None:
     while int((await simulator.stats())["in_flight"]) < n:
         assert time.monotonic() < deadline, f"never {n} calls in flight"
         await asyncio.sleep(0.05)
+
+
+async def said(workers: Workers, text: str) -> bool:
+    """Whether the workers' log has a line with `text`."""
+    return text in workers.output()
 
 
 def submit(env: dict[str, str], path: Path) -> str:
@@ -69,7 +74,11 @@ async def test_a_second_sigterm_stops_at_once_and_gives_the_calls_back(
     await in_flight(simulator, 3)
     stopped_at = time.monotonic()
     workers.processes[0].send_signal(signal.SIGTERM)
-    await asyncio.sleep(0.5)
+    # The second SIGTERM comes while the worker waits for its calls after the first, as its log says.
+    await until(
+        lambda: said(workers, "stopping: letting calls in flight finish"),
+        "the worker stopping after the first SIGTERM",
+    )
     workers.processes[0].send_signal(signal.SIGTERM)
     assert await workers.wait(15) == [0]
     assert time.monotonic() - stopped_at < 10

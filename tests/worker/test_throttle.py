@@ -6,10 +6,12 @@ import asyncio
 import itertools
 import time
 from datetime import datetime
+from typing import Any
 
 import pytest
 from arq.connections import ArqRedis
 
+from tests.support import until
 from worker.throttle import Denied, Permit, Throttle, ThrottleLimits
 
 
@@ -37,6 +39,10 @@ def make(redis: ArqRedis, made_today: int = 0, **overrides: float) -> Throttle:
 async def day_count(throttle: Throttle) -> int:
     stored = await throttle.redis.get(throttle.keys["day"])
     return int(stored.decode().split(":")[1]) if stored else 0
+
+
+async def _day_count_is(throttle: Throttle, count: int) -> bool:
+    return await day_count(throttle) == count
 
 
 async def test_free_requests_are_spaced_by_the_window_over_the_limit_plus_margin(redis: ArqRedis) -> None:
@@ -105,8 +111,24 @@ async def test_the_in_flight_cap_holds_until_a_permit_comes_back(redis: ArqRedis
     second = await throttle.acquire(free=False)
     assert isinstance(first, Permit)
     assert isinstance(second, Permit)
+    # Each try of the third taker is watched: it is refused for the cap three times (it keeps trying) and is
+    # still waiting, not granted nor given up.
+    refusals: list[str] = []
+    reserve = throttle._reserve
+
+    async def watched(**arguments: Any) -> Any:
+        result = await reserve(**arguments)
+        refusals.append(result[2].decode() if isinstance(result[2], bytes) else str(result[2]))
+        return result
+
+    throttle._reserve = watched  # type: ignore[assignment]
     third = asyncio.create_task(throttle.acquire(free=False))
-    await asyncio.sleep(0.3)
+
+    async def tried_three_times() -> bool:
+        return len(refusals) >= 3
+
+    await until(tried_three_times, "three tries of the third taker")
+    assert set(refusals) == {"in_flight"}
     assert not third.done()
     await throttle.release(first, "ok")
     assert isinstance(await asyncio.wait_for(third, 2), Permit)
@@ -130,7 +152,8 @@ async def test_a_reserved_slot_is_checked_again_before_it_fires(redis: ArqRedis)
     # The next slot is 3 s away; a 429 arrives meanwhile and holds everyone until 1.5 s after that slot (the
     # seconds leave room for a loaded machine's event loop).
     waiting = asyncio.create_task(throttle.acquire(free=True))
-    await asyncio.sleep(0.2)
+    # Its slot is booked (the day's count says so) before the 429 arrives.
+    await until(lambda: _day_count_is(throttle, 2), "the waiting taker's slot booked")
     start = time.monotonic()
     await throttle.cool_down(True, int(time.time() * 1000) + 4300)
     assert isinstance(await waiting, Permit)

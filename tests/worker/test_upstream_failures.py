@@ -8,8 +8,10 @@ run of 5xx across the fleet.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import AsyncIterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +49,33 @@ async def wait_until(check: Any, seconds: float, what: str) -> float:
         assert time.monotonic() < deadline, f"never: {what}"
         await asyncio.sleep(0.05)
     return time.monotonic()
+
+
+async def _outages_since(engine: AsyncEngine, since: datetime, count: int) -> bool:
+    """Whether `count` calls started since `since` (Postgres's clock) have ended as outages."""
+    started = await scalar(
+        engine, "SELECT count(*) FROM attempt WHERE outcome = 'outage' AND started_at >= :since", since=since
+    )
+    return int(started) >= count
+
+
+def _probed_twice(env: dict[str, str], batch: str) -> bool:
+    """Whether `orbatch status` says the batch waits for an unreachable OpenRouter that the breaker has probed
+    twice (`OpenRouter unreachable since HH:MM UTC (N probes; last: ...)`)."""
+    waiting = str(orjson.loads(run_cli(env, "status", batch, "--json").stdout).get("waiting") or "")
+    probes = re.match(r"OpenRouter unreachable since .*?\((\d+) probes?;", waiting)
+    return probes is not None and int(probes[1]) >= 2
+
+
+async def _calls_since(engine: AsyncEngine, since: datetime) -> list[tuple[float, str, str]]:
+    """Each call started since `since`: seconds after it, its worker, its outcome (for a failure's message)."""
+    found = await rows(
+        engine,
+        "SELECT extract(epoch FROM started_at - :since), worker, outcome FROM attempt"
+        " WHERE started_at >= :since ORDER BY started_at",
+        since=since,
+    )
+    return [(round(float(s), 2), str(w), str(o)) for s, w, o in found]
 
 
 @pytest.mark.parametrize("sse", [False, True], ids=["whitespace", "sse-comments"])
@@ -138,22 +167,28 @@ async def test_an_unreachable_openrouter_pauses_every_worker_and_they_resume_whe
         return int(await scalar(engine, "SELECT count(*) FROM attempt WHERE outcome = 'outage'")) >= 4
 
     await wait_until(probed_a_few_times, 30, "the outage noticed and probed")
-    await asyncio.sleep(1.5)
-    before = await scalar(engine, "SELECT count(*) FROM attempt WHERE outcome = 'outage'")
-    counted_from = time.monotonic()
-    # Far more than two attempts' worth of time passes: nothing fails, no attempt is spent, and the status
-    # says why the batch waits.
-    await asyncio.sleep(3)
+    # Once the status says the breaker has probed twice, it calls one probe at a time. Five more calls into the
+    # outage, each a chance to spend one of a request's two attempts: nothing fails, no attempt is spent. Calls
+    # started before (the workers' first ones, which opened it) are not counted.
+    await wait_until(lambda: asyncio.to_thread(_probed_twice, env, batch), 30, "the breaker open and probing")
+    since = await scalar(engine, "SELECT clock_timestamp()")
+    await wait_until(lambda: _outages_since(engine, since, 5), 60, "five probes of the outage")
     status = orjson.loads(run_cli(env, "status", batch, "--json").stdout)
     assert status["request_counts"]["failed"] == 0
     assert status["waiting"].startswith("OpenRouter unreachable since")
     assert await scalar(engine, "SELECT max(failures) FROM request") == 0
     assert await scalar(engine, "SELECT count(*) FROM attempt WHERE outcome NOT IN ('outage')") == 0
-    probes = await scalar(engine, "SELECT count(*) FROM attempt WHERE outcome = 'outage'") - before
-    # Past the calls already in flight when it broke, one probe at a time at growing intervals (capped at 1 s
-    # here): about one a second, not a storm.
-    allowed = int(time.monotonic() - counted_from) + 2
-    assert probes <= allowed, (probes, allowed)
+    probes, seconds = (
+        await rows(
+            engine,
+            "SELECT count(*), extract(epoch FROM clock_timestamp() - :since) FROM attempt"
+            " WHERE outcome = 'outage' AND started_at >= :since",
+            since=since,
+        )
+    )[0]
+    # One probe at a time at growing intervals (capped at 1 s here): about one a second, not a storm.
+    allowed = int(seconds) + 2
+    assert probes <= allowed, (probes, allowed, await _calls_since(engine, since))
     back = time.monotonic()
     await upstream.up()
     assert await workers.wait(60) == [0, 0], workers.output()[-3000:]
@@ -181,7 +216,9 @@ async def test_a_run_of_5xx_across_requests_and_models_opens_the_breaker_and_is_
         return int(await scalar(engine, "SELECT count(*) FROM attempt WHERE outcome = 'outage'")) >= 2
 
     await wait_until(breaker_open, 30, "the run of 503s open the breaker")
-    await asyncio.sleep(2)
+    # As many more calls into the outage as a request may make (three attempts here): none fails a request.
+    since = await scalar(engine, "SELECT clock_timestamp()")
+    await wait_until(lambda: _outages_since(engine, since, 3), 60, "three more calls into the outage")
     assert await scalar(engine, "SELECT count(*) FROM request WHERE status = 'failed'") == 0
     await simulator.configure(outage_status=None)
     assert await workers.wait(60) == [0], workers.output()[-3000:]

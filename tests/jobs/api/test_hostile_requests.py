@@ -3,9 +3,9 @@ nothing of a refused upload is stored."""
 
 from __future__ import annotations
 
-import asyncio
 import socket
 from collections.abc import AsyncIterator, Iterator
+from datetime import datetime
 
 import httpx
 import openai
@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from jobs.api.keys import NewKey, create_key
 from tests.conftest import Services
 from tests.jobs.api.conftest import ApiServer, api_env, batch_lines, jsonl, wait_for
-from tests.support import Simulator
+from tests.support import Simulator, until
 
 UPLOAD_LIMIT = 100_000
 BOUNDARY = "orbatchtestboundary"
@@ -59,6 +59,32 @@ async def _stored_files(engine: AsyncEngine) -> int:
         return int((await conn.execute(text("SELECT count(*) FROM api_file_chunk"))).scalar_one()) + int(
             (await conn.execute(text("SELECT count(*) FROM api_file"))).scalar_one()
         )
+
+
+async def _upload_waiting(engine: AsyncEngine) -> tuple[int, datetime] | None:
+    """The server's backend of an upload in progress, waiting for bytes inside the transaction that made its
+    file row: its pid and when that transaction began."""
+    async with engine.connect() as conn:
+        row = (
+            await conn.execute(
+                text(
+                    "SELECT pid, xact_start FROM pg_stat_activity WHERE datname = current_database()"
+                    " AND state = 'idle in transaction' AND query LIKE 'INSERT INTO api_file%'"
+                )
+            )
+        ).first()
+    return None if row is None else (int(row.pid), row.xact_start)
+
+
+async def _transaction_ended(engine: AsyncEngine, pid: int, began: datetime) -> bool:
+    async with engine.connect() as conn:
+        still = (
+            await conn.execute(
+                text("SELECT count(*) FROM pg_stat_activity WHERE pid = :pid AND xact_start = :began"),
+                {"pid": pid, "began": began},
+            )
+        ).scalar_one()
+    return still == 0
 
 
 def _multipart(content: bytes, *, close: bool = True, purpose: bytes = b"batch") -> bytes:
@@ -298,6 +324,8 @@ async def test_a_stalled_upload_is_408_and_a_cut_off_one_stores_nothing(
 
     aborted = _raw_upload_head(server, owners["alice"].key, len(body))
     aborted.sendall(body[: len(body) // 2])
+    # The server holds the upload's transaction open while it waits for the rest; the client goes away.
+    pid, began = await until(lambda: _upload_waiting(engine), "the server receiving the upload")
     aborted.close()
     # A body that ends where its Content-Length says, but without the closing boundary.
     cut = _multipart(jsonl(batch_lines(50)), close=False)
@@ -307,7 +335,8 @@ async def test_a_stalled_upload_is_408_and_a_cut_off_one_stores_nothing(
     truncated.close()
     assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
     assert b'"code":"incomplete_upload"' in answer
-    await asyncio.sleep(1.5)
+    # The aborted upload's transaction has ended (rolled back, or committed had it stored something).
+    await until(lambda: _transaction_ended(engine, pid, began), "the aborted upload's transaction to end")
     assert await _stored_files(engine) == 0
     assert server.client(owners["alice"].key).files.list().data == []
 

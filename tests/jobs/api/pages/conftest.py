@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 from openai import OpenAI
@@ -25,6 +25,25 @@ def chromium_path() -> str | None:
     if given:
         return given
     return next((found for name in _BROWSERS if (found := shutil.which(name))), None)
+
+
+def in_ci(environ: Mapping[str, str]) -> bool:
+    """Whether the tests run in CI: `CI` set to anything but empty, 0, false or no (`.ci/run` sets CI=true)."""
+    return environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def no_chromium(environ: Mapping[str, str]) -> NoReturn:
+    """What a browser test does without a Chromium: fail in CI, where browser tests that skip would prove
+    nothing while the run looks green; skip elsewhere, saying how to install one."""
+    how = (
+        "install Debian's `chromium` package (apt-get install -y chromium) or set ORBATCH_CHROMIUM to a "
+        "Chromium or Chrome executable"
+    )
+    if in_ci(environ):
+        pytest.fail(
+            f"no Chromium to drive the browser tests, and in CI they may not skip: {how}", pytrace=False
+        )
+    pytest.skip(f"no Chromium to drive: {how}")
 
 
 @pytest.fixture(autouse=True)
@@ -48,10 +67,7 @@ async def browser() -> AsyncIterator[Any]:
     """A headless Chromium for the module's tests."""
     executable = chromium_path()
     if executable is None:
-        pytest.skip(
-            "no Chromium to drive: install Debian's `chromium` package (apt-get install -y chromium) or set "
-            "ORBATCH_CHROMIUM to a Chromium or Chrome executable"
-        )
+        no_chromium(os.environ)
     # The async API, on the suite's event loop: the sync one runs a loop of its own in this thread.
     from playwright.async_api import async_playwright
 
@@ -95,4 +111,4 @@ def start_batch(
     return batch.id
 
 
-__all__ = ["NewKey", "chromium_path", "sign_in", "start_batch", "visit"]
+__all__ = ["NewKey", "chromium_path", "in_ci", "no_chromium", "sign_in", "start_batch", "visit"]
