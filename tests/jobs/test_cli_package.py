@@ -41,7 +41,7 @@ def test_every_command_of_every_command_module_is_on_the_app() -> None:
     assert not missing, missing
     # Every module of jobs/cli that holds commands is one the app knows.
     modules = {f.__module__ for f in on_app if callable(f)}
-    assert modules <= {m.__name__ for m in COMMAND_MODULES} | {"jobs.simulator.config"}
+    assert modules <= {m.__name__ for m in COMMAND_MODULES} | {"jobs.simulator.main"}
 
 
 def test_submit_and_run_take_the_same_bundle_of_options() -> None:
