@@ -153,10 +153,19 @@ async def test_a_batch_name_with_markup_shows_as_text_and_runs_nothing(
     page = await sign_in(browser, api_server, owners["alice"].key)
     dialogs: list[str] = []
     page.on("dialog", lambda dialog: dialogs.append(dialog.message))
+    # The markup's <img src=x> would ask for /x as soon as it became an element.
+    asked: list[str] = []
+    page.on("request", lambda request: asked.append(request.url))
     assert await page.inner_text(f"tr[data-batch='{batch_id}'] a.name") == name
     await visit(page, f"{api_server.url}/batches/{batch_id}")
     assert await page.inner_text("h1") == name
-    await page.wait_for_timeout(500)
+    # What the markup could do it does before the page has loaded, or when a live part is swapped in (through
+    # innerHTML, where an image's onerror runs): the page loaded, one swap seen if it is live, the network idle.
+    await page.wait_for_load_state("load")
+    if await page.evaluate("Boolean(document.getElementById('page')?.dataset.live)"):
+        await page.wait_for_selector("body[data-refreshed-at]", state="attached", timeout=30_000)
+    await page.wait_for_load_state("networkidle")
+    assert not [url for url in asked if url.endswith("/x")]
     assert await page.evaluate("window.__pwned") is None
     assert await page.locator("main img").count() == 0
     assert dialogs == []
