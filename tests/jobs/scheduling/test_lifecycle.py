@@ -16,7 +16,7 @@ from jobs.scheduling.lifecycle import CallRecord, Lease
 from jobs.submission.submit import SubmitOptions, submit_file
 from tests.support import chat_line, write_jsonl
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 LIFECYCLE = ROOT / "jobs" / "scheduling" / "lifecycle.py"
 
 # An UPDATE of a request or a batch whose SET clause (up to its WHERE or FROM) assigns `status`; a DELETE of a
@@ -76,7 +76,7 @@ def test_the_table_names_every_statement_and_holds_to_what_each_does() -> None:
 
 
 def test_the_design_notes_show_the_same_table() -> None:
-    notes = (Path(__file__).resolve().parents[2] / "docs" / "design.md").read_text()
+    notes = (Path(__file__).resolve().parents[3] / "docs" / "design.md").read_text()
     assert lifecycle.TRANSITIONS_TABLE.strip() in notes
 
 
