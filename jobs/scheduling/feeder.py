@@ -123,8 +123,9 @@ _QUEUED = sql(
     """
 )
 
-# Marks only the requests still as they were read: every lease taken since moves `attempts` or `feeds` (the
-# job id), so a request whose job already ran and gave it back is never marked as waiting in the queue.
+# Marks only the requests still as they were read (every lease taken since moves `attempts` or `feeds`, the job
+# id), and returns them: only those are queued. A row locked now is being leased by an older job of its request;
+# it is skipped rather than waited for.
 _MARK_ENQUEUED = sql(
     """
     WITH target AS (
@@ -132,11 +133,22 @@ _MARK_ENQUEUED = sql(
         JOIN unnest(CAST(:ids AS bigint[]), CAST(:attempts AS integer[]), CAST(:feeds AS integer[]))
           AS q(id, attempts, feeds)
           ON r.id = q.id AND r.attempts = q.attempts AND r.feeds = q.feeds
-        WHERE r.status = {R.PENDING} AND r.enqueued_at IS NULL
-        ORDER BY r.id FOR UPDATE OF r
+        -- The ids again as an index condition: joined to the unnest alone, the planner hashes every pending
+        -- request of the table, a cost that grows with the backlog on every tick.
+        WHERE r.id = ANY(CAST(:ids AS bigint[])) AND r.status = {R.PENDING} AND r.enqueued_at IS NULL
+        ORDER BY r.id FOR UPDATE OF r SKIP LOCKED
     )
     UPDATE request r SET enqueued_at = now()
     FROM target WHERE r.id = target.id AND r.status = {R.PENDING} AND r.enqueued_at IS NULL
+    RETURNING r.id
+    """
+)
+
+# Marked, but its job could not be queued (a job of the same id still runs): not waiting in the queue after all.
+_UNMARK = sql(
+    """
+    UPDATE request SET enqueued_at = NULL
+    WHERE id = ANY(CAST(:ids AS bigint[])) AND status = {R.PENDING} AND enqueued_at IS NOT NULL
     """
 )
 
@@ -255,20 +267,31 @@ async def feed(
         due = [d for bid in rooms for d in due_by_batch.get(bid, [])]
         scores = [s for bid in rooms for s in fair.scores(bid, len(due_by_batch.get(bid, [])))]
         if due:
-            # Redis first, then the mark: a crash in between leaves a job queued twice (a no-op), never a
-            # request marked queued that is not.
+            # The mark first, then Redis. Workers take a job as soon as it is pushed (the queue is shallow): were
+            # the mark after it, every lease of the tick would wait for the mark's row locks. A crash in between
+            # leaves requests marked queued with no job, which the stale check finds missing in Redis after
+            # ORBATCH_REQUEUE_AFTER and feeds again.
+            async with engine.begin() as conn:
+                marked = set(
+                    (
+                        await conn.execute(
+                            _MARK_ENQUEUED,
+                            {
+                                "ids": [d[0] for d in due],
+                                "attempts": [d[1] for d in due],
+                                "feeds": [d[2] for d in due],
+                            },
+                        )
+                    ).scalars()
+                )
+            kept = [i for i, d in enumerate(due) if d[0] in marked]
+            due, scores = [due[i] for i in kept], [scores[i] for i in kept]
             outcomes = await enqueue_requests(redis, target, due, scores)
             report.enqueued += sum(1 for o in outcomes if o == 1)
-            queued = [d for d, o in zip(due, outcomes, strict=True) if o >= 0]
-            async with engine.begin() as conn:
-                await conn.execute(
-                    _MARK_ENQUEUED,
-                    {
-                        "ids": [d[0] for d in queued],
-                        "attempts": [d[1] for d in queued],
-                        "feeds": [d[2] for d in queued],
-                    },
-                )
+            running = [d[0] for d, o in zip(due, outcomes, strict=True) if o < 0]
+            if running:
+                async with engine.begin() as conn:
+                    await conn.execute(_UNMARK, {"ids": running})
     await fair.save()
     async with engine.begin() as conn:
         report.finalized_batches = await lifecycle.finalize_batches(conn)
