@@ -72,8 +72,7 @@ class ServerTiming:
 
 def serve_timed() -> None:
     """`orbatch serve` with its app wrapped in ServerTiming (run in the server's child process)."""
-    from jobs.api import server
-    from jobs.cli import main
+    from jobs.cli import main, server
 
     # `serve` looks `create_app` up in its own module when it starts, so the wrapper goes there.
     create = vars(server)["create_app"]

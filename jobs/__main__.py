@@ -2,4 +2,6 @@
 
 from jobs.cli import main
 
+__all__: list[str] = []
+
 main()

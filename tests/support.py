@@ -18,6 +18,8 @@ import httpx
 import orjson
 
 ROOT = Path(__file__).resolve().parent.parent
+# OpenRouter's OpenAPI document, which the requests orbatch sends and the simulator's answers are checked against.
+OPENROUTER_SPEC = ROOT / "tests" / "data" / "openrouter" / "openapi.yaml"
 TEST_API_KEY = "sk-or-v1-test-0123456789abcdef-do-not-leak"
 
 T = TypeVar("T")

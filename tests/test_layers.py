@@ -41,5 +41,7 @@ def test_the_layers_import_one_way() -> None:
 def test_each_layer_says_its_rule_in_its_docstring() -> None:
     for layer in _layers():
         init = ROOT / Path(*layer.split(".")) / "__init__.py"
-        first = init.read_text().split('"""')[1].strip()
-        assert len(first) > 20, f"{layer} has no one-line rule"
+        rule = init.read_text().split('"""')[1].lower()
+        # What it is for, and what it may import (the CLI, on top, may import everything).
+        assert len(rule) > 40, f"{layer} does not say what it is for"
+        assert "import" in rule or "on top" in rule, f"{layer} does not say what it may import"

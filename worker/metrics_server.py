@@ -16,10 +16,10 @@ from jobs.core.errors import SettingsError
 from jobs.core.settings import Settings
 from jobs.observation.exposition import CHALLENGE, CONTENT_TYPE, metrics_authorized, render_metrics
 
-__all__ = ["Exporter"]
+__all__ = ["MetricsServer"]
 
 
-class Exporter:
+class MetricsServer:
     """The metrics endpoint of one worker process; `start` it, then `stop` it when the worker stops."""
 
     def __init__(self, redis: Redis, settings: Settings) -> None:

@@ -38,7 +38,7 @@ from worker.context import CONTEXT_KEY, WorkerContext, context
 from worker.dispatch import ClaimingWorker
 from worker.heartbeat import beat_forever, stop_beating
 from worker.meter import Meter
-from worker.metrics_server import Exporter
+from worker.metrics_server import MetricsServer
 from worker.openrouter import OpenRouterClient
 from worker.plan import WorkerPlan
 from worker.pricing import PriceBook
@@ -188,18 +188,18 @@ async def _start_watching(
     BUILD.info({"version": orbatch_version()})
     CONCURRENCY.set(concurrency)
     if ctx.settings.metrics_port is not None:
-        exporter = Exporter(arq_ctx["redis"], ctx.settings)
-        port = await exporter.start(ctx.settings.metrics_port)
-        arq_ctx["exporter"] = exporter
+        metrics_server = MetricsServer(arq_ctx["redis"], ctx.settings)
+        port = await metrics_server.start(ctx.settings.metrics_port)
+        arq_ctx["metrics_server"] = metrics_server
         log.info("metrics served", port=port, path="/metrics")
     arq_ctx["heartbeat"] = asyncio.create_task(beat_forever(ctx, arq_ctx["redis"], concurrency))
 
 
 async def _stop_watching(arq_ctx: dict[str, Any], ctx: WorkerContext) -> None:
     await stop_beating(ctx, arq_ctx["redis"])
-    exporter: Exporter | None = arq_ctx.pop("exporter", None)
-    if exporter is not None:
-        await exporter.stop()
+    metrics_server: MetricsServer | None = arq_ctx.pop("metrics_server", None)
+    if metrics_server is not None:
+        await metrics_server.stop()
 
 
 async def _shutdown(arq_ctx: dict[str, Any]) -> None:

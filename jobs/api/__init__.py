@@ -1,4 +1,5 @@
-"""`orbatch serve`: OpenAI's Files and Batches API over orbatch's Postgres and Redis, one owner per key."""
+"""The HTTP API and the dashboard: OpenAI's Files and Batches API over orbatch's Postgres and Redis, one owner
+per key. Imports the layers below it; never `jobs.cli` (which serves it)."""
 
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ import typer
 from redis.exceptions import RedisError
 from sqlalchemy.exc import DBAPIError
 
-from jobs.cli import admin, batches, keys, models, oneshot, serving, workers
+from jobs.cli import admin, batches, keys, run, serve, upstream, workers
 from jobs.cli.terminal import err, say, say_error
 from jobs.core.errors import Interrupted, OrbatchError, ServiceUnavailable, SettingsError
 from jobs.core.logs import configure_logging, redact
@@ -31,13 +31,13 @@ app = typer.Typer(
 )
 
 # Every module that holds commands; a test checks that each of their commands is on the app.
-COMMAND_MODULES: tuple[ModuleType, ...] = (admin, batches, keys, models, oneshot, serving, workers)
+COMMAND_MODULES: tuple[ModuleType, ...] = (admin, batches, keys, run, serve, upstream, workers)
 
 # The order `orbatch --help` lists them in.
 _GROUPS: tuple[tuple[str, typer.Typer], ...] = (("db", admin.db_app), ("keys", keys.keys_app))
 _COMMANDS: tuple[tuple[str, Callable[..., None]], ...] = (
     ("submit", batches.submit),
-    ("run", oneshot.run),
+    ("run", run.run),
     ("worker", workers.worker),
     ("workers", workers.workers),
     ("status", batches.status),
@@ -48,9 +48,9 @@ _COMMANDS: tuple[tuple[str, Callable[..., None]], ...] = (
     ("priority", batches.set_priority),
     ("retry", batches.retry),
     ("delete", batches.delete),
-    ("simulator", models.simulator_command),
-    ("serve", serving.serve),
-    ("models", models.models),
+    ("simulator", upstream.simulator_command),
+    ("serve", serve.serve),
+    ("models", upstream.models),
 )
 for _name, _group in _GROUPS:
     app.add_typer(_group, name=_name)

@@ -39,6 +39,7 @@ __all__ = [
     "ProgressView",
     "Snapshot",
     "exit_status",
+    "finished",
     "needs_action",
     "read_fleet",
     "snapshot",

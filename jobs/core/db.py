@@ -32,7 +32,7 @@ T = TypeVar("T")
 # Deadlock and serialization failure: the transaction did nothing and may simply run again.
 _CONFLICT_SQLSTATES = frozenset({"40P01", "40001"})
 
-# jobs/core/db.py: the project root is three levels up.
+# This module sits two folders below the repository root, beside which Alembic's folder is.
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 
 

@@ -1,6 +1,6 @@
 """One exception hierarchy for what orbatch reports to a user; each branch carries its exit and HTTP status.
 
-The CLI turns any `OrbatchError` into its message and exit status in one place (`jobs.cli.commands.main`), and the HTTP
+The CLI turns any `OrbatchError` into its message and exit status in one place (`jobs.cli.app.main`), and the HTTP
 API into an OpenAI-shaped error with its HTTP status in one place: a new error only picks its branch.
 """
 

@@ -2,4 +2,6 @@
 
 from jobs.simulator.main import simulator_main
 
+__all__: list[str] = []
+
 simulator_main()

@@ -1,3 +1,4 @@
-"""Taking work in: the model catalogue, storing a batch from a file, the one intake every surface uses."""
+"""Taking work in: the model catalogue, storing a batch from a file, the one intake every surface uses.
+Imports scheduling and below."""
 
 __all__: list[str] = []

@@ -8,8 +8,6 @@ from typing import Any
 
 import httpx
 import orjson
-from rich.table import Table
-from rich.text import Text
 from sqlalchemy import delete, func, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -20,16 +18,10 @@ from jobs.core.models import ModelPrice
 __all__ = [
     "Catalog",
     "ModelPrices",
-    "ModelRow",
     "fetch_models",
-    "listing_rows",
     "load_catalog",
-    "model_rows",
+    "price_of",
     "refresh_catalog",
-    "render_table",
-    "rows_json",
-    "shipped_rows",
-    "simulator_rows",
     "upstream_is_simulator",
     "upstream_simulator",
 ]
@@ -50,7 +42,7 @@ class ModelPrices:
 Catalog = dict[str, ModelPrices]
 
 
-def _price(value: Any) -> Decimal | None:
+def price_of(value: Any) -> Decimal | None:
     # Prices are strings in USD per token; "-1" marks a price OpenRouter does not know (variable routers).
     try:
         amount = Decimal(str(value))
@@ -75,7 +67,9 @@ async def fetch_models(base_url: str, api_key: str | None) -> Catalog:
         if not isinstance(pricing, dict):
             pricing = {}
         catalog[model["id"]] = ModelPrices(
-            _price(pricing.get("prompt")), _price(pricing.get("completion")), _price(pricing.get("request"))
+            price_of(pricing.get("prompt")),
+            price_of(pricing.get("completion")),
+            price_of(pricing.get("request")),
         )
     return catalog
 
@@ -147,129 +141,3 @@ async def load_catalog(
     catalog = await fetch_models(base_url, api_key)
     await refresh_catalog(engine, catalog, base_url)
     return catalog
-
-
-# --- `orbatch models` ----------------------------------------------------------------------------------
-
-PER_MILLION = Decimal(1_000_000)
-
-
-@dataclass(slots=True, frozen=True)
-class ModelRow:
-    """One model of the catalogue as `orbatch models` shows it; prices in USD per million tokens."""
-
-    id: str
-    name: str
-    context_length: int | None
-    prompt_per_million: Decimal | None
-    completion_per_million: Decimal | None
-    free: bool
-
-
-def _row(model: dict[str, Any]) -> ModelRow:
-    pricing = model.get("pricing")
-    if not isinstance(pricing, dict):
-        pricing = {}
-    prompt, completion = _price(pricing.get("prompt")), _price(pricing.get("completion"))
-    context = model.get("context_length")
-    return ModelRow(
-        id=model["id"],
-        name=str(model.get("name") or model["id"]),
-        context_length=context if isinstance(context, int) and not isinstance(context, bool) else None,
-        prompt_per_million=None if prompt is None else prompt * PER_MILLION,
-        completion_per_million=None if completion is None else completion * PER_MILLION,
-        # The `:free` variants are the ones OpenRouter's free-tier limits apply to.
-        free=model["id"].endswith(":free"),
-    )
-
-
-def listing_rows(listing: Any, free_only: bool = False) -> list[ModelRow]:
-    """The rows of a `GET /models` answer's `data`, in its order; `free_only` keeps the `:free` variants."""
-    entries = listing if isinstance(listing, list) else []
-    rows = [_row(m) for m in entries if isinstance(m, dict) and isinstance(m.get("id"), str)]
-    return [r for r in rows if r.free] if free_only else rows
-
-
-async def model_rows(base_url: str, api_key: str | None, free_only: bool = False) -> list[ModelRow]:
-    """The catalogue from `GET {base_url}/models` (OpenRouter or the simulator), in its order.
-
-    `free_only` keeps the `:free` variants."""
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    async with httpx.AsyncClient(
-        base_url=base_url.rstrip("/") + "/", timeout=20.0, headers=headers
-    ) as client:
-        response = await client.get("models")
-        response.raise_for_status()
-    body = orjson.loads(response.content)
-    return listing_rows(body.get("data", []) if isinstance(body, dict) else [], free_only)
-
-
-def shipped_rows(free_only: bool = False) -> tuple[list[ModelRow], str]:
-    """OpenRouter's list as saved and shipped with orbatch (the file the simulator serves), read with no network;
-    and what it is, for a user."""
-    from jobs.simulator.catalogue import CATALOG_FILE, openrouter_snapshot
-
-    saved, listing = openrouter_snapshot()
-    return listing_rows(listing, free_only), (
-        f"OpenRouter's list as saved on {saved}, the copy shipped with orbatch (jobs/simulator/{CATALOG_FILE})"
-    )
-
-
-def simulator_rows(free_only: bool = False) -> tuple[list[ModelRow], str]:
-    """The catalogue orbatch's simulator serves (`GET /models`), read with no network; and what it is."""
-    from jobs.simulator.catalogue import openrouter_snapshot, served_models
-
-    saved, _ = openrouter_snapshot()
-    return listing_rows(served_models(), free_only), (
-        f"the simulator's catalogue: OpenRouter's list as saved on {saved} (shipped with orbatch), the models "
-        "the examples name that OpenRouter has withdrawn since, and the tests' sim/* models"
-    )
-
-
-def _usd(amount: Decimal | None) -> str:
-    if amount is None:
-        return "?"
-    # Four decimals are a hundredth of a cent per million tokens: enough for any listed price.
-    return f"{amount.quantize(Decimal('0.0001')).normalize():f}"
-
-
-def render_table(rows: list[ModelRow], source: str | None = None) -> Table:
-    """The rows as a Rich table: id, name, context, USD per million prompt and completion tokens, free; its title
-    counts them and says where they come from."""
-    title = f"{len(rows)} models" + (f" from {source}" if source else "")
-    table = Table(title=Text(title), title_justify="left")
-    table.add_column("model", overflow="fold")
-    table.add_column("name", overflow="fold")
-    table.add_column("context", justify="right")
-    table.add_column("$/M in", justify="right")
-    table.add_column("$/M out", justify="right")
-    table.add_column("free")
-    for row in rows:
-        table.add_row(
-            Text(row.id),
-            Text(row.name),
-            "?" if row.context_length is None else f"{row.context_length:,}",
-            _usd(row.prompt_per_million),
-            _usd(row.completion_per_million),
-            "free" if row.free else "",
-        )
-    return table
-
-
-def rows_json(rows: list[ModelRow]) -> list[dict[str, Any]]:
-    """The rows for `--json`: prices as decimal strings (USD per million tokens) or null when unknown."""
-    return [
-        {
-            "id": r.id,
-            "name": r.name,
-            "context_length": r.context_length,
-            "prompt_per_million": None
-            if r.prompt_per_million is None
-            else f"{r.prompt_per_million.normalize():f}",
-            "completion_per_million": None
-            if r.completion_per_million is None
-            else f"{r.completion_per_million.normalize():f}",
-            "free": r.free,
-        }
-        for r in rows
-    ]

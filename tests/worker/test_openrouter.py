@@ -13,10 +13,10 @@ from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-from tests.support import Simulator, Workers, chat_line, run_cli, write_jsonl
+from tests.support import OPENROUTER_SPEC, Simulator, Workers, chat_line, run_cli, write_jsonl
 from worker.openrouter import chat_payload
 
-SPEC = Path(__file__).resolve().parent.parent / "data" / "openrouter" / "openapi.yaml"
+SPEC = OPENROUTER_SPEC
 
 
 @cache

@@ -11,8 +11,8 @@ from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
+from tests.support import OPENROUTER_SPEC as SPEC
 from tests.support import TEST_API_KEY, Simulator
-from tests.worker.test_openrouter import SPEC
 
 __all__ = ["AUTH", "chat", "get", "post_chat", "spec_validator"]
 

@@ -10,11 +10,11 @@ import orjson
 import typer
 
 from jobs.cli.context import print_json
+from jobs.cli.model_rows import model_rows, render_table, rows_json, shipped_rows, simulator_rows
 from jobs.cli.terminal import err, out, say, say_warning
 from jobs.core.logs import redact
 from jobs.core.settings import get_settings
 from jobs.simulator.main import simulator_command
-from jobs.submission.catalog import model_rows, render_table, rows_json, shipped_rows, simulator_rows
 
 __all__ = ["models", "simulator_command"]
 

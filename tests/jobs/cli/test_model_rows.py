@@ -7,7 +7,7 @@ from decimal import Decimal
 
 from rich.console import Console
 
-from jobs.submission.catalog import ModelRow, model_rows, render_table, rows_json
+from jobs.cli.model_rows import ModelRow, model_rows, render_table, rows_json
 from tests.support import TEST_API_KEY, Simulator
 
 

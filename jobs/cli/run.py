@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import shlex
 import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
@@ -14,9 +13,7 @@ from typing import Annotated
 
 import typer
 from arq.connections import ArqRedis
-from pydantic import SecretStr
 from rich.console import Console
-from rich.text import Text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -32,6 +29,7 @@ from jobs.cli.progress import (
     watch,
     with_skipped_lines,
 )
+from jobs.cli.simulated import start_simulator
 from jobs.cli.taking import take_in_file
 from jobs.cli.terminal import err, say, say_error
 from jobs.core.constants import EXIT_INTERRUPTED, REDIS_SPARE_SECONDS
@@ -55,15 +53,7 @@ from jobs.services.service_watch import ServiceWatch
 from jobs.submission.submit import SubmitOptions
 from worker.plan import WorkerPlan
 
-__all__ = ["RunPlan", "run", "run_file", "start_simulator"]
-
-# `orbatch run --simulator` without ORBATCH_SIMULATOR_ARGS: the simulator's clock runs 60 times faster (its
-# minute is a second, its day 24 minutes) and it answers as an account that bought credits (1000 free requests a
-# day), so a trial shows the free tier's pacing and quota at work and never waits long for a simulated midnight.
-RUN_SIMULATOR_ARGS = "--speed 60 --no-free-tier"
-
-# The key the simulator is called with: it checks that one is sent, not which.
-SIMULATOR_KEY = "sk-or-v1-simulator"
+__all__ = ["RunPlan", "run", "run_file"]
 
 
 @dataclass(slots=True, frozen=True)
@@ -78,35 +68,6 @@ class RunPlan:
     fmt: ExportFormat
     concurrency: int | None
     simulator: bool
-
-
-async def start_simulator(settings: Settings, stack: contextlib.AsyncExitStack, err: Console) -> Settings:
-    """Serve the OpenRouter simulator on loopback for this process; the settings that point the worker at it."""
-    from jobs.simulator.catalogue import API_PREFIX
-    from jobs.simulator.main import config_from_args
-    from jobs.simulator.server import Simulator, serve
-
-    config = config_from_args(shlex.split(settings.simulator_args or RUN_SIMULATOR_ARGS))
-    runner, port = await serve(Simulator(config), "127.0.0.1", 0)
-    stack.push_async_callback(runner.cleanup)
-    err.print(
-        Text.assemble(
-            ("simulator: ", "bold yellow"),
-            "OpenRouter is simulated on this machine: no real model is called and no quota or money is used; "
-            f"answers echo the prompts. Free tier: {config.free_per_minute} requests per "
-            f"{config.free_window_seconds:g} s, {config.free_per_day} per day of "
-            f"{(config.day_seconds or 86400) / 60:g} minutes (ORBATCH_SIMULATOR_ARGS changes them). It answers at "
-            f"http://127.0.0.1:{port}{API_PREFIX} (OPENROUTER_BASE_URL for another command to use it); only "
-            "simulated batches are worked here.",
-        ),
-        highlight=False,
-    )
-    return settings.model_copy(
-        update={
-            "openrouter_base_url": f"http://127.0.0.1:{port}{API_PREFIX}",
-            "openrouter_api_key": SecretStr(SIMULATOR_KEY),
-        }
-    )
 
 
 async def run_file(
