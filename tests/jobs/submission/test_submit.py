@@ -9,7 +9,7 @@ from pathlib import Path
 
 import orjson
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import event, func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from jobs.core.models import Batch, Request
@@ -178,3 +178,30 @@ async def test_submit_memory_is_bounded_by_bytes_for_lines_of_many_megabytes(
     async with engine.connect() as conn:
         stored = (await conn.execute(text("SELECT count(*) FROM request"))).scalar_one()
     assert stored == count
+
+
+async def test_a_large_submit_refreshes_the_planners_statistics_and_a_small_one_does_not(
+    engine: AsyncEngine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[str] = []
+
+    def record(conn: object, cursor: object, statement: str, *args: object) -> None:
+        seen.append(statement)
+
+    event.listen(engine.sync_engine, "before_cursor_execute", record)
+    try:
+        # Whatever other tests left in this database, this submit is a large share of it.
+        monkeypatch.setattr("jobs.submission.submit.RESTAT_SHARE", 0.0)
+        large = write_jsonl(tmp_path / "large.jsonl", [chat_line(f"r{i}", "x") for i in range(1000)])
+        await submit_file(engine, large, SubmitOptions(models=["sim/echo"]))
+        assert seen.count("ANALYZE request") == 1
+        small = write_jsonl(tmp_path / "small.jsonl", [chat_line(f"s{i}", "x") for i in range(10)])
+        await submit_file(engine, small, SubmitOptions(models=["sim/echo"]))
+        assert seen.count("ANALYZE request") == 1
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", record)
+    async with engine.connect() as conn:
+        analyzed = (
+            await conn.execute(text("SELECT reltuples FROM pg_class WHERE oid = 'request'::regclass"))
+        ).scalar_one()
+    assert analyzed >= 1000
