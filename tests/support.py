@@ -197,6 +197,23 @@ class Lines:
         return "".join(self.seen)
 
 
+def start_command(env: Mapping[str, str], *args: str) -> tuple[subprocess.Popen[str], Lines]:
+    """`orbatch ARGS` as a terminal's job: a process group of its own (signal it with `os.killpg`), its stderr
+    read line by line."""
+    process = subprocess.Popen(  # noqa: S603 - argv built here
+        [sys.executable, "-m", "jobs", *args],
+        env=dict(env),
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    assert process.stderr is not None
+    return process, Lines(process.stderr)
+
+
 def write_jsonl(path: Path, rows: Iterable[Any]) -> Path:
     """Write rows (objects, or raw bytes/str lines) as a JSONL file."""
     with path.open("wb") as f:

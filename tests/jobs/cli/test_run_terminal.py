@@ -26,7 +26,7 @@ import psutil
 import pytest
 
 from jobs.services.embedded import postgres_folder
-from tests.support import ROOT, Lines, chat_line, fresh_machine_env, run_cli, write_jsonl
+from tests.support import ROOT, Lines, chat_line, fresh_machine_env, run_cli, start_command, write_jsonl
 
 pytestmark = pytest.mark.slow
 
@@ -53,19 +53,9 @@ _STARTED: list[list[subprocess.Popen[str]]] = []
 
 def _start(env: dict[str, str], *args: str) -> tuple[subprocess.Popen[str], Lines]:
     """`orbatch run ARGS` as a terminal's job: a process group of its own, its progress read line by line."""
-    process = subprocess.Popen(  # noqa: S603 - argv built here
-        [sys.executable, "-m", "jobs", "run", *args],
-        env=env,
-        cwd=ROOT,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    assert process.stderr is not None
+    process, lines = start_command(env, "run", *args)
     _STARTED[-1].append(process)
-    return process, Lines(process.stderr)
+    return process, lines
 
 
 def _ctrl_c(process: subprocess.Popen[str]) -> None:

@@ -8,14 +8,13 @@ import os
 import re
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
 import pytest
 
-from tests.support import ROOT, Lines, chat_line, fresh_machine_env, run_cli, write_jsonl
+from tests.support import Lines, chat_line, fresh_machine_env, run_cli, start_command, write_jsonl
 
 pytestmark = pytest.mark.slow
 
@@ -23,18 +22,7 @@ pytestmark = pytest.mark.slow
 @contextlib.contextmanager
 def _serving(env: dict[str, str]) -> Iterator[tuple[str, Lines]]:
     """`orbatch serve --no-auth --simulator` on the embedded services of a fresh machine; its simulator's URL."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "jobs", "serve", "--no-auth", "--simulator", "--port", "0"],
-        env=env,
-        cwd=ROOT,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    assert process.stderr is not None
-    lines = Lines(process.stderr)
+    process, lines = start_command(env, "serve", "--no-auth", "--simulator", "--port", "0")
     try:
         banner = lines.wait_for(lambda line: "It answers at " in line)
         simulator = re.search(r"It answers at (http://\S+/api/v1)", banner)
@@ -57,18 +45,14 @@ def test_every_command_finds_the_services_of_a_running_serve_and_its_worker_take
     env = fresh_machine_env(data_dir, ORBATCH_SIMULATOR_ARGS="--speed 60 --no-free-tier")
     # First a run, stopped with Ctrl-C: what is left of its batch waits for it.
     interrupted = write_jsonl(tmp_path / "run.jsonl", [chat_line(f"r{i}", f"run {i}") for i in range(40)])
-    run = subprocess.Popen(  # noqa: S603 - argv built here
-        [sys.executable, "-m", "jobs", "run", str(interrupted), "-o", str(tmp_path / "run.out"), *_STOPPED],
-        env={**env, "ORBATCH_SIMULATOR_ARGS": "--latency-ms 500 --no-free-tier --speed 60"},
-        cwd=ROOT,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
+    run, run_lines = start_command(
+        {**env, "ORBATCH_SIMULATOR_ARGS": "--latency-ms 500 --no-free-tier --speed 60"},
+        "run",
+        str(interrupted),
+        "-o",
+        str(tmp_path / "run.out"),
+        *_STOPPED,
     )
-    assert run.stderr is not None
-    run_lines = Lines(run.stderr)
     try:
         run_lines.wait_for(lambda line: line.startswith("batch=") and " done=0 " not in line)
         os.killpg(run.pid, signal.SIGINT)
