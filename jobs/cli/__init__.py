@@ -1,4 +1,8 @@
-"""The `orbatch` command line, on top of every other layer: commands, `run`, `serve`, what a terminal shows."""
+"""The `orbatch` command line: commands, `run`, `serve`, what a terminal shows.
+
+Layer rule: may import every layer below it; only the Python front (`jobs.library`) imports it, for the services,
+the simulator and the in-process worker that `orbatch run` uses.
+"""
 
 from jobs.cli.app import app, main
 

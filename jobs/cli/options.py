@@ -52,7 +52,8 @@ InputFile = Annotated[
         exists=True,
         dir_okay=False,
         readable=True,
-        help="JSONL of chat requests, or of plain records with --template (gzip-compressed is fine).",
+        help="JSONL of chat requests, or plain records with --template: JSONL (gzip-compressed is fine), "
+        ".csv or .parquet.",
     ),
 ]
 Models = Annotated[

@@ -8,7 +8,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from redis.asyncio import Redis
@@ -35,12 +35,15 @@ from jobs.observation.standing import BatchSummary, batch_summary
 from jobs.scheduling.fleet import BreakerState, limits_key, read_breaker
 
 __all__ = [
+    "BatchView",
     "FleetReading",
     "ProgressView",
     "Snapshot",
+    "eta_text",
     "exit_status",
     "finished",
     "needs_action",
+    "note_of",
     "read_fleet",
     "snapshot",
     "watch",
@@ -221,7 +224,8 @@ def with_skipped_lines(status: int, summary: BatchSummary, err: Console) -> int:
     return status
 
 
-def _note(snap: Snapshot) -> str:
+def note_of(snap: Snapshot) -> str:
+    """Why the batch waits, or what bounds its ETA, in a sentence (empty when nothing is worth saying)."""
     summary = snap.summary
     if snap.breaker is not None and not finished(summary):
         return f"waiting: {snap.breaker.describe()}"
@@ -234,7 +238,8 @@ def _note(snap: Snapshot) -> str:
     return snap.estimate.reason or ""
 
 
-def _eta_text(snap: Snapshot) -> str:
+def eta_text(snap: Snapshot) -> str:
+    """The ETA as shown: `done`, `estimating`, or a duration."""
     if finished(snap.summary):
         return "done"
     return "estimating" if snap.estimate.seconds is None else format_duration(snap.estimate.seconds)
@@ -249,6 +254,20 @@ class _Panel(Progress):
         yield self.make_tasks_table(self.tasks)
         if self.note:
             yield Text(self.note, style="dim")
+
+
+class BatchView(Protocol):
+    """Where a watched batch's snapshots are shown: a terminal's panel, plain lines, a notebook's display."""
+
+    last_summary: BatchSummary | None
+
+    def __enter__(self) -> BatchView: ...
+
+    def __exit__(self, *_: object) -> None: ...
+
+    def show(self, snap: Snapshot, final: bool = False) -> None:
+        """Display one snapshot."""
+        ...
 
 
 class ProgressView:
@@ -292,13 +311,13 @@ class ProgressView:
         failed = summary.counts.get(RequestStatus.FAILED, 0)
         rate = "" if snap.rate is None else f"{snap.rate:.2f} req/s"
         if self.live:
-            self._panel.note = _note(snap)
+            self._panel.note = note_of(snap)
             self._panel.update(
                 self._task,
                 total=summary.total,
                 completed=snap.done,
                 rate=rate,
-                eta=_eta_text(snap),
+                eta=eta_text(snap),
                 cost=f"${summary.cost:.4f}",
                 failed=f"[red]{failed} failed[/]" if failed else "0 failed",
             )
@@ -326,7 +345,7 @@ class ProgressView:
             ("eta_seconds", "0" if finished(summary) else eta),
             ("cost", f"{summary.cost:.6f}"),
         ]
-        note = _note(snap)
+        note = note_of(snap)
         line = " ".join(f"{k}={v}" for k, v in fields) + (
             f" note={orjson.dumps(note).decode()}" if note else ""
         )
@@ -337,7 +356,7 @@ async def watch(
     engine: AsyncEngine,
     batch_id: str,
     fleet: Callable[[], Awaitable[FleetReading]],
-    view: ProgressView,
+    view: BatchView,
     stop: asyncio.Event | None = None,
     poll_seconds: float = WATCH_POLL_SECONDS,
     patient: bool = False,

@@ -4,41 +4,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
-import signal
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from arq.connections import ArqRedis
 from rich.console import Console
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from jobs.cli.context import Format, logs_for_people, services
 from jobs.cli.options import InputFile, SubmitChoices, with_submit_choices
-from jobs.cli.progress import (
-    FleetReading,
-    ProgressView,
-    exit_status,
-    finished,
-    needs_action,
-    read_fleet,
-    watch,
-    with_skipped_lines,
-)
+from jobs.cli.progress import ProgressView, exit_status, finished, needs_action, with_skipped_lines
 from jobs.cli.simulated import start_simulator
 from jobs.cli.taking import take_in_file
-from jobs.cli.terminal import err, say, say_error
-from jobs.core.constants import EXIT_INTERRUPTED, REDIS_SPARE_SECONDS
+from jobs.cli.terminal import err, say
+from jobs.cli.working import work_batch
+from jobs.core.constants import EXIT_INTERRUPTED
 from jobs.core.db import create_engine, ensure_database, upgrade
 from jobs.core.errors import Interrupted, ServiceUnavailable, SettingsError
 from jobs.core.settings import Settings, get_settings
-from jobs.core.states import BatchStatus, PauseReason, RequestStatus
-from jobs.observation.standing import BatchSummary, batch_summary
-from jobs.operations.control import hold_for_its_run, release_batch_queue_marks, resume_batch
+from jobs.core.states import BatchStatus, RequestStatus
+from jobs.observation.standing import BatchSummary
 from jobs.operations.results import (
     ExportFormat,
     ExportReport,
@@ -46,12 +32,8 @@ from jobs.operations.results import (
     destination,
     export_to_files,
 )
-from jobs.scheduling.fleet import throttle_namespace
-from jobs.scheduling.queue import connect, drop_queue
 from jobs.services.embedded import LocalServices
-from jobs.services.service_watch import ServiceWatch
 from jobs.submission.submit import SubmitOptions
-from worker.plan import WorkerPlan
 
 __all__ = ["RunPlan", "run", "run_file"]
 
@@ -88,33 +70,18 @@ async def run_file(
         options = replace(plan.options, simulated=plan.simulator)
         # The run queues the batch in a queue of its own, once its worker is up.
         taken, summary = await take_in_file(engine, settings, plan.file, options, plan.check_models, err)
-        report = taken.report
-        batch_id = report.batch_id
-        # Requests queued elsewhere before (a `submit`) are fed again to this run's own queue.
-        await release_batch_queue_marks(engine, batch_id)
-        if (
-            report.reused
-            and summary.status == BatchStatus.PAUSED
-            and summary.pause_reason != PauseReason.BUDGET
-        ):
-            # Running the same file again is how a user says the key or the credits were fixed, or a new
-            # quota has come: if it has not, the first call parks the batch again and says so once.
-            say(err, f"{batch_id} was paused ({summary.pause_reason}); resuming it")
-            await resume_batch(engine, batch_id, None)
-        redis = await connect(settings.redis_url, settings.queue_name, patient=False)
-        stack.push_async_callback(_spare, redis.aclose())
-        namespace = throttle_namespace(settings.queue_name, plan.simulator)
-        limits = functools.partial(read_fleet, settings, redis, namespace, plan.simulator)
-        # The run works its own batch only, from a queue of its own; workers sharing this Redis may still help it
-        # through theirs, while other unfinished batches stay as they are until run or worked.
-        work = WorkerPlan(queue=f"{settings.queue_name}:run:{batch_id}", only_batch=batch_id)
-        stack.push_async_callback(_release_queue, engine, redis, work, batch_id)
-        watch_services = ServiceWatch(engine, settings.redis_url, services, settings.service_lost_seconds)
-        ended = await _work(settings, plan, engine, work, limits, err, watch_services, summary)
-        if ended.interrupted or ended.lost is not None:
-            # What is left waits for this run: a server's or a fleet's worker does not take it up meanwhile.
-            with contextlib.suppress(OSError, DBAPIError):
-                await hold_for_its_run(engine, batch_id)
+        batch_id = taken.batch_id
+        ended = await work_batch(
+            settings,
+            engine,
+            summary,
+            reused=taken.report.reused,
+            simulated=plan.simulator,
+            concurrency=plan.concurrency,
+            view=ProgressView(err, batch_id),
+            err=err,
+            services=services,
+        )
         try:
             exported = await export_to_files(engine, batch_id, plan.output, plan.errors, plan.fmt)
         except (OSError, DBAPIError) as exc:
@@ -139,112 +106,6 @@ async def run_file(
         )
         return EXIT_INTERRUPTED
     return with_skipped_lines(exit_status(summary), summary, err)
-
-
-async def _spare(step: Awaitable[object]) -> None:
-    """A Redis step at the end of a run, which need not wait on a Redis that no longer answers."""
-    with contextlib.suppress(Exception):
-        async with asyncio.timeout(REDIS_SPARE_SECONDS):
-            await step
-
-
-async def _release_queue(engine: AsyncEngine, redis: ArqRedis, work: WorkerPlan, batch_id: str) -> None:
-    """The run's own queue goes with it: its jobs are dropped and their requests marked unqueued, for others."""
-    await _spare(drop_queue(redis, work.queue))
-    with contextlib.suppress(OSError, DBAPIError):
-        await release_batch_queue_marks(engine, batch_id)
-
-
-@dataclass(slots=True, frozen=True)
-class _Ended:
-    """How the run's work ended: the last summary, whether a stop was asked for, which service was lost."""
-
-    summary: BatchSummary
-    interrupted: bool
-    lost: str | None = None
-
-
-async def _latest(engine: AsyncEngine, batch_id: str, fallback: BatchSummary) -> BatchSummary:
-    """The batch's summary now, or the last one read when Postgres cannot say."""
-    try:
-        async with engine.connect() as conn:
-            return await batch_summary(conn, batch_id)
-    except (OSError, DBAPIError):
-        return fallback
-
-
-async def _work(
-    settings: Settings,
-    plan: RunPlan,
-    engine: AsyncEngine,
-    work: WorkerPlan,
-    limits: Callable[[], Awaitable[FleetReading]],
-    err: Console,
-    services: ServiceWatch,
-    first: BatchSummary,
-) -> _Ended:
-    """Run an arq worker in this process while showing progress, until the batch is done, Ctrl-C, or a
-    service is lost.
-
-    The first Ctrl-C (or SIGTERM) stops new calls and lets those in flight end, so they are paid once and
-    recorded; a second stops at once, giving them back. A lost service stops the run as a first Ctrl-C does.
-    """
-    from worker.runner import build_worker, dump_tasks
-    from worker.shutdown import GracefulStop, close_worker
-
-    batch_id = work.only_batch
-    assert batch_id is not None
-    worker = build_worker(settings, plan.concurrency, work)
-    stop = GracefulStop(worker, settings.shutdown_grace)
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.request)
-    # The README's advice for a run that seems stuck: it says where each task waits, and the run goes on.
-    loop.add_signal_handler(signal.SIGUSR2, dump_tasks)
-    main = asyncio.create_task(worker.async_run())
-    lost_task = asyncio.create_task(services.lost())
-    lost: str | None = None
-    try:
-        with ProgressView(err, batch_id) as view:
-            watcher = asyncio.create_task(watch(engine, batch_id, limits, view, stop.requested, patient=True))
-            done, _ = await asyncio.wait({main, watcher, lost_task}, return_when=asyncio.FIRST_COMPLETED)
-            if lost_task in done:
-                lost = lost_task.result()
-                stop.request()
-                if services.nothing_can_be_recorded():
-                    # Nothing can be recorded any more, and a dead embedded Postgres does not come back by
-                    # itself: waiting for the calls in flight would only delay the error.
-                    stop.request()
-                watcher.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await watcher
-                summary = view.last_summary or first
-            elif main in done and watcher not in done:
-                watcher.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await watcher
-                main.result()  # the worker's own error: Redis, Postgres or the key at its start
-                raise RuntimeError("the in-process worker stopped before the batch was done")
-            else:
-                summary = watcher.result()
-        if lost is not None:
-            say_error(err, f"{lost}; stopping: calls in flight finish and are recorded first")
-        if stop.requested.is_set():
-            in_flight = sum(not t.done() for t in worker.tasks.values())
-            if in_flight and lost is None:
-                say(err, f"stopping: {in_flight} calls in flight finish first (Ctrl-C again to stop now)")
-            await stop.drain()
-        summary = await _latest(engine, batch_id, summary)
-        return _Ended(summary, stop.requested.is_set() and lost is None, lost)
-    finally:
-        lost_task.cancel()
-        main.cancel()
-        for task in (lost_task, main):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        await close_worker(worker)
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2):
-            loop.remove_signal_handler(sig)
 
 
 def _report(summary: BatchSummary, exported: ExportReport, plan: RunPlan, err: Console) -> None:

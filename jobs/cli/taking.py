@@ -10,14 +10,29 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from jobs.cli.options import UsageError
 from jobs.cli.terminal import say, say_warning
 from jobs.core.settings import Settings
-from jobs.formats.reader import FileSource
+from jobs.formats.reader import FileSource, Source
+from jobs.formats.record_spool import SpooledRecords, spool_records
+from jobs.formats.tables import read_records, table_format
 from jobs.observation.standing import BatchSummary, batch_summary
 from jobs.submission.intake import FirstWindow, Intake, ModelRefused, Setback, take_in
 from jobs.submission.submit import ProgressFn, SubmitError, SubmitOptions
 
 __all__ = ["take_in_file"]
+
+
+def _source(file: Path, settings: Settings, options: SubmitOptions) -> Source:
+    """The file as the intake reads it: JSONL as it is; a .csv or .parquet table's rows as JSON records."""
+    kind = table_format(file)
+    if kind not in ("csv", "parquet"):
+        return FileSource.open(file)
+    if options.template is None:
+        raise UsageError(
+            f"{file} is a table of records ({kind}): give --template (and --models) to make each row's prompt"
+        )
+    return spool_records(read_records(file), settings.data_dir / "spool", file.name, str(file))
 
 
 async def take_in_file(
@@ -46,6 +61,8 @@ async def take_in_file(
                 "its requests are queued as soon as a worker can reach it",
             )
 
+    source = _source(file, settings, options)
+
     @contextlib.contextmanager
     def storing() -> Iterator[ProgressFn]:
         if not err.is_terminal:
@@ -61,14 +78,15 @@ async def take_in_file(
             disable=not err.is_terminal,
         ) as progress:
             # One stat call; the file itself is read in blocking chunks by the intake, as COPY needs them.
-            task = progress.add_task("submit", total=file.stat().st_size)
+            read = source.path if isinstance(source, SpooledRecords) else file
+            task = progress.add_task("submit", total=read.stat().st_size)
             yield lambda pos: progress.update(task, completed=pos)
 
     try:
         taken = await take_in(
             engine,
             settings,
-            FileSource.open(file),
+            source,
             options,
             check_models=check_models,
             storing=storing,
@@ -77,6 +95,9 @@ async def take_in_file(
         )
     except ModelRefused as exc:
         raise SubmitError(str(file), [], 0, reason=f"--models: {exc.problem}") from None
+    finally:
+        if isinstance(source, SpooledRecords):
+            source.close()
     report = taken.report
     async with engine.connect() as conn:
         summary = await batch_summary(conn, report.batch_id)

@@ -46,13 +46,15 @@ _REQUEUE = sql(
 _STATUS = sql("SELECT status FROM batch WHERE id = :b")
 
 # A run's own queue is gone: its requests still marked queued are fed again by whoever works the batch next.
+# A new job id (`feeds` + 1): the job a `submit` left in the fleet's queue keeps its id in Redis, and arq refuses
+# a second job of the same id, so a run's own queue would never get the request.
 _RELEASE_QUEUE_MARKS = sql(
     """
     WITH target AS (
         SELECT id FROM request WHERE batch_id = :batch_id AND status = {R.PENDING} AND enqueued_at IS NOT NULL
         ORDER BY id FOR UPDATE
     )
-    UPDATE request r SET enqueued_at = NULL FROM target WHERE r.id = target.id
+    UPDATE request r SET enqueued_at = NULL, feeds = r.feeds + 1 FROM target WHERE r.id = target.id
     """
 )
 

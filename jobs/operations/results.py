@@ -17,14 +17,18 @@ from jobs.core.errors import BadInput
 from jobs.core.sql import states
 from jobs.core.states import RequestStatus
 from jobs.formats.output_lines import error_line, merge_answer, result_line
+from jobs.formats.tables import table_format, write_records
 
 __all__ = [
     "STDOUT",
+    "AnswerRow",
     "ExportFormat",
     "ExportReport",
     "Unfinished",
+    "answer_rows",
     "check_destinations",
     "destination",
+    "export_in_order",
     "export_results",
     "export_to_files",
     "open_output",
@@ -98,6 +102,59 @@ async def _rows(engine: AsyncEngine, sql: str, *args: Any) -> AsyncGenerator[Any
                 yield row
 
 
+@dataclass(slots=True, frozen=True)
+class AnswerRow:
+    """One request of a batch as a table's row gets it: where it was, its answer, or why it has none."""
+
+    line_no: int
+    status: str
+    # The reply's text; for a structured request, the JSON text of its answer.
+    content: str | None
+    structured: bool
+    # `code: message` for a failed request; for one not finished, what it is waiting for.
+    error: str | None
+    # The record the request was made from (its custom_id alone for a chat request), when asked for.
+    record: dict[str, Any] | None = None
+
+
+_ANSWER_COLUMNS = (
+    "r.line_no, res.body->'choices'->0->'message'->>'content' AS content,"
+    " coalesce(r.body->'response_format'->>'type' = 'json_schema', false) AS structured"
+)
+_ANSWER_ROWS = _query(_ANSWER_COLUMNS + ", NULL AS record", "true").replace(
+    "ORDER BY r.id", "ORDER BY r.line_no"
+)
+_ANSWER_ROWS_WITH_RECORDS = _query(_ANSWER_COLUMNS + ", r.record::text AS record", "true").replace(
+    "ORDER BY r.id", "ORDER BY r.line_no"
+)
+
+
+async def answer_rows(
+    engine: AsyncEngine, batch_id: str, with_records: bool = False
+) -> AsyncGenerator[list[AnswerRow]]:
+    """Every request of the batch in line order, a few thousand at a time, from one snapshot."""
+    chunk: list[AnswerRow] = []
+    query = _ANSWER_ROWS_WITH_RECORDS if with_records else _ANSWER_ROWS
+    async with contextlib.aclosing(_rows(engine, query, batch_id)) as rows:
+        async for row in rows:
+            status = row["status"]
+            error = None
+            if status == RequestStatus.FAILED:
+                code, message = _error_of(row)
+                error = f"{code}: {message}"
+            elif status != RequestStatus.COMPLETED:
+                error = f"not_finished: the request is {status}"
+            record = None
+            if with_records:
+                record = orjson.loads(row["record"]) if row["record"] else {"custom_id": row["custom_id"]}
+            chunk.append(AnswerRow(row["line_no"], status, row["content"], row["structured"], error, record))
+            if len(chunk) >= _EXPORT_CHUNK:
+                yield chunk
+                chunk = []
+    if chunk:
+        yield chunk
+
+
 def _error_of(row: Any) -> tuple[str, str]:
     return (
         row["error_code"] or "request_failed",
@@ -128,6 +185,25 @@ async def export_results(
             if len(ok) + len(bad) >= _EXPORT_CHUNK:
                 _flush(ok, bad, out, errors, report)
     _flush(ok, bad, out, errors, report)
+    return report
+
+
+async def export_in_order(engine: AsyncEngine, batch_id: str, out: IO[bytes]) -> ExportReport:
+    """Every request of the batch as OpenAI Batch lines in line order, output and error lines together."""
+    report = ExportReport()
+    lines: list[bytes] = []
+    unfinished = Unfinished("not_finished", "the request did not finish")
+    async with contextlib.aclosing(_rows(engine, _query(_BATCH_COLUMNS, "true"), batch_id)) as rows:
+        async for row in rows:
+            _add_row(row, "batch", lines, lines, unfinished)
+            if row["status"] == RequestStatus.COMPLETED:
+                report.completed += 1
+            else:
+                report.failed += 1
+            if len(lines) >= _EXPORT_CHUNK:
+                _write_all(out, b"".join(lines))
+                lines.clear()
+    _write_all(out, b"".join(lines))
     return report
 
 
@@ -221,16 +297,74 @@ def _write_all(f: IO[bytes], data: bytes) -> None:
         view = view[written:]
 
 
+def _table_of(path: Path | None) -> str | None:
+    """`csv` or `parquet` for a record table named by its suffix; None for JSONL and stdout."""
+    if path is None or path == STDOUT:
+        return None
+    kind = table_format(path)
+    return kind if kind in ("csv", "parquet") else None
+
+
+async def _record_chunks(
+    engine: AsyncEngine, batch_id: str, which: str
+) -> AsyncGenerator[list[dict[str, Any]]]:
+    """The batch's completed (or failed) requests as records with their answers (or errors), in line order."""
+    ok: list[bytes] = []
+    bad: list[bytes] = []
+    out = ok if which == "output" else bad
+    async with contextlib.aclosing(_rows(engine, _query(_RECORD_COLUMNS, _WHERE[which]), batch_id)) as rows:
+        async for row in rows:
+            _add_row(row, "records", ok, bad)
+            if len(out) >= _EXPORT_CHUNK:
+                yield [orjson.loads(line) for line in out]
+                out.clear()
+    if out:
+        yield [orjson.loads(line) for line in out]
+
+
 async def export_to_files(
     engine: AsyncEngine, batch_id: str, output: Path, errors: Path | None, fmt: ExportFormat = "batch"
 ) -> ExportReport:
-    """export_results into OUTPUT (and ERRORS, if given), creating their folders; `-` is stdout."""
+    """export_results into OUTPUT (and ERRORS, if given), creating their folders; `-` is stdout.
+
+    With `records`, a path ending in .csv or .parquet gets a table of that format (each file by its own suffix).
+    """
     check_destinations(output, errors)
+    tables = (_table_of(output), _table_of(errors))
+    if any(tables):
+        if fmt != "records":
+            raise BadInput(
+                "a .csv or .parquet output holds records: add --format records (OpenAI Batch lines are JSONL)",
+                param="format",
+            )
+        return await _export_tables(engine, batch_id, output, errors)
     with _sink(output) as out_f:
         if errors is None:
             return await export_results(engine, batch_id, out_f, None, fmt)
         with _sink(errors) as err_f:
             return await export_results(engine, batch_id, out_f, err_f, fmt)
+
+
+async def _export_tables(
+    engine: AsyncEngine, batch_id: str, output: Path, errors: Path | None
+) -> ExportReport:
+    """Records with their answers to OUTPUT and failures to ERRORS, each in the format its suffix names."""
+    report = ExportReport()
+    report.completed = await _write_table(engine, batch_id, output, "output")
+    if errors is not None:
+        report.failed = await _write_table(engine, batch_id, errors, "errors")
+    return report
+
+
+async def _write_table(engine: AsyncEngine, batch_id: str, path: Path, which: str) -> int:
+    if path == STDOUT:
+        count = 0
+        async for chunk in _record_chunks(engine, batch_id, which):
+            _write_all(sys.stdout.buffer, b"".join(orjson.dumps(r) + b"\n" for r in chunk))
+            count += len(chunk)
+        sys.stdout.buffer.flush()
+        return count
+    return await write_records(path, lambda: _record_chunks(engine, batch_id, which))
 
 
 @contextlib.contextmanager

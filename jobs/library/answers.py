@@ -1,0 +1,86 @@
+"""A batch's answers as the columns a user's table gets: one per schema field (else `answer`), and `error`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from jobs.formats.output_lines import ANSWER_FIELD
+from jobs.formats.prompt_template import parse_answer
+from jobs.library.schemas import ColumnType, column_types
+from jobs.operations.results import AnswerRow
+
+__all__ = ["ERROR_FIELD", "AnswerColumns"]
+
+# Where a row's failure is said; empty for the rows that were answered.
+ERROR_FIELD = "error"
+# An answer field named like one of the user's own columns gets this suffix, so the user's column (a gold
+# label, say) is never overwritten by the model's.
+CLASH_SUFFIX = "_answer"
+
+
+@dataclass(slots=True)
+class AnswerColumns:
+    """How answers become columns next to the user's: names (clashes renamed), types, values per row."""
+
+    names: dict[str, str]
+    types: dict[str, ColumnType]
+    structured: bool
+    error_name: str = ERROR_FIELD
+    values: dict[str, list[Any]] = field(default_factory=dict)
+
+    @classmethod
+    def plan(cls, schema: dict[str, Any] | None, existing: Iterable[str]) -> AnswerColumns:
+        """The columns for answers to `schema` (None: plain text) beside the columns `existing`."""
+        taken = set(existing)
+        fields = column_types(schema)
+        structured = schema is not None
+        if fields is None:
+            fields = {ANSWER_FIELD: "str" if schema is None else "any"}
+        names = {name: name + CLASH_SUFFIX if name in taken else name for name in fields}
+        types = {names[name]: kind for name, kind in fields.items()}
+        error_name = (
+            ERROR_FIELD + CLASH_SUFFIX
+            if ERROR_FIELD in taken or ERROR_FIELD in names.values()
+            else ERROR_FIELD
+        )
+        types[error_name] = "str"
+        columns = cls(names, types, structured, error_name)
+        columns.values = {name: [] for name in [*names.values(), error_name]}
+        return columns
+
+    @property
+    def order(self) -> list[str]:
+        """The added columns in order: the answer's, then the error."""
+        return [*self.names.values(), self.error_name]
+
+    def fields_of(self, row: AnswerRow) -> dict[str, Any]:
+        """The added fields of one row: the answer's fields (None where it has none) and its error."""
+        out: dict[str, Any] = dict.fromkeys(self.names.values())
+        out[self.error_name] = row.error
+        if row.content is None or row.error is not None:
+            return out
+        if not self.structured:
+            out[self.names[ANSWER_FIELD]] = row.content
+            return out
+        try:
+            value = parse_answer(row.content)
+        except orjson.JSONDecodeError:
+            value = row.content
+        if isinstance(value, dict) and ANSWER_FIELD not in self.names:
+            for name, column in self.names.items():
+                out[column] = value.get(name)
+        elif ANSWER_FIELD in self.names:
+            out[self.names[ANSWER_FIELD]] = value
+        else:
+            out[self.error_name] = f"invalid_answer: the answer is not a JSON object: {row.content[:200]}"
+        return out
+
+    def add(self, rows: Iterable[AnswerRow]) -> None:
+        """Append the rows' fields to the column values held."""
+        for row in rows:
+            for name, value in self.fields_of(row).items():
+                self.values[name].append(value)

@@ -1,0 +1,268 @@
+"""The Python front: each kind of table in, the same kind out, rows in order, answers and errors beside them."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import gc
+import gzip
+import threading
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+import datasets
+import orjson
+import pandas as pd
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from pydantic import BaseModel
+
+import orbatch
+from jobs.core.settings import get_settings
+from tests.support import Simulator
+
+MODEL = "meta-llama/llama-3.3-70b-instruct:free"
+TEMPLATE = "Label this review: {text}"
+
+pytestmark = [
+    pytest.mark.xdist_group("front"),
+    # arq's worker, closed in this long-lived process, can leave a Redis socket whose connect or heartbeat was
+    # cancelled for the garbage collector to close (a process that exits, as `orbatch run`, never shows it).
+    # Known and left for now: the sockets are closed when collected, nothing else is held.
+    pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
+    pytest.mark.filterwarnings("ignore::ResourceWarning"),
+]
+
+
+class Label(BaseModel):
+    sentiment: Literal["positive", "negative", "neutral"]
+    stars: int
+
+
+def rows(n: int = 12) -> list[dict[str, Any]]:
+    # Row 4 asks for something the simulator refuses: its row carries the error, the others their answers.
+    return [
+        {
+            "id": i,
+            "text": "broken review" if i == 4 else f"review {i}",
+            "score": None if i % 3 == 0 else i / 2,
+        }
+        for i in range(n)
+    ]
+
+
+@pytest.fixture
+async def front(
+    env: dict[str, str], simulator: Simulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[None]:
+    """The process's environment as a user would set it before `import orbatch`, and a fresh session."""
+    await simulator.configure(rules=[{"match": "broken", "kind": "status", "status": 400, "message": "bad"}])
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("ORBATCH_DATA_DIR", str(tmp_path / "data"))
+    get_settings.cache_clear()
+    yield
+    await asyncio.to_thread(orbatch.close)
+    get_settings.cache_clear()
+    # What the closed worker left for the collector is collected here, not in a later test (see pytestmark).
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        gc.collect()
+
+
+def call(**extra: Any) -> dict[str, Any]:
+    return {"template": TEMPLATE, "models": MODEL, "progress": False, **extra}
+
+
+def test_the_public_names_are_pinned() -> None:
+    assert orbatch.__all__ == [
+        "BadInput",
+        "Batch",
+        "BatchSummary",
+        "NeedsPerson",
+        "OrbatchError",
+        "ServiceUnavailable",
+        "arun",
+        "asubmit",
+        "batch",
+        "close",
+        "run",
+        "submit",
+    ]
+
+
+async def test_a_list_of_dicts_comes_back_in_order_with_answers_and_the_failed_row_says_why(
+    front: None,
+) -> None:
+    out = await asyncio.to_thread(functools.partial(orbatch.run, rows(), schema=Label, **call()))
+    assert [r["id"] for r in out] == list(range(12))
+    assert all(
+        r["error"] is None and r["sentiment"] in {"positive", "negative", "neutral"}
+        for r in out
+        if r["id"] != 4
+    )
+    assert isinstance(out[0]["stars"], int)
+    assert out[0]["score"] is None
+    failed = out[4]
+    assert failed["sentiment"] is None
+    assert "400" in failed["error"]
+
+
+async def test_a_pandas_frame_keeps_its_dtypes_and_gets_typed_answer_columns(front: None) -> None:
+    frame = pd.DataFrame(rows())
+    out = await asyncio.to_thread(functools.partial(orbatch.run, frame, schema=Label, **call()))
+    assert isinstance(out, pd.DataFrame)
+    assert list(out.columns) == ["id", "text", "score", "sentiment", "stars", "error"]
+    assert out["id"].tolist() == list(range(12))
+    assert out["id"].dtype == frame["id"].dtype
+    assert str(out["stars"].dtype) == "Int64"
+    assert pd.isna(out.loc[4, "stars"])
+    assert out["error"].isna().sum() == 11
+
+
+async def test_a_polars_frame_an_arrow_table_and_a_dataset_come_back_as_themselves(front: None) -> None:
+    data = rows()
+    polars = await asyncio.to_thread(functools.partial(orbatch.run, pl.DataFrame(data), **call()))
+    assert isinstance(polars, pl.DataFrame)
+    assert polars["id"].to_list() == list(range(12))
+    assert polars.schema["answer"] == pl.String
+    assert polars["answer"][1].startswith("echo:")
+    arrow = await asyncio.to_thread(
+        functools.partial(orbatch.run, pa.Table.from_pylist(data), schema=Label, **call())
+    )
+    assert isinstance(arrow, pa.Table)
+    assert arrow.schema.field("stars").type == pa.int64()
+    assert arrow.column("error").null_count == 11
+    dataset = await asyncio.to_thread(
+        functools.partial(orbatch.run, datasets.Dataset.from_list(data), **call())
+    )
+    assert isinstance(dataset, datasets.Dataset)
+    assert dataset["id"] == list(range(12))
+    assert dataset[4]["answer"] is None
+    assert "400" in dataset[4]["error"]
+
+
+async def test_paths_of_each_format_give_back_a_results_file_of_the_same_format(
+    front: None, tmp_path: Path
+) -> None:
+    data = rows()
+    jsonl = tmp_path / "reviews.jsonl.gz"
+    jsonl.write_bytes(gzip.compress(b"".join(orjson.dumps(r) + b"\n" for r in data)))
+    csv = tmp_path / "reviews.csv"
+    pd.DataFrame(data).to_csv(csv, index=False)
+    parquet = tmp_path / "reviews.parquet"
+    pq.write_table(pa.Table.from_pylist(data), parquet)
+    for path, expected in (
+        (jsonl, "reviews.results.jsonl"),
+        (csv, "reviews.results.csv"),
+        (parquet, "reviews.results.parquet"),
+    ):
+        out = await asyncio.to_thread(functools.partial(orbatch.run, path, **call()))
+        assert out == tmp_path / expected
+    back = pq.read_table(tmp_path / "reviews.results.parquet").to_pylist()
+    assert [r["id"] for r in back] == list(range(12))
+    assert back[0]["score"] is None
+    assert back[1]["score"] == 0.5
+    assert back[4]["answer"] is None
+    assert "400" in back[4]["error"]
+    lines = [orjson.loads(line) for line in (tmp_path / "reviews.results.jsonl").read_bytes().splitlines()]
+    assert [r["id"] for r in lines] == list(range(12))
+
+
+async def test_chat_request_rows_run_without_a_template(front: None) -> None:
+    requests = [
+        {"custom_id": f"q{i}", "messages": [{"role": "user", "content": f"hi {i}"}]} for i in range(3)
+    ]
+    out = await asyncio.to_thread(functools.partial(orbatch.run, requests, models=MODEL, progress=False))
+    assert [r["answer"] for r in out] == [f"echo: hi {i}" for i in range(3)]
+
+
+async def test_a_pydantic_schema_is_sent_strict_and_answers_come_back_as_instances(
+    front: None, simulator: Simulator
+) -> None:
+    handle = await asyncio.to_thread(functools.partial(orbatch.submit, rows(3), schema=Label, **call()))
+    await asyncio.to_thread(handle.wait, progress=False)
+    answers = await asyncio.to_thread(handle.answers)
+    assert all(isinstance(a, Label) for a in answers)
+    sent = (await simulator.calls())[0]["body"]["response_format"]["json_schema"]
+    assert sent["name"] == "Label"
+    assert sent["strict"] is True
+    assert sent["schema"]["additionalProperties"] is False
+    assert sent["schema"]["required"] == [
+        "sentiment",
+        "stars",
+    ]
+
+
+async def test_run_works_from_inside_a_running_event_loop_and_its_async_twin_too(front: None) -> None:
+    # A notebook's kernel runs an event loop: the blocking call must not refuse to run under it.
+    asyncio.get_running_loop()
+    blocking = orbatch.run(rows(3), **call())
+    awaited = await orbatch.arun(rows(3), **call())
+    assert [r["answer"] for r in blocking] == [r["answer"] for r in awaited]
+    handle = await orbatch.asubmit(rows(5), **call(name="async-twin"))
+    assert orbatch.batch("async-twin").id == handle.id
+
+
+async def test_run_works_from_a_thread(front: None) -> None:
+    results: list[Any] = []
+    thread = threading.Thread(target=lambda: results.append(orbatch.run(rows(4), **call())))
+    thread.start()
+    await asyncio.to_thread(thread.join, 120)
+    assert [r["id"] for r in results[0]] == [0, 1, 2, 3]
+
+
+async def test_the_same_data_again_is_the_same_batch_and_nothing_is_called_twice(
+    front: None, simulator: Simulator
+) -> None:
+    first = await asyncio.to_thread(functools.partial(orbatch.submit, pd.DataFrame(rows()), **call()))
+    await asyncio.to_thread(first.wait, progress=False)
+    calls = len(await simulator.calls())
+    again = await asyncio.to_thread(functools.partial(orbatch.run, pd.DataFrame(rows()), **call()))
+    assert len(await simulator.calls()) == calls
+    assert (await asyncio.to_thread(orbatch.batch, first.id)).id == first.id
+    assert again["answer"].tolist()[:2] == [
+        "echo: Label this review: review 0",
+        "echo: Label this review: review 1",
+    ]
+    status = await asyncio.to_thread(first.status)
+    assert (status.counts["completed"], status.counts["failed"]) == (11, 1)
+    usage = await asyncio.to_thread(first.usage)
+    assert usage["total"]["requests"] >= 11
+
+
+async def test_a_submitted_batch_is_read_again_by_name_as_records_or_as_a_table(front: None) -> None:
+    handle = await asyncio.to_thread(
+        functools.partial(orbatch.submit, rows(4), schema=Label, **call(name="reviews"))
+    )
+    await asyncio.to_thread(handle.wait, progress=False)
+    again = await asyncio.to_thread(orbatch.batch, "reviews")
+    records = await asyncio.to_thread(again.results)
+    assert [r["id"] for r in records] == [0, 1, 2, 3]
+    assert set(records[0]) >= {"sentiment", "stars", "error"}
+    frame = await asyncio.to_thread(again.results, pd.DataFrame(rows(4)))
+    assert isinstance(frame, pd.DataFrame)
+    assert frame["sentiment"].notna().all()
+
+
+async def test_an_answer_field_named_like_a_column_never_overwrites_it(front: None) -> None:
+    data = [{"text": f"review {i}", "sentiment": "gold"} for i in range(3)]
+    out = await asyncio.to_thread(functools.partial(orbatch.run, data, schema=Label, **call()))
+    assert all(r["sentiment"] == "gold" and r["sentiment_answer"] for r in out)
+
+
+async def test_bad_input_is_said_before_anything_is_stored(front: None) -> None:
+    with pytest.raises(orbatch.BadInput, match="give template="):
+        await asyncio.to_thread(functools.partial(orbatch.run, rows(), models=MODEL, progress=False))
+    with pytest.raises(orbatch.BadInput, match="row 2 is str"):
+        await asyncio.to_thread(functools.partial(orbatch.run, [{"text": "a"}, "b"], **call()))
+    with pytest.raises(orbatch.BadInput, match=r"cannot take a builtins\.int"):
+        await asyncio.to_thread(functools.partial(orbatch.run, 5, **call()))
+    with pytest.raises(orbatch.BadInput, match="record has no field 'text'"):
+        await asyncio.to_thread(functools.partial(orbatch.run, [{"body": "no text"}], **call()))
+    with pytest.raises(TypeError, match="unexpected keyword argument 'max_atempts'"):
+        await asyncio.to_thread(functools.partial(orbatch.run, rows(), max_atempts=3, **call()))
