@@ -52,6 +52,24 @@ def scratch_database() -> Iterator[str]:
         asyncio.run(drop_database(url))
 
 
+def fake_results(url: str, batch_id: str) -> None:
+    """Give every request of the batch an attempt and a result, in SQL, as a finished run would."""
+    sql = f"""
+    INSERT INTO attempt (request_id, batch_id, number, models_sent, outcome, model, generation_id, http_status)
+    SELECT id, batch_id, 1, '{{sim/echo}}', 'success', 'sim/echo', 'gen-' || id, 200 FROM request WHERE batch_id = '{batch_id}';
+    INSERT INTO result (request_id, attempt_id, body, content, finish_reason, model)
+    SELECT a.request_id, a.id,
+           jsonb_build_object('id', a.generation_id, 'model', 'sim/echo', 'object', 'chat.completion',
+               'choices', jsonb_build_array(jsonb_build_object('index', 0, 'finish_reason', 'stop',
+                   'message', jsonb_build_object('role', 'assistant', 'content', 'positive'))),
+               'usage', jsonb_build_object('prompt_tokens', 30, 'completion_tokens', 1, 'cost', 0.000031)),
+           'positive', 'stop', 'sim/echo'
+    FROM attempt a WHERE a.batch_id = '{batch_id}';
+    UPDATE request SET status = 'completed' WHERE batch_id = '{batch_id}';
+    """  # noqa: S608 - built from this module's constants; values are bound parameters
+    subprocess.run(["psql", "-q", url, "-c", sql], check=True, capture_output=True)  # noqa: S603 - argv built here, no shell
+
+
 class Simulator:
     """The OpenRouter simulator as a subprocess."""
 

@@ -200,8 +200,13 @@ class Lines:
 def start_command(env: Mapping[str, str], *args: str) -> tuple[subprocess.Popen[str], Lines]:
     """`orbatch ARGS` as a terminal's job: a process group of its own (signal it with `os.killpg`), its stderr
     read line by line."""
+    return start_job(env, "-m", "jobs", *args)
+
+
+def start_job(env: Mapping[str, str], *args: str) -> tuple[subprocess.Popen[str], Lines]:
+    """`python ARGS` as a terminal's job, as `start_command` starts orbatch."""
     process = subprocess.Popen(  # noqa: S603 - argv built here
-        [sys.executable, "-m", "jobs", *args],
+        [sys.executable, *args],
         env=dict(env),
         cwd=ROOT,
         stdin=subprocess.DEVNULL,

@@ -105,6 +105,9 @@ class Batch(Base):
     options: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
     # For a batch of plain records (`--template`): the template, system text and JSON schema it was built with.
     template: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    # The records' fields in the order the input first gave them (revision 0011): `jsonb` keeps keys in an order
+    # of its own, and a table written back keeps the user's column order from this.
+    record_fields: Mapped[list[str] | None] = mapped_column(ARRAY(Text))
     # A user's own labels for the batch (`--metadata k=v`, the API's `metadata`).
     metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSONB)
     # Called the local simulator, not OpenRouter: its calls never count against a real account's quota.

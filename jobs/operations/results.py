@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import IO, Any, Literal
 
 import orjson
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from jobs.core.errors import BadInput
@@ -135,6 +136,7 @@ async def answer_rows(
     """Every request of the batch in line order, a few thousand at a time, from one snapshot."""
     chunk: list[AnswerRow] = []
     query = _ANSWER_ROWS_WITH_RECORDS if with_records else _ANSWER_ROWS
+    fields = await _record_fields(engine, batch_id) if with_records else None
     async with contextlib.aclosing(_rows(engine, query, batch_id)) as rows:
         async for row in rows:
             status = row["status"]
@@ -146,13 +148,37 @@ async def answer_rows(
                 error = f"not_finished: the request is {status}"
             record = None
             if with_records:
-                record = orjson.loads(row["record"]) if row["record"] else {"custom_id": row["custom_id"]}
+                record = (
+                    _in_order(orjson.loads(row["record"]), fields)
+                    if row["record"]
+                    else {"custom_id": row["custom_id"]}
+                )
             chunk.append(AnswerRow(row["line_no"], status, row["content"], row["structured"], error, record))
             if len(chunk) >= _EXPORT_CHUNK:
                 yield chunk
                 chunk = []
     if chunk:
         yield chunk
+
+
+async def _record_fields(engine: AsyncEngine, batch_id: str) -> list[str] | None:
+    """The batch's record fields in their input order (revision 0011); None when it kept none."""
+    async with engine.connect() as conn:
+        fields = (await conn.execute(_FIELDS, {"id": batch_id})).scalar()
+    return list(fields) if fields else None
+
+
+_FIELDS = text("SELECT record_fields FROM batch WHERE id = :id")
+
+
+def _in_order(record: dict[str, Any], fields: list[str] | None) -> dict[str, Any]:
+    """The record with its fields in the input's order (`jsonb` kept them in its own); others after."""
+    if not fields:
+        return record
+    ordered = {key: record[key] for key in fields if key in record}
+    if len(ordered) != len(record):
+        ordered.update(record)
+    return ordered
 
 
 def _error_of(row: Any) -> tuple[str, str]:
@@ -179,9 +205,10 @@ async def export_results(
     bad: list[bytes] = []
     columns = _BATCH_COLUMNS if fmt == "batch" else _RECORD_COLUMNS
     query = _query(columns, _WHERE["both"])
+    fields = await _record_fields(engine, batch_id) if fmt == "records" else None
     async with contextlib.aclosing(_rows(engine, query, batch_id)) as rows:
         async for row in rows:
-            _add_row(row, fmt, ok, bad)
+            _add_row(row, fmt, ok, bad, fields=fields)
             if len(ok) + len(bad) >= _EXPORT_CHUNK:
                 _flush(ok, bad, out, errors, report)
     _flush(ok, bad, out, errors, report)
@@ -230,7 +257,12 @@ async def stream_file(
 
 
 def _add_row(
-    row: Any, fmt: ExportFormat, ok: list[bytes], bad: list[bytes], unfinished: Unfinished | None = None
+    row: Any,
+    fmt: ExportFormat,
+    ok: list[bytes],
+    bad: list[bytes],
+    unfinished: Unfinished | None = None,
+    fields: list[str] | None = None,
 ) -> None:
     completed = row["status"] == RequestStatus.COMPLETED
     if unfinished is not None and row["status"] not in (RequestStatus.COMPLETED, RequestStatus.FAILED):
@@ -249,7 +281,11 @@ def _add_row(
             line = error_line(row["custom_id"], row["id"], code, message, status_code=row["last_status"])
             bad.append(orjson.dumps(line) + b"\n")
     else:
-        record = orjson.loads(row["record"]) if row["record"] else {"custom_id": row["custom_id"]}
+        record = (
+            _in_order(orjson.loads(row["record"]), fields)
+            if row["record"]
+            else {"custom_id": row["custom_id"]}
+        )
         if completed:
             ok.append(orjson.dumps(merge_answer(record, row["content"], row["structured"])) + b"\n")
         else:
@@ -312,9 +348,10 @@ async def _record_chunks(
     ok: list[bytes] = []
     bad: list[bytes] = []
     out = ok if which == "output" else bad
+    fields = await _record_fields(engine, batch_id)
     async with contextlib.aclosing(_rows(engine, _query(_RECORD_COLUMNS, _WHERE[which]), batch_id)) as rows:
         async for row in rows:
-            _add_row(row, "records", ok, bad)
+            _add_row(row, "records", ok, bad, fields=fields)
             if len(out) >= _EXPORT_CHUNK:
                 yield [orjson.loads(line) for line in out]
                 out.clear()

@@ -50,6 +50,9 @@ MAX_LINE_BYTES = 16 * 1024 * 1024
 # A submit of at least this many lines, and at least this share of the table's rows, refreshes its statistics.
 RESTAT_MIN_ROWS = 1000
 RESTAT_SHARE = 0.05
+# The record fields whose order a batch keeps: a table's columns, bounded so that records with ever new keys
+# cannot grow the list without end (fields past it keep jsonb's order, after these).
+MAX_RECORD_FIELDS = 4096
 # A file with a million bad lines reports the first ones and a count, not a million lines of output.
 MAX_REPORTED_LINE_ERRORS = 50
 
@@ -192,8 +195,9 @@ def _damaged(source: Source, line_no: int, errors: _LineErrors, exc: DamagedGzip
     )
 
 
-def _row(raw: bytes, line_no: int, options: SubmitOptions) -> _Row | None:
-    """The staging row of one line; None for a blank line; LineError for a bad one."""
+def _row(raw: bytes, line_no: int, options: SubmitOptions, fields: dict[str, None]) -> _Row | None:
+    """The staging row of one line; None for a blank line; LineError for a bad one. A record's fields join
+    `fields`, the ordered union of the batch's record fields."""
     template = options.template
     parsed = parse_line(raw, line_no) if template is None else parse_record(raw, line_no, template)
     if parsed is None:
@@ -215,12 +219,20 @@ def _row(raw: bytes, line_no: int, options: SubmitOptions) -> _Row | None:
         if problem:
             raise LineError(line_no, problem)
     print_ = fingerprint(parsed.models or options.models, body) if options.dedupe else None
-    record = None if parsed.record is None else orjson.dumps(parsed.record).decode()
+    record = None
+    if parsed.record is not None:
+        record = orjson.dumps(parsed.record).decode()
+        if len(fields) < MAX_RECORD_FIELDS:
+            fields.update(dict.fromkeys(parsed.record))
     return (line_no, parsed.custom_id, orjson.dumps(body).decode(), parsed.models, print_, record)
 
 
 async def _records(
-    source: Source, options: SubmitOptions, errors: _LineErrors, progress: ProgressFn | None
+    source: Source,
+    options: SubmitOptions,
+    errors: _LineErrors,
+    progress: ProgressFn | None,
+    fields: dict[str, None],
 ) -> AsyncIterator[list[_Row]]:
     """Chunks of staging rows (line, custom_id, body, models, fingerprint, record), bad lines into `errors`.
 
@@ -244,7 +256,7 @@ async def _records(
                     )
                     continue
                 try:
-                    row = _row(raw, line_no, options)
+                    row = _row(raw, line_no, options, fields)
                 except LineError as exc:
                     errors.add(exc)
                     continue
@@ -349,7 +361,8 @@ async def submit_source(
             )
         )
         raw_conn: Any = (await conn.get_raw_connection()).driver_connection
-        async for chunk in _records(source, options, errors, progress):
+        fields: dict[str, None] = {}
+        async for chunk in _records(source, options, errors, progress, fields):
             await raw_conn.copy_records_to_table(
                 "orbatch_staging",
                 records=chunk,
@@ -376,6 +389,8 @@ async def submit_source(
                 " (every line was bad)" if errors.count else ""
             )
             raise SubmitError(source.name, errors.kept, errors.count, reason=reason)
+        if fields:
+            await conn.execute(update(Batch).where(Batch.id == batch_id).values(record_fields=list(fields)))
         await lifecycle.start_batch(conn, batch_id, total, errors.count)
         if on_stored is not None:
             await on_stored(conn, batch_id)

@@ -106,7 +106,8 @@ async def test_a_trickling_upstream_costs_at_most_the_request_s_attempts(
 async def test_a_batch_cancelled_while_its_calls_fail_is_cancelled_once_they_end(
     env: dict[str, str], engine: AsyncEngine, simulator: Simulator, tmp_path: Path
 ) -> None:
-    await simulator.configure(rules=[{"match": "fail", "kind": "status", "status": 500, "delay": 1.5}])
+    # Long enough that `orbatch cancel` (a fresh process: about 2 s to start here) lands while they are in flight.
+    await simulator.configure(rules=[{"match": "fail", "kind": "status", "status": 500, "delay": 4}])
     path = write_jsonl(tmp_path / "in.jsonl", [chat_line(f"r{i}", f"fail {i}") for i in range(4)])
     batch = submit(env, path, "--models", "sim/echo")
     workers = Workers(env, tmp_path, 1, "--burst", "--concurrency", "4")
