@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import os
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -18,6 +18,7 @@ import orjson
 from pydantic import BaseModel
 from rich.console import Console
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from jobs.core.errors import BadInput, Interrupted
 from jobs.core.models import Batch as BatchRow
@@ -32,6 +33,7 @@ from jobs.library.kinds import Table, table_of
 from jobs.library.portal import StopSwitch
 from jobs.library.session import Session, session
 from jobs.library.tasks import (
+    Taken,
     read_answers,
     record_rows,
     spool_folder,
@@ -133,6 +135,22 @@ async def _acall(sess: Session, work: Callable[[StopSwitch], Coroutine[Any, Any,
         view.close()
 
 
+def _quietly(work: Callable[[StopSwitch], Coroutine[Any, Any, T]]) -> T:
+    """A short call on the portal, with no progress to show."""
+    sess = session()
+    return _call(sess, work, progress_for(False)[1])
+
+
+def _on_engine(work: Callable[[AsyncEngine], Awaitable[T]]) -> T:
+    """A short read or change on the session's database, with no progress to show."""
+
+    async def go(_switch: StopSwitch) -> T:
+        _, engine = await session().settings(False, _console(False))
+        return await work(engine)
+
+    return _quietly(go)
+
+
 class Batch:
     """A batch, for work that outlives the call that submitted it: its status, its end, its results."""
 
@@ -155,8 +173,7 @@ class Batch:
 
     def status(self) -> BatchSummary:
         """Its status now: counts by state, cost, tokens, why it is paused."""
-        sess = session()
-        return _call(sess, lambda _: summary_of(sess, self.id, _console(False)), progress_for(False)[1])
+        return _on_engine(lambda engine: summary_of(engine, self.id))
 
     def wait(self, *, progress: ProgressKind | bool = True, concurrency: int | None = None) -> Batch:
         """Work the batch in this process (other workers may help) until it ends; returns the batch.
@@ -169,7 +186,8 @@ class Batch:
         err = _console(progress)
 
         async def work(switch: StopSwitch) -> BatchSummary:
-            first = await summary_of(sess, self.id, err)
+            _, engine = await sess.settings(False, err)
+            first = await summary_of(engine, self.id)
             return await work_here(
                 sess,
                 first,
@@ -188,63 +206,52 @@ class Batch:
         """Its rows in input order with their answers: `data` (or the table submitted) with the answer's
         columns and `error` added, in its own kind; without either, a list of the stored records."""
         table = table_of(data) if data is not None else self._table
-        sess = session()
-        result = _call(sess, lambda _: self._results(sess, table), progress_for(False)[1])
+
+        async def read(engine: AsyncEngine) -> Any:
+            schema = await _json_schema(engine, self.id)
+            if table is not None:
+                columns = AnswerColumns.plan(schema, table.columns)
+                return await read_answers(engine, self.id, columns, table.rows)
+            return [row async for chunk in record_rows(engine, self.id, schema) for row in chunk]
+
+        result = _on_engine(read)
         if table is None:
             return result
         return table.with_columns(result.values, result.types)
-
-    async def _results(self, sess: Session, table: Table | None) -> Any:
-        err = _console(False)
-        schema = await self._json_schema(sess)
-        if table is not None:
-            columns = AnswerColumns.plan(schema, table.columns)
-            return await read_answers(sess, self.id, columns, table.rows, err)
-        _, engine = await sess.settings(False, err)
-        return [row async for chunk in record_rows(engine, self.id, schema) for row in chunk]
-
-    async def _json_schema(self, sess: Session) -> dict[str, Any] | None:
-        _, engine = await sess.settings(False, _console(False))
-        async with engine.connect() as conn:
-            template = (await conn.execute(select(BatchRow.template).where(BatchRow.id == self.id))).scalar()
-        schema = template.get("json_schema") if isinstance(template, dict) else None
-        return schema if isinstance(schema, dict) else None
 
     def answers(self, model: type[BaseModel] | None = None) -> list[Any]:
         """Each row's answer in input order (None where it has none): an instance of `model` (or of the
         Pydantic model submitted as the schema), else the answer's JSON value or text."""
         cls = model or (self._schema if isinstance(self._schema, type) else None)
-        sess = session()
 
-        async def read(_switch: StopSwitch) -> list[Any]:
-            _, engine = await sess.settings(False, _console(False))
-            out: list[Any] = []
-            async for chunk in answer_rows(engine, self.id):
-                for row in chunk:
-                    out.append(_answer(row.content, row.structured, row.error, cls))
-            return out
+        async def read(engine: AsyncEngine) -> list[Any]:
+            return [
+                _answer(row.content, row.structured, row.error, cls)
+                async for chunk in answer_rows(engine, self.id)
+                for row in chunk
+            ]
 
-        return _call(sess, read, progress_for(False)[1])
+        return _on_engine(read)
 
     def cancel(self) -> str:
         """Cancel it: no new call is made; what was answered stays. Returns its status."""
-        sess = session()
-
-        async def go(_switch: StopSwitch) -> str:
-            _, engine = await sess.settings(False, _console(False))
-            return await cancel_batch(engine, self.id)
-
-        return _call(sess, go, progress_for(False)[1])
+        return _on_engine(lambda engine: cancel_batch(engine, self.id))
 
     def usage(self) -> dict[str, Any]:
         """Requests, calls, tokens and cost, by the model that served, as `orbatch usage --json` prints them."""
-        sess = session()
 
-        async def go(_switch: StopSwitch) -> dict[str, Any]:
-            _, engine = await sess.settings(False, _console(False))
+        async def report(engine: AsyncEngine) -> dict[str, Any]:
             return (await usage_report(engine, self.id)).to_json()
 
-        return _call(sess, go, progress_for(False)[1])
+        return _on_engine(report)
+
+
+async def _json_schema(engine: AsyncEngine, batch_id: str) -> dict[str, Any] | None:
+    """The JSON Schema the batch's answers follow, if it asked for one."""
+    async with engine.connect() as conn:
+        template = (await conn.execute(select(BatchRow.template).where(BatchRow.id == batch_id))).scalar()
+    schema = template.get("json_schema") if isinstance(template, dict) else None
+    return schema if isinstance(schema, dict) else None
 
 
 def _answer(content: str | None, structured: bool, error: str | None, cls: type[BaseModel] | None) -> Any:
@@ -270,53 +277,76 @@ def _choices(options: dict[str, Any], **given: Any) -> tuple[Choices, dict[str, 
         raise TypeError(f"orbatch: {exc}".replace("Choices.__init__()", "")) from None
 
 
-def _submit_work(
-    sess: Session, prepared: _Prepared, choices: Choices, queue: bool, err: Console
-) -> Callable[[StopSwitch], Coroutine[Any, Any, Any]]:
-    options = choices.options(get_settings(), prepared.records)
+@dataclass(slots=True)
+class _Plan:
+    """One `run` or `submit`: the data ready to go in, the work for the portal, how its progress shows."""
 
-    async def work(switch: StopSwitch) -> Any:
-        return await take(
-            sess,
-            prepared.source,
-            options,
-            simulator=choices.simulator,
-            check_models=choices.check_models,
-            queue=queue,
-            err=err,
-            switch=switch,
-        )
+    sess: Session
+    prepared: _Prepared
+    schema: type[BaseModel] | dict[str, Any] | None
+    work: Callable[[StopSwitch], Coroutine[Any, Any, Any]]
+    view: Progress
 
-    return work
+    @classmethod
+    def make(cls, data: Any, queue: bool, given: dict[str, Any], options: dict[str, Any]) -> _Plan:
+        """The plan of a call: `queue` for a submit (its first window queued for the fleet), else a run.
 
+        Spools a table's records, so it runs in the caller's thread (a `to_thread` for the async twins).
+        """
+        choices, own = _choices(options, **given)
+        progress = own.get("progress", True)
+        box, view = progress_for(progress if not queue else False)
+        err = _console(progress)
+        sess = session()
+        prepared = _prepare(data, choices)
+        options_ = choices.options(get_settings(), prepared.records)
+        schema = choices.json_schema()
 
-def _run_work(
-    sess: Session, prepared: _Prepared, choices: Choices, own: dict[str, Any], box: Any, err: Console
-) -> Callable[[StopSwitch], Coroutine[Any, Any, Any]]:
-    submit = _submit_work(sess, prepared, choices, False, err)
-    schema = choices.json_schema()
+        async def submit(switch: StopSwitch) -> Taken:
+            return await take(
+                sess,
+                prepared.source,
+                options_,
+                simulator=choices.simulator,
+                check_models=choices.check_models,
+                queue=queue,
+                err=err,
+                switch=switch,
+            )
 
-    async def work(switch: StopSwitch) -> Any:
-        taken = await submit(switch)
-        await work_here(
-            sess,
-            taken.summary,
-            reused=taken.reused,
-            simulator=taken.simulator,
-            concurrency=own.get("concurrency"),
-            box=box,
-            switch=switch,
-            err=err,
-        )
-        if prepared.table is not None:
-            columns = AnswerColumns.plan(schema, prepared.table.columns)
-            return await read_answers(sess, taken.batch_id, columns, prepared.table.rows, err)
-        assert prepared.path is not None
-        output = _output_path(prepared.path, own.get("output"), prepared.records)
-        await write_answers(sess, taken.batch_id, output, schema, prepared.records, err)
-        return output
+        async def run(switch: StopSwitch) -> Any:
+            taken = await submit(switch)
+            await work_here(
+                sess,
+                taken.summary,
+                reused=taken.reused,
+                simulator=taken.simulator,
+                concurrency=own.get("concurrency"),
+                box=box,
+                switch=switch,
+                err=err,
+            )
+            _, engine = await sess.settings(False, err)
+            if prepared.table is not None:
+                columns = AnswerColumns.plan(schema, prepared.table.columns)
+                return await read_answers(engine, taken.batch_id, columns, prepared.table.rows)
+            assert prepared.path is not None
+            output = _output_path(prepared.path, own.get("output"), prepared.records)
+            await write_answers(engine, taken.batch_id, output, schema, prepared.records)
+            return output
 
-    return work
+        return cls(sess, prepared, choices.schema, submit if queue else run, view)
+
+    def batch(self, taken: Taken) -> Batch:
+        """The handle of what a submit stored."""
+        return Batch(taken.batch_id, simulator=taken.simulator, schema=self.schema, table=self.prepared.table)
+
+    def finish(self, result: Any) -> Any:
+        """What a run returns: the user's table with the answers' columns added, or the results' path."""
+        if self.prepared.table is None:
+            return result
+        columns: AnswerColumns = result
+        return self.prepared.table.with_columns(columns.values, columns.types)
 
 
 def run(
@@ -339,23 +369,13 @@ def run(
     skip_invalid, check_models, simulator, concurrency, progress (True, False, "notebook", "terminal",
     "plain"). The same call again finds the same batch and carries on; an interrupt stops gracefully.
     """
-    choices, own = _choices(options, template=template, system=system, schema=schema, models=models)
-    progress = own.get("progress", True)
-    prepared = _prepare(data, choices)
+    given = {"template": template, "system": system, "schema": schema, "models": models}
+    plan = _Plan.make(data, False, given, options)
     try:
-        sess = session()
-        box, view = progress_for(progress)
-        result = _call(sess, _run_work(sess, prepared, choices, own, box, _console(progress)), view)
+        result = _call(plan.sess, plan.work, plan.view)
     finally:
-        prepared.close()
-    return _finish(prepared, result)
-
-
-def _finish(prepared: _Prepared, result: Any) -> Any:
-    if prepared.table is None:
-        return result
-    columns: AnswerColumns = result
-    return prepared.table.with_columns(columns.values, columns.types)
+        plan.prepared.close()
+    return plan.finish(result)
 
 
 async def arun(
@@ -368,16 +388,13 @@ async def arun(
     **options: Any,
 ) -> Any:
     """`run` for a caller with a running event loop (a notebook's async cell, an async pipeline)."""
-    choices, own = _choices(options, template=template, system=system, schema=schema, models=models)
-    progress = own.get("progress", True)
-    prepared = await asyncio.to_thread(_prepare, data, choices)
+    given = {"template": template, "system": system, "schema": schema, "models": models}
+    plan = await asyncio.to_thread(_Plan.make, data, False, given, options)
     try:
-        sess = session()
-        box, view = progress_for(progress)
-        result = await _acall(sess, _run_work(sess, prepared, choices, own, box, _console(progress)), view)
+        result = await _acall(plan.sess, plan.work, plan.view)
     finally:
-        prepared.close()
-    return await asyncio.to_thread(_finish, prepared, result)
+        plan.prepared.close()
+    return await asyncio.to_thread(plan.finish, result)
 
 
 def submit(
@@ -393,18 +410,12 @@ def submit(
 
     Takes `run`'s options. The same data and options again give the same batch.
     """
-    choices, own = _choices(options, template=template, system=system, schema=schema, models=models)
-    prepared = _prepare(data, choices)
+    given = {"template": template, "system": system, "schema": schema, "models": models}
+    plan = _Plan.make(data, True, given, options)
     try:
-        sess = session()
-        taken = _call(
-            sess,
-            _submit_work(sess, prepared, choices, True, _console(own.get("progress", True))),
-            progress_for(False)[1],
-        )
+        return plan.batch(_call(plan.sess, plan.work, plan.view))
     finally:
-        prepared.close()
-    return Batch(taken.batch_id, simulator=taken.simulator, schema=schema, table=prepared.table)
+        plan.prepared.close()
 
 
 async def asubmit(
@@ -417,15 +428,12 @@ async def asubmit(
     **options: Any,
 ) -> Batch:
     """`submit` for a caller with a running event loop."""
-    choices, own = _choices(options, template=template, system=system, schema=schema, models=models)
-    prepared = await asyncio.to_thread(_prepare, data, choices)
+    given = {"template": template, "system": system, "schema": schema, "models": models}
+    plan = await asyncio.to_thread(_Plan.make, data, True, given, options)
     try:
-        sess = session()
-        work = _submit_work(sess, prepared, choices, True, _console(own.get("progress", True)))
-        taken = await _acall(sess, work, progress_for(False)[1])
+        return plan.batch(await _acall(plan.sess, plan.work, plan.view))
     finally:
-        prepared.close()
-    return Batch(taken.batch_id, simulator=taken.simulator, schema=schema, table=prepared.table)
+        plan.prepared.close()
 
 
 def batch(ref: str) -> Batch:
@@ -436,11 +444,11 @@ def batch(ref: str) -> Batch:
         settings, engine = await sess.settings(False, _console(False))
         async with engine.connect() as conn:
             batch_id, _note = await resolve_batch(conn, ref)
-        summary = await summary_of(sess, batch_id, _console(False))
+        summary = await summary_of(engine, batch_id)
         # A simulated batch is worked by a simulator: OPENROUTER_BASE_URL's, else the session starts one.
         key = settings.openrouter_api_key.get_secret_value() if settings.openrouter_api_key else None
         own = summary.simulated and not await upstream_is_simulator(settings.openrouter_base_url, key)
         return batch_id, own
 
-    batch_id, own = _call(sess, find, progress_for(False)[1])
+    batch_id, own = _quietly(find)
     return Batch(batch_id, simulator=own)

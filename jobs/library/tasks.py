@@ -117,9 +117,8 @@ async def take(
     return Taken(report.batch_id, report.reused, taken.options.simulated, summary, report.invalid, simulator)
 
 
-async def summary_of(session: Session, batch_id: str, err: Console) -> BatchSummary:
+async def summary_of(engine: AsyncEngine, batch_id: str) -> BatchSummary:
     """The batch's summary now."""
-    _, engine = await session.settings(False, err)
     async with engine.connect() as conn:
         return await batch_summary(conn, batch_id)
 
@@ -181,10 +180,9 @@ def _outcome(ended: Ended) -> BatchSummary:
 
 
 async def read_answers(
-    session: Session, batch_id: str, columns: AnswerColumns, rows: int | None, err: Console
+    engine: AsyncEngine, batch_id: str, columns: AnswerColumns, rows: int | None
 ) -> AnswerColumns:
     """The batch's answers as columns, one value per input row in order (rows left out at submit say so)."""
-    _, engine = await session.settings(False, err)
     async for chunk in _aligned(answer_rows(engine, batch_id), rows):
         columns.add(chunk)
     return columns
@@ -231,16 +229,10 @@ async def record_rows(
 
 
 async def write_answers(
-    session: Session,
-    batch_id: str,
-    path: Path,
-    schema: dict[str, Any] | None,
-    records: bool,
-    err: Console,
+    engine: AsyncEngine, batch_id: str, path: Path, schema: dict[str, Any] | None, records: bool
 ) -> int:
     """Write every row of the batch to `path` in line order: its record with the answer's fields (a batch of
     records, in the format the path's suffix names), or OpenAI Batch lines (a batch of chat requests)."""
-    _, engine = await session.settings(False, err)
     path.parent.mkdir(parents=True, exist_ok=True)
     if not records:
         with path.open("wb") as out:
