@@ -26,6 +26,11 @@ __all__ = ["ReplyChecker", "check_reply"]
 log = get_logger(__name__)
 
 _LENGTH = struct.Struct(">I")
+# How long a new child may take to start (a Python and jsonschema imported) before it says it is ready. Its
+# start is not part of a check's limit: on a loaded machine it alone can take more than a check may, and a valid
+# reply would then be refused (and its request called again).
+STARTUP_SECONDS = 60.0
+_READY = b"{}"
 
 
 def check_reply(schema_json: bytes, content: str | None) -> str | None:
@@ -57,6 +62,12 @@ class ReplyChecker:
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
             )
+            assert self._child.stdout is not None
+            # The child says it is ready once its imports are done; only then does a check's clock start.
+            size = _LENGTH.unpack(
+                await asyncio.wait_for(self._child.stdout.readexactly(_LENGTH.size), STARTUP_SECONDS)
+            )[0]
+            await self._child.stdout.readexactly(size)
         return self._child
 
     async def _ask(self, child: asyncio.subprocess.Process, message: bytes) -> str | None:
@@ -74,8 +85,8 @@ class ReplyChecker:
             {"schema": orjson.dumps(schema, option=orjson.OPT_SORT_KEYS).decode(), "content": content}
         )
         async with self._lock:
-            child = await self._start()
             try:
+                child = await self._start()
                 return await asyncio.wait_for(self._ask(child, message), self.timeout)
             except TimeoutError:
                 await self._kill()
@@ -101,8 +112,12 @@ class ReplyChecker:
 
 
 def _serve() -> None:
-    """The child's loop: read a request, answer it, until stdin closes."""
+    """The child's loop: say it is ready, then read a request, answer it, until stdin closes."""
+    from jobs.formats.structured import reply_problem  # noqa: F401 - imported before saying it is ready
+
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    stdout.write(_LENGTH.pack(len(_READY)) + _READY)
+    stdout.flush()
     while True:
         header = stdin.read(_LENGTH.size)
         if len(header) < _LENGTH.size:

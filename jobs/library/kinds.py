@@ -133,8 +133,8 @@ def table_of(data: Any) -> Table:
                     param="data",
                 )
         columns: dict[str, None] = {}
-        for row in rows[:CHUNK_ROWS]:
-            columns.update(dict.fromkeys(str(k) for k in row))
+        for row in rows:
+            columns.update(dict.fromkeys(row))
         return Table("records", rows, len(rows), list(columns))
     raise BadInput(
         f"data: cannot take a {type(data).__module__}.{name}; give a list of dicts, a pandas or Polars "

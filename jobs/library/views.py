@@ -77,14 +77,13 @@ def _line(snap: Snapshot) -> str:
 class Progress:
     """Shows the box's snapshots the chosen way, each time `tick()` is called."""
 
-    def __init__(self, box: SnapshotBox, kind: ProgressKind, batch_label: str = "orbatch") -> None:
+    def __init__(self, box: SnapshotBox, kind: ProgressKind) -> None:
         if kind == "auto":
             kind = "notebook" if in_notebook() else "terminal" if sys.stderr.isatty() else "plain"
         self.kind = kind
         self.box = box
         self._handle: Any = None
         self._rich: ProgressView | None = None
-        self._label = batch_label
 
     def tick(self) -> None:
         """Show the latest snapshot, if there is a new one."""

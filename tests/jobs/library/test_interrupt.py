@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.support import Simulator, start_job, until
+from tests.support import TEST_API_KEY, Simulator, start_job, until
 
 SCRIPT = """
 import sys
@@ -69,10 +69,15 @@ async def test_an_interrupted_run_keeps_its_batch_and_the_same_call_again_calls_
     again, again_lines = start_job(job_env, str(script))
     try:
         assert again.wait(120) == 0
-        assert "answered 40 of 40" in again_lines.rest()
+        said_again = again_lines.rest()
+        assert "answered 40 of 40" in said_again
     finally:
         assert again.stderr is not None
         again.stderr.close()
+    # The key is in the environment of both runs, and in nothing they said or left in the data dir.
+    assert TEST_API_KEY not in said + said_again
+    for left in (tmp_path / "data").rglob("*"):
+        assert not left.is_file() or TEST_API_KEY.encode() not in left.read_bytes(), left
     answered = [c for c in await simulator.calls() if c.get("status", 200) == 200]
     prompts = [c["body"]["messages"][-1]["content"] for c in answered]
     assert sorted(prompts) == sorted(f"Label this review: review {i}" for i in range(40))
