@@ -195,7 +195,13 @@ async def test_an_unreachable_openrouter_pauses_every_worker_and_they_resume_whe
     assert await workers.wait(60) == [0, 0], workers.output()[-3000:]
     recovered = time.monotonic() - back
     assert recovered < 10, f"the batch took {recovered:.1f} s to finish after OpenRouter came back"
-    assert await scalar(engine, "SELECT count(*) FROM request WHERE status = 'completed'") == 30
+    states = await rows(
+        engine,
+        "SELECT b.status, b.pause_reason, r.status, count(*) FROM request r JOIN batch b"
+        " ON b.id = r.batch_id GROUP BY 1, 2, 3",
+    )
+    completed = await scalar(engine, "SELECT count(*) FROM request WHERE status = 'completed'")
+    assert completed == 30, ([tuple(s) for s in states], workers.output()[-3000:])
     assert len(await simulator.calls()) == 30
 
 
