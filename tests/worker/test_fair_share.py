@@ -57,17 +57,24 @@ async def beside(
     engine: AsyncEngine, env: dict[str, str], tmp_path: Path, large: str, small_args: tuple[str, ...]
 ) -> int:
     """Submit the small batch (8 paid requests) while the large one runs: how many requests of the large one
-    finished between the small one's creation and its last answer, by the rows' own times."""
+    finished between the small one's submit returning and its last answer, by the rows' own times.
+
+    The count starts when `submit` has returned, so its jobs are in the queue: a loaded machine's slow submit (its
+    rows written, then its jobs enqueued) is not counted against the schedule. A schedule that made the small
+    batch wait behind the large one's hundreds of queued jobs still counts them all.
+    """
     small = submit(env, tmp_path, "small", 8, "sim/echo", *small_args)
+    submitted = await scalar(engine, "SELECT clock_timestamp()")
     await until(engine, small, 8)
     return int(
         await scalar(
             engine,
             "SELECT count(*) FROM request r WHERE r.batch_id = :large AND r.status = 'completed'"
-            " AND r.finished_at > (SELECT created_at FROM batch WHERE id = :small)"
+            " AND r.finished_at > :submitted"
             " AND r.finished_at <= (SELECT max(finished_at) FROM request WHERE batch_id = :small)",
             large=large,
             small=small,
+            submitted=submitted,
         )
     )
 

@@ -68,7 +68,9 @@ async def test_a_pattern_that_backtracks_neither_stalls_the_worker_nor_gets_call
     env: dict[str, str], engine: AsyncEngine, simulator: Simulator, tmp_path: Path
 ) -> None:
     await simulator.configure(rules=[{"match": "evil", "kind": "reply", "content": EVIL_REPLY}])
-    env = {**env, "ORBATCH_REPLY_CHECK_SECONDS": "1", "ORBATCH_LEASE_SECONDS": "3"}
+    # A check in the worker's own process would hold the loop for minutes, far past a 10 s lease; a lease this
+    # short still shows it, and is long enough that a loaded machine's slow renewal does not lapse it.
+    env = {**env, "ORBATCH_REPLY_CHECK_SECONDS": "1", "ORBATCH_LEASE_SECONDS": "10"}
     lines = [chat_line("evil", "evil one", response_format=asking(BACKTRACKS))]
     lines += [chat_line(f"ok{i}", f"fine {i}") for i in range(20)]
     path = write_jsonl(tmp_path / "in.jsonl", lines)
