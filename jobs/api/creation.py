@@ -31,6 +31,7 @@ from jobs.core.sql import sql
 from jobs.formats.input_lines import BATCH_URL
 from jobs.submission.choices import batch_options, model_chain
 from jobs.submission.intake import FirstWindow, Setback, take_in
+from jobs.submission.model_names import renamed_note
 from jobs.submission.submit import SubmitError, SubmitOptions, new_batch_id
 
 __all__ = ["batch_errors", "create_batch", "window_seconds"]
@@ -196,6 +197,7 @@ async def create_batch(state: ApiState, caller: Caller, body: BatchCreate) -> st
         dedupe=body.dedupe,
         owner=caller.owner,
         priority=body.priority,
+        replace_models=body.replace_models,
     )
     async with state.reads.connect() as conn:
         if callback_url is not None:
@@ -248,6 +250,8 @@ async def create_batch(state: ApiState, caller: Caller, body: BatchCreate) -> st
         return await _failed_batch(
             state, failed, source, metadata, window, {**row, "errors": batch_errors(exc)}, exc
         )
+    if taken.report.renamed:
+        log.info(renamed_note(taken.report.renamed), batch=taken.batch_id, owner=caller.owner)
     return taken.batch_id
 
 

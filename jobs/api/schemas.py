@@ -249,6 +249,11 @@ class BatchCreate(BaseModel):
     dedupe: StrictBool = Field(
         False, description="Answer requests identical to one already answered from its stored result."
     )
+    replace_models: StrictBool = Field(
+        False,
+        description="Send every line to `models`, whatever model the line names (a file written for other "
+        "models). A bare name (`gpt-4o-mini`) runs as OpenRouter's id when one provider has it, without this.",
+    )
     priority: BatchPriority = Field(
         BatchPriority.NORMAL,
         description="`urgent` runs before every `normal` batch, `background` yields to every `normal` one; "

@@ -89,6 +89,14 @@ Dedupe = Annotated[
         "--dedupe", help="Answer requests identical to one already answered from its stored result."
     ),
 ]
+ReplaceModels = Annotated[
+    bool,
+    typer.Option(
+        "--replace-models",
+        help="Send every line to the --models chain, whatever model the line names (a file written for other "
+        "models, OpenAI's say).",
+    ),
+]
 TemplateText = Annotated[
     str | None,
     typer.Option(
@@ -199,6 +207,7 @@ class SubmitChoices:
     check_models: CheckModels = True
     new: New = False
     dedupe: Dedupe = False
+    replace_models: ReplaceModels = False
     template: TemplateText = None
     system: System = None
     json_schema: JsonSchema = None
@@ -216,6 +225,8 @@ class SubmitChoices:
             raise UsageError(str(exc)) from None
         if self.template is None and (self.system is not None or self.json_schema is not None):
             raise UsageError("--system and --json-schema go with --template (a file of plain records)")
+        if self.replace_models and not chain:
+            raise UsageError("--replace-models needs --models: the chain every line is sent to")
         parsed: Template | None = None
         if self.template is not None:
             if not chain:
@@ -238,6 +249,7 @@ class SubmitChoices:
             template=parsed,
             defaults=body_defaults(self.temperature, self.max_tokens, self.params),
             metadata=batch_metadata(self.metadata),
+            replace_models=self.replace_models,
         )
 
 

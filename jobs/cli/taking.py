@@ -18,6 +18,7 @@ from jobs.formats.record_spool import SpooledRecords, spool_records
 from jobs.formats.tables import read_records, table_format
 from jobs.observation.standing import BatchSummary, batch_summary
 from jobs.submission.intake import FirstWindow, Intake, ModelRefused, Setback, take_in
+from jobs.submission.model_names import renamed_note
 from jobs.submission.submit import ProgressFn, SubmitError, SubmitOptions
 
 __all__ = ["take_in_file"]
@@ -114,6 +115,8 @@ async def take_in_file(
                 f"{report.invalid} bad lines of {file} were left out when it was submitted (--skip-invalid)",
             )
     else:
+        if report.renamed:
+            say(err, renamed_note(report.renamed))
         for error in report.errors:
             say(err, f"skipped {error}")
         if report.invalid > len(report.errors):

@@ -50,6 +50,7 @@ class Choices:
     max_cost: str | float | Decimal | None = None
     free_only: bool = False
     dedupe: bool = False
+    replace_models: bool = False
     temperature: float | None = None
     max_tokens: int | None = None
     params: dict[str, Any] = field(default_factory=dict)
@@ -118,6 +119,7 @@ class Choices:
             template=template,
             defaults=self._defaults(),
             metadata={str(k): str(v) for k, v in self.metadata.items()} if self.metadata else None,
+            replace_models=self.replace_models,
         )
 
     def _defaults(self) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from jobs.library.views import SnapshotBox
 from jobs.observation.standing import BatchSummary, batch_summary
 from jobs.operations.results import AnswerRow, answer_rows, export_in_order
 from jobs.submission.intake import FirstWindow, Intake, ModelRefused, Setback, take_in
+from jobs.submission.model_names import renamed_note
 from jobs.submission.submit import SubmitError, SubmitOptions
 
 __all__ = [
@@ -114,6 +115,8 @@ async def take(
             "(new=True for a new batch)",
             highlight=False,
         )
+    elif report.renamed:
+        err.print(renamed_note(report.renamed), highlight=False)
     return Taken(report.batch_id, report.reused, taken.options.simulated, summary, report.invalid, simulator)
 
 

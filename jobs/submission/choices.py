@@ -39,6 +39,7 @@ def batch_options(
     defaults: dict[str, Any] | None = None,
     metadata: dict[str, str] | None = None,
     owner: str | None = None,
+    replace_models: bool = False,
 ) -> SubmitOptions:
     """The options of a batch from choices already checked by the surface that took them; a setting fills
     what was not chosen (ORBATCH_MAX_ATTEMPTS)."""
@@ -56,4 +57,5 @@ def batch_options(
         metadata=metadata,
         owner=owner,
         priority=priority,
+        replace_models=replace_models,
     )

@@ -27,7 +27,7 @@ from jobs.submission.submit import (
     StoredHook,
     SubmitOptions,
     SubmitReport,
-    model_problem,
+    resolve_models,
     submit_source,
 )
 
@@ -118,11 +118,17 @@ async def take_in(
             options = replace(options, known_models=known)
         except (httpx.HTTPError, OSError, ValueError) as exc:
             warn(Setback("catalogue", exc))
-    problem = model_problem(options.models, options)
-    if problem:
-        raise ModelRefused(problem)
+    if options.replace_models and not options.models:
+        raise ModelRefused("replacing the lines' models needs a chain to replace them with (--models)")
+    chain_renamed: dict[str, str] = {}
+    try:
+        options = replace(options, models=resolve_models(options.models, options, chain_renamed))
+    except ValueError as exc:
+        raise ModelRefused(str(exc)) from None
     with storing() if storing is not None else contextlib.nullcontext() as progress:
         report = await submit_source(engine, source, options, progress, on_stored=on_stored)
+    if chain_renamed:
+        report = replace(report, renamed={**chain_renamed, **report.renamed})
     if first_window is not None:
         queued = _queue(engine, settings, first_window, report.batch_id, options.simulated, warn)
         if first_window.background:

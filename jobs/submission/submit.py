@@ -24,6 +24,7 @@ from jobs.formats.input_lines import LineError, free_only_problem, parse_line, p
 from jobs.formats.prompt_template import Template
 from jobs.formats.reader import DamagedGzip, FileSource, Source, read_lines
 from jobs.scheduling import lifecycle
+from jobs.submission.model_names import model_names
 
 __all__ = [
     "ProgressFn",
@@ -32,8 +33,8 @@ __all__ = [
     "SubmitOptions",
     "SubmitReport",
     "fingerprint",
-    "model_problem",
     "new_batch_id",
+    "resolve_models",
     "submit_file",
     "submit_source",
 ]
@@ -92,6 +93,8 @@ class SubmitOptions:
     # Which batches run first (not part of the identity: a batch submitted again keeps its own, or takes this
     # one when it is given outright). None: `normal` for a new batch.
     priority: BatchPriority | None = None
+    # The batch's chain replaces every line's own `model`/`models` (a file written for other models).
+    replace_models: bool = False
 
     def identity(self) -> dict[str, Any]:
         """The options that make a batch what it is: the same file with these gives the same batch."""
@@ -108,6 +111,7 @@ class SubmitOptions:
             # a model's.
             **({"simulated": True} if self.simulated else {}),
             **({"defaults": self.defaults} if self.defaults else {}),
+            **({"replace_models": True} if self.replace_models else {}),
         }
 
 
@@ -121,6 +125,8 @@ class SubmitReport:
     errors: list[LineError]
     # True when the same file with the same options was already a batch, which is returned instead.
     reused: bool = False
+    # Model names the lines gave that were taken as OpenRouter's ids (`gpt-4o-mini`: `openai/gpt-4o-mini`).
+    renamed: dict[str, str] = field(default_factory=dict)
 
 
 class SubmitError(BadInput):
@@ -152,14 +158,23 @@ class _LineErrors:
             self.kept.append(error)
 
 
-def model_problem(models: list[str], options: SubmitOptions) -> str | None:
-    """What is wrong with a model chain under the options (an unknown id, a paid model in a free-only batch)."""
-    for model in models:
-        if options.known_models is not None and model not in options.known_models:
-            return f"unknown model {model!r}: OpenRouter's model list (GET /models) has no such id"
+def resolve_models(
+    models: list[str], options: SubmitOptions, renamed: dict[str, str] | None = None
+) -> list[str]:
+    """The chain with each name as OpenRouter's id (`gpt-4o-mini` as `openai/gpt-4o-mini`), each rename put in
+    `renamed`; ValueError for an unknown or ambiguous name, or a paid model in a free-only batch."""
+    resolved = models
+    if options.known_models is not None:
+        names = model_names(options.known_models)
+        resolved = [names.resolve(model) for model in models]
+        if renamed is not None and resolved != models:
+            renamed.update((a, b) for a, b in zip(models, resolved, strict=True) if a != b)
+    for model in resolved:
         if options.free_only and not model.endswith(":free"):
-            return f"--free-only: {model!r} is not a free model (a free variant's id ends in ':free')"
-    return None
+            raise ValueError(
+                f"--free-only: {model!r} is not a free model (a free variant's id ends in ':free')"
+            )
+    return resolved
 
 
 def new_batch_id() -> str:
@@ -195,36 +210,40 @@ def _damaged(source: Source, line_no: int, errors: _LineErrors, exc: DamagedGzip
     )
 
 
-def _row(raw: bytes, line_no: int, options: SubmitOptions, fields: dict[str, None]) -> _Row | None:
+def _row(
+    raw: bytes, line_no: int, options: SubmitOptions, fields: dict[str, None], renamed: dict[str, str]
+) -> _Row | None:
     """The staging row of one line; None for a blank line; LineError for a bad one. A record's fields join
-    `fields`, the ordered union of the batch's record fields."""
+    `fields`, the ordered union of the batch's record fields; a model name taken as an id joins `renamed`."""
     template = options.template
     parsed = parse_line(raw, line_no) if template is None else parse_record(raw, line_no, template)
     if parsed is None:
         return None
-    if parsed.models is None and not options.models:
+    if (parsed.models is None or options.replace_models) and not options.models:
         raise LineError(
             line_no,
             'no model: give the batch a model chain (--models, or `models` through the API) or the line a "model"'
             ' or "models"',
             "missing_required_parameter",
         )
-    if parsed.models is not None:
-        problem = model_problem(parsed.models, options)
-        if problem:
-            raise LineError(line_no, problem, "invalid_model")
+    models = None if options.replace_models else parsed.models
+    if models is not None:
+        try:
+            models = resolve_models(models, options, renamed)
+        except ValueError as exc:
+            raise LineError(line_no, str(exc), "invalid_model") from None
     body = {**options.defaults, **parsed.body} if options.defaults else parsed.body
     if options.free_only:
         problem = free_only_problem(body)
         if problem:
             raise LineError(line_no, problem)
-    print_ = fingerprint(parsed.models or options.models, body) if options.dedupe else None
+    print_ = fingerprint(models or options.models, body) if options.dedupe else None
     record = None
     if parsed.record is not None:
         record = orjson.dumps(parsed.record).decode()
         if len(fields) < MAX_RECORD_FIELDS:
             fields.update(dict.fromkeys(parsed.record))
-    return (line_no, parsed.custom_id, orjson.dumps(body).decode(), parsed.models, print_, record)
+    return (line_no, parsed.custom_id, orjson.dumps(body).decode(), models, print_, record)
 
 
 async def _records(
@@ -233,6 +252,7 @@ async def _records(
     errors: _LineErrors,
     progress: ProgressFn | None,
     fields: dict[str, None],
+    renamed: dict[str, str],
 ) -> AsyncIterator[list[_Row]]:
     """Chunks of staging rows (line, custom_id, body, models, fingerprint, record), bad lines into `errors`.
 
@@ -256,7 +276,7 @@ async def _records(
                     )
                     continue
                 try:
-                    row = _row(raw, line_no, options, fields)
+                    row = _row(raw, line_no, options, fields, renamed)
                 except LineError as exc:
                     errors.add(exc)
                     continue
@@ -362,7 +382,8 @@ async def submit_source(
         )
         raw_conn: Any = (await conn.get_raw_connection()).driver_connection
         fields: dict[str, None] = {}
-        async for chunk in _records(source, options, errors, progress, fields):
+        renamed: dict[str, str] = {}
+        async for chunk in _records(source, options, errors, progress, fields, renamed):
             await raw_conn.copy_records_to_table(
                 "orbatch_staging",
                 records=chunk,
@@ -395,7 +416,9 @@ async def submit_source(
         if on_stored is not None:
             await on_stored(conn, batch_id)
     await _restat(engine, total)
-    return SubmitReport(batch_id=batch_id, total=total, invalid=errors.count, errors=errors.kept)
+    return SubmitReport(
+        batch_id=batch_id, total=total, invalid=errors.count, errors=errors.kept, renamed=renamed
+    )
 
 
 async def _restat(engine: AsyncEngine, added: int) -> None:
