@@ -5,6 +5,8 @@ The table, also in docs/errors.md ("wait" is a retry that spends none of the req
 | what came back                                   | class     | why                                            |
 |--------------------------------------------------|-----------|------------------------------------------------|
 | HTTP 200 with choices and no error               | success   |                                                |
+| HTTP 200 embeddings, one vector per input        | success   | the vectors are the answer's content (JSON)    |
+| HTTP 200 embeddings, vectors missing or miscounted | retry   | `invalid_embeddings`: a provider's bad answer  |
 | HTTP 200, `choices[0].error` / finish "error"    | retry     | the provider failed mid-answer; try again      |
 | HTTP 200, top-level `error`, no `choices`        | by its code, as the HTTP status of the same number |
 | body that is not JSON (any status)               | retry     | a proxy or a cut connection, not an answer     |
@@ -41,6 +43,7 @@ import orjson
 
 from jobs.core.logs import redact
 from jobs.core.states import Outcome, PauseReason
+from jobs.formats.input_lines import EMBEDDINGS_URL, embedding_inputs, endpoint_of
 from worker.openrouter import CallDeadline, CallResult
 from worker.throttle import Verdict
 
@@ -320,8 +323,38 @@ def _too_large(call: CallResult) -> Failure:
     )
 
 
-def classify(call: CallResult) -> Success | Failure:
-    """The class of one call's result (see the table above)."""
+def _embeddings(call: CallResult, body: dict[str, Any], request: dict[str, Any]) -> Success | Failure:
+    """A 200 to an embeddings request: one vector per input, in input order (by `index` when given)."""
+    model = body.get("model") if isinstance(body.get("model"), str) else None
+    provider = body.get("provider") if isinstance(body.get("provider"), str) else None
+    generation_id = body.get("id") if isinstance(body.get("id"), str) else None
+    usage = _usage(body)
+    data = body.get("data")
+    wanted = embedding_inputs(request)
+    vectors: list[Any] = []
+    if isinstance(data, list) and all(isinstance(d, dict) and "embedding" in d for d in data):
+        indexed = [d.get("index", i) for i, d in enumerate(data)]
+        if sorted(indexed) == list(range(len(data))):
+            vectors = [d["embedding"] for _, d in sorted(zip(indexed, data, strict=True), key=lambda p: p[0])]
+    if len(vectors) != wanted:
+        return Failure(
+            Outcome.RETRY,
+            "invalid_embeddings",
+            f"HTTP 200 with {len(vectors) if vectors else 'no usable'} embeddings for {wanted} input"
+            f"{'s' if wanted != 1 else ''}",
+            200,
+            model=model,
+            provider=provider,
+            generation_id=generation_id,
+            usage=usage,
+        )
+    # The vectors are read from the stored answer when asked for: not stored a second time as its content.
+    return Success(200, call.raw, model, provider, generation_id, None, None, usage)
+
+
+def classify(call: CallResult, request: dict[str, Any] | None = None) -> Success | Failure:
+    """The class of one call's result (see the table above); `request` is the body sent (its endpoint's
+    answer is read: an embeddings request's vectors)."""
     if call.transport_error is not None:
         return _transport_failure(call.transport_error)
     assert call.status is not None
@@ -349,6 +382,8 @@ def classify(call: CallResult) -> Success | Failure:
         )
     if call.status != 200:
         return _by_status(call.status, body.get("error"), call.headers, text)
+    if request is not None and endpoint_of(request) == EMBEDDINGS_URL and body.get("error") is None:
+        return _embeddings(call, body, request)
     choices = body.get("choices")
     model = body.get("model") if isinstance(body.get("model"), str) else None
     provider = body.get("provider") if isinstance(body.get("provider"), str) else None

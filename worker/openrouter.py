@@ -1,4 +1,5 @@
-"""The OpenRouter HTTP client: one shared httpx pool, one chat call under one deadline, the raw answer back."""
+"""The OpenRouter HTTP client: one shared httpx pool, one call (chat or embeddings) under one deadline, the raw
+answer back."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ import httpx
 import orjson
 
 from jobs.core.constants import SIMULATOR_HEADER
+from jobs.formats.input_lines import EMBEDDINGS_URL, endpoint_of
 
-__all__ = ["CallDeadline", "CallResult", "OpenRouterClient", "chat_payload"]
+__all__ = ["CallDeadline", "CallResult", "OpenRouterClient", "chat_payload", "embeddings_payload"]
 
 # Of an answer over the size limit, the start (its id, model, provider) and the end (its usage, which
 # OpenRouter writes last) are kept, so the call's cost is still recorded.
@@ -48,8 +50,13 @@ def chat_payload(body: dict[str, Any], models: list[str]) -> bytes:
     return orjson.dumps(payload)
 
 
+def embeddings_payload(body: dict[str, Any], models: list[str]) -> bytes:
+    """An embeddings request body: the user's parameters and one `model` (the API takes no `models` chain)."""
+    return orjson.dumps({**body, "model": models[0]})
+
+
 class OpenRouterClient:
-    """A pooled client for the chat completions endpoint; built once per worker process."""
+    """A pooled client for the chat completions and embeddings endpoints; built once per worker process."""
 
     def __init__(
         self,
@@ -81,6 +88,15 @@ class OpenRouterClient:
 
     async def chat(self, body: dict[str, Any], models: list[str]) -> CallResult:
         """POST /chat/completions under one deadline; never raises for HTTP or transport failures."""
+        return await self._call("chat/completions", chat_payload(body, models))
+
+    async def send(self, body: dict[str, Any], models: list[str]) -> CallResult:
+        """The call a stored body is for: /embeddings for an embeddings request, else /chat/completions."""
+        if endpoint_of(body) == EMBEDDINGS_URL:
+            return await self._call("embeddings", embeddings_payload(body, models))
+        return await self.chat(body, models)
+
+    async def _call(self, path: str, payload: bytes) -> CallResult:
         started = time.perf_counter()
 
         def elapsed() -> int:
@@ -88,7 +104,7 @@ class OpenRouterClient:
 
         try:
             async with asyncio.timeout(self.deadline):
-                return await self._post(chat_payload(body, models), elapsed)
+                return await self._post(path, payload, elapsed)
         except TimeoutError:
             return CallResult(
                 latency_ms=elapsed(),
@@ -97,8 +113,8 @@ class OpenRouterClient:
         except httpx.TransportError as exc:
             return CallResult(latency_ms=elapsed(), transport_error=exc)
 
-    async def _post(self, payload: bytes, elapsed: Any) -> CallResult:
-        async with self._client.stream("POST", "chat/completions", content=payload) as response:
+    async def _post(self, path: str, payload: bytes, elapsed: Any) -> CallResult:
+        async with self._client.stream("POST", path, content=payload) as response:
             head = bytearray()
             tail = bytearray()
             size = 0

@@ -37,8 +37,10 @@ def decide(
     max_attempts: int,
     base: float,
     cap: float,
+    window: int | None = None,
 ) -> Decision:
-    """Apply the policy; parking is decided by the caller and never spends an attempt."""
+    """Apply the policy; parking is decided by the caller and never spends an attempt. `window`: how many models
+    of the chain the call was sent (fewer than MAX_MODELS_PER_CALL for an embeddings call)."""
     if failure.outcome is Outcome.PARK:
         return Decision(RequestStatus.PENDING, failures, chain_pos, 0.0)
     if failure.outcome is Outcome.FAIL:
@@ -48,7 +50,7 @@ def decide(
         return Decision(RequestStatus.PENDING, failures, chain_pos, wait)
     spent = failures + 1
     if failure.outcome is Outcome.FALLBACK:
-        following = chain_pos + MAX_MODELS_PER_CALL
+        following = chain_pos + (window or MAX_MODELS_PER_CALL)
         next_pos = following if following < len(chain) else 0
         # Moving to models not tried yet needs no wait; wrapping round to the start of the chain does.
         delay = 0.0 if next_pos > chain_pos else backoff_seconds(spent, base, cap)

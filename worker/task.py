@@ -17,6 +17,7 @@ from jobs.core.constants import PERSIST_DEADLINE_SECONDS, REDIS_SPARE_SECONDS
 from jobs.core.db import connection_lost
 from jobs.core.logs import get_logger, redact
 from jobs.core.states import Outcome, PauseReason, RequestStatus
+from jobs.formats.input_lines import EMBEDDINGS_URL, endpoint_of
 from jobs.formats.structured import requested_schema
 from jobs.observation.eta import format_duration
 from worker import records
@@ -137,6 +138,7 @@ async def _record_failure(
         max_attempts=lease.max_attempts,
         base=settings.retry_base_seconds,
         cap=settings.retry_max_seconds,
+        window=1 if endpoint_of(lease.body) == EMBEDDINGS_URL else None,
     )
     # The throttle learns first, so other workers hold back while this one writes to Postgres.
     if failure.cooldown_until is not None:
@@ -340,9 +342,9 @@ async def _run_leased(ctx: WorkerContext, attempt: records.Attempt, call: _Call)
             call.started_at = datetime.now(UTC)
             _calling(ctx)
             with ctx.meter.call():
-                result = await ctx.client.chat(lease.body, lease.models_sent)
+                result = await ctx.client.send(lease.body, lease.models_sent)
             call.result = result
-            outcome = classify(result)
+            outcome = classify(result, lease.body)
             call.answered(outcome)
             verdict: Verdict = "ok" if isinstance(outcome, Success) else outcome.verdict
             reason = outcome.message if isinstance(outcome, Failure) else ""

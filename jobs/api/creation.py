@@ -28,7 +28,7 @@ from jobs.api.storage import StoredSource
 from jobs.core.errors import BadInput, NotFound, Unprocessable
 from jobs.core.logs import get_logger
 from jobs.core.sql import sql
-from jobs.formats.input_lines import BATCH_URL
+from jobs.formats.input_lines import ENDPOINTS
 from jobs.submission.choices import batch_options, model_chain
 from jobs.submission.intake import FirstWindow, Setback, take_in
 from jobs.submission.model_names import renamed_note
@@ -176,9 +176,10 @@ _API_ROW = text(
 async def create_batch(state: ApiState, caller: Caller, body: BatchCreate) -> str:
     """Make the batch the request describes and queue it; returns its id (a `failed` one for bad lines)."""
     settings = state.settings
-    if body.endpoint != BATCH_URL:
+    if body.endpoint not in ENDPOINTS:
         raise BadInput(
-            f"Invalid value for 'endpoint': {body.endpoint[:64]!r}. orbatch runs {BATCH_URL} batches only.",
+            f"Invalid value for 'endpoint': {body.endpoint[:64]!r}. orbatch runs {' and '.join(ENDPOINTS)} "
+            "batches.",
             param="endpoint",
             code="invalid_value",
         )
@@ -198,6 +199,7 @@ async def create_batch(state: ApiState, caller: Caller, body: BatchCreate) -> st
         owner=caller.owner,
         priority=body.priority,
         replace_models=body.replace_models,
+        endpoint=body.endpoint,
     )
     async with state.reads.connect() as conn:
         if callback_url is not None:

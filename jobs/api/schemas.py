@@ -228,7 +228,9 @@ class BatchCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     input_file_id: StrictStr = Field(description="An uploaded file of purpose `batch`.")
-    endpoint: StrictStr = Field(description="`/v1/chat/completions`, the only endpoint orbatch runs.")
+    endpoint: StrictStr = Field(
+        description="`/v1/chat/completions` or `/v1/embeddings`: every line of the file must be for it."
+    )
     completion_window: StrictStr = Field(
         description="`24h`, or a longer window in hours or days (`48h`, `7d`; at most `30d`); past it the "
         "batch is `expired`."

@@ -106,6 +106,14 @@ TemplateText = Annotated[
         "{field}s to make its one user message.",
     ),
 ]
+Embed = Annotated[
+    bool,
+    typer.Option(
+        "--embed",
+        help="With --template: each record's filled template is text to embed (an embeddings batch, "
+        "answered with vectors), not a prompt.",
+    ),
+]
 System = Annotated[str | None, typer.Option("--system", help="A system message before each templated one.")]
 Temperature = Annotated[
     float | None, typer.Option(help="Sampling temperature for every request (a line's own value wins).")
@@ -209,6 +217,7 @@ class SubmitChoices:
     dedupe: Dedupe = False
     replace_models: ReplaceModels = False
     template: TemplateText = None
+    embed: Embed = False
     system: System = None
     json_schema: JsonSchema = None
     temperature: Temperature = None
@@ -225,6 +234,8 @@ class SubmitChoices:
             raise UsageError(str(exc)) from None
         if self.template is None and (self.system is not None or self.json_schema is not None):
             raise UsageError("--system and --json-schema go with --template (a file of plain records)")
+        if self.embed and self.template is None:
+            raise UsageError("--embed goes with --template: it makes each record's text to embed")
         if self.replace_models and not chain:
             raise UsageError("--replace-models needs --models: the chain every line is sent to")
         parsed: Template | None = None
@@ -234,7 +245,9 @@ class SubmitChoices:
             path = self.json_schema
             schema = load_json_schema(path) if path is not None else None
             stem = path.stem if path is not None else ""
-            parsed = Template.parse(load_template_text(self.template), self.system, schema, schema_name=stem)
+            parsed = Template.parse(
+                load_template_text(self.template), self.system, schema, schema_name=stem, embed=self.embed
+            )
         return batch_options(
             settings,
             models=chain,

@@ -1,4 +1,5 @@
-"""Input lines: OpenAI Batch API lines, bare chat bodies, or plain records filled into a template."""
+"""Input lines: OpenAI Batch API lines (chat or embeddings), bare request bodies, or plain records filled into a
+template."""
 
 from __future__ import annotations
 
@@ -15,11 +16,15 @@ from jobs.formats.prompt_template import Template
 
 __all__ = [
     "BATCH_URL",
+    "EMBEDDINGS_URL",
+    "ENDPOINTS",
     "FREE_ONLY_REFUSED_FIELDS",
     "LineError",
     "ParsedLine",
     "body_problem",
     "derived_custom_id",
+    "embedding_inputs",
+    "endpoint_of",
     "free_only_problem",
     "parse_line",
     "parse_models",
@@ -30,6 +35,9 @@ __all__ = [
 MAX_CUSTOM_ID_CHARS = 512
 
 BATCH_URL = "/v1/chat/completions"
+EMBEDDINGS_URL = "/v1/embeddings"
+# The endpoints a batch runs, as OpenAI's Batch API names them (one per batch).
+ENDPOINTS = (BATCH_URL, EMBEDDINGS_URL)
 _ROLES = ("system", "user", "assistant", "tool", "developer")
 _ENVELOPE_KEYS = {"custom_id", "method", "url", "body"}
 
@@ -91,6 +99,13 @@ class ParsedLine:
     models: list[str] | None
     # The plain record a template was filled from; None for a chat line.
     record: dict[str, Any] | None = None
+    # The endpoint the body is for (BATCH_URL or EMBEDDINGS_URL).
+    endpoint: str = BATCH_URL
+
+
+def endpoint_of(body: dict[str, Any]) -> str:
+    """The endpoint a stored body is for: an embeddings request has `input` and no `messages`."""
+    return EMBEDDINGS_URL if "input" in body and "messages" not in body else BATCH_URL
 
 
 def derived_custom_id(line_no: int) -> str:
@@ -222,6 +237,62 @@ def _check_body(body: dict[str, Any]) -> None:
             raise ValueError(f'"{key}" must be {wanted}, got {_type_name(value)}')
 
 
+# OpenAI's and OpenRouter's embeddings parameters besides `model` and `input`, with their types.
+_EMBEDDING_PARAMS: dict[str, tuple[tuple[type, ...], str]] = {
+    "dimensions": ((int,), "an integer"),
+    "encoding_format": ((str,), '"float" or "base64"'),
+    "user": ((str,), "a string"),
+    "input_type": ((str,), "a string"),
+    "provider": ((dict,), "an object"),
+}
+
+
+def _check_input(value: Any) -> None:
+    """An embeddings `input`: a string, a list of strings, a list of token ids, or a list of such lists."""
+    if isinstance(value, str):
+        if not value:
+            raise ValueError('"input" is an empty string: give the text to embed')
+        return
+    if not isinstance(value, list) or not value:
+        shown = "an empty list" if isinstance(value, list) else _type_name(value)
+        raise ValueError(f'"input" must be a string or a non-empty list of strings or token ids, got {shown}')
+    for i, item in enumerate(value):
+        if isinstance(item, str):
+            if not item:
+                raise ValueError(f"input[{i}] is an empty string")
+        elif isinstance(item, list):
+            if not item or not all(isinstance(t, int) and not isinstance(t, bool) for t in item):
+                raise ValueError(f"input[{i}] must be a non-empty list of token ids (integers)")
+        elif not isinstance(item, int) or isinstance(item, bool):
+            raise ValueError(f"input[{i}] must be a string or token ids, got {_type_name(item)}")
+
+
+def embedding_inputs(body: dict[str, Any]) -> int:
+    """How many embeddings a stored embeddings body asks for (one per string or token list)."""
+    value = body.get("input")
+    if isinstance(value, list) and value and not all(isinstance(t, int) for t in value):
+        return len(value)
+    return 1
+
+
+def _check_embeddings_body(body: dict[str, Any]) -> None:
+    if "input" not in body:
+        raise ValueError('no "input": an embeddings request needs the text to embed')
+    if "messages" in body:
+        raise ValueError('"messages" in an embeddings request: it takes "input" (the text to embed)')
+    _check_input(body["input"])
+    for key, value in body.items():
+        if key not in _EMBEDDING_PARAMS:
+            continue
+        types, wanted = _EMBEDDING_PARAMS[key]
+        if isinstance(value, bool) or not isinstance(value, types):
+            raise ValueError(f'"{key}" must be {wanted}, got {_type_name(value)}')
+    if "dimensions" in body and body["dimensions"] < 1:
+        raise ValueError(f'"dimensions" must be at least 1, got {body["dimensions"]}')
+    if body.get("encoding_format", "float") not in ("float", "base64"):
+        raise ValueError(f'"encoding_format" must be "float" or "base64", got {body["encoding_format"]!r}')
+
+
 def _custom_id(value: Any, line_no: int) -> str:
     if value is None:
         return derived_custom_id(line_no)
@@ -272,9 +343,11 @@ def parse_line(raw: bytes, line_no: int) -> ParsedLine | None:
             method = obj.get("method", "POST")
             if method != "POST":
                 raise ValueError(f'"method" must be "POST", got {orjson.dumps(method).decode()}')
-            url = obj.get("url")
-            if url != BATCH_URL:
-                raise ValueError(f'"url" must be "{BATCH_URL}", got {orjson.dumps(url).decode()}')
+            endpoint = obj.get("url")
+            if endpoint not in ENDPOINTS:
+                raise ValueError(
+                    f'"url" must be "{BATCH_URL}" or "{EMBEDDINGS_URL}", got {orjson.dumps(endpoint).decode()}'
+                )
             body = obj.get("body")
             if not isinstance(body, dict):
                 raise ValueError(f'"body" must be an object, got {_type_name(body)}')
@@ -283,7 +356,12 @@ def parse_line(raw: bytes, line_no: int) -> ParsedLine | None:
         else:
             custom_id = _custom_id(obj.get("custom_id"), line_no)
             body = {k: v for k, v in obj.items() if k != "custom_id"}
-        _check_body(body)
+            # A bare body is an embeddings request when it has the text to embed and no messages.
+            endpoint = endpoint_of(body)
+        if endpoint == EMBEDDINGS_URL:
+            _check_embeddings_body(body)
+        else:
+            _check_body(body)
         model = body.pop("model", None)
         chain = body.pop("models", None)
         models: list[str] | None = None
@@ -294,7 +372,7 @@ def parse_line(raw: bytes, line_no: int) -> ParsedLine | None:
             models = [first, *[m for m in (models or []) if m != first]]
     except ValueError as exc:
         raise LineError(line_no, str(exc)) from None
-    return ParsedLine(line_no=line_no, custom_id=custom_id, body=body, models=models)
+    return ParsedLine(line_no=line_no, custom_id=custom_id, body=body, models=models, endpoint=str(endpoint))
 
 
 def parse_record(raw: bytes, line_no: int, template: Template) -> ParsedLine | None:
@@ -313,6 +391,11 @@ def parse_record(raw: bytes, line_no: int, template: Template) -> ParsedLine | N
     try:
         custom_id = _custom_id(obj.get("custom_id"), line_no)
         body = template.body(obj)
+        if template.embed:
+            _check_embeddings_body(body)
     except ValueError as exc:
         raise LineError(line_no, str(exc)) from None
-    return ParsedLine(line_no=line_no, custom_id=custom_id, body=body, models=None, record=obj)
+    endpoint = EMBEDDINGS_URL if template.embed else BATCH_URL
+    return ParsedLine(
+        line_no=line_no, custom_id=custom_id, body=body, models=None, record=obj, endpoint=endpoint
+    )

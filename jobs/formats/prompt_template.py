@@ -81,6 +81,8 @@ class Template:
     json_schema: dict[str, Any] | None = None
     schema_name: str = "answer"
     _parts: tuple[str | tuple[str, ...], ...] = field(default=(), repr=False, compare=False)
+    # The rendered text is to be embedded (an embeddings request's `input`), not a chat prompt.
+    embed: bool = False
 
     @classmethod
     def parse(
@@ -89,8 +91,13 @@ class Template:
         system: str | None = None,
         json_schema: dict[str, Any] | None = None,
         schema_name: str = "",
+        embed: bool = False,
     ) -> Template:
         """Split the template into literal text and `{field}` paths; a template with no field is refused."""
+        if embed and (system is not None or json_schema is not None):
+            raise TemplateError(
+                "--embed makes the text to embed: a system message or a schema has no place in it"
+            )
         parts: list[str | tuple[str, ...]] = []
         pos = 0
         literal: list[str] = []
@@ -112,7 +119,7 @@ class Template:
                 "name the record fields to fill in, e.g. 'Label this review: {text}'"
             )
         name = _SCHEMA_NAME.sub("_", schema_name)[:64] or "answer"
-        return cls(text, system, json_schema, name, tuple(p for p in parts if p != ""))
+        return cls(text, system, json_schema, name, tuple(p for p in parts if p != ""), embed)
 
     @property
     def fields(self) -> list[str]:
@@ -142,7 +149,10 @@ class Template:
         return "".join(out)
 
     def body(self, record: dict[str, Any]) -> dict[str, Any]:
-        """The chat body for one record: an optional system message, the rendered user message, the schema."""
+        """The body for one record: an optional system message, the rendered user message, the schema; or, to
+        embed, the rendered text as the input."""
+        if self.embed:
+            return {"input": self.render(record)}
         messages: list[dict[str, Any]] = []
         if self.system is not None:
             messages.append({"role": "system", "content": self.system})
@@ -157,4 +167,10 @@ class Template:
 
     def to_json(self) -> dict[str, Any]:
         """What the batch row keeps of the template (and what makes two submits the same batch)."""
-        return {"template": self.text, "system": self.system, "json_schema": self.json_schema}
+        return {
+            "template": self.text,
+            "system": self.system,
+            "json_schema": self.json_schema,
+            # Only when set: the templates stored before embeddings keep their identity.
+            **({"embed": True} if self.embed else {}),
+        }

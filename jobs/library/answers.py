@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -64,7 +65,14 @@ class AnswerColumns:
         if row.content is None or row.error is not None:
             return out
         if not self.structured:
-            out[self.names[ANSWER_FIELD]] = row.content
+            answer = self.names[ANSWER_FIELD]
+            out[answer] = row.content
+            if row.structured:
+                # An answer that is JSON though no schema was asked (an embeddings request's vectors).
+                with contextlib.suppress(orjson.JSONDecodeError):
+                    out[answer] = parse_answer(row.content)
+                if not isinstance(out[answer], str):
+                    self.types[answer] = "any"
             return out
         try:
             value = parse_answer(row.content)

@@ -42,6 +42,7 @@ class Choices:
     """The keyword options of `orbatch.run` and `orbatch.submit` (see their docstrings)."""
 
     template: str | None = None
+    embed: bool = False
     system: str | None = None
     schema: type[BaseModel] | dict[str, Any] | None = None
     models: list[str] | str | None = None
@@ -78,6 +79,10 @@ class Choices:
         template: Template | None = None
         if self.template is None and (self.system is not None or schema is not None):
             raise BadInput("system= and schema= go with template= (records that fill it)", param="template")
+        if self.embed and self.template is None:
+            raise BadInput(
+                "embed= goes with template= (records whose filled template is embedded)", param="embed"
+            )
         if self.template is not None:
             if not chain:
                 raise BadInput("template= needs models=: plain records name no model", param="models")
@@ -87,6 +92,7 @@ class Choices:
                     self.system,
                     schema,
                     schema_name=schema_name(self.schema),
+                    embed=self.embed,
                 )
             except TemplateError as exc:
                 raise BadInput(str(exc).replace("--template", "template="), param="template") from None

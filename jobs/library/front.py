@@ -53,8 +53,9 @@ __all__ = ["Batch", "arun", "asubmit", "batch", "run", "submit"]
 
 T = TypeVar("T")
 
-# A chat request row names its messages; any other row is a record for a template.
-_REQUEST_FIELD = "messages"
+# A chat request row names its messages, an embeddings request row its input; any other row is a record for a
+# template.
+_REQUEST_FIELDS = ("messages", "input")
 
 
 @dataclass(slots=True)
@@ -86,7 +87,7 @@ def _prepare(data: Any, choices: Choices) -> _Prepared:
             return _Prepared(spool_records(read_records(path), folder, path.name, str(path)), True, path=path)
         raise BadInput(f"data: {path} is not a .jsonl, .jsonl.gz, .csv or .parquet file", param="data")
     table = table_of(data)
-    requests = _REQUEST_FIELD in table.columns and choices.template is None
+    requests = any(f in table.columns for f in _REQUEST_FIELDS) and choices.template is None
     where = f"the {table.kind} table"
     name = f"{table.kind} table of {table.rows} rows"
     return _Prepared(spool_records(table.chunks(), folder, name, where), not requests, table=table)

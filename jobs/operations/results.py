@@ -87,10 +87,18 @@ class ExportReport:
 
 
 _BATCH_COLUMNS = "res.body::text AS body"
-_RECORD_COLUMNS = (
-    "r.record::text AS record, res.body->'choices'->0->'message'->>'content' AS content,"
-    " coalesce(r.body->'response_format'->>'type' = 'json_schema', false) AS structured"
-)
+# A row's answer: a chat reply's text, or an embeddings request's vector (a list of vectors for a list of
+# inputs, in input order) as JSON text; read from the stored response, not stored twice. An embeddings answer
+# is JSON, so it is `structured`.
+_CONTENT = """
+    CASE WHEN r.body ? 'messages' THEN res.body->'choices'->0->'message'->>'content'
+         WHEN jsonb_typeof(r.body->'input') = 'array' AND jsonb_typeof(r.body->'input'->0) <> 'number'
+         THEN (SELECT jsonb_agg(d.value->'embedding' ORDER BY coalesce((d.value->>'index')::int, d.n - 1))
+               FROM jsonb_array_elements(res.body->'data') WITH ORDINALITY AS d(value, n))::text
+         ELSE (res.body->'data'->0->'embedding')::text END AS content,
+    (coalesce(r.body->'response_format'->>'type' = 'json_schema', false) OR NOT r.body ? 'messages')
+        AS structured"""
+_RECORD_COLUMNS = "r.record::text AS record," + _CONTENT
 
 
 async def _rows(engine: AsyncEngine, sql: str, *args: Any) -> AsyncGenerator[Any]:
@@ -118,10 +126,7 @@ class AnswerRow:
     record: dict[str, Any] | None = None
 
 
-_ANSWER_COLUMNS = (
-    "r.line_no, res.body->'choices'->0->'message'->>'content' AS content,"
-    " coalesce(r.body->'response_format'->>'type' = 'json_schema', false) AS structured"
-)
+_ANSWER_COLUMNS = "r.line_no," + _CONTENT
 _ANSWER_ROWS = _query(_ANSWER_COLUMNS + ", NULL AS record", "true").replace(
     "ORDER BY r.id", "ORDER BY r.line_no"
 )

@@ -272,7 +272,10 @@ _TAKE_LEASE = sql(
                       AS chain_pos
     ), attempt_row AS (
         INSERT INTO attempt (request_id, batch_id, number, worker, models_sent)
-        SELECT id, batch_id, attempts, :owner, chain[chain_pos + 1 : chain_pos + {MAX_MODELS_PER_CALL}] FROM leased
+        SELECT id, batch_id, attempts, :owner,
+               -- OpenRouter's embeddings API takes one `model`, no `models` chain: one model per call there.
+               chain[chain_pos + 1 : chain_pos + CASE WHEN body ? 'messages' THEN {MAX_MODELS_PER_CALL} ELSE 1 END]
+        FROM leased
         RETURNING id, models_sent
     )
     SELECT leased.*, attempt_row.id AS attempt_id, attempt_row.models_sent FROM leased, attempt_row

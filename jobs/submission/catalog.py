@@ -52,15 +52,27 @@ def price_of(value: Any) -> Decimal | None:
 
 
 async def fetch_models(base_url: str, api_key: str | None) -> Catalog:
-    """GET /models: every model id with its prices."""
+    """GET /models and GET /embeddings/models: every model id with its prices."""
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     async with httpx.AsyncClient(
         base_url=base_url.rstrip("/") + "/", timeout=20.0, headers=headers
     ) as client:
         response = await client.get("models")
         response.raise_for_status()
+        catalog = _listed(response.content)
+        # OpenRouter lists its embedding models apart from the chat models; an upstream without the list
+        # (404) has none.
+        embeddings = await client.get("embeddings/models")
+        if embeddings.status_code != 404:
+            embeddings.raise_for_status()
+            catalog.update(_listed(embeddings.content))
+    return catalog
+
+
+def _listed(content: bytes) -> Catalog:
+    """The ids and prices of a model list's answer."""
     catalog: Catalog = {}
-    for model in orjson.loads(response.content).get("data", []):
+    for model in orjson.loads(content).get("data", []):
         if not isinstance(model, dict) or not isinstance(model.get("id"), str):
             continue
         pricing = model.get("pricing")

@@ -40,6 +40,7 @@ def batch_options(
     metadata: dict[str, str] | None = None,
     owner: str | None = None,
     replace_models: bool = False,
+    endpoint: str | None = None,
 ) -> SubmitOptions:
     """The options of a batch from choices already checked by the surface that took them; a setting fills
     what was not chosen (ORBATCH_MAX_ATTEMPTS)."""
@@ -58,4 +59,5 @@ def batch_options(
         owner=owner,
         priority=priority,
         replace_models=replace_models,
+        endpoint=endpoint,
     )

@@ -95,6 +95,8 @@ class SubmitOptions:
     priority: BatchPriority | None = None
     # The batch's chain replaces every line's own `model`/`models` (a file written for other models).
     replace_models: bool = False
+    # The endpoint every line must be for (the API's `endpoint`); None: the first line's.
+    endpoint: str | None = None
 
     def identity(self) -> dict[str, Any]:
         """The options that make a batch what it is: the same file with these gives the same batch."""
@@ -210,15 +212,34 @@ def _damaged(source: Source, line_no: int, errors: _LineErrors, exc: DamagedGzip
     )
 
 
-def _row(
-    raw: bytes, line_no: int, options: SubmitOptions, fields: dict[str, None], renamed: dict[str, str]
-) -> _Row | None:
-    """The staging row of one line; None for a blank line; LineError for a bad one. A record's fields join
-    `fields`, the ordered union of the batch's record fields; a model name taken as an id joins `renamed`."""
+@dataclass(slots=True)
+class _Gathered:
+    """What the lines tell of the whole batch as they are read."""
+
+    # The ordered union of the records' fields.
+    fields: dict[str, None] = field(default_factory=dict)
+    # Model names taken as OpenRouter's ids.
+    renamed: dict[str, str] = field(default_factory=dict)
+    # The batch's endpoint: the options', else its first line's.
+    endpoint: str | None = None
+
+
+def _row(raw: bytes, line_no: int, options: SubmitOptions, gathered: _Gathered) -> _Row | None:
+    """The staging row of one line; None for a blank line; LineError for a bad one (a line for another endpoint
+    than the batch's included)."""
     template = options.template
     parsed = parse_line(raw, line_no) if template is None else parse_record(raw, line_no, template)
     if parsed is None:
         return None
+    if gathered.endpoint is None:
+        gathered.endpoint = parsed.endpoint
+    elif parsed.endpoint != gathered.endpoint:
+        raise LineError(
+            line_no,
+            f"a {parsed.endpoint} request in a batch of {gathered.endpoint} requests (a batch runs one endpoint;"
+            " submit the two kinds as two files)",
+            "invalid_url",
+        )
     if (parsed.models is None or options.replace_models) and not options.models:
         raise LineError(
             line_no,
@@ -229,7 +250,7 @@ def _row(
     models = None if options.replace_models else parsed.models
     if models is not None:
         try:
-            models = resolve_models(models, options, renamed)
+            models = resolve_models(models, options, gathered.renamed)
         except ValueError as exc:
             raise LineError(line_no, str(exc), "invalid_model") from None
     body = {**options.defaults, **parsed.body} if options.defaults else parsed.body
@@ -241,8 +262,8 @@ def _row(
     record = None
     if parsed.record is not None:
         record = orjson.dumps(parsed.record).decode()
-        if len(fields) < MAX_RECORD_FIELDS:
-            fields.update(dict.fromkeys(parsed.record))
+        if len(gathered.fields) < MAX_RECORD_FIELDS:
+            gathered.fields.update(dict.fromkeys(parsed.record))
     return (line_no, parsed.custom_id, orjson.dumps(body).decode(), models, print_, record)
 
 
@@ -251,8 +272,7 @@ async def _records(
     options: SubmitOptions,
     errors: _LineErrors,
     progress: ProgressFn | None,
-    fields: dict[str, None],
-    renamed: dict[str, str],
+    gathered: _Gathered,
 ) -> AsyncIterator[list[_Row]]:
     """Chunks of staging rows (line, custom_id, body, models, fingerprint, record), bad lines into `errors`.
 
@@ -276,7 +296,7 @@ async def _records(
                     )
                     continue
                 try:
-                    row = _row(raw, line_no, options, fields, renamed)
+                    row = _row(raw, line_no, options, gathered)
                 except LineError as exc:
                     errors.add(exc)
                     continue
@@ -381,9 +401,8 @@ async def submit_source(
             )
         )
         raw_conn: Any = (await conn.get_raw_connection()).driver_connection
-        fields: dict[str, None] = {}
-        renamed: dict[str, str] = {}
-        async for chunk in _records(source, options, errors, progress, fields, renamed):
+        gathered = _Gathered(endpoint=options.endpoint)
+        async for chunk in _records(source, options, errors, progress, gathered):
             await raw_conn.copy_records_to_table(
                 "orbatch_staging",
                 records=chunk,
@@ -410,14 +429,16 @@ async def submit_source(
                 " (every line was bad)" if errors.count else ""
             )
             raise SubmitError(source.name, errors.kept, errors.count, reason=reason)
-        if fields:
-            await conn.execute(update(Batch).where(Batch.id == batch_id).values(record_fields=list(fields)))
+        if gathered.fields:
+            await conn.execute(
+                update(Batch).where(Batch.id == batch_id).values(record_fields=list(gathered.fields))
+            )
         await lifecycle.start_batch(conn, batch_id, total, errors.count)
         if on_stored is not None:
             await on_stored(conn, batch_id)
     await _restat(engine, total)
     return SubmitReport(
-        batch_id=batch_id, total=total, invalid=errors.count, errors=errors.kept, renamed=renamed
+        batch_id=batch_id, total=total, invalid=errors.count, errors=errors.kept, renamed=gathered.renamed
     )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from jobs.formats.input_lines import LineError, parse_line
+from jobs.formats.input_lines import BATCH_URL, EMBEDDINGS_URL, LineError, endpoint_of, parse_line
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 
@@ -41,6 +41,26 @@ def test_bare_chat_body_is_accepted_and_keeps_its_parameters() -> None:
     assert line is not None
     assert line.body == {"messages": MESSAGES, "temperature": 0.3, "response_format": {"type": "json_object"}}
     assert line.models is None
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"input": "one text", "model": "openai/text-embedding-3-small"},
+        {"input": ["first", "second"], "dimensions": 8},
+        {"input": [101, 2023, 102]},
+        {"input": [[101, 2023], [102]], "encoding_format": "base64"},
+    ],
+)
+def test_embeddings_lines_are_accepted_in_both_forms(body: dict[str, object]) -> None:
+    wrapped = parse({"custom_id": "e", "method": "POST", "url": "/v1/embeddings", "body": body})
+    bare = parse({"custom_id": "e", **body})
+    for line in (wrapped, bare):
+        assert line is not None
+        assert line.endpoint == EMBEDDINGS_URL
+        assert line.body == {k: v for k, v in body.items() if k != "model"}
+        assert endpoint_of(line.body) == EMBEDDINGS_URL
+    assert parse({"custom_id": "c", "messages": MESSAGES}).endpoint == BATCH_URL  # type: ignore[union-attr]
 
 
 def test_missing_custom_id_is_derived_from_the_line_number() -> None:
@@ -106,8 +126,26 @@ def test_blank_lines_are_skipped() -> None:
         ),
         (b'{"messages": [{"role": "user", "content": "a\\u0000b"}]}', "LINE 7: contains the NUL character"),
         (
+            b'{"custom_id": "a", "url": "/v1/completions", "method": "POST", "body": {"prompt": "x"}}',
+            'LINE 7: "url" must be "/v1/chat/completions" or "/v1/embeddings", got "/v1/completions"',
+        ),
+        (
             b'{"custom_id": "a", "url": "/v1/embeddings", "method": "POST", "body": {"messages": []}}',
-            'LINE 7: "url" must be "/v1/chat/completions", got "/v1/embeddings"',
+            'LINE 7: no "input": an embeddings request needs the text to embed',
+        ),
+        (b'{"input": ""}', 'LINE 7: "input" is an empty string'),
+        (
+            b'{"input": []}',
+            'LINE 7: "input" must be a string or a non-empty list of strings or token ids, got an',
+        ),
+        (b'{"input": ["a", ""]}', "LINE 7: input[1] is an empty string"),
+        (b'{"input": [[1, 2], []]}', "LINE 7: input[1] must be a non-empty list of token ids"),
+        (b'{"input": {"text": "a"}}', 'LINE 7: "input" must be a string or a non-empty list'),
+        (b'{"input": "a", "dimensions": "8"}', 'LINE 7: "dimensions" must be an integer, got a string'),
+        (b'{"input": "a", "dimensions": 0}', 'LINE 7: "dimensions" must be at least 1, got 0'),
+        (
+            b'{"input": "a", "encoding_format": "int8"}',
+            'LINE 7: "encoding_format" must be "float" or "base64"',
         ),
         (
             b'{"custom_id": "a", "url": "/v1/chat/completions", "method": "GET", "body": {}}',
