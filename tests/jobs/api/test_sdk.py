@@ -364,3 +364,56 @@ def test_the_api_and_the_cli_refuse_an_unknown_model_in_the_same_words_through_t
     assert f"--models: {problem}" in refused.stderr
     assert refused.stdout == ""
     assert client.batches.list().data == []
+
+
+def test_an_openai_batch_file_naming_openais_models_and_an_embeddings_file_run_unchanged(
+    api_server: ApiServer, owners: dict[str, NewKey], simulator: Simulator
+) -> None:
+    client = api_server.client(owners["alice"].key)
+    chat = client.files.create(
+        file=("chat.jsonl", jsonl(batch_lines(3, model="gpt-4o-mini"))), purpose="batch"
+    )
+    created = client.batches.create(
+        input_file_id=chat.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    done = wait_for(client, created.id)
+    assert done.request_counts is not None
+    assert (done.status, done.request_counts.completed) == ("completed", 3)
+    assert done.output_file_id is not None
+    output = [orjson.loads(line) for line in client.files.content(done.output_file_id).content.splitlines()]
+    assert {line["response"]["body"]["model"] for line in output} == {"openai/gpt-4o-mini"}
+
+    vectors = [
+        orjson.dumps(
+            {
+                "custom_id": f"v{i}",
+                "method": "POST",
+                "url": "/v1/embeddings",
+                "body": {"model": "text-embedding-3-small", "input": [f"doc {i}", f"title {i}"]},
+            }
+        )
+        for i in range(4)
+    ]
+    uploaded = client.files.create(file=("vectors.jsonl", jsonl(vectors)), purpose="batch")
+    created = client.batches.create(
+        input_file_id=uploaded.id, endpoint="/v1/embeddings", completion_window="24h"
+    )
+    assert created.endpoint == "/v1/embeddings"
+    done = wait_for(client, created.id)
+    assert done.request_counts is not None
+    assert (done.status, done.request_counts.completed) == ("completed", 4)
+    assert done.output_file_id is not None
+    output = [orjson.loads(line) for line in client.files.content(done.output_file_id).content.splitlines()]
+    assert sorted(line["custom_id"] for line in output) == ["v0", "v1", "v2", "v3"]
+    for line in output:
+        body = line["response"]["body"]
+        assert (body["object"], body["model"]) == ("list", "openai/text-embedding-3-small")
+        assert [(d["index"], len(d["embedding"])) for d in body["data"]] == [(0, 1536), (1, 1536)]
+    # A chat file given as an embeddings batch fails its validation, saying which line and why.
+    wrong = client.batches.create(input_file_id=chat.id, endpoint="/v1/embeddings", completion_window="24h")
+    assert wrong.status == "failed"
+    assert wrong.errors is not None
+    assert wrong.errors.data is not None
+    assert "a /v1/chat/completions request in a batch of /v1/embeddings requests" in str(
+        wrong.errors.data[0].message
+    )

@@ -181,6 +181,25 @@ async def test_chat_request_rows_run_without_a_template(front: None) -> None:
     assert [r["answer"] for r in out] == [f"echo: hi {i}" for i in range(3)]
 
 
+async def test_a_frames_texts_are_embedded_with_a_vector_beside_each_row(front: None) -> None:
+    frame = pd.DataFrame({"id": [1, 2, 3], "text": ["alpha", "beta", "gamma"]})
+    out = await asyncio.to_thread(
+        functools.partial(
+            orbatch.run, frame, template="{text}", embed=True, models="sim/embed", progress=False
+        )
+    )
+    assert list(out.columns) == ["id", "text", "answer", "error"]
+    assert [len(v) for v in out["answer"]] == [8, 8, 8]
+    assert out["error"].isna().all()
+    # Rows that are embeddings requests already (an `input` each) need no template.
+    requests = [{"custom_id": "a", "input": "alpha"}, {"custom_id": "b", "input": ["beta", "gamma"]}]
+    answered = await asyncio.to_thread(
+        functools.partial(orbatch.run, requests, models="sim/embed", progress=False)
+    )
+    assert answered[0]["answer"] == out["answer"][0]
+    assert [len(v) for v in answered[1]["answer"]] == [8, 8]
+
+
 async def test_a_pydantic_schema_is_sent_strict_and_answers_come_back_as_instances(
     front: None, simulator: Simulator
 ) -> None:

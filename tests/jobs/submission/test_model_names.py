@@ -55,7 +55,7 @@ def test_an_unknown_name_is_refused_with_the_close_ids() -> None:
 def test_a_name_under_two_providers_is_refused_naming_both() -> None:
     names = model_names(frozenset({"a/shared", "b/shared", "a/only"}))
     assert names.resolve("only") == "a/only"
-    with pytest.raises(ValueError) as refused:
+    with pytest.raises(ValueError, match="ambiguous model") as refused:
         names.resolve("shared")
     assert str(refused.value) == (
         "ambiguous model 'shared': OpenRouter has it under 2 providers ('a/shared', 'b/shared'); name one"
