@@ -392,6 +392,10 @@ class Simulator:
         if down is not None:
             record_call(down.status, "outage")
             return down
+        if checked.model_id in cfg.down_models:
+            # The model's providers are all down: OpenRouter's 503, as a chat call to it gets.
+            record_call(503, "all_down")
+            return replies.error_response(503, f"{checked.model_id} is temporarily unavailable")
         if cfg.latency_ms:
             await asyncio.sleep(cfg.latency_ms / 1000)
         request_checked = checked

@@ -3,6 +3,7 @@ OpenAI's Batch output format, or as records with their vectors."""
 
 from __future__ import annotations
 
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +63,11 @@ async def test_an_embeddings_file_comes_back_in_openais_format_with_its_cost_rec
     assert len(attempts) == 9
     assert all(a.outcome == "success" and a.prompt_tokens > 0 and a.cost > 0 for a in attempts)
     usage = orjson.loads(run_cli(env, "usage", "--json").stdout)
-    assert float(usage[0]["cost_usd"]) > 0, usage
+    assert (usage["total"]["calls"], usage["total"]["prompt_tokens"]) == (
+        9,
+        sum(a.prompt_tokens for a in attempts),
+    )
+    assert Decimal(usage["total"]["cost"]) == sum(a.cost for a in attempts)
 
 
 async def test_an_embeddings_chain_sends_one_model_per_call_and_falls_back_down_it(
