@@ -203,3 +203,40 @@ def test_a_spent_daily_quota_resumes_at_the_reset_it_names() -> None:
     assert isinstance(result, Failure)
     assert result.resume_at is not None
     assert result.resume_at.timestamp() == 1_800_000_000
+
+
+def embeddings(*indices: int) -> dict[str, Any]:
+    return {
+        "id": "embd-1",
+        "object": "list",
+        "model": "m/embed",
+        "data": [{"object": "embedding", "index": i, "embedding": [0.1 * i, 0.2]} for i in indices],
+        "usage": {"prompt_tokens": 6, "total_tokens": 6, "cost": 0.00001},
+    }
+
+
+def test_an_embeddings_answer_with_a_vector_per_input_is_a_success_with_its_cost() -> None:
+    result = classify(answer(200, embeddings(1, 0)), {"input": ["a", "b"]})
+    assert isinstance(result, Success)
+    assert (result.model, result.generation_id, result.content) == ("m/embed", "embd-1", None)
+    assert (result.usage.prompt_tokens, result.usage.cost) == (6, Decimal("0.00001"))
+
+
+@pytest.mark.parametrize(
+    ("body", "request_input"),
+    [
+        (embeddings(0), ["a", "b"]),  # one vector for two inputs
+        (embeddings(0, 0), ["a", "b"]),  # two vectors, both for the first input
+        ({"object": "list", "model": "m/embed"}, "a"),  # no data at all
+    ],
+)
+def test_an_embeddings_answer_short_of_vectors_is_retried(body: dict[str, Any], request_input: Any) -> None:
+    result = classify(answer(200, body), {"input": request_input})
+    assert isinstance(result, Failure)
+    assert (result.outcome, result.code) == (Outcome.RETRY, "invalid_embeddings")
+
+
+def test_an_error_inside_an_embeddings_200_is_classed_by_its_code() -> None:
+    result = classify(answer(200, error(502, "Provider returned error")), {"input": "a"})
+    assert isinstance(result, Failure)
+    assert result.outcome is Outcome.FALLBACK
