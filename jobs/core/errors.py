@@ -28,6 +28,7 @@ __all__ = [
     "Unauthorized",
     "Unprocessable",
     "UnsupportedMediaType",
+    "UriTooLong",
 ]
 
 
@@ -127,8 +128,14 @@ class TooLarge(BadInput):
     http_status = 413
 
 
+class UriTooLong(BadInput):
+    """A request whose line (its URL) is over its limit; refused before it is read further."""
+
+    http_status = 414
+
+
 class HeadersTooLarge(BadInput):
-    """A request whose line and headers are over their limit; refused before it is read further."""
+    """A request whose headers are over their limit; refused before it is read further."""
 
     http_status = 431
 
