@@ -26,7 +26,6 @@ __all__ = [
     "SettingsError",
     "TooLarge",
     "Unauthorized",
-    "Unprocessable",
     "UnsupportedMediaType",
     "UriTooLong",
 ]
@@ -144,12 +143,6 @@ class UnsupportedMediaType(BadInput):
     """A request body of a content type the endpoint does not take."""
 
     http_status = 415
-
-
-class Unprocessable(BadInput):
-    """A well-formed request naming something that cannot be used for it (a file of another purpose)."""
-
-    http_status = 422
 
 
 class RateLimited(OrbatchError):
