@@ -9,6 +9,7 @@ A breach is a 400 naming the parameter, in OpenAI's words (`Invalid value for 'a
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 from urllib.parse import unquote_to_bytes
 
@@ -88,11 +89,12 @@ def check_query(query: bytes) -> None:
 
 def _path_params(request: Request) -> dict[str, bytes]:
     """The route's path parameters as the client encoded them: the URL decodes `%ff` to U+FFFD, so each is taken
-    from the raw path, matched by the route's own pattern."""
+    from the raw path by the route's own pattern (searched for, as a router's prefix is not part of it)."""
     raw_path: bytes = request.scope.get("raw_path") or request.scope["path"].encode()
-    route = request.scope.get("route")
-    pattern = getattr(route, "path_regex", None)
-    match = None if pattern is None else pattern.match(raw_path.decode("latin-1"))
+    pattern = getattr(request.scope.get("route"), "path_regex", None)
+    match = (
+        None if pattern is None else re.search(pattern.pattern.removeprefix("^"), raw_path.decode("latin-1"))
+    )
     if match is None:
         return {name: str(value).encode() for name, value in request.path_params.items()}
     return {name: unquote_to_bytes(value) for name, value in match.groupdict().items()}
