@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import re
 from dataclasses import replace
-from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -64,16 +63,6 @@ def _models(value: list[str] | str | None) -> list[str]:
         return model_chain(value, "models")
     except ValueError as exc:
         raise BadInput(str(exc), param="models", code="invalid_value") from None
-
-
-def _max_cost(value: Decimal | None) -> Decimal | None:
-    if value is not None and (not value.is_finite() or value <= 0):
-        raise BadInput(
-            f"max_cost must be an amount in USD above zero, got {value}",
-            param="max_cost",
-            code="invalid_value",
-        )
-    return value
 
 
 def batch_errors(exc: SubmitError) -> list[dict[str, Any]]:
@@ -177,7 +166,7 @@ async def create_batch(state: ApiState, caller: Caller, body: BatchCreate) -> st
         name=(metadata or {}).get("name"),
         max_attempts=body.max_attempts,
         free_only=body.free_only,
-        max_cost=_max_cost(body.max_cost),
+        max_cost=body.max_cost,
         # Each create is a new batch, as with OpenAI, even for a file already used.
         new=True,
         dedupe=body.dedupe,

@@ -16,6 +16,8 @@ from jobs.core.states import BatchPriority
 
 __all__ = [
     "COMPLETION_WINDOW_PATTERN",
+    "MAX_COST_DECIMAL_PLACES",
+    "MAX_COST_USD",
     "METADATA_KEY_MAX_CHARS",
     "METADATA_MAX_PAIRS",
     "METADATA_VALUE_MAX_CHARS",
@@ -49,6 +51,10 @@ METADATA_KEY_MAX_CHARS = 64
 METADATA_VALUE_MAX_CHARS = 512
 _MetadataKey = Annotated[str, Strict(), StringConstraints(max_length=METADATA_KEY_MAX_CHARS), NO_NUL]
 _MetadataValue = Annotated[str, Strict(), StringConstraints(max_length=METADATA_VALUE_MAX_CHARS), NO_NUL]
+
+# A budget Postgres's NUMERIC holds exactly (`1e999999` is not one), finer than any price OpenRouter quotes.
+MAX_COST_USD = Decimal(1_000_000_000)
+MAX_COST_DECIMAL_PLACES = 12
 
 # The completion windows taken, as the OpenAPI document states them: 24 to 720 hours, or 1 to 30 days
 # (`creation.window_seconds` checks them and says why one is refused; a test checks both agree).
@@ -268,7 +274,14 @@ class BatchCreate(BaseModel):
     max_attempts: StrictInt | None = Field(
         None, ge=1, le=100, description="Failed calls before a request fails."
     )
-    max_cost: Decimal | None = Field(None, description="Stop the batch once its spend reaches this many USD.")
+    max_cost: Decimal | None = Field(
+        None,
+        gt=0,
+        le=MAX_COST_USD,
+        decimal_places=MAX_COST_DECIMAL_PLACES,
+        allow_inf_nan=False,
+        description="Stop the batch once its spend reaches this many USD (above zero, at most a billion).",
+    )
     free_only: StrictBool = Field(False, description="Refuse any model that is not a `:free` variant.")
     dedupe: StrictBool = Field(
         False, description="Answer requests identical to one already answered from its stored result."

@@ -178,6 +178,9 @@ BODIES = {
     "an input file id of 100 kB": ({"input_file_id": "f" * 100_000}, "input_file_id"),
     "seventeen metadata pairs": ({"metadata": {f"k{i}": "v" for i in range(17)}}, "metadata"),
     "a metadata value of 513 characters": ({"metadata": {"team": "v" * 513}}, "metadata.team"),
+    "a budget past what NUMERIC holds": ({"max_cost": "1e999999"}, "max_cost"),
+    "a budget finer than NUMERIC holds": ({"max_cost": "1e-999999"}, "max_cost"),
+    "a callback URL that is not one": ({"callback_url": "http://[::1"}, "callback_url"),
     # A name is shown back cut to 64 characters.
     "a metadata key of 65 characters": ({"metadata": {"k" * 65: "v"}}, ("metadata." + "k" * 65)[:64]),
 }
