@@ -27,7 +27,6 @@ __all__ = [
     "checked_request",
     "checked_text",
     "shown_name",
-    "text_problem",
 ]
 
 # Longer than any id, cursor, name, URL or word orbatch takes (ids are about 30 characters, a batch's name at
@@ -35,12 +34,10 @@ __all__ = [
 MAX_TEXT_CHARS = 2048
 # A parameter's name as an error shows it back.
 _NAME_CHARS = 64
-
-
 _NUL = "it contains a NUL character (\\u0000), which no text orbatch takes may hold"
 
 
-def text_problem(value: str) -> str | None:
+def _problem(value: str) -> str | None:
     """Why a text a client sent cannot be taken, or None."""
     if "\x00" in value:
         return _NUL
@@ -69,7 +66,7 @@ def checked_text(raw: bytes | str, param: str) -> str:
             ) from None
     else:
         value = raw
-    problem = text_problem(value)
+    problem = _problem(value)
     if problem is not None:
         raise _refused(param, problem)
     return value
