@@ -7,16 +7,20 @@ import contextlib
 import gc
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 from fastapi import Depends, FastAPI
+from starlette.types import ASGIApp
 
 from jobs.api import batches, files, pages, scrape
 from jobs.api.auth import loopback_host_only
 from jobs.api.cache import BatchCache
 from jobs.api.errors import install_error_handlers
+from jobs.api.inputs import checked_request
 from jobs.api.maintenance import maintain
-from jobs.api.middleware import BodyGuard
+from jobs.api.middleware import BodyGuard, RequestIds
+from jobs.api.responses import as_answered
 from jobs.api.state import ApiState
 from jobs.core.constants import CALLBACK_TIMEOUT_SECONDS
 from jobs.core.db import create_engine
@@ -32,9 +36,24 @@ batch from it (`POST /v1/batches`), poll it, and download its output and error f
 `openai` SDK at `http://HOST:PORT/v1` with an orbatch key (`orbatch keys create NAME`). The same server shows
 a dashboard of the batches and the fleet at `/`.
 
-Every error has OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`. A batch carries orbatch's
+Every error has OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`; a parameter holding NUL,
+bytes that are not UTF-8, or more than 2048 characters is a 400 naming it. Every answer carries an
+`x-request-id` (`req_` and 32 hex digits), under which the server logs the request. A batch carries orbatch's
 own fields (cost in USD, model chain, pause reason) under `orbatch`.
 """
+
+
+class _OrbatchApi(FastAPI):
+    """FastAPI with each request's id outside every other layer (Starlette's last-resort 500 included), and an
+    OpenAPI document that says what the app answers."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return RequestIds(super().build_middleware_stack())
+
+    def openapi(self) -> dict[str, Any]:
+        if self.openapi_schema is None:
+            self.openapi_schema = as_answered(super().openapi())
+        return self.openapi_schema
 
 
 def create_app(settings: Settings, *, no_auth: bool = False, maintenance: bool = True) -> FastAPI:
@@ -80,13 +99,14 @@ def create_app(settings: Settings, *, no_auth: bool = False, maintenance: bool =
             await redis.aclose()
             await engine.dispose()
 
-    app = FastAPI(
+    app = _OrbatchApi(
         title="orbatch",
         summary="OpenAI's Batch API over OpenRouter",
         description=_DESCRIPTION,
         version="0.1.0",
         lifespan=lifespan,
-        dependencies=[Depends(loopback_host_only)],
+        # A request's every parameter and header is checked before any route reads it (inputs.py).
+        dependencies=[Depends(loopback_host_only), Depends(checked_request)],
     )
     install_error_handlers(app)
     app.add_middleware(

@@ -36,7 +36,13 @@ def json_content(request: Request) -> None:
 @router.post(
     "/batches",
     response_model=BatchObject,
-    responses={**ERRORS, 422: {"description": "The input file is not one a batch can be made from."}},
+    responses={
+        **ERRORS,
+        400: {
+            **ERRORS[400],
+            "description": f"{ERRORS[400]['description']} Also an input file whose purpose is not `batch`.",
+        },
+    },
     summary="Create a batch",
 )
 async def create(

@@ -55,10 +55,10 @@ def _pattern(pattern: str) -> tuple[str, str]:
 
 def callback_allowed(url: str, allow: str) -> bool:
     """Whether ORBATCH_CALLBACK_ALLOW's host patterns (`host`, `*.host`, `host:port`) let the URL be called."""
-    parts = urlsplit(url)
     try:
+        parts = urlsplit(url)
         port = parts.port or (443 if parts.scheme == "https" else 80)
-    except ValueError:
+    except ValueError:  # not a URL: an IPv6 host never closed, a port that is not a number
         return False
     host = (parts.hostname or "").lower()
     if parts.scheme not in ("http", "https") or not host or parts.username or parts.password:
@@ -75,8 +75,12 @@ def check_callback_url(url: str, settings: Settings) -> str:
         raise BadInput(
             "callback_url is longer than 2048 characters", param="callback_url", code="invalid_value"
         )
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError:  # `http://[::1` and its like: urlsplit refuses what is not a URL
+        host = None
+    if host is None or parts.scheme not in ("http", "https"):
         raise BadInput("callback_url must be an http(s) URL", param="callback_url", code="invalid_value")
     if not settings.callback_allow.strip():
         raise BadInput(
@@ -86,7 +90,7 @@ def check_callback_url(url: str, settings: Settings) -> str:
         )
     if not callback_allowed(url, settings.callback_allow):
         raise BadInput(
-            f"callback_url's host {parts.hostname[:100]!r} is not one this server may call "
+            f"callback_url's host {host[:100]!r} is not one this server may call "
             "(ORBATCH_CALLBACK_ALLOW lists those)",
             param="callback_url",
             code="callback_not_allowed",

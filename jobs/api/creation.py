@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import re
 from dataclasses import replace
-from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -25,7 +24,7 @@ from jobs.api.keys import Caller, callback_secret
 from jobs.api.schemas import BatchCreate
 from jobs.api.state import ApiState, upstream_is_simulated
 from jobs.api.storage import StoredSource
-from jobs.core.errors import BadInput, NotFound, Unprocessable
+from jobs.core.errors import BadInput, NotFound
 from jobs.core.logs import get_logger
 from jobs.core.sql import sql
 from jobs.formats.input_lines import ENDPOINTS
@@ -36,10 +35,6 @@ from jobs.submission.submit import SubmitError, SubmitOptions, new_batch_id
 
 __all__ = ["batch_errors", "create_batch", "window_seconds"]
 
-# OpenAI's metadata bounds: 16 pairs, keys up to 64 characters, values up to 512.
-METADATA_MAX_PAIRS = 16
-METADATA_KEY_MAX_CHARS = 64
-METADATA_VALUE_MAX_CHARS = 512
 # OpenAI's only window is 24h; free-tier batches can need days (50 free requests a day), so longer windows
 # are taken, up to 30 days (OpenAI's longest file expiry).
 MIN_COMPLETION_WINDOW_SECONDS = 24 * 3600
@@ -64,41 +59,11 @@ def window_seconds(window: str) -> int:
     return seconds
 
 
-def _metadata(metadata: dict[str, str] | None) -> dict[str, str] | None:
-    if metadata is None:
-        return None
-    if len(metadata) > METADATA_MAX_PAIRS:
-        raise BadInput(
-            f"metadata has {len(metadata)} pairs; at most {METADATA_MAX_PAIRS} are allowed",
-            param="metadata",
-            code="invalid_value",
-        )
-    for key, value in metadata.items():
-        if len(key) > METADATA_KEY_MAX_CHARS or len(value) > METADATA_VALUE_MAX_CHARS:
-            raise BadInput(
-                f"metadata keys are at most {METADATA_KEY_MAX_CHARS} characters and values at most "
-                f"{METADATA_VALUE_MAX_CHARS}; {key[:METADATA_KEY_MAX_CHARS]!r} is longer",
-                param=f"metadata.{key[:METADATA_KEY_MAX_CHARS]}",
-                code="invalid_value",
-            )
-    return metadata
-
-
 def _models(value: list[str] | str | None) -> list[str]:
     try:
         return model_chain(value, "models")
     except ValueError as exc:
         raise BadInput(str(exc), param="models", code="invalid_value") from None
-
-
-def _max_cost(value: Decimal | None) -> Decimal | None:
-    if value is not None and (not value.is_finite() or value <= 0):
-        raise BadInput(
-            f"max_cost must be an amount in USD above zero, got {value}",
-            param="max_cost",
-            code="invalid_value",
-        )
-    return value
 
 
 def batch_errors(exc: SubmitError) -> list[dict[str, Any]]:
@@ -136,8 +101,10 @@ async def _input_file(conn: AsyncConnection, owner: str, file_id: str) -> Any:
     if row is None:
         raise NotFound(f"No such File object: {file_id[:100]}", param="input_file_id", code="file_not_found")
     if row.purpose != "batch" or row.sha256 is None:
-        raise Unprocessable(
-            f"{file_id} has purpose {row.purpose!r}; a batch is made from a file uploaded with purpose 'batch'",
+        # Checked before anything is stored: a 400, as OpenAI answers a batch asked from a file of another purpose.
+        raise BadInput(
+            f"Invalid value for 'input_file_id': the file {file_id} has purpose '{row.purpose}', and a batch "
+            "is made only from a file uploaded with purpose 'batch'.",
             param="input_file_id",
             code="invalid_file_purpose",
         )
@@ -162,13 +129,22 @@ def _setback(setback: Setback) -> None:
         )
 
 
+# The API's row of a batch, written inside the transaction that stored its requests. Its `model` is OpenAI's:
+# the model every request is sent to first (a line's own chain, else the batch's), when that is one model;
+# null when requests start with different ones. A batch with no requests (its file refused) says its chain's
+# first model. Read once here (one pass over rows just written), so a GET never scans a batch's requests.
 _API_ROW = text(
     """
     INSERT INTO api_batch (batch_id, owner, input_file_id, endpoint, completion_window, errors, callback_url,
-                           output_expires_seconds, created_at)
+                           output_expires_seconds, created_at, model)
     SELECT b.id, :owner, :input_file_id, :endpoint, :window, CAST(:errors AS jsonb), :callback_url,
-           :output_expires, b.created_at
-    FROM batch b WHERE b.id = :batch_id
+           :output_expires, b.created_at,
+           CASE WHEN f.requests = 0 THEN b.models[1] WHEN f.lowest = f.highest THEN f.lowest END
+    FROM batch b,
+         LATERAL (SELECT count(*) AS requests, min(coalesce(r.models[1], b.models[1])) AS lowest,
+                         max(coalesce(r.models[1], b.models[1])) AS highest
+                  FROM request r WHERE r.batch_id = b.id) f
+    WHERE b.id = :batch_id
     """
 )
 
@@ -184,7 +160,7 @@ async def create_batch(state: ApiState, caller: Caller, body: BatchCreate) -> st
             code="invalid_value",
         )
     window = window_seconds(body.completion_window)
-    metadata = _metadata(body.metadata)
+    metadata = body.metadata
     callback_url = body.callback_url or (metadata or {}).get("callback_url")
     options = batch_options(
         settings,
@@ -192,7 +168,7 @@ async def create_batch(state: ApiState, caller: Caller, body: BatchCreate) -> st
         name=(metadata or {}).get("name"),
         max_attempts=body.max_attempts,
         free_only=body.free_only,
-        max_cost=_max_cost(body.max_cost),
+        max_cost=body.max_cost,
         # Each create is a new batch, as with OpenAI, even for a file already used.
         new=True,
         dedupe=body.dedupe,

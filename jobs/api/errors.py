@@ -18,6 +18,8 @@ from redis.exceptions import RedisError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from jobs.api.inputs import shown_name
+from jobs.api.middleware import current_request_id
 from jobs.api.pages.render import error_page, wants_page
 from jobs.api.schemas import ErrorBody, ErrorDetail
 from jobs.core.db import connection_lost
@@ -36,9 +38,9 @@ __all__ = ["as_orbatch_error", "error_response", "install_error_handlers", "vali
 
 log = get_logger(__name__)
 
-# A parameter named in a message is the client's text: a field name a megabyte long is cut here.
-_PARAM_CHARS = 64
 _TYPE_TAG = re.compile(r"[a-z_]+\[.*\]|str|int|float|bool|dict|list|decimal|none")
+# Where pydantic says the problem is a dict's key rather than its value.
+_KEY_STEP = "[key]"
 # Where FastAPI says a value came from; OpenAI's `param` is the field's own path.
 _SOURCES = frozenset({"body", "query", "path", "header"})
 
@@ -64,9 +66,10 @@ def validation_error(errors: Sequence[Any]) -> BadInput:
     path = [
         str(part)
         for part in first.get("loc", ())
-        if part not in _SOURCES and not _TYPE_TAG.fullmatch(str(part))
+        if part not in _SOURCES and part != _KEY_STEP and not _TYPE_TAG.fullmatch(str(part))
     ]
-    param = ".".join(path)[:_PARAM_CHARS] or None
+    # The client's text: a field name a megabyte long, or holding control characters, is shown safely.
+    param = shown_name(".".join(path)) or None
     if kind == "json_invalid":
         where = first.get("ctx", {}).get("error", "")
         return BadInput(
@@ -119,18 +122,22 @@ def as_orbatch_error(request: Request, exc: BaseException) -> OrbatchError:
             "orbatch cannot reach its database or queue right now; try again shortly",
             code="service_unavailable",
         )
-    return OrbatchError("The server had an error while processing your request.", code="server_error")
+    return OrbatchError(
+        "The server had an error while processing your request. Its log tells why under the request ID "
+        f"{current_request_id()}: please include it if you report this.",
+        code="server_error",
+    )
 
 
 async def _handle(request: Request, exc: Exception) -> Response:
     error = as_orbatch_error(request, exc)
+    # Every error answer is one log line, under the request's id (bound by middleware.RequestIds): a user
+    # with an answer's `x-request-id` finds its line.
+    where = {"method": request.method, "path": request.url.path[:200], "status": error.http_status}
     if error.http_status >= 500:
-        log.error(
-            "request failed",
-            method=request.method,
-            path=request.url.path,
-            error=f"{type(exc).__name__}: {exc}",
-        )
+        log.error("request failed", **where, code=error.code, error=f"{type(exc).__name__}: {exc}")
+    else:
+        log.info("request refused", **where, code=error.code, param=error.param)
     if wants_page(request):
         return error_page(request, error)
     return error_response(error)

@@ -33,6 +33,13 @@ _UPLOAD_BODY = {
                 "schema": {
                     "type": "object",
                     "required": ["file", "purpose"],
+                    # Any other field is refused (`Unrecognized request argument`), and the expiry's two come
+                    # together.
+                    "additionalProperties": False,
+                    "dependentRequired": {
+                        "expires_after[anchor]": ["expires_after[seconds]"],
+                        "expires_after[seconds]": ["expires_after[anchor]"],
+                    },
                     "properties": {
                         "file": {"type": "string", "format": "binary", "description": "The JSONL file."},
                         "purpose": {"type": "string", "enum": ["batch"]},

@@ -1,4 +1,9 @@
-"""Request bodies kept within bounds, and read to their end before an early answer.
+"""What wraps every request: its id, and its body kept within bounds and read to its end before an early answer.
+
+Each request gets an id (`req_` and 32 hex digits, as OpenAI's), answered in `x-request-id` and bound into every
+log line logged while it is served, so the line of a failed call is found from its answer. An incoming
+`X-Request-Id` (a proxy's, say) is not echoed: it is logged beside ours as `client_request_id`, so the id a
+client is given is always one this server made and cannot collide with another's.
 
 A JSON body over its limit is refused while it is read (never held whole); an upload has its own, larger
 limit. When the answer comes before the body was read (a 401 to an upload, a 413), the rest of the body is
@@ -10,13 +15,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
+from contextvars import ContextVar
 from typing import Any
 
+import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from jobs.core.errors import TooLarge
 
-__all__ = ["JSON_BODY_MAX_BYTES", "UPLOAD_FRAMING_BYTES", "BodyGuard"]
+__all__ = [
+    "JSON_BODY_MAX_BYTES",
+    "REQUEST_ID_HEADER",
+    "UPLOAD_FRAMING_BYTES",
+    "BodyGuard",
+    "RequestIds",
+    "current_request_id",
+    "new_request_id",
+]
 
 # A batch's create body is a few hundred bytes; metadata at its largest is about 10 KB.
 JSON_BODY_MAX_BYTES = 1024 * 1024
@@ -24,6 +40,62 @@ JSON_BODY_MAX_BYTES = 1024 * 1024
 UPLOAD_FRAMING_BYTES = 64 * 1024
 # How long an answer waits for the rest of a body it does not need.
 _DRAIN_SECONDS = 30.0
+
+REQUEST_ID_HEADER = "x-request-id"
+# An incoming X-Request-Id is logged only when it looks like an id: printable ASCII, this long at most.
+_CLIENT_ID_CHARS = 128
+
+_request_id: ContextVar[str | None] = ContextVar("orbatch_request_id", default=None)
+
+
+def new_request_id() -> str:
+    """A new request id: `req_` and 32 hex digits, as OpenAI's."""
+    return f"req_{secrets.token_hex(16)}"
+
+
+def current_request_id() -> str | None:
+    """The id of the request being served, None outside one."""
+    return _request_id.get()
+
+
+def _client_request_id(scope: Scope) -> str | None:
+    for name, value in scope.get("headers", ()):
+        if name == REQUEST_ID_HEADER.encode():
+            shown: str = value.decode("latin-1")
+            if 0 < len(shown) <= _CLIENT_ID_CHARS and shown.isascii() and shown.isprintable():
+                return shown
+    return None
+
+
+class RequestIds:
+    """ASGI middleware around everything else (the last-resort 500 included): each HTTP request's id, in its
+    answer's `x-request-id` and in every log line logged while it is served."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = new_request_id()
+        header = (REQUEST_ID_HEADER.encode(), request_id.encode())
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", ()), header]}
+            await send(message)
+
+        bound: dict[str, str] = {"request_id": request_id}
+        client_id = _client_request_id(scope)
+        if client_id is not None:
+            bound["client_request_id"] = client_id
+        token = _request_id.set(request_id)
+        try:
+            with structlog.contextvars.bound_contextvars(**bound):
+                await self.app(scope, receive, send_with_id)
+        finally:
+            _request_id.reset(token)
 
 
 class BodyGuard:

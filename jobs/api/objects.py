@@ -49,7 +49,7 @@ _BATCH_SELECT = f"""
            b.pause_reason, b.pause_message, b.resume_at, b.created_at, b.started_at, b.finished_at,
            b.expires_at, b.expired_at, b.cancelling_at, b.total,
            a.input_file_id, a.endpoint, a.completion_window, a.errors, a.callback_url, a.finalized_at,
-           a.output_file_id, a.error_file_id, {", ".join(f"t.{c}" for c in (*_TALLIES, *_USAGE, "cost"))}
+           a.output_file_id, a.error_file_id, a.model, {", ".join(f"t.{c}" for c in (*_TALLIES, *_USAGE, "cost"))}
     FROM api_batch a JOIN batch b ON b.id = a.batch_id
     LEFT JOIN LATERAL (
         SELECT {", ".join(f"coalesce(sum(s.{c}), 0) AS {c}" for c in (*_TALLIES, *_USAGE, "cost"))}
@@ -139,7 +139,7 @@ def _batch(row: Any) -> BatchObject:
             total_tokens=input_tokens + output_tokens,
         ),
         metadata=row.metadata,
-        model=row.models[0] if row.models else None,
+        model=row.model,
         orbatch=OrbatchBatch(
             status=row.status,
             pause=None

@@ -7,13 +7,21 @@ fields of a batch are under `orbatch`.
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Generic, Literal, TypeVar
+from typing import Annotated, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, Strict, StrictBool, StrictInt, StringConstraints
 
+from jobs.api.inputs import NO_NUL, Text
 from jobs.core.states import BatchPriority
+from jobs.formats.input_lines import ENDPOINTS
 
 __all__ = [
+    "COMPLETION_WINDOW_PATTERN",
+    "MAX_COST_DECIMAL_PLACES",
+    "MAX_COST_USD",
+    "METADATA_KEY_MAX_CHARS",
+    "METADATA_MAX_PAIRS",
+    "METADATA_VALUE_MAX_CHARS",
     "BatchCreate",
     "BatchError",
     "BatchErrors",
@@ -37,6 +45,21 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+# OpenAI's metadata bounds: 16 pairs, keys up to 64 characters, values up to 512.
+METADATA_MAX_PAIRS = 16
+METADATA_KEY_MAX_CHARS = 64
+METADATA_VALUE_MAX_CHARS = 512
+_MetadataKey = Annotated[str, Strict(), StringConstraints(max_length=METADATA_KEY_MAX_CHARS), NO_NUL]
+_MetadataValue = Annotated[str, Strict(), StringConstraints(max_length=METADATA_VALUE_MAX_CHARS), NO_NUL]
+
+# A budget Postgres's NUMERIC holds exactly (`1e999999` is not one), finer than any price OpenRouter quotes.
+MAX_COST_USD = Decimal(1_000_000_000)
+MAX_COST_DECIMAL_PLACES = 12
+
+# The completion windows taken, as the OpenAPI document states them: 24 to 720 hours, or 1 to 30 days
+# (`creation.window_seconds` checks them and says why one is refused; a test checks both agree).
+COMPLETION_WINDOW_PATTERN = r"^((2[4-9]|[3-9][0-9]|[1-6][0-9]{2}|7[01][0-9]|720)h|([1-9]|[12][0-9]|30)d)$"
 
 BatchStatusWord = Literal[
     "validating", "failed", "in_progress", "finalizing", "completed", "expired", "cancelling", "cancelled"
@@ -204,8 +227,12 @@ class BatchObject(BaseModel):
     request_counts: RequestCounts
     usage: BatchUsage
     metadata: dict[str, str] | None = None
-    # The first model of the batch's chain.
-    model: str | None = None
+    model: str | None = Field(
+        None,
+        description="The model every request of the batch is sent to first: a line's own `model` (or the first "
+        "of its `models`), else the first of the batch's `models`. Null when requests start with different "
+        "models, or when a refused batch has no chain. Fallbacks do not count.",
+    )
     orbatch: OrbatchBatch
 
 
@@ -227,26 +254,38 @@ class BatchCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    input_file_id: StrictStr = Field(description="An uploaded file of purpose `batch`.")
-    endpoint: StrictStr = Field(
-        description="`/v1/chat/completions` or `/v1/embeddings`: every line of the file must be for it."
+    input_file_id: Text = Field(description="An uploaded file of purpose `batch`.")
+    endpoint: Text = Field(
+        description="`/v1/chat/completions` or `/v1/embeddings`: every line of the file must be for it.",
+        json_schema_extra={"enum": list(ENDPOINTS)},
     )
-    completion_window: StrictStr = Field(
+    completion_window: Text = Field(
         description="`24h`, or a longer window in hours or days (`48h`, `7d`; at most `30d`); past it the "
-        "batch is `expired`."
+        "batch is `expired`.",
+        json_schema_extra={"pattern": COMPLETION_WINDOW_PATTERN},
     )
-    metadata: dict[StrictStr, StrictStr] | None = Field(
-        None, description="Up to 16 pairs; `callback_url` here is the same as the field below."
+    metadata: dict[_MetadataKey, _MetadataValue] | None = Field(
+        None,
+        max_length=METADATA_MAX_PAIRS,
+        description="Up to 16 pairs, keys up to 64 characters, values up to 512; `name` names the batch, "
+        "`callback_url` is the same as the field below.",
     )
     output_expires_after: ExpiresAfter | None = None
-    models: list[StrictStr] | StrictStr | None = Field(
+    models: list[Text] | Text | None = Field(
         None,
         description="The fallback chain (a list, or ids separated by commas) for lines naming no model.",
     )
     max_attempts: StrictInt | None = Field(
         None, ge=1, le=100, description="Failed calls before a request fails."
     )
-    max_cost: Decimal | None = Field(None, description="Stop the batch once its spend reaches this many USD.")
+    max_cost: Decimal | None = Field(
+        None,
+        gt=0,
+        le=MAX_COST_USD,
+        decimal_places=MAX_COST_DECIMAL_PLACES,
+        allow_inf_nan=False,
+        description="Stop the batch once its spend reaches this many USD (above zero, at most a billion).",
+    )
     free_only: StrictBool = Field(False, description="Refuse any model that is not a `:free` variant.")
     dedupe: StrictBool = Field(
         False, description="Answer requests identical to one already answered from its stored result."
@@ -261,7 +300,7 @@ class BatchCreate(BaseModel):
         description="`urgent` runs before every `normal` batch, `background` yields to every `normal` one; "
         "within a priority the fleet is shared fairly between owners, then between an owner's batches.",
     )
-    callback_url: StrictStr | None = Field(
+    callback_url: Text | None = Field(
         None,
         description="POSTed the final batch object once, signed (Standard Webhooks); its host must be "
         "allowed by ORBATCH_CALLBACK_ALLOW.",

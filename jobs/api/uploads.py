@@ -20,6 +20,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from sqlalchemy import text
 from starlette.requests import ClientDisconnect
 
+from jobs.api.inputs import checked_text
 from jobs.api.middleware import UPLOAD_FRAMING_BYTES
 from jobs.api.state import ApiState
 from jobs.api.storage import FileWriter, new_file_id
@@ -44,7 +45,8 @@ _MAX_FILENAME_CHARS = 512
 @dataclass(slots=True)
 class _Part:
     name: str = ""
-    filename: str | None = None
+    # As the client sent it: checked as text (inputs.checked_text) once the upload is whole.
+    filename: bytes | None = None
     value: bytearray = field(default_factory=bytearray)
 
 
@@ -94,8 +96,7 @@ class _Form:
         part = self.parts[-1]
         _, options = parse_options_header(self._headers.get("content-disposition", b""))
         part.name = options.get(b"name", b"").decode("utf-8", "replace")
-        filename = options.get(b"filename")
-        part.filename = None if filename is None else filename.decode("utf-8", "replace")
+        part.filename = options.get(b"filename")
         if part.name not in _FIELDS and self.problem is None:
             self.problem = BadInput(
                 f"Unrecognized request argument supplied: {part.name[:64]}",
@@ -126,9 +127,10 @@ class _Form:
         self.ended = True
 
     def value(self, name: str) -> str | None:
+        """The field's text; BadInput naming it when it is not text orbatch takes (inputs.py)."""
         for part in self.parts:
             if part.name == name:
-                return part.value.decode("utf-8", "replace").strip()
+                return checked_text(bytes(part.value), name).strip()
         return None
 
 
@@ -278,7 +280,7 @@ async def _store(request: Request, body: _Body, state: ApiState, owner: str) -> 
                 param="purpose",
                 code="invalid_value",
             )
-        filename = (file_part.filename or "file").strip() or "file"
+        filename = checked_text(file_part.filename or b"file", "file").strip() or "file"
         if len(filename) > _MAX_FILENAME_CHARS:
             raise BadInput(f"the file name is longer than {_MAX_FILENAME_CHARS} characters", param="file")
         await conn.execute(

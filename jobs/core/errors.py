@@ -26,8 +26,8 @@ __all__ = [
     "SettingsError",
     "TooLarge",
     "Unauthorized",
-    "Unprocessable",
     "UnsupportedMediaType",
+    "UriTooLong",
 ]
 
 
@@ -127,8 +127,14 @@ class TooLarge(BadInput):
     http_status = 413
 
 
+class UriTooLong(BadInput):
+    """A request whose line (its URL) is over its limit; refused before it is read further."""
+
+    http_status = 414
+
+
 class HeadersTooLarge(BadInput):
-    """A request whose line and headers are over their limit; refused before it is read further."""
+    """A request whose headers are over their limit; refused before it is read further."""
 
     http_status = 431
 
@@ -137,12 +143,6 @@ class UnsupportedMediaType(BadInput):
     """A request body of a content type the endpoint does not take."""
 
     http_status = 415
-
-
-class Unprocessable(BadInput):
-    """A well-formed request naming something that cannot be used for it (a file of another purpose)."""
-
-    http_status = 422
 
 
 class RateLimited(OrbatchError):

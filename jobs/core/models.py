@@ -434,6 +434,9 @@ class ApiBatch(Base):
     finalized_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     output_file_id: Mapped[str | None] = mapped_column(Text)
     error_file_id: Mapped[str | None] = mapped_column(Text)
+    # OpenAI's `model` of the batch: the model every request is sent to first, when that is one model (revision
+    # 0012); NULL when its requests start with different ones. Set once, when the batch is stored.
+    model: Mapped[str | None] = mapped_column(Text)
 
 
 class ApiCallback(Base):

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from jobs.api.keys import NewKey, create_key
 from tests.conftest import Services
-from tests.jobs.api.conftest import ApiServer, api_env, batch_lines, jsonl, wait_for
+from tests.jobs.api.conftest import ApiServer, api_env, batch_lines, jsonl
 from tests.support import Simulator, until
 
 UPLOAD_LIMIT = 100_000
@@ -339,27 +339,6 @@ async def test_a_stalled_upload_is_408_and_a_cut_off_one_stores_nothing(
     await until(lambda: _transaction_ended(engine, pid, began), "the aborted upload's transaction to end")
     assert await _stored_files(engine) == 0
     assert server.client(owners["alice"].key).files.list().data == []
-
-
-async def test_a_file_that_is_not_an_upload_for_batches_is_422(
-    server: ApiServer, owners: dict[str, NewKey]
-) -> None:
-    client = server.client(owners["alice"].key)
-    uploaded = client.files.create(file=("in.jsonl", jsonl(batch_lines(1))), purpose="batch")
-    batch = client.batches.create(
-        input_file_id=uploaded.id,
-        endpoint="/v1/chat/completions",
-        completion_window="24h",
-        extra_body={"models": ["sim/echo"]},
-    )
-    done = wait_for(client, batch.id)
-    assert done.output_file_id is not None
-    with pytest.raises(openai.UnprocessableEntityError) as caught:
-        client.batches.create(
-            input_file_id=done.output_file_id, endpoint="/v1/chat/completions", completion_window="24h"
-        )
-    assert caught.value.code == "invalid_file_purpose"
-    assert caught.value.param == "input_file_id"  # type: ignore[attr-defined]
 
 
 async def test_a_key_over_its_rate_limit_gets_429_with_retry_after_and_other_keys_do_not(
