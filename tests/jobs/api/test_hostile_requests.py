@@ -185,7 +185,7 @@ def test_bad_bodies_and_content_types_are_400_and_415_naming_what_is_wrong(
             "POST",
             "/batches",
             {"Content-Type": "application/json"},
-            valid.replace("/v1/chat/completions", "/v1/embeddings").encode() + b"}",
+            valid.replace("/v1/chat/completions", "/v1/completions").encode() + b"}",
             400,
             "invalid_value",
             "endpoint",
