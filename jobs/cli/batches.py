@@ -27,7 +27,8 @@ from jobs.cli.context import (
     services,
     where_redis,
 )
-from jobs.cli.options import InputFile, SubmitChoices, parse_usd, with_submit_choices
+from jobs.cli.estimate import estimate_command
+from jobs.cli.options import DryRun, InputFile, SubmitChoices, parse_usd, with_submit_choices
 from jobs.cli.progress import (
     ProgressView,
     exit_status,
@@ -91,10 +92,14 @@ def submit(
         ),
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    dry_run: DryRun = False,
 ) -> None:
     """Validate FILE and queue every line as one batch; prints the batch id (the existing one for a re-submit)."""
     settings = get_settings()
     options = choices.options(settings)
+    if dry_run:
+        estimate_command(settings, file, options, choices.check_models, as_json)
+        return
 
     redis_url = redis_in_use(settings)
 

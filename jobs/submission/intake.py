@@ -1,5 +1,6 @@
 """The one intake every surface submits through: model ids checked, simulated or real decided, the batch stored
-(or the one it already is found), its first window queued."""
+(or the one it already is found) with its estimate, its first window queued; or, for a dry run, the estimate
+alone, with nothing stored."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import contextlib
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Any, Literal
 
 import httpx
 from arq.connections import ArqRedis
@@ -21,17 +22,20 @@ from jobs.formats.reader import Source
 from jobs.scheduling.feeder import feed
 from jobs.scheduling.fleet import kind_queue
 from jobs.scheduling.queue import connect
-from jobs.submission.catalog import load_catalog, upstream_is_simulator
+from jobs.submission.catalog import Catalog, load_catalog, upstream_is_simulator
+from jobs.submission.estimate import Estimate, free_quota, price
 from jobs.submission.submit import (
+    ModelTokens,
     ProgressFn,
     StoredHook,
     SubmitOptions,
     SubmitReport,
+    measure_source,
     model_problem,
     submit_source,
 )
 
-__all__ = ["FirstWindow", "Intake", "ModelRefused", "Setback", "take_in"]
+__all__ = ["FirstWindow", "Intake", "ModelRefused", "Setback", "StoringView", "estimate_source", "take_in"]
 
 # Whether the upstream a batch is made for now is orbatch's simulator.
 UpstreamCheck = Callable[[], Awaitable[bool]]
@@ -108,21 +112,18 @@ async def take_in(
     cannot be read is a Setback and leaves them unchecked). Bad lines raise SubmitError. `on_stored` runs in
     the storing transaction; with `first_window` the batch's first requests are queued in its kind's queue.
     """
-    key = settings.openrouter_api_key.get_secret_value() if settings.openrouter_api_key else None
-    if not options.simulated and await (upstream or _asks(settings.openrouter_base_url, key))():
-        # Its calls count against no real account, and a real run of the same file is another batch.
-        options = replace(options, simulated=True)
-    if check_models:
-        try:
-            known = frozenset(await load_catalog(engine, settings.openrouter_base_url, key))
-            options = replace(options, known_models=known)
-        except (httpx.HTTPError, OSError, ValueError) as exc:
-            warn(Setback("catalogue", exc))
-    problem = model_problem(options.models, options)
-    if problem:
-        raise ModelRefused(problem)
+    options, catalog = await _checked(engine, settings, options, check_models, upstream, warn)
+
+    def estimate(tokens: list[ModelTokens]) -> dict[str, Any]:
+        # The daily free quota is the estimate command's to read (GET /key): a submit does not wait for it.
+        return price(
+            tokens, catalog, completion_default=settings.estimate_completion_tokens, quota=None
+        ).to_json()
+
     with storing() if storing is not None else contextlib.nullcontext() as progress:
-        report = await submit_source(engine, source, options, progress, on_stored=on_stored)
+        report = await submit_source(
+            engine, source, options, progress, on_stored=on_stored, estimate=estimate
+        )
     if first_window is not None:
         queued = _queue(engine, settings, first_window, report.batch_id, options.simulated, warn)
         if first_window.background:
@@ -132,6 +133,62 @@ async def take_in(
         else:
             await queued
     return Intake(report, options)
+
+
+async def estimate_source(
+    engine: AsyncEngine,
+    settings: Settings,
+    source: Source,
+    options: SubmitOptions,
+    *,
+    check_models: bool = True,
+    upstream: UpstreamCheck | None = None,
+    storing: StoringView | None = None,
+    warn: Callable[[Setback], None] = _ignore,
+) -> Estimate:
+    """What `take_in` would store, estimated and stored nowhere: the same checks and errors (ModelRefused,
+    SubmitError), the requests' tokens, their cost at the catalogue's prices and the free tier's days."""
+    options, catalog = await _checked(engine, settings, options, check_models, upstream, warn)
+    with storing() if storing is not None else contextlib.nullcontext() as progress:
+        measured = await measure_source(engine, source, options, progress)
+    quota = None
+    if any(t.model.endswith(":free") for t in measured.tokens):
+        quota = await free_quota(settings)
+    return price(
+        measured.tokens,
+        catalog,
+        completion_default=settings.estimate_completion_tokens,
+        quota=quota,
+        invalid=measured.invalid,
+        skipped=[str(e) for e in measured.errors],
+    )
+
+
+async def _checked(
+    engine: AsyncEngine,
+    settings: Settings,
+    options: SubmitOptions,
+    check_models: bool,
+    upstream: UpstreamCheck | None,
+    warn: Callable[[Setback], None],
+) -> tuple[SubmitOptions, Catalog | None]:
+    """The options with simulated decided and the catalogue's ids (`check_models`), and the catalogue (None
+    when it was not read); ModelRefused for the batch's own chain."""
+    key = settings.openrouter_api_key.get_secret_value() if settings.openrouter_api_key else None
+    if not options.simulated and await (upstream or _asks(settings.openrouter_base_url, key))():
+        # Its calls count against no real account, and a real run of the same file is another batch.
+        options = replace(options, simulated=True)
+    catalog: Catalog | None = None
+    if check_models:
+        try:
+            catalog = await load_catalog(engine, settings.openrouter_base_url, key)
+            options = replace(options, known_models=frozenset(catalog))
+        except (httpx.HTTPError, OSError, ValueError) as exc:
+            warn(Setback("catalogue", exc))
+    problem = model_problem(options.models, options)
+    if problem:
+        raise ModelRefused(problem)
+    return options, catalog
 
 
 def _asks(base_url: str, key: str | None) -> UpstreamCheck:
