@@ -39,13 +39,22 @@ from jobs.cli.progress import (
     with_skipped_lines,
 )
 from jobs.cli.taking import take_in_file
-from jobs.cli.terminal import batches_table, err, out, say, say_warning, summary_table, usage_table
+from jobs.cli.terminal import (
+    batches_table,
+    err,
+    estimated_table,
+    out,
+    say,
+    say_warning,
+    summary_table,
+    usage_table,
+)
 from jobs.core.errors import BadInput, Interrupted
 from jobs.core.settings import Settings, get_settings
 from jobs.core.states import BatchPriority, BatchStatus, PauseReason, RequestStatus
 from jobs.observation.schedule_view import read_competition, read_later
 from jobs.observation.standing import BatchSummary, batch_summary, list_batches
-from jobs.observation.usage import UsageReport, quota_spenders, usage_report
+from jobs.observation.usage import UsageLine, UsageReport, quota_spenders, usage_report
 from jobs.operations.control import cancel_batch, change_priority, delete_batch, resume_batch, retry_failed
 from jobs.operations.results import STDOUT, check_destinations, destination, export_to_files
 from jobs.scheduling.fleet import limits_key, read_breaker, throttle_namespace
@@ -320,6 +329,9 @@ def usage(
         print_json(report.to_json())
         return
     out.print(usage_table(report))
+    if batch is not None:
+        for batch_id, estimate in report.estimates.items():
+            out.print(estimated_table(batch_id, estimate, report.batches.get(batch_id, UsageLine())))
     if report.total.cost_estimated:
         say(err, "* cost estimated from the model's list prices: OpenRouter reported none for some calls")
 

@@ -27,6 +27,7 @@ __all__ = [
     "err",
     "estimate_notes",
     "estimate_table",
+    "estimated_table",
     "keys_table",
     "out",
     "say",
@@ -175,6 +176,28 @@ def estimate_table(estimate: Estimate, title: str) -> Table:
             "",
             style="bold",
         )
+    return table
+
+
+def estimated_table(batch_id: str, estimate: Estimate, actual: UsageLine) -> Table:
+    """A batch's estimate beside what it took: requests, prompt and completion tokens, cost."""
+    table = Table("", "estimated", "actual", title=Text(f"{batch_id}: estimated when submitted, and actual"))
+    live = estimate.live
+    verdict = ""
+    if live is not None:
+        verdict = (
+            " (within the estimate)"
+            if live.contains(actual.cost)
+            else (" (below the estimate)" if actual.cost < live.low else " (above the estimate)")
+        )
+    table.add_row(
+        "requests", f"{estimate.requests:,}", f"{actual.requests:,} answered · {actual.calls:,} calls"
+    )
+    table.add_row("prompt tokens", f"{estimate.prompt_tokens:,}", f"{actual.prompt_tokens:,}")
+    table.add_row(
+        "completion tokens", f"at most {estimate.completion_tokens:,}", f"{actual.completion_tokens:,}"
+    )
+    table.add_row("cost", cost_range(live, "unknown"), usd(actual.cost) + verdict)
     return table
 
 
