@@ -217,8 +217,8 @@ def estimate_notes(estimate: Estimate) -> list[str]:
     )
     if not estimate.exact:
         notes.append(
-            "approximate: orbatch lacks those models' tokenizers; their prompts are counted with GPT-4o's "
-            "(o200k_base) plus 30 %, which errs high"
+            "approximate: orbatch has OpenAI's tokenizers only; other models' prompts are counted as a token per "
+            "3 bytes of UTF-8 text, which errs high for most text"
         )
     if not estimate.priced:
         notes.append("no prices: OpenRouter's model list (GET /models) could not be read")

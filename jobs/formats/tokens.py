@@ -1,14 +1,17 @@
 """A chat request's prompt tokens, counted with its model's tokenizer where orbatch has it, else estimated.
 
-The encodings are those of `toktok` (OpenAI's cl100k_base, o200k_base and o200k_harmony, Qwen3.5's), compiled
-into its wheel: nothing is downloaded at run time. Messages are framed as OpenAI counts them (three tokens a
-message, one for a name, three priming the reply); a requested JSON schema and tools count as their JSON text.
+OpenAI's models are counted exactly with their encodings (cl100k_base, o200k_base) from `toktok`, which compiles
+them into its wheel: nothing is downloaded at run time, as tiktoken would download them. Every other model is
+estimated from the text's UTF-8 bytes, on the high side. Messages are framed as OpenAI counts them (three
+tokens a message, one for a name, three priming the reply); a requested JSON schema and tools count as their
+JSON text.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,8 +19,10 @@ import orjson
 import toktok
 
 __all__ = [
-    "APPROXIMATION_MARGIN",
+    "APPROXIMATE",
+    "BYTES_PER_TOKEN",
     "IMAGE_TOKENS",
+    "PIECE_CHARS",
     "TokenCounter",
     "Tokenizer",
     "completion_cap",
@@ -33,25 +38,30 @@ REPLY_TOKENS = 3
 # An image part, whose size a request does not say: what OpenAI charges for a 1024x1024 image at high detail
 # (85 + 4 tiles of 170).
 IMAGE_TOKENS = 765
-# Models whose tokenizer orbatch lacks are counted with o200k_base and this margin: o200k_base has one of the
-# largest vocabularies, and the others (Claude's, Gemini's, Llama's, Mistral's) are taken to split text into up
-# to about 30 % more tokens, so the estimate errs high rather than low.
-APPROXIMATION_MARGIN = 1.3
-_BASE = "o200k_base"
+# Models whose tokenizer orbatch lacks are counted as a token per this many UTF-8 bytes of text: English prose
+# is 4 to 5 bytes a token with OpenAI's encodings and most others (Claude's, Gemini's, Llama's, Mistral's split
+# it into up to about 30 % more tokens), code about 3.5, a CJK character (3 bytes) about one token; so 3 errs
+# high for most text. Not an encoding: each costs 50 to 100 MB of memory once loaded, which a submit of
+# other models' requests would pay for nothing.
+BYTES_PER_TOKEN = 3
+APPROXIMATE = "approximate"
+# A text longer than this is counted at once, in pieces of this many characters cut before a space: the encoder
+# keeps a scratch buffer the size of the longest text it was given (about 8 bytes a character, for good), and a
+# chunk of a submit must not hold its long texts until the chunk is counted. A cut before a space is where the
+# encodings split words anyway, so the count is the whole text's, give or take a token a piece.
+PIECE_CHARS = 64 * 1024
 
 
 @dataclass(slots=True, frozen=True)
 class Tokenizer:
-    """The encoding a model's prompts are counted with, and whether it is the model's own."""
+    """The encoding a model's prompts are counted with, or `approximate`, and whether it is the model's own."""
 
     encoding: str
     exact: bool
 
     def describe(self) -> str:
-        """`o200k_base`, or `approximate (o200k_base + 30 %)`."""
-        if self.exact:
-            return self.encoding
-        return f"approximate ({self.encoding} + {round((APPROXIMATION_MARGIN - 1) * 100)} %)"
+        """`o200k_base`, or `approximate (UTF-8 bytes / 3)`."""
+        return self.encoding if self.exact else f"{APPROXIMATE} (UTF-8 bytes / {BYTES_PER_TOKEN})"
 
 
 @functools.lru_cache(maxsize=1024)
@@ -59,19 +69,14 @@ def tokenizer_for(model: str) -> Tokenizer:
     """The tokenizer of an OpenRouter model id (its `:free`, `:batch` or other variant named or not)."""
     vendor, _, name = model.partition("/")
     name = name.split(":", 1)[0]
-    if vendor == "openai":
-        if name.startswith("gpt-oss"):
-            return Tokenizer("o200k_harmony", True)
-        # tiktoken's own map: GPT-3.5 and GPT-4 (turbo included) are cl100k_base; GPT-4o, 4.1, 4.5, 5 and the
-        # o-series are o200k_base.
-        if name.startswith("gpt-3.5") or (
-            name.startswith("gpt-4") and not name.startswith(("gpt-4o", "gpt-4."))
-        ):
-            return Tokenizer("cl100k_base", True)
-        return Tokenizer(_BASE, True)
-    if vendor == "qwen" and name.startswith("qwen3.5"):
-        return Tokenizer("qwen3.5", True)
-    return Tokenizer(_BASE, False)
+    if vendor != "openai":
+        return Tokenizer(APPROXIMATE, exact=False)
+    # tiktoken's own map: GPT-3.5 and GPT-4 (turbo included) are cl100k_base; GPT-4o, 4.1, 4.5, 5, the o-series
+    # and gpt-oss (o200k_harmony: o200k_base's ranks and special tokens, which a prompt's text is not) are
+    # o200k_base.
+    if name.startswith("gpt-3.5") or (name.startswith("gpt-4") and not name.startswith(("gpt-4o", "gpt-4."))):
+        return Tokenizer("cl100k_base", exact=True)
+    return Tokenizer("o200k_base", exact=True)
 
 
 @dataclass(slots=True)
@@ -141,17 +146,36 @@ def completion_cap(body: dict[str, Any]) -> int | None:
     )
 
 
+def _approximate(text: str) -> int:
+    """A text's tokens for a model whose tokenizer orbatch lacks, from its UTF-8 bytes."""
+    size = len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+    return math.ceil(size / BYTES_PER_TOKEN)
+
+
+def _pieces(text: str) -> Iterator[str]:
+    """The text in pieces of at most PIECE_CHARS, each (but the first) starting with the space it was cut at."""
+    start = 0
+    while len(text) - start > PIECE_CHARS:
+        cut = text.rfind(" ", start + PIECE_CHARS // 2, start + PIECE_CHARS)
+        if cut <= start:
+            cut = start + PIECE_CHARS
+        yield text[start:cut]
+        start = cut
+    yield text[start:]
+
+
 class TokenCounter:
-    """Counts many prompts with one call per tokenizer: `add` each request, then `counts` for them all.
+    """Counts many prompts with one call per encoding: `add` each request, then `counts` for them all.
 
     One call for thousands of prompts costs a fraction of one call each (the encoder's per-call overhead is
-    about ten microseconds, the time of a short prompt's counting).
+    about ten microseconds, the time a short prompt takes to count).
     """
 
     def __init__(self) -> None:
         self._texts: dict[str, list[str]] = {}
-        # Per prompt added: its tokenizer, where its texts start and end in that tokenizer's list, its framing.
-        self._prompts: list[tuple[Tokenizer, int, int, int]] = []
+        # Per prompt added: its encoding, where its texts start and end in that encoding's list, and the tokens
+        # known already (its framing, its long texts, every text of an approximate count).
+        self._prompts: list[tuple[str, int, int, int]] = []
 
     def __len__(self) -> int:
         return len(self._prompts)
@@ -159,22 +183,29 @@ class TokenCounter:
     def add(self, model: str, body: dict[str, Any]) -> None:
         """Count this body's prompt as `model` would read it (at the next `counts`)."""
         tokenizer = tokenizer_for(model)
-        texts, fixed = prompt_texts(body)
+        texts, known = prompt_texts(body)
         pool = self._texts.setdefault(tokenizer.encoding, [])
         start = len(pool)
-        pool.extend(texts)
-        self._prompts.append((tokenizer, start, len(pool), fixed))
+        for text in texts:
+            if not tokenizer.exact:
+                known += _approximate(text)
+            elif len(text) > PIECE_CHARS:
+                known += sum(toktok.batch_count([p], tokenizer.encoding, threads=1)[0] for p in _pieces(text))
+            else:
+                pool.append(text)
+        self._prompts.append((tokenizer.encoding, start, len(pool), known))
 
     def counts(self) -> list[int]:
         """The prompt tokens of every request added since the last call, in the order they were added."""
         counted = {
             encoding: toktok.batch_count(texts, encoding, threads=1)
             for encoding, texts in self._texts.items()
+            if texts
         }
-        out: list[int] = []
-        for tokenizer, start, end, fixed in self._prompts:
-            tokens = fixed + sum(counted[tokenizer.encoding][start:end])
-            out.append(tokens if tokenizer.exact else math.ceil(tokens * APPROXIMATION_MARGIN))
+        out = [
+            known + (sum(counted[encoding][start:end]) if end > start else 0)
+            for encoding, start, end, known in self._prompts
+        ]
         self._texts.clear()
         self._prompts.clear()
         return out
