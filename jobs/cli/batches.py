@@ -27,7 +27,6 @@ from jobs.cli.context import (
     services,
     where_redis,
 )
-from jobs.cli.estimate import estimate_command
 from jobs.cli.options import DryRun, InputFile, SubmitChoices, parse_usd, with_submit_choices
 from jobs.cli.progress import (
     ProgressView,
@@ -38,7 +37,7 @@ from jobs.cli.progress import (
     watch,
     with_skipped_lines,
 )
-from jobs.cli.taking import take_in_file
+from jobs.cli.taking import estimate_command, take_in_file
 from jobs.cli.terminal import (
     batches_table,
     err,

@@ -13,11 +13,10 @@ from rich.console import Console
 from sqlalchemy.exc import DBAPIError
 
 from jobs.cli.context import Format, logs_for_people, services
-from jobs.cli.estimate import show_estimate
 from jobs.cli.options import DryRun, InputFile, SubmitChoices, with_submit_choices
 from jobs.cli.progress import ProgressView, exit_status, finished, needs_action, with_skipped_lines
 from jobs.cli.simulated import start_simulator
-from jobs.cli.taking import estimate_file, take_in_file
+from jobs.cli.taking import estimate_file, show_estimate, take_in_file
 from jobs.cli.terminal import err, say
 from jobs.cli.working import work_batch
 from jobs.core.constants import EXIT_INTERRUPTED

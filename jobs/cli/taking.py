@@ -11,8 +11,10 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from jobs.cli.context import print_json, services
 from jobs.cli.options import UsageError
-from jobs.cli.terminal import say, say_warning
+from jobs.cli.terminal import err as stderr
+from jobs.cli.terminal import estimate_notes, estimate_table, out, say, say_warning
 from jobs.core.settings import Settings
 from jobs.formats.input_lines import LineError
 from jobs.formats.reader import FileSource, Source
@@ -31,7 +33,7 @@ from jobs.submission.intake import (
 )
 from jobs.submission.submit import ProgressFn, SubmitError, SubmitOptions
 
-__all__ = ["estimate_file", "take_in_file"]
+__all__ = ["estimate_command", "estimate_file", "show_estimate", "take_in_file"]
 
 
 def _source(file: Path, settings: Settings, options: SubmitOptions) -> Source:
@@ -124,6 +126,29 @@ async def estimate_file(
             source.close()
     _say_skipped(err, estimate.skipped, estimate.invalid)
     return estimate
+
+
+def show_estimate(estimate: Estimate, file: Path, as_json: bool) -> None:
+    """The estimate on stdout: one JSON object, or the table and what its numbers assume."""
+    if as_json:
+        print_json(estimate.to_json())
+        return
+    out.print(estimate_table(estimate, f"{file.name}: {estimate.requests:,} requests (nothing stored)"))
+    for note in estimate_notes(estimate):
+        say(out, note)
+
+
+def estimate_command(
+    settings: Settings, file: Path, options: SubmitOptions, check_models: bool, as_json: bool
+) -> None:
+    """`estimate` and `submit --dry-run`: FILE estimated under the options on the services in use, and shown."""
+
+    async def go(engine: AsyncEngine) -> Estimate:
+        return await estimate_file(engine, settings, file, options, check_models, stderr)
+
+    with services(settings) as up:
+        found = up.run(go, pool_size=2)
+    show_estimate(found, file, as_json)
 
 
 async def take_in_file(
