@@ -145,16 +145,11 @@ def cost_range(cost: CostRange | LaneCost | None, missing: str = "not available"
 
 def estimate_table(estimate: Estimate, title: str) -> Table:
     """Requests, prompt and completion tokens and the cost range by lane, a row per model and one for all."""
-    table = Table(
-        "model",
-        "requests",
-        "prompt tokens",
-        "completion tokens (at most)",
-        "live (USD)",
-        "batch API (USD)",
-        "tokens counted with",
-        title=Text(title),
-    )
+    table = Table(title=Text(title))
+    table.add_column("model")
+    for numbers in ("requests", "prompt tokens", "completion (at most)", "live", "batch API"):
+        table.add_column(numbers, justify="right")
+    table.add_column("counted with")
     for m in estimate.models:
         table.add_row(
             Text(m.model + (" (free)" if m.free else "")),
@@ -211,9 +206,8 @@ def estimate_notes(estimate: Estimate) -> list[str]:
             "--max-tokens bounds them for real"
         )
     notes.append(
-        "cost: from the prompt alone (answers of no length) to the prompt and every completion bound spent; "
-        "live is each model's own price, batch API OpenRouter's Batch API at its :batch variant's price "
-        "(about half)"
+        "cost in USD: from the prompt alone (answers of no length) to the prompt and every completion bound spent; "
+        "live at each model's own price, batch API at its :batch variant's (OpenRouter's Batch API, about half)"
     )
     if not estimate.exact:
         notes.append(
