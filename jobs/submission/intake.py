@@ -23,9 +23,9 @@ from jobs.scheduling.feeder import feed
 from jobs.scheduling.fleet import kind_queue
 from jobs.scheduling.queue import connect
 from jobs.submission.catalog import Catalog, load_catalog, upstream_is_simulator
-from jobs.submission.estimate import Estimate, free_quota, price
+from jobs.submission.estimate import Estimate, FreeQuota, free_quota, price
 from jobs.submission.submit import (
-    ModelTokens,
+    Measured,
     ProgressFn,
     StoredHook,
     SubmitOptions,
@@ -109,16 +109,15 @@ async def take_in(
 
     The batch is simulated when the options say so or `upstream` (default: asking OPENROUTER_BASE_URL) finds
     the simulator. With `check_models`, ids are checked against the catalogue (ModelRefused; a list that
-    cannot be read is a Setback and leaves them unchecked). Bad lines raise SubmitError. `on_stored` runs in
-    the storing transaction; with `first_window` the batch's first requests are queued in its kind's queue.
+    cannot be read is a Setback and leaves them unchecked). Bad lines raise SubmitError. The batch keeps its
+    estimate, priced with the catalogue. `on_stored` runs in the storing transaction; with `first_window` the
+    batch's first requests are queued in its kind's queue.
     """
     options, catalog = await _checked(engine, settings, options, check_models, upstream, warn)
 
-    def estimate(tokens: list[ModelTokens]) -> dict[str, Any]:
+    def estimate(measured: Measured) -> dict[str, Any]:
         # The daily free quota is the estimate command's to read (GET /key): a submit does not wait for it.
-        return price(
-            tokens, catalog, completion_default=settings.estimate_completion_tokens, quota=None
-        ).to_json()
+        return _priced(measured, catalog, settings, None).to_json()
 
     with storing() if storing is not None else contextlib.nullcontext() as progress:
         report = await submit_source(
@@ -154,6 +153,12 @@ async def estimate_source(
     quota = None
     if any(t.model.endswith(":free") for t in measured.tokens):
         quota = await free_quota(settings)
+    return _priced(measured, catalog, settings, quota)
+
+
+def _priced(
+    measured: Measured, catalog: Catalog | None, settings: Settings, quota: FreeQuota | None
+) -> Estimate:
     return price(
         measured.tokens,
         catalog,

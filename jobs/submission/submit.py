@@ -79,10 +79,6 @@ class ModelTokens:
     unbounded: int
 
 
-# What a batch's estimate is, as the batch row keeps it, from the tokens its requests hold.
-EstimateFn = Callable[[list[ModelTokens]], dict[str, Any]]
-
-
 @dataclass(slots=True, frozen=True)
 class SubmitOptions:
     """What the user chose at submit time."""
@@ -154,6 +150,10 @@ class Measured:
     invalid: int
     errors: list[LineError]
     tokens: list[ModelTokens]
+
+
+# What a batch's estimate is, as the batch row keeps it, from what its file holds.
+EstimateFn = Callable[[Measured], dict[str, Any]]
 
 
 class SubmitError(BadInput):
@@ -525,7 +525,7 @@ async def submit_source(
         if fields:
             kept["record_fields"] = list(fields)
         if estimate is not None:
-            kept["estimate"] = estimate(tokens)
+            kept["estimate"] = estimate(Measured(total, errors.count, errors.kept, tokens))
         if kept:
             await conn.execute(update(Batch).where(Batch.id == batch_id).values(**kept))
         await lifecycle.start_batch(conn, batch_id, total, errors.count)

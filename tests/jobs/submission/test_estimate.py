@@ -20,7 +20,14 @@ from jobs.submission.estimate import (
     batch_variant,
     price,
 )
-from jobs.submission.submit import ModelTokens, SubmitError, SubmitOptions, measure_source, submit_source
+from jobs.submission.submit import (
+    Measured,
+    ModelTokens,
+    SubmitError,
+    SubmitOptions,
+    measure_source,
+    submit_source,
+)
 from tests.support import chat_line, write_jsonl
 
 CATALOG = {
@@ -95,17 +102,17 @@ async def test_a_submit_keeps_the_estimate_a_dry_run_gives(engine: AsyncEngine, 
     path = write_jsonl(tmp_path / "in.jsonl", [chat_line(str(i), f"review {i}") for i in range(10)])
     options = SubmitOptions(models=["openai/gpt-4o-mini"], defaults={"max_tokens": 30})
 
-    def priced(tokens: list[ModelTokens]) -> Estimate:
-        return price(tokens, CATALOG, completion_default=1024, quota=None)
+    def priced(measured: Measured) -> Estimate:
+        return price(measured.tokens, CATALOG, completion_default=1024, quota=None)
 
     measured = await measure_source(engine, FileSource.open(path), options)
     report = await submit_source(
-        engine, FileSource.open(path), options, estimate=lambda tokens: priced(tokens).to_json()
+        engine, FileSource.open(path), options, estimate=lambda measured: priced(measured).to_json()
     )
     async with engine.connect() as conn:
         kept = (await conn.execute(select(Batch.estimate).where(Batch.id == report.batch_id))).scalar_one()
     assert kept is not None
-    assert Estimate.from_json(kept) == priced(measured.tokens)
+    assert Estimate.from_json(kept) == priced(measured)
     assert kept["completion_tokens"] == 300
 
 
