@@ -215,7 +215,7 @@ def estimate_notes(estimate: Estimate) -> list[str]:
             "3 bytes of UTF-8 text, which errs high for most text"
         )
     if not estimate.priced:
-        notes.append("no prices: OpenRouter's model list (GET /models) could not be read")
+        notes.append("no prices: OpenRouter's model list (GET /models), which has them, could not be read")
     missing = [m.model for m in estimate.models if m.batch is None and not m.free]
     if missing:
         notes.append(

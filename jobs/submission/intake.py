@@ -147,7 +147,8 @@ async def estimate_source(
 ) -> Estimate:
     """What `take_in` would store, estimated and stored nowhere: the same checks and errors (ModelRefused,
     SubmitError), the requests' tokens, their cost at the catalogue's prices and the free tier's days."""
-    options, catalog = await _checked(engine, settings, options, check_models, upstream, warn)
+    # The catalogue is read for its prices even when ids go unchecked: prices are what an estimate is for.
+    options, catalog = await _checked(engine, settings, options, check_models, upstream, warn, read=True)
     with storing() if storing is not None else contextlib.nullcontext() as progress:
         measured = await measure_source(engine, source, options, progress)
     quota = None
@@ -176,20 +177,22 @@ async def _checked(
     check_models: bool,
     upstream: UpstreamCheck | None,
     warn: Callable[[Setback], None],
+    read: bool = False,
 ) -> tuple[SubmitOptions, Catalog | None]:
-    """The options with simulated decided and the catalogue's ids (`check_models`), and the catalogue (None
-    when it was not read); ModelRefused for the batch's own chain."""
+    """The options with simulated decided and the catalogue's ids (`check_models`), and the catalogue (read
+    for `check_models` or `read`; None when it was not or could not be); ModelRefused for the batch's chain."""
     key = settings.openrouter_api_key.get_secret_value() if settings.openrouter_api_key else None
     if not options.simulated and await (upstream or _asks(settings.openrouter_base_url, key))():
         # Its calls count against no real account, and a real run of the same file is another batch.
         options = replace(options, simulated=True)
     catalog: Catalog | None = None
-    if check_models:
+    if check_models or read:
         try:
             catalog = await load_catalog(engine, settings.openrouter_base_url, key)
-            options = replace(options, known_models=frozenset(catalog))
         except (httpx.HTTPError, OSError, ValueError) as exc:
             warn(Setback("catalogue", exc))
+    if check_models and catalog is not None:
+        options = replace(options, known_models=frozenset(catalog))
     problem = model_problem(options.models, options)
     if problem:
         raise ModelRefused(problem)

@@ -179,3 +179,17 @@ async def test_the_labelling_example_costs_what_its_estimate_said_and_usage_show
     assert "estimated when submitted, and actual" in shown.stdout
     assert f"{estimate['prompt_tokens']:,}" in shown.stdout
     assert "(within the estimate)" in shown.stdout
+
+
+def test_without_the_model_check_prices_still_come_from_the_catalogue_and_an_unlisted_id_has_none(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    path = reviews(tmp_path)
+    listed = run_cli(env, "estimate", str(path), "--models", MODEL, "--no-check-models", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert orjson.loads(listed.stdout)["cost"]["live"] is not None
+    unlisted = run_cli(env, "estimate", str(path), "--models", "sim/typo", "--no-check-models")
+    assert unlisted.returncode == 0, unlisted.stderr
+    [row] = [line for line in unlisted.stdout.splitlines() if "sim/typo" in line and "│" in line]
+    assert "unknown price" in row
+    assert "not available" in row
