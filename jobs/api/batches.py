@@ -8,10 +8,10 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from python_multipart.multipart import parse_options_header
 
 from jobs.api.auth import Authorized
-from jobs.api.creation import create_batch
+from jobs.api.creation import create_batch, estimate_batch
 from jobs.api.objects import get_batch, list_batches
 from jobs.api.responses import ERRORS, json_response
-from jobs.api.schemas import BatchCreate, BatchList, BatchObject
+from jobs.api.schemas import BatchCreate, BatchEstimate, BatchList, BatchObject
 from jobs.api.state import api_state
 from jobs.core.constants import BATCH_LIST_DEFAULT, BATCH_LIST_MAX
 from jobs.core.errors import Conflict, UnsupportedMediaType
@@ -35,7 +35,7 @@ def json_content(request: Request) -> None:
 
 @router.post(
     "/batches",
-    response_model=BatchObject,
+    response_model=BatchObject | BatchEstimate,
     responses={
         **ERRORS,
         400: {
@@ -43,7 +43,7 @@ def json_content(request: Request) -> None:
             "description": f"{ERRORS[400]['description']} Also an input file whose purpose is not `batch`.",
         },
     },
-    summary="Create a batch",
+    summary="Create a batch (or estimate one: `dry_run`)",
 )
 async def create(
     request: Request, caller: Authorized, _: Annotated[None, Depends(json_content)], body: BatchCreate
@@ -53,8 +53,15 @@ async def create(
     A file with bad lines gives a batch with status `failed` and the lines in `errors`; otherwise the batch
     is `in_progress` and queued. orbatch's own options (`models`, `max_attempts`, `max_cost`, `free_only`,
     `dedupe`, `callback_url`) go beside OpenAI's (the SDK sends them with `extra_body`).
+
+    With `dry_run: true` no batch is made: the answer is a `batch.estimate` (requests by model, prompt tokens,
+    completion tokens at most, the cost range live and through OpenRouter's Batch API, the free tier's days),
+    and a file with bad lines is a 400 naming them. Nothing is stored or queued.
     """
     state = api_state(request)
+    if body.dry_run:
+        estimate = await estimate_batch(state, caller, body)
+        return json_response(BatchEstimate.model_validate(estimate.to_json()))
     batch_id = await create_batch(state, caller, body)
     return await _fresh(request, caller.owner, batch_id)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import re
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
@@ -29,11 +29,12 @@ from jobs.core.logs import get_logger
 from jobs.core.sql import sql
 from jobs.formats.input_lines import ENDPOINTS
 from jobs.submission.choices import batch_options, model_chain
-from jobs.submission.intake import FirstWindow, Setback, take_in
+from jobs.submission.estimate import Estimate
+from jobs.submission.intake import FirstWindow, Setback, estimate_source, take_in
 from jobs.submission.model_names import renamed_note
 from jobs.submission.submit import SubmitError, SubmitOptions, new_batch_id
 
-__all__ = ["batch_errors", "create_batch", "window_seconds"]
+__all__ = ["batch_errors", "create_batch", "estimate_batch", "window_seconds"]
 
 # OpenAI's only window is 24h; free-tier batches can need days (50 free requests a day), so longer windows
 # are taken, up to 30 days (OpenAI's longest file expiry).
@@ -149,8 +150,19 @@ _API_ROW = text(
 )
 
 
-async def create_batch(state: ApiState, caller: Caller, body: BatchCreate) -> str:
-    """Make the batch the request describes and queue it; returns its id (a `failed` one for bad lines)."""
+@dataclass(slots=True, frozen=True)
+class _Asked:
+    """A create's parameters, checked: the batch's options, its labels, window and callback, its input file."""
+
+    options: SubmitOptions
+    metadata: dict[str, str] | None
+    window: int
+    callback_url: str | None
+    file: Any
+
+
+async def _asked(state: ApiState, caller: Caller, body: BatchCreate) -> _Asked:
+    """The parameters of a create checked (400 naming each bad one, 404 for the file), before its lines are."""
     settings = state.settings
     if body.endpoint not in ENDPOINTS:
         raise BadInput(
@@ -188,6 +200,38 @@ async def create_batch(state: ApiState, caller: Caller, body: BatchCreate) -> st
                     code="callback_not_allowed",
                 )
         file = await _input_file(conn, caller.owner, body.input_file_id)
+    return _Asked(options, metadata, window, callback_url, file)
+
+
+def _source(file: Any, state: ApiState) -> StoredSource:
+    return StoredSource(state.engine, file.id, file.filename, f"{file.id} ({file.filename})", file.sha256)
+
+
+async def estimate_batch(state: ApiState, caller: Caller, body: BatchCreate) -> Estimate:
+    """What the batch the request describes would hold and cost (`dry_run`): the same checks as a create, its
+    lines read through the same intake, and nothing stored; bad lines are a 400 naming them."""
+    asked = await _asked(state, caller, body)
+    return await estimate_source(
+        state.engine,
+        state.settings,
+        _source(asked.file, state),
+        asked.options,
+        upstream=functools.partial(upstream_is_simulated, state),
+        warn=_setback,
+    )
+
+
+async def create_batch(state: ApiState, caller: Caller, body: BatchCreate) -> str:
+    """Make the batch the request describes and queue it; returns its id (a `failed` one for bad lines)."""
+    settings = state.settings
+    asked = await _asked(state, caller, body)
+    options, metadata, window, callback_url, file = (
+        asked.options,
+        asked.metadata,
+        asked.window,
+        asked.callback_url,
+        asked.file,
+    )
     row = {
         "owner": caller.owner,
         "input_file_id": file.id,
@@ -208,7 +252,7 @@ async def create_batch(state: ApiState, caller: Caller, body: BatchCreate) -> st
         )
         await conn.execute(_API_ROW, {**row, "batch_id": batch_id})
 
-    source = StoredSource(state.engine, file.id, file.filename, f"{file.id} ({file.filename})", file.sha256)
+    source = _source(file, state)
     try:
         taken = await take_in(
             state.engine,

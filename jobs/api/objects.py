@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from jobs.api.schemas import (
     BatchError,
     BatchErrors,
+    BatchEstimate,
     BatchObject,
     BatchStatusWord,
     BatchUsage,
@@ -47,7 +48,7 @@ _USAGE = ("prompt_tokens", "completion_tokens", "reasoning_tokens", "cached_toke
 _BATCH_SELECT = f"""
     SELECT b.id, b.status, b.models, b.max_attempts, b.max_cost, b.free_only, b.dedupe, b.metadata, b.priority,
            b.pause_reason, b.pause_message, b.resume_at, b.created_at, b.started_at, b.finished_at,
-           b.expires_at, b.expired_at, b.cancelling_at, b.total,
+           b.expires_at, b.expired_at, b.cancelling_at, b.total, b.estimate,
            a.input_file_id, a.endpoint, a.completion_window, a.errors, a.callback_url, a.finalized_at,
            a.output_file_id, a.error_file_id, a.model, {", ".join(f"t.{c}" for c in (*_TALLIES, *_USAGE, "cost"))}
     FROM api_batch a JOIN batch b ON b.id = a.batch_id
@@ -157,6 +158,7 @@ def _batch(row: Any) -> BatchObject:
                 pending=counts["pending"], running=counts["running"], cancelled=counts["cancelled"]
             ),
             callback_url=row.callback_url,
+            estimate=None if row.estimate is None else BatchEstimate.model_validate(row.estimate),
         ),
     )
 

@@ -25,18 +25,23 @@ __all__ = [
     "BatchCreate",
     "BatchError",
     "BatchErrors",
+    "BatchEstimate",
     "BatchList",
     "BatchObject",
     "BatchStatusWord",
     "BatchUsage",
     "ErrorBody",
     "ErrorDetail",
+    "EstimateCost",
+    "EstimateFreeTier",
     "ExpiresAfter",
     "FileDeleted",
     "FileList",
     "FileObject",
     "InputTokensDetails",
+    "LaneCost",
     "ListPage",
+    "ModelEstimate",
     "OrbatchBatch",
     "OrbatchCounts",
     "OutputTokensDetails",
@@ -181,6 +186,77 @@ class OrbatchCounts(BaseModel):
     cancelled: int
 
 
+class CostRange(BaseModel):
+    """USD as decimal strings: the prompt alone (`low`) to the prompt and every completion bound spent (`high`)."""
+
+    low: str
+    high: str
+
+
+class LaneCost(CostRange):
+    """A lane's price of a model's requests, and the catalogue id whose price it is."""
+
+    price_id: str
+
+
+class EstimateCost(BaseModel):
+    """The whole batch's cost by lane; null where a model has no price on that lane."""
+
+    # Every call made at once, at each model's own price.
+    live: CostRange | None
+    # OpenRouter's Batch API, at each model's `:batch` variant's price (about half).
+    batch: CostRange | None
+
+
+class EstimateFreeTier(BaseModel):
+    """Requests bound for `:free` models, and the days of the daily free quota they need."""
+
+    requests: int
+    per_day: int | None
+    days: int | None
+    # Where the daily quota came from (ORBATCH_FREE_REQUESTS_PER_DAY, GET /key, an assumption).
+    source: str | None
+
+
+class ModelEstimate(BaseModel):
+    """One model's share (the first of its requests' chains: the one called unless it fails)."""
+
+    model: str
+    requests: int
+    prompt_tokens: int
+    # The completion tokens its requests may take: their own max_tokens, the default for those with none.
+    completion_tokens: int
+    completion_assumed: int
+    # The encoding its prompts were counted with (its own), or `approximate (UTF-8 bytes / 3)`.
+    tokenizer: str
+    exact: bool
+    free: bool
+    live: LaneCost | None
+    batch: LaneCost | None
+
+
+class BatchEstimate(BaseModel):
+    """What a batch would hold and cost (`dry_run`), or what it was estimated at when created."""
+
+    object: Literal["batch.estimate"] = "batch.estimate"
+    requests: int
+    # Bad lines left out (`skip_invalid`), and the first of them.
+    invalid: int
+    skipped: list[str] = []
+    prompt_tokens: int
+    completion_tokens: int
+    completion_assumed: int
+    # The completion tokens a request with no max_tokens is allowed (ORBATCH_ESTIMATE_COMPLETION_TOKENS).
+    completion_default: int
+    # Every prompt was counted with its model's own tokenizer.
+    exact: bool
+    # The catalogue's prices were read (GET /models).
+    priced: bool
+    cost: EstimateCost
+    free_tier: EstimateFreeTier
+    models: list[ModelEstimate]
+
+
 class OrbatchBatch(BaseModel):
     """orbatch's own fields of a batch."""
 
@@ -201,6 +277,8 @@ class OrbatchBatch(BaseModel):
     calls: int
     request_counts: OrbatchCounts
     callback_url: str | None = None
+    # What the batch was estimated to hold and cost when it was created; null for batches made before it was kept.
+    estimate: BatchEstimate | None = None
 
 
 class BatchObject(BaseModel):
@@ -304,4 +382,9 @@ class BatchCreate(BaseModel):
         None,
         description="POSTed the final batch object once, signed (Standard Webhooks); its host must be "
         "allowed by ORBATCH_CALLBACK_ALLOW.",
+    )
+    dry_run: StrictBool = Field(
+        False,
+        description="Make no batch: read the file as a create would (the same checks and errors) and answer "
+        "what it would cost, a `batch.estimate` object. Nothing is stored or queued.",
     )

@@ -14,7 +14,7 @@ import typer
 from redis.exceptions import RedisError
 from sqlalchemy.exc import DBAPIError
 
-from jobs.cli import admin, batches, keys, run, serve, upstream, workers
+from jobs.cli import admin, batches, estimate, keys, run, serve, upstream, workers
 from jobs.cli.terminal import err, say, say_error
 from jobs.core.errors import Interrupted, OrbatchError, ServiceUnavailable, SettingsError
 from jobs.core.logs import configure_logging, redact
@@ -31,12 +31,13 @@ app = typer.Typer(
 )
 
 # Every module that holds commands; a test checks that each of their commands is on the app.
-COMMAND_MODULES: tuple[ModuleType, ...] = (admin, batches, keys, run, serve, upstream, workers)
+COMMAND_MODULES: tuple[ModuleType, ...] = (admin, batches, estimate, keys, run, serve, upstream, workers)
 
 # The order `orbatch --help` lists them in.
 _GROUPS: tuple[tuple[str, typer.Typer], ...] = (("db", admin.db_app), ("keys", keys.keys_app))
 _COMMANDS: tuple[tuple[str, Callable[..., None]], ...] = (
     ("submit", batches.submit),
+    ("estimate", estimate.estimate),
     ("run", run.run),
     ("worker", workers.worker),
     ("workers", workers.workers),

@@ -27,7 +27,7 @@ from jobs.cli.context import (
     services,
     where_redis,
 )
-from jobs.cli.options import InputFile, SubmitChoices, parse_usd, with_submit_choices
+from jobs.cli.options import DryRun, InputFile, SubmitChoices, parse_usd, with_submit_choices
 from jobs.cli.progress import (
     ProgressView,
     exit_status,
@@ -37,14 +37,23 @@ from jobs.cli.progress import (
     watch,
     with_skipped_lines,
 )
-from jobs.cli.taking import take_in_file
-from jobs.cli.terminal import batches_table, err, out, say, say_warning, summary_table, usage_table
+from jobs.cli.taking import estimate_command, take_in_file
+from jobs.cli.terminal import (
+    batches_table,
+    err,
+    estimated_table,
+    out,
+    say,
+    say_warning,
+    summary_table,
+    usage_table,
+)
 from jobs.core.errors import BadInput, Interrupted
 from jobs.core.settings import Settings, get_settings
 from jobs.core.states import BatchPriority, BatchStatus, PauseReason, RequestStatus
 from jobs.observation.schedule_view import read_competition, read_later
 from jobs.observation.standing import BatchSummary, batch_summary, list_batches
-from jobs.observation.usage import UsageReport, quota_spenders, usage_report
+from jobs.observation.usage import UsageLine, UsageReport, quota_spenders, usage_report
 from jobs.operations.control import cancel_batch, change_priority, delete_batch, resume_batch, retry_failed
 from jobs.operations.results import STDOUT, check_destinations, destination, export_to_files
 from jobs.scheduling.fleet import limits_key, read_breaker, throttle_namespace
@@ -91,10 +100,14 @@ def submit(
         ),
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    dry_run: DryRun = False,
 ) -> None:
     """Validate FILE and queue every line as one batch; prints the batch id (the existing one for a re-submit)."""
     settings = get_settings()
     options = choices.options(settings)
+    if dry_run:
+        estimate_command(settings, file, options, choices.check_models, as_json)
+        return
 
     redis_url = redis_in_use(settings)
 
@@ -315,6 +328,9 @@ def usage(
         print_json(report.to_json())
         return
     out.print(usage_table(report))
+    if batch is not None:
+        for batch_id, estimate in report.estimates.items():
+            out.print(estimated_table(batch_id, estimate, report.batches.get(batch_id, UsageLine())))
     if report.total.cost_estimated:
         say(err, "* cost estimated from the model's list prices: OpenRouter reported none for some calls")
 

@@ -24,6 +24,7 @@ from jobs.submission.submit import SubmitOptions
 __all__ = [
     "CheckModels",
     "Dedupe",
+    "DryRun",
     "FreeOnly",
     "InputFile",
     "JsonSchema",
@@ -141,6 +142,16 @@ JsonSchema = Annotated[
         dir_okay=False,
         readable=True,
         help="Ask for JSON following this JSON Schema; a reply that does not follow it is retried.",
+    ),
+]
+
+
+DryRun = Annotated[
+    bool,
+    typer.Option(
+        "--dry-run",
+        help="Store and run nothing: read FILE as submit does and print what it would cost (as `orbatch "
+        "estimate`).",
     ),
 ]
 

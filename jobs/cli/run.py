@@ -13,10 +13,10 @@ from rich.console import Console
 from sqlalchemy.exc import DBAPIError
 
 from jobs.cli.context import Format, logs_for_people, services
-from jobs.cli.options import InputFile, SubmitChoices, with_submit_choices
+from jobs.cli.options import DryRun, InputFile, SubmitChoices, with_submit_choices
 from jobs.cli.progress import ProgressView, exit_status, finished, needs_action, with_skipped_lines
 from jobs.cli.simulated import start_simulator
-from jobs.cli.taking import take_in_file
+from jobs.cli.taking import estimate_file, show_estimate, take_in_file
 from jobs.cli.terminal import err, say
 from jobs.cli.working import work_batch
 from jobs.core.constants import EXIT_INTERRUPTED
@@ -50,6 +50,9 @@ class RunPlan:
     fmt: ExportFormat
     concurrency: int | None
     simulator: bool
+    # Print the estimate and run nothing (`--dry-run`); `as_json` prints it as JSON.
+    dry_run: bool = False
+    as_json: bool = False
 
 
 async def run_file(
@@ -68,6 +71,10 @@ async def run_file(
         engine = create_engine(settings.database_url, pool_size=2)
         stack.push_async_callback(engine.dispose)
         options = replace(plan.options, simulated=plan.simulator)
+        if plan.dry_run:
+            estimate = await estimate_file(engine, settings, plan.file, options, plan.check_models, err)
+            show_estimate(estimate, plan.file, plan.as_json)
+            return 0
         # The run queues the batch in a queue of its own, once its worker is up.
         taken, summary = await take_in_file(engine, settings, plan.file, options, plan.check_models, err)
         batch_id = taken.batch_id
@@ -154,6 +161,10 @@ def run(
             "(its options: ORBATCH_SIMULATOR_ARGS, as `orbatch simulator` takes them).",
         ),
     ] = False,
+    dry_run: DryRun = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="With --dry-run: print the estimate as JSON.")
+    ] = False,
 ) -> None:
     """Submit FILE, run it with a worker in this process showing progress, and write the results.
 
@@ -163,14 +174,17 @@ def run(
     stopped (paused on its budget, credits or key; cancelled), 130 interrupted.
     """
     settings = get_settings()
-    if not use_simulator and not settings.openrouter_api_key:
+    # A dry run calls nothing: it needs no key, as `submit` does not.
+    if not use_simulator and not dry_run and not settings.openrouter_api_key:
         raise SettingsError(
             "OPENROUTER_API_KEY is not set: export your OpenRouter key, or try the pipeline without one "
             "against the local simulator with --simulator"
         )
     check_destinations(output, errors)
     options = choices.options(settings)
-    plan = RunPlan(file, options, choices.check_models, output, errors, fmt, concurrency, use_simulator)
+    plan = RunPlan(
+        file, options, choices.check_models, output, errors, fmt, concurrency, use_simulator, dry_run, as_json
+    )
     logs_for_people(settings)
     try:
         with services(settings, redis=True) as up:

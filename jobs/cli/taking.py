@@ -1,27 +1,40 @@
-"""A file taken in from the command line: the one intake, with a progress bar and what a terminal is told."""
+"""A file taken in from the command line: the one intake, with a progress bar and what a terminal is told; or
+estimated through it, stored nowhere (`estimate`, `submit --dry-run`, `run --dry-run`)."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from jobs.cli.context import print_json, services
 from jobs.cli.options import UsageError
-from jobs.cli.terminal import say, say_warning
+from jobs.cli.terminal import err as stderr
+from jobs.cli.terminal import estimate_notes, estimate_table, out, say, say_warning
 from jobs.core.settings import Settings
+from jobs.formats.input_lines import LineError
 from jobs.formats.reader import FileSource, Source
 from jobs.formats.record_spool import SpooledRecords, spool_records
 from jobs.formats.tables import read_records, table_format
 from jobs.observation.standing import BatchSummary, batch_summary
-from jobs.submission.intake import FirstWindow, Intake, ModelRefused, Setback, take_in
+from jobs.submission.estimate import Estimate
+from jobs.submission.intake import (
+    FirstWindow,
+    Intake,
+    ModelRefused,
+    Setback,
+    StoringView,
+    estimate_source,
+    take_in,
+)
 from jobs.submission.model_names import renamed_note
 from jobs.submission.submit import ProgressFn, SubmitError, SubmitOptions
 
-__all__ = ["take_in_file"]
+__all__ = ["estimate_command", "estimate_file", "show_estimate", "take_in_file"]
 
 
 def _source(file: Path, settings: Settings, options: SubmitOptions) -> Source:
@@ -36,18 +49,7 @@ def _source(file: Path, settings: Settings, options: SubmitOptions) -> Source:
     return spool_records(read_records(file), settings.data_dir / "spool", file.name, str(file))
 
 
-async def take_in_file(
-    engine: AsyncEngine,
-    settings: Settings,
-    file: Path,
-    options: SubmitOptions,
-    check_models: bool,
-    err: Console,
-    queue_on: str | None = None,
-) -> tuple[Intake, BatchSummary]:
-    """Submit FILE through the intake (or find the batch it already is) and, given the URL of a Redis
-    `queue_on`, queue its first window there; setbacks, skipped lines and a re-submit are said on `err`."""
-
+def _warner(err: Console) -> Callable[[Setback], None]:
     def warn(setback: Setback) -> None:
         if setback.stage == "catalogue":
             say_warning(
@@ -62,15 +64,19 @@ async def take_in_file(
                 "its requests are queued as soon as a worker can reach it",
             )
 
-    source = _source(file, settings, options)
+    return warn
+
+
+def _reading(file: Path, source: Source, err: Console, doing: str) -> StoringView:
+    """The progress bar of a file going in (`doing`: what the command does with it), on a terminal."""
 
     @contextlib.contextmanager
     def storing() -> Iterator[ProgressFn]:
         if not err.is_terminal:
             # Off a terminal there is no bar: one line says what the command is doing while a big file goes in.
-            say(err, f"submitting {file}")
+            say(err, f"{doing} {file}")
         with Progress(
-            TextColumn("submitting"),
+            TextColumn(doing),
             BarColumn(),
             DownloadColumn(),
             TimeRemainingColumn(),
@@ -80,9 +86,84 @@ async def take_in_file(
         ) as progress:
             # One stat call; the file itself is read in blocking chunks by the intake, as COPY needs them.
             read = source.path if isinstance(source, SpooledRecords) else file
-            task = progress.add_task("submit", total=read.stat().st_size)
+            task = progress.add_task(doing, total=read.stat().st_size)
             yield lambda pos: progress.update(task, completed=pos)
 
+    return storing
+
+
+def _say_skipped(err: Console, errors: Sequence[LineError | str], invalid: int) -> None:
+    for error in errors:
+        say(err, f"skipped {error}")
+    if invalid > len(errors):
+        say(err, f"skipped {invalid - len(errors)} more bad lines")
+
+
+async def estimate_file(
+    engine: AsyncEngine,
+    settings: Settings,
+    file: Path,
+    options: SubmitOptions,
+    check_models: bool,
+    err: Console,
+) -> Estimate:
+    """What submitting FILE would store and cost, read and checked as `take_in_file` does (the same errors),
+    and stored nowhere; setbacks are said on `err`."""
+    source = _source(file, settings, options)
+    try:
+        estimate = await estimate_source(
+            engine,
+            settings,
+            source,
+            options,
+            check_models=check_models,
+            storing=_reading(file, source, err, "reading"),
+            warn=_warner(err),
+        )
+    except ModelRefused as exc:
+        raise SubmitError(str(file), [], 0, reason=f"--models: {exc.problem}") from None
+    finally:
+        if isinstance(source, SpooledRecords):
+            source.close()
+    _say_skipped(err, estimate.skipped, estimate.invalid)
+    return estimate
+
+
+def show_estimate(estimate: Estimate, file: Path, as_json: bool) -> None:
+    """The estimate on stdout: one JSON object, or the table and what its numbers assume."""
+    if as_json:
+        print_json(estimate.to_json())
+        return
+    out.print(estimate_table(estimate, f"{file.name}: {estimate.requests:,} requests (nothing stored)"))
+    for note in estimate_notes(estimate):
+        say(out, note)
+
+
+def estimate_command(
+    settings: Settings, file: Path, options: SubmitOptions, check_models: bool, as_json: bool
+) -> None:
+    """`estimate` and `submit --dry-run`: FILE estimated under the options on the services in use, and shown."""
+
+    async def go(engine: AsyncEngine) -> Estimate:
+        return await estimate_file(engine, settings, file, options, check_models, stderr)
+
+    with services(settings) as up:
+        found = up.run(go, pool_size=2)
+    show_estimate(found, file, as_json)
+
+
+async def take_in_file(
+    engine: AsyncEngine,
+    settings: Settings,
+    file: Path,
+    options: SubmitOptions,
+    check_models: bool,
+    err: Console,
+    queue_on: str | None = None,
+) -> tuple[Intake, BatchSummary]:
+    """Submit FILE through the intake (or find the batch it already is) and, given the URL of a Redis
+    `queue_on`, queue its first window there; setbacks, skipped lines and a re-submit are said on `err`."""
+    source = _source(file, settings, options)
     try:
         taken = await take_in(
             engine,
@@ -90,9 +171,9 @@ async def take_in_file(
             source,
             options,
             check_models=check_models,
-            storing=storing,
+            storing=_reading(file, source, err, "submitting"),
             first_window=None if queue_on is None else FirstWindow(queue_on),
-            warn=warn,
+            warn=_warner(err),
         )
     except ModelRefused as exc:
         raise SubmitError(str(file), [], 0, reason=f"--models: {exc.problem}") from None
@@ -117,8 +198,5 @@ async def take_in_file(
     else:
         if report.renamed:
             say(err, renamed_note(report.renamed))
-        for error in report.errors:
-            say(err, f"skipped {error}")
-        if report.invalid > len(report.errors):
-            say(err, f"skipped {report.invalid - len(report.errors)} more bad lines")
+        _say_skipped(err, report.errors, report.invalid)
     return taken, summary

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 from rich.console import Console
@@ -19,10 +20,14 @@ from jobs.observation.eta import format_duration
 from jobs.observation.standing import BatchSummary
 from jobs.observation.usage import UsageLine, UsageReport
 from jobs.scheduling.roster import Heartbeat
+from jobs.submission.estimate import CostRange, Estimate, LaneCost
 
 __all__ = [
     "batches_table",
     "err",
+    "estimate_notes",
+    "estimate_table",
+    "estimated_table",
     "keys_table",
     "out",
     "say",
@@ -123,6 +128,102 @@ def usage_table(report: UsageReport) -> Table:
     if len(report.batches) > 1:
         _usage_row(table, "all", "", report.total, style="bold")
     return table
+
+
+def usd(amount: Decimal) -> str:
+    """`$0.012345`: dollars to the millionth, as every cost is shown."""
+    return f"${amount:,.6f}"
+
+
+def cost_range(cost: CostRange | LaneCost | None, missing: str = "not available") -> str:
+    """`$0.010000 to $0.090000`, one amount when both ends are the same, or `missing`."""
+    if cost is None:
+        return missing
+    span = cost.cost if isinstance(cost, LaneCost) else cost
+    return usd(span.low) if span.low == span.high else f"{usd(span.low)} to {usd(span.high)}"
+
+
+def estimate_table(estimate: Estimate, title: str) -> Table:
+    """Requests, prompt and completion tokens and the cost range by lane, a row per model and one for all."""
+    table = Table(title=Text(title))
+    table.add_column("model")
+    for numbers in ("requests", "prompt tokens", "completion (at most)", "live", "batch API"):
+        table.add_column(numbers, justify="right")
+    table.add_column("counted with")
+    for m in estimate.models:
+        table.add_row(
+            Text(m.model + (" (free)" if m.free else "")),
+            f"{m.requests:,}",
+            f"{m.prompt_tokens:,}",
+            f"{m.completion_tokens:,}" + ("*" if m.completion_assumed else ""),
+            cost_range(m.live, "unknown price") if not m.free else usd(Decimal(0)),
+            cost_range(m.batch),
+            Text(m.tokenizer),
+        )
+    if len(estimate.models) > 1:
+        table.add_row(
+            "all",
+            f"{estimate.requests:,}",
+            f"{estimate.prompt_tokens:,}",
+            f"{estimate.completion_tokens:,}" + ("*" if estimate.completion_assumed else ""),
+            cost_range(estimate.live, "unknown"),
+            cost_range(estimate.batch),
+            "",
+            style="bold",
+        )
+    return table
+
+
+def estimated_table(batch_id: str, estimate: Estimate, actual: UsageLine) -> Table:
+    """A batch's estimate beside what it took: requests, prompt and completion tokens, cost."""
+    table = Table("", "estimated", "actual", title=Text(f"{batch_id}: estimated when submitted, and actual"))
+    live = estimate.live
+    verdict = ""
+    if live is not None:
+        verdict = (
+            " (within the estimate)"
+            if live.contains(actual.cost)
+            else (" (below the estimate)" if actual.cost < live.low else " (above the estimate)")
+        )
+    table.add_row(
+        "requests", f"{estimate.requests:,}", f"{actual.requests:,} answered · {actual.calls:,} calls"
+    )
+    table.add_row("prompt tokens", f"{estimate.prompt_tokens:,}", f"{actual.prompt_tokens:,}")
+    table.add_row(
+        "completion tokens", f"at most {estimate.completion_tokens:,}", f"{actual.completion_tokens:,}"
+    )
+    table.add_row("cost", cost_range(live, "unknown"), usd(actual.cost) + verdict)
+    return table
+
+
+def estimate_notes(estimate: Estimate) -> list[str]:
+    """What the numbers of `estimate_table` mean and assume, a sentence each."""
+    notes = []
+    if estimate.completion_assumed:
+        notes.append(
+            f"* {estimate.completion_assumed:,} requests set no max_tokens: each is allowed "
+            f"{estimate.completion_default:,} completion tokens (ORBATCH_ESTIMATE_COMPLETION_TOKENS); "
+            "--max-tokens bounds them for real"
+        )
+    notes.append(
+        "cost in USD: from the prompt alone (answers of no length) to the prompt and every completion bound spent; "
+        "live at each model's own price, batch API at its :batch variant's (OpenRouter's Batch API, about half)"
+    )
+    if not estimate.exact:
+        notes.append(
+            "approximate: orbatch has OpenAI's tokenizers only; other models' prompts are counted as a token per "
+            "3 bytes of UTF-8 text, which errs high for most text"
+        )
+    if not estimate.priced:
+        notes.append("no prices: OpenRouter's model list (GET /models), which has them, could not be read")
+    missing = [m.model for m in estimate.models if m.batch is None and not m.free]
+    if missing:
+        notes.append(
+            "batch API not available for " + ", ".join(missing) + ": the catalogue lists no :batch variant"
+        )
+    if estimate.free_tier.requests:
+        notes.append(estimate.free_tier.describe())
+    return notes
 
 
 def workers_table(beats: list[Heartbeat], now: datetime | None = None) -> Table:

@@ -108,6 +108,9 @@ class Batch(Base):
     # The records' fields in the order the input first gave them (revision 0011): `jsonb` keeps keys in an order
     # of its own, and a table written back keeps the user's column order from this.
     record_fields: Mapped[list[str] | None] = mapped_column(ARRAY(Text))
+    # What the batch was estimated to need and cost when it was submitted (revision 0013; `orbatch estimate`'s
+    # JSON), shown by `usage` beside what it took. NULL for batches stored before it.
+    estimate: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     # A user's own labels for the batch (`--metadata k=v`, the API's `metadata`).
     metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSONB)
     # Called the local simulator, not OpenRouter: its calls never count against a real account's quota.

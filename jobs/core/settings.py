@@ -98,6 +98,9 @@ class Settings(BaseSettings):
     free_rate_margin: float = Field(0.05, ge=0, le=1)
     # None: read from GET /key (50 on the free tier, 1000 once credits were bought).
     free_requests_per_day: int | None = Field(None, ge=0)
+    # The completion tokens an estimate allows a request that sets no max_tokens: about 750 words, a long answer
+    # for a chat model, and a round number a user can scale in their head; `--max-tokens` bounds it for real.
+    estimate_completion_tokens: int = Field(1024, ge=1)
     max_in_flight: int = Field(64, ge=1)
     # The longest a task sleeps for a throttle slot; a longer wait parks the request in Postgres instead.
     max_throttle_wait: float = Field(30.0, gt=0)

@@ -34,6 +34,7 @@ from jobs.library.portal import StopSwitch
 from jobs.library.session import Session, session
 from jobs.library.tasks import (
     Taken,
+    estimate_here,
     read_answers,
     record_rows,
     spool_folder,
@@ -48,8 +49,9 @@ from jobs.observation.usage import usage_report
 from jobs.operations.control import cancel_batch, resolve_batch
 from jobs.operations.results import answer_rows
 from jobs.submission.catalog import upstream_is_simulator
+from jobs.submission.estimate import Estimate
 
-__all__ = ["Batch", "arun", "asubmit", "batch", "run", "submit"]
+__all__ = ["Batch", "aestimate", "arun", "asubmit", "batch", "estimate", "run", "submit"]
 
 T = TypeVar("T")
 
@@ -435,6 +437,72 @@ async def asubmit(
         return plan.batch(await _acall(plan.sess, plan.work, plan.view))
     finally:
         plan.prepared.close()
+
+
+def _estimating(data: Any, given: dict[str, Any], options: dict[str, Any]) -> tuple[_Prepared, Any]:
+    """The data ready to go in, and the portal's work estimating it (in the caller's thread, as `_Plan.make`)."""
+    choices, own = _choices(options, **given)
+    err = _console(own.get("progress", True))
+    sess = session()
+    prepared = _prepare(data, choices)
+    try:
+        options_ = choices.options(get_settings(), prepared.records)
+    except BaseException:
+        prepared.close()
+        raise
+
+    async def work(_switch: StopSwitch) -> Estimate:
+        return await estimate_here(
+            sess,
+            prepared.source,
+            options_,
+            simulator=choices.simulator,
+            check_models=choices.check_models,
+            err=err,
+        )
+
+    return prepared, work
+
+
+def estimate(
+    data: Any,
+    *,
+    template: str | None = None,
+    system: str | None = None,
+    schema: type[BaseModel] | dict[str, Any] | None = None,
+    models: list[str] | str | None = None,
+    **options: Any,
+) -> Estimate:
+    """What `submit` with the same arguments would store and cost, and nothing stored: requests by model,
+    prompt tokens, completion tokens at most, the cost range live and through OpenRouter's Batch API, the free
+    tier's days (`Estimate`; `.to_json()` is `orbatch estimate --json`'s object). The same errors as `submit`.
+    """
+    given = {"template": template, "system": system, "schema": schema, "models": models}
+    prepared, work = _estimating(data, given, options)
+    try:
+        result: Estimate = _quietly(work)
+    finally:
+        prepared.close()
+    return result
+
+
+async def aestimate(
+    data: Any,
+    *,
+    template: str | None = None,
+    system: str | None = None,
+    schema: type[BaseModel] | dict[str, Any] | None = None,
+    models: list[str] | str | None = None,
+    **options: Any,
+) -> Estimate:
+    """`estimate` for a caller with a running event loop."""
+    given = {"template": template, "system": system, "schema": schema, "models": models}
+    prepared, work = await asyncio.to_thread(_estimating, data, given, options)
+    try:
+        result: Estimate = await _acall(session(), work, progress_for(False)[1])
+    finally:
+        prepared.close()
+    return result
 
 
 def batch(ref: str) -> Batch:

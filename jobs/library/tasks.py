@@ -24,12 +24,14 @@ from jobs.library.session import Session
 from jobs.library.views import SnapshotBox
 from jobs.observation.standing import BatchSummary, batch_summary
 from jobs.operations.results import AnswerRow, answer_rows, export_in_order
-from jobs.submission.intake import FirstWindow, Intake, ModelRefused, Setback, take_in
+from jobs.submission.estimate import Estimate
+from jobs.submission.intake import FirstWindow, Intake, ModelRefused, Setback, estimate_source, take_in
 from jobs.submission.model_names import renamed_note
 from jobs.submission.submit import SubmitError, SubmitOptions
 
 __all__ = [
     "Taken",
+    "estimate_here",
     "read_answers",
     "record_rows",
     "spool_folder",
@@ -71,6 +73,36 @@ def _warner(err: Console) -> Any:
     return warn
 
 
+def _refused(exc: SubmitError) -> SubmitError:
+    """A Python caller sees the message, not the CLI's list under it: the first bad rows go in it."""
+    first = "; ".join(str(e) for e in exc.errors[:3])
+    return SubmitError(exc.path, exc.errors, exc.invalid, reason=f"{exc.reason}: {first}")
+
+
+async def estimate_here(
+    session: Session,
+    source: Source,
+    options: SubmitOptions,
+    *,
+    simulator: bool,
+    check_models: bool,
+    err: Console,
+) -> Estimate:
+    """What `take` would store, estimated through the intake and stored nowhere (the same errors)."""
+    settings, engine = await session.settings(simulator, err)
+    options = replace(options, simulated=True) if simulator else options
+    try:
+        return await estimate_source(
+            engine, settings, source, options, check_models=check_models, warn=_warner(err)
+        )
+    except ModelRefused as exc:
+        raise SubmitError(source.where, [], 0, reason=f"models=: {exc.problem}") from None
+    except SubmitError as exc:
+        if not exc.errors:
+            raise
+        raise _refused(exc) from None
+
+
 async def take(
     session: Session,
     source: Source,
@@ -101,11 +133,9 @@ async def take(
     except ModelRefused as exc:
         raise SubmitError(source.where, [], 0, reason=f"models=: {exc.problem}") from None
     except SubmitError as exc:
-        # A Python caller sees the message, not the CLI's list under it: the first bad rows go in it.
         if not exc.errors:
             raise
-        first = "; ".join(str(e) for e in exc.errors[:3])
-        raise SubmitError(exc.path, exc.errors, exc.invalid, reason=f"{exc.reason}: {first}") from None
+        raise _refused(exc) from None
     report = taken.report
     async with engine.connect() as conn:
         summary = await batch_summary(conn, report.batch_id)

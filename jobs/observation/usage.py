@@ -1,4 +1,5 @@
-"""Usage from the attempt rows: requests, calls, tokens and cost by batch and by the model that served."""
+"""Usage from the attempt rows: requests, calls, tokens and cost by batch and by the model that served, beside
+the estimate each batch was submitted with."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from jobs.core.sql import sql
 from jobs.observation.standing import BatchNotFound
+from jobs.submission.estimate import Estimate
 
 __all__ = ["QuotaSpender", "UsageLine", "UsageReport", "quota_spenders", "usage_report"]
 
@@ -29,6 +31,8 @@ _BY_MODEL = text(
     ORDER BY batch_id, model
     """
 )
+
+_ESTIMATES = text("SELECT id, estimate FROM batch WHERE id = ANY(:ids) AND estimate IS NOT NULL")
 
 _COUNTERS = (
     "requests",
@@ -77,9 +81,11 @@ class UsageReport:
     total: UsageLine = field(default_factory=UsageLine)
     batches: dict[str, UsageLine] = field(default_factory=dict)
     models: dict[str, dict[str, UsageLine]] = field(default_factory=dict)
+    # What each batch was estimated to take when it was submitted (none for batches stored before revision 0013).
+    estimates: dict[str, Estimate] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        """The `usage --json` object."""
+        """The `usage --json` object: each batch's `estimate` is `orbatch estimate --json`'s, or null."""
         return {
             "total": self.total.to_json(),
             "batches": [
@@ -87,6 +93,9 @@ class UsageReport:
                     "id": batch_id,
                     **line.to_json(),
                     "models": {m: u.to_json() for m, u in self.models[batch_id].items()},
+                    "estimate": None
+                    if batch_id not in self.estimates
+                    else self.estimates[batch_id].to_json(),
                 }
                 for batch_id, line in self.batches.items()
             ],
@@ -116,6 +125,11 @@ async def usage_report(engine: AsyncEngine, batch_id: str | None = None) -> Usag
             report.models.setdefault(row.batch_id, {})[row.model] = line
             report.batches.setdefault(row.batch_id, UsageLine()).add(line)
             report.total.add(line)
+        # The batch asked for has its estimate read before any call was made, too.
+        ids = [batch_id] if batch_id is not None else list(report.batches)
+        if ids:
+            rows = await conn.execute(_ESTIMATES, {"ids": ids})
+            report.estimates = {r.id: Estimate.from_json(r.estimate) for r in rows}
     return report
 
 

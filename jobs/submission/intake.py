@@ -1,5 +1,6 @@
 """The one intake every surface submits through: model ids checked, simulated or real decided, the batch stored
-(or the one it already is found), its first window queued."""
+(or the one it already is found) with its estimate, its first window queued; or, for a dry run, the estimate
+alone, with nothing stored."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import contextlib
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Any, Literal
 
 import httpx
 from arq.connections import ArqRedis
@@ -21,17 +22,20 @@ from jobs.formats.reader import Source
 from jobs.scheduling.feeder import feed
 from jobs.scheduling.fleet import kind_queue
 from jobs.scheduling.queue import connect
-from jobs.submission.catalog import load_catalog, upstream_is_simulator
+from jobs.submission.catalog import Catalog, load_catalog, upstream_is_simulator
+from jobs.submission.estimate import Estimate, FreeQuota, free_quota, price
 from jobs.submission.submit import (
+    Measured,
     ProgressFn,
     StoredHook,
     SubmitOptions,
     SubmitReport,
+    measure_source,
     resolve_models,
     submit_source,
 )
 
-__all__ = ["FirstWindow", "Intake", "ModelRefused", "Setback", "take_in"]
+__all__ = ["FirstWindow", "Intake", "ModelRefused", "Setback", "StoringView", "estimate_source", "take_in"]
 
 # Whether the upstream a batch is made for now is orbatch's simulator.
 UpstreamCheck = Callable[[], Awaitable[bool]]
@@ -105,29 +109,21 @@ async def take_in(
 
     The batch is simulated when the options say so or `upstream` (default: asking OPENROUTER_BASE_URL) finds
     the simulator. With `check_models`, ids are checked against the catalogue (ModelRefused; a list that
-    cannot be read is a Setback and leaves them unchecked). Bad lines raise SubmitError. `on_stored` runs in
-    the storing transaction; with `first_window` the batch's first requests are queued in its kind's queue.
+    cannot be read is a Setback and leaves them unchecked). Bad lines raise SubmitError. The batch keeps its
+    estimate, priced with the catalogue. `on_stored` runs in the storing transaction; with `first_window` the
+    batch's first requests are queued in its kind's queue.
     """
-    key = settings.openrouter_api_key.get_secret_value() if settings.openrouter_api_key else None
-    if not options.simulated and await (upstream or _asks(settings.openrouter_base_url, key))():
-        # Its calls count against no real account, and a real run of the same file is another batch.
-        options = replace(options, simulated=True)
-    if check_models:
-        try:
-            known = frozenset(await load_catalog(engine, settings.openrouter_base_url, key))
-            options = replace(options, known_models=known)
-        except (httpx.HTTPError, OSError, ValueError) as exc:
-            warn(Setback("catalogue", exc))
-    if options.replace_models and not options.models:
-        raise ModelRefused("replacing the lines' models needs a chain to replace them with (--models)")
-    chain_renamed: dict[str, str] = {}
-    try:
-        options = replace(options, models=resolve_models(options.models, options, chain_renamed))
-    except ValueError as exc:
-        raise ModelRefused(str(exc)) from None
+    options, catalog, chain_renamed = await _checked(engine, settings, options, check_models, upstream, warn)
+
+    def estimate(measured: Measured) -> dict[str, Any]:
+        # The daily free quota is the estimate command's to read (GET /key): a submit does not wait for it.
+        return _priced(measured, catalog, settings, None).to_json()
+
     with storing() if storing is not None else contextlib.nullcontext() as progress:
-        report = await submit_source(engine, source, options, progress, on_stored=on_stored)
-    if chain_renamed:
+        report = await submit_source(
+            engine, source, options, progress, on_stored=on_stored, estimate=estimate
+        )
+    if chain_renamed and not report.reused:
         report = replace(report, renamed={**chain_renamed, **report.renamed})
     if first_window is not None:
         queued = _queue(engine, settings, first_window, report.batch_id, options.simulated, warn)
@@ -138,6 +134,76 @@ async def take_in(
         else:
             await queued
     return Intake(report, options)
+
+
+async def estimate_source(
+    engine: AsyncEngine,
+    settings: Settings,
+    source: Source,
+    options: SubmitOptions,
+    *,
+    check_models: bool = True,
+    upstream: UpstreamCheck | None = None,
+    storing: StoringView | None = None,
+    warn: Callable[[Setback], None] = _ignore,
+) -> Estimate:
+    """What `take_in` would store, estimated and stored nowhere: the same checks and errors (ModelRefused,
+    SubmitError), the requests' tokens, their cost at the catalogue's prices and the free tier's days."""
+    # The catalogue is read for its prices even when ids go unchecked: prices are what an estimate is for.
+    options, catalog, _ = await _checked(engine, settings, options, check_models, upstream, warn, read=True)
+    with storing() if storing is not None else contextlib.nullcontext() as progress:
+        measured = await measure_source(engine, source, options, progress)
+    quota = None
+    if any(t.model.endswith(":free") for t in measured.tokens):
+        quota = await free_quota(settings)
+    return _priced(measured, catalog, settings, quota)
+
+
+def _priced(
+    measured: Measured, catalog: Catalog | None, settings: Settings, quota: FreeQuota | None
+) -> Estimate:
+    return price(
+        measured.tokens,
+        catalog,
+        completion_default=settings.estimate_completion_tokens,
+        quota=quota,
+        invalid=measured.invalid,
+        skipped=[str(e) for e in measured.errors],
+    )
+
+
+async def _checked(
+    engine: AsyncEngine,
+    settings: Settings,
+    options: SubmitOptions,
+    check_models: bool,
+    upstream: UpstreamCheck | None,
+    warn: Callable[[Setback], None],
+    read: bool = False,
+) -> tuple[SubmitOptions, Catalog | None, dict[str, str]]:
+    """The options with simulated decided and the catalogue's ids (`check_models`), and the catalogue (read
+    for `check_models` or `read`; None when it was not or could not be), and the chain's names taken as ids;
+    ModelRefused for the batch's chain."""
+    key = settings.openrouter_api_key.get_secret_value() if settings.openrouter_api_key else None
+    if not options.simulated and await (upstream or _asks(settings.openrouter_base_url, key))():
+        # Its calls count against no real account, and a real run of the same file is another batch.
+        options = replace(options, simulated=True)
+    catalog: Catalog | None = None
+    if check_models or read:
+        try:
+            catalog = await load_catalog(engine, settings.openrouter_base_url, key)
+        except (httpx.HTTPError, OSError, ValueError) as exc:
+            warn(Setback("catalogue", exc))
+    if check_models and catalog is not None:
+        options = replace(options, known_models=frozenset(catalog))
+    if options.replace_models and not options.models:
+        raise ModelRefused("replacing the lines' models needs a chain to replace them with (--models)")
+    renamed: dict[str, str] = {}
+    try:
+        options = replace(options, models=resolve_models(options.models, options, renamed))
+    except ValueError as exc:
+        raise ModelRefused(str(exc)) from None
+    return options, catalog, renamed
 
 
 def _asks(base_url: str, key: str | None) -> UpstreamCheck:

@@ -23,16 +23,22 @@ from jobs.core.states import BatchPriority, BatchStatus
 from jobs.formats.input_lines import LineError, free_only_problem, parse_line, parse_record
 from jobs.formats.prompt_template import Template
 from jobs.formats.reader import DamagedGzip, FileSource, Source, read_lines
+from jobs.formats.tokens import TokenCounter, completion_cap
 from jobs.scheduling import lifecycle
 from jobs.submission.model_names import model_names
 
 __all__ = [
+    "EstimateFn",
+    "Measured",
+    "ModelTokens",
     "ProgressFn",
     "StoredHook",
     "SubmitError",
     "SubmitOptions",
     "SubmitReport",
     "fingerprint",
+    "measure_source",
+    "model_problem",
     "new_batch_id",
     "resolve_models",
     "submit_file",
@@ -61,6 +67,18 @@ ProgressFn = Callable[[int], None]
 # Called inside submit's transaction once the batch and its requests are stored, with the batch id: what
 # is written there commits, or rolls back, with the batch.
 StoredHook = Callable[[AsyncConnection, str], Awaitable[None]]
+
+
+@dataclass(slots=True, frozen=True)
+class ModelTokens:
+    """What a batch asks of one model (the first of its requests' chains): requests, the prompt tokens they
+    hold, and the completion tokens their `max_tokens` allow (`unbounded` requests set none)."""
+
+    model: str
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    unbounded: int
 
 
 @dataclass(slots=True, frozen=True)
@@ -127,8 +145,24 @@ class SubmitReport:
     errors: list[LineError]
     # True when the same file with the same options was already a batch, which is returned instead.
     reused: bool = False
+    # The tokens its requests hold, by model (none for a batch found again: it was measured when stored).
+    tokens: list[ModelTokens] = field(default_factory=list)
     # Model names the lines gave that were taken as OpenRouter's ids (`gpt-4o-mini`: `openai/gpt-4o-mini`).
     renamed: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True, frozen=True)
+class Measured:
+    """A file read and checked as submit reads it, and stored nowhere: its requests, bad lines and tokens."""
+
+    total: int
+    invalid: int
+    errors: list[LineError]
+    tokens: list[ModelTokens]
+
+
+# What a batch's estimate is, as the batch row keeps it, from what its file holds.
+EstimateFn = Callable[[Measured], dict[str, Any]]
 
 
 class SubmitError(BadInput):
@@ -179,6 +213,15 @@ def resolve_models(
     return resolved
 
 
+def model_problem(models: list[str], options: SubmitOptions) -> str | None:
+    """What is wrong with a model chain under the options (an unknown id, a paid model in a free-only batch)."""
+    try:
+        resolve_models(models, options)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
 def new_batch_id() -> str:
     """A fresh batch id in OpenAI's style."""
     return f"batch_{secrets.token_hex(8)}"
@@ -197,8 +240,25 @@ _SAME_BATCH = sql(
     " AND status NOT IN ({B.CANCELLING}, {B.CANCELLED}, {B.FAILED}, {B.EXPIRED}) ORDER BY created_at DESC LIMIT 1"
 )
 
-_Row = tuple[int, str, str, list[str] | None, str | None, str | None]
-_STAGING_COLUMNS = ["line_no", "custom_id", "body", "models", "fingerprint", "record"]
+# A staging row: line, custom_id, body, models, fingerprint, record, prompt tokens, completion tokens allowed.
+_Row = tuple[int, str, str, list[str] | None, str | None, str | None, int, int | None]
+# A row as parsed, before its prompt is counted (with the rest of its chunk, in one call): the same, without
+# the prompt tokens.
+_Parsed = tuple[int, str, str, list[str] | None, str | None, str | None, int | None]
+_STAGING_COLUMNS = [
+    "line_no",
+    "custom_id",
+    "body",
+    "models",
+    "fingerprint",
+    "record",
+    "prompt_tokens",
+    "completion_tokens",
+]
+_STAGING_TABLE = text(
+    "CREATE TEMP TABLE orbatch_staging (line_no integer, custom_id text, body jsonb, models text[],"
+    " fingerprint text, record jsonb, prompt_tokens integer, completion_tokens integer) ON COMMIT DROP"
+)
 
 
 def _damaged(source: Source, line_no: int, errors: _LineErrors, exc: DamagedGzip) -> SubmitError:
@@ -224,9 +284,11 @@ class _Gathered:
     endpoint: str | None = None
 
 
-def _row(raw: bytes, line_no: int, options: SubmitOptions, gathered: _Gathered) -> _Row | None:
-    """The staging row of one line; None for a blank line; LineError for a bad one (a line for another endpoint
-    than the batch's included)."""
+def _row(
+    raw: bytes, line_no: int, options: SubmitOptions, gathered: _Gathered, counter: TokenCounter
+) -> _Parsed | None:
+    """The staging row of one line, its prompt added to `counter`; None for a blank line; LineError for a bad
+    one (a line for another endpoint than the batch's included)."""
     template = options.template
     parsed = parse_line(raw, line_no) if template is None else parse_record(raw, line_no, template)
     if parsed is None:
@@ -258,13 +320,29 @@ def _row(raw: bytes, line_no: int, options: SubmitOptions, gathered: _Gathered) 
         problem = free_only_problem(body)
         if problem:
             raise LineError(line_no, problem)
-    print_ = fingerprint(models or options.models, body) if options.dedupe else None
+    chain = models or options.models
+    print_ = fingerprint(chain, body) if options.dedupe else None
     record = None
     if parsed.record is not None:
         record = orjson.dumps(parsed.record).decode()
         if len(gathered.fields) < MAX_RECORD_FIELDS:
             gathered.fields.update(dict.fromkeys(parsed.record))
-    return (line_no, parsed.custom_id, orjson.dumps(body).decode(), models, print_, record)
+    # Its first model is the one called (the rest only if that one fails): the prompt is counted as it reads it.
+    counter.add(chain[0], body)
+    return (
+        line_no,
+        parsed.custom_id,
+        orjson.dumps(body).decode(),
+        models,
+        print_,
+        record,
+        completion_cap(body),
+    )
+
+
+def _counted(chunk: list[_Parsed], counter: TokenCounter) -> list[_Row]:
+    """The chunk's rows with their prompt tokens, counted together."""
+    return [(*row[:6], tokens, row[6]) for row, tokens in zip(chunk, counter.counts(), strict=True)]
 
 
 async def _records(
@@ -274,12 +352,14 @@ async def _records(
     progress: ProgressFn | None,
     gathered: _Gathered,
 ) -> AsyncIterator[list[_Row]]:
-    """Chunks of staging rows (line, custom_id, body, models, fingerprint, record), bad lines into `errors`.
+    """Chunks of staging rows (line, custom_id, body, models, fingerprint, record, tokens), bad lines into
+    `errors`.
 
     A chunk goes once it has STAGING_COPY_CHUNK rows or STAGING_COPY_BYTES of them, so memory is bounded by
     bytes whatever the lines' sizes.
     """
-    chunk: list[_Row] = []
+    counter = TokenCounter()
+    chunk: list[_Parsed] = []
     size = 0
     line_no = 0
     lines = read_lines(source, options.max_line_bytes, progress)
@@ -296,7 +376,7 @@ async def _records(
                     )
                     continue
                 try:
-                    row = _row(raw, line_no, options, gathered)
+                    row = _row(raw, line_no, options, gathered, counter)
                 except LineError as exc:
                     errors.add(exc)
                     continue
@@ -305,12 +385,12 @@ async def _records(
                 chunk.append(row)
                 size += len(row[2]) + len(row[5] or "")
                 if len(chunk) >= STAGING_COPY_CHUNK or size >= STAGING_COPY_BYTES:
-                    yield chunk
+                    yield _counted(chunk, counter)
                     chunk, size = [], 0
     except DamagedGzip as exc:
         raise _damaged(source, line_no, errors, exc) from None
     if chunk:
-        yield chunk
+        yield _counted(chunk, counter)
 
 
 async def _duplicates(conn: AsyncConnection, errors: _LineErrors) -> int:
@@ -346,14 +426,97 @@ async def submit_file(
     return await submit_source(engine, FileSource.open(path), options, progress)
 
 
+async def _stage(
+    conn: AsyncConnection,
+    source: Source,
+    options: SubmitOptions,
+    errors: _LineErrors,
+    progress: ProgressFn | None,
+    gathered: _Gathered,
+) -> int:
+    """Every good line of the source into the transaction's staging table; returns the duplicate ids' count.
+
+    Raises SubmitError for bad lines unless `options.skip_invalid`."""
+    await conn.execute(_STAGING_TABLE)
+    raw_conn: Any = (await conn.get_raw_connection()).driver_connection
+    async for chunk in _records(source, options, errors, progress, gathered):
+        await raw_conn.copy_records_to_table("orbatch_staging", records=chunk, columns=_STAGING_COLUMNS)
+    duplicates = await _duplicates(conn, errors)
+    errors.kept.sort(key=lambda e: e.line_no)
+    if errors.count and not options.skip_invalid:
+        raise SubmitError(source.where, errors.kept, errors.count)
+    return duplicates
+
+
+def _empty(source: Source, errors: _LineErrors) -> SubmitError:
+    reason = f"{source.name}: no requests in the file" + (" (every line was bad)" if errors.count else "")
+    return SubmitError(source.name, errors.kept, errors.count, reason=reason)
+
+
+# The staged requests' tokens by the first model of their chain; of duplicate ids, the first line only (the
+# one the batch keeps).
+_MEASURE = """
+    SELECT coalesce(models[1], CAST(:first AS text)) AS model, count(*) AS requests,
+           coalesce(sum(prompt_tokens), 0) AS prompt_tokens, coalesce(sum(completion_tokens), 0) AS completion_tokens,
+           count(*) FILTER (WHERE completion_tokens IS NULL) AS unbounded
+    FROM {rows} GROUP BY 1 ORDER BY 2 DESC, 1
+"""
+_STAGED = text(_MEASURE.format(rows="orbatch_staging"))
+_STAGED_ONCE = text(
+    _MEASURE.format(
+        rows="(SELECT DISTINCT ON (custom_id) * FROM orbatch_staging ORDER BY custom_id, line_no) s"
+    )
+)
+
+
+async def _measure(conn: AsyncConnection, options: SubmitOptions, duplicates: int) -> list[ModelTokens]:
+    """The staged requests' tokens, by model."""
+    first = options.models[0] if options.models else None
+    rows = await conn.execute(_STAGED_ONCE if duplicates else _STAGED, {"first": first})
+    return [
+        ModelTokens(
+            model=r.model,
+            requests=int(r.requests),
+            prompt_tokens=int(r.prompt_tokens),
+            completion_tokens=int(r.completion_tokens),
+            unbounded=int(r.unbounded),
+        )
+        for r in rows
+    ]
+
+
+async def measure_source(
+    engine: AsyncEngine, source: Source, options: SubmitOptions, progress: ProgressFn | None = None
+) -> Measured:
+    """Read and check the source exactly as submit_source does (the same SubmitError for bad lines) and count
+    its requests' tokens, in a transaction rolled back at the end: nothing is stored."""
+    errors = _LineErrors()
+    async with engine.connect() as conn:
+        transaction = await conn.begin()
+        try:
+            duplicates = await _stage(
+                conn, source, options, errors, progress, _Gathered(endpoint=options.endpoint)
+            )
+            tokens = await _measure(conn, options, duplicates)
+        finally:
+            await transaction.rollback()
+    total = sum(t.requests for t in tokens)
+    if total == 0:
+        raise _empty(source, errors)
+    return Measured(total=total, invalid=errors.count, errors=errors.kept, tokens=tokens)
+
+
 async def submit_source(
     engine: AsyncEngine,
     source: Source,
     options: SubmitOptions,
     progress: ProgressFn | None = None,
     on_stored: StoredHook | None = None,
+    estimate: EstimateFn | None = None,
 ) -> SubmitReport:
-    """Create a batch from the source in one transaction; raises SubmitError and stores nothing on bad lines."""
+    """Create a batch from the source in one transaction; raises SubmitError and stores nothing on bad lines.
+
+    `estimate` makes the estimate the batch keeps from its requests' tokens."""
     sha256 = source.sha256
     batch_id = new_batch_id()
     errors = _LineErrors()
@@ -393,25 +556,8 @@ async def submit_source(
                 priority=options.priority or BatchPriority.NORMAL,
             )
         )
-        await conn.execute(
-            text(
-                "CREATE TEMP TABLE orbatch_staging"
-                " (line_no integer, custom_id text, body jsonb, models text[], fingerprint text, record jsonb)"
-                " ON COMMIT DROP"
-            )
-        )
-        raw_conn: Any = (await conn.get_raw_connection()).driver_connection
         gathered = _Gathered(endpoint=options.endpoint)
-        async for chunk in _records(source, options, errors, progress, gathered):
-            await raw_conn.copy_records_to_table(
-                "orbatch_staging",
-                records=chunk,
-                columns=_STAGING_COLUMNS,
-            )
-        duplicates = await _duplicates(conn, errors)
-        errors.kept.sort(key=lambda e: e.line_no)
-        if errors.count and not options.skip_invalid:
-            raise SubmitError(source.where, errors.kept, errors.count)
+        duplicates = await _stage(conn, source, options, errors, progress, gathered)
         # ON CONFLICT only when there are duplicates to skip: its speculative insertion costs a third of the
         # INSERT's time on a million rows, and a new batch has no other rows to conflict with.
         on_conflict = " ON CONFLICT (batch_id, custom_id) DO NOTHING" if duplicates else ""
@@ -425,20 +571,26 @@ async def submit_source(
         )
         total = inserted.rowcount
         if total == 0:
-            reason = f"{source.name}: no requests in the file" + (
-                " (every line was bad)" if errors.count else ""
-            )
-            raise SubmitError(source.name, errors.kept, errors.count, reason=reason)
+            raise _empty(source, errors)
+        tokens = await _measure(conn, options, duplicates)
+        kept: dict[str, Any] = {}
         if gathered.fields:
-            await conn.execute(
-                update(Batch).where(Batch.id == batch_id).values(record_fields=list(gathered.fields))
-            )
+            kept["record_fields"] = list(gathered.fields)
+        if estimate is not None:
+            kept["estimate"] = estimate(Measured(total, errors.count, errors.kept, tokens))
+        if kept:
+            await conn.execute(update(Batch).where(Batch.id == batch_id).values(**kept))
         await lifecycle.start_batch(conn, batch_id, total, errors.count)
         if on_stored is not None:
             await on_stored(conn, batch_id)
     await _restat(engine, total)
     return SubmitReport(
-        batch_id=batch_id, total=total, invalid=errors.count, errors=errors.kept, renamed=gathered.renamed
+        batch_id=batch_id,
+        total=total,
+        invalid=errors.count,
+        errors=errors.kept,
+        tokens=tokens,
+        renamed=gathered.renamed,
     )
 
 

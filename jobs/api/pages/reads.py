@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from jobs.core.constants import CHART_READ_SECONDS, PAGE_RATE_MINUTES
 from jobs.core.sql import states
+from jobs.submission.estimate import Estimate
 
 __all__ = [
     "BatchLine",
@@ -27,6 +28,7 @@ __all__ = [
     "Named",
     "read_batch",
     "read_batch_page",
+    "read_estimate",
     "read_named",
     "read_running",
     "read_tallies",
@@ -366,3 +368,12 @@ async def read_tallies(
             memory.clear()
         memory[key] = (time.monotonic(), minutes)
     return BatchTallies(models, errors, tries, minutes, bucket)
+
+
+_ESTIMATE = text("SELECT estimate FROM batch WHERE id = :id")
+
+
+async def read_estimate(conn: AsyncConnection, batch_id: str) -> Estimate | None:
+    """What the batch was estimated to hold and cost when it was submitted; None before revision 0013."""
+    kept = (await conn.execute(_ESTIMATE, {"id": batch_id})).scalar_one_or_none()
+    return None if kept is None else Estimate.from_json(kept)

@@ -17,6 +17,7 @@ from jobs.api.pages.reads import (
     Named,
     read_batch,
     read_batch_page,
+    read_estimate,
     read_named,
     read_running,
     read_tallies,
@@ -219,6 +220,7 @@ async def batch_page(
         now = datetime.now(UTC)
         tallies = await read_tallies(conn, line, now, CHART_SPANS, state.chart_minutes)
         running = await read_running_by_kind(conn)
+        estimate = await read_estimate(conn, line.id)
     view = batch_view(line, await _gauges(request), now, running)
     end = line.finished_at or now
     fallbacks = sum(m.fallbacks for m in tallies.models)
@@ -233,6 +235,7 @@ async def batch_page(
         # Others share its name: said when the page was asked for by the name.
         named=named if named is not None and named.count > 1 else None,
         tallies=tallies,
+        estimate=None if estimate is None else estimate.live,
         fallbacks=fallbacks,
         answers=answers,
         finished=finished_chart(tallies.minutes, tallies.bucket, end),

@@ -329,6 +329,62 @@ def test_every_object_the_server_returns_parses_with_the_sdks_own_types(
     assert not [a for a in answers if TEST_API_KEY.encode() in a]
 
 
+async def test_a_dry_run_answers_what_the_batch_would_cost_and_makes_no_batch(
+    api_server: ApiServer, owners: dict[str, NewKey], engine: AsyncEngine, env: dict[str, str], tmp_path: Path
+) -> None:
+    client = api_server.client(owners["alice"].key)
+    lines = jsonl(batch_lines(4, max_tokens=40))
+    uploaded = client.files.create(file=("requests.jsonl", lines), purpose="batch")
+    raw = client.batches.with_raw_response.create(
+        input_file_id=uploaded.id,
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
+        extra_body={"models": ["openai/gpt-4o-mini"], "dry_run": True},
+    )
+    estimate = orjson.loads(raw.content)
+    assert estimate["object"] == "batch.estimate"
+    assert (estimate["requests"], estimate["completion_tokens"]) == (4, 160)
+    [model] = estimate["models"]
+    assert (model["model"], model["tokenizer"]) == ("openai/gpt-4o-mini", "o200k_base")
+    assert model["batch"]["price_id"] == "openai/gpt-4o-mini:batch"
+    # The API's dry run and the command line's estimate of the same file are one estimate.
+    path = tmp_path / "requests.jsonl"
+    path.write_bytes(lines)
+    cli = run_cli(env, "estimate", str(path), "--models", "openai/gpt-4o-mini", "--json")
+    assert cli.returncode == 0, cli.stderr
+    assert orjson.loads(cli.stdout) == estimate
+    assert client.batches.list().data == []
+    async with engine.connect() as conn:
+        assert (await conn.execute(text("SELECT count(*) FROM batch"))).scalar_one() == 0
+    # A batch made from the same file carries the estimate it was made with.
+    batch = client.batches.create(
+        input_file_id=uploaded.id,
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
+        extra_body={"models": ["openai/gpt-4o-mini"]},
+    )
+    kept = client.get(f"/batches/{batch.id}", cast_to=httpx.Response).json()["orbatch"]["estimate"]
+    assert kept == estimate
+
+
+def test_a_dry_run_of_a_file_with_bad_lines_is_a_400_naming_them(
+    api_server: ApiServer, owners: dict[str, NewKey]
+) -> None:
+    client = api_server.client(owners["alice"].key)
+    uploaded = client.files.create(
+        file=("bad.jsonl", jsonl([*batch_lines(1), b"{not json"])), purpose="batch"
+    )
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.batches.create(
+            input_file_id=uploaded.id,
+            endpoint="/v1/chat/completions",
+            completion_window="24h",
+            extra_body={"models": MODELS, "dry_run": True},
+        )
+    assert "1 bad line" in caught.value.body["message"]  # type: ignore[index]
+    assert client.batches.list().data == []
+
+
 def test_the_openapi_document_and_the_docs_are_served(api_server: ApiServer) -> None:
     document = httpx.get(f"{api_server.url}/openapi.json").json()
     assert {"/v1/files", "/v1/files/{file_id}", "/v1/files/{file_id}/content", "/v1/batches"} <= set(
@@ -336,6 +392,8 @@ def test_the_openapi_document_and_the_docs_are_served(api_server: ApiServer) -> 
     )
     assert "/v1/batches/{batch_id}/cancel" in document["paths"]
     assert "BatchObject" in document["components"]["schemas"]
+    assert "BatchEstimate" in document["components"]["schemas"]
+    assert "dry_run" in document["components"]["schemas"]["BatchCreate"]["properties"]
     docs = httpx.get(f"{api_server.url}/docs")
     assert docs.status_code == 200
     assert "swagger" in docs.text.lower()

@@ -20,6 +20,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from pydantic import BaseModel
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 import orbatch
 from jobs.core.settings import get_settings
@@ -83,13 +85,16 @@ def test_the_public_names_are_pinned() -> None:
         "BadInput",
         "Batch",
         "BatchSummary",
+        "Estimate",
         "NeedsPerson",
         "OrbatchError",
         "ServiceUnavailable",
+        "aestimate",
         "arun",
         "asubmit",
         "batch",
         "close",
+        "estimate",
         "run",
         "submit",
     ]
@@ -285,3 +290,26 @@ async def test_bad_input_is_said_before_anything_is_stored(front: None) -> None:
         await asyncio.to_thread(functools.partial(orbatch.run, [{"body": "no text"}], **call()))
     with pytest.raises(TypeError, match="unexpected keyword argument 'max_atempts'"):
         await asyncio.to_thread(functools.partial(orbatch.run, rows(), max_atempts=3, **call()))
+
+
+async def test_estimate_takes_submits_arguments_says_the_price_and_stores_nothing(
+    front: None, simulator: Simulator, engine: AsyncEngine
+) -> None:
+    await simulator.configure(free_per_day=5)
+    estimate = await asyncio.to_thread(functools.partial(orbatch.estimate, rows(), schema=Label, **call()))
+    assert isinstance(estimate, orbatch.Estimate)
+    assert estimate.requests == 12
+    [model] = estimate.models
+    assert (model.model, model.free, model.completion_assumed) == (MODEL, True, 12)
+    assert estimate.live is not None
+    assert estimate.live.high == 0
+    assert (estimate.free_tier.requests, estimate.free_tier.days) == (12, 3)
+    paid = await orbatch.aestimate(pd.DataFrame(rows()), max_tokens=10, **call(models="openai/gpt-4o-mini"))
+    assert paid.models[0].tokenizer == "o200k_base"
+    assert paid.completion_tokens == 120
+    assert paid.live is not None
+    assert paid.batch is not None
+    # OpenRouter's Batch API prices gpt-4o-mini at half.
+    assert paid.batch.high * 2 == paid.live.high
+    async with engine.connect() as conn:
+        assert (await conn.execute(text("SELECT count(*) FROM batch"))).scalar_one() == 0

@@ -8,6 +8,7 @@ import re
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 
 import httpx
@@ -497,3 +498,16 @@ def test_the_list_says_when_each_batch_was_created_as_its_page_does(
         assert "<th>Created</th>" in listed
         assert f'<td class="created">{when}</td>' in _row(listed, batch_id)
         assert f"created {when}" in http.get(f"/batches/{batch_id}").text
+
+
+def test_a_batchs_page_shows_what_it_was_estimated_to_cost_beside_what_it_spent(
+    api_server: ApiServer, owners: dict[str, NewKey]
+) -> None:
+    client = api_server.client(owners["alice"].key)
+    batch_id = start_batch(client, 3, ["openai/gpt-4o-mini"], name="estimated")
+    wait_for(client, batch_id)
+    kept = client.get(f"/batches/{batch_id}", cast_to=httpx.Response).json()["orbatch"]["estimate"]
+    low, high = Decimal(kept["cost"]["live"]["low"]), Decimal(kept["cost"]["live"]["high"])
+    with httpx.Client(base_url=api_server.url, headers=_bearer(owners["alice"].key)) as http:
+        page = http.get(f"/batches/{batch_id}").text
+    assert f'<span id="estimate">estimated ${low:.6f} to ${high:.6f}</span>' in page
