@@ -15,6 +15,7 @@ from jobs.formats.tokens import (
     TokenCounter,
     Tokenizer,
     completion_cap,
+    prompt_texts,
     tokenizer_for,
 )
 
@@ -160,3 +161,12 @@ def test_a_long_text_is_counted_in_pieces_as_it_would_be_whole() -> None:
 )
 def test_the_completion_bound_is_the_requests_own(body: dict[str, Any], cap: int | None) -> None:
     assert completion_cap(body) == cap
+
+
+def test_an_embeddings_body_counts_its_input_and_bounds_no_completion() -> None:
+    assert prompt_texts({"input": "one text"}) == (["one text"], 0)
+    assert prompt_texts({"input": ["a", "b"]}) == (["a", "b"], 0)
+    # Token ids are counted as they are, one list or several.
+    assert prompt_texts({"input": [101, 102, 103]}) == ([], 3)
+    assert prompt_texts({"input": [[1, 2], [3]]}) == ([], 3)
+    assert completion_cap({"input": "x", "max_tokens": 50}) == 0
