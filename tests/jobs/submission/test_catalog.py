@@ -1,4 +1,5 @@
-"""OpenRouter's model list: fetched from GET /models, prices kept as exact decimals, cached in Postgres."""
+"""OpenRouter's model lists: fetched from GET /models and GET /embeddings/models, prices kept as exact decimals,
+cached in Postgres."""
 
 from __future__ import annotations
 
@@ -18,10 +19,13 @@ async def test_the_model_list_is_fetched_with_exact_prices_and_cached(
             {"id": "a/paid", "prompt": "0.0000015", "completion": "0.000002"},
             {"id": "a/free:free", "prompt": "0", "completion": "0"},
             {"id": "openrouter/auto", "prompt": "-1", "completion": "-1"},
-        ]
+        ],
+        embedding_models=[{"id": "a/embed", "prompt": "0.00000002", "dimensions": 4}],
     )
     catalog = await load_catalog(engine, simulator.base_url, None)
-    assert set(catalog) == {"a/paid", "a/free:free", "openrouter/auto"}
+    # The embedding models, listed apart by OpenRouter, are models a batch may name too.
+    assert set(catalog) == {"a/paid", "a/free:free", "openrouter/auto", "a/embed"}
+    assert catalog["a/embed"].prompt == Decimal("0.00000002")
     assert catalog["a/paid"].prompt == Decimal("0.0000015")
     assert catalog["a/paid"].completion == Decimal("0.000002")
     assert catalog["openrouter/auto"].prompt is None
@@ -33,7 +37,9 @@ async def test_the_model_list_is_fetched_with_exact_prices_and_cached(
 
 
 async def test_each_upstream_has_its_own_model_list(engine: AsyncEngine, simulator: Simulator) -> None:
-    await simulator.configure(models=[{"id": "first/only", "prompt": "0", "completion": "0"}])
+    await simulator.configure(
+        models=[{"id": "first/only", "prompt": "0", "completion": "0"}], embedding_models=[]
+    )
     first = await load_catalog(engine, simulator.base_url, None)
     # Another upstream (here the same server by another name, now listing other models) is asked for its own
     # list, not answered from the first one's.
