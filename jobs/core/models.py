@@ -241,6 +241,8 @@ class ModelPrice(Base):
     completion: Mapped[Decimal | None] = mapped_column(Numeric)
     request: Mapped[Decimal | None] = mapped_column(Numeric)
     fetched_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    # A model of the embeddings list (`GET /embeddings/models`), not of the chat list (revision 0014).
+    embeddings: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
 
 
 class Result(Base):

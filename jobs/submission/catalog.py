@@ -37,6 +37,8 @@ class ModelPrices:
     prompt: Decimal | None
     completion: Decimal | None
     request: Decimal | None
+    # A model of OpenRouter's embeddings list: it answers /embeddings requests, not chat.
+    embeddings: bool = False
 
 
 Catalog = dict[str, ModelPrices]
@@ -65,11 +67,11 @@ async def fetch_models(base_url: str, api_key: str | None) -> Catalog:
         embeddings = await client.get("embeddings/models")
         if embeddings.status_code != 404:
             embeddings.raise_for_status()
-            catalog.update(_listed(embeddings.content))
+            catalog.update(_listed(embeddings.content, embeddings=True))
     return catalog
 
 
-def _listed(content: bytes) -> Catalog:
+def _listed(content: bytes, *, embeddings: bool = False) -> Catalog:
     """The ids and prices of a model list's answer."""
     catalog: Catalog = {}
     for model in orjson.loads(content).get("data", []):
@@ -82,6 +84,7 @@ def _listed(content: bytes) -> Catalog:
             price_of(pricing.get("prompt")),
             price_of(pricing.get("completion")),
             price_of(pricing.get("request")),
+            embeddings,
         )
     return catalog
 
@@ -125,6 +128,7 @@ async def refresh_catalog(engine: AsyncEngine, catalog: Catalog, base_url: str) 
                         "prompt": p.prompt,
                         "completion": p.completion,
                         "request": p.request,
+                        "embeddings": p.embeddings,
                     }
                     for m, p in catalog.items()
                 ],
@@ -149,7 +153,7 @@ async def load_catalog(
         ).scalar_one()
         if age is not None and float(age) < max_age:
             rows = (await conn.execute(select(ModelPrice).where(ModelPrice.upstream == upstream))).all()
-            return {r.id: ModelPrices(r.prompt, r.completion, r.request) for r in rows}
+            return {r.id: ModelPrices(r.prompt, r.completion, r.request, r.embeddings) for r in rows}
     catalog = await fetch_models(base_url, api_key)
     await refresh_catalog(engine, catalog, base_url)
     return catalog

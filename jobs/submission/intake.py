@@ -195,7 +195,11 @@ async def _checked(
         except (httpx.HTTPError, OSError, ValueError) as exc:
             warn(Setback("catalogue", exc))
     if check_models and catalog is not None:
-        options = replace(options, known_models=frozenset(catalog))
+        options = replace(
+            options,
+            known_models=frozenset(catalog),
+            embedding_models=frozenset(m for m, p in catalog.items() if p.embeddings),
+        )
     if options.replace_models and not options.models:
         raise ModelRefused("replacing the lines' models needs a chain to replace them with (--models)")
     renamed: dict[str, str] = {}

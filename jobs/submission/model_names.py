@@ -37,7 +37,8 @@ class ModelNames:
                     f"({', '.join(repr(i) for i in ids)}); name one"
                 )
         raise ValueError(
-            f"unknown model {name!r}: OpenRouter's model list (GET /models) has no such id{self._offers(name)}"
+            f"unknown model {name!r}: OpenRouter's model lists (GET /models, GET /embeddings/models) have no "
+            f"such id{self._offers(name)}"
         )
 
     def _offers(self, name: str) -> str:

@@ -20,7 +20,7 @@ from jobs.core.logs import get_logger
 from jobs.core.models import Batch
 from jobs.core.sql import sql
 from jobs.core.states import BatchPriority, BatchStatus
-from jobs.formats.input_lines import LineError, free_only_problem, parse_line, parse_record
+from jobs.formats.input_lines import EMBEDDINGS_URL, LineError, free_only_problem, parse_line, parse_record
 from jobs.formats.prompt_template import Template
 from jobs.formats.reader import DamagedGzip, FileSource, Source, read_lines
 from jobs.formats.tokens import TokenCounter, completion_cap
@@ -94,6 +94,8 @@ class SubmitOptions:
     max_cost: Decimal | None = None
     # Model ids OpenRouter lists (GET /models); None when the list could not be had, so ids go unchecked.
     known_models: frozenset[str] | None = None
+    # Of those, the embedding models (GET /embeddings/models): a line's chain must be of its endpoint's kind.
+    embedding_models: frozenset[str] = frozenset()
     # Always make a new batch, even for a file already submitted with the same options.
     new: bool = False
     # Answer a request identical to one already answered (same chain, messages, parameters) from its result.
@@ -213,6 +215,25 @@ def resolve_models(
     return resolved
 
 
+def _kind_problem(chain: list[str], endpoint: str, options: SubmitOptions) -> str | None:
+    """A model of the chain that cannot answer the endpoint's requests (an embedding model for chat, or the other
+    way round), said with the list that has it; None when the catalogue is not known."""
+    if options.known_models is None:
+        return None
+    embeddings = endpoint == EMBEDDINGS_URL
+    for model in chain:
+        if (model in options.embedding_models) != embeddings:
+            if embeddings:
+                return (
+                    f"{model!r} is not an embedding model (OpenRouter lists it under GET /models, for chat); "
+                    "an embeddings request needs one of GET /embeddings/models"
+                )
+            return (
+                f"{model!r} is an embedding model (GET /embeddings/models): it does not answer chat requests"
+            )
+    return None
+
+
 def model_problem(models: list[str], options: SubmitOptions) -> str | None:
     """What is wrong with a model chain under the options (an unknown id, a paid model in a free-only batch)."""
     try:
@@ -321,6 +342,9 @@ def _row(
         if problem:
             raise LineError(line_no, problem)
     chain = models or options.models
+    problem = _kind_problem(chain, parsed.endpoint, options)
+    if problem:
+        raise LineError(line_no, problem, "invalid_model")
     print_ = fingerprint(chain, body) if options.dedupe else None
     record = None
     if parsed.record is not None:

@@ -120,3 +120,18 @@ def test_a_file_mixing_chat_and_embeddings_lines_is_refused_naming_the_line(
     alone = run_cli(env, "submit", str(tmp_path / "in.jsonl"), "--embed")
     assert alone.returncode == 2
     assert "--embed goes with --template" in alone.stderr
+
+
+def test_a_model_of_the_other_kind_is_refused_at_submit_naming_the_line(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    chat_to_embedder = write_jsonl(tmp_path / "chat.jsonl", [chat_line("c", "hello", model=EMBED)])
+    refused = run_cli(env, "submit", str(chat_to_embedder))
+    assert refused.returncode == 2
+    assert "LINE 1: 'sim/embed' is an embedding model (GET /embeddings/models): it does not answer chat" in (
+        refused.stderr
+    )
+    embed_to_chat = write_jsonl(tmp_path / "embed.jsonl", [embedding_line("e", "text")])
+    refused = run_cli(env, "submit", str(embed_to_chat), "--models", "sim/echo", "--replace-models")
+    assert refused.returncode == 2
+    assert "LINE 1: 'sim/echo' is not an embedding model" in refused.stderr

@@ -402,7 +402,7 @@ def test_the_openapi_document_and_the_docs_are_served(api_server: ApiServer) -> 
 def test_the_api_and_the_cli_refuse_an_unknown_model_in_the_same_words_through_the_one_intake(
     api_server: ApiServer, owners: dict[str, NewKey], env: dict[str, str], tmp_path: Path
 ) -> None:
-    problem = "unknown model 'sim/typo': OpenRouter's model list (GET /models) has no such id"
+    problem = "unknown model 'sim/typo': OpenRouter's model lists (GET /models, GET /embeddings/models) have no such id"
     lines = jsonl(batch_lines(2))
     client = api_server.client(owners["alice"].key)
     uploaded = client.files.create(file=("requests.jsonl", lines), purpose="batch")
