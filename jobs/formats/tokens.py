@@ -71,10 +71,12 @@ def tokenizer_for(model: str) -> Tokenizer:
     name = name.split(":", 1)[0]
     if vendor != "openai":
         return Tokenizer(APPROXIMATE, exact=False)
-    # tiktoken's own map: GPT-3.5 and GPT-4 (turbo included) are cl100k_base; GPT-4o, 4.1, 4.5, 5, the o-series
-    # and gpt-oss (o200k_harmony: o200k_base's ranks and special tokens, which a prompt's text is not) are
-    # o200k_base.
-    if name.startswith("gpt-3.5") or (name.startswith("gpt-4") and not name.startswith(("gpt-4o", "gpt-4."))):
+    # tiktoken's own map: GPT-3.5, GPT-4 (turbo included) and the text-embedding models (ada-002, 3-small,
+    # 3-large) are cl100k_base; GPT-4o, 4.1, 4.5, 5, the o-series and gpt-oss (o200k_harmony: o200k_base's ranks
+    # and special tokens, which a prompt's text is not) are o200k_base.
+    if name.startswith(("gpt-3.5", "text-embedding-")) or (
+        name.startswith("gpt-4") and not name.startswith(("gpt-4o", "gpt-4."))
+    ):
         return Tokenizer("cl100k_base", exact=True)
     return Tokenizer("o200k_base", exact=True)
 

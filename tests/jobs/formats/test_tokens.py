@@ -68,6 +68,8 @@ def count(model: str, body: dict[str, Any]) -> int:
         ("openai/gpt-4", Tokenizer("cl100k_base", exact=True)),
         ("openai/gpt-4-turbo", Tokenizer("cl100k_base", exact=True)),
         ("openai/gpt-3.5-turbo", Tokenizer("cl100k_base", exact=True)),
+        ("openai/text-embedding-3-small", Tokenizer("cl100k_base", exact=True)),
+        ("openai/text-embedding-3-large:batch", Tokenizer("cl100k_base", exact=True)),
         ("openai/gpt-oss-20b:free", Tokenizer("o200k_base", exact=True)),
         ("qwen/qwen3.5-9b", Tokenizer("approximate", exact=False)),
         ("anthropic/claude-sonnet-4.5", Tokenizer("approximate", exact=False)),
