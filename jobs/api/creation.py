@@ -203,6 +203,10 @@ async def _asked(state: ApiState, caller: Caller, body: BatchCreate) -> _Asked:
     return _Asked(options, metadata, window, callback_url, file)
 
 
+# The bad lines a dry run's 400 names: enough to fix a file's pattern, short enough for one error message.
+MAX_NAMED_LINES = 5
+
+
 def _source(file: Any, state: ApiState) -> StoredSource:
     return StoredSource(state.engine, file.id, file.filename, f"{file.id} ({file.filename})", file.sha256)
 
@@ -211,14 +215,29 @@ async def estimate_batch(state: ApiState, caller: Caller, body: BatchCreate) -> 
     """What the batch the request describes would hold and cost (`dry_run`): the same checks as a create, its
     lines read through the same intake, and nothing stored; bad lines are a 400 naming them."""
     asked = await _asked(state, caller, body)
-    return await estimate_source(
-        state.engine,
-        state.settings,
-        _source(asked.file, state),
-        asked.options,
-        upstream=functools.partial(upstream_is_simulated, state),
-        warn=_setback,
-    )
+    try:
+        return await estimate_source(
+            state.engine,
+            state.settings,
+            _source(asked.file, state),
+            asked.options,
+            upstream=functools.partial(upstream_is_simulated, state),
+            warn=_setback,
+        )
+    except SubmitError as exc:
+        # No batch holds `errors` here: the answer itself names the first bad lines (the API takes no
+        # skip_invalid: a file is made right, then sent again).
+        if not exc.errors:
+            raise
+        named = exc.errors[:MAX_NAMED_LINES]
+        more = exc.invalid - len(named)
+        raise BadInput(
+            f"{exc.path}: {exc.invalid} bad line{'s' if exc.invalid != 1 else ''}, nothing estimated: "
+            + "; ".join(str(e) for e in named)
+            + (f" (and {more} more)" if more > 0 else ""),
+            param="input_file_id",
+            code="invalid_file",
+        ) from None
 
 
 async def create_batch(state: ApiState, caller: Caller, body: BatchCreate) -> str:

@@ -76,7 +76,9 @@ def _warner(err: Console) -> Any:
 def _refused(exc: SubmitError) -> SubmitError:
     """A Python caller sees the message, not the CLI's list under it: the first bad rows go in it."""
     first = "; ".join(str(e) for e in exc.errors[:3])
-    return SubmitError(exc.path, exc.errors, exc.invalid, reason=f"{exc.reason}: {first}")
+    # The CLI's option is the front's keyword here.
+    reason = exc.reason.replace("--skip-invalid", "skip_invalid=True")
+    return SubmitError(exc.path, exc.errors, exc.invalid, reason=f"{reason}: {first}")
 
 
 async def estimate_here(

@@ -170,13 +170,23 @@ EstimateFn = Callable[[Measured], dict[str, Any]]
 class SubmitError(BadInput):
     """A file that was not queued: the first bad lines and how many there were."""
 
-    def __init__(self, path: str, errors: list[LineError], invalid: int, reason: str | None = None) -> None:
+    def __init__(
+        self,
+        path: str,
+        errors: list[LineError],
+        invalid: int,
+        reason: str | None = None,
+        *,
+        estimating: bool = False,
+    ) -> None:
         self.path = path
         self.errors = errors
         self.invalid = invalid
+        # `estimating`: the file was being read for an estimate, which queues nothing in any case.
+        done, verb = ("estimated", "estimate") if estimating else ("queued", "queue")
         self.reason = reason or (
-            f"{path}: {invalid} bad line{'s' if invalid != 1 else ''}; nothing was queued "
-            "(fix them, or pass --skip-invalid to queue the good lines)"
+            f"{path}: {invalid} bad line{'s' if invalid != 1 else ''}; nothing was {done} "
+            f"(fix {'them' if invalid != 1 else 'it'}, or pass --skip-invalid to {verb} the good lines)"
         )
         more = invalid - len(errors)
         details = tuple(str(e) for e in errors) + ((f"... and {more} more bad lines",) if more > 0 else ())
@@ -457,6 +467,7 @@ async def _stage(
     errors: _LineErrors,
     progress: ProgressFn | None,
     gathered: _Gathered,
+    estimating: bool = False,
 ) -> int:
     """Every good line of the source into the transaction's staging table; returns the duplicate ids' count.
 
@@ -468,7 +479,7 @@ async def _stage(
     duplicates = await _duplicates(conn, errors)
     errors.kept.sort(key=lambda e: e.line_no)
     if errors.count and not options.skip_invalid:
-        raise SubmitError(source.where, errors.kept, errors.count)
+        raise SubmitError(source.where, errors.kept, errors.count, estimating=estimating)
     return duplicates
 
 
@@ -518,9 +529,8 @@ async def measure_source(
     async with engine.connect() as conn:
         transaction = await conn.begin()
         try:
-            duplicates = await _stage(
-                conn, source, options, errors, progress, _Gathered(endpoint=options.endpoint)
-            )
+            gathered = _Gathered(endpoint=options.endpoint)
+            duplicates = await _stage(conn, source, options, errors, progress, gathered, estimating=True)
             tokens = await _measure(conn, options, duplicates)
         finally:
             await transaction.rollback()

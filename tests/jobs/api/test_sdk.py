@@ -381,7 +381,10 @@ def test_a_dry_run_of_a_file_with_bad_lines_is_a_400_naming_them(
             completion_window="24h",
             extra_body={"models": MODELS, "dry_run": True},
         )
-    assert "1 bad line" in caught.value.body["message"]  # type: ignore[index]
+    message = caught.value.body["message"]  # type: ignore[index]
+    assert "1 bad line, nothing estimated: LINE 2: not valid JSON" in message
+    assert "--skip-invalid" not in message
+    assert caught.value.param == "input_file_id"  # type: ignore[attr-defined]
     assert client.batches.list().data == []
 
 
