@@ -18,9 +18,17 @@ def estimate(
     file: InputFile,
     choices: SubmitChoices,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    use_simulator: Annotated[
+        bool,
+        typer.Option(
+            "--simulator",
+            help="Price from a local OpenRouter simulator's model list, as `run --simulator` would run the "
+            "file (no key, no network).",
+        ),
+    ] = False,
 ) -> None:
     """Read FILE as `submit` would and say what its batch would cost, before anything is paid: requests by
     model, prompt tokens (OpenAI's models with their own tokenizer), completion tokens at most, the cost range
     live and through OpenRouter's Batch API, the free tier's days. Nothing is stored or queued."""
     settings = get_settings()
-    estimate_command(settings, file, choices.options(settings), choices.check_models, as_json)
+    estimate_command(settings, file, choices.options(settings), choices.check_models, as_json, use_simulator)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from rich.console import Console
@@ -13,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from jobs.cli.context import print_json, services
 from jobs.cli.options import UsageError
+from jobs.cli.simulated import start_simulator
 from jobs.cli.terminal import err as stderr
 from jobs.cli.terminal import estimate_notes, estimate_table, out, say, say_warning
 from jobs.core.settings import Settings
@@ -140,12 +142,24 @@ def show_estimate(estimate: Estimate, file: Path, as_json: bool) -> None:
 
 
 def estimate_command(
-    settings: Settings, file: Path, options: SubmitOptions, check_models: bool, as_json: bool
+    settings: Settings,
+    file: Path,
+    options: SubmitOptions,
+    check_models: bool,
+    as_json: bool,
+    simulator: bool = False,
 ) -> None:
-    """`estimate` and `submit --dry-run`: FILE estimated under the options on the services in use, and shown."""
+    """`estimate` and `submit --dry-run`: FILE estimated under the options on the services in use, and shown;
+    `simulator`: priced from a local simulator's catalogue (started for it), as `run --simulator` would run."""
 
     async def go(engine: AsyncEngine) -> Estimate:
-        return await estimate_file(engine, settings, file, options, check_models, stderr)
+        if not simulator:
+            return await estimate_file(engine, settings, file, options, check_models, stderr)
+        async with contextlib.AsyncExitStack() as stack:
+            local = await start_simulator(settings, stack, stderr)
+            return await estimate_file(
+                engine, local, file, replace(options, simulated=True), check_models, stderr
+            )
 
     with services(settings) as up:
         found = up.run(go, pool_size=2)

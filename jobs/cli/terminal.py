@@ -205,10 +205,15 @@ def estimate_notes(estimate: Estimate) -> list[str]:
             f"{estimate.completion_default:,} completion tokens (ORBATCH_ESTIMATE_COMPLETION_TOKENS); "
             "--max-tokens bounds them for real"
         )
-    notes.append(
-        "cost in USD: from the prompt alone (answers of no length) to the prompt and every completion bound spent; "
-        "live at each model's own price, batch API at its :batch variant's (OpenRouter's Batch API, about half)"
-    )
+    lanes = "live at each model's own price, batch API at its :batch variant's (OpenRouter's Batch API, about half)"
+    if any(m.completion_tokens for m in estimate.models):
+        notes.append(
+            "cost in USD: from the prompt alone (answers of no length) to the prompt and every completion bound "
+            f"spent; {lanes}"
+        )
+    else:
+        # Embeddings requests: the input is all there is to pay for, so the range is one figure.
+        notes.append(f"cost in USD: of the input alone (an embeddings request completes nothing); {lanes}")
     if not estimate.exact:
         notes.append(
             "approximate: orbatch has OpenAI's tokenizers only; other models' prompts are counted as a token per "
@@ -217,7 +222,7 @@ def estimate_notes(estimate: Estimate) -> list[str]:
     if not estimate.priced:
         notes.append("no prices: OpenRouter's model list (GET /models), which has them, could not be read")
     missing = [m.model for m in estimate.models if m.batch is None and not m.free]
-    if missing:
+    if missing and estimate.priced:
         notes.append(
             "batch API not available for " + ", ".join(missing) + ": the catalogue lists no :batch variant"
         )

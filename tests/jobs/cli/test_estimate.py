@@ -12,7 +12,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from jobs.formats.tokens import TokenCounter
-from tests.support import ROOT, Simulator, chat_line, run_cli, write_jsonl
+from tests.support import ROOT, Simulator, chat_line, fresh_machine_env, run_cli, write_jsonl
 
 MODEL = "openai/gpt-4o-mini"
 # Its catalogue prices (USD per token), and its :batch variant's: half.
@@ -118,8 +118,15 @@ async def test_a_bad_file_is_refused_in_submits_words_and_nothing_is_stored(
     assert estimated.returncode == submitted.returncode == 2
     assert "LINE 2: not valid JSON" in estimated.stderr
     assert 'LINE 3: duplicate custom_id "a" (first on line 1)' in estimated.stderr
-    # The same words, after the line saying what each command does with the file.
-    assert estimated.stderr.splitlines()[1:] == submitted.stderr.splitlines()[1:]
+    # The same words, after the line saying what each command does with the file, but for what was not done.
+    assert estimated.stderr.splitlines()[1:] == [
+        line.replace("nothing was queued", "nothing was estimated").replace("to queue", "to estimate")
+        for line in submitted.stderr.splitlines()[1:]
+    ]
+    assert (
+        "nothing was estimated (fix them, or pass --skip-invalid to estimate the good lines)"
+        in estimated.stderr
+    )
     unknown = run_cli(env, "estimate", str(path), "--models", "sim/typo")
     assert unknown.returncode == 2
     assert "unknown model 'sim/typo'" in unknown.stderr
@@ -193,3 +200,25 @@ def test_without_the_model_check_prices_still_come_from_the_catalogue_and_an_unl
     [row] = [line for line in unlisted.stdout.splitlines() if "sim/typo" in line and "│" in line]
     assert "unknown price" in row
     assert "not available" in row
+
+
+def test_a_trial_without_a_key_is_priced_from_the_simulators_list(data_dir: Path, tmp_path: Path) -> None:
+    # A machine with no services and no key, as the quick start's: the simulator started for the estimate
+    # prices OpenAI's names as OpenRouter's ids, and the embeddings file at its input alone.
+    env = fresh_machine_env(data_dir)
+    chat = write_jsonl(
+        tmp_path / "chat.jsonl",
+        [chat_line(f"c{i}", "hello there", model="gpt-4o-mini", max_tokens=10) for i in range(3)],
+    )
+    done = run_cli(env, "estimate", str(chat), "--simulator", "--json")
+    assert done.returncode == 0, done.stderr
+    found = orjson.loads(done.stdout)
+    [model] = found["models"]
+    assert (model["model"], model["requests"], model["tokenizer"]) == (MODEL, 3, "o200k_base")
+    assert Decimal(model["live"]["high"]) > Decimal(model["batch"]["high"]) > 0
+    vectors = write_jsonl(
+        tmp_path / "vectors.jsonl", [{"custom_id": "v", "input": "embed me", "model": "sim/embed"}]
+    )
+    shown = run_cli(env, "estimate", str(vectors), "--simulator")
+    assert shown.returncode == 0, shown.stderr
+    assert "of the input alone (an embeddings request completes nothing)" in shown.stdout + shown.stderr
