@@ -37,9 +37,11 @@ class ModelRow:
     prompt_per_million: Decimal | None
     completion_per_million: Decimal | None
     free: bool
+    # An embedding model (OpenRouter's GET /embeddings/models): it answers /v1/embeddings lines, not chat.
+    embeddings: bool = False
 
 
-def _row(model: dict[str, Any]) -> ModelRow:
+def _row(model: dict[str, Any], embeddings: bool = False) -> ModelRow:
     pricing = model.get("pricing")
     if not isinstance(pricing, dict):
         pricing = {}
@@ -53,13 +55,15 @@ def _row(model: dict[str, Any]) -> ModelRow:
         completion_per_million=None if completion is None else completion * PER_MILLION,
         # The `:free` variants are the ones OpenRouter's free-tier limits apply to.
         free=model["id"].endswith(":free"),
+        embeddings=embeddings,
     )
 
 
-def listing_rows(listing: Any, free_only: bool = False) -> list[ModelRow]:
-    """The rows of a `GET /models` answer's `data`, in its order; `free_only` keeps the `:free` variants."""
+def listing_rows(listing: Any, free_only: bool = False, embeddings: bool = False) -> list[ModelRow]:
+    """The rows of a `GET /models` (or, `embeddings`, `GET /embeddings/models`) answer's `data`, in its order;
+    `free_only` keeps the `:free` variants."""
     entries = listing if isinstance(listing, list) else []
-    rows = [_row(m) for m in entries if isinstance(m, dict) and isinstance(m.get("id"), str)]
+    rows = [_row(m, embeddings) for m in entries if isinstance(m, dict) and isinstance(m.get("id"), str)]
     return [r for r in rows if r.free] if free_only else rows
 
 
@@ -73,8 +77,16 @@ async def model_rows(base_url: str, api_key: str | None, free_only: bool = False
     ) as client:
         response = await client.get("models")
         response.raise_for_status()
+        # The embedding models, listed apart; an upstream without the list (404) has none.
+        vectors = await client.get("embeddings/models")
+        if vectors.status_code != 404:
+            vectors.raise_for_status()
     body = orjson.loads(response.content)
-    return listing_rows(body.get("data", []) if isinstance(body, dict) else [], free_only)
+    rows = listing_rows(body.get("data", []) if isinstance(body, dict) else [], free_only)
+    if vectors.status_code == 404:
+        return rows
+    listed = orjson.loads(vectors.content)
+    return rows + listing_rows(listed.get("data", []) if isinstance(listed, dict) else [], free_only, True)
 
 
 def shipped_rows(free_only: bool = False) -> tuple[list[ModelRow], str]:
@@ -90,12 +102,13 @@ def shipped_rows(free_only: bool = False) -> tuple[list[ModelRow], str]:
 
 def simulator_rows(free_only: bool = False) -> tuple[list[ModelRow], str]:
     """The catalogue orbatch's simulator serves (`GET /models`), read with no network; and what it is."""
-    from jobs.simulator.catalogue import openrouter_snapshot, served_models
+    from jobs.simulator.catalogue import EMBEDDING_MODELS, embedding_entry, openrouter_snapshot, served_models
 
     saved, _ = openrouter_snapshot()
-    return listing_rows(served_models(), free_only), (
+    vectors = [embedding_entry(m) for m in EMBEDDING_MODELS]
+    return listing_rows(served_models(), free_only) + listing_rows(vectors, free_only, embeddings=True), (
         f"the simulator's catalogue: OpenRouter's list as saved on {saved} (shipped with orbatch), the models "
-        "the examples name that OpenRouter has withdrawn since, and the tests' sim/* models"
+        "the examples name that OpenRouter has withdrawn since, the tests' sim/* models, and embedding models"
     )
 
 
@@ -117,6 +130,7 @@ def render_table(rows: list[ModelRow], source: str | None = None) -> Table:
     table.add_column("$/M in", justify="right")
     table.add_column("$/M out", justify="right")
     table.add_column("free")
+    table.add_column("kind")
     for row in rows:
         table.add_row(
             Text(row.id),
@@ -125,6 +139,7 @@ def render_table(rows: list[ModelRow], source: str | None = None) -> Table:
             _usd(row.prompt_per_million),
             _usd(row.completion_per_million),
             "free" if row.free else "",
+            "embeddings" if row.embeddings else "chat",
         )
     return table
 
@@ -143,6 +158,7 @@ def rows_json(rows: list[ModelRow]) -> list[dict[str, Any]]:
             if r.completion_per_million is None
             else f"{r.completion_per_million.normalize():f}",
             "free": r.free,
+            "embeddings": r.embeddings,
         }
         for r in rows
     ]

@@ -17,7 +17,8 @@ async def test_the_catalogue_comes_back_as_rows_with_prices_per_million_tokens(s
             {"id": "a/paid", "prompt": "0.0000015", "completion": "0.000002"},
             {"id": "a/small:free", "prompt": "0", "completion": "0"},
             {"id": "openrouter/auto", "prompt": "-1", "completion": "-1"},
-        ]
+        ],
+        embedding_models=[{"id": "a/embed", "prompt": "0.00000002", "dimensions": 4}],
     )
     rows = await model_rows(simulator.base_url, TEST_API_KEY)
     assert rows == [
@@ -25,6 +26,8 @@ async def test_the_catalogue_comes_back_as_rows_with_prices_per_million_tokens(s
         ModelRow("a/small:free", "a/small:free", 131072, Decimal(0), Decimal(0), free=True),
         # A price OpenRouter cannot know in advance (its routers) is unknown, not zero.
         ModelRow("openrouter/auto", "openrouter/auto", 131072, None, None, free=False),
+        # The embedding models OpenRouter lists apart come after the chat models, marked as such.
+        ModelRow("a/embed", "a/embed", 8192, Decimal("0.02"), Decimal(0), free=False, embeddings=True),
     ]
     assert await model_rows(simulator.base_url, None, free_only=True) == [rows[1]]
 
@@ -43,12 +46,13 @@ def test_the_table_and_the_json_show_the_same_rows() -> None:
     rows = [
         ModelRow("a/paid", "A: Paid", 1_000_000, Decimal("0.08333333333333334"), Decimal("15"), free=False),
         ModelRow("a/small:free", "A: Small (free)", None, Decimal(0), Decimal(0), free=True),
+        ModelRow("a/embed", "A: Embed", 8192, Decimal("0.02"), Decimal(0), free=False, embeddings=True),
     ]
     console = Console(file=io.StringIO(), width=200, record=True, color_system=None)
     console.print(render_table(rows))
     shown = console.export_text()
-    assert "2 models" in shown
-    paid, free = (line for line in shown.splitlines() if "a/" in line)
+    assert "3 models" in shown
+    paid, free, embed = (line for line in shown.splitlines() if "a/" in line)
     assert [cell.strip() for cell in paid.split("│")[1:-1]] == [
         "a/paid",
         "A: Paid",
@@ -56,6 +60,7 @@ def test_the_table_and_the_json_show_the_same_rows() -> None:
         "0.0833",
         "15",
         "",
+        "chat",
     ]
     assert [cell.strip() for cell in free.split("│")[1:-1]] == [
         "a/small:free",
@@ -64,7 +69,9 @@ def test_the_table_and_the_json_show_the_same_rows() -> None:
         "0",
         "0",
         "free",
+        "chat",
     ]
+    assert [cell.strip() for cell in embed.split("│")[1:-1]][-2:] == ["", "embeddings"]
     assert rows_json(rows) == [
         {
             "id": "a/paid",
@@ -73,6 +80,7 @@ def test_the_table_and_the_json_show_the_same_rows() -> None:
             "prompt_per_million": "0.08333333333333334",
             "completion_per_million": "15",
             "free": False,
+            "embeddings": False,
         },
         {
             "id": "a/small:free",
@@ -81,5 +89,15 @@ def test_the_table_and_the_json_show_the_same_rows() -> None:
             "prompt_per_million": "0",
             "completion_per_million": "0",
             "free": True,
+            "embeddings": False,
+        },
+        {
+            "id": "a/embed",
+            "name": "A: Embed",
+            "context_length": 8192,
+            "prompt_per_million": "0.02",
+            "completion_per_million": "0",
+            "free": False,
+            "embeddings": True,
         },
     ]
