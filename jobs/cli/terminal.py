@@ -131,7 +131,10 @@ def usage_table(report: UsageReport) -> Table:
 
 
 def usd(amount: Decimal) -> str:
-    """`$0.012345`: dollars to the millionth, as every cost is shown."""
+    """`$0.012345`: dollars to the millionth, as every cost is shown; an amount under a millionth but above
+    zero (an embeddings batch's) to its first two significant digits, `$0.00000026`, not as nothing."""
+    if 0 < abs(amount) < Decimal("0.0000005"):
+        return "$" + format(amount.quantize(Decimal(1).scaleb(amount.adjusted() - 1)), "f")
     return f"${amount:,.6f}"
 
 

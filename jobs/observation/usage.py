@@ -70,7 +70,7 @@ class UsageLine:
     def to_json(self) -> dict[str, Any]:
         """Plain JSON, with the cost as a decimal string."""
         data = asdict(self)
-        data["cost"] = str(self.cost)
+        data["cost"] = f"{self.cost:f}"
         return data
 
 

@@ -54,7 +54,7 @@ class CostRange:
 
     def to_json(self) -> dict[str, str]:
         """Decimal strings, as `usage --json` gives costs."""
-        return {"low": str(self.low), "high": str(self.high)}
+        return {"low": f"{self.low:f}", "high": f"{self.high:f}"}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> CostRange:
