@@ -196,6 +196,9 @@ async def create_batch(state: ApiState, caller: Caller, body: BatchCreate) -> st
         dedupe=body.dedupe,
         owner=caller.owner,
         priority=body.priority,
+        lane=body.lane,
+        # `auto` leaves the Batch API out of a window too short for a remote batch's 24 h.
+        window_seconds=window,
     )
     async with state.reads.connect() as conn:
         if callback_url is not None:

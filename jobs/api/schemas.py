@@ -11,7 +11,7 @@ from typing import Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
-from jobs.core.states import BatchPriority
+from jobs.core.states import BatchPriority, Lane
 
 __all__ = [
     "BatchCreate",
@@ -156,6 +156,8 @@ class OrbatchCounts(BaseModel):
     pending: int
     running: int
     cancelled: int
+    # In the batch lane: waiting for, or in, a remote batch of OpenRouter's Batch API.
+    remote: int = 0
 
 
 class OrbatchBatch(BaseModel):
@@ -178,6 +180,10 @@ class OrbatchBatch(BaseModel):
     calls: int
     request_counts: OrbatchCounts
     callback_url: str | None = None
+    # `live`, `batch` or `auto`: how its requests reach OpenRouter; and what the batch lane said, if anything
+    # (the Batch API not enabled for the key: the batch ran live).
+    lane: str = "live"
+    lane_note: str | None = None
 
 
 class BatchObject(BaseModel):
@@ -258,4 +264,11 @@ class BatchCreate(BaseModel):
         None,
         description="POSTed the final batch object once, signed (Standard Webhooks); its host must be "
         "allowed by ORBATCH_CALLBACK_ALLOW.",
+    )
+    lane: Lane = Field(
+        Lane.LIVE,
+        description="`live` calls each request now; `batch` sends them through OpenRouter's Batch API at its "
+        "batch price (about half; minutes to 24 h), what it fails running live; `auto` takes the Batch API for "
+        "requests whose first model has a batch variant when the completion window leaves room for it (26 h or "
+        "more), live calls for the rest.",
     )

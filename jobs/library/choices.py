@@ -10,7 +10,7 @@ from pydantic import BaseModel
 
 from jobs.core.errors import BadInput
 from jobs.core.settings import Settings
-from jobs.core.states import BatchPriority
+from jobs.core.states import BatchPriority, Lane
 from jobs.formats.input_lines import body_problem
 from jobs.formats.prompt_template import Template, TemplateError, load_template_text
 from jobs.library.schemas import answer_schema, schema_name
@@ -56,6 +56,7 @@ class Choices:
     metadata: dict[str, str] | None = None
     new: bool = False
     priority: str | None = None
+    lane: str | None = None
     skip_invalid: bool = False
     check_models: bool = True
     simulator: bool = False
@@ -104,6 +105,11 @@ class Choices:
             raise BadInput(
                 f"priority= must be one of {choices}, got {self.priority!r}", param="priority"
             ) from None
+        try:
+            lane = None if self.lane is None else Lane(self.lane)
+        except ValueError:
+            words = ", ".join(x.value for x in Lane)
+            raise BadInput(f"lane= must be one of {words}, got {self.lane!r}", param="lane") from None
         return batch_options(
             settings,
             models=chain,
@@ -118,6 +124,7 @@ class Choices:
             template=template,
             defaults=self._defaults(),
             metadata={str(k): str(v) for k, v in self.metadata.items()} if self.metadata else None,
+            lane=lane,
         )
 
     def _defaults(self) -> dict[str, Any]:

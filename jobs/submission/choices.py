@@ -6,7 +6,7 @@ from decimal import Decimal
 from typing import Any
 
 from jobs.core.settings import Settings
-from jobs.core.states import BatchPriority
+from jobs.core.states import BatchPriority, Lane
 from jobs.formats.input_lines import parse_models
 from jobs.formats.prompt_template import Template
 from jobs.submission.submit import SubmitOptions
@@ -39,6 +39,8 @@ def batch_options(
     defaults: dict[str, Any] | None = None,
     metadata: dict[str, str] | None = None,
     owner: str | None = None,
+    lane: Lane | None = None,
+    window_seconds: int | None = None,
 ) -> SubmitOptions:
     """The options of a batch from choices already checked by the surface that took them; a setting fills
     what was not chosen (ORBATCH_MAX_ATTEMPTS)."""
@@ -56,4 +58,6 @@ def batch_options(
         metadata=metadata,
         owner=owner,
         priority=priority,
+        lane=lane or Lane.LIVE,
+        window_seconds=window_seconds,
     )
