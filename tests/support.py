@@ -96,13 +96,35 @@ class Simulator:
             "outage_status": None,
             "outage_provider_name": None,
             "identify": True,
+            # The Batch API: on, `:batch` slugs only, and batches that finish in about half a second.
+            "batches_enabled": True,
+            "batch_model_policy": "variant",
+            "batch_validating_seconds": 0.1,
+            "batch_in_progress_seconds": 0.3,
+            "batch_finalizing_seconds": 0.1,
+            "batch_cancel_seconds": 0.1,
+            "batch_window_seconds": 86400.0,
+            "batch_expire": False,
+            "batch_cancel_allowed": True,
+            "batch_max_requests": 5000,
+            "batch_max_bytes": 200_000_000,
         }
         await self.configure(**{**defaults, **settings})
 
     async def calls(self) -> list[dict[str, Any]]:
-        """Every chat call received since the last reset."""
+        """Every live call (chat and embeddings, each with its `path`) received since the last reset; never a
+        Batch API line."""
         async with httpx.AsyncClient() as client:
             response = await client.get(f"{self.root}/_sim/calls")
+            return list(orjson.loads(response.content))
+
+    async def batches(self) -> list[dict[str, Any]]:
+        """Every Batch API batch since the last reset, oldest first, deleted ones too (`deleted`): its object
+        (results left out), `lines` (custom_id, body, answered, status_code, error type), `gets`,
+        `results_inline_fetched`, `results_pages_fetched`, `cancel_requests`, `callbacks`, `priced_as`."""
+        async with httpx.AsyncClient() as client:
+            response = await client.get(f"{self.root}/_sim/batches")
+            response.raise_for_status()
             return list(orjson.loads(response.content))
 
     async def stats(self) -> dict[str, Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["DAY_SECONDS", "MINUTE_SECONDS", "Rule", "SimConfig"]
+__all__ = ["BATCH_MODEL_POLICIES", "DAY_SECONDS", "MINUTE_SECONDS", "ROUTES", "Rule", "SimConfig"]
 
 MINUTE_SECONDS = 60.0
 DAY_SECONDS = 86400.0
@@ -20,14 +20,34 @@ _RULE_KINDS = (
     "reply",
     "trickle",
     "big",
+    "line_error",
 )
+
+# The routes a rule with `route` fails (batch routes by name, or all of them as "batches"), instead of calls
+# whose prompt contains `match`.
+ROUTES = (
+    "embeddings",
+    "batches",
+    "batches.create",
+    "batches.list",
+    "batches.get",
+    "batches.results",
+    "batches.cancel",
+    "batches.delete",
+)
+# The kinds of answer a route rule can give: the others build a completion, which a route has none of.
+_ROUTE_KINDS = ("status", "not_json", "hang", "reset")
+
+# Which batch `model` a create accepts: only `:batch` slugs ("variant"), or base slugs too ("either").
+BATCH_MODEL_POLICIES = ("variant", "either")
 
 
 @dataclass(slots=True)
 class Rule:
-    """A scripted answer for requests whose last user message contains `match`."""
+    """A scripted answer for requests whose last user message contains `match`, for one batch line (`custom_id`),
+    or for every call to a route (`route`)."""
 
-    match: str
+    match: str = ""
     kind: str = "status"
     status: int = 500
     times: int = -1  # how many requests it answers; -1 for all
@@ -44,6 +64,10 @@ class Rule:
     interval: float = 0.3  # trickle: seconds between keep-alive bytes
     sse: bool = False  # trickle: SSE comment lines instead of spaces
     size: int = 1024 * 1024  # big: bytes in the body
+    # Only the batch line with this custom_id (never a live call); `match` must still be in its text.
+    custom_id: str | None = None
+    # Every call to this route (one of ROUTES) rather than calls whose prompt matches; kinds: _ROUTE_KINDS.
+    route: str | None = None
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Rule:
@@ -52,6 +76,10 @@ class Rule:
             raise ValueError(f"rule kind must be one of {_RULE_KINDS}")
         if rule.interval <= 0:
             raise ValueError("a rule's interval must be above 0")
+        if rule.route is not None and rule.route not in ROUTES:
+            raise ValueError(f"a rule's route must be one of {ROUTES}")
+        if rule.route is not None and rule.kind not in _ROUTE_KINDS:
+            raise ValueError(f"a route rule's kind must be one of {_ROUTE_KINDS}")
         return rule
 
 
@@ -88,3 +116,26 @@ class SimConfig:
     # Say it is a simulator (a header on every answer, `data.simulator` in GET /key). Off, it passes for
     # OpenRouter itself: tests play a real upstream beside a simulator with it.
     identify: bool = True
+    # --- the Batch API (jobs.simulator.batches) ---
+    # Off, every batch route answers 404, as OpenRouter does for a key the Batch API is not enabled for.
+    batches_enabled: bool = True
+    # "variant": only `:batch` slugs; a base slug is a 400 at create, as observed live on 2026-08-29 (the newest
+    # evidence, batch-api.md §3), so a client that passes here passes there. "either": base slugs are taken too
+    # and priced as their `:batch` variant, as the docs' own examples send them.
+    batch_model_policy: str = "variant"
+    # How long a batch stays in each status (seconds of real time at speed 1, divided by `speed`). Real
+    # batches take minutes; the defaults are short so that a trial run finishes while one watches.
+    batch_validating_seconds: float = 1.0
+    batch_in_progress_seconds: float = 3.0
+    batch_finalizing_seconds: float = 1.0
+    # How long the provider takes to confirm a cancel (`cancelling` until then).
+    batch_cancel_seconds: float = 0.5
+    # The provider's deadline: `expires_at` is `created_at` plus this (divided by `speed`).
+    batch_window_seconds: float = 86400.0
+    # Batches created while on expire: their deadline falls halfway through `in_progress`, so the lines due
+    # after it are never answered (they fail with `batch_expired`) and the batch ends `expired`.
+    batch_expire: bool = False
+    # Off, `POST /batches/{id}/cancel` answers 403, as for an organisation cancels are not enabled for.
+    batch_cancel_allowed: bool = True
+    batch_max_requests: int = 5000  # more lines: 400
+    batch_max_bytes: int = 200_000_000  # a larger body: 413 (200 MB, read as decimal megabytes)

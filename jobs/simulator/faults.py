@@ -9,6 +9,18 @@ gateways send before a JSON body, or with `sse: true` an `: OPENROUTER PROCESSIN
 on streams; for `seconds`, default forever, then the completion) and `big` (a 200 whose body, a valid
 completion, is `size` bytes).
 
+**The same rules elsewhere.** `POST /embeddings` is matched on its input's text: `status`, `not_json`, `hang`,
+`reset` and `top_level_error` answer as above (a `status` rule with no message says the spec's example message
+for its status, e.g. 529 "Provider returned error"), any other kind answers normally. A rule with `route` (one
+of `config.ROUTES`: "embeddings", "batches" for every batch route, or one of them, "batches.create"...) fails
+every call to that route, matched on nothing else; its kinds are `status`, `not_json`, `hang` and `reset`.
+**Batch lines** are matched on their text as live calls are, or by `custom_id` (a rule with `custom_id` answers
+that line alone and never a live call); each kind becomes what a result line can say (`line_answer`):
+`status` a line whose `response.status_code` is that status with an error body, `line_error` (lines only) a
+line whose `error` is `{"type": code or "server_error", "message", "param": null}`, `reset` such an error
+line too, `hang` a 504 line, `not_json` a line whose body is an HTML string, `top_level_error`,
+`error_in_200`, `reply` and `big` the 200 they give live; `trickle` answers normally.
+
 **Outage.** `outage_status: 503` makes every call fail with that status until it is set back to null. Without
 `outage_provider_name` it is OpenRouter itself that is down: `/chat/completions`, `/models` and `/key` all answer
 it, with no provider named. With `outage_provider_name: "X"` the providers behind it are: OpenRouter checks the
@@ -22,15 +34,28 @@ import random
 import socket
 import struct
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import orjson
 from aiohttp import web
 
 from jobs.simulator.config import Rule, SimConfig
-from jobs.simulator.replies import error_response, json_response
+from jobs.simulator.replies import SPEC_MESSAGES, error_body, error_response, json_response
 
-__all__ = ["Complete", "Record", "answer", "openrouter_down", "pick", "providers_down"]
+__all__ = [
+    "Complete",
+    "LineAnswer",
+    "Record",
+    "answer",
+    "answer_plain",
+    "line_answer",
+    "openrouter_down",
+    "pick",
+    "pick_route",
+    "providers_down",
+]
 
 
 class Complete(Protocol):
@@ -65,9 +90,17 @@ def providers_down(cfg: SimConfig) -> web.Response | None:
     )
 
 
-def pick(cfg: SimConfig, text: str) -> Rule | None:
-    """The rule that answers a call: chaos by chance first, else the first rule matching `text` with answers
-    left (one of which it takes); None for a normal answer."""
+def _matches(rule: Rule, text: str, custom_id: str | None) -> bool:
+    if rule.times == 0 or rule.route is not None or rule.match not in text:
+        return False
+    if custom_id is None:  # a live call
+        return rule.custom_id is None and rule.kind != "line_error"
+    return rule.custom_id is None or rule.custom_id == custom_id
+
+
+def pick(cfg: SimConfig, text: str, custom_id: str | None = None) -> Rule | None:
+    """The rule that answers a call (or, given its `custom_id`, a batch line): chaos by chance first, else the
+    first rule matching `text` with answers left (one of which it takes); None for a normal answer."""
     draw = random.random()
     if draw < cfg.chaos_500:
         rule: Rule | None = Rule(match="", kind="status", status=500, message="chaos: internal error")
@@ -76,17 +109,39 @@ def pick(cfg: SimConfig, text: str) -> Rule | None:
     elif draw < cfg.chaos_500 + cfg.chaos_error_in_200 + cfg.chaos_hang:
         rule = Rule(match="", kind="hang", seconds=cfg.chaos_hang_seconds)
     else:
-        rule = next((r for r in cfg.rules if r.match in text and r.times != 0), None)
+        rule = next((r for r in cfg.rules if _matches(r, text, custom_id)), None)
     if rule is not None and rule.times > 0:
         rule.times -= 1
     return rule
+
+
+def pick_route(cfg: SimConfig, route: str) -> Rule | None:
+    """The first rule for `route` ("batches.get"...; "batches" covers them all) with answers left, taking one."""
+    for rule in cfg.rules:
+        if (
+            rule.times != 0
+            and rule.route is not None
+            and (route == rule.route or route.startswith(rule.route + "."))
+        ):
+            if rule.times > 0:
+                rule.times -= 1
+            return rule
+    return None
 
 
 def _provider_error(rule: Rule) -> dict[str, Any]:
     return {"code": rule.code or 502, "message": rule.message or "Provider returned error"}
 
 
-def _scripted_error(rule: Rule) -> web.Response:
+def _message(rule: Rule, spec: bool) -> str:
+    if rule.message:
+        return rule.message
+    if spec and rule.status in SPEC_MESSAGES:
+        return SPEC_MESSAGES[rule.status]
+    return f"simulated HTTP {rule.status}"
+
+
+def _scripted_error(rule: Rule, spec: bool = False) -> web.Response:
     headers, metadata = dict(rule.headers), rule.metadata
     if rule.reset_in_seconds is not None:
         headers.update(
@@ -97,9 +152,7 @@ def _scripted_error(rule: Rule) -> web.Response:
             }
         )
         metadata = {**(metadata or {}), "headers": headers, "provider_name": None}
-    return error_response(
-        rule.status, rule.message or f"simulated HTTP {rule.status}", rule.code, metadata, headers
-    )
+    return error_response(rule.status, _message(rule, spec), rule.code, metadata, headers)
 
 
 async def answer(
@@ -139,6 +192,78 @@ async def answer(
     record(0, "reset")
     _reset(request)
     raise asyncio.CancelledError
+
+
+async def answer_plain(
+    rule: Rule, request: web.Request, record: Record, normal: Callable[[], Any] | None = None
+) -> web.StreamResponse:
+    """Answer a call of a route that gives no completion (embeddings, the batch routes) as `rule` says: a
+    `status` rule with the spec's message for its status; a kind that needs a completion answers `normal()`."""
+    if rule.delay > 0:
+        await asyncio.sleep(rule.delay)
+    if rule.kind == "status" or (normal is None and rule.kind not in ("not_json", "hang", "reset")):
+        record(rule.status, "rule")
+        return _scripted_error(rule, spec=True)
+    if rule.kind == "not_json":
+        record(rule.status, "not_json")
+        return web.Response(
+            status=rule.status, text="<html><body>502 Bad Gateway</body></html>", content_type="text/html"
+        )
+    if rule.kind == "hang":
+        record(0, "hang")
+        await asyncio.sleep(3600.0 if rule.seconds is None else rule.seconds)
+        return error_response(504, "simulated hang ended")
+    if rule.kind == "reset":
+        record(0, "reset")
+        _reset(request)
+        raise asyncio.CancelledError
+    if rule.kind == "top_level_error":
+        record(200, "top_level_error")
+        return json_response({"error": _provider_error(rule), "user_id": "user_sim"})
+    assert normal is not None
+    record(200, "ok")
+    return json_response(normal())
+
+
+@dataclass(frozen=True, slots=True)
+class LineAnswer:
+    """What a batch line's result says: its response's status code and body, or (`error` set) no response."""
+
+    status: int
+    body: Any
+    error: dict[str, Any] | None = None
+
+
+def _line_error(kind: str, message: str) -> LineAnswer:
+    return LineAnswer(0, None, {"type": kind, "message": message, "param": None})
+
+
+def line_answer(rule: Rule, complete: Complete | None, normal: Callable[[], Any]) -> LineAnswer:
+    """A batch line answered as `rule` says (see the module's docstring); `complete` is None for an embeddings
+    line, whose kinds that need a completion answer `normal()`."""
+    if rule.kind == "line_error":
+        return _line_error(
+            str(rule.code or "server_error"), rule.message or "The provider failed this request."
+        )
+    if rule.kind == "reset":
+        return _line_error("server_error", "The connection to the provider was reset.")
+    if rule.kind == "status":
+        return LineAnswer(
+            rule.status, error_body(rule.status, _message(rule, True), rule.code, rule.metadata)
+        )
+    if rule.kind == "hang":
+        return LineAnswer(504, error_body(504, "simulated hang ended"))
+    if rule.kind == "not_json":
+        return LineAnswer(rule.status, "<html><body>502 Bad Gateway</body></html>")
+    if rule.kind == "top_level_error":
+        return LineAnswer(200, {"error": _provider_error(rule), "user_id": "user_sim"})
+    if complete is None or rule.kind == "trickle":
+        return LineAnswer(200, normal())
+    if rule.kind == "reply":
+        return LineAnswer(200, complete(rule.content or ""))
+    if rule.kind == "error_in_200":
+        return LineAnswer(200, complete("", finish="error", choice_error=_provider_error(rule)))
+    return LineAnswer(200, complete("x" * rule.size))  # big
 
 
 async def _trickle(rule: Rule, request: web.Request, text: str, complete: Complete) -> web.StreamResponse:

@@ -10,13 +10,21 @@ import asyncio
 import contextlib
 import sys
 from collections.abc import Sequence
+from enum import StrEnum
 from typing import Annotated
 
 import typer
 
 from jobs.simulator.config import DAY_SECONDS, MINUTE_SECONDS, SimConfig
 
-__all__ = ["config_from_args", "simulator_command", "simulator_main"]
+__all__ = ["BatchModelPolicy", "config_from_args", "simulator_command", "simulator_main"]
+
+
+class BatchModelPolicy(StrEnum):
+    """Which batch `model` slugs a create accepts (`SimConfig.batch_model_policy`)."""
+
+    variant = "variant"
+    either = "either"
 
 
 def _positive(value: float | None, option: str) -> None:
@@ -35,10 +43,26 @@ def _make_config(
     free_tier: bool,
     credits: float | None,
     no_record: bool,
+    batches: bool = True,
+    batch_model_policy: BatchModelPolicy = BatchModelPolicy.variant,
+    batch_validating_seconds: float = 1.0,
+    batch_in_progress_seconds: float = 3.0,
+    batch_finalizing_seconds: float = 1.0,
+    batch_window_seconds: float = 86400.0,
+    batch_expire: bool = False,
+    batch_cancel: bool = True,
 ) -> SimConfig:
     _positive(speed, "--speed")
     _positive(free_window_seconds, "--free-window-seconds")
     _positive(day_seconds, "--day-seconds")
+    _positive(batch_window_seconds, "--batch-window-seconds")
+    for seconds, option in (
+        (batch_validating_seconds, "--batch-validating-seconds"),
+        (batch_in_progress_seconds, "--batch-in-progress-seconds"),
+        (batch_finalizing_seconds, "--batch-finalizing-seconds"),
+    ):
+        if seconds < 0:
+            raise typer.BadParameter("must be 0 or more", param_hint=option)
     if day_seconds is None and speed != 1:
         day_seconds = DAY_SECONDS / speed
     return SimConfig(
@@ -52,6 +76,14 @@ def _make_config(
         is_free_tier=free_tier,
         credits=credits,
         record_calls=not no_record,
+        batches_enabled=batches,
+        batch_model_policy=batch_model_policy.value,
+        batch_validating_seconds=batch_validating_seconds,
+        batch_in_progress_seconds=batch_in_progress_seconds,
+        batch_finalizing_seconds=batch_finalizing_seconds,
+        batch_window_seconds=batch_window_seconds,
+        batch_expire=batch_expire,
+        batch_cancel_allowed=batch_cancel,
     )
 
 
@@ -110,8 +142,59 @@ def simulator_command(
     no_record: Annotated[
         bool, typer.Option("--no-record", help="Keep no request bodies (long benchmarks).")
     ] = False,
+    batches: Annotated[
+        bool,
+        typer.Option(
+            "--batches/--no-batches",
+            help="Serve the Batch API (/api/v1/batches), or (--no-batches) answer 404 on every batch route, "
+            "as OpenRouter does for a key it is not enabled for.",
+        ),
+    ] = True,
+    batch_model_policy: Annotated[
+        BatchModelPolicy,
+        typer.Option(
+            help="Which batch models a create accepts: 'variant' only :batch slugs (a base slug is a 400, as "
+            "seen live), 'either' base slugs too, priced as their :batch variant. A model with no :batch "
+            "variant fails after the 202."
+        ),
+    ] = BatchModelPolicy.variant,
+    batch_validating_seconds: Annotated[
+        float, typer.Option(help="Seconds a batch stays 'validating' (divided by --speed).")
+    ] = 1.0,
+    batch_in_progress_seconds: Annotated[
+        float,
+        typer.Option(help="Seconds a batch stays 'in_progress', its lines answered one by one over them."),
+    ] = 3.0,
+    batch_finalizing_seconds: Annotated[
+        float, typer.Option(help="Seconds a batch stays 'finalizing' before 'completed'.")
+    ] = 1.0,
+    batch_window_seconds: Annotated[
+        float,
+        typer.Option(
+            help="The provider's deadline after creation (expires_at; divided by --speed): lines not "
+            "answered by then fail with batch_expired and the batch is 'expired'."
+        ),
+    ] = 86400.0,
+    batch_expire: Annotated[
+        bool,
+        typer.Option(
+            "--batch-expire", help="Make every batch expire, its deadline halfway through 'in_progress'."
+        ),
+    ] = False,
+    batch_cancel: Annotated[
+        bool,
+        typer.Option(
+            "--batch-cancel/--no-batch-cancel",
+            help="Allow cancelling batches, or (--no-batch-cancel) answer 403, as for an organisation "
+            "cancels are not enabled for.",
+        ),
+    ] = True,
 ) -> None:
-    """Serve the OpenRouter simulator on loopback: no key, no quota, no real model; answers echo the prompts."""
+    """Serve the OpenRouter simulator on loopback: no key, no quota, no real model; answers echo the prompts.
+
+    Chat completions, embeddings (deterministic vectors) and the Batch API, whose batches finish in seconds
+    (the --batch-* options); POST /_sim/config changes any setting while it runs.
+    """
     config = _make_config(
         latency_ms=latency_ms,
         free_per_minute=free_per_minute,
@@ -122,6 +205,14 @@ def simulator_command(
         free_tier=free_tier,
         credits=credits,
         no_record=no_record,
+        batches=batches,
+        batch_model_policy=batch_model_policy,
+        batch_validating_seconds=batch_validating_seconds,
+        batch_in_progress_seconds=batch_in_progress_seconds,
+        batch_finalizing_seconds=batch_finalizing_seconds,
+        batch_window_seconds=batch_window_seconds,
+        batch_expire=batch_expire,
+        batch_cancel=batch_cancel,
     )
     from jobs.simulator.server import serve_forever
 

@@ -14,7 +14,9 @@ from jobs.formats.structured import requested_schema
 from jobs.simulator.catalogue import Cost
 
 __all__ = [
+    "SPEC_MESSAGES",
     "completion",
+    "error_body",
     "error_response",
     "fake_instance",
     "json_response",
@@ -24,10 +26,37 @@ __all__ = [
     "usage",
 ]
 
+# The example message OpenAPI spec gives for each error status (the embeddings route lists them all): what the
+# simulator says when a scripted failure of a route that follows the spec names no message of its own.
+SPEC_MESSAGES = {
+    400: "Invalid request parameters",
+    401: "Missing Authentication header",
+    402: "Insufficient credits. Add more using https://openrouter.ai/credits",
+    404: "Resource not found",
+    408: "Operation timed out. Please try again later.",
+    413: "Request payload too large",
+    429: "Rate limit exceeded",
+    500: "Internal Server Error",
+    502: "Provider returned error",
+    503: "Service temporarily unavailable",
+    524: "Request timed out. Please try again later.",
+    529: "Provider returned error",
+}
+
 
 def json_response(value: Any) -> web.Response:
     """A 200 with `value` as its JSON body."""
     return web.Response(body=orjson.dumps(value), content_type="application/json")
+
+
+def error_body(
+    status: int, message: str, code: Any = None, metadata: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """An error body as OpenRouter sends one: `{"error": {"code", "message", "metadata"?}, "user_id"}`."""
+    error: dict[str, Any] = {"code": status if code is None else code, "message": message}
+    if metadata is not None:
+        error["metadata"] = metadata
+    return {"error": error, "user_id": "user_sim"}
 
 
 def error_response(
@@ -38,12 +67,9 @@ def error_response(
     headers: dict[str, str] | None = None,
 ) -> web.Response:
     """An error as OpenRouter answers one: `{"error": {"code", "message", "metadata"?}, "user_id"}`."""
-    error: dict[str, Any] = {"code": status if code is None else code, "message": message}
-    if metadata is not None:
-        error["metadata"] = metadata
     return web.Response(
         status=status,
-        body=orjson.dumps({"error": error, "user_id": "user_sim"}),
+        body=orjson.dumps(error_body(status, message, code, metadata)),
         headers=headers,
         content_type="application/json",
     )
@@ -101,8 +127,10 @@ def completion(
     usage: dict[str, Any],
     finish: str = "stop",
     choice_error: dict[str, Any] | None = None,
+    id_prefix: str = "gen",
 ) -> dict[str, Any]:
-    """A chat completion with one choice; `choice_error` makes it an error inside HTTP 200."""
+    """A chat completion with one choice; `choice_error` makes it an error inside HTTP 200; its id starts with
+    `id_prefix` (a batch line's with `gen-batch`)."""
     choice: dict[str, Any] = {
         "index": 0,
         "logprobs": None,
@@ -113,7 +141,7 @@ def completion(
     if choice_error is not None:
         choice["error"] = choice_error
     return {
-        "id": f"gen-{int(time.time())}-{generation:08d}",
+        "id": f"{id_prefix}-{int(time.time())}-{generation:08d}",
         "provider": "SimProvider",
         "model": model,
         "object": "chat.completion",
