@@ -66,8 +66,8 @@ GONE_AFTER_MISSES = 3
 RESEND_AFTER_REFUSAL_SECONDS = 60.0
 # A line's envelope around its body, `{"custom_id":"r<id>","body":…},`, counted towards the size limit.
 LINE_OVERHEAD_BYTES = 64
-# The head and tail of a create's body (`endpoint`, `model`, `callback_url`), counted likewise.
-BODY_OVERHEAD_BYTES = 4096
+# The head and tail of a create's body beyond its `endpoint`, `model` and `callback_url` values, counted likewise.
+BODY_OVERHEAD_BYTES = 128
 # A worker stopping lets a create in flight be answered (and its id stored) for up to this long.
 STOP_WAIT_SECONDS = 30.0
 
@@ -90,7 +90,7 @@ class DriveReport:
     driven: int = 0
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class _Row:
     """A remote batch this worker drives now (its row, leased), with its batch's standing."""
 
@@ -347,8 +347,9 @@ def _call_record(
     )
 
 
-class _LeaseLost(Exception):
-    """Another worker drives this remote batch now: this one stops touching it."""
+class _Moved(Exception):
+    """The row is no longer as this worker left it (another worker drives it, or the batch lane was turned off
+    for its batch meanwhile): this worker stops touching it."""
 
 
 class RemoteDriver:
@@ -397,6 +398,11 @@ class RemoteDriver:
         listed = self.settings.batch_slug == "variant" and await self.ctx.prices.listed(variant)
         return batch_slug(model, listed, self.settings.batch_slug)
 
+    def _head_bytes(self, model: str, endpoint: str) -> int:
+        """What a create's body holds besides its lines."""
+        callback = self.settings.remote_callback_url or ""
+        return BODY_OVERHEAD_BYTES + len(model.encode()) + len(endpoint.encode()) + len(callback.encode())
+
     async def _form_one(self, batch_id: str) -> bool:
         async with self.engine.connect() as conn:
             group = (await conn.execute(_NEXT_GROUP, {"batch_id": batch_id})).one_or_none()
@@ -421,7 +427,8 @@ class RemoteDriver:
                         "model": slug,
                         "simulated": self.ctx.simulated,
                         "max_requests": self.settings.remote_max_requests,
-                        "max_bytes": self.settings.remote_max_bytes - BODY_OVERHEAD_BYTES,
+                        "max_bytes": self.settings.remote_max_bytes
+                        - self._head_bytes(slug, str(group.endpoint)),
                         "line_overhead": LINE_OVERHEAD_BYTES,
                     },
                 )
@@ -460,8 +467,8 @@ class RemoteDriver:
         for row in rows:
             try:
                 await self._drive(row)
-            except _LeaseLost:
-                log.info("remote batch taken over by another worker", **row.describe())
+            except _Moved:
+                log.info("remote batch moved on elsewhere; left to it", **row.describe())
             report.driven += 1
         return report
 
@@ -484,7 +491,7 @@ class RemoteDriver:
         self, row: _Row, conn: Any = None, *, where_state: RemoteState | None = None, **values: Any
     ) -> None:
         """Write the row's columns, only while this worker holds its lease (and it is in `where_state`);
-        _LeaseLost otherwise."""
+        _Moved otherwise."""
         unknown = set(values) - _COLUMNS
         if unknown:
             raise ValueError(f"not a remote_batch column a driver sets: {sorted(unknown)}")
@@ -515,7 +522,9 @@ class RemoteDriver:
 
             done = await persist("remote batch", once)
         if not done:
-            raise _LeaseLost
+            raise _Moved
+        if "state" in values:
+            row.state = RemoteState(values["state"])
 
     def _later(self, seconds: float | None = None) -> datetime:
         return _now() + timedelta(
@@ -536,7 +545,7 @@ class RemoteDriver:
         if error is not None:
             values["error"] = error
         async with self.tx.begin() as conn:
-            await self._set(row, conn, **values)
+            await self._set(row, conn, where_state=row.state, **values)
             released = await lifecycle.release_remote(conn, row.id, reason)
         if released:
             log.info(
@@ -665,7 +674,9 @@ class RemoteDriver:
     async def _lane_off(self, row: _Row, note: str) -> None:
         """The Batch API is not enabled for the key: this batch runs live, said once."""
         async with self.tx.begin() as conn:
-            await self._set(row, conn, state=RemoteState.REFUSED, finished_at=_now(), error=note)
+            await self._set(
+                row, conn, where_state=row.state, state=RemoteState.REFUSED, finished_at=_now(), error=note
+            )
             await conn.execute(
                 sql(
                     "UPDATE remote_batch SET state = {S.REFUSED}, finished_at = now(), error = :note"
