@@ -68,6 +68,10 @@ RESEND_AFTER_REFUSAL_SECONDS = 60.0
 LINE_OVERHEAD_BYTES = 64
 # The head and tail of a create's body beyond its `endpoint`, `model` and `callback_url` values, counted likewise.
 BODY_OVERHEAD_BYTES = 128
+# A lost create is sent again no sooner than this after its own deadline (ORBATCH_REQUEST_TIMEOUT), whatever
+# ORBATCH_REMOTE_LOST_CREATE_SECONDS says: a create still in flight is never taken for lost. (The setting's
+# default, 900 s, is the real wait: it also covers OpenRouter taking a create whose connection was cut.)
+LOST_CREATE_MARGIN_SECONDS = 3.0
 # A worker stopping lets a create in flight be answered (and its id stored) for up to this long.
 STOP_WAIT_SECONDS = 30.0
 
@@ -204,6 +208,30 @@ _CLAIM = sql(
     RETURNING rb.id, rb.batch_id, rb.model, rb.endpoint, rb.state, rb.remote_id, rb.remote_status, rb.total,
               rb.sent_at, rb.cursor, rb.cancel_sent_at, rb.cancel_refused, rb.misses, b.status AS batch_status,
               b.lane_note
+    """
+)
+
+# About to send its create: sent (for all anyone knows) from now on. Only while this worker holds it, and its
+# batch still runs with the lane on (a cancel or the lane turned off meanwhile sends nothing).
+_MARK_SENDING = sql(
+    """
+    UPDATE remote_batch rb SET state = {S.SENDING}, sent_at = now(), total = :total
+    WHERE rb.id = :id AND rb.lease_owner = :owner AND rb.state = {S.READY}
+      AND EXISTS (
+          SELECT 1 FROM batch b WHERE b.id = rb.batch_id AND b.status = {B.IN_PROGRESS} AND b.lane_note IS NULL
+      )
+    RETURNING rb.id
+    """
+)
+
+# Whether another create of the same model, endpoint and upstream awaits its answer (one at a time: see above).
+_SENDING_NOW = sql(
+    """
+    SELECT EXISTS (
+        SELECT 1 FROM remote_batch o JOIN remote_batch rb ON rb.id = :id
+        WHERE o.state = {S.SENDING} AND o.model = rb.model AND o.endpoint = rb.endpoint
+          AND o.simulated = rb.simulated AND o.id <> rb.id
+    )
     """
 )
 
@@ -371,6 +399,11 @@ class RemoteDriver:
         self.engine: AsyncEngine = ctx.engine
         self.tx: AsyncEngine = ctx.engine.execution_options(isolation_level="READ COMMITTED")
         self.check = check
+        # A create still in flight is never taken for lost: its deadline and a margin pass first.
+        self.lost_create_seconds = max(
+            self.settings.remote_lost_create_seconds,
+            self.settings.request_timeout + LOST_CREATE_MARGIN_SECONDS,
+        )
 
     # --- forming --------------------------------------------------------------------------------------------
 
@@ -526,6 +559,19 @@ class RemoteDriver:
         if "state" in values:
             row.state = RemoteState(values["state"])
 
+    async def _mark_sending(self, row: _Row, lines: int) -> bool:
+        """ready -> sending, while this worker holds it and its batch still runs in the lane; False if not."""
+
+        async def once() -> bool:
+            async with self.engine.connect() as conn:
+                params = {"id": row.id, "owner": self.ctx.owner, "total": lines}
+                return (await conn.execute(_MARK_SENDING, params)).one_or_none() is not None
+
+        if not await persist("remote batch", once):
+            return False
+        row.state = RemoteState.SENDING
+        return True
+
     def _later(self, seconds: float | None = None) -> datetime:
         return _now() + timedelta(
             seconds=seconds if seconds is not None else self.settings.remote_poll_seconds
@@ -578,6 +624,13 @@ class RemoteDriver:
             # Paused (a budget, an interrupted run): sent once it runs again.
             await self._set(row, next_at=self._later())
             return
+        async with self.engine.connect() as conn:
+            busy = (await conn.execute(_SENDING_NOW, {"id": row.id})).scalar_one()
+        if busy:
+            # Another create of this model and endpoint awaits its answer: this one goes after it (the body is
+            # not built until then).
+            await self._set(row, next_at=self._later(min(1.0, self.settings.remote_poll_seconds)))
+            return
         body = await BatchBody.build(
             row.endpoint, row.model, self._lines(row), self.settings.remote_callback_url
         )
@@ -587,13 +640,8 @@ class RemoteDriver:
                 return
             try:
                 # Recorded as sent before it is: a crash from here on is recovered by looking for it.
-                await self._set(
-                    row,
-                    where_state=RemoteState.READY,
-                    state=RemoteState.SENDING,
-                    sent_at=_now(),
-                    total=body.lines,
-                )
+                if not await self._mark_sending(row, body.lines):
+                    return  # its batch stopped or lost the lane meanwhile: the next look says what to do
             except IntegrityError:
                 # Another create of this model and endpoint awaits its answer: this one goes after it.
                 await self._set(row, next_at=self._later())
@@ -725,7 +773,7 @@ class RemoteDriver:
             log.warning("lost remote batch create found again", **{**row.describe(), "remote_id": found.id})
             return
         waited = (_now() - sent_at).total_seconds()
-        if waited < self.settings.remote_lost_create_seconds:
+        if waited < self.lost_create_seconds:
             await self._set(row, next_at=self._later())
             return
         # Long past its deadline and on no list: it never took effect. Sent again from `ready`.
