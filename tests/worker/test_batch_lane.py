@@ -108,8 +108,11 @@ async def test_a_paid_batch_through_the_batch_lane_costs_half_of_the_same_batch_
     await answered_once(engine, batch, 30)
     # The batch lane's requests went in one remote batch, each line once, none called live.
     remote = await simulator.batches()
-    assert len(remote) == 1 and remote[0]["model"] == "sim/echo:batch" and remote[0]["status"] == "completed"
-    assert len(remote[0]["lines"]) == 30 and remote[0]["results_pages_fetched"] >= 1
+    assert len(remote) == 1
+    assert remote[0]["model"] == "sim/echo:batch"
+    assert remote[0]["status"] == "completed"
+    assert len(remote[0]["lines"]) == 30
+    assert remote[0]["results_pages_fetched"] >= 1
     assert len(await simulator.calls()) == 30  # the live batch's calls only
     attempts = await rows(
         engine,
@@ -120,15 +123,19 @@ async def test_a_paid_batch_through_the_batch_lane_costs_half_of_the_same_batch_
     report = orjson.loads(run_cli(env, "usage", "--json").stdout)
     by_id = {b["id"]: b for b in report["batches"]}
     live_cost, batch_cost = Decimal(by_id[live]["cost"]), Decimal(by_id[batch]["cost"])
-    assert live_cost > 0 and batch_cost * 2 == live_cost, (live_cost, batch_cost)
+    assert live_cost > 0
+    assert batch_cost * 2 == live_cost, (live_cost, batch_cost)
     assert [(r["model"], r["lane"], r["requests"]) for r in by_id[batch]["rows"]] == [
         ("sim/echo:batch", "batch", 30)
     ]
     assert [(r["model"], r["lane"], r["requests"]) for r in by_id[live]["rows"]] == [("sim/echo", "live", 30)]
-    assert by_id[batch]["tokens" if False else "prompt_tokens"] == by_id[live]["prompt_tokens"]
-    table = run_cli(env, "usage").stdout
-    assert "batch" in table and "live" in table
-    print(f"usage: live {live_cost} USD, batch lane {batch_cost} USD for the same 30 requests")
+    assert by_id[batch]["prompt_tokens"] == by_id[live]["prompt_tokens"]
+    assert by_id[batch]["completion_tokens"] == by_id[live]["completion_tokens"]
+    # The table says each row's lane, beside the model that served it.
+    table = run_cli({**env, "COLUMNS": "250"}, "usage").stdout
+    rows_shown = [line for line in table.splitlines() if "sim/echo" in line]
+    assert any(" sim/echo:batch " in line and " batch " in line for line in rows_shown), table
+    assert any(" sim/echo " in line and " live " in line for line in rows_shown), table
     assert "remote batch created" in workers.output()
 
 
@@ -200,7 +207,8 @@ async def test_a_sigkilled_worker_with_a_remote_batch_running_then_a_new_one_pay
     # No remote batch created twice, no line sent twice, nothing called live.
     assert len(remote) == 3, [len(b["lines"]) for b in remote]
     counts = remote_lines(remote)
-    assert len(counts) == 60 and set(counts.values()) == {1}
+    assert len(counts) == 60
+    assert set(counts.values()) == {1}
     assert len(await simulator.calls()) == 0
     assert await scalar(engine, "SELECT count(*) FROM attempt WHERE batch_id = :b", b=batch) == 60
     assert await scalar(engine, "SELECT count(DISTINCT remote_id) FROM remote_batch") == 3
@@ -289,9 +297,11 @@ async def test_an_expired_remote_batch_sends_what_it_left_live(
     await burst(env, tmp_path)
     await answered_once(engine, batch, 10)
     remote = await simulator.batches()
-    assert len(remote) == 1 and remote[0]["status"] == "expired"
+    assert len(remote) == 1
+    assert remote[0]["status"] == "expired"
     expired = [line["custom_id"] for line in remote[0]["lines"] if line["error"] == "batch_expired"]
-    assert expired and len(await simulator.calls()) == len(expired)
+    assert expired
+    assert len(await simulator.calls()) == len(expired)
     by_lane = dict(
         tuple(r)
         for r in await rows(
@@ -314,9 +324,11 @@ async def test_a_key_without_the_batch_api_runs_the_whole_batch_live_and_says_so
     assert output.count("batch lane off: the batch runs live") == 1, output[-3000:]
     # One create tried, never again: the other remote batches formed were never sent.
     states = await rows(engine, "SELECT state, sent_at IS NOT NULL FROM remote_batch ORDER BY id")
-    assert sum(1 for s in states if s[1]) == 1 and {s[0] for s in states} == {"refused"}
+    assert sum(1 for s in states if s[1]) == 1
+    assert {s[0] for s in states} == {"refused"}
     status = orjson.loads(run_cli(env, "status", batch, "--json").stdout)
-    assert status["lane"] == "batch" and "not enabled for this key" in status["lane_note"]
+    assert status["lane"] == "batch"
+    assert "not enabled for this key" in status["lane_note"]
     shown = run_cli({**env, "COLUMNS": "300"}, "status", batch).stdout
     assert "not enabled for this key" in shown
 
@@ -361,7 +373,8 @@ async def test_a_cancel_is_passed_on_to_the_remote_batch_and_a_refusal_is_tolera
     assert await scalar(engine, "SELECT status FROM batch WHERE id = :b", b=batch) == "cancelled"
     remote = await simulator.batches()
     # (The simulator counts the cancels it took: a refused one is not among them.)
-    assert len(remote) == 1 and remote[0]["cancel_requests"] == (1 if allowed else 0)
+    assert len(remote) == 1
+    assert remote[0]["cancel_requests"] == (1 if allowed else 0)
     counts = dict(
         tuple(r) for r in await rows(engine, "SELECT status, count(*) FROM request GROUP BY status")
     )
