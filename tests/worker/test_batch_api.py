@@ -303,3 +303,17 @@ async def test_what_a_remote_batch_leaves_in_a_stopped_batch_is_cancelled(
         assert await lifecycle.delete(conn, batch_id) is None
         await conn.execute(text("UPDATE remote_batch SET state = 'done'"))
         assert await lifecycle.delete(conn, batch_id) == 2
+
+
+def test_the_python_front_and_the_cli_take_the_lane_by_name() -> None:
+    from jobs.cli.options import SubmitChoices
+    from jobs.core.errors import BadInput
+    from jobs.core.settings import Settings
+    from jobs.library.choices import Choices
+
+    settings = Settings()
+    assert Choices(models="sim/echo", lane="batch").options(settings, records=False).lane is Lane.BATCH
+    assert Choices(models="sim/echo").options(settings, records=False).lane is Lane.LIVE
+    with pytest.raises(BadInput, match="lane= must be one of live, batch, auto"):
+        Choices(models="sim/echo", lane="cheap").options(settings, records=False)
+    assert SubmitChoices(models="sim/echo", lane=Lane.AUTO).options(settings).lane is Lane.AUTO

@@ -409,3 +409,18 @@ async def test_status_counts_the_requests_waiting_in_a_remote_batch(
     assert "8 in remote batches" in shown, shown
     assert await workers.wait(120) == [0], workers.output()[-4000:]
     await asyncio.sleep(0)
+
+
+async def test_orbatch_run_with_the_batch_lane_writes_every_answer_from_the_remote_batch(
+    env: dict[str, str], engine: AsyncEngine, simulator: Simulator, tmp_path: Path
+) -> None:
+    env = {**env, **LANE_ENV}
+    path = write_jsonl(tmp_path / "in.jsonl", lines(6))
+    out = tmp_path / "out.jsonl"
+    done = run_cli(env, "run", str(path), "-o", str(out), "--models", "sim/echo", "--lane", "batch")
+    assert done.returncode == 0, done.stderr
+    answers = [orjson.loads(line) for line in out.read_bytes().splitlines()]
+    assert [a["custom_id"] for a in answers] == [f"c{i}" for i in range(6)]
+    assert all(a["response"]["body"]["model"] == "sim/echo:batch" for a in answers)
+    assert len(await simulator.batches()) == 1
+    assert await simulator.calls() == []
