@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from jobs.cli.options import UsageError
 from jobs.cli.terminal import say, say_warning
 from jobs.core.settings import Settings
+from jobs.core.states import Lane, RequestStatus
 from jobs.formats.reader import FileSource, Source
 from jobs.formats.record_spool import SpooledRecords, spool_records
 from jobs.formats.tables import read_records, table_format
@@ -118,4 +119,25 @@ async def take_in_file(
             say(err, f"skipped {error}")
         if report.invalid > len(report.errors):
             say(err, f"skipped {report.invalid - len(report.errors)} more bad lines")
+        _say_lane(err, summary)
     return taken, summary
+
+
+def _say_lane(err: Console, summary: BatchSummary) -> None:
+    """Which of the batch's requests the batch lane took, when it was asked for."""
+    if summary.lane == Lane.LIVE:
+        return
+    remote = summary.counts.get(RequestStatus.REMOTE, 0)
+    if remote:
+        live = summary.total - remote
+        say(
+            err,
+            f"{remote} requests go through OpenRouter's Batch API (about half price; answered within minutes to "
+            "24 h)" + (f"; {live} run live (their first model has no batch variant)" if live else ""),
+        )
+    else:
+        say(
+            err,
+            "no request's first model has a batch variant in the catalogue (or it could not be read): every "
+            "request runs live",
+        )

@@ -176,11 +176,14 @@ TRIGGERS: dict[str, str] = {
         "model and lane (0012), minute; errors"
     ),
     "orbatch_attempt_tally_update": (
-        "0006: an attempt leaving in_flight (or rewritten: abandoned, then answered late) counts once, by batch, "
+        "0006, 0012 (by lane too): an attempt leaving in_flight (or rewritten: abandoned, then answered late) counts once, by batch, "
         "model and minute; its error by code"
     ),
     "orbatch_attempt_tally_delete": "0006: an unfired attempt taken back (give_back, refuse): its counts come off",
-    "orbatch_result_tally_insert": "0006: an answer: answers and fallbacks by model, answers by minute",
+    "orbatch_result_tally_insert": (
+        "0006, 0012: an answer: answers and fallbacks by model and its attempt's lane (a `:batch` variant's "
+        "answer is no fallback from its base model), answers by minute"
+    ),
     "orbatch_result_tally_delete": "0006: an answer deleted with its batch: its counts come off",
     "orbatch_batch_status_times": (
         "0007: before a batch's status changes: stamps cancelling_at and expired_at; a batch that runs again "

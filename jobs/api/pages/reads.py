@@ -197,7 +197,7 @@ class BatchLine:
     @property
     def remaining(self) -> int:
         """Requests still to finish (those in remote batches of the batch lane too)."""
-        return self.counts["pending"] + self.counts["running"] + self.counts["remote"]
+        return self.counts["pending"] + self.counts["running"] + self.counts.get("remote", 0)
 
 
 def _line(row: Any) -> BatchLine:
