@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sys
 from collections.abc import Sequence
 from enum import StrEnum
@@ -15,6 +16,7 @@ from typing import Annotated
 
 import typer
 
+from jobs.core.logs import configure_logging
 from jobs.simulator.config import DAY_SECONDS, MINUTE_SECONDS, SimConfig
 
 __all__ = ["BatchModelPolicy", "config_from_args", "simulator_command", "simulator_main"]
@@ -239,6 +241,9 @@ def config_from_args(argv: Sequence[str]) -> SimConfig:
 
 def simulator_main(argv: Sequence[str] | None = None) -> None:
     """Run the simulator until interrupted (`python -m jobs.simulator --help` lists its options)."""
+    # Its warnings (a batch callback that could not be delivered) go to stderr; `orbatch simulator` sets this up
+    # through the CLI's own options.
+    configure_logging(os.environ.get("ORBATCH_LOG_LEVEL", "WARNING"))
     typer.main.get_command(_cli).main(
         args=None if argv is None else list(argv), prog_name="orbatch simulator"
     )

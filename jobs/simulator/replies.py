@@ -26,8 +26,8 @@ __all__ = [
     "usage",
 ]
 
-# The example message OpenAPI spec gives for each error status (the embeddings route lists them all): what the
-# simulator says when a scripted failure of a route that follows the spec names no message of its own.
+# The example message OpenRouter's OpenAPI spec gives for each error status (its /embeddings lists them all):
+# what the simulator says when a scripted failure of a route that follows the spec names no message of its own.
 SPEC_MESSAGES = {
     400: "Invalid request parameters",
     401: "Missing Authentication header",

@@ -9,14 +9,16 @@ The test suite runs against it, `orbatch simulator` serves it for a user without
 The parts live beside it: the catalogue, prices and costs in `catalogue`, the free tier's limits in `limits`,
 scripted rules, chaos and outages in `faults`, the shapes of answers in `replies`. `POST /_sim/config
 {"models": [{"id", "prompt", "completion", "request"?}, ...]}` replaces the model list (full `/models` entries
-with `pricing` work too); `{"reset": true}` restores it and forgets the calls and the counts.
+with `pricing` work too), `{"embedding_models": [{"id", "prompt", "dimensions", "input_modalities"?}, ...]}`
+the embeddings models; `{"reset": true}` restores both and forgets the calls, the counts and the batches.
 
 **The Batch API** (`/api/v1/batches`, and `/api/beta/batches` for create and get) keeps its batches in
 `batches.BatchStore`; the decisions where OpenRouter's docs are silent are in that module's docstring. Its
 lines are answered by the same code as `/chat/completions` and `/embeddings` (replies, scripted rules), never
 recorded in `GET /_sim/calls`; `GET /_sim/batches` shows every batch with its lines and how often its results
 were read. **Embeddings** (`POST /embeddings`, `GET /embeddings/models`) are in `embeddings`; their calls are
-recorded beside the chat calls, each with its `path`. `POST /_sim/reset` is `POST /_sim/config {"reset": true}`.
+recorded beside the chat calls, each with its `path`. `POST /_sim/reset` is `POST /_sim/config {"reset":
+true}`.
 
 **`GET /key`** answers OpenRouter's fields (`is_free_tier`, `limit`, `usage`...) plus a simulator-only object,
 `data.simulator` (`limits.limits`): `{"free_per_minute", "free_window_seconds", "free_per_day", "day_seconds",

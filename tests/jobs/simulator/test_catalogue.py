@@ -24,6 +24,15 @@ async def test_models_lists_openrouters_catalogue_its_free_variants_and_the_test
     # Withdrawn models the examples name, and the tests' own.
     assert {"meta-llama/llama-3.3-70b-instruct:free", "anthropic/claude-3.5-sonnet"} <= models.keys()
     assert {"sim/echo", "sim/echo:free", "sim/backup", "sim/spare", "sim/last-resort"} <= models.keys()
+    # OpenRouter's batch variants, and the tests' own at half price.
+    assert len([m for m in models if m.endswith(":batch")]) > 40
+    for model in ("sim/echo", "sim/backup"):
+        batch, live = models[f"{model}:batch"]["pricing"], models[model]["pricing"]
+        for kind in ("prompt", "completion"):
+            assert Decimal(batch[kind]) * 2 == Decimal(live[kind])
+    # Embeddings models are listed apart (GET /embeddings/models), as on OpenRouter.
+    assert not [m for m in models.values() if "embeddings" in m["architecture"]["output_modalities"]]
+    assert "sim/embed" not in models
 
 
 async def test_a_listed_model_is_answered_and_billed_at_its_listed_prices(simulator: Simulator) -> None:

@@ -27,6 +27,64 @@ def test_the_command_line_takes_the_speed_and_the_account() -> None:
     assert refused.value.code == 2
 
 
+def test_the_command_line_sets_the_batch_api() -> None:
+    default = config_from_args([])
+    assert (default.batches_enabled, default.batch_model_policy, default.batch_cancel_allowed) == (
+        True,
+        "variant",
+        True,
+    )
+    assert (
+        default.batch_validating_seconds,
+        default.batch_in_progress_seconds,
+        default.batch_finalizing_seconds,
+    ) == (
+        1,
+        3,
+        1,
+    )
+    assert (default.batch_window_seconds, default.batch_expire) == (86400, False)
+    chosen = config_from_args(
+        [
+            "--no-batches",
+            "--batch-model-policy",
+            "either",
+            "--batch-validating-seconds",
+            "0",
+            "--batch-in-progress-seconds",
+            "20",
+            "--batch-finalizing-seconds",
+            "2",
+            "--batch-window-seconds",
+            "60",
+            "--batch-expire",
+            "--no-batch-cancel",
+        ]
+    )
+    assert (chosen.batches_enabled, chosen.batch_model_policy, chosen.batch_cancel_allowed) == (
+        False,
+        "either",
+        False,
+    )
+    assert (
+        chosen.batch_validating_seconds,
+        chosen.batch_in_progress_seconds,
+        chosen.batch_finalizing_seconds,
+    ) == (
+        0,
+        20,
+        2,
+    )
+    assert (chosen.batch_window_seconds, chosen.batch_expire) == (60, True)
+    for wrong in (
+        ["--batch-model-policy", "base"],
+        ["--batch-window-seconds", "0"],
+        ["--batch-validating-seconds", "-1"],
+    ):
+        with pytest.raises(SystemExit):
+            config_from_args(wrong)
+
+
 def test_help_lists_every_option_with_its_default() -> None:
     shown = subprocess.run(
         [sys.executable, "-m", "jobs.simulator", "--help"],
@@ -49,7 +107,18 @@ def test_help_lists_every_option_with_its_default() -> None:
         "--free-tier",
         "--credits",
         "--no-record",
+        "--batches",
+        "--no-batches",
+        "--batch-model-policy",
+        "--batch-validating-seconds",
+        "--batch-in-progress-seconds",
+        "--batch-finalizing-seconds",
+        "--batch-window-seconds",
+        "--batch-expire",
+        "--no-batch-cancel",
     ):
         assert option in shown
     assert "[default: 8787]" in shown
     assert "[default: 1.0]" in shown
+    assert "[default: variant]" in shown
+    assert "[default: 86400.0]" in shown
