@@ -521,16 +521,23 @@ class RemoteDriver:
             await self._collect(row)
 
     async def _set(
-        self, row: _Row, conn: Any = None, *, where_state: RemoteState | None = None, **values: Any
+        self,
+        row: _Row,
+        conn: Any = None,
+        *,
+        where_state: RemoteState | None = None,
+        leased: bool = True,
+        **values: Any,
     ) -> None:
-        """Write the row's columns, only while this worker holds its lease (and it is in `where_state`);
-        _Moved otherwise."""
+        """Write the row's columns, only while this worker holds its lease (unless not `leased`) and it is in
+        `where_state`; _Moved otherwise."""
         unknown = set(values) - _COLUMNS
         if unknown:
             raise ValueError(f"not a remote_batch column a driver sets: {sorted(unknown)}")
         sets = ", ".join(f"{name} = :{name}" for name in values)
         statement = text(
-            f"UPDATE remote_batch SET {sets} WHERE id = :id AND lease_owner = :owner"  # noqa: S608 - columns from _COLUMNS; values bound
+            f"UPDATE remote_batch SET {sets} WHERE id = :id"  # noqa: S608 - columns from _COLUMNS; values bound
+            + (" AND lease_owner = :owner" if leased else "")
             + (" AND state = :where_state" if where_state is not None else "")
             + " RETURNING id"
         )
@@ -663,9 +670,12 @@ class RemoteDriver:
                 return
         finally:
             body.close()
+        # Stored at once, even if a slow upload outlived this worker's lease: the id in hand is the truth, and
+        # the state fence keeps a row another worker recovered meanwhile as that one left it.
         await self._set(
             row,
             where_state=RemoteState.SENDING,
+            leased=False,
             state=RemoteState.RUNNING,
             remote_id=info.id,
             remote_status=info.status,

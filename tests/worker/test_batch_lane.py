@@ -214,6 +214,31 @@ async def test_a_sigkilled_worker_with_a_remote_batch_running_then_a_new_one_pay
     assert await scalar(engine, "SELECT count(DISTINCT remote_id) FROM remote_batch") == 3
 
 
+async def test_a_sigkilled_worker_while_it_collects_the_lines_then_a_new_one_stores_each_once(
+    env: dict[str, str], engine: AsyncEngine, simulator: Simulator, tmp_path: Path
+) -> None:
+    env = {**env, **LANE_ENV}
+    # The first results page hangs past the call's deadline: the worker is killed while it collects.
+    await simulator.configure(rules=[{"route": "batches.results", "kind": "hang", "seconds": 30, "times": 1}])
+    batch = submit(env, write_jsonl(tmp_path / "in.jsonl", lines(250)), "--lane", "batch")
+    first = Workers(env, tmp_path, 1)
+    await until(
+        lambda: scalar(engine, "SELECT count(*) FROM remote_batch WHERE state = 'collecting'"),
+        "the remote batch ended and its lines being read",
+    )
+    first.processes[0].send_signal(signal.SIGKILL)
+    first.processes[0].wait()
+    second = Workers(env, tmp_path, 1, "--burst")
+    assert await second.wait(120) == [0], second.output()[-4000:]
+    await answered_once(engine, batch, 250)
+    remote = await simulator.batches()
+    assert len(remote) == 1
+    # Three pages of a hundred (the hung one given up), each line stored once, nothing called live.
+    assert remote[0]["results_pages_fetched"] >= 3
+    assert await scalar(engine, "SELECT count(*) FROM attempt WHERE batch_id = :b", b=batch) == 250
+    assert await simulator.calls() == []
+
+
 async def test_a_create_whose_answer_was_lost_is_found_by_listing_and_never_sent_again(
     env: dict[str, str], engine: AsyncEngine, simulator: Simulator, tmp_path: Path
 ) -> None:
