@@ -72,6 +72,8 @@ BODY_OVERHEAD_BYTES = 128
 # ORBATCH_REMOTE_LOST_CREATE_SECONDS says: a create still in flight is never taken for lost. (The setting's
 # default, 900 s, is the real wait: it also covers OpenRouter taking a create whose connection was cut.)
 LOST_CREATE_MARGIN_SECONDS = 3.0
+# A simulator's remote batches are polled at least this often: they end in seconds.
+SIMULATOR_POLL_SECONDS = 1.0
 # A worker stopping lets a create in flight be answered (and its id stored) for up to this long.
 STOP_WAIT_SECONDS = 30.0
 
@@ -579,10 +581,15 @@ class RemoteDriver:
         row.state = RemoteState.SENDING
         return True
 
+    @property
+    def poll_seconds(self) -> float:
+        """How long until a remote batch is looked at again: ORBATCH_REMOTE_POLL_SECONDS, or at most a second in
+        front of a simulator, whose batches end in seconds (a trial run would otherwise wait on its polls)."""
+        poll = self.settings.remote_poll_seconds
+        return min(poll, SIMULATOR_POLL_SECONDS) if self.ctx.simulated else poll
+
     def _later(self, seconds: float | None = None) -> datetime:
-        return _now() + timedelta(
-            seconds=seconds if seconds is not None else self.settings.remote_poll_seconds
-        )
+        return _now() + timedelta(seconds=seconds if seconds is not None else self.poll_seconds)
 
     async def _finish(
         self, row: _Row, state: RemoteState, reason: str | None, error: str | None = None
@@ -636,7 +643,7 @@ class RemoteDriver:
         if busy:
             # Another create of this model and endpoint awaits its answer: this one goes after it (the body is
             # not built until then).
-            await self._set(row, next_at=self._later(min(1.0, self.settings.remote_poll_seconds)))
+            await self._set(row, next_at=self._later(min(1.0, self.poll_seconds)))
             return
         body = await BatchBody.build(
             row.endpoint, row.model, self._lines(row), self.settings.remote_callback_url
@@ -726,7 +733,7 @@ class RemoteDriver:
                 state=RemoteState.READY,
                 sent_at=None,
                 error=f"HTTP {exc.status} ({exc.code}): {exc.message}",
-                next_at=self._later(max(RESEND_AFTER_REFUSAL_SECONDS, self.settings.remote_poll_seconds)),
+                next_at=self._later(max(RESEND_AFTER_REFUSAL_SECONDS, self.poll_seconds)),
             )
 
     async def _lane_off(self, row: _Row, note: str) -> None:
