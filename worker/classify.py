@@ -47,7 +47,7 @@ from jobs.formats.input_lines import EMBEDDINGS_URL, embedding_inputs, endpoint_
 from worker.openrouter import CallDeadline, CallResult
 from worker.throttle import Verdict
 
-__all__ = ["Failure", "Success", "Usage", "classify", "next_utc_midnight"]
+__all__ = ["Failure", "Success", "Usage", "classify", "next_utc_midnight", "usage_of"]
 
 # Upstream error messages can be whole HTML pages; the database keeps their start.
 ERROR_MESSAGE_MAX_CHARS = 2000
@@ -113,7 +113,8 @@ def _int(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def _usage(body: dict[str, Any]) -> Usage:
+def usage_of(body: dict[str, Any]) -> Usage:
+    """The tokens and cost an answer's body reports (its `usage`)."""
     usage = body.get("usage")
     if not isinstance(usage, dict):
         return Usage()
@@ -304,7 +305,7 @@ def _usage_of_tail(tail: bytes) -> Usage:
         usage, _ = json.JSONDecoder().raw_decode(text, start)
     except ValueError:
         return Usage()
-    return _usage({"usage": usage})
+    return usage_of({"usage": usage})
 
 
 def _too_large(call: CallResult) -> Failure:
@@ -328,7 +329,7 @@ def _embeddings(call: CallResult, body: dict[str, Any], request: dict[str, Any])
     model = body.get("model") if isinstance(body.get("model"), str) else None
     provider = body.get("provider") if isinstance(body.get("provider"), str) else None
     generation_id = body.get("id") if isinstance(body.get("id"), str) else None
-    usage = _usage(body)
+    usage = usage_of(body)
     data = body.get("data")
     wanted = embedding_inputs(request)
     vectors: list[Any] = []
@@ -388,7 +389,7 @@ def classify(call: CallResult, request: dict[str, Any] | None = None) -> Success
     model = body.get("model") if isinstance(body.get("model"), str) else None
     provider = body.get("provider") if isinstance(body.get("provider"), str) else None
     generation_id = body.get("id") if isinstance(body.get("id"), str) else None
-    usage = _usage(body)
+    usage = usage_of(body)
     if not isinstance(choices, list) or not choices:
         error = body.get("error")
         if error is None:

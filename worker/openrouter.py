@@ -14,7 +14,14 @@ import orjson
 from jobs.core.constants import SIMULATOR_HEADER
 from jobs.formats.input_lines import EMBEDDINGS_URL, endpoint_of
 
-__all__ = ["CallDeadline", "CallResult", "OpenRouterClient", "chat_payload", "embeddings_payload"]
+__all__ = [
+    "CallDeadline",
+    "CallResult",
+    "OpenRouterClient",
+    "chat_payload",
+    "embeddings_payload",
+    "upstream_client",
+]
 
 # Of an answer over the size limit, the start (its id, model, provider) and the end (its usage, which
 # OpenRouter writes last) are kept, so the call's cost is still recorded.
@@ -55,6 +62,33 @@ def embeddings_payload(body: dict[str, Any], models: list[str]) -> bytes:
     return orjson.dumps({**body, "model": models[0]})
 
 
+def upstream_client(
+    base_url: str,
+    api_key: str,
+    *,
+    timeout: float,
+    connect_timeout: float,
+    max_connections: int,
+    app_url: str,
+    app_title: str,
+) -> httpx.AsyncClient:
+    """An httpx pool for OpenRouter's API at `base_url`: the key as a bearer token, the attribution headers.
+
+    Every client of the worker is built here (chat calls, the Batch API), so the key travels one way only.
+    """
+    return httpx.AsyncClient(
+        base_url=base_url.rstrip("/") + "/",
+        headers={
+            "Authorization": f"Bearer {api_key}",
+            "Content-Type": "application/json",
+            "HTTP-Referer": app_url,
+            "X-Title": app_title,
+        },
+        timeout=httpx.Timeout(timeout, connect=connect_timeout),
+        limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+    )
+
+
 class OpenRouterClient:
     """A pooled client for the chat completions and embeddings endpoints; built once per worker process."""
 
@@ -74,16 +108,14 @@ class OpenRouterClient:
         # `deadline` bounds the whole call; httpx's own read timeout only catches a silent connection sooner.
         self.deadline = timeout
         self.max_response_bytes = max_response_bytes
-        self._client = httpx.AsyncClient(
-            base_url=base_url.rstrip("/") + "/",
-            headers={
-                "Authorization": f"Bearer {api_key}",
-                "Content-Type": "application/json",
-                "HTTP-Referer": app_url,
-                "X-Title": app_title,
-            },
-            timeout=httpx.Timeout(timeout, connect=connect_timeout),
-            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+        self._client = upstream_client(
+            base_url,
+            api_key,
+            timeout=timeout,
+            connect_timeout=connect_timeout,
+            max_connections=max_connections,
+            app_url=app_url,
+            app_title=app_title,
         )
 
     async def chat(self, body: dict[str, Any], models: list[str]) -> CallResult:

@@ -3,12 +3,20 @@ and record how the attempt ended, each one statement of jobs/scheduling/lifecycl
 
 from __future__ import annotations
 
+import asyncio
 import re
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TypeVar
 
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from jobs.core.constants import PERSIST_DEADLINE_SECONDS
+from jobs.core.db import connection_lost
+from jobs.core.logs import get_logger
 from jobs.core.sql import sql
 from jobs.core.states import Outcome, PauseReason
 from jobs.scheduling import lifecycle
@@ -22,11 +30,16 @@ __all__ = [
     "Lease",
     "free_calls_since",
     "nothing_left",
+    "persist",
+    "storable",
     "take_lease",
 ]
 
 # The worker runs them on an AUTOCOMMIT engine to spare the BEGIN and COMMIT round trips; jobs/scheduling/
 # lifecycle.py says why each statement is safe to run again after a connection dropped at its commit.
+
+log = get_logger(__name__)
+T = TypeVar("T")
 
 # A \u0000 escape in JSON text, not preceded by an escaped backslash.
 _JSON_NUL = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")
@@ -47,13 +60,14 @@ _TWIN_IN_FLIGHT = sql(
 )
 
 # Nothing can run now: every request of a running (or cancelling) batch is finished. Requests waiting for a
-# retry, the outage breaker or a cool-down keep a burst worker running.
+# retry, the outage breaker, a cool-down or a remote batch of the batch lane keep a burst worker running (its
+# driver polls the remote batch and stores its lines).
 _NOTHING_LEFT = sql(
     """
     SELECT NOT EXISTS (
         SELECT 1 FROM request r JOIN batch b ON b.id = r.batch_id
-        WHERE b.status IN ({B.IN_PROGRESS}, {B.CANCELLING}) AND r.status IN ({R.PENDING}, {R.RUNNING})
-          AND b.simulated = :simulated
+        WHERE b.status IN ({B.IN_PROGRESS}, {B.CANCELLING})
+          AND r.status IN ({R.PENDING}, {R.RUNNING}, {R.REMOTE}) AND b.simulated = :simulated
     )
     """
 )
@@ -97,7 +111,22 @@ def _call_record(
     )
 
 
-def _storable(body: str, content: str | None) -> tuple[str, str | None]:
+async def persist(what: str, write: Callable[[], Awaitable[T]]) -> T:
+    """Run a database write, retrying through connection failures for a bounded time."""
+    deadline = time.monotonic() + PERSIST_DEADLINE_SECONDS
+    delay = 0.2
+    while True:
+        try:
+            return await write()
+        except (DBAPIError, OSError) as exc:
+            if not connection_lost(exc) or time.monotonic() + delay > deadline:
+                raise
+            log.warning("database write failed; retrying", what=what, error=str(exc), retry_in=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+def storable(body: str, content: str | None) -> tuple[str, str | None]:
     """Postgres cannot store NUL in text or JSONB; a model that emits one still gets its answer stored."""
     if "\\u0000" in body:
         body = _JSON_NUL.sub(r"\1\\ufffd", body)
@@ -127,7 +156,7 @@ class Attempt:
         """Record the attempt, the result and the completed request atomically; False if it was already
         answered."""
         call = _call_record(Outcome.SUCCESS, started_at, latency_ms, success)
-        body, content = _storable(success.raw.decode("utf-8"), success.content)
+        body, content = storable(success.raw.decode("utf-8"), success.content)
         async with self.engine.connect() as conn:
             stored = await lifecycle.record_answer(
                 conn, self.lease, call, body, content, success.finish_reason

@@ -34,6 +34,7 @@ from jobs.scheduling.queue import redis_settings as arq_redis_settings
 from jobs.submission.catalog import load_catalog
 from worker import records
 from worker.account import account_limits
+from worker.batch_api import BatchApiClient
 from worker.context import CONTEXT_KEY, WorkerContext, context
 from worker.dispatch import ClaimingWorker
 from worker.heartbeat import beat_forever, stop_beating
@@ -42,6 +43,7 @@ from worker.metrics_server import MetricsServer
 from worker.openrouter import OpenRouterClient
 from worker.plan import WorkerPlan
 from worker.pricing import PriceBook
+from worker.remote_batches import STOP_WAIT_SECONDS, drive_forever
 from worker.replycheck import ReplyChecker
 from worker.report import where
 from worker.shutdown import GracefulStop, close_worker
@@ -164,6 +166,19 @@ async def _startup(arq_ctx: dict[str, Any]) -> None:
     arq_ctx["feeder"] = asyncio.create_task(_feeder_loop(ctx, arq_ctx["redis"], plan))
     arq_ctx["reporter"] = asyncio.create_task(ctx.report.every())
     arq_ctx["upstream"] = asyncio.create_task(watch_upstream(ctx, arq_ctx["redis"], client))
+    # The batch lane: remote batches of OpenRouter's Batch API, formed, sent, polled and stored.
+    batch_api = BatchApiClient(
+        settings.openrouter_base_url,
+        api_key,
+        timeout=settings.request_timeout,
+        connect_timeout=settings.connect_timeout,
+        app_url=settings.app_url,
+        app_title=settings.app_title,
+    )
+    remote_stop = asyncio.Event()
+    arq_ctx["batch_api"] = batch_api
+    arq_ctx["remote_stop"] = remote_stop
+    arq_ctx["remote"] = asyncio.create_task(drive_forever(ctx, batch_api, plan.only_batch, remote_stop))
     limits = ctx.throttle.limits
     log.info(
         "worker started",
@@ -202,7 +217,29 @@ async def _stop_watching(arq_ctx: dict[str, Any], ctx: WorkerContext) -> None:
         await metrics_server.stop()
 
 
+async def _stop_remote(arq_ctx: dict[str, Any]) -> None:
+    """Let the batch lane's step in hand end (a create in flight is answered and its id stored), bounded."""
+    remote: asyncio.Task[None] | None = arq_ctx.get("remote")
+    stop: asyncio.Event | None = arq_ctx.get("remote_stop")
+    if remote is None or stop is None:
+        return
+    stop.set()
+    try:
+        async with asyncio.timeout(STOP_WAIT_SECONDS):
+            await asyncio.shield(remote)
+    except (TimeoutError, asyncio.CancelledError):
+        remote.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await remote
+    except Exception as exc:  # its failure must not stop the shutdown
+        log.warning("batch lane stopped with an error", error=str(exc))
+    batch_api: BatchApiClient | None = arq_ctx.get("batch_api")
+    if batch_api is not None:
+        await batch_api.aclose()
+
+
 async def _shutdown(arq_ctx: dict[str, Any]) -> None:
+    await _stop_remote(arq_ctx)
     for name in ("feeder", "reporter", "heartbeat", "upstream"):
         background: asyncio.Task[None] | None = arq_ctx.get(name)
         if background is not None:

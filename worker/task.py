@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 from redis.exceptions import RedisError
 from sqlalchemy.exc import DBAPIError
 
-from jobs.core.constants import PERSIST_DEADLINE_SECONDS, REDIS_SPARE_SECONDS
+from jobs.core.constants import REDIS_SPARE_SECONDS
 from jobs.core.db import connection_lost
 from jobs.core.logs import get_logger, redact
 from jobs.core.states import Outcome, PauseReason, RequestStatus
@@ -42,19 +42,8 @@ log = get_logger(__name__)
 T = TypeVar("T")
 
 
-async def _persist(what: str, write: Callable[[], Awaitable[T]]) -> T:
-    """Run a database write, retrying through connection failures for a bounded time."""
-    deadline = time.monotonic() + PERSIST_DEADLINE_SECONDS
-    delay = 0.2
-    while True:
-        try:
-            return await write()
-        except (DBAPIError, OSError) as exc:
-            if not connection_lost(exc) or time.monotonic() + delay > deadline:
-                raise
-            log.warning("database write failed; retrying", what=what, error=str(exc), retry_in=delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+# Database writes retried through connection failures for a bounded time.
+_persist = records.persist
 
 
 @dataclass(slots=True)

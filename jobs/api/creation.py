@@ -188,6 +188,9 @@ async def _asked(state: ApiState, caller: Caller, body: BatchCreate) -> _Asked:
         priority=body.priority,
         replace_models=body.replace_models,
         endpoint=body.endpoint,
+        lane=body.lane,
+        # `auto` leaves the Batch API out of a window too short for a remote batch's 24 h.
+        window_seconds=window,
     )
     async with state.reads.connect() as conn:
         if callback_url is not None:

@@ -42,13 +42,13 @@ __all__ = [
     "openai_status",
 ]
 
-_TALLIES = ("pending", "running", "completed", "failed", "cancelled", "calls")
+_TALLIES = ("pending", "running", "remote", "completed", "failed", "cancelled", "calls")
 _USAGE = ("prompt_tokens", "completion_tokens", "reasoning_tokens", "cached_tokens")
 
 _BATCH_SELECT = f"""
     SELECT b.id, b.status, b.models, b.max_attempts, b.max_cost, b.free_only, b.dedupe, b.metadata, b.priority,
-           b.pause_reason, b.pause_message, b.resume_at, b.created_at, b.started_at, b.finished_at,
-           b.expires_at, b.expired_at, b.cancelling_at, b.total, b.estimate,
+           b.pause_reason, b.pause_message, b.resume_at, b.created_at, b.started_at, b.finished_at, b.lane,
+           b.lane_note, b.expires_at, b.expired_at, b.cancelling_at, b.total, b.estimate,
            a.input_file_id, a.endpoint, a.completion_window, a.errors, a.callback_url, a.finalized_at,
            a.output_file_id, a.error_file_id, a.model, {", ".join(f"t.{c}" for c in (*_TALLIES, *_USAGE, "cost"))}
     FROM api_batch a JOIN batch b ON b.id = a.batch_id
@@ -155,10 +155,15 @@ def _batch(row: Any) -> BatchObject:
             max_cost_usd=None if row.max_cost is None else str(row.max_cost),
             calls=counts["calls"],
             request_counts=OrbatchCounts(
-                pending=counts["pending"], running=counts["running"], cancelled=counts["cancelled"]
+                pending=counts["pending"],
+                running=counts["running"],
+                cancelled=counts["cancelled"],
+                remote=counts["remote"],
             ),
             callback_url=row.callback_url,
             estimate=None if row.estimate is None else BatchEstimate.model_validate(row.estimate),
+            lane=row.lane,
+            lane_note=row.lane_note,
         ),
     )
 

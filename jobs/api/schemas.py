@@ -12,7 +12,7 @@ from typing import Annotated, Generic, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, Strict, StrictBool, StrictInt, StringConstraints
 
 from jobs.api.inputs import NO_NUL, Text
-from jobs.core.states import BatchPriority
+from jobs.core.states import BatchPriority, Lane
 from jobs.formats.input_lines import ENDPOINTS
 
 __all__ = [
@@ -184,6 +184,8 @@ class OrbatchCounts(BaseModel):
     pending: int
     running: int
     cancelled: int
+    # In the batch lane: waiting for, or in, a remote batch of OpenRouter's Batch API.
+    remote: int = 0
 
 
 class CostRange(BaseModel):
@@ -279,6 +281,10 @@ class OrbatchBatch(BaseModel):
     callback_url: str | None = None
     # What the batch was estimated to hold and cost when it was created; null for batches made before it was kept.
     estimate: BatchEstimate | None = None
+    # `live`, `batch` or `auto`: how its requests reach OpenRouter; and what the batch lane said, if anything
+    # (the Batch API not enabled for the key: the batch ran live).
+    lane: str = "live"
+    lane_note: str | None = None
 
 
 class BatchObject(BaseModel):
@@ -387,4 +393,11 @@ class BatchCreate(BaseModel):
         False,
         description="Make no batch: read the file as a create would (the same checks and errors) and answer "
         "what it would cost, a `batch.estimate` object. Nothing is stored or queued.",
+    )
+    lane: Lane = Field(
+        Lane.LIVE,
+        description="`live` calls each request now; `batch` sends them through OpenRouter's Batch API at its "
+        "batch price (about half; minutes to 24 h), what it fails running live; `auto` takes the Batch API for "
+        "requests whose first model has a batch variant when the completion window leaves room for it (26 h or "
+        "more), live calls for the rest.",
     )

@@ -15,7 +15,7 @@ import typer
 
 from jobs.core.errors import BadInput
 from jobs.core.settings import Settings
-from jobs.core.states import BatchPriority
+from jobs.core.states import BatchPriority, Lane
 from jobs.formats.input_lines import body_problem
 from jobs.formats.prompt_template import Template, load_json_schema, load_template_text
 from jobs.submission.choices import batch_options, model_chain
@@ -28,6 +28,7 @@ __all__ = [
     "FreeOnly",
     "InputFile",
     "JsonSchema",
+    "LaneChoice",
     "MaxAttempts",
     "MaxCost",
     "MaxTokens",
@@ -70,6 +71,16 @@ Priority = Annotated[
         "default): the fleet's fair share, between owners and then between an owner's batches. Given for a "
         "file already submitted, it changes that batch's.",
         show_default="normal",
+    ),
+]
+LaneChoice = Annotated[
+    Lane,
+    typer.Option(
+        "--lane",
+        help="live (the default): call OpenRouter for each request now. batch: send the requests through "
+        "OpenRouter's Batch API, at its batch price (about half), answered in minutes to 24 h; what it fails "
+        "or cannot take runs live. auto: the Batch API for requests whose first model has a batch variant, "
+        "live for the rest.",
     ),
 ]
 MaxAttempts = Annotated[int | None, typer.Option(min=1, max=100, help="Failed calls before a request fails.")]
@@ -236,6 +247,7 @@ class SubmitChoices:
     params: Params = None
     metadata: Metadata = None
     priority: Priority = None
+    lane: LaneChoice = Lane.LIVE
 
     def options(self, settings: Settings) -> SubmitOptions:
         """The SubmitOptions they mean, checked; UsageError (or TemplateError) says what is wrong."""
@@ -274,6 +286,7 @@ class SubmitChoices:
             defaults=body_defaults(self.temperature, self.max_tokens, self.params),
             metadata=batch_metadata(self.metadata),
             replace_models=self.replace_models,
+            lane=self.lane,
         )
 
 

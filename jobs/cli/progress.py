@@ -184,14 +184,16 @@ async def snapshot(
     meter.add(time.monotonic(), _done(summary))
     rate = meter.rate
     used = fleet.free_used_today
-    return Snapshot(
-        summary,
-        remaining_free,
-        used,
-        estimate(remaining, remaining_free, rate, fleet.limits, used),
-        rate,
-        fleet.breaker,
-    )
+    eta = estimate(remaining, remaining_free, rate, fleet.limits, used)
+    remote = counts.get(RequestStatus.REMOTE, 0)
+    if remote:
+        # A remote batch answers all at once, when OpenRouter is done with it: no rate foretells it.
+        eta = Estimate(
+            None,
+            f"{remote} requests in remote batches of OpenRouter's Batch API (answered within minutes to 24 h)"
+            + (f"; {eta.reason}" if eta.reason else ""),
+        )
+    return Snapshot(summary, remaining_free, used, eta, rate, fleet.breaker)
 
 
 def needs_action(summary: BatchSummary) -> bool:
@@ -341,6 +343,8 @@ class ProgressView:
             ("failed", failed),
             # Requests being called (or waiting for a slot) now.
             ("running", summary.counts.get(RequestStatus.RUNNING, 0)),
+            # Requests waiting for, or in, a remote batch of the batch lane.
+            ("remote", summary.counts.get(RequestStatus.REMOTE, 0)),
             ("rate", "" if snap.rate is None else f"{snap.rate:.3f}"),
             ("eta_seconds", "0" if finished(summary) else eta),
             ("cost", f"{summary.cost:.6f}"),

@@ -18,6 +18,7 @@ from jobs.cli.simulated import start_simulator
 from jobs.cli.terminal import err as stderr
 from jobs.cli.terminal import estimate_notes, estimate_table, out, say, say_warning
 from jobs.core.settings import Settings
+from jobs.core.states import Lane, RequestStatus
 from jobs.formats.input_lines import LineError
 from jobs.formats.reader import FileSource, Source
 from jobs.formats.record_spool import SpooledRecords, spool_records
@@ -213,4 +214,25 @@ async def take_in_file(
         if report.renamed:
             say(err, renamed_note(report.renamed))
         _say_skipped(err, report.errors, report.invalid)
+        _say_lane(err, summary)
     return taken, summary
+
+
+def _say_lane(err: Console, summary: BatchSummary) -> None:
+    """Which of the batch's requests the batch lane took, when it was asked for."""
+    if summary.lane == Lane.LIVE:
+        return
+    remote = summary.counts.get(RequestStatus.REMOTE, 0)
+    if remote:
+        live = summary.total - remote
+        say(
+            err,
+            f"{remote} requests go through OpenRouter's Batch API (about half price; answered within minutes to "
+            "24 h)" + (f"; {live} run live (their first model has no batch variant)" if live else ""),
+        )
+    else:
+        say(
+            err,
+            "no request's first model has a batch variant in the catalogue (or it could not be read): every "
+            "request runs live",
+        )

@@ -76,8 +76,11 @@ def summary_table(summary: BatchSummary, waiting: str | None = None) -> Table:
         "requests",
         f"{summary.total} total · {counts.get(RequestStatus.COMPLETED, 0)} completed · {counts.get(RequestStatus.FAILED, 0)} failed · "
         f"{counts.get(RequestStatus.PENDING, 0)} pending · {counts.get(RequestStatus.RUNNING, 0)} running"
+        + (f" · {counts[RequestStatus.REMOTE]} in remote batches" if counts.get(RequestStatus.REMOTE) else "")
         + (f" · {counts['cancelled']} cancelled" if counts.get(RequestStatus.CANCELLED) else ""),
     )
+    if summary.lane != "live" or summary.lane_note:
+        table.add_row("lane", Text(summary.lane + (f": {summary.lane_note}" if summary.lane_note else "")))
     table.add_row("attempts", str(summary.attempts))
     table.add_row("tokens", f"{summary.prompt_tokens} prompt · {summary.completion_tokens} completion")
     table.add_row("cost", f"${summary.cost:.6f}")
@@ -100,10 +103,13 @@ def batches_table(summaries: list[BatchSummary]) -> Table:
     return table
 
 
-def _usage_row(table: Table, batch_id: str, model: str, line: UsageLine, style: str | None = None) -> None:
+def _usage_row(
+    table: Table, batch_id: str, model: str, line: UsageLine, style: str | None = None, lane: str = ""
+) -> None:
     table.add_row(
         batch_id,
         Text(model),
+        lane,
         str(line.requests),
         str(line.calls),
         str(line.prompt_tokens),
@@ -116,14 +122,24 @@ def _usage_row(table: Table, batch_id: str, model: str, line: UsageLine, style: 
 
 
 def usage_table(report: UsageReport) -> Table:
-    """Requests, calls, tokens and cost by batch and by the model that served, with totals."""
+    """Requests, calls, tokens and cost by batch, by the model that served and by lane (`live` calls, `batch`
+    lines of OpenRouter's Batch API at its batch price), with totals."""
     table = Table(
-        "batch", "model served", "requests", "calls", "prompt", "completion", "reasoning", "cached", "cost"
+        "batch",
+        "model served",
+        "lane",
+        "requests",
+        "calls",
+        "prompt",
+        "completion",
+        "reasoning",
+        "cached",
+        "cost",
     )
-    for batch_id, models in report.models.items():
-        for model, line in models.items():
-            _usage_row(table, batch_id, model or "(no answer)", line)
-        if len(models) > 1:
+    for batch_id, rows in report.rows.items():
+        for (model, lane), line in rows.items():
+            _usage_row(table, batch_id, model or "(no answer)", line, lane=lane)
+        if len(rows) > 1:
             _usage_row(table, batch_id, "all", report.batches[batch_id], style="bold")
     if len(report.batches) > 1:
         _usage_row(table, "all", "", report.total, style="bold")

@@ -6,6 +6,9 @@ from __future__ import annotations
 __all__ = [
     "API_KEY_PREFIX",
     "API_RATE_KEY",
+    "BATCH_API_MAX_BYTES",
+    "BATCH_API_MAX_REQUESTS",
+    "BATCH_API_WINDOW_SECONDS",
     "BATCH_LIST_DEFAULT",
     "BATCH_LIST_MAX",
     "CALLBACK_ATTEMPTS",
@@ -14,7 +17,9 @@ __all__ = [
     "CALLBACK_TIMEOUT_SECONDS",
     "CHART_READ_SECONDS",
     "CHART_SPANS",
+    "CHAT_ENDPOINT",
     "CREDITED_DAILY_REQUESTS",
+    "EMBEDDINGS_ENDPOINT",
     "EXIT_FAILED_REQUESTS",
     "EXIT_INTERRUPTED",
     "EXIT_SKIPPED_LINES",
@@ -77,6 +82,17 @@ CREDITED_DAILY_REQUESTS = 1000
 
 # OpenRouter answers HTTP 400 to a `models` array with a 4th entry.
 MAX_MODELS_PER_CALL = 3
+
+# --- OpenRouter's Batch API (the batch lane) ------------------------------------------------------------
+# One remote batch holds at most 5,000 requests and 200 MB (OpenRouter's guide); the bytes are counted as
+# decimal megabytes, the smaller reading of "MB".
+BATCH_API_MAX_REQUESTS = 5000
+BATCH_API_MAX_BYTES = 200 * 1000 * 1000
+# A remote batch's only completion window is 24h (some providers run past it, Vertex up to 96 h).
+BATCH_API_WINDOW_SECONDS = 24 * 3600
+# The endpoints a remote batch runs, one per batch; the request lines are that endpoint's bodies.
+CHAT_ENDPOINT = "/v1/chat/completions"
+EMBEDDINGS_ENDPOINT = "/v1/embeddings"
 
 # arq kills a task at its timeout, which must never cut a task that is still within its bounds: the longest
 # throttle wait, the call's own deadline, then its write retried through a database restart, plus this margin.

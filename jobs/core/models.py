@@ -27,7 +27,15 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from jobs.core.sql import literal, sql
-from jobs.core.states import BatchPriority, BatchStatus, Outcome, PauseReason, RequestStatus
+from jobs.core.states import (
+    BatchPriority,
+    BatchStatus,
+    Lane,
+    Outcome,
+    PauseReason,
+    RemoteState,
+    RequestStatus,
+)
 
 __all__ = [
     "ApiBatch",
@@ -43,6 +51,7 @@ __all__ = [
     "MinuteTally",
     "ModelPrice",
     "ModelTally",
+    "RemoteBatch",
     "Request",
     "Result",
     "TriesTally",
@@ -65,6 +74,7 @@ class Batch(Base):
     __table_args__ = (
         _check_in("status", BatchStatus),
         _check_in("priority", BatchPriority),
+        _check_in("lane", Lane),
         CheckConstraint(
             "pause_reason IS NULL OR pause_reason IN ({})".format(", ".join(literal(r) for r in PauseReason)),
             name="pause_reason_known",
@@ -117,6 +127,10 @@ class Batch(Base):
     simulated: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
     # Which batches run first (revision 0010): strict tiers, fair shares within each.
     priority: Mapped[str] = mapped_column(Text, server_default=BatchPriority.NORMAL.value)
+    # How its requests reach OpenRouter (revision 0015): live calls, the Batch API, or each as it can.
+    lane: Mapped[str] = mapped_column(Text, server_default=Lane.LIVE.value)
+    # What the batch lane had to say once (its Batch API not enabled for the key: the batch ran live).
+    lane_note: Mapped[str | None] = mapped_column(Text)
     source_name: Mapped[str | None] = mapped_column(Text)
     source_sha256: Mapped[str | None] = mapped_column(Text)
     total: Mapped[int] = mapped_column(Integer, server_default=text("0"))
@@ -155,6 +169,19 @@ class Request(Base):
         Index("request_running_idx", "lease_expires_at", postgresql_where=sql("status = {R.RUNNING}")),
         Index("request_batch_status_idx", "batch_id", "status"),
         Index("request_fingerprint_idx", "fingerprint", postgresql_where=text("fingerprint IS NOT NULL")),
+        # The batch lane's requests not yet in a remote batch, in line order (revision 0015).
+        Index(
+            "request_remote_waiting_idx",
+            "batch_id",
+            "id",
+            postgresql_where=sql("status = {R.REMOTE} AND remote_batch_id IS NULL"),
+        ),
+        # A remote batch's requests still waiting for its lines.
+        Index(
+            "request_remote_member_idx",
+            "remote_batch_id",
+            postgresql_where=sql("status = {R.REMOTE} AND remote_batch_id IS NOT NULL"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
@@ -184,6 +211,10 @@ class Request(Base):
     fingerprint: Mapped[str | None] = mapped_column(Text)
     # The input record a template was filled from, for `results --format records`; NULL for chat lines.
     record: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    # The remote batch it was last put in (revision 0015); while the request is `remote`, the one that holds it.
+    remote_batch_id: Mapped[int | None] = mapped_column(
+        BigInteger, ForeignKey("remote_batch.id", ondelete="SET NULL")
+    )
 
 
 class Attempt(Base):
@@ -199,6 +230,15 @@ class Attempt(Base):
             "attempt_free_started_idx",
             "started_at",
             postgresql_where=text("models_sent[1] LIKE '%\\:free'"),
+        ),
+        _check_in("lane", Lane),
+        # One attempt per line of a remote batch: a line stored twice is stored once (revision 0015).
+        Index(
+            "attempt_remote_line_key",
+            "remote_batch_id",
+            "request_id",
+            unique=True,
+            postgresql_where=text("remote_batch_id IS NOT NULL"),
         ),
     )
 
@@ -227,6 +267,82 @@ class Attempt(Base):
     error_message: Mapped[str | None] = mapped_column(Text)
     # For a reused answer: the request whose stored result answered this one.
     reused_from: Mapped[int | None] = mapped_column(BigInteger)
+    # `batch` for a line of a remote batch (OpenRouter's Batch API), `live` for a call (revision 0015).
+    lane: Mapped[str] = mapped_column(Text, server_default=Lane.LIVE.value)
+    # The remote batch whose line this is (no foreign key: the record outlives nothing it names).
+    remote_batch_id: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class RemoteBatch(Base):
+    """One batch of OpenRouter's Batch API made for a batch's requests (revision 0015): recorded, with its
+    requests, before the create is sent; its remote id stored as soon as the create is answered."""
+
+    __tablename__ = "remote_batch"
+    __table_args__ = (
+        _check_in("state", RemoteState),
+        Index("remote_batch_batch_idx", "batch_id"),
+        # The rows a driver may take: those not over, by when they are next due.
+        Index(
+            "remote_batch_due_idx",
+            "next_at",
+            postgresql_where=sql("state NOT IN ({S.DONE}, {S.REFUSED})"),
+        ),
+        # At most one create whose answer is unknown per model, endpoint and upstream: a create lost in a crash
+        # is then found again by listing OpenRouter's batches, unmistaken for another of ours.
+        Index(
+            "remote_batch_sending_key",
+            "model",
+            "endpoint",
+            "simulated",
+            unique=True,
+            postgresql_where=sql("state = {S.SENDING}"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    batch_id: Mapped[str] = mapped_column(Text, ForeignKey("batch.id", ondelete="CASCADE"))
+    # Made for a simulated batch: driven only by workers in front of the simulator.
+    simulated: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    # The model id sent as the batch's `model` (the `:batch` variant, or the base id, ORBATCH_BATCH_SLUG).
+    model: Mapped[str] = mapped_column(Text)
+    endpoint: Mapped[str] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(Text, server_default=RemoteState.READY.value)
+    remote_id: Mapped[str | None] = mapped_column(Text, unique=True)
+    # OpenRouter's own status word (validating, in_progress, finalizing, completed, failed, expired, …).
+    remote_status: Mapped[str | None] = mapped_column(Text)
+    total: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    # The size of its `requests`, as stored (an over-estimate of what is sent: JSONB's text has spaces).
+    bytes: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    completed: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    failed: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    # Lines stored as answers, and as failures, from its results.
+    answered: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    line_failures: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    # What OpenRouter says it charged for the whole batch (`usage.cost`), once it ended.
+    cost: Mapped[Decimal | None] = mapped_column(Numeric)
+    provider: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    # When the create was sent: a lost answer is looked for among the batches created after it.
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    submitted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # OpenRouter's deadline for it, and when it ended there.
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # When a driver next looks at it.
+    next_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    # The worker driving it now: one at a time.
+    lease_owner: Mapped[str | None] = mapped_column(Text)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The results page to read next (`next_cursor`), so a restart goes on from there.
+    cursor: Mapped[str | None] = mapped_column(Text)
+    # Its orbatch batch was cancelled: when the cancel was passed on, and whether OpenRouter refused it (403).
+    cancel_sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    cancel_refused: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    # Reads in a row that found it gone (404): a few make it over.
+    misses: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    # The last thing that went wrong with it (OpenRouter's `error.message`, a refused create, …).
+    error: Mapped[str | None] = mapped_column(Text)
 
 
 class ModelPrice(Base):
@@ -279,6 +395,8 @@ class BatchTally(Base):
     completed: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
     failed: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
     cancelled: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    # Requests in the batch lane, waiting for or in a remote batch (revision 0015).
+    remote: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
     # Attempts that ended, except answers reused from another request (those are `reused`).
     calls: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
     reused: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
@@ -290,12 +408,15 @@ class BatchTally(Base):
 
 
 class ModelTally(Base):
-    """A batch's calls, answers, tokens and cost by the model that served ('' for calls with no answer)."""
+    """A batch's calls, answers, tokens and cost by the model that served ('' for calls with no answer) and
+    the lane that took them (live calls, or lines of remote batches)."""
 
     __tablename__ = "batch_model_tally"
 
     batch_id: Mapped[str] = mapped_column(Text, ForeignKey("batch.id", ondelete="CASCADE"), primary_key=True)
     model: Mapped[str] = mapped_column(Text, primary_key=True)
+    # Revision 0015.
+    lane: Mapped[str] = mapped_column(Text, primary_key=True, server_default=Lane.LIVE.value)
     shard: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
     calls: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
     # Requests this model answered (their stored results), and how many of those it answered as a fallback:

@@ -6,11 +6,13 @@ import ipaddress
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from jobs.core.constants import BATCH_API_MAX_BYTES, BATCH_API_MAX_REQUESTS
 from jobs.core.errors import SettingsError
 
 __all__ = [
@@ -111,6 +113,22 @@ class Settings(BaseSettings):
     breaker_5xx_run: int = Field(6, ge=2)
     breaker_probe_base: float = Field(2.0, gt=0)
     breaker_probe_max: float = Field(60.0, gt=0)
+    # The batch lane (OpenRouter's Batch API). The `model` a remote batch is created with: the `:batch` variant
+    # (`variant`; a live report says only those pass) or the base id (`base`, as OpenRouter's own examples do).
+    batch_slug: Literal["variant", "base"] = "variant"
+    # A remote batch holds at most this many requests and bytes of them (OpenRouter's limits: 5,000 and 200 MB).
+    remote_max_requests: int = Field(BATCH_API_MAX_REQUESTS, ge=1, le=BATCH_API_MAX_REQUESTS)
+    remote_max_bytes: int = Field(BATCH_API_MAX_BYTES, ge=1024, le=BATCH_API_MAX_BYTES)
+    # How often a running remote batch is polled: most take minutes, some hours.
+    remote_poll_seconds: float = Field(20.0, gt=0)
+    # A worker drives a remote batch under a lease this long, renewed as it goes; a dead worker's lapses.
+    remote_lease_seconds: float = Field(120.0, ge=1)
+    # A create whose answer was lost (a crash, a cut connection) is looked for among OpenRouter's batches; found
+    # in none this long after it was sent, it never took effect and is sent again. Never less than the create's
+    # own deadline (ORBATCH_REQUEST_TIMEOUT) and a minute: a create still in flight is never taken for lost.
+    remote_lost_create_seconds: float = Field(900.0, gt=0)
+    # Sent as a remote batch's `callback_url` (OpenRouter POSTs it when the batch ends); polling alone suffices.
+    remote_callback_url: str | None = None
     # Where `orbatch run` keeps its embedded Postgres (and the embedded Redis's log) between runs.
     data_dir: Path = Field(
         default_factory=lambda: (

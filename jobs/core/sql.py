@@ -1,7 +1,7 @@
 """SQL text with orbatch's state names filled in from the enums, so a state is renamed or added in one place.
 
-Statements write `{R.PENDING}`, `{B.IN_PROGRESS}`, `{O.IN_FLIGHT}` or `{P.QUOTA}` (request status, batch status,
-attempt outcome, pause reason) where a state goes; `sql()` puts the quoted value there. The values are
+Statements write `{R.PENDING}`, `{B.IN_PROGRESS}`, `{O.IN_FLIGHT}`, `{P.QUOTA}`, `{S.RUNNING}` or `{L.BATCH}`
+(request status, batch status, attempt outcome, pause reason, remote batch state, lane) where a state goes; `sql()` puts the quoted value there. The values are
 literals, not bind parameters, on purpose: the partial indexes (`WHERE status = 'pending'`) only serve a
 query whose predicate names the same literal, which a parameter would hide from the planner.
 """
@@ -13,7 +13,7 @@ import re
 
 from sqlalchemy import TextClause, text
 
-from jobs.core.states import BatchStatus, Outcome, PauseReason, RequestStatus
+from jobs.core.states import BatchStatus, Lane, Outcome, PauseReason, RemoteState, RequestStatus
 
 __all__ = ["literal", "sql", "states"]
 
@@ -22,8 +22,10 @@ _ENUMS: dict[str, type[enum.StrEnum]] = {
     "B": BatchStatus,
     "O": Outcome,
     "P": PauseReason,
+    "S": RemoteState,
+    "L": Lane,
 }
-_NAME = re.compile(r"\{([RBOP])\.([A-Z_]+)\}")
+_NAME = re.compile(r"\{([RBOPSL])\.([A-Z_]+)\}")
 
 
 def literal(value: enum.StrEnum) -> str:

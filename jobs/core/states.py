@@ -8,8 +8,10 @@ __all__ = [
     "TERMINAL_BATCH_STATUSES",
     "BatchPriority",
     "BatchStatus",
+    "Lane",
     "Outcome",
     "PauseReason",
+    "RemoteState",
     "RequestStatus",
 ]
 
@@ -51,10 +53,13 @@ class PauseReason(enum.StrEnum):
 
 
 class RequestStatus(enum.StrEnum):
-    """A request is pending (due at next_attempt_at), running under a lease, or finished."""
+    """A request is pending (due at next_attempt_at), running under a lease, in the batch lane, or finished."""
 
     PENDING = "pending"
     RUNNING = "running"
+    # Taken by the batch lane: waiting for a remote batch (OpenRouter's Batch API) or in one. No live worker
+    # leases it; only its remote batch's line, or that batch ending without one, moves it on.
+    REMOTE = "remote"
     COMPLETED = "completed"
     FAILED = "failed"
     CANCELLED = "cancelled"
@@ -84,3 +89,29 @@ class BatchPriority(enum.StrEnum):
     URGENT = "urgent"
     NORMAL = "normal"
     BACKGROUND = "background"
+
+
+class Lane(enum.StrEnum):
+    """How a batch's requests reach OpenRouter: live calls, OpenRouter's Batch API (about half price, minutes to
+    24 h), or the Batch API for the requests that can wait and have a batch variant (`auto`)."""
+
+    LIVE = "live"
+    BATCH = "batch"
+    AUTO = "auto"
+
+
+class RemoteState(enum.StrEnum):
+    """Where one remote batch (a `remote_batch` row) stands on orbatch's side."""
+
+    # Its requests are chosen; the create is not sent yet.
+    READY = "ready"
+    # The create was sent (or is about to be) and its answer not stored: the remote id may exist unknown to us.
+    SENDING = "sending"
+    # OpenRouter has it (its id stored): polled until it ends.
+    RUNNING = "running"
+    # It ended on OpenRouter's side: its result pages are being stored.
+    COLLECTING = "collecting"
+    # Every line stored, and the requests it left unanswered given back.
+    DONE = "done"
+    # The create was refused (404/403: not enabled for the key; 400/413/422): never created, its requests live.
+    REFUSED = "refused"

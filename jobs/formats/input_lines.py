@@ -11,6 +11,7 @@ import orjson
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
+from jobs.core.constants import CHAT_ENDPOINT, EMBEDDINGS_ENDPOINT
 from jobs.core.errors import BadInput
 from jobs.formats.prompt_template import Template
 
@@ -34,8 +35,8 @@ __all__ = [
 # custom_id is an identifier, not a payload; OpenAI's Batch API uses the same bound.
 MAX_CUSTOM_ID_CHARS = 512
 
-BATCH_URL = "/v1/chat/completions"
-EMBEDDINGS_URL = "/v1/embeddings"
+BATCH_URL = CHAT_ENDPOINT
+EMBEDDINGS_URL = EMBEDDINGS_ENDPOINT
 # The endpoints a batch runs, as OpenAI's Batch API names them (one per batch).
 ENDPOINTS = (BATCH_URL, EMBEDDINGS_URL)
 _ROLES = ("system", "user", "assistant", "tool", "developer")

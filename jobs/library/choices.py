@@ -10,7 +10,7 @@ from pydantic import BaseModel
 
 from jobs.core.errors import BadInput
 from jobs.core.settings import Settings
-from jobs.core.states import BatchPriority
+from jobs.core.states import BatchPriority, Lane
 from jobs.formats.input_lines import body_problem
 from jobs.formats.prompt_template import Template, TemplateError, load_template_text
 from jobs.library.schemas import answer_schema, schema_name
@@ -58,6 +58,7 @@ class Choices:
     metadata: dict[str, str] | None = None
     new: bool = False
     priority: str | None = None
+    lane: str | None = None
     skip_invalid: bool = False
     check_models: bool = True
     simulator: bool = False
@@ -111,6 +112,11 @@ class Choices:
             raise BadInput(
                 f"priority= must be one of {choices}, got {self.priority!r}", param="priority"
             ) from None
+        try:
+            lane = None if self.lane is None else Lane(self.lane)
+        except ValueError:
+            words = ", ".join(x.value for x in Lane)
+            raise BadInput(f"lane= must be one of {words}, got {self.lane!r}", param="lane") from None
         return batch_options(
             settings,
             models=chain,
@@ -126,6 +132,7 @@ class Choices:
             defaults=self._defaults(),
             metadata={str(k): str(v) for k, v in self.metadata.items()} if self.metadata else None,
             replace_models=self.replace_models,
+            lane=lane,
         )
 
     def _defaults(self) -> dict[str, Any]:

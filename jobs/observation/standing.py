@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from jobs.core.errors import NotFound
 from jobs.core.models import Batch, BatchTally
-from jobs.core.states import BatchPriority, RequestStatus
+from jobs.core.states import BatchPriority, Lane, RequestStatus
 
 __all__ = ["BatchNotFound", "BatchSummary", "batch_summary", "list_batches"]
 
@@ -48,6 +48,9 @@ class BatchSummary:
     metadata: dict[str, Any] | None = None
     simulated: bool = False
     priority: str = BatchPriority.NORMAL.value
+    # How its requests reach OpenRouter (`live`, `batch`, `auto`), and what the batch lane said, if anything.
+    lane: str = Lane.LIVE.value
+    lane_note: str | None = None
 
     @property
     def total(self) -> int:
@@ -72,6 +75,8 @@ class BatchSummary:
             "metadata": self.metadata or {},
             "simulated": self.simulated,
             "priority": self.priority,
+            "lane": self.lane,
+            "lane_note": self.lane_note,
             "created_at": self.created_at.isoformat(),
             "started_at": self.started_at.isoformat() if self.started_at else None,
             "finished_at": self.finished_at.isoformat() if self.finished_at else None,
@@ -118,6 +123,8 @@ def _summary(batch: Any, tally: Any) -> BatchSummary:
         metadata=batch.metadata,
         simulated=batch.simulated,
         priority=batch.priority,
+        lane=batch.lane,
+        lane_note=batch.lane_note,
     )
 
 

@@ -17,18 +17,18 @@ from jobs.submission.estimate import Estimate
 
 __all__ = ["QuotaSpender", "UsageLine", "UsageReport", "quota_spenders", "usage_report"]
 
-# From the tallies the triggers keep: a few rows per batch and model, whatever the batch's size.
+# From the tallies the triggers keep: a few rows per batch, model and lane, whatever the batch's size.
 _BY_MODEL = text(
     """
-    SELECT batch_id, model, sum(answers) AS requests, sum(calls) AS calls, sum(reused) AS reused,
+    SELECT batch_id, model, lane, sum(answers) AS requests, sum(calls) AS calls, sum(reused) AS reused,
            sum(prompt_tokens) AS prompt_tokens, sum(completion_tokens) AS completion_tokens,
            sum(reasoning_tokens) AS reasoning_tokens, sum(cached_tokens) AS cached_tokens,
            sum(cost) AS cost, sum(estimated) > 0 AS cost_estimated
     FROM batch_model_tally
     WHERE CAST(:batch_id AS text) IS NULL OR batch_id = :batch_id
-    GROUP BY batch_id, model
+    GROUP BY batch_id, model, lane
     HAVING sum(answers) <> 0 OR sum(calls) <> 0 OR sum(reused) <> 0
-    ORDER BY batch_id, model
+    ORDER BY batch_id, model, lane
     """
 )
 
@@ -76,13 +76,16 @@ class UsageLine:
 
 @dataclass(slots=True)
 class UsageReport:
-    """Totals overall, per batch and per batch and model (the model that served; "" for calls with no answer)."""
+    """Totals overall, per batch, per batch and model (the model that served; "" for calls with no answer), and
+    per batch, model and lane (`live` calls, or `batch`: lines of OpenRouter's Batch API, at its batch price)."""
 
     total: UsageLine = field(default_factory=UsageLine)
     batches: dict[str, UsageLine] = field(default_factory=dict)
     models: dict[str, dict[str, UsageLine]] = field(default_factory=dict)
     # What each batch was estimated to take when it was submitted (none for batches stored before revision 0013).
     estimates: dict[str, Estimate] = field(default_factory=dict)
+    lanes: dict[str, dict[str, UsageLine]] = field(default_factory=dict)
+    rows: dict[str, dict[tuple[str, str], UsageLine]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """The `usage --json` object: each batch's `estimate` is `orbatch estimate --json`'s, or null."""
@@ -96,6 +99,11 @@ class UsageReport:
                     "estimate": None
                     if batch_id not in self.estimates
                     else self.estimates[batch_id].to_json(),
+                    "lanes": {lane: u.to_json() for lane, u in self.lanes[batch_id].items()},
+                    "rows": [
+                        {"model": model, "lane": lane, **u.to_json()}
+                        for (model, lane), u in self.rows[batch_id].items()
+                    ],
                 }
                 for batch_id, line in self.batches.items()
             ],
@@ -122,7 +130,9 @@ async def usage_report(engine: AsyncEngine, batch_id: str | None = None) -> Usag
                 cost=Decimal(row.cost),
                 cost_estimated=bool(row.cost_estimated),
             )
-            report.models.setdefault(row.batch_id, {})[row.model] = line
+            report.rows.setdefault(row.batch_id, {})[(row.model, row.lane)] = line
+            report.models.setdefault(row.batch_id, {}).setdefault(row.model, UsageLine()).add(line)
+            report.lanes.setdefault(row.batch_id, {}).setdefault(row.lane, UsageLine()).add(line)
             report.batches.setdefault(row.batch_id, UsageLine()).add(line)
             report.total.add(line)
         # The batch asked for has its estimate read before any call was made, too.

@@ -44,6 +44,10 @@ _REQUEUE = sql(
 )
 
 _STATUS = sql("SELECT status FROM batch WHERE id = :b")
+# Requests of the batch lane a remote batch holds: a cancel is passed on to them by their driver.
+_IN_REMOTE_BATCHES = sql(
+    "SELECT count(*) FROM request WHERE batch_id = :b AND status = {R.REMOTE} AND remote_batch_id IS NOT NULL"
+)
 
 # A run's own queue is gone: its requests still marked queued are fed again by whoever works the batch next.
 # A new job id (`feeds` + 1): the job a `submit` left in the fleet's queue keeps its id in Redis, and arq refuses
@@ -133,11 +137,20 @@ async def _cancel(engine: AsyncEngine, batch_id: str) -> str:
     async with engine.begin() as conn:
         cancelled = await lifecycle.cancel(conn, batch_id)
         status = (await conn.execute(_STATUS, {"b": batch_id})).scalar()
+        remote = (
+            (await conn.execute(_IN_REMOTE_BATCHES, {"b": batch_id})).scalar() if cancelled.batches else 0
+        )
     if status is None:
         raise BatchNotFound(batch_id)
     if not cancelled.batches:
         return f"already {status}; nothing to cancel"
-    return f"cancelling: {cancelled.requests} queued requests cancelled; calls in flight finish and are kept"
+    said = f"cancelling: {cancelled.requests} queued requests cancelled; calls in flight finish and are kept"
+    if remote:
+        said += (
+            f"; {remote} requests in remote batches: the cancel is passed on to OpenRouter (where the key may "
+            "cancel), and what they still answer is kept, as it is paid"
+        )
+    return said
 
 
 async def retry_failed(engine: AsyncEngine, batch_id: str) -> int:

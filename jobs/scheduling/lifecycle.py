@@ -26,6 +26,7 @@ __all__ = [
     "Cancelled",
     "FailRecord",
     "Lease",
+    "LineCall",
     "Transition",
     "abandon",
     "cancel",
@@ -36,9 +37,13 @@ __all__ = [
     "finalize_batches",
     "give_back",
     "hold_for_run",
+    "lane_off",
     "record_answer",
     "record_failure",
+    "record_line_answer",
+    "record_line_failure",
     "refuse",
+    "release_remote",
     "renew_lease",
     "resume_due_batches",
     "resume_paused",
@@ -79,8 +84,12 @@ TRANSITIONS_TABLE = """
 | request | running | the call is forbidden by the batch's options (a paid model, --free-only) | failed | worker | refuse |
 | request | running | an identical request's stored answer is reused (--dedupe) | completed | worker | reuse |
 | request | running | its lease expired (its worker died): the call in flight is abandoned | pending, cancelled | feeder | expire_leases |
-| request | pending | its batch is cancelled | cancelled | user | cancel |
-| request | pending | its batch expired (swept on every tick for a while after) | cancelled | feeder | cancel_expired_requests |
+| request | remote | its line of a remote batch is an answer (stored as an attempt and a result, as a call's) | completed | worker | record_line_answer |
+| request | remote | its line of a remote batch failed: it goes live, an attempt spent by the retry policy | pending, failed, cancelled | worker | record_line_failure |
+| request | remote | its remote batch ended (or was never created) with no line for it: it goes live, unspent | pending, cancelled | worker | release_remote |
+| request | remote | the Batch API is not enabled for the key (404/403 to a create): the batch runs live | pending, cancelled | worker | lane_off |
+| request | pending, remote | its batch is cancelled (a remote one only while no remote batch holds it) | cancelled | user | cancel |
+| request | pending, remote | its batch expired (remote: not in a remote batch; swept on every tick for a while after) | cancelled | feeder | cancel_expired_requests |
 | request | failed | retry --failed: fresh attempts, the model chain from its start | pending | user | retry_failed |
 | batch | validating | its requests are stored (submit) | in_progress | user | start_batch |
 | batch | in_progress | a failed call parks it (credits, auth) or brings its spend to --max-cost (budget) | paused | worker | record_failure |
@@ -90,10 +99,10 @@ TRANSITIONS_TABLE = """
 | batch | paused | resume (with a higher --max-cost, if given) | in_progress | user | resume_paused |
 | batch | paused | its resume_at passed (the quota's day turned, a park's wait is over) | in_progress | feeder | resume_due_batches |
 | batch | validating, in_progress, paused | cancel: no new call starts; cancelled at once when none runs | cancelling, cancelled | user | cancel |
-| batch | in_progress, cancelling | nothing left pending or running | completed, cancelled | feeder | finalize_batches |
+| batch | in_progress, cancelling | nothing left pending, running or remote | completed, cancelled | feeder | finalize_batches |
 | batch | completed, in_progress | retry --failed found failed requests to run again | in_progress | user | retry_failed |
 | batch | validating, in_progress, paused | past its completion window (batches made through the API) | expired | feeder | expire_batches |
-| batch | completed, failed, cancelled, paused | delete, when no call runs: the batch and every row of it go | deleted | user | delete |
+| batch | completed, failed, cancelled, paused | delete, when no call and no remote batch runs: the batch and every row of it go | deleted | user | delete |
 """
 
 # What a deleted batch becomes in the table: it is no state, the row is gone.
@@ -136,6 +145,11 @@ BIRTHS: tuple[tuple[Subject, str, str], ...] = (
     ("batch", BatchStatus.VALIDATING, "jobs.submission.submit.submit_source: a submit stores its requests"),
     ("request", RequestStatus.PENDING, "jobs.submission.submit.submit_source: one per valid input line"),
     (
+        "request",
+        RequestStatus.REMOTE,
+        "jobs.submission.submit.submit_source: a line the batch lane takes (--lane batch, or auto's pick)",
+    ),
+    (
         "batch",
         BatchStatus.FAILED,
         "jobs.api.creation._failed_batch: an API batch whose input file failed validation",
@@ -149,19 +163,27 @@ BIRTHS: tuple[tuple[Subject, str, str], ...] = (
 # the statement's transition tables (a bulk cancel of a million requests is one aggregate); 0007
 # (migrations/versions/0007_api.py) the row-level one on a batch's status.
 TRIGGERS: dict[str, str] = {
-    "orbatch_request_tally_insert": "0006: new requests: batch_tally counts by status, tries per finished request",
+    "orbatch_request_tally_insert": (
+        "0006, 0015: new requests: batch_tally counts by status (`remote` since 0015), tries per finished request"
+    ),
     "orbatch_request_tally_update": (
         "0006: every request status change above: batch_tally counts move from `was` to `became`, failed requests "
         "by minute (batch_minute_tally), tries per finished request (batch_tries_tally)"
     ),
     "orbatch_request_tally_delete": "0006: requests of a batch that remains: their counts and tries come off",
-    "orbatch_attempt_tally_insert": "0006: an attempt born finished: calls, tokens, cost by batch, model, minute; errors",
+    "orbatch_attempt_tally_insert": (
+        "0006, 0015: an attempt born finished (a reuse, a remote batch's line): calls, tokens, cost by batch, "
+        "model and lane (0015), minute; errors"
+    ),
     "orbatch_attempt_tally_update": (
-        "0006: an attempt leaving in_flight (or rewritten: abandoned, then answered late) counts once, by batch, "
+        "0006, 0015 (by lane too): an attempt leaving in_flight (or rewritten: abandoned, then answered late) counts once, by batch, "
         "model and minute; its error by code"
     ),
     "orbatch_attempt_tally_delete": "0006: an unfired attempt taken back (give_back, refuse): its counts come off",
-    "orbatch_result_tally_insert": "0006: an answer: answers and fallbacks by model, answers by minute",
+    "orbatch_result_tally_insert": (
+        "0006, 0015: an answer: answers and fallbacks by model and its attempt's lane (a `:batch` variant's "
+        "answer is no fallback from its base model), answers by minute"
+    ),
     "orbatch_result_tally_delete": "0006: an answer deleted with its batch: its counts come off",
     "orbatch_batch_status_times": (
         "0007: before a batch's status changes: stamps cancelling_at and expired_at; a batch that runs again "
@@ -471,6 +493,127 @@ _REUSE = sql(
     """
 )
 
+
+# ============================================================================================================
+# The batch lane's statements (worker/remote_batches.py): a request in a remote batch of OpenRouter's Batch API
+# is `remote`, which no lease takes, until its line is stored or its remote batch ends without one. Each acts
+# only on a request still `remote` in the remote batch named, so a page of lines stored twice (a driver that
+# lost its lease, a restart) stores each line once, and nothing that went live is touched again.
+# ============================================================================================================
+
+# A request the batch lane gives up on would never run in a batch that stopped: it is cancelled instead.
+_STOPPED = "b.status IN ({B.CANCELLING}, {B.CANCELLED}, {B.EXPIRED})"
+
+# The attempt row of one line, born finished, numbered after the request's calls, in the batch lane.
+_LINE_ATTEMPT = """
+    attempt_row AS (
+        INSERT INTO attempt (request_id, batch_id, number, started_at, finished_at, worker, models_sent, outcome,
+                             latency_ms, http_status, model, provider, generation_id, prompt_tokens,
+                             completion_tokens, reasoning_tokens, cached_tokens, cost, cost_estimated, error_code,
+                             error_message, lane, remote_batch_id)
+        SELECT m.id, m.batch_id, m.number, coalesce(CAST(:started_at AS timestamptz), now()), now(), :owner,
+               CAST(:models_sent AS text[]), :outcome, :latency_ms, :http_status, :model, :provider,
+               :generation_id, :prompt_tokens, :completion_tokens, :reasoning_tokens, :cached_tokens, :cost,
+               :cost_estimated, :error_code, :error_message, {L.BATCH}, :remote_batch_id
+        FROM member m
+        ON CONFLICT (remote_batch_id, request_id) WHERE remote_batch_id IS NOT NULL DO NOTHING
+        RETURNING id, coalesce(cost, 0) AS cost
+    )"""
+
+_LINE_MEMBER = """
+    member AS (
+        SELECT r.id, r.batch_id, r.attempts + 1 AS number FROM request r
+        WHERE r.id = :request_id AND r.status = {R.REMOTE} AND r.remote_batch_id = :remote_batch_id
+        FOR UPDATE
+    )"""
+
+# A line answered: the attempt, the result and the completed request in one statement, its cost spent (a capped
+# batch may pause on it: the lines are paid whatever happens).
+_LINE_ANSWER = sql(
+    f"""
+    WITH {_LINE_MEMBER},
+    {_LINE_ATTEMPT},
+    completed AS (
+        UPDATE request r SET status = {{R.COMPLETED}}, attempts = m.number, finished_at = now(),
+               lease_owner = NULL, lease_expires_at = NULL, enqueued_at = NULL, last_error = NULL
+        FROM member m
+        WHERE r.id = m.id AND r.status = {{R.REMOTE}} AND EXISTS (SELECT 1 FROM attempt_row)
+        RETURNING r.id
+    ),
+    s AS (SELECT cost, false AS park FROM attempt_row),
+    {_BATCH_AFTER_CALL}
+    INSERT INTO result (request_id, attempt_id, body, content, finish_reason, model)
+    SELECT completed.id, attempt_row.id, CAST(:body AS jsonb), :content, :finish_reason, :model
+    FROM completed, attempt_row
+    ON CONFLICT (request_id) DO NOTHING
+    RETURNING request_id
+    """  # noqa: S608 - built from this module's constants; values are bound parameters
+)
+
+# A line failed (or its answer is unusable): recorded as a failed call of the request's first model, and the
+# request goes live as the retry policy says (`:status`: pending, or failed when its attempts are spent).
+_LINE_FAILURE = sql(
+    f"""
+    WITH {_LINE_MEMBER},
+    {_LINE_ATTEMPT},
+    moved AS (
+        UPDATE request r SET
+               status = CASE WHEN :status = {{R.PENDING}} AND {_STOPPED} THEN {{R.CANCELLED}} ELSE :status END,
+               attempts = m.number, failures = :failures, chain_pos = :chain_pos,
+               next_attempt_at = now() + make_interval(secs => :delay_seconds), last_error = :error_message,
+               enqueued_at = NULL,
+               finished_at = CASE WHEN :status <> {{R.PENDING}} OR {_STOPPED} THEN now() END
+        FROM member m, batch b
+        WHERE r.id = m.id AND b.id = r.batch_id AND r.status = {{R.REMOTE}} AND EXISTS (SELECT 1 FROM attempt_row)
+        RETURNING r.status
+    ),
+    s AS (SELECT coalesce((SELECT cost FROM attempt_row), 0) AS cost, false AS park),
+    {_BATCH_AFTER_CALL}
+    SELECT (SELECT status FROM moved) AS status
+    """  # noqa: S608 - built from this module's constants; values are bound parameters
+)
+
+# A remote batch ended (completed, failed, expired, cancelled, gone) and every page of its lines was stored, or
+# it was never created (refused, or not found after a lost create): its requests still waiting go live, with
+# none of their attempts spent (no line of theirs was answered or billed), or are cancelled in a stopped batch.
+_RELEASE_REMOTE = sql(
+    f"""
+    WITH target AS (
+        SELECT id FROM request WHERE remote_batch_id = :remote_batch_id AND status = {{R.REMOTE}}
+        ORDER BY id FOR UPDATE
+    )
+    UPDATE request r SET status = CASE WHEN {_STOPPED} THEN {{R.CANCELLED}} ELSE {{R.PENDING}} END,
+           finished_at = CASE WHEN {_STOPPED} THEN now() END, next_attempt_at = now(), enqueued_at = NULL,
+           last_error = :reason
+    FROM target, batch b
+    WHERE r.id = target.id AND b.id = r.batch_id AND r.status = {{R.REMOTE}}
+    RETURNING r.id
+    """  # noqa: S608 - built from this module's constants; values are bound parameters
+)
+
+# A create answered 404 or 403: OpenRouter's Batch API is not enabled for the key. Every request of the batch in
+# the lane that no created remote batch holds goes live; the batch keeps a note of why, set once, so it is said
+# once (the caller marks the refused remote batch, and those not sent, `refused` in the same transaction).
+_LANE_OFF = sql(
+    f"""
+    WITH noted AS (
+        UPDATE batch SET lane_note = :note WHERE id = :batch_id AND lane_note IS NULL RETURNING id
+    ), target AS (
+        SELECT r.id FROM request r LEFT JOIN remote_batch rb ON rb.id = r.remote_batch_id
+        WHERE r.batch_id = :batch_id AND r.status = {{R.REMOTE}}
+          AND (r.remote_batch_id IS NULL OR rb.state IN ({{S.READY}}, {{S.REFUSED}}))
+        ORDER BY r.id FOR UPDATE OF r
+    ), released AS (
+        UPDATE request r SET status = CASE WHEN {_STOPPED} THEN {{R.CANCELLED}} ELSE {{R.PENDING}} END,
+               finished_at = CASE WHEN {_STOPPED} THEN now() END, next_attempt_at = now(), enqueued_at = NULL
+        FROM target, batch b
+        WHERE r.id = target.id AND b.id = r.batch_id AND r.status = {{R.REMOTE}}
+        RETURNING r.id
+    )
+    SELECT (SELECT count(*) FROM noted) AS noted, (SELECT count(*) FROM released) AS released
+    """  # noqa: S608 - built from this module's constants; values are bound parameters
+)
+
 # ============================================================================================================
 # The feeder's statements: the recovery path for what a worker did not finish, and the end of a batch.
 # ============================================================================================================
@@ -515,14 +658,16 @@ _RESUME_DUE_BATCHES = sql(
     """
 )
 
-# A batch with nothing left to run is done: completed, or cancelled when it was cancelling.
+# A batch with nothing left to run is done: completed, or cancelled when it was cancelling. A request in the
+# batch lane is not done until its remote batch's line is stored or that batch ends without one.
 _FINALIZE = sql(
     """
     UPDATE batch b SET status = CASE WHEN b.status = {B.CANCELLING} THEN {B.CANCELLED} ELSE {B.COMPLETED} END,
            finished_at = now()
     WHERE b.status IN ({B.IN_PROGRESS}, {B.CANCELLING})
       AND NOT EXISTS (
-          SELECT 1 FROM request r WHERE r.batch_id = b.id AND r.status IN ({R.PENDING}, {R.RUNNING})
+          SELECT 1 FROM request r
+          WHERE r.batch_id = b.id AND r.status IN ({R.PENDING}, {R.RUNNING}, {R.REMOTE})
       )
     RETURNING b.id
     """
@@ -541,18 +686,20 @@ _EXPIRE_BATCHES = sql(
 )
 
 # Calls in flight at expiry end as they would; one that would run its request again puts it back to pending,
-# so requests of lately expired batches are cancelled on every tick, not only at the moment of expiry.
+# so requests of lately expired batches are cancelled on every tick, not only at the moment of expiry. A request
+# of the batch lane that no remote batch holds yet is cancelled too; one in a remote batch waits for its line.
 _CANCEL_EXPIRED_REQUESTS = sql(
     """
     WITH target AS (
         SELECT r.id FROM request r JOIN batch b ON b.id = r.batch_id
         WHERE b.status = {B.EXPIRED} AND b.expired_at > now() - make_interval(secs => :sweep)
-          AND r.status = {R.PENDING}
+          AND (r.status = {R.PENDING} OR (r.status = {R.REMOTE} AND r.remote_batch_id IS NULL))
         ORDER BY r.id FOR UPDATE OF r
     )
     UPDATE request r SET status = {R.CANCELLED}, finished_at = now(), enqueued_at = NULL,
            last_error = 'batch_expired'
-    FROM target WHERE r.id = target.id AND r.status = {R.PENDING}
+    FROM target WHERE r.id = target.id
+      AND (r.status = {R.PENDING} OR (r.status = {R.REMOTE} AND r.remote_batch_id IS NULL))
     """
 )
 
@@ -591,7 +738,9 @@ _HOLD_FOR_RUN = sql(
 )
 
 # No new call starts for a cancelling batch; calls in flight finish and are kept, then the feeder marks
-# the batch cancelled (at once, when nothing was in flight: `_CANCELLED_IF_IDLE`).
+# the batch cancelled (at once, when nothing was in flight: `_CANCELLED_IF_IDLE`). Requests of the batch lane
+# that no remote batch holds yet are cancelled with the pending ones; a remote batch's are left to its driver,
+# which passes the cancel on to OpenRouter (where allowed) and stores whatever it still answers, as it is paid.
 _CANCEL = sql(
     """
     WITH batch_row AS (
@@ -600,10 +749,12 @@ _CANCEL = sql(
         RETURNING id
     ), target AS (
         SELECT r.id FROM request r JOIN batch_row ON r.batch_id = batch_row.id
-        WHERE r.status = {R.PENDING} ORDER BY r.id FOR UPDATE OF r
+        WHERE r.status = {R.PENDING} OR (r.status = {R.REMOTE} AND r.remote_batch_id IS NULL)
+        ORDER BY r.id FOR UPDATE OF r
     ), cancelled AS (
         UPDATE request r SET status = {R.CANCELLED}, finished_at = now(), enqueued_at = NULL
-        FROM target WHERE r.id = target.id AND r.status = {R.PENDING}
+        FROM target WHERE r.id = target.id
+          AND (r.status = {R.PENDING} OR (r.status = {R.REMOTE} AND r.remote_batch_id IS NULL))
         RETURNING r.id
     )
     SELECT (SELECT count(*) FROM batch_row) AS batches, (SELECT count(*) FROM cancelled) AS requests
@@ -614,7 +765,9 @@ _CANCELLED_IF_IDLE = sql(
     """
     UPDATE batch SET status = {B.CANCELLED}, finished_at = now()
     WHERE id = :batch_id AND status = {B.CANCELLING}
-      AND NOT EXISTS (SELECT 1 FROM request WHERE batch_id = :batch_id AND status IN ({R.PENDING}, {R.RUNNING}))
+      AND NOT EXISTS (
+          SELECT 1 FROM request WHERE batch_id = :batch_id AND status IN ({R.PENDING}, {R.RUNNING}, {R.REMOTE})
+      )
     """
 )
 
@@ -636,12 +789,17 @@ _RETRY_FAILED = sql(
     """
 )
 
-# Only a batch that no call is running for goes: its requests, attempts, results and tallies with it.
+# Only a batch that no call is running for goes: its requests, attempts, results and tallies with it. A remote
+# batch that may exist on OpenRouter's side (sent, not over) holds it too: its lines are paid and are stored.
 _DELETE = sql(
     """
     DELETE FROM batch b WHERE b.id = :batch_id
       AND b.status IN ({B.COMPLETED}, {B.FAILED}, {B.CANCELLED}, {B.PAUSED})
       AND NOT EXISTS (SELECT 1 FROM request r WHERE r.batch_id = b.id AND r.status = {R.RUNNING})
+      AND NOT EXISTS (
+          SELECT 1 FROM remote_batch rb
+          WHERE rb.batch_id = b.id AND rb.state IN ({S.SENDING}, {S.RUNNING}, {S.COLLECTING})
+      )
     RETURNING b.total
     """
 )
@@ -658,6 +816,10 @@ STATUS_STATEMENTS: dict[str, tuple[TextClause, ...]] = {
     "refuse": (_REFUSE,),
     "reuse": (_REUSE,),
     "expire_leases": (_EXPIRE_LEASES,),
+    "record_line_answer": (_LINE_ANSWER,),
+    "record_line_failure": (_LINE_FAILURE,),
+    "release_remote": (_RELEASE_REMOTE,),
+    "lane_off": (_LANE_OFF,),
     "resume_due_batches": (_RESUME_DUE_BATCHES,),
     "finalize_batches": (_FINALIZE,),
     "expire_batches": (_EXPIRE_BATCHES,),
@@ -822,6 +984,77 @@ async def reuse(conn: AsyncConnection, lease: Lease, owner: str) -> bool:
         "owner": owner,
     }
     return (await conn.execute(_REUSE, params)).one_or_none() is not None
+
+
+# --- the batch lane (a remote batch's driver) -----------------------------------------------------------------
+
+
+@dataclass(slots=True, frozen=True)
+class LineCall:
+    """One line of a remote batch as its attempt records it: the request, the remote batch, the model sent."""
+
+    request_id: int
+    batch_id: str
+    remote_batch_id: int
+    model_sent: str
+    owner: str
+    call: CallRecord
+
+    def params(self) -> dict[str, Any]:
+        """The bind parameters the line statements share."""
+        params = self.call.params(0)
+        del params["attempt_id"]
+        params.update(
+            request_id=self.request_id,
+            batch_id=self.batch_id,
+            remote_batch_id=self.remote_batch_id,
+            models_sent=[self.model_sent],
+            owner=self.owner,
+            park_reason=None,
+            resume_at=None,
+        )
+        return params
+
+
+async def record_line_answer(
+    conn: AsyncConnection, line: LineCall, body: str, content: str | None, finish_reason: str | None
+) -> bool:
+    """remote -> completed with its result, the line recorded as an attempt; False when the request is no longer
+    waiting in that remote batch (its line was stored already)."""
+    params = line.params()
+    params.update(body=body, content=content, finish_reason=finish_reason)
+    return (await conn.execute(_LINE_ANSWER, params)).one_or_none() is not None
+
+
+async def record_line_failure(
+    conn: AsyncConnection,
+    line: LineCall,
+    *,
+    status: RequestStatus,
+    failures: int,
+    chain_pos: int,
+    delay_seconds: float,
+) -> str | None:
+    """remote -> `status` (pending: live, due after `delay_seconds`; failed), the failed line recorded as an
+    attempt (cancelled when its batch stopped); the status it took, None when it was not waiting there."""
+    params = line.params()
+    params.update(status=status.value, failures=failures, chain_pos=chain_pos, delay_seconds=delay_seconds)
+    moved = (await conn.execute(_LINE_FAILURE, params)).scalar_one_or_none()
+    return None if moved is None else str(moved)
+
+
+async def release_remote(conn: AsyncConnection, remote_batch_id: int, reason: str | None) -> int:
+    """remote -> pending (live, unspent) for the requests a remote batch left without a line, or cancelled in a
+    stopped batch; how many."""
+    params = {"remote_batch_id": remote_batch_id, "reason": reason}
+    return len((await conn.execute(_RELEASE_REMOTE, params)).all())
+
+
+async def lane_off(conn: AsyncConnection, batch_id: str, note: str) -> tuple[bool, int]:
+    """The Batch API is not enabled for the key: the batch's requests in the lane that no created remote batch
+    holds go live. (Whether this call set the batch's note, so the caller says it once; how many went live.)"""
+    row = (await conn.execute(_LANE_OFF, {"batch_id": batch_id, "note": note})).one()
+    return bool(row.noted), int(row.released)
 
 
 # --- the feeder -----------------------------------------------------------------------------------------------

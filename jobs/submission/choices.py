@@ -6,7 +6,7 @@ from decimal import Decimal
 from typing import Any
 
 from jobs.core.settings import Settings
-from jobs.core.states import BatchPriority
+from jobs.core.states import BatchPriority, Lane
 from jobs.formats.input_lines import parse_models
 from jobs.formats.prompt_template import Template
 from jobs.submission.submit import SubmitOptions
@@ -41,6 +41,8 @@ def batch_options(
     owner: str | None = None,
     replace_models: bool = False,
     endpoint: str | None = None,
+    lane: Lane | None = None,
+    window_seconds: int | None = None,
 ) -> SubmitOptions:
     """The options of a batch from choices already checked by the surface that took them; a setting fills
     what was not chosen (ORBATCH_MAX_ATTEMPTS)."""
@@ -60,4 +62,6 @@ def batch_options(
         priority=priority,
         replace_models=replace_models,
         endpoint=endpoint,
+        lane=lane or Lane.LIVE,
+        window_seconds=window_seconds,
     )

@@ -19,12 +19,13 @@ from jobs.core.errors import BadInput
 from jobs.core.logs import get_logger
 from jobs.core.models import Batch
 from jobs.core.sql import sql
-from jobs.core.states import BatchPriority, BatchStatus
+from jobs.core.states import BatchPriority, BatchStatus, Lane
 from jobs.formats.input_lines import EMBEDDINGS_URL, LineError, free_only_problem, parse_line, parse_record
 from jobs.formats.prompt_template import Template
 from jobs.formats.reader import DamagedGzip, FileSource, Source, read_lines
 from jobs.formats.tokens import TokenCounter, completion_cap
 from jobs.scheduling import lifecycle
+from jobs.submission.lanes import auto_has_room, batch_models
 from jobs.submission.model_names import model_names
 
 __all__ = [
@@ -117,6 +118,11 @@ class SubmitOptions:
     replace_models: bool = False
     # The endpoint every line must be for (the API's `endpoint`); None: the first line's.
     endpoint: str | None = None
+    # How the requests reach OpenRouter: live calls, OpenRouter's Batch API (`batch`), or the Batch API for the
+    # requests whose first model has a batch variant when the completion window leaves room (`auto`).
+    lane: Lane = Lane.LIVE
+    # The batch's completion window (an API batch's), which `auto` must leave room in; None: none.
+    window_seconds: int | None = None
 
     def identity(self) -> dict[str, Any]:
         """The options that make a batch what it is: the same file with these gives the same batch."""
@@ -134,7 +140,19 @@ class SubmitOptions:
             **({"simulated": True} if self.simulated else {}),
             **({"defaults": self.defaults} if self.defaults else {}),
             **({"replace_models": True} if self.replace_models else {}),
+            # Another lane is another batch: the same file run live and at the batch price are two runs.
+            **({"lane": self.lane.value} if self.lane is not Lane.LIVE else {}),
         }
+
+    def lane_takes(self) -> tuple[bool, list[str]]:
+        """Which requests are born in the batch lane: all of them (`batch`), or those whose chain's first model
+        is one of the list (`auto`: the models with a batch variant in the catalogue, when the window leaves
+        room; none when the catalogue could not be read)."""
+        if self.lane is Lane.BATCH:
+            return True, []
+        if self.lane is Lane.AUTO and self.known_models is not None and auto_has_room(self.window_seconds):
+            return False, sorted(batch_models(self.known_models))
+        return False, []
 
 
 @dataclass(slots=True)
@@ -588,6 +606,7 @@ async def submit_source(
                 metadata_=options.metadata,
                 source_sha256=sha256,
                 priority=options.priority or BatchPriority.NORMAL,
+                lane=options.lane,
             )
         )
         gathered = _Gathered(endpoint=options.endpoint)
@@ -595,13 +614,17 @@ async def submit_source(
         # ON CONFLICT only when there are duplicates to skip: its speculative insertion costs a third of the
         # INSERT's time on a million rows, and a new batch has no other rows to conflict with.
         on_conflict = " ON CONFLICT (batch_id, custom_id) DO NOTHING" if duplicates else ""
+        # A request the batch lane takes is born `remote`: no live worker ever leases it.
+        every, first_models = options.lane_takes()
         inserted = await conn.execute(
-            text(
-                "INSERT INTO request (batch_id, custom_id, line_no, body, models, fingerprint, record)"  # noqa: S608 - SQL built from constants; every value is a bind parameter
-                " SELECT :batch_id, custom_id, line_no, body, models, fingerprint, record"
+            sql(
+                "INSERT INTO request (batch_id, custom_id, line_no, body, models, fingerprint, record, status)"  # noqa: S608 - SQL built from constants; every value is a bind parameter
+                " SELECT :batch_id, custom_id, line_no, body, models, fingerprint, record,"
+                " CASE WHEN :every OR (coalesce(models, CAST(:chain AS text[])))[1] = ANY(CAST(:firsts AS text[]))"
+                " THEN {R.REMOTE} ELSE {R.PENDING} END"
                 " FROM orbatch_staging ORDER BY line_no" + on_conflict
             ),
-            {"batch_id": batch_id},
+            {"batch_id": batch_id, "every": every, "chain": options.models, "firsts": first_models},
         )
         total = inserted.rowcount
         if total == 0:

@@ -37,7 +37,7 @@ __all__ = [
 # Batches whose chart rows an instance keeps at once; past this the memory is emptied and refills.
 CHART_MEMORY_BATCHES = 256
 
-_COUNTS = ("pending", "running", "completed", "failed", "cancelled")
+_COUNTS = ("pending", "running", "remote", "completed", "failed", "cancelled")
 
 # The batches of a page (`page`: their ids and the time they are listed by), each with its summed tally, the
 # requests it finished over the last few whole minutes (its rate), and whether only free models answered it
@@ -198,8 +198,8 @@ class BatchLine:
 
     @property
     def remaining(self) -> int:
-        """Requests still to finish."""
-        return self.counts["pending"] + self.counts["running"]
+        """Requests still to finish (those in remote batches of the batch lane too)."""
+        return self.counts["pending"] + self.counts["running"] + self.counts.get("remote", 0)
 
 
 def _line(row: Any) -> BatchLine:
