@@ -449,3 +449,30 @@ async def test_orbatch_run_with_the_batch_lane_writes_every_answer_from_the_remo
     assert all(a["response"]["body"]["model"] == "sim/echo:batch" for a in answers)
     assert len(await simulator.batches()) == 1
     assert await simulator.calls() == []
+
+
+async def test_an_embeddings_file_goes_through_the_batch_lane_at_half_the_live_price(
+    env: dict[str, str], engine: AsyncEngine, simulator: Simulator, tmp_path: Path
+) -> None:
+    env = {**env, **LANE_ENV}
+    vectors = [{"custom_id": f"v{i}", "input": [f"text {i}", f"title {i}"]} for i in range(4)]
+    path = write_jsonl(tmp_path / "vectors.jsonl", vectors)
+    live = run_cli(env, "run", str(path), "-o", str(tmp_path / "live.jsonl"), "--models", "sim/embed")
+    assert live.returncode == 0, live.stderr
+    done = run_cli(
+        env, "run", str(path), "-o", str(tmp_path / "out.jsonl"), "--models", "sim/embed", "--lane", "batch"
+    )
+    assert done.returncode == 0, done.stderr
+    [remote] = await simulator.batches()
+    assert (remote["endpoint"], remote["model"]) == ("/v1/embeddings", "sim/embed:batch")
+    answers = {
+        a["custom_id"]: a for a in map(orjson.loads, (tmp_path / "out.jsonl").read_bytes().splitlines())
+    }
+    assert set(answers) == {f"v{i}" for i in range(4)}
+    assert all([d["index"] for d in a["response"]["body"]["data"]] == [0, 1] for a in answers.values())
+    # Only the first run called live; the same vectors came back at half its price.
+    assert len(await simulator.calls()) == 4
+    costs = {
+        lane: cost for lane, cost in await rows(engine, "SELECT lane, sum(cost) FROM attempt GROUP BY lane")
+    }
+    assert costs["live"] == 2 * costs["batch"] > 0
