@@ -18,6 +18,7 @@ from jobs.formats.prompt_template import Template
 __all__ = [
     "BATCH_URL",
     "EMBEDDINGS_URL",
+    "EMBEDDING_PARAMS",
     "ENDPOINTS",
     "FREE_ONLY_REFUSED_FIELDS",
     "LineError",
@@ -246,6 +247,10 @@ _EMBEDDING_PARAMS: dict[str, tuple[tuple[type, ...], str]] = {
     "input_type": ((str,), "a string"),
     "provider": ((dict,), "an object"),
 }
+
+
+# The parameters an embeddings request takes besides `model` and `input`.
+EMBEDDING_PARAMS = frozenset(_EMBEDDING_PARAMS)
 
 
 def _check_input(value: Any) -> None:

@@ -20,7 +20,14 @@ from jobs.core.logs import get_logger
 from jobs.core.models import Batch
 from jobs.core.sql import sql
 from jobs.core.states import BatchPriority, BatchStatus, Lane
-from jobs.formats.input_lines import EMBEDDINGS_URL, LineError, free_only_problem, parse_line, parse_record
+from jobs.formats.input_lines import (
+    EMBEDDING_PARAMS,
+    EMBEDDINGS_URL,
+    LineError,
+    free_only_problem,
+    parse_line,
+    parse_record,
+)
 from jobs.formats.prompt_template import Template
 from jobs.formats.reader import DamagedGzip, FileSource, Source, read_lines
 from jobs.formats.tokens import TokenCounter, completion_cap
@@ -345,10 +352,14 @@ def _row(
     if gathered.endpoint is None:
         gathered.endpoint = parsed.endpoint
     elif parsed.endpoint != gathered.endpoint:
+        if options.endpoint is not None:
+            # The batch was asked for one endpoint (the API's `endpoint`): the file may well be all of the other.
+            detail = f"create the batch with endpoint {parsed.endpoint!r} for a file of such requests"
+        else:
+            detail = "a batch runs one endpoint; submit the two kinds as two files"
         raise LineError(
             line_no,
-            f"a {parsed.endpoint} request in a batch of {gathered.endpoint} requests (a batch runs one endpoint;"
-            " submit the two kinds as two files)",
+            f"a {parsed.endpoint} request in a batch of {gathered.endpoint} requests ({detail})",
             "invalid_url",
         )
     if (parsed.models is None or options.replace_models) and not options.models:
@@ -364,6 +375,15 @@ def _row(
             models = resolve_models(models, options, gathered.renamed)
         except ValueError as exc:
             raise LineError(line_no, str(exc), "invalid_model") from None
+    if options.defaults and parsed.endpoint == EMBEDDINGS_URL:
+        unfit = sorted(set(options.defaults) - EMBEDDING_PARAMS)
+        if unfit:
+            raise LineError(
+                line_no,
+                f"{', '.join(repr(k) for k in unfit)} given for every request (--temperature, --max-tokens, "
+                "--param) does not apply to an embeddings request; leave it out for an embeddings file",
+                "invalid_request",
+            )
     body = {**options.defaults, **parsed.body} if options.defaults else parsed.body
     if options.free_only:
         problem = free_only_problem(body)

@@ -120,6 +120,12 @@ def test_a_file_mixing_chat_and_embeddings_lines_is_refused_naming_the_line(
     alone = run_cli(env, "submit", str(tmp_path / "in.jsonl"), "--embed")
     assert alone.returncode == 2
     assert "--embed goes with --template" in alone.stderr
+    # A chat parameter given for every request has no place in an embeddings request: said, not sent.
+    vectors = write_jsonl(tmp_path / "vectors.jsonl", [embedding_line("e", "text")])
+    chatty = run_cli(env, "submit", str(vectors), "--temperature", "0.3")
+    assert chatty.returncode == 2
+    assert "LINE 1: 'temperature' given for every request" in chatty.stderr
+    assert "does not apply to an embeddings request" in chatty.stderr
 
 
 def test_a_model_of_the_other_kind_is_refused_at_submit_naming_the_line(

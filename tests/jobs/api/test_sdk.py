@@ -475,6 +475,6 @@ def test_an_openai_batch_file_naming_openais_models_and_an_embeddings_file_run_u
     assert wrong.status == "failed"
     assert wrong.errors is not None
     assert wrong.errors.data is not None
-    assert "a /v1/chat/completions request in a batch of /v1/embeddings requests" in str(
-        wrong.errors.data[0].message
-    )
+    said = str(wrong.errors.data[0].message)
+    assert "a /v1/chat/completions request in a batch of /v1/embeddings requests" in said
+    assert "create the batch with endpoint '/v1/chat/completions' for a file of such requests" in said
