@@ -1,8 +1,10 @@
 """Benchmark: submitting a large JSONL file and exporting a large batch, with baselines from the same run.
 
-- ingest: `submit` of N lines (parse, validate, COPY, INSERT…SELECT, one transaction): lines/s and peak RSS,
-  at N and at N/10 to show memory does not grow with the file. Baselines: reading and parsing the file with
-  orjson alone, and a bare asyncpg COPY of the raw lines into a one-column table.
+- ingest: `submit` of N lines (parse, validate, count prompt tokens, COPY, INSERT…SELECT, one transaction):
+  lines/s and peak RSS, at N and at N/10 to show memory does not grow with the file; and at N/10 for an OpenAI
+  model, whose prompts are counted with its own tokenizer (o200k_base) rather than approximated from bytes.
+  Baselines: reading and parsing the file with orjson alone, and a bare asyncpg COPY of the raw lines into a
+  one-column table.
 - export: `results` of N stored results: lines/s and peak RSS. Baseline: a bare asyncpg
   `COPY (SELECT body::text …) TO STDOUT` into a file.
 Each measured step runs in a fresh process so its peak RSS is its own.
@@ -36,7 +38,8 @@ async def main():
     if step == "submit":
         from jobs.submission.submit import SubmitOptions, submit_file
         engine = create_engine(url, pool_size=1)
-        report = await submit_file(engine, path, SubmitOptions(models=["sim/echo"], new=True))
+        model = sys.argv[4] if len(sys.argv) > 4 else "sim/echo"
+        report = await submit_file(engine, path, SubmitOptions(models=[model], new=True))
         await engine.dispose()
         count = report.total
     elif step == "parse":
@@ -139,6 +142,10 @@ def main() -> None:
             ("baseline: read + orjson.loads only", step("parse", url, big)),
             ("baseline: bare asyncpg COPY of raw lines", step("copy", url, big)),
             (f"orbatch submit, {args.lines // 10} lines", step("submit", url, small)),
+            (
+                f"orbatch submit, {args.lines // 10} lines, openai/gpt-4o-mini",
+                step("submit", url, small, "openai/gpt-4o-mini"),
+            ),
         ]
         # The full-size submit is dominated by Postgres writing a million rows, which a checkpoint landing in
         # the middle slows by a third on this machine: each run starts after one, and the median is shown.
