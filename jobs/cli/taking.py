@@ -102,6 +102,19 @@ def _say_skipped(err: Console, errors: Sequence[LineError | str], invalid: int) 
         say(err, f"skipped {invalid - len(errors)} more bad lines")
 
 
+@contextlib.contextmanager
+def _reading_file(file: Path, source: Source) -> Iterator[None]:
+    """While the intake reads FILE: a refused chain said as the file's SubmitError, and a spooled records file
+    removed whatever happens."""
+    try:
+        yield
+    except ModelRefused as exc:
+        raise SubmitError(str(file), [], 0, reason=f"--models: {exc.problem}") from None
+    finally:
+        if isinstance(source, SpooledRecords):
+            source.close()
+
+
 async def estimate_file(
     engine: AsyncEngine,
     settings: Settings,
@@ -113,7 +126,7 @@ async def estimate_file(
     """What submitting FILE would store and cost, read and checked as `take_in_file` does (the same errors),
     and stored nowhere; setbacks are said on `err`."""
     source = _source(file, settings, options)
-    try:
+    with _reading_file(file, source):
         estimate = await estimate_source(
             engine,
             settings,
@@ -123,11 +136,6 @@ async def estimate_file(
             storing=_reading(file, source, err, "reading"),
             warn=_warner(err),
         )
-    except ModelRefused as exc:
-        raise SubmitError(str(file), [], 0, reason=f"--models: {exc.problem}") from None
-    finally:
-        if isinstance(source, SpooledRecords):
-            source.close()
     _say_skipped(err, estimate.skipped, estimate.invalid)
     return estimate
 
@@ -179,7 +187,7 @@ async def take_in_file(
     """Submit FILE through the intake (or find the batch it already is) and, given the URL of a Redis
     `queue_on`, queue its first window there; setbacks, skipped lines and a re-submit are said on `err`."""
     source = _source(file, settings, options)
-    try:
+    with _reading_file(file, source):
         taken = await take_in(
             engine,
             settings,
@@ -190,11 +198,6 @@ async def take_in_file(
             first_window=None if queue_on is None else FirstWindow(queue_on),
             warn=_warner(err),
         )
-    except ModelRefused as exc:
-        raise SubmitError(str(file), [], 0, reason=f"--models: {exc.problem}") from None
-    finally:
-        if isinstance(source, SpooledRecords):
-            source.close()
     report = taken.report
     async with engine.connect() as conn:
         summary = await batch_summary(conn, report.batch_id)
