@@ -12,6 +12,7 @@ from typing import Annotated, Generic, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, Strict, StrictBool, StrictInt, StringConstraints
 
 from jobs.api.inputs import NO_NUL, Text
+from jobs.core.constants import MAX_COST_DECIMAL_PLACES, MAX_COST_USD
 from jobs.core.states import BatchPriority, Lane
 from jobs.formats.input_lines import ENDPOINTS
 
@@ -58,9 +59,6 @@ METADATA_VALUE_MAX_CHARS = 512
 _MetadataKey = Annotated[str, Strict(), StringConstraints(max_length=METADATA_KEY_MAX_CHARS), NO_NUL]
 _MetadataValue = Annotated[str, Strict(), StringConstraints(max_length=METADATA_VALUE_MAX_CHARS), NO_NUL]
 
-# A budget Postgres's NUMERIC holds exactly (`1e999999` is not one), finer than any price OpenRouter quotes.
-MAX_COST_USD = Decimal(1_000_000_000)
-MAX_COST_DECIMAL_PLACES = 12
 
 # The completion windows taken, as the OpenAPI document states them: 24 to 720 hours, or 1 to 30 days
 # (`creation.window_seconds` checks them and says why one is refused; a test checks both agree).

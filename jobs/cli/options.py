@@ -18,7 +18,7 @@ from jobs.core.settings import Settings
 from jobs.core.states import BatchPriority, Lane
 from jobs.formats.input_lines import body_problem
 from jobs.formats.prompt_template import Template, load_json_schema, load_template_text
-from jobs.submission.choices import batch_options, model_chain
+from jobs.submission.choices import batch_options, budget_problem, model_chain
 from jobs.submission.submit import SubmitOptions
 
 __all__ = [
@@ -177,8 +177,9 @@ def parse_usd(value: str, option: str) -> Decimal:
         amount = Decimal(value)
     except InvalidOperation:
         raise UsageError(f"{option} must be an amount in USD such as 2.50, got {value!r}") from None
-    if not amount.is_finite() or amount <= 0:
-        raise UsageError(f"{option} must be more than zero, got {value!r}")
+    problem = budget_problem(amount)
+    if problem:
+        raise UsageError(f"{option} {problem}, got {value!r}")
     return amount
 
 

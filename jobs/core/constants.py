@@ -3,6 +3,8 @@ with its reason; a number that one module alone uses lives beside its code."""
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 __all__ = [
     "API_KEY_PREFIX",
     "API_RATE_KEY",
@@ -34,6 +36,8 @@ __all__ = [
     "HEARTBEAT_MISSED_BEATS",
     "JOB_ID_PREFIX",
     "LIMITS_KEY",
+    "MAX_COST_DECIMAL_PLACES",
+    "MAX_COST_USD",
     "MAX_MODELS_PER_CALL",
     "NO_AUTH_OWNER",
     "PAGE_RATE_MINUTES",
@@ -162,3 +166,8 @@ CHART_READ_SECONDS = 15.0
 SESSION_KEY = "{queue}:session:{digest}"
 SESSION_SECONDS = 12 * 3600
 SESSION_COOKIE = "orbatch_session"
+
+# A batch's budget (`--max-cost`) as Postgres's NUMERIC holds it exactly (`1e999999` is not one), and finer than
+# any price OpenRouter quotes.
+MAX_COST_USD = Decimal(1_000_000_000)
+MAX_COST_DECIMAL_PLACES = 12

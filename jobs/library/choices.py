@@ -14,7 +14,7 @@ from jobs.core.states import BatchPriority, Lane
 from jobs.formats.input_lines import body_problem
 from jobs.formats.prompt_template import Template, TemplateError, load_template_text
 from jobs.library.schemas import answer_schema, schema_name
-from jobs.submission.choices import batch_options, model_chain
+from jobs.submission.choices import batch_options, budget_problem, model_chain
 from jobs.submission.submit import SubmitOptions
 
 __all__ = ["Choices"]
@@ -32,8 +32,9 @@ def _usd(value: str | float | Decimal | None) -> Decimal | None:
         raise BadInput(
             f"max_cost= must be an amount in USD such as 2.50, got {value!r}", param="max_cost"
         ) from None
-    if not amount.is_finite() or amount <= 0:
-        raise BadInput(f"max_cost= must be more than zero, got {value!r}", param="max_cost")
+    problem = budget_problem(amount)
+    if problem:
+        raise BadInput(f"max_cost= {problem}, got {value!r}", param="max_cost")
     return amount
 
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
+from jobs.core.constants import MAX_COST_DECIMAL_PLACES, MAX_COST_USD
 from jobs.core.settings import Settings
 from jobs.core.states import BatchPriority, Lane
 from jobs.formats.input_lines import parse_models
 from jobs.formats.prompt_template import Template
 from jobs.submission.submit import SubmitOptions
 
-__all__ = ["batch_options", "model_chain"]
+__all__ = ["batch_options", "budget_problem", "model_chain"]
 
 
 def model_chain(value: list[str] | str | None, option: str) -> list[str]:
@@ -21,6 +22,17 @@ def model_chain(value: list[str] | str | None, option: str) -> list[str]:
         return []
     items = [m for m in value.split(",") if m.strip()] if isinstance(value, str) else value
     return parse_models(items, option)
+
+
+def budget_problem(amount: Decimal) -> str | None:
+    """What is wrong with a budget in USD (not above zero, past a billion, finer than 12 decimals), or None."""
+    if not amount.is_finite() or amount <= 0:
+        return "must be more than zero"
+    if amount > MAX_COST_USD:
+        return f"must be at most {MAX_COST_USD:,} USD"
+    if -amount.as_tuple().exponent > MAX_COST_DECIMAL_PLACES:  # type: ignore[operator]
+        return f"must have at most {MAX_COST_DECIMAL_PLACES} decimal places"
+    return None
 
 
 def batch_options(

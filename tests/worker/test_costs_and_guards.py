@@ -218,3 +218,17 @@ async def test_max_cost_stops_the_batch_before_the_next_call_and_resume_raises_i
     await run(env, tmp_path)
     status = orjson.loads(run_cli(env, "status", batch_id, "--json").stdout)
     assert (status["status"], status["request_counts"]["completed"]) == ("completed", 12)
+
+
+def test_a_budget_postgres_cannot_hold_exactly_is_refused_naming_the_option(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    path = write_jsonl(tmp_path / "in.jsonl", [chat_line("a", "x")])
+    for budget, said in [
+        ("1e999999", "--max-cost must be at most 1,000,000,000 USD"),
+        ("0", "--max-cost must be more than zero"),
+        ("0.0000000000001", "--max-cost must have at most 12 decimal places"),
+    ]:
+        refused = run_cli(env, "submit", str(path), "--models", "sim/echo", "--max-cost", budget)
+        assert refused.returncode == 2, refused.stderr
+        assert said in refused.stderr
