@@ -226,14 +226,21 @@ class Attempt:
 
 
 async def take_lease(
-    engine: AsyncEngine, request_id: int, attempts: int, owner: str, lease_seconds: float, *, simulated: bool
+    engine: AsyncEngine,
+    request_id: int,
+    attempts: int,
+    owner: str,
+    lease_seconds: float,
+    *,
+    simulated: bool,
+    upstream: str | None = None,
 ) -> Attempt | None:
     """Lease the request for this job's attempt; None when it is not due, finished, taken or its batch stopped,
     or when the batch is not for this worker's upstream: a simulated batch is never sent to OpenRouter (and
     paid for), nor a real one answered by the simulator's echoes."""
     async with engine.connect() as conn:
         lease = await lifecycle.take_lease(
-            conn, request_id, attempts, owner, lease_seconds, simulated=simulated
+            conn, request_id, attempts, owner, lease_seconds, simulated=simulated, upstream=upstream
         )
         await conn.commit()
     return None if lease is None else Attempt(engine, owner, lease_seconds, lease)

@@ -39,8 +39,9 @@ def decide(
     cap: float,
     window: int | None = None,
 ) -> Decision:
-    """Apply the policy; parking is decided by the caller and never spends an attempt. `window`: how many models
-    of the chain the call was sent (fewer than MAX_MODELS_PER_CALL for an embeddings call)."""
+    """Apply the policy; parking is decided by the caller and never spends an attempt. `window`: how many chain
+    positions the call covered (the models sent and those skipped among them for their context; fewer than
+    MAX_MODELS_PER_CALL for an embeddings call)."""
     if failure.outcome is Outcome.PARK:
         return Decision(RequestStatus.PENDING, failures, chain_pos, 0.0)
     if failure.outcome is Outcome.FAIL:

@@ -127,7 +127,7 @@ async def _record_failure(
         max_attempts=lease.max_attempts,
         base=settings.retry_base_seconds,
         cap=settings.retry_max_seconds,
-        window=1 if endpoint_of(lease.body) == EMBEDDINGS_URL else None,
+        window=lease.span or (1 if endpoint_of(lease.body) == EMBEDDINGS_URL else None),
     )
     # The throttle learns first, so other workers hold back while this one writes to Postgres.
     if failure.cooldown_until is not None:
@@ -214,7 +214,15 @@ async def _attempt(ctx: WorkerContext, request_id: int, attempts: int) -> TaskRe
     attempt = await _persist(
         "lease",
         lambda: records.take_lease(
-            ctx.engine, request_id, attempts, ctx.owner, ctx.settings.lease_seconds, simulated=ctx.simulated
+            ctx.engine,
+            request_id,
+            attempts,
+            ctx.owner,
+            ctx.settings.lease_seconds,
+            simulated=ctx.simulated,
+            # The cached model list of this worker's upstream, whose context lengths skip models that cannot
+            # hold the request.
+            upstream=ctx.settings.openrouter_base_url.rstrip("/"),
         ),
     )
     if attempt is None:

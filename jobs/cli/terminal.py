@@ -104,7 +104,13 @@ def batches_table(summaries: list[BatchSummary]) -> Table:
 
 
 def _usage_row(
-    table: Table, batch_id: str, model: str, line: UsageLine, style: str | None = None, lane: str = ""
+    table: Table,
+    batch_id: str,
+    model: str,
+    line: UsageLine,
+    style: str | None = None,
+    lane: str = "",
+    skipped: bool = False,
 ) -> None:
     table.add_row(
         batch_id,
@@ -112,6 +118,7 @@ def _usage_row(
         lane,
         str(line.requests),
         str(line.calls),
+        *((str(line.skipped_context),) if skipped else ()),
         str(line.prompt_tokens),
         str(line.completion_tokens),
         str(line.reasoning_tokens),
@@ -124,12 +131,15 @@ def _usage_row(
 def usage_table(report: UsageReport) -> Table:
     """Requests, calls, tokens and cost by batch, by the model that served and by lane (`live` calls, `batch`
     lines of OpenRouter's Batch API at its batch price), with totals."""
+    # The models passed over without a call (their context could not hold a request), when there were any.
+    skipped = report.total.skipped_context > 0
     table = Table(
         "batch",
         "model served",
         "lane",
         "requests",
         "calls",
+        *(("skipped (context)",) if skipped else ()),
         "prompt",
         "completion",
         "reasoning",
@@ -138,11 +148,11 @@ def usage_table(report: UsageReport) -> Table:
     )
     for batch_id, rows in report.rows.items():
         for (model, lane), line in rows.items():
-            _usage_row(table, batch_id, model or "(no answer)", line, lane=lane)
+            _usage_row(table, batch_id, model or "(no answer)", line, lane=lane, skipped=skipped)
         if len(rows) > 1:
-            _usage_row(table, batch_id, "all", report.batches[batch_id], style="bold")
+            _usage_row(table, batch_id, "all", report.batches[batch_id], style="bold", skipped=skipped)
     if len(report.batches) > 1:
-        _usage_row(table, "all", "", report.total, style="bold")
+        _usage_row(table, "all", "", report.total, style="bold", skipped=skipped)
     return table
 
 

@@ -198,6 +198,9 @@ class Request(Base):
     failures: Mapped[int] = mapped_column(Integer, server_default=text("0"))
     # Index into the chain of the first model the next call sends.
     chain_pos: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    # The tokens the request asks of a model's context: its prompt's estimate plus its completion bound; a model
+    # whose context_length is smaller is skipped without a call. NULL: not known, every model fits (revision 0016).
+    context_needed: Mapped[int | None] = mapped_column(Integer)
     next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     enqueued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # Times the request was fed again with its attempt count unchanged (a queued job given up as lost, or the
@@ -240,6 +243,8 @@ class Attempt(Base):
             unique=True,
             postgresql_where=text("remote_batch_id IS NOT NULL"),
         ),
+        # The few attempts that skipped models, for `usage`'s skipped counts (revision 0016).
+        Index("attempt_skipped_idx", "batch_id", postgresql_where=text("models_skipped IS NOT NULL")),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
@@ -254,6 +259,8 @@ class Attempt(Base):
     # The worker process (host:pid:nonce) that made the call.
     worker: Mapped[str | None] = mapped_column(Text)
     models_sent: Mapped[list[str]] = mapped_column(ARRAY(Text))
+    # Models of the chain passed over before this call: their context cannot hold the request (revision 0016).
+    models_skipped: Mapped[list[str] | None] = mapped_column(ARRAY(Text))
     model: Mapped[str | None] = mapped_column(Text)
     provider: Mapped[str | None] = mapped_column(Text)
     generation_id: Mapped[str | None] = mapped_column(Text)
@@ -359,6 +366,8 @@ class ModelPrice(Base):
     fetched_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     # A model of the embeddings list (`GET /embeddings/models`), not of the chat list (revision 0014).
     embeddings: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    # The most tokens (prompt and completion) the model takes; NULL when the list does not say (revision 0016).
+    context_length: Mapped[int | None] = mapped_column(Integer)
 
 
 class Result(Base):

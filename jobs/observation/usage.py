@@ -32,6 +32,18 @@ _BY_MODEL = text(
     """
 )
 
+# The models passed over without a call because their context could not hold the request, per batch and model:
+# on the partial index of the attempts that skipped any, which are few.
+_SKIPPED = text(
+    """
+    SELECT batch_id, skipped AS model, count(*) AS skipped
+    FROM attempt, unnest(models_skipped) AS skipped
+    WHERE models_skipped IS NOT NULL AND (CAST(:batch_id AS text) IS NULL OR batch_id = :batch_id)
+    GROUP BY batch_id, skipped
+    ORDER BY batch_id, skipped
+    """
+)
+
 _ESTIMATES = text("SELECT id, estimate FROM batch WHERE id = ANY(:ids) AND estimate IS NOT NULL")
 
 _COUNTERS = (
@@ -42,6 +54,7 @@ _COUNTERS = (
     "completion_tokens",
     "reasoning_tokens",
     "cached_tokens",
+    "skipped_context",
 )
 
 
@@ -59,6 +72,9 @@ class UsageLine:
     cached_tokens: int = 0
     cost: Decimal = Decimal(0)
     cost_estimated: bool = False
+    # Times the model was passed over without a call: its context could not hold the request's prompt and
+    # max_tokens (a `skipped (context)` count).
+    skipped_context: int = 0
 
     def add(self, other: UsageLine) -> None:
         """Fold another group's totals into this one."""
@@ -133,6 +149,14 @@ async def usage_report(engine: AsyncEngine, batch_id: str | None = None) -> Usag
             report.rows.setdefault(row.batch_id, {})[(row.model, row.lane)] = line
             report.models.setdefault(row.batch_id, {}).setdefault(row.model, UsageLine()).add(line)
             report.lanes.setdefault(row.batch_id, {}).setdefault(row.lane, UsageLine()).add(line)
+            report.batches.setdefault(row.batch_id, UsageLine()).add(line)
+            report.total.add(line)
+        for row in await conn.execute(_SKIPPED, {"batch_id": batch_id}):
+            # A skip is no call: counted under the model passed over, in the live lane that skips.
+            line = UsageLine(skipped_context=int(row.skipped))
+            report.rows.setdefault(row.batch_id, {}).setdefault((row.model, "live"), UsageLine()).add(line)
+            report.models.setdefault(row.batch_id, {}).setdefault(row.model, UsageLine()).add(line)
+            report.lanes.setdefault(row.batch_id, {}).setdefault("live", UsageLine()).add(line)
             report.batches.setdefault(row.batch_id, UsageLine()).add(line)
             report.total.add(line)
         # The batch asked for has its estimate read before any call was made, too.

@@ -3,7 +3,7 @@ of transitions they make (`TRANSITIONS_TABLE`), written once."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, Literal
@@ -208,6 +208,10 @@ class Lease:
     free_only: bool
     fingerprint: str | None
     body: dict[str, Any]
+    # Models of the chain passed over before the call (their context cannot hold the request), and how many
+    # chain positions from `chain_pos` the call covers, those included: where a fallback goes next.
+    models_skipped: list[str] = field(default_factory=list)
+    span: int | None = None
 
 
 @dataclass(slots=True, frozen=True)
@@ -279,6 +283,13 @@ class Cancelled:
 
 # The lease and the attempt row are one statement: a worker that dies after it leaves a lease that
 # expires and an in-flight attempt that the feeder marks abandoned, never a call with no record.
+# The models a call is sent: the chain from `chain_pos`, less the models whose context (the upstream's listed
+# `context_length`) cannot hold the request (`context_needed`), up to MAX_MODELS_PER_CALL of them (one for an
+# embeddings call: OpenRouter's embeddings API takes one `model`, no `models` chain). The models passed over
+# before the last one sent are the attempt's `models_skipped`; `span` is how many chain positions the call
+# covers, skipped ones included, so a fallback moves past them. A model of unknown context is taken to fit; when
+# no model left in the chain fits (a catalogue that changed since submit), the window is sent as it is, and the
+# upstream's answer says why.
 _TAKE_LEASE = sql(
     f"""
     WITH leased AS (
@@ -289,18 +300,40 @@ _TAKE_LEASE = sql(
           AND r.next_attempt_at <= now() AND b.id = r.batch_id AND b.status = {{B.IN_PROGRESS}}
           AND b.simulated = :simulated
         RETURNING r.id, r.batch_id, r.attempts, r.failures, r.body, b.max_attempts, b.free_only, r.fingerprint,
-                  coalesce(r.models, b.models) AS chain,
+                  r.context_needed, coalesce(r.models, b.models) AS chain,
                   CASE WHEN r.chain_pos < cardinality(coalesce(r.models, b.models)) THEN r.chain_pos ELSE 0 END
-                      AS chain_pos
+                      AS chain_pos,
+                  CASE WHEN r.body ? 'messages' THEN {MAX_MODELS_PER_CALL} ELSE 1 END AS per_call
+    ), picked AS (
+        SELECT l.id,
+               coalesce(w.sent, l.chain[l.chain_pos + 1 : l.chain_pos + l.per_call]) AS models_sent,
+               w.skipped AS models_skipped, coalesce(w.last, l.per_call) AS span
+        FROM leased l CROSS JOIN LATERAL (
+            SELECT array_agg(c.model ORDER BY c.pos) FILTER (WHERE c.fits AND c.rank <= l.per_call) AS sent,
+                   array_agg(c.model ORDER BY c.pos)
+                       FILTER (WHERE NOT c.fits AND c.rank < least(l.per_call, c.total)) AS skipped,
+                   max(c.pos) FILTER (WHERE c.fits AND c.rank <= l.per_call) AS last
+            FROM (
+                SELECT f.model, f.pos, f.fits,
+                       count(*) FILTER (WHERE f.fits) OVER (ORDER BY f.pos) AS rank,
+                       count(*) FILTER (WHERE f.fits) OVER () AS total
+                FROM (
+                    SELECT m.model, m.pos, l.context_needed IS NULL OR p.context_length IS NULL
+                                           OR p.context_length >= l.context_needed AS fits
+                    FROM unnest(l.chain[l.chain_pos + 1 :]) WITH ORDINALITY AS m(model, pos)
+                    LEFT JOIN model_price p ON p.upstream = CAST(:upstream AS text) AND p.id = m.model
+                ) f
+            ) c
+        ) w
     ), attempt_row AS (
-        INSERT INTO attempt (request_id, batch_id, number, worker, models_sent)
-        SELECT id, batch_id, attempts, :owner,
-               -- OpenRouter's embeddings API takes one `model`, no `models` chain: one model per call there.
-               chain[chain_pos + 1 : chain_pos + CASE WHEN body ? 'messages' THEN {MAX_MODELS_PER_CALL} ELSE 1 END]
-        FROM leased
-        RETURNING id, models_sent
+        INSERT INTO attempt (request_id, batch_id, number, worker, models_sent, models_skipped)
+        SELECT l.id, l.batch_id, l.attempts, :owner, p.models_sent, p.models_skipped
+        FROM leased l JOIN picked p ON p.id = l.id
+        RETURNING id, models_sent, models_skipped
     )
-    SELECT leased.*, attempt_row.id AS attempt_id, attempt_row.models_sent FROM leased, attempt_row
+    SELECT leased.*, attempt_row.id AS attempt_id, attempt_row.models_sent, attempt_row.models_skipped,
+           picked.span
+    FROM leased, attempt_row, picked
     """  # noqa: S608 - built from this module's constants; values are bound parameters
 )
 
@@ -844,9 +877,11 @@ async def take_lease(
     lease_seconds: float,
     *,
     simulated: bool,
+    upstream: str | None = None,
 ) -> Lease | None:
     """pending -> running, with an in-flight attempt row; None when the request is not due, finished or taken,
-    its batch is not in_progress, or the batch is not for this kind of upstream (`simulated`)."""
+    its batch is not in_progress, or the batch is not for this kind of upstream (`simulated`). `upstream` (the
+    base URL, no trailing slash) names the cached model list whose context lengths skip models; None: none."""
     row = (
         await conn.execute(
             _TAKE_LEASE,
@@ -856,6 +891,7 @@ async def take_lease(
                 "owner": owner,
                 "lease_seconds": lease_seconds,
                 "simulated": simulated,
+                "upstream": upstream,
             },
         )
     ).one_or_none()
@@ -874,6 +910,8 @@ async def take_lease(
         free_only=row.free_only,
         fingerprint=row.fingerprint,
         body=row.body,
+        models_skipped=list(row.models_skipped or ()),
+        span=row.span,
     )
 
 

@@ -27,7 +27,10 @@ __all__ = [
     "BATCH_SUFFIX",
     "CATALOG_FILE",
     "EMBEDDING_MODELS",
+    "LISTED_CONTEXT",
+    "SIM_CONTEXTS",
     "SIM_MODELS",
+    "SMALL_CONTEXT",
     "Catalogue",
     "Cost",
     "EmbeddingModel",
@@ -56,7 +59,15 @@ SIM_MODELS: dict[str, tuple[str, str]] = {
     # Batch variants at half price, as OpenRouter's `:batch` entries are, so paid batches run cheaply.
     "sim/echo:batch": ("0.0000005", "0.000001"),
     "sim/backup:batch": ("0.000001", "0.000002"),
+    # A model whose context is small (SMALL_CONTEXT): a long prompt is answered 400, as OpenRouter answers it.
+    "sim/small": ("0.000001", "0.000002"),
 }
+# The context windows of the tests' models that are not the usual LISTED_CONTEXT: small enough that a prompt
+# of a few thousand characters overflows it.
+SMALL_CONTEXT = 512
+SIM_CONTEXTS: dict[str, int] = {"sim/small": SMALL_CONTEXT}
+# What a model listed only by its prices takes, as most of OpenRouter's current chat models do.
+LISTED_CONTEXT = 131072
 
 # The slug suffix of a model's batch variant.
 BATCH_SUFFIX = ":batch"
@@ -116,8 +127,14 @@ def snapshot_date() -> str:
     return str(_snapshot()["snapshot"])
 
 
-def listing_entry(model_id: str, prompt: str, completion: str, request: str | None = None) -> dict[str, Any]:
-    """A `/models` entry for a model given only by its prices (the tests' models)."""
+def listing_entry(
+    model_id: str,
+    prompt: str,
+    completion: str,
+    request: str | None = None,
+    context_length: int = LISTED_CONTEXT,
+) -> dict[str, Any]:
+    """A `/models` entry for a model given only by its prices (the tests' models), and its context window."""
     pricing = {"prompt": prompt, "completion": completion}
     if request is not None:
         pricing["request"] = request
@@ -126,7 +143,7 @@ def listing_entry(model_id: str, prompt: str, completion: str, request: str | No
         "canonical_slug": model_id,
         "name": model_id,
         "created": 1735689600,
-        "context_length": 131072,
+        "context_length": context_length,
         "architecture": {
             "modality": "text->text",
             "input_modalities": ["text"],
@@ -135,7 +152,11 @@ def listing_entry(model_id: str, prompt: str, completion: str, request: str | No
             "instruct_type": None,
         },
         "pricing": pricing,
-        "top_provider": {"context_length": 131072, "max_completion_tokens": 8192, "is_moderated": False},
+        "top_provider": {
+            "context_length": context_length,
+            "max_completion_tokens": min(8192, context_length),
+            "is_moderated": False,
+        },
         "supported_parameters": ["max_tokens", "temperature", "top_p", "stop", "seed", "response_format"],
     }
 
@@ -179,7 +200,10 @@ def default_models() -> list[dict[str, Any]]:
     return [
         *snapshot["data"],
         *(entry["model"] for entry in snapshot["withdrawn"]),
-        *(listing_entry(model_id, *prices) for model_id, prices in SIM_MODELS.items()),
+        *(
+            listing_entry(model_id, *prices, context_length=SIM_CONTEXTS.get(model_id, LISTED_CONTEXT))
+            for model_id, prices in SIM_MODELS.items()
+        ),
     ]
 
 
@@ -216,14 +240,19 @@ def _served(entry: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _configured_entry(model: Mapping[str, Any]) -> Mapping[str, Any]:
-    """An entry of `POST /_sim/config {"models": [...]}`: a full `/models` entry, or an id with its prices."""
+    """An entry of `POST /_sim/config {"models": [...]}`: a full `/models` entry, or an id with its prices (and
+    its `context_length`, LISTED_CONTEXT when not given)."""
     if "pricing" in model:
         return model
+    context = int(model.get("context_length", LISTED_CONTEXT))
+    if context < 1:
+        raise ValueError("a model's context_length must be at least 1")
     return listing_entry(
         model["id"],
         str(model["prompt"]),
         str(model["completion"]),
         None if model.get("request") is None else str(model["request"]),
+        context,
     )
 
 
@@ -292,6 +321,11 @@ class Catalogue:
         if limit is not None and end < len(entries):
             following = f"{API_PREFIX}/embeddings/models?offset={end}&limit={limit}"
         return {"data": entries[offset:end], "total_count": len(entries), "links": {"next": following}}
+
+    def context_of(self, model: str) -> int | None:
+        """The tokens (prompt and completion) a chat model takes, as its entry lists them; None when it does not."""
+        context = self.models.get(model, {}).get("context_length")
+        return context if isinstance(context, int) and context > 0 else None
 
     def cost(self, model: str, prompt_tokens: int, completion_tokens: int) -> Cost:
         """A call's cost at this model's listed prices."""

@@ -16,6 +16,8 @@ from jobs.simulator.catalogue import Cost
 __all__ = [
     "SPEC_MESSAGES",
     "completion",
+    "completion_bound",
+    "context_message",
     "error_body",
     "error_response",
     "fake_instance",
@@ -85,6 +87,26 @@ def last_user_text(messages: list[Any]) -> str:
             if isinstance(content, list):
                 return " ".join(p.get("text", "") for p in content if isinstance(p, dict))
     return ""
+
+
+def context_message(context: int, prompt_tokens: int, completion_tokens: int) -> str:
+    """OpenRouter's 400 message for a prompt and `max_tokens` over a model's context window, in the words its
+    answers use (as reported by its users; the API reference gives no example of it)."""
+    return (
+        f"This endpoint's maximum context length is {context} tokens. However, you requested about "
+        f"{prompt_tokens + completion_tokens} tokens ({prompt_tokens} of text input, {completion_tokens} in the "
+        'output). Please reduce the length of either one, or use the "middle-out" transform to compress your '
+        "prompt automatically."
+    )
+
+
+def completion_bound(body: dict[str, Any]) -> int:
+    """The completion tokens a chat body asks room for: `max_completion_tokens`, else `max_tokens`, else none."""
+    for key in ("max_completion_tokens", "max_tokens"):
+        value = body.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return 0
 
 
 def token_counts(prompt_text: str, content: str) -> tuple[int, int]:

@@ -320,12 +320,29 @@ class Simulator:
                 self._record(body, status, outcome, model)
 
             return await faults.answer(rule, request, first, text, complete, record)
+        prompt_tokens = replies.token_counts(text, "")[0]
+        wanted = replies.completion_bound(body)
+        too_small: list[tuple[str, int]] = []
         for model in candidates:
             if model in cfg.down_models:
+                continue
+            context = self.catalogue.context_of(model)
+            if context is not None and prompt_tokens + wanted > context:
+                # No provider of the model can take it; OpenRouter moves on to the next model of `models`.
+                too_small.append((model, context))
                 continue
             content = replies.structured_reply(body, text) or f"echo: {text}"
             self._record(body, 200, "ok", model)
             return replies.json_response(self._completion(model, text, content))
+        if too_small:
+            model, context = too_small[0]
+            self._record(body, 400, "context_length", model)
+            return replies.error_response(
+                400,
+                replies.context_message(context, prompt_tokens, wanted),
+                code=400,
+                metadata={"provider_name": "SimProvider"},
+            )
         self._record(body, 503, "all_down")
         return replies.error_response(
             503,

@@ -39,6 +39,13 @@ class ModelPrices:
     request: Decimal | None
     # A model of OpenRouter's embeddings list: it answers /embeddings requests, not chat.
     embeddings: bool = False
+    # The most tokens (prompt and completion together) the model takes; None when the list does not say.
+    context_length: int | None = None
+
+
+def _context_of(value: Any) -> int | None:
+    """A listed `context_length`, when it is a positive whole number."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
 Catalog = dict[str, ModelPrices]
@@ -85,6 +92,7 @@ def _listed(content: bytes, *, embeddings: bool = False) -> Catalog:
             price_of(pricing.get("completion")),
             price_of(pricing.get("request")),
             embeddings,
+            _context_of(model.get("context_length")),
         )
     return catalog
 
@@ -129,6 +137,7 @@ async def refresh_catalog(engine: AsyncEngine, catalog: Catalog, base_url: str) 
                         "completion": p.completion,
                         "request": p.request,
                         "embeddings": p.embeddings,
+                        "context_length": p.context_length,
                     }
                     for m, p in catalog.items()
                 ],
@@ -153,7 +162,10 @@ async def load_catalog(
         ).scalar_one()
         if age is not None and float(age) < max_age:
             rows = (await conn.execute(select(ModelPrice).where(ModelPrice.upstream == upstream))).all()
-            return {r.id: ModelPrices(r.prompt, r.completion, r.request, r.embeddings) for r in rows}
+            return {
+                r.id: ModelPrices(r.prompt, r.completion, r.request, r.embeddings, r.context_length)
+                for r in rows
+            }
     catalog = await fetch_models(base_url, api_key)
     await refresh_catalog(engine, catalog, base_url)
     return catalog

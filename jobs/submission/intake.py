@@ -199,6 +199,7 @@ async def _checked(
             options,
             known_models=frozenset(catalog),
             embedding_models=frozenset(m for m, p in catalog.items() if p.embeddings),
+            contexts={m: p.context_length for m, p in catalog.items() if p.context_length is not None},
         )
     if options.replace_models and not options.models:
         raise ModelRefused("replacing the lines' models needs a chain to replace them with (--models)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -44,6 +44,8 @@ __all__ = [
     "SubmitError",
     "SubmitOptions",
     "SubmitReport",
+    "context_needed",
+    "context_problem",
     "fingerprint",
     "measure_source",
     "model_problem",
@@ -104,6 +106,9 @@ class SubmitOptions:
     known_models: frozenset[str] | None = None
     # Of those, the embedding models (GET /embeddings/models): a line's chain must be of its endpoint's kind.
     embedding_models: frozenset[str] = frozenset()
+    # Each listed model's context window in tokens (those the list gives one): a line no model of its chain can
+    # hold is refused. Empty when the list could not be had: every chain is taken to fit.
+    contexts: Mapping[str, int] = field(default_factory=dict)
     # Always make a new batch, even for a file already submitted with the same options.
     new: bool = False
     # Answer a request identical to one already answered (same chain, messages, parameters) from its result.
@@ -412,9 +417,35 @@ def _row(
     )
 
 
-def _counted(chunk: list[_Parsed], counter: TokenCounter) -> list[_Row]:
-    """The chunk's rows with their prompt tokens, counted together."""
-    return [(*row[:6], tokens, row[6]) for row, tokens in zip(chunk, counter.counts(), strict=True)]
+def context_problem(chain: list[str], needed: int, contexts: Mapping[str, int]) -> str | None:
+    """Why no model of the chain can take a request asking `needed` tokens of its context (prompt and completion
+    bound), naming each with its context; None when one can (a model of unknown context is taken to)."""
+    if not contexts or any(contexts.get(model, needed) >= needed for model in chain):
+        return None
+    listed = ", ".join(f"{model} (context {contexts[model]})" for model in chain)
+    return f"the prompt and its max_tokens (~{needed} tokens) fit no model of its chain: {listed}"
+
+
+def context_needed(prompt_tokens: int, completion_tokens: int | None) -> int:
+    """The tokens a request asks of a model's context: its prompt, plus its completion bound when it sets one
+    (OpenRouter refuses a prompt plus `max_tokens` over the context; without `max_tokens` only the prompt must
+    fit, and the model stops at its context's end)."""
+    return prompt_tokens + (completion_tokens or 0)
+
+
+def _counted(
+    chunk: list[_Parsed], counter: TokenCounter, options: SubmitOptions, errors: _LineErrors
+) -> list[_Row]:
+    """The chunk's rows with their prompt tokens, counted together; a row no model of its chain can hold goes to
+    `errors`."""
+    rows: list[_Row] = []
+    for row, tokens in zip(chunk, counter.counts(), strict=True):
+        problem = context_problem(row[3] or options.models, context_needed(tokens, row[6]), options.contexts)
+        if problem is not None:
+            errors.add(LineError(row[0], problem, "context_length_exceeded"))
+            continue
+        rows.append((*row[:6], tokens, row[6]))
+    return rows
 
 
 async def _records(
@@ -457,12 +488,12 @@ async def _records(
                 chunk.append(row)
                 size += len(row[2]) + len(row[5] or "")
                 if len(chunk) >= STAGING_COPY_CHUNK or size >= STAGING_COPY_BYTES:
-                    yield _counted(chunk, counter)
+                    yield _counted(chunk, counter, options, errors)
                     chunk, size = [], 0
     except DamagedGzip as exc:
         raise _damaged(source, line_no, errors, exc) from None
     if chunk:
-        yield _counted(chunk, counter)
+        yield _counted(chunk, counter, options, errors)
 
 
 async def _duplicates(conn: AsyncConnection, errors: _LineErrors) -> int:
@@ -638,8 +669,9 @@ async def submit_source(
         every, first_models = options.lane_takes()
         inserted = await conn.execute(
             sql(
-                "INSERT INTO request (batch_id, custom_id, line_no, body, models, fingerprint, record, status)"  # noqa: S608 - SQL built from constants; every value is a bind parameter
-                " SELECT :batch_id, custom_id, line_no, body, models, fingerprint, record,"
+                "INSERT INTO request (batch_id, custom_id, line_no, body, models, fingerprint, record, context_needed,"  # noqa: S608 - SQL built from constants; every value is a bind parameter
+                " status) SELECT :batch_id, custom_id, line_no, body, models, fingerprint, record,"
+                " prompt_tokens + coalesce(completion_tokens, 0),"
                 " CASE WHEN :every OR (coalesce(models, CAST(:chain AS text[])))[1] = ANY(CAST(:firsts AS text[]))"
                 " THEN {R.REMOTE} ELSE {R.PENDING} END"
                 " FROM orbatch_staging ORDER BY line_no" + on_conflict

@@ -58,3 +58,32 @@ async def test_a_per_request_price_is_added_to_the_token_prices(simulator: Simul
     usage = (await post_chat(simulator, chat("x" * 400, "a/priced"))).json()["usage"]
     tokens = Decimal("0.000001") * usage["prompt_tokens"] + Decimal("0.000002") * usage["completion_tokens"]
     assert Decimal(str(usage["cost"])) == tokens + Decimal("0.005")
+
+
+async def test_a_prompt_over_a_models_context_is_answered_400_as_openrouter_answers_it(
+    simulator: Simulator,
+) -> None:
+    # sim/small takes 512 tokens; the simulator counts four characters a token: 3,000 characters are 750.
+    long = "word " * 600
+    refused = await post_chat(simulator, chat(long, "sim/small"))
+    assert refused.status_code == 400
+    assert refused.json()["error"]["message"] == (
+        "This endpoint's maximum context length is 512 tokens. However, you requested about 750 tokens (750 of "
+        'text input, 0 in the output). Please reduce the length of either one, or use the "middle-out" transform '
+        "to compress your prompt automatically."
+    )
+    # The prompt fits, its max_tokens does not: refused too, the output counted.
+    over = await post_chat(simulator, chat("x" * 400, "sim/small", max_tokens=500))
+    assert over.status_code == 400
+    assert "about 600 tokens (100 of text input, 500 in the output)" in over.json()["error"]["message"]
+    assert (await post_chat(simulator, chat("x" * 400, "sim/small"))).status_code == 200
+    # In a `models` chain the next model that can take it answers, as OpenRouter falls back.
+    fallback = await post_chat(simulator, {**chat(long, "sim/small"), "models": ["sim/small", "sim/echo"]})
+    assert fallback.status_code == 200
+    assert fallback.json()["model"] == "sim/echo"
+    # A configured model's context is its own; the listing says it.
+    await simulator.configure(
+        models=[{"id": "a/tiny", "prompt": "0", "completion": "0", "context_length": 64}]
+    )
+    assert (await get(simulator, "models")).json()["data"][0]["context_length"] == 64
+    assert (await post_chat(simulator, chat("y" * 400, "a/tiny"))).status_code == 400
