@@ -265,6 +265,8 @@ class Attempt(Base):
     cost_estimated: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
     error_code: Mapped[str | None] = mapped_column(Text)
     error_message: Mapped[str | None] = mapped_column(Text)
+    # An `invalid_output` attempt's reply (bounded), which the next attempt's correction turn quotes (0016).
+    reply: Mapped[str | None] = mapped_column(Text)
     # For a reused answer: the request whose stored result answered this one.
     reused_from: Mapped[int | None] = mapped_column(BigInteger)
     # `batch` for a line of a remote batch (OpenRouter's Batch API), `live` for a call (revision 0015).

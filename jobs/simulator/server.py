@@ -41,6 +41,7 @@ import orjson
 from aiohttp import web
 
 from jobs.core.constants import SIMULATOR_HEADER
+from jobs.formats.structured import requested_schema
 from jobs.simulator import batches, embeddings, faults, limits, replies
 from jobs.simulator.catalogue import API_PREFIX, BATCH_SUFFIX, Catalogue, default_models, snapshot_date
 from jobs.simulator.config import BATCH_MODEL_POLICIES, DAY_SECONDS, MINUTE_SECONDS, Rule, SimConfig
@@ -92,6 +93,8 @@ class Simulator:
         self.epoch += 1
         self.generation = 0
         self.spent = Decimal(0)
+        # Calls an erring model has seen of each prompt, so that a prompt sent again is drawn afresh.
+        self.err_seen: collections.Counter[tuple[str, str]] = collections.Counter()
         # When its free-tier counts began: no call before this moment counts against its quota.
         self.counting_since = time.time()
 
@@ -208,6 +211,16 @@ class Simulator:
             )
         return faults.LineAnswer(200, reply())
 
+    def _reply(self, body: dict[str, Any], model: str, text: str) -> str | None:
+        """A live call's structured reply: right, or wrong when the model errs on this call (`err_rate`)."""
+        rate = float(self.config.err_rate.get(model, 0.0))
+        if rate > 0 and requested_schema(body) is not None:
+            seen = self.err_seen[(model, text)]
+            self.err_seen[(model, text)] += 1
+            if replies.should_err(rate, model, text, seen, body["messages"]):
+                return replies.erring_reply(body, text, self.config.err_label)
+        return replies.structured_reply(body, text)
+
     def _record(
         self, body: Any, status: int, outcome: str, model: str | None = None, path: str = CHAT_PATH
     ) -> None:
@@ -304,7 +317,7 @@ class Simulator:
         if down is not None:
             self._record(body, down.status, "outage")
             return down
-        text = replies.last_user_text(body["messages"])
+        text = replies.prompt_text(body["messages"])
         if cfg.latency_ms:
             await asyncio.sleep(cfg.latency_ms / 1000)
         rule = faults.pick(cfg, text)
@@ -323,7 +336,7 @@ class Simulator:
         for model in candidates:
             if model in cfg.down_models:
                 continue
-            content = replies.structured_reply(body, text) or f"echo: {text}"
+            content = self._reply(body, model, text) or f"echo: {text}"
             self._record(body, 200, "ok", model)
             return replies.json_response(self._completion(model, text, content))
         self._record(body, 503, "all_down")

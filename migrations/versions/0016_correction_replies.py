@@ -1,0 +1,29 @@
+"""the invalid reply a correction turn quotes
+
+A reply that fails its request's JSON schema is retried with a follow-up turn that quotes it and says what was
+wrong (`feedback`, on unless the batch turned it off). The attempt row keeps that reply (`attempt.reply`,
+bounded by the worker), only for `invalid_output` attempts: every other attempt leaves it NULL, and an answer's
+content stays where it was, in `result`.
+
+Revision ID: 0016
+Revises: 0015
+Create Date: 2026-12-06
+"""
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = "0016"
+down_revision: str | None = "0015"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    op.add_column("attempt", sa.Column("reply", sa.Text(), nullable=True))
+
+
+def downgrade() -> None:
+    op.drop_column("attempt", "reply")
