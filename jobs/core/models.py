@@ -232,6 +232,13 @@ class Attempt(Base):
             postgresql_where=text("models_sent[1] LIKE '%\\:free'"),
         ),
         _check_in("lane", Lane),
+        # The answers that needed a correction, counted by `usage` (revision 0016).
+        Index(
+            "attempt_invalid_output_idx",
+            "batch_id",
+            "request_id",
+            postgresql_where=text("error_code = 'invalid_output'"),
+        ),
         # One attempt per line of a remote batch: a line stored twice is stored once (revision 0015).
         Index(
             "attempt_remote_line_key",
