@@ -11,6 +11,9 @@ scripted rules, chaos and outages in `faults`, the shapes of answers in `replies
 {"models": [{"id", "prompt", "completion", "request"?}, ...]}` replaces the model list (full `/models` entries
 with `pricing` work too), `{"embedding_models": [{"id", "prompt", "dimensions", "input_modalities"?}, ...]}`
 the embeddings models; `{"reset": true}` restores both and forgets the calls, the counts and the batches.
+**Models that err**: `{"err_rate": {"model": 0.3}, "err_label": null}` makes that share of a model's replies to
+a JSON-schema request fail the schema (`replies.should_err`, `replies.erring_reply`); a correction turn is
+answered right, and rules and answers of one are matched on the message it corrects (`replies.prompt_text`).
 
 **The Batch API** (`/api/v1/batches`, and `/api/beta/batches` for create and get) keeps its batches in
 `batches.BatchStore`; the decisions where OpenRouter's docs are silent are in that module's docstring. Its
