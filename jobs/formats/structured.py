@@ -90,18 +90,18 @@ def correction_turn(body: dict[str, Any], reply: str, problem: str) -> dict[str,
 
 def routed_for_schema(body: dict[str, Any], heal: bool) -> dict[str, Any]:
     """The body as sent when it asks for a JSON schema: only providers that honour `response_format` (unless the
-    line's own `provider` says `require_parameters`), and with `heal` OpenRouter's healing plugin."""
+    line's own `provider` says `require_parameters`), and with `heal` OpenRouter's healing plugin (unless the
+    line names it)."""
     if requested_schema(body) is None:
         return body
     sent = dict(body)
     provider = body.get("provider")
     if provider is None or (isinstance(provider, dict) and "require_parameters" not in provider):
         sent["provider"] = {**(provider or {}), "require_parameters": True}
-    if heal:
-        plugins = [
-            p
-            for p in body.get("plugins") or []
-            if not (isinstance(p, dict) and p.get("id") == HEALING_PLUGIN)
-        ]
+    plugins = body.get("plugins") or []
+    named = not isinstance(plugins, list) or any(
+        isinstance(p, dict) and p.get("id") == HEALING_PLUGIN for p in plugins
+    )
+    if heal and not named:  # a line that names the plugin itself (to turn it off, say) keeps its own
         sent["plugins"] = [*plugins, {"id": HEALING_PLUGIN}]
     return sent

@@ -52,8 +52,10 @@ def test_a_schema_request_is_routed_to_providers_that_honour_it_unless_the_line_
     assert routed_for_schema(own, heal=False)["provider"] == {"require_parameters": False, "order": ["A"]}
     other = {**body, "provider": {"order": ["A"]}}
     assert routed_for_schema(other, heal=False)["provider"] == {"order": ["A"], "require_parameters": True}
-    healed = routed_for_schema({**body, "plugins": [{"id": "web"}, {"id": HEALING_PLUGIN}]}, heal=True)
+    healed = routed_for_schema({**body, "plugins": [{"id": "web"}]}, heal=True)
     assert healed["plugins"] == [{"id": "web"}, {"id": "response-healing"}]
+    off = [{"id": HEALING_PLUGIN, "enabled": False}]
+    assert routed_for_schema({**body, "plugins": off}, heal=True)["plugins"] == off
     assert "provider" not in body  # the stored body is left as it was
 
 
