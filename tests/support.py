@@ -93,6 +93,8 @@ class Simulator:
             "chaos_error_in_200": 0.0,
             "chaos_hang": 0.0,
             "rules": [],
+            "err_rate": {},
+            "err_label": None,
             "outage_status": None,
             "outage_provider_name": None,
             "identify": True,

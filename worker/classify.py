@@ -101,6 +101,8 @@ class Failure:
     usage: Usage | None = None
     # What the call says of OpenRouter as a whole, for the outage breaker (see worker.throttle.Verdict).
     verdict: Verdict = "none"
+    # An `invalid_output`'s reply (bounded), kept on its attempt for the next attempt's correction turn.
+    reply: str | None = None
 
 
 def next_utc_midnight(now: datetime | None = None) -> datetime:

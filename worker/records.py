@@ -108,6 +108,7 @@ def _call_record(
         cost_estimated=usage.cost_estimated,
         error_code=failure.code if failure else None,
         error_message=failure.message if failure else None,
+        reply=storable("", failure.reply)[1] if failure else None,
     )
 
 
@@ -217,6 +218,11 @@ class Attempt:
             reused = await lifecycle.reuse(conn, self.lease, self.owner)
             await conn.commit()
         return reused
+
+    async def last_invalid_reply(self) -> tuple[str, str] | None:
+        """The reply and validation error of this request's latest `invalid_output` attempt, if any."""
+        async with self.engine.connect() as conn:
+            return await lifecycle.last_invalid_reply(conn, self.lease.request_id, self.lease.number)
 
     async def twin_in_flight(self) -> bool:
         """True when an identical request with a lower id is still to be answered: it calls, this one waits."""

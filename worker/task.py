@@ -18,7 +18,7 @@ from jobs.core.db import connection_lost
 from jobs.core.logs import get_logger, redact
 from jobs.core.states import Outcome, PauseReason, RequestStatus
 from jobs.formats.input_lines import EMBEDDINGS_URL, endpoint_of
-from jobs.formats.structured import requested_schema
+from jobs.formats.structured import correction_turn, quoted_reply, requested_schema, routed_for_schema
 from jobs.observation.eta import format_duration
 from worker import records
 from worker.classify import Failure, Success, Usage, classify
@@ -274,7 +274,24 @@ async def _check_structured(ctx: WorkerContext, body: dict[str, Any], success: S
         provider=success.provider,
         generation_id=success.generation_id,
         usage=success.usage,
+        reply=quoted_reply(success.content),
     )
+
+
+async def _outgoing(attempt: records.Attempt) -> dict[str, Any]:
+    """The body this attempt sends: the stored one, routed to providers that honour its schema, and after a
+    reply that failed the schema (unless the batch turned `feedback` off) a turn saying what was wrong.
+
+    Built at call time, so the stored body (its fingerprint, its export) stays the line's own."""
+    lease = attempt.lease
+    if requested_schema(lease.body) is None:
+        return lease.body
+    body = routed_for_schema(lease.body, heal=bool(lease.options.get("heal", False)))
+    if lease.number > 1 and lease.options.get("feedback", True):
+        last = await _persist("last invalid reply", attempt.last_invalid_reply)
+        if last is not None:
+            body = correction_turn(body, *last)
+    return body
 
 
 async def _release(
@@ -318,6 +335,7 @@ async def _run_leased(ctx: WorkerContext, attempt: records.Attempt, call: _Call)
             return TaskEnd.WAITING_FOR_TWIN
     # A request counts against the free limits when the first model it will try is a free variant.
     free = lease.models_sent[0].endswith(":free")
+    body = await _outgoing(attempt)
     try:
         async with _renewing(ctx, attempt, call):
             asked = time.monotonic()
@@ -339,7 +357,7 @@ async def _run_leased(ctx: WorkerContext, attempt: records.Attempt, call: _Call)
             call.started_at = datetime.now(UTC)
             _calling(ctx)
             with ctx.meter.call():
-                result = await ctx.client.send(lease.body, lease.models_sent)
+                result = await ctx.client.send(body, lease.models_sent)
             call.result = result
             outcome = classify(result, lease.body)
             call.answered(outcome)

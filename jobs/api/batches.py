@@ -52,7 +52,7 @@ async def create(
 
     A file with bad lines gives a batch with status `failed` and the lines in `errors`; otherwise the batch
     is `in_progress` and queued. orbatch's own options (`models`, `max_attempts`, `max_cost`, `free_only`,
-    `dedupe`, `callback_url`) go beside OpenAI's (the SDK sends them with `extra_body`).
+    `dedupe`, `feedback`, `heal`, `callback_url`) go beside OpenAI's (the SDK sends them with `extra_body`).
 
     With `dry_run: true` no batch is made: the answer is a `batch.estimate` (requests by model, prompt tokens,
     completion tokens at most, the cost range live and through OpenRouter's Batch API, the free tier's days),

@@ -191,6 +191,8 @@ async def _asked(state: ApiState, caller: Caller, body: BatchCreate) -> _Asked:
         lane=body.lane,
         # `auto` leaves the Batch API out of a window too short for a remote batch's 24 h.
         window_seconds=window,
+        feedback=body.feedback,
+        heal=body.heal,
     )
     async with state.reads.connect() as conn:
         if callback_url is not None:

@@ -372,6 +372,15 @@ class BatchCreate(BaseModel):
     dedupe: StrictBool = Field(
         False, description="Answer requests identical to one already answered from its stored result."
     )
+    feedback: StrictBool = Field(
+        True,
+        description="Retry a reply that fails its JSON schema with a turn quoting it and saying what was wrong; "
+        "false: the same prompt again.",
+    )
+    heal: StrictBool = Field(
+        False,
+        description="Ask OpenRouter's response-healing plugin to repair malformed JSON in schema replies.",
+    )
     replace_models: StrictBool = Field(
         False,
         description="Send every line to `models`, whatever model the line names (a file written for other "

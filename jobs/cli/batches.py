@@ -328,6 +328,10 @@ def usage(
         print_json(report.to_json())
         return
     out.print(usage_table(report))
+    for batch_id, corrected in report.corrected.items():
+        if corrected:
+            noun = "answer" if corrected == 1 else "answers"
+            say(out, f"{batch_id}: {corrected} {noun} needed a correction (a reply failed its schema first)")
     if batch is not None:
         for batch_id, estimate in report.estimates.items():
             out.print(estimated_table(batch_id, estimate, report.batches.get(batch_id, UsageLine())))

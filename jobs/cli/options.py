@@ -101,6 +101,19 @@ Dedupe = Annotated[
         "--dedupe", help="Answer requests identical to one already answered from its stored result."
     ),
 ]
+Feedback = Annotated[
+    bool,
+    typer.Option(
+        "--feedback/--no-feedback",
+        help="Retry a reply that fails its JSON schema with a turn saying what was wrong (on by default).",
+    ),
+]
+Heal = Annotated[
+    bool,
+    typer.Option(
+        "--heal", help="Ask OpenRouter's response-healing plugin to repair malformed JSON in schema replies."
+    ),
+]
 ReplaceModels = Annotated[
     bool,
     typer.Option(
@@ -238,6 +251,8 @@ class SubmitChoices:
     check_models: CheckModels = True
     new: New = False
     dedupe: Dedupe = False
+    feedback: Feedback = True
+    heal: Heal = False
     replace_models: ReplaceModels = False
     template: TemplateText = None
     embed: Embed = False
@@ -288,6 +303,8 @@ class SubmitChoices:
             metadata=batch_metadata(self.metadata),
             replace_models=self.replace_models,
             lane=self.lane,
+            feedback=self.feedback,
+            heal=self.heal,
         )
 
 

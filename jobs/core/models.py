@@ -235,6 +235,13 @@ class Attempt(Base):
             postgresql_where=text("models_sent[1] LIKE '%\\:free'"),
         ),
         _check_in("lane", Lane),
+        # The answers that needed a correction, counted by `usage` (revision 0017).
+        Index(
+            "attempt_invalid_output_idx",
+            "batch_id",
+            "request_id",
+            postgresql_where=text("error_code = 'invalid_output'"),
+        ),
         # One attempt per line of a remote batch: a line stored twice is stored once (revision 0015).
         Index(
             "attempt_remote_line_key",
@@ -272,6 +279,8 @@ class Attempt(Base):
     cost_estimated: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
     error_code: Mapped[str | None] = mapped_column(Text)
     error_message: Mapped[str | None] = mapped_column(Text)
+    # An `invalid_output` attempt's reply (bounded), which the next attempt's correction turn quotes (0017).
+    reply: Mapped[str | None] = mapped_column(Text)
     # For a reused answer: the request whose stored result answered this one.
     reused_from: Mapped[int | None] = mapped_column(BigInteger)
     # `batch` for a line of a remote batch (OpenRouter's Batch API), `live` for a call (revision 0015).

@@ -52,6 +52,8 @@ class Choices:
     max_cost: str | float | Decimal | None = None
     free_only: bool = False
     dedupe: bool = False
+    feedback: bool = True
+    heal: bool = False
     replace_models: bool = False
     temperature: float | None = None
     max_tokens: int | None = None
@@ -134,6 +136,8 @@ class Choices:
             metadata={str(k): str(v) for k, v in self.metadata.items()} if self.metadata else None,
             replace_models=self.replace_models,
             lane=lane,
+            feedback=self.feedback,
+            heal=self.heal,
         )
 
     def _defaults(self) -> dict[str, Any]:

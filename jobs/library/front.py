@@ -368,7 +368,8 @@ def run(
     path is returned). Rows are records filling `template` (a `{field}` per column used), or chat requests
     when they have `messages`. Each row gets the fields of its answer (`schema`: a Pydantic model or a JSON
     Schema dict), else `answer`, and `error` (empty for answered rows). Options are the CLI's: max_attempts,
-    max_cost, free_only, dedupe, temperature, max_tokens, params, name, metadata, new, priority,
+    max_cost, free_only, dedupe, feedback (False: a reply failing its schema is retried with the same prompt), heal,
+    temperature, max_tokens, params, name, metadata, new, priority,
     lane ("live", "batch": OpenRouter's Batch API at about half price, "auto"), skip_invalid, check_models,
     simulator, concurrency, progress (True, False, "notebook", "terminal",
     "plain"). The same call again finds the same batch and carries on; an interrupt stops gracefully.

@@ -44,6 +44,19 @@ _SKIPPED = text(
     """
 )
 
+# Answers that needed a correction: completed requests with at least one reply that failed its schema before
+# the one that was kept. On the partial index of `invalid_output` attempts (revision 0017), so its cost is those
+# attempts', not the table's.
+_CORRECTED = sql(
+    """
+    SELECT a.batch_id, count(DISTINCT a.request_id) AS corrected
+    FROM attempt a JOIN request r ON r.id = a.request_id
+    WHERE a.error_code = 'invalid_output' AND r.status = {R.COMPLETED}
+      AND (CAST(:batch_id AS text) IS NULL OR a.batch_id = :batch_id)
+    GROUP BY a.batch_id
+    """
+)
+
 _ESTIMATES = text("SELECT id, estimate FROM batch WHERE id = ANY(:ids) AND estimate IS NOT NULL")
 
 _COUNTERS = (
@@ -102,15 +115,18 @@ class UsageReport:
     estimates: dict[str, Estimate] = field(default_factory=dict)
     lanes: dict[str, dict[str, UsageLine]] = field(default_factory=dict)
     rows: dict[str, dict[tuple[str, str], UsageLine]] = field(default_factory=dict)
+    # Answers that came after at least one reply failing its JSON schema (a corrected answer), by batch.
+    corrected: dict[str, int] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """The `usage --json` object: each batch's `estimate` is `orbatch estimate --json`'s, or null."""
         return {
-            "total": self.total.to_json(),
+            "total": {**self.total.to_json(), "corrected": sum(self.corrected.values())},
             "batches": [
                 {
                     "id": batch_id,
                     **line.to_json(),
+                    "corrected": self.corrected.get(batch_id, 0),
                     "models": {m: u.to_json() for m, u in self.models[batch_id].items()},
                     "estimate": None
                     if batch_id not in self.estimates
@@ -159,11 +175,13 @@ async def usage_report(engine: AsyncEngine, batch_id: str | None = None) -> Usag
             report.lanes.setdefault(row.batch_id, {}).setdefault("live", UsageLine()).add(line)
             report.batches.setdefault(row.batch_id, UsageLine()).add(line)
             report.total.add(line)
+        rows = await conn.execute(_CORRECTED, {"batch_id": batch_id})
+        report.corrected = {r.batch_id: int(r.corrected) for r in rows}
         # The batch asked for has its estimate read before any call was made, too.
         ids = [batch_id] if batch_id is not None else list(report.batches)
         if ids:
-            rows = await conn.execute(_ESTIMATES, {"ids": ids})
-            report.estimates = {r.id: Estimate.from_json(r.estimate) for r in rows}
+            found = await conn.execute(_ESTIMATES, {"ids": ids})
+            report.estimates = {r.id: Estimate.from_json(r.estimate) for r in found}
     return report
 
 

@@ -38,6 +38,7 @@ __all__ = [
     "give_back",
     "hold_for_run",
     "lane_off",
+    "last_invalid_reply",
     "record_answer",
     "record_failure",
     "record_line_answer",
@@ -212,6 +213,8 @@ class Lease:
     # chain positions from `chain_pos` the call covers, those included: where a fallback goes next.
     models_skipped: list[str] = field(default_factory=list)
     span: int | None = None
+    # The batch's options as stored (its identity): `feedback` false and `heal` true are read from them.
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(slots=True, frozen=True)
@@ -233,6 +236,8 @@ class CallRecord:
     cost_estimated: bool = False
     error_code: str | None = None
     error_message: str | None = None
+    # An `invalid_output` attempt's reply, for the correction turn of the next attempt.
+    reply: str | None = None
 
     def params(self, attempt_id: int) -> dict[str, Any]:
         """The bind parameters of `_ATTEMPT_DONE` for this call on that attempt row."""
@@ -253,6 +258,7 @@ class CallRecord:
             "cost_estimated": self.cost_estimated,
             "error_code": self.error_code,
             "error_message": self.error_message,
+            "reply": self.reply,
         }
 
 
@@ -300,7 +306,8 @@ _TAKE_LEASE = sql(
           AND r.next_attempt_at <= now() AND b.id = r.batch_id AND b.status = {{B.IN_PROGRESS}}
           AND b.simulated = :simulated
         RETURNING r.id, r.batch_id, r.attempts, r.failures, r.body, b.max_attempts, b.free_only, r.fingerprint,
-                  r.context_needed, coalesce(r.models, b.models) AS chain,
+                  r.context_needed, b.options,
+                  coalesce(r.models, b.models) AS chain,
                   CASE WHEN r.chain_pos < cardinality(coalesce(r.models, b.models)) THEN r.chain_pos ELSE 0 END
                       AS chain_pos,
                   CASE WHEN r.body ? 'messages' THEN {MAX_MODELS_PER_CALL} ELSE 1 END AS per_call
@@ -351,7 +358,8 @@ _ATTEMPT_DONE = """
                provider = :provider, generation_id = :generation_id, prompt_tokens = :prompt_tokens,
                completion_tokens = :completion_tokens, reasoning_tokens = :reasoning_tokens,
                cached_tokens = :cached_tokens, cost = :cost, cost_estimated = :cost_estimated,
-               error_code = :error_code, error_message = :error_message
+               error_code = :error_code, error_message = :error_message,
+               reply = :reply
         WHERE id = :attempt_id AND outcome IN ({O.IN_FLIGHT}, {O.ABANDONED})
         RETURNING coalesce(cost, 0) AS cost
     )"""
@@ -869,6 +877,24 @@ STATUS_STATEMENTS: dict[str, tuple[TextClause, ...]] = {
 # --- the worker -----------------------------------------------------------------------------------------------
 
 
+# The request's latest reply that failed its schema, before this attempt: what a correction turn quotes. A
+# read, not a transition; the attempt_request_number_key index finds it.
+_LAST_INVALID = sql(
+    """
+    SELECT reply, error_message FROM attempt
+    WHERE request_id = :request_id AND number < :number AND error_code = 'invalid_output' AND reply IS NOT NULL
+    ORDER BY number DESC LIMIT 1
+    """
+)
+
+
+async def last_invalid_reply(conn: AsyncConnection, request_id: int, number: int) -> tuple[str, str] | None:
+    """The reply and the validation error of the request's latest `invalid_output` attempt before `number`."""
+    params = {"request_id": request_id, "number": number}
+    row = (await conn.execute(_LAST_INVALID, params)).one_or_none()
+    return None if row is None else (str(row.reply), str(row.error_message or ""))
+
+
 async def take_lease(
     conn: AsyncConnection,
     request_id: int,
@@ -912,6 +938,7 @@ async def take_lease(
         body=row.body,
         models_skipped=list(row.models_skipped or ()),
         span=row.span,
+        options=dict(row.options or {}),
     )
 
 

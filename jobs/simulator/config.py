@@ -110,6 +110,14 @@ class SimConfig:
     chaos_hang: float = 0.0
     chaos_hang_seconds: float = 30.0
     rules: list[Rule] = field(default_factory=list)
+    # Models that err: of a model's replies to a JSON-schema request, this share (0 to 1) fails the schema, chosen
+    # by the prompt, the model and how many times the simulator has seen them (stable from run to run). A reply
+    # to a correction turn (an assistant reply then a user turn) is always right: the simulator's model of a
+    # model that fixes its mistake once told what it was. Live calls only.
+    err_rate: dict[str, float] = field(default_factory=dict)
+    # An erring reply: None for invalid JSON (a valid reply cut short); a string for JSON whose enum fields
+    # all hold this label instead (a fixed wrong label).
+    err_label: str | None = None
     # Every call answers this 5xx until set back to None: OpenRouter down, or its providers (named) down.
     outage_status: int | None = None
     outage_provider_name: str | None = None

@@ -18,11 +18,14 @@ __all__ = [
     "completion",
     "completion_bound",
     "context_message",
+    "erring_reply",
     "error_body",
     "error_response",
     "fake_instance",
     "json_response",
     "last_user_text",
+    "prompt_text",
+    "should_err",
     "structured_reply",
     "token_counts",
     "usage",
@@ -107,6 +110,48 @@ def completion_bound(body: dict[str, Any]) -> int:
         if isinstance(value, int) and not isinstance(value, bool) and value > 0:
             return value
     return 0
+
+
+def _follows_reply(messages: list[Any]) -> bool:
+    """The conversation ends with a user turn right after an assistant's reply (a correction turn)."""
+    roles = [m.get("role") if isinstance(m, dict) else None for m in messages[-2:]]
+    return roles == ["assistant", "user"]
+
+
+def prompt_text(messages: list[Any]) -> str:
+    """The text a call is about: the last user message, or before a correction turn the one it corrects, so
+    that rules and answers stay the record's whatever follow-up the client adds."""
+    if _follows_reply(messages):
+        return last_user_text(messages[:-2]) or last_user_text(messages)
+    return last_user_text(messages)
+
+
+def should_err(rate: float, model: str, text: str, seen: int, messages: list[Any]) -> bool:
+    """Whether an erring model errs on this call: never after a correction turn, else for a share `rate` of
+    calls, drawn from the model, the prompt and how many times it was seen before (deterministic)."""
+    if rate <= 0 or _follows_reply(messages):
+        return False
+    digest = hashlib.sha256(f"{model}\n{seen}\n{text}".encode()).hexdigest()
+    return int(digest[:8], 16) / 0x1_0000_0000 < rate
+
+
+def erring_reply(body: dict[str, Any], text: str, label: str | None) -> str | None:
+    """A reply that fails the request's schema: its valid reply cut in half, or (`label`) with that label in
+    every enum field; None when the request asks for no schema."""
+    valid = structured_reply(body, text)
+    schema = requested_schema(body)
+    if valid is None or schema is None:
+        return None
+    props = schema.get("properties")
+    if not isinstance(props, dict):
+        props = {}
+    labelled = [name for name, sub in props.items() if isinstance(sub, dict) and "enum" in sub]
+    if label is None or not labelled:
+        return valid[: max(1, len(valid) // 2)]
+    value = orjson.loads(valid)
+    for name in labelled:
+        value[name] = label
+    return orjson.dumps(value).decode()
 
 
 def token_counts(prompt_text: str, content: str) -> tuple[int, int]:

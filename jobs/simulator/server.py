@@ -11,6 +11,9 @@ scripted rules, chaos and outages in `faults`, the shapes of answers in `replies
 {"models": [{"id", "prompt", "completion", "request"?}, ...]}` replaces the model list (full `/models` entries
 with `pricing` work too), `{"embedding_models": [{"id", "prompt", "dimensions", "input_modalities"?}, ...]}`
 the embeddings models; `{"reset": true}` restores both and forgets the calls, the counts and the batches.
+**Models that err**: `{"err_rate": {"model": 0.3}, "err_label": null}` makes that share of a model's replies to
+a JSON-schema request fail the schema (`replies.should_err`, `replies.erring_reply`); a correction turn is
+answered right, and rules and answers of one are matched on the message it corrects (`replies.prompt_text`).
 
 **The Batch API** (`/api/v1/batches`, and `/api/beta/batches` for create and get) keeps its batches in
 `batches.BatchStore`; the decisions where OpenRouter's docs are silent are in that module's docstring. Its
@@ -41,6 +44,7 @@ import orjson
 from aiohttp import web
 
 from jobs.core.constants import SIMULATOR_HEADER
+from jobs.formats.structured import requested_schema
 from jobs.simulator import batches, embeddings, faults, limits, replies
 from jobs.simulator.catalogue import API_PREFIX, BATCH_SUFFIX, Catalogue, default_models, snapshot_date
 from jobs.simulator.config import BATCH_MODEL_POLICIES, DAY_SECONDS, MINUTE_SECONDS, Rule, SimConfig
@@ -92,6 +96,8 @@ class Simulator:
         self.epoch += 1
         self.generation = 0
         self.spent = Decimal(0)
+        # Calls an erring model has seen of each prompt, so that a prompt sent again is drawn afresh.
+        self.err_seen: collections.Counter[tuple[str, str]] = collections.Counter()
         # When its free-tier counts began: no call before this moment counts against its quota.
         self.counting_since = time.time()
 
@@ -208,6 +214,16 @@ class Simulator:
             )
         return faults.LineAnswer(200, reply())
 
+    def _reply(self, body: dict[str, Any], model: str, text: str) -> str | None:
+        """A live call's structured reply: right, or wrong when the model errs on this call (`err_rate`)."""
+        rate = float(self.config.err_rate.get(model, 0.0))
+        if rate > 0 and requested_schema(body) is not None:
+            seen = self.err_seen[(model, text)]
+            self.err_seen[(model, text)] += 1
+            if replies.should_err(rate, model, text, seen, body["messages"]):
+                return replies.erring_reply(body, text, self.config.err_label)
+        return replies.structured_reply(body, text)
+
     def _record(
         self, body: Any, status: int, outcome: str, model: str | None = None, path: str = CHAT_PATH
     ) -> None:
@@ -304,7 +320,7 @@ class Simulator:
         if down is not None:
             self._record(body, down.status, "outage")
             return down
-        text = replies.last_user_text(body["messages"])
+        text = replies.prompt_text(body["messages"])
         if cfg.latency_ms:
             await asyncio.sleep(cfg.latency_ms / 1000)
         rule = faults.pick(cfg, text)
@@ -331,7 +347,7 @@ class Simulator:
                 # No provider of the model can take it; OpenRouter moves on to the next model of `models`.
                 too_small.append((model, context))
                 continue
-            content = replies.structured_reply(body, text) or f"echo: {text}"
+            content = self._reply(body, model, text) or f"echo: {text}"
             self._record(body, 200, "ok", model)
             return replies.json_response(self._completion(model, text, content))
         if too_small:

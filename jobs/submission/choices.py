@@ -55,6 +55,8 @@ def batch_options(
     endpoint: str | None = None,
     lane: Lane | None = None,
     window_seconds: int | None = None,
+    feedback: bool = True,
+    heal: bool = False,
 ) -> SubmitOptions:
     """The options of a batch from choices already checked by the surface that took them; a setting fills
     what was not chosen (ORBATCH_MAX_ATTEMPTS)."""
@@ -76,4 +78,6 @@ def batch_options(
         endpoint=endpoint,
         lane=lane or Lane.LIVE,
         window_seconds=window_seconds,
+        feedback=feedback,
+        heal=heal,
     )

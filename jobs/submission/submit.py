@@ -135,6 +135,10 @@ class SubmitOptions:
     lane: Lane = Lane.LIVE
     # The batch's completion window (an API batch's), which `auto` must leave room in; None: none.
     window_seconds: int | None = None
+    # After a reply that fails its schema, the retry quotes it and says what was wrong (off: the same prompt).
+    feedback: bool = True
+    # Ask OpenRouter's response-healing plugin to repair malformed JSON in replies to schema requests.
+    heal: bool = False
 
     def identity(self) -> dict[str, Any]:
         """The options that make a batch what it is: the same file with these gives the same batch."""
@@ -154,6 +158,9 @@ class SubmitOptions:
             **({"replace_models": True} if self.replace_models else {}),
             # Another lane is another batch: the same file run live and at the batch price are two runs.
             **({"lane": self.lane.value} if self.lane is not Lane.LIVE else {}),
+            # Named only when not the default, so batches stored before these options keep their identity.
+            **({"feedback": False} if not self.feedback else {}),
+            **({"heal": True} if self.heal else {}),
         }
 
     def lane_takes(self) -> tuple[bool, list[str]]:

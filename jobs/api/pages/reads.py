@@ -143,6 +143,16 @@ _TRIES = text(
     GROUP BY tries HAVING sum(requests) <> 0 ORDER BY tries
     """
 )
+# Answers that needed a correction (a reply failed its schema first), on the partial index of `invalid_output`
+# attempts (revision 0016).
+_CORRECTED = text(
+    states(
+        """
+        SELECT count(DISTINCT a.request_id) FROM attempt a JOIN request r ON r.id = a.request_id
+        WHERE a.batch_id = :id AND a.error_code = 'invalid_output' AND r.status = {R.COMPLETED}
+        """
+    )
+)
 # The batch's minutes in at most `:buckets` equal spans from its start: a day-long batch is a few thousand
 # minute rows, read by the tally's primary key.
 _MINUTES = text(
@@ -321,6 +331,8 @@ class BatchTallies:
     tries: list[tuple[int, int]] = field(default_factory=list)
     minutes: list[MinuteLine] = field(default_factory=list)
     bucket: timedelta = timedelta(minutes=1)
+    # Answers that came after at least one reply failing the request's JSON schema.
+    corrected: int = 0
 
 
 async def read_tallies(
@@ -355,6 +367,7 @@ async def read_tallies(
         for r in await conn.execute(_ERRORS, params)
     ]
     tries = [(int(r.tries), int(r.requests)) for r in await conn.execute(_TRIES, params)]
+    corrected = int((await conn.execute(_CORRECTED, params)).scalar_one())
     key = (batch.id, bucket)
     kept = memory.get(key)
     if kept is not None and time.monotonic() - kept[0] < CHART_READ_SECONDS:
@@ -367,7 +380,7 @@ async def read_tallies(
         if len(memory) >= CHART_MEMORY_BATCHES:
             memory.clear()
         memory[key] = (time.monotonic(), minutes)
-    return BatchTallies(models, errors, tries, minutes, bucket)
+    return BatchTallies(models, errors, tries, minutes, bucket, corrected)
 
 
 _ESTIMATE = text("SELECT estimate FROM batch WHERE id = :id")

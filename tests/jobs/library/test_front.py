@@ -222,6 +222,22 @@ async def test_a_pydantic_schema_is_sent_strict_and_answers_come_back_as_instanc
     ]
 
 
+async def test_feedback_and_heal_are_options_of_the_python_front(front: None, simulator: Simulator) -> None:
+    broken = '{"sentiment": "pos'
+    await simulator.configure(rules=[{"match": "review 1", "kind": "reply", "content": broken, "times": 1}])
+    submit = functools.partial(orbatch.submit, rows(3), schema=Label, feedback=False, heal=True, **call())
+    handle = await asyncio.to_thread(submit)
+    await asyncio.to_thread(handle.wait, progress=False)
+    bodies = [c["body"] for c in await simulator.calls() if "review 1" in str(c["body"]["messages"])]
+    # Without feedback the retry is the same prompt; healing and routing go with every schema request.
+    assert len(bodies) == 2
+    assert bodies[0] == bodies[1]
+    assert bodies[0]["plugins"] == [{"id": "response-healing"}]
+    assert bodies[0]["provider"] == {"require_parameters": True}
+    usage = await asyncio.to_thread(handle.usage)
+    assert usage["total"]["corrected"] == 1
+
+
 async def test_run_works_from_inside_a_running_event_loop_and_its_async_twin_too(front: None) -> None:
     # A notebook's kernel runs an event loop: the blocking call must not refuse to run under it.
     asyncio.get_running_loop()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import httpx
 import orjson
@@ -99,3 +100,47 @@ async def test_an_outage_of_the_providers_names_one_while_openrouter_still_answe
     assert (await get(simulator, "key")).status_code == 200
     # OpenRouter still checks the call first: an unknown model is a 400, not the outage.
     assert (await post_chat(simulator, chat("hello", "no/such-model"))).status_code == 400
+
+
+LABEL_FORMAT = {
+    "type": "json_schema",
+    "json_schema": {
+        "name": "label",
+        "schema": {
+            "type": "object",
+            "properties": {"label": {"enum": ["good", "bad"]}},
+            "required": ["label"],
+        },
+    },
+}
+
+
+async def _contents(simulator: Simulator, bodies: list[dict[str, Any]]) -> list[str]:
+    answers = [await post_chat(simulator, body) for body in bodies]
+    return [orjson.loads(a.content)["choices"][0]["message"]["content"] for a in answers]
+
+
+async def test_a_model_that_errs_fails_its_schema_at_its_rate_and_answers_a_correction_right(
+    simulator: Simulator,
+) -> None:
+    await simulator.configure(err_rate={"sim/echo": 0.5})
+    bodies = [chat(f"review {i}", response_format=LABEL_FORMAT) for i in range(200)]
+    wrong = [
+        c for c in await _contents(simulator, bodies) if c not in ('{"label":"good"}', '{"label":"bad"}')
+    ]
+    assert 60 < len(wrong) < 140
+    assert all(not c.endswith("}") for c in wrong)  # invalid JSON: a valid reply cut short
+    # A correction turn (the invalid reply, then a user turn) is always answered right, for the same record.
+    corrected = chat("review 0", response_format=LABEL_FORMAT)
+    corrected["messages"] += [{"role": "assistant", "content": "{"}, {"role": "user", "content": "fix it"}]
+    for _ in range(20):
+        (content,) = await _contents(simulator, [corrected])
+        assert orjson.loads(content)["label"] in ("good", "bad")
+    # A request that asks for no schema is untouched.
+    assert (await _contents(simulator, [chat("review 1")])) == ["echo: review 1"]
+
+
+async def test_a_model_that_errs_with_a_fixed_wrong_label(simulator: Simulator) -> None:
+    await simulator.configure(err_rate={"sim/echo": 1.0}, err_label="unsure")
+    (content,) = await _contents(simulator, [chat("review 3", response_format=LABEL_FORMAT)])
+    assert orjson.loads(content) == {"label": "unsure"}

@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from jobs.api.keys import NewKey, create_key, revoke_key
 from tests.conftest import Services
-from tests.jobs.api.conftest import ApiServer, api_env, wait_for
+from tests.jobs.api.conftest import ApiServer, api_env, batch_lines, jsonl, wait_for
 from tests.jobs.api.pages.conftest import start_batch
 from tests.support import Simulator, run_cli
 
@@ -367,6 +367,34 @@ def test_retry_from_the_page_runs_the_failed_requests_again(
         assert time.monotonic() < deadline, "the retried requests were not called again"
         time.sleep(0.2)
     assert wait_for(client, batch_id).request_counts.failed == 3  # type: ignore[union-attr]
+
+
+def test_a_batchs_page_says_how_many_answers_needed_a_correction(
+    api_server: ApiServer, owners: dict[str, NewKey], simulator: Simulator
+) -> None:
+    broken = [
+        {"match": f"prompt of fix{i}", "kind": "reply", "content": '{"label": "go', "times": 1}
+        for i in (0, 1)
+    ]
+    asyncio.run(simulator.configure(rules=broken))
+    schema = {"type": "object", "properties": {"label": {"enum": ["good", "bad"]}}, "required": ["label"]}
+    asking = {"type": "json_schema", "json_schema": {"name": "label", "strict": True, "schema": schema}}
+    client = api_server.client(owners["alice"].key)
+    uploaded = client.files.create(
+        file=("in.jsonl", jsonl(batch_lines(3, "fix", response_format=asking))), purpose="batch"
+    )
+    batch = client.batches.create(
+        input_file_id=uploaded.id,
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
+        extra_body={"models": ["sim/echo"], "feedback": True},
+    )
+    assert wait_for(client, batch.id).request_counts.completed == 3  # type: ignore[union-attr]
+    with httpx.Client(base_url=api_server.url, headers=HTML) as http:
+        _sign_in(http, owners["alice"].key)
+        page = http.get(f"/batches/{batch.id}").text
+    # Two of the three lines' first replies were broken; both answers came on the corrected retry.
+    assert "2 answers needed a correction" in _text(page)
 
 
 def test_a_batch_paused_on_its_budget_says_how_to_go_on_and_offers_no_resume_that_would_fail(
