@@ -21,13 +21,14 @@ from jobs.core.sql import sql
 from jobs.core.states import Outcome, PauseReason
 from jobs.scheduling import lifecycle
 from jobs.scheduling.lifecycle import CallRecord, FailRecord, Lease
-from worker.classify import Failure, Success, Usage
+from worker.classify import ERROR_MESSAGE_MAX_CHARS, Failure, Success, Usage
 from worker.retry import Decision
 
 __all__ = [
     "Attempt",
     "FailRecord",
     "Lease",
+    "call_record",
     "free_calls_since",
     "nothing_left",
     "persist",
@@ -84,16 +85,12 @@ _FREE_CALLS_SINCE = sql(
 )
 
 
-def _call_record(
-    outcome: Outcome,
-    started_at: datetime | None,
-    latency_ms: int | None,
-    answer: Success | Failure,
-) -> CallRecord:
+def call_record(answer: Success | Failure, started_at: datetime | None, latency_ms: int | None) -> CallRecord:
+    """What an attempt row keeps of an answer: a call's, or a remote batch's line's."""
     usage = answer.usage or Usage()
     failure = answer if isinstance(answer, Failure) else None
     return CallRecord(
-        outcome=outcome,
+        outcome=Outcome.SUCCESS if failure is None else failure.outcome,
         started_at=started_at,
         latency_ms=latency_ms,
         http_status=answer.status,
@@ -107,7 +104,7 @@ def _call_record(
         cost=usage.cost,
         cost_estimated=usage.cost_estimated,
         error_code=failure.code if failure else None,
-        error_message=failure.message if failure else None,
+        error_message=failure.message[:ERROR_MESSAGE_MAX_CHARS] if failure else None,
         reply=storable("", failure.reply)[1] if failure else None,
     )
 
@@ -156,7 +153,7 @@ class Attempt:
     async def complete(self, success: Success, started_at: datetime, latency_ms: int) -> bool:
         """Record the attempt, the result and the completed request atomically; False if it was already
         answered."""
-        call = _call_record(Outcome.SUCCESS, started_at, latency_ms, success)
+        call = call_record(success, started_at, latency_ms)
         body, content = storable(success.raw.decode("utf-8"), success.content)
         async with self.engine.connect() as conn:
             stored = await lifecycle.record_answer(
@@ -169,7 +166,7 @@ class Attempt:
         self, failure: Failure, decision: Decision, started_at: datetime, latency_ms: int
     ) -> FailRecord:
         """Record a failed attempt and move the request (and, to park or on its budget, its batch) on."""
-        call = _call_record(failure.outcome, started_at, latency_ms, failure)
+        call = call_record(failure, started_at, latency_ms)
         async with self.engine.connect() as conn:
             record = await lifecycle.record_failure(
                 conn,

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -34,15 +35,15 @@ from jobs.core.constants import CHAT_ENDPOINT, EMBEDDINGS_ENDPOINT
 from jobs.core.logs import get_logger, redact
 from jobs.core.sql import sql
 from jobs.core.states import BatchStatus, Outcome, RemoteState, RequestStatus
-from jobs.formats.structured import requested_schema
 from jobs.scheduling import lifecycle
-from jobs.scheduling.lifecycle import CallRecord, LineCall
+from jobs.scheduling.lifecycle import LineCall
 from jobs.submission.lanes import BATCH_SUFFIX, base_model, batch_slug
 from worker.batch_api import BatchApiClient, BatchApiError, BatchApiUnreachable, BatchBody, RemoteBatchInfo
 from worker.classify import Failure, Success, Usage, classify, usage_of
 from worker.context import WorkerContext
 from worker.openrouter import CallResult
-from worker.records import persist, storable
+from worker.records import call_record, persist, storable
+from worker.replycheck import checked_answer
 from worker.retry import decide
 
 __all__ = ["DriveReport", "RemoteDriver", "drive_forever"]
@@ -354,30 +355,6 @@ def _as_retry(failure: Failure) -> Failure:
     failure.resume_at = None
     failure.cooldown_until = None
     return failure
-
-
-def _call_record(
-    answer: Success | Failure, started_at: datetime | None, latency_ms: int | None
-) -> CallRecord:
-    usage = answer.usage or Usage()
-    failure = answer if isinstance(answer, Failure) else None
-    return CallRecord(
-        outcome=Outcome.SUCCESS if failure is None else failure.outcome,
-        started_at=started_at,
-        latency_ms=latency_ms,
-        http_status=answer.status,
-        model=answer.model,
-        provider=answer.provider,
-        generation_id=answer.generation_id,
-        prompt_tokens=usage.prompt_tokens,
-        completion_tokens=usage.completion_tokens,
-        reasoning_tokens=usage.reasoning_tokens,
-        cached_tokens=usage.cached_tokens,
-        cost=usage.cost,
-        cost_estimated=usage.cost_estimated,
-        error_code=failure.code if failure else None,
-        error_message=failure.message[:2000] if failure else None,
-    )
 
 
 class _Moved(Exception):
@@ -1011,7 +988,7 @@ class RemoteDriver:
                 row.id,
                 row.model,
                 self.ctx.owner,
-                _call_record(outcome, sent_at, latency),
+                call_record(outcome, sent_at, latency),
             )
             if isinstance(outcome, Success):
                 if await self._answer(call, outcome):
@@ -1078,26 +1055,7 @@ class RemoteDriver:
 
 def _structured(ctx: WorkerContext) -> Callable[[dict[str, Any], Success], Awaitable[Success | Failure]]:
     """An answer to a request that asked for a JSON schema counts only if it follows it, as for a call."""
-
-    async def check(body: dict[str, Any], success: Success) -> Success | Failure:
-        schema = requested_schema(body)
-        if schema is None:
-            return success
-        problem = await ctx.replies.check(schema, success.content)
-        if problem is None:
-            return success
-        return Failure(
-            Outcome.RETRY,
-            "invalid_output",
-            problem,
-            success.status,
-            model=success.model,
-            provider=success.provider,
-            generation_id=success.generation_id,
-            usage=success.usage,
-        )
-
-    return check
+    return functools.partial(checked_answer, ctx.replies)
 
 
 async def drive_forever(

@@ -15,13 +15,16 @@ import asyncio
 import contextlib
 import struct
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from jobs.core.logs import get_logger
 
-__all__ = ["ReplyChecker", "check_reply"]
+if TYPE_CHECKING:
+    from worker.classify import Failure, Success
+
+__all__ = ["ReplyChecker", "check_reply", "checked_answer"]
 
 log = get_logger(__name__)
 
@@ -109,6 +112,33 @@ class ReplyChecker:
     async def aclose(self) -> None:
         """Stop the child."""
         await self._kill()
+
+
+async def checked_answer(checker: ReplyChecker, body: dict[str, Any], success: Success) -> Success | Failure:
+    """An answer to a request that asked for a JSON schema counts only if it follows it; else it is retried as
+    `invalid_output`, its reply kept for the correction turn. A call's answer and a remote batch's line alike."""
+    # Imported here: the child process (`python -m worker.replycheck`) starts lean, without the HTTP client's.
+    from jobs.core.states import Outcome
+    from jobs.formats.structured import quoted_reply, requested_schema
+    from worker.classify import Failure
+
+    schema = requested_schema(body)
+    if schema is None:
+        return success
+    problem = await checker.check(schema, success.content)
+    if problem is None:
+        return success
+    return Failure(
+        Outcome.RETRY,
+        "invalid_output",
+        problem,
+        success.status,
+        model=success.model,
+        provider=success.provider,
+        generation_id=success.generation_id,
+        usage=success.usage,
+        reply=quoted_reply(success.content),
+    )
 
 
 def _serve() -> None:

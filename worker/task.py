@@ -18,13 +18,14 @@ from jobs.core.db import connection_lost
 from jobs.core.logs import get_logger, redact
 from jobs.core.states import Outcome, PauseReason, RequestStatus
 from jobs.formats.input_lines import EMBEDDINGS_URL, endpoint_of
-from jobs.formats.structured import correction_turn, quoted_reply, requested_schema, routed_for_schema
+from jobs.formats.structured import correction_turn, requested_schema, routed_for_schema
 from jobs.observation.eta import format_duration
 from worker import records
 from worker.classify import Failure, Success, Usage, classify
 from worker.context import WorkerContext, context
 from worker.ends import TaskEnd, TaskResult, throttled
 from worker.openrouter import CallResult
+from worker.replycheck import checked_answer
 from worker.retry import decide
 from worker.throttle import Denied, DeniedKind, Permit, Verdict
 
@@ -257,27 +258,6 @@ async def _attempt(ctx: WorkerContext, request_id: int, attempts: int) -> TaskRe
         return TaskEnd.INTERNAL_ERROR
 
 
-async def _check_structured(ctx: WorkerContext, body: dict[str, Any], success: Success) -> Success | Failure:
-    """A reply to a request that asked for a JSON schema counts only if it follows it; else it is retried."""
-    schema = requested_schema(body)
-    if schema is None:
-        return success
-    problem = await ctx.replies.check(schema, success.content)
-    if problem is None:
-        return success
-    return Failure(
-        Outcome.RETRY,
-        "invalid_output",
-        problem,
-        success.status,
-        model=success.model,
-        provider=success.provider,
-        generation_id=success.generation_id,
-        usage=success.usage,
-        reply=quoted_reply(success.content),
-    )
-
-
 async def _outgoing(attempt: records.Attempt) -> dict[str, Any]:
     """The body this attempt sends: the stored one, routed to providers that honour its schema, and after a
     reply that failed the schema (unless the batch turned `feedback` off) a turn saying what was wrong.
@@ -381,7 +361,7 @@ async def _run_leased(ctx: WorkerContext, attempt: records.Attempt, call: _Call)
         await ctx.prices.fill(outcome.usage, outcome.model)
         ctx.meter.used(outcome.model or lease.models_sent[0], outcome.usage)
     if isinstance(outcome, Success):
-        outcome = await _check_structured(ctx, lease.body, outcome)
+        outcome = await checked_answer(ctx.replies, lease.body, outcome)
     started_at = call.started_at or datetime.now(UTC)
     if isinstance(outcome, Success):
         success = outcome

@@ -36,7 +36,7 @@ import contextvars
 import sys
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from decimal import Decimal
 from typing import Any
 
@@ -255,17 +255,23 @@ class Simulator:
         return None
 
     # --- handlers --------------------------------------------------------------------------------------
-    async def chat(self, request: web.Request) -> web.StreamResponse:
+    async def _counted(
+        self, request: web.Request, handle: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        """A call, counted in flight while it is answered (a reset's new epoch counts afresh)."""
         _arrived.set(time.time())
         epoch = self.epoch
         _arrival_epoch.set(epoch)
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
-            return await self._chat(request)
+            return await handle(request)
         finally:
             if self.epoch == epoch:
                 self.in_flight -= 1
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        return await self._counted(request, self._chat)
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         cfg = self.config
@@ -368,16 +374,7 @@ class Simulator:
 
     # --- embeddings ------------------------------------------------------------------------------------
     async def embed(self, request: web.Request) -> web.StreamResponse:
-        _arrived.set(time.time())
-        epoch = self.epoch
-        _arrival_epoch.set(epoch)
-        self.in_flight += 1
-        self.max_in_flight = max(self.max_in_flight, self.in_flight)
-        try:
-            return await self._embed(request)
-        finally:
-            if self.epoch == epoch:
-                self.in_flight -= 1
+        return await self._counted(request, self._embed)
 
     async def _embed(self, request: web.Request) -> web.StreamResponse:
         cfg = self.config
