@@ -150,7 +150,14 @@ class Request(Base):
 
     __tablename__ = "request"
     __table_args__ = (
-        UniqueConstraint("batch_id", "custom_id", name="request_batch_custom_id_key"),
+        # A custom_id once per batch, or once per voter in a --vote batch (revision 0018; NULLs equal).
+        UniqueConstraint(
+            "batch_id",
+            "custom_id",
+            "voter",
+            name="request_batch_custom_id_key",
+            postgresql_nulls_not_distinct=True,
+        ),
         _check_in("status", RequestStatus),
         # The feeder's scan: work of one batch not yet queued, in line order.
         Index(
@@ -218,6 +225,12 @@ class Request(Base):
     remote_batch_id: Mapped[int | None] = mapped_column(
         BigInteger, ForeignKey("remote_batch.id", ondelete="SET NULL")
     )
+    # The one model this request votes with, in a --vote batch (one request per model for each record, all with
+    # the record's line and custom_id); NULL for a request that does not vote (revision 0018).
+    voter: Mapped[str | None] = mapped_column(Text)
+    # A --long split record too long for its chain: the most tokens a chunk of its text may hold; NULL: sent
+    # whole (revision 0018).
+    split_tokens: Mapped[int | None] = mapped_column(Integer)
 
 
 class Attempt(Base):
@@ -281,6 +294,9 @@ class Attempt(Base):
     error_message: Mapped[str | None] = mapped_column(Text)
     # An `invalid_output` attempt's reply (bounded), which the next attempt's correction turn quotes (0017).
     reply: Mapped[str | None] = mapped_column(Text)
+    # The part of a split request this call answered (`chunk 2/7`, `combine 1/2`, `final`); NULL for a call
+    # that sent the whole request (revision 0018).
+    part: Mapped[str | None] = mapped_column(Text)
     # For a reused answer: the request whose stored result answered this one.
     reused_from: Mapped[int | None] = mapped_column(BigInteger)
     # `batch` for a line of a remote batch (OpenRouter's Batch API), `live` for a call (revision 0015).

@@ -671,7 +671,7 @@ async def submit_source(
         duplicates = await _stage(conn, source, options, errors, progress, gathered)
         # ON CONFLICT only when there are duplicates to skip: its speculative insertion costs a third of the
         # INSERT's time on a million rows, and a new batch has no other rows to conflict with.
-        on_conflict = " ON CONFLICT (batch_id, custom_id) DO NOTHING" if duplicates else ""
+        on_conflict = " ON CONFLICT (batch_id, custom_id, voter) DO NOTHING" if duplicates else ""
         # A request the batch lane takes is born `remote`: no live worker ever leases it.
         every, first_models = options.lane_takes()
         inserted = await conn.execute(
