@@ -60,11 +60,11 @@ def window_seconds(window: str) -> int:
     return seconds
 
 
-def _models(value: list[str] | str | None) -> list[str]:
+def _models(value: list[str] | str | None, param: str = "models") -> list[str]:
     try:
-        return model_chain(value, "models")
+        return model_chain(value, param)
     except ValueError as exc:
-        raise BadInput(str(exc), param="models", code="invalid_value") from None
+        raise BadInput(str(exc), param=param, code="invalid_value") from None
 
 
 def batch_errors(exc: SubmitError) -> list[dict[str, Any]]:
@@ -193,6 +193,8 @@ async def _asked(state: ApiState, caller: Caller, body: BatchCreate) -> _Asked:
         window_seconds=window,
         feedback=body.feedback,
         heal=body.heal,
+        vote=_models(body.vote, "vote"),
+        gold=body.gold,
     )
     async with state.reads.connect() as conn:
         if callback_url is not None:

@@ -381,6 +381,15 @@ class BatchCreate(BaseModel):
         False,
         description="Ask OpenRouter's response-healing plugin to repair malformed JSON in schema replies.",
     )
+    vote: list[Text] | Text | None = Field(
+        None,
+        description="Send each request to every one of these models (all of them, not a fallback chain) and "
+        "vote: the records' results hold the majority of each answer field, the agreement and each answer.",
+    )
+    gold: Text | None = Field(
+        None,
+        description="The record field holding the right answer: the batch page scores the answers against it.",
+    )
     replace_models: StrictBool = Field(
         False,
         description="Send every line to `models`, whatever model the line names (a file written for other "

@@ -14,7 +14,7 @@ import typer
 from redis.exceptions import RedisError
 from sqlalchemy.exc import DBAPIError
 
-from jobs.cli import admin, batches, estimate, keys, run, serve, upstream, workers
+from jobs.cli import admin, batches, estimate, keys, run, score, serve, upstream, workers
 from jobs.cli.terminal import err, say, say_error
 from jobs.core.errors import Interrupted, OrbatchError, ServiceUnavailable, SettingsError
 from jobs.core.logs import configure_logging, redact
@@ -31,7 +31,17 @@ app = typer.Typer(
 )
 
 # Every module that holds commands; a test checks that each of their commands is on the app.
-COMMAND_MODULES: tuple[ModuleType, ...] = (admin, batches, estimate, keys, run, serve, upstream, workers)
+COMMAND_MODULES: tuple[ModuleType, ...] = (
+    admin,
+    batches,
+    estimate,
+    keys,
+    run,
+    score,
+    serve,
+    upstream,
+    workers,
+)
 
 # The order `orbatch --help` lists them in.
 _GROUPS: tuple[tuple[str, typer.Typer], ...] = (("db", admin.db_app), ("keys", keys.keys_app))
@@ -44,6 +54,7 @@ _COMMANDS: tuple[tuple[str, Callable[..., None]], ...] = (
     ("status", batches.status),
     ("results", batches.results),
     ("usage", batches.usage),
+    ("score", score.score),
     ("resume", batches.resume),
     ("cancel", batches.cancel),
     ("priority", batches.set_priority),

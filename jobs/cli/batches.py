@@ -267,10 +267,18 @@ def results(
         ),
     ] = None,
     fmt: Format = "batch",
+    disagreements: Annotated[
+        bool,
+        typer.Option(
+            "--disagreements",
+            help="Of a --vote batch, only the records its models do not all agree on (as records), to review.",
+        ),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print counts as JSON (with -o FILE).")] = False,
 ) -> None:
     """Write a batch's results (OpenAI Batch output lines, or records with answers) to stdout or -o FILE;
-    failures go to --errors. What was written is counted on stderr."""
+    failures go to --errors. What was written is counted on stderr. A --vote batch's records come one per
+    record, with the majority, the agreement and each model's answer."""
     check_destinations(output, errors)
     if as_json and STDOUT in (output, errors):
         what, fix = ("the results", "-o FILE") if output == STDOUT else ("the failures", "--errors FILE")
@@ -279,7 +287,7 @@ def results(
     async def go(engine: AsyncEngine) -> dict[str, Any]:
         async with engine.connect() as conn:
             summary = await batch_summary(conn, await resolve(engine, batch))
-        report = await export_to_files(engine, summary.id, output, errors, fmt)
+        report = await export_to_files(engine, summary.id, output, errors, fmt, disagreements)
         return {
             "id": summary.id,
             "status": summary.status,

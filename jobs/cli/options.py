@@ -114,6 +114,24 @@ Heal = Annotated[
         "--heal", help="Ask OpenRouter's response-healing plugin to repair malformed JSON in schema replies."
     ),
 ]
+Vote = Annotated[
+    str | None,
+    typer.Option(
+        "--vote",
+        metavar="MODELS",
+        help="Send each record to every one of these models (comma-separated; all of them, not a fallback "
+        "chain) and keep the majority of each answer field, the models' agreement and each one's answer.",
+    ),
+]
+Gold = Annotated[
+    str | None,
+    typer.Option(
+        "--gold",
+        metavar="FIELD",
+        help="The record field holding the right answer: the dashboard's batch page scores the answers against "
+        "it (orbatch score does it for any batch).",
+    ),
+]
 ReplaceModels = Annotated[
     bool,
     typer.Option(
@@ -253,6 +271,8 @@ class SubmitChoices:
     dedupe: Dedupe = False
     feedback: Feedback = True
     heal: Heal = False
+    vote: Vote = None
+    gold: Gold = None
     replace_models: ReplaceModels = False
     template: TemplateText = None
     embed: Embed = False
@@ -269,18 +289,21 @@ class SubmitChoices:
         """The SubmitOptions they mean, checked; UsageError (or TemplateError) says what is wrong."""
         try:
             chain = model_chain(self.models or None, "--models")
+            voters = model_chain(self.vote, "--vote") if self.vote is not None else []
         except ValueError as exc:
             raise UsageError(str(exc)) from None
         if self.template is None and (self.system is not None or self.json_schema is not None):
             raise UsageError("--system and --json-schema go with --template (a file of plain records)")
         if self.embed and self.template is None:
             raise UsageError("--embed goes with --template: it makes each record's text to embed")
+        if voters and chain:
+            raise UsageError("--vote or --models, not both: a vote sends each record to every model it names")
         if self.replace_models and not chain:
             raise UsageError("--replace-models needs --models: the chain every line is sent to")
         parsed: Template | None = None
         if self.template is not None:
-            if not chain:
-                raise UsageError("--template needs --models: plain records name no model")
+            if not chain and not voters:
+                raise UsageError("--template needs --models (or --vote): plain records name no model")
             path = self.json_schema
             schema = load_json_schema(path) if path is not None else None
             stem = path.stem if path is not None else ""
@@ -305,6 +328,8 @@ class SubmitChoices:
             lane=self.lane,
             feedback=self.feedback,
             heal=self.heal,
+            vote=voters,
+            gold=self.gold,
         )
 
 

@@ -131,6 +131,9 @@ class Batch(Base):
     lane: Mapped[str] = mapped_column(Text, server_default=Lane.LIVE.value)
     # What the batch lane had to say once (its Batch API not enabled for the key: the batch ran live).
     lane_note: Mapped[str | None] = mapped_column(Text)
+    # The record field holding the right answer, named at submit (`--gold`): the batch page scores the answers
+    # against it. Not part of the batch's identity (revision 0018).
+    gold: Mapped[str | None] = mapped_column(Text)
     source_name: Mapped[str | None] = mapped_column(Text)
     source_sha256: Mapped[str | None] = mapped_column(Text)
     total: Mapped[int] = mapped_column(Integer, server_default=text("0"))

@@ -32,6 +32,8 @@ class AnswerColumns:
     structured: bool
     error_name: str = ERROR_FIELD
     values: dict[str, list[Any]] = field(default_factory=dict)
+    # Columns filled from a row's `extra` (a vote's agreement, ties and answers): their names as added.
+    extras: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def plan(cls, schema: dict[str, Any] | None, existing: Iterable[str]) -> AnswerColumns:
@@ -55,12 +57,23 @@ class AnswerColumns:
 
     @property
     def order(self) -> list[str]:
-        """The added columns in order: the answer's, then the error."""
-        return [*self.names.values(), self.error_name]
+        """The added columns in order: the answer's, the extras, then the error."""
+        return [*self.names.values(), *self.extras.values(), self.error_name]
+
+    def extend(self, names: Iterable[str], existing: Iterable[str]) -> None:
+        """Add columns filled from each row's `extra` (any type), renamed like answer fields on a clash."""
+        taken = {*existing, *self.names.values(), self.error_name}
+        for name in names:
+            column = name + CLASH_SUFFIX if name in taken else name
+            self.extras[name] = column
+            self.types[column] = "any"
+            self.values[column] = []
 
     def fields_of(self, row: AnswerRow) -> dict[str, Any]:
         """The added fields of one row: the answer's fields (None where it has none) and its error."""
         out: dict[str, Any] = dict.fromkeys(self.names.values())
+        for name, column in self.extras.items():
+            out[column] = (row.extra or {}).get(name)
         out[self.error_name] = row.error
         if row.content is None or row.error is not None:
             return out

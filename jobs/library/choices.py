@@ -54,6 +54,8 @@ class Choices:
     dedupe: bool = False
     feedback: bool = True
     heal: bool = False
+    vote: list[str] | str | None = None
+    gold: str | None = None
     replace_models: bool = False
     temperature: float | None = None
     max_tokens: int | None = None
@@ -79,6 +81,14 @@ class Choices:
             chain = model_chain(self.models, "models=")
         except ValueError as exc:
             raise BadInput(str(exc), param="models") from None
+        try:
+            voters = model_chain(self.vote, "vote=")
+        except ValueError as exc:
+            raise BadInput(str(exc), param="vote") from None
+        if voters and chain:
+            raise BadInput(
+                "vote= or models=, not both: a vote sends each row to every model it names", param="vote"
+            )
         schema = self.json_schema()
         template: Template | None = None
         if self.template is None and (self.system is not None or schema is not None):
@@ -88,8 +98,10 @@ class Choices:
                 "embed= goes with template= (records whose filled template is embedded)", param="embed"
             )
         if self.template is not None:
-            if not chain:
-                raise BadInput("template= needs models=: plain records name no model", param="models")
+            if not chain and not voters:
+                raise BadInput(
+                    "template= needs models= (or vote=): plain records name no model", param="models"
+                )
             try:
                 template = Template.parse(
                     load_template_text(self.template),
@@ -138,6 +150,8 @@ class Choices:
             lane=lane,
             feedback=self.feedback,
             heal=self.heal,
+            vote=voters,
+            gold=self.gold,
         )
 
     def _defaults(self) -> dict[str, Any]:

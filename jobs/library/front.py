@@ -48,6 +48,7 @@ from jobs.observation.standing import BatchSummary
 from jobs.observation.usage import usage_report
 from jobs.operations.control import cancel_batch, resolve_batch
 from jobs.operations.results import answer_rows
+from jobs.operations.scores import score_batch
 from jobs.submission.catalog import upstream_is_simulator
 from jobs.submission.estimate import Estimate
 
@@ -248,6 +249,15 @@ class Batch:
 
         return _on_engine(report)
 
+    def score(self, gold: str, field: str | None = None) -> dict[str, Any]:
+        """Its answers (a vote's majority) scored against each record's `gold` field, as `orbatch score --json`
+        prints it: accuracy, per-class precision/recall/F1, the confusion matrix, a vote's models and kappa."""
+
+        async def scored(engine: AsyncEngine) -> dict[str, Any]:
+            return (await score_batch(engine, self.id, gold, field)).to_json()
+
+        return _on_engine(scored)
+
 
 async def _json_schema(engine: AsyncEngine, batch_id: str) -> dict[str, Any] | None:
     """The JSON Schema the batch's answers follow, if it asked for one."""
@@ -369,7 +379,8 @@ def run(
     when they have `messages`. Each row gets the fields of its answer (`schema`: a Pydantic model or a JSON
     Schema dict), else `answer`, and `error` (empty for answered rows). Options are the CLI's: max_attempts,
     max_cost, free_only, dedupe, feedback (False: a reply failing its schema is retried with the same prompt), heal,
-    temperature, max_tokens, params, name, metadata, new, priority,
+    vote (models that each answer every row: the row gets the majority of each field, `agreement`, `ties` and
+    `votes`, each model's answer), gold (the column of right labels the dashboard scores against), temperature, max_tokens, params, name, metadata, new, priority,
     lane ("live", "batch": OpenRouter's Batch API at about half price, "auto"), skip_invalid, check_models,
     simulator, concurrency, progress (True, False, "notebook", "terminal",
     "plain"). The same call again finds the same batch and carries on; an interrupt stops gracefully.

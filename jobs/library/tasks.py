@@ -24,6 +24,7 @@ from jobs.library.session import Session
 from jobs.library.views import SnapshotBox
 from jobs.observation.standing import BatchSummary, batch_summary
 from jobs.operations.results import AnswerRow, answer_rows, export_in_order
+from jobs.operations.votes import VOTE_EXTRAS, vote_models
 from jobs.submission.estimate import Estimate
 from jobs.submission.intake import FirstWindow, Intake, ModelRefused, Setback, estimate_source, take_in
 from jobs.submission.model_names import renamed_note
@@ -217,7 +218,10 @@ def _outcome(ended: Ended) -> BatchSummary:
 async def read_answers(
     engine: AsyncEngine, batch_id: str, columns: AnswerColumns, rows: int | None
 ) -> AnswerColumns:
-    """The batch's answers as columns, one value per input row in order (rows left out at submit say so)."""
+    """The batch's answers as columns, one value per input row in order (rows left out at submit say so); a
+    vote's agreement, ties and answers in columns of their own."""
+    if await vote_models(engine, batch_id) is not None:
+        columns.extend(VOTE_EXTRAS, columns.types)
     async for chunk in _aligned(answer_rows(engine, batch_id), rows):
         columns.add(chunk)
     return columns
@@ -260,6 +264,8 @@ async def record_rows(
                 for row in chunk:
                     keys.update(dict.fromkeys(row.record or {}))
                 plan = AnswerColumns.plan(schema, keys)
+                if await vote_models(engine, batch_id) is not None:
+                    plan.extend(VOTE_EXTRAS, keys)
             yield [{**(row.record or {}), **plan.fields_of(row)} for row in chunk]
 
 

@@ -11,14 +11,30 @@ from pathlib import Path
 from typing import IO, Any, Literal
 
 import orjson
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from jobs.core.errors import BadInput
-from jobs.core.sql import states
 from jobs.core.states import RequestStatus
-from jobs.formats.output_lines import error_line, merge_answer, result_line
+from jobs.formats.output_lines import ANSWER_FIELD, error_line, merge_answer, result_line
 from jobs.formats.tables import table_format, write_records
+from jobs.formats.votes import AGREEMENT_FIELD, TIES_FIELD, VOTES_FIELD
+from jobs.operations.rows import (
+    BATCH_COLUMNS,
+    CONTENT,
+    EXPORT_CHUNK,
+    RECORD_COLUMNS,
+    WHERE,
+    error_of,
+    in_order,
+    record_fields,
+)
+from jobs.operations.rows import (
+    query as export_query,
+)
+from jobs.operations.rows import (
+    rows as stream_rows,
+)
+from jobs.operations.votes import dumps, vote_models, voted_record_chunks, voted_records
 
 __all__ = [
     "STDOUT",
@@ -38,37 +54,6 @@ __all__ = [
 
 ExportFormat = Literal["batch", "records"]
 
-# Run through asyncpg's cursor, not SQLAlchemy: `_query` fills in the state names, the columns and the choice.
-_ROWS = """
-    SELECT r.id, r.custom_id, r.status, r.last_error, {columns}, a.generation_id,
-           a.http_status, la.error_code, la.error_message, la.http_status AS last_status
-    FROM request r
-    LEFT JOIN result res ON res.request_id = r.id
-    LEFT JOIN attempt a ON a.id = res.attempt_id
-    LEFT JOIN LATERAL (
-        SELECT error_code, error_message, http_status FROM attempt
-        WHERE request_id = r.id ORDER BY number DESC LIMIT 1
-    ) la ON r.status = {R.FAILED}
-    WHERE r.batch_id = $1 AND {where}
-    ORDER BY r.id
-"""
-
-# Which requests each export reads: `results` writes both files in one pass; the API serves one at a time.
-_WHERE = {
-    "both": "r.status IN ({R.COMPLETED}, {R.FAILED})",
-    "output": "r.status = {R.COMPLETED}",
-    "errors": "r.status = {R.FAILED}",
-    "errors_and_unfinished": "r.status <> {R.COMPLETED}",
-}
-
-
-def _query(columns: str, where: str) -> str:
-    """The export query for these columns and this choice of requests, its state names filled in."""
-    return states(_ROWS.replace("{columns}", columns).replace("{where}", where))
-
-
-_EXPORT_CHUNK = 2000
-
 
 @dataclass(slots=True, frozen=True)
 class Unfinished:
@@ -86,31 +71,6 @@ class ExportReport:
     failed: int = 0
 
 
-_BATCH_COLUMNS = "res.body::text AS body"
-# A row's answer: a chat reply's text, or an embeddings request's vector (a list of vectors for a list of
-# inputs, in input order) as JSON text; read from the stored response, not stored twice. An embeddings answer
-# is JSON, so it is `structured`.
-_CONTENT = """
-    CASE WHEN r.body ? 'messages' THEN res.body->'choices'->0->'message'->>'content'
-         WHEN jsonb_typeof(r.body->'input') = 'array' AND jsonb_typeof(r.body->'input'->0) <> 'number'
-         THEN (SELECT jsonb_agg(d.value->'embedding' ORDER BY coalesce((d.value->>'index')::int, d.n - 1))
-               FROM jsonb_array_elements(res.body->'data') WITH ORDINALITY AS d(value, n))::text
-         ELSE (res.body->'data'->0->'embedding')::text END AS content,
-    (coalesce(r.body->'response_format'->>'type' = 'json_schema', false) OR NOT r.body ? 'messages')
-        AS structured"""
-_RECORD_COLUMNS = "r.record::text AS record," + _CONTENT
-
-
-async def _rows(engine: AsyncEngine, sql: str, *args: Any) -> AsyncGenerator[Any]:
-    async with engine.connect() as conn:
-        raw: Any = (await conn.get_raw_connection()).driver_connection
-        # One read-only snapshot streamed through asyncpg's server-side cursor: memory is one prefetch of rows
-        # whatever the batch's size.
-        async with raw.transaction(readonly=True, isolation="repeatable_read"):
-            async for row in raw.cursor(sql, *args, prefetch=_EXPORT_CHUNK):
-                yield row
-
-
 @dataclass(slots=True, frozen=True)
 class AnswerRow:
     """One request of a batch as a table's row gets it: where it was, its answer, or why it has none."""
@@ -124,13 +84,15 @@ class AnswerRow:
     error: str | None
     # The record the request was made from (its custom_id alone for a chat request), when asked for.
     record: dict[str, Any] | None = None
+    # More of the row's fields: a vote's agreement, ties and each model's answer.
+    extra: dict[str, Any] | None = None
 
 
-_ANSWER_COLUMNS = "r.line_no," + _CONTENT
-_ANSWER_ROWS = _query(_ANSWER_COLUMNS + ", NULL AS record", "true").replace(
+_ANSWER_COLUMNS = "r.line_no," + CONTENT
+_ANSWER_ROWS = export_query(_ANSWER_COLUMNS + ", NULL AS record", "true").replace(
     "ORDER BY r.id", "ORDER BY r.line_no"
 )
-_ANSWER_ROWS_WITH_RECORDS = _query(_ANSWER_COLUMNS + ", r.record::text AS record", "true").replace(
+_ANSWER_ROWS_WITH_RECORDS = export_query(_ANSWER_COLUMNS + ", r.record::text AS record", "true").replace(
     "ORDER BY r.id", "ORDER BY r.line_no"
 )
 
@@ -138,59 +100,69 @@ _ANSWER_ROWS_WITH_RECORDS = _query(_ANSWER_COLUMNS + ", r.record::text AS record
 async def answer_rows(
     engine: AsyncEngine, batch_id: str, with_records: bool = False
 ) -> AsyncGenerator[list[AnswerRow]]:
-    """Every request of the batch in line order, a few thousand at a time, from one snapshot."""
+    """Every request of the batch in line order, a few thousand at a time, from one snapshot; a vote batch's
+    records each once, its majority as the answer and the rest of its vote in `extra`."""
+    if await vote_models(engine, batch_id) is not None:
+        async for voted in _voted_rows(engine, batch_id, with_records):
+            yield voted
+        return
     chunk: list[AnswerRow] = []
     query = _ANSWER_ROWS_WITH_RECORDS if with_records else _ANSWER_ROWS
-    fields = await _record_fields(engine, batch_id) if with_records else None
-    async with contextlib.aclosing(_rows(engine, query, batch_id)) as rows:
+    fields = await record_fields(engine, batch_id) if with_records else None
+    async with contextlib.aclosing(stream_rows(engine, query, batch_id)) as rows:
         async for row in rows:
             status = row["status"]
             error = None
             if status == RequestStatus.FAILED:
-                code, message = _error_of(row)
+                code, message = error_of(row)
                 error = f"{code}: {message}"
             elif status != RequestStatus.COMPLETED:
                 error = f"not_finished: the request is {status}"
             record = None
             if with_records:
                 record = (
-                    _in_order(orjson.loads(row["record"]), fields)
+                    in_order(orjson.loads(row["record"]), fields)
                     if row["record"]
                     else {"custom_id": row["custom_id"]}
                 )
             chunk.append(AnswerRow(row["line_no"], status, row["content"], row["structured"], error, record))
-            if len(chunk) >= _EXPORT_CHUNK:
+            if len(chunk) >= EXPORT_CHUNK:
                 yield chunk
                 chunk = []
     if chunk:
         yield chunk
 
 
-async def _record_fields(engine: AsyncEngine, batch_id: str) -> list[str] | None:
-    """The batch's record fields in their input order (revision 0011); None when it kept none."""
-    async with engine.connect() as conn:
-        fields = (await conn.execute(_FIELDS, {"id": batch_id})).scalar()
-    return list(fields) if fields else None
-
-
-_FIELDS = text("SELECT record_fields FROM batch WHERE id = :id")
-
-
-def _in_order(record: dict[str, Any], fields: list[str] | None) -> dict[str, Any]:
-    """The record with its fields in the input's order (`jsonb` kept them in its own); others after."""
-    if not fields:
-        return record
-    ordered = {key: record[key] for key in fields if key in record}
-    if len(ordered) != len(record):
-        ordered.update(record)
-    return ordered
-
-
-def _error_of(row: Any) -> tuple[str, str]:
-    return (
-        row["error_code"] or "request_failed",
-        row["error_message"] or row["last_error"] or "the request failed",
-    )
+async def _voted_rows(
+    engine: AsyncEngine, batch_id: str, with_records: bool
+) -> AsyncGenerator[list[AnswerRow]]:
+    chunk: list[AnswerRow] = []
+    async for voted in voted_records(engine, batch_id):
+        vote = voted.vote
+        error = None
+        if not voted.finished:
+            status, error = RequestStatus.RUNNING.value, "not_finished: some models have not answered yet"
+        elif voted.failed:
+            status, error = RequestStatus.FAILED.value, voted.as_error()["error"]["message"]
+        else:
+            status = RequestStatus.COMPLETED.value
+        content = None
+        if error is None:
+            # An answer that is not an object (no schema asked) is the majority's text itself.
+            value: Any = vote.majority
+            if set(vote.majority) == {ANSWER_FIELD} and not any(
+                isinstance(a, dict) for a in vote.answers.values()
+            ):
+                value = vote.majority[ANSWER_FIELD]
+            content = value if isinstance(value, str) else orjson.dumps(value).decode()
+        extra = {AGREEMENT_FIELD: vote.agreement, TIES_FIELD: vote.ties or None, VOTES_FIELD: vote.answers}
+        record = voted.record if with_records else None
+        chunk.append(AnswerRow(voted.line_no, status, content, True, error, record, extra))
+        if len(chunk) >= EXPORT_CHUNK:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 async def export_results(
@@ -208,13 +180,13 @@ async def export_results(
     report = ExportReport()
     ok: list[bytes] = []
     bad: list[bytes] = []
-    columns = _BATCH_COLUMNS if fmt == "batch" else _RECORD_COLUMNS
-    query = _query(columns, _WHERE["both"])
-    fields = await _record_fields(engine, batch_id) if fmt == "records" else None
-    async with contextlib.aclosing(_rows(engine, query, batch_id)) as rows:
+    columns = BATCH_COLUMNS if fmt == "batch" else RECORD_COLUMNS
+    sql = export_query(columns, WHERE["both"])
+    fields = await record_fields(engine, batch_id) if fmt == "records" else None
+    async with contextlib.aclosing(stream_rows(engine, sql, batch_id)) as rows:
         async for row in rows:
             _add_row(row, fmt, ok, bad, fields=fields)
-            if len(ok) + len(bad) >= _EXPORT_CHUNK:
+            if len(ok) + len(bad) >= EXPORT_CHUNK:
                 _flush(ok, bad, out, errors, report)
     _flush(ok, bad, out, errors, report)
     return report
@@ -225,14 +197,16 @@ async def export_in_order(engine: AsyncEngine, batch_id: str, out: IO[bytes]) ->
     report = ExportReport()
     lines: list[bytes] = []
     unfinished = Unfinished("not_finished", "the request did not finish")
-    async with contextlib.aclosing(_rows(engine, _query(_BATCH_COLUMNS, "true"), batch_id)) as rows:
+    async with contextlib.aclosing(
+        stream_rows(engine, export_query(BATCH_COLUMNS, "true"), batch_id)
+    ) as rows:
         async for row in rows:
             _add_row(row, "batch", lines, lines, unfinished)
             if row["status"] == RequestStatus.COMPLETED:
                 report.completed += 1
             else:
                 report.failed += 1
-            if len(lines) >= _EXPORT_CHUNK:
+            if len(lines) >= EXPORT_CHUNK:
                 _write_all(out, b"".join(lines))
                 lines.clear()
     _write_all(out, b"".join(lines))
@@ -249,12 +223,12 @@ async def stream_file(
 
     With `unfinished`, requests that never finished are error lines with its code and message.
     """
-    where = _WHERE["errors_and_unfinished" if kind == "errors" and unfinished else kind]
+    where = WHERE["errors_and_unfinished" if kind == "errors" and unfinished else kind]
     lines: list[bytes] = []
-    async with contextlib.aclosing(_rows(engine, _query(_BATCH_COLUMNS, where), batch_id)) as rows:
+    async with contextlib.aclosing(stream_rows(engine, export_query(BATCH_COLUMNS, where), batch_id)) as rows:
         async for row in rows:
             _add_row(row, "batch", lines, lines, unfinished)
-            if len(lines) >= _EXPORT_CHUNK:
+            if len(lines) >= EXPORT_CHUNK:
                 yield b"".join(lines)
                 lines.clear()
     if lines:
@@ -282,19 +256,19 @@ def _add_row(
                 )
             )
         else:
-            code, message = _error_of(row)
+            code, message = error_of(row)
             line = error_line(row["custom_id"], row["id"], code, message, status_code=row["last_status"])
             bad.append(orjson.dumps(line) + b"\n")
     else:
         record = (
-            _in_order(orjson.loads(row["record"]), fields)
+            in_order(orjson.loads(row["record"]), fields)
             if row["record"]
             else {"custom_id": row["custom_id"]}
         )
         if completed:
             ok.append(orjson.dumps(merge_answer(record, row["content"], row["structured"])) + b"\n")
         else:
-            code, message = _error_of(row)
+            code, message = error_of(row)
             bad.append(orjson.dumps({**record, "error": {"code": code, "message": message}}) + b"\n")
 
 
@@ -349,15 +323,22 @@ def _table_of(path: Path | None) -> str | None:
 async def _record_chunks(
     engine: AsyncEngine, batch_id: str, which: str
 ) -> AsyncGenerator[list[dict[str, Any]]]:
-    """The batch's completed (or failed) requests as records with their answers (or errors), in line order."""
+    """The batch's completed (or failed) requests as records with their answers (or errors), in line order; a
+    vote batch's records each once, with its vote (`disagreements`: those the models do not all agree on)."""
+    if await vote_models(engine, batch_id) is not None:
+        async for voted in voted_record_chunks(engine, batch_id, which):  # type: ignore[arg-type]
+            yield voted
+        return
     ok: list[bytes] = []
     bad: list[bytes] = []
     out = ok if which == "output" else bad
-    fields = await _record_fields(engine, batch_id)
-    async with contextlib.aclosing(_rows(engine, _query(_RECORD_COLUMNS, _WHERE[which]), batch_id)) as rows:
+    fields = await record_fields(engine, batch_id)
+    async with contextlib.aclosing(
+        stream_rows(engine, export_query(RECORD_COLUMNS, WHERE[which]), batch_id)
+    ) as rows:
         async for row in rows:
             _add_row(row, "records", ok, bad, fields=fields)
-            if len(out) >= _EXPORT_CHUNK:
+            if len(out) >= EXPORT_CHUNK:
                 yield [orjson.loads(line) for line in out]
                 out.clear()
     if out:
@@ -365,13 +346,28 @@ async def _record_chunks(
 
 
 async def export_to_files(
-    engine: AsyncEngine, batch_id: str, output: Path, errors: Path | None, fmt: ExportFormat = "batch"
+    engine: AsyncEngine,
+    batch_id: str,
+    output: Path,
+    errors: Path | None,
+    fmt: ExportFormat = "batch",
+    disagreements: bool = False,
 ) -> ExportReport:
     """export_results into OUTPUT (and ERRORS, if given), creating their folders; `-` is stdout.
 
     With `records`, a path ending in .csv or .parquet gets a table of that format (each file by its own suffix).
+    A vote batch's records are one per record, its vote tallied; `disagreements`: only those the models do not
+    all agree on (records, whatever `fmt`).
     """
     check_destinations(output, errors)
+    voting = await vote_models(engine, batch_id) is not None
+    if disagreements and not voting:
+        raise BadInput(
+            "--disagreements is for a batch submitted with --vote: only a vote has models to disagree",
+            param="disagreements",
+        )
+    if disagreements:
+        fmt = "records"
     tables = (_table_of(output), _table_of(errors))
     if any(tables):
         if fmt != "records":
@@ -379,7 +375,9 @@ async def export_to_files(
                 "a .csv or .parquet output holds records: add --format records (OpenAI Batch lines are JSONL)",
                 param="format",
             )
-        return await _export_tables(engine, batch_id, output, errors)
+        return await _export_tables(engine, batch_id, output, errors, disagreements)
+    if voting and fmt == "records":
+        return await _export_votes(engine, batch_id, output, errors, disagreements)
     with _sink(output) as out_f:
         if errors is None:
             return await export_results(engine, batch_id, out_f, None, fmt)
@@ -387,12 +385,33 @@ async def export_to_files(
             return await export_results(engine, batch_id, out_f, err_f, fmt)
 
 
+async def _export_votes(
+    engine: AsyncEngine, batch_id: str, output: Path, errors: Path | None, disagreements: bool
+) -> ExportReport:
+    """A vote batch's records as JSON lines: each record once with its vote, those no model answered apart."""
+    report = ExportReport()
+    with _sink(output) as out_f:
+        async for chunk in voted_record_chunks(
+            engine, batch_id, "disagreements" if disagreements else "output"
+        ):
+            _write_all(out_f, dumps(chunk))
+            report.completed += len(chunk)
+    if errors is not None:
+        with _sink(errors) as err_f:
+            async for chunk in voted_record_chunks(engine, batch_id, "errors"):
+                _write_all(err_f, dumps(chunk))
+                report.failed += len(chunk)
+    return report
+
+
 async def _export_tables(
-    engine: AsyncEngine, batch_id: str, output: Path, errors: Path | None
+    engine: AsyncEngine, batch_id: str, output: Path, errors: Path | None, disagreements: bool = False
 ) -> ExportReport:
     """Records with their answers to OUTPUT and failures to ERRORS, each in the format its suffix names."""
     report = ExportReport()
-    report.completed = await _write_table(engine, batch_id, output, "output")
+    report.completed = await _write_table(
+        engine, batch_id, output, "disagreements" if disagreements else "output"
+    )
     if errors is not None:
         report.failed = await _write_table(engine, batch_id, errors, "errors")
     return report

@@ -201,14 +201,34 @@ async def _checked(
             embedding_models=frozenset(m for m, p in catalog.items() if p.embeddings),
             contexts={m: p.context_length for m, p in catalog.items() if p.context_length is not None},
         )
+    voting = bool(options.vote)
+    if voting:
+        options = replace(options, models=_voters(options))
     if options.replace_models and not options.models:
         raise ModelRefused("replacing the lines' models needs a chain to replace them with (--models)")
     renamed: dict[str, str] = {}
     try:
         options = replace(options, models=resolve_models(options.models, options, renamed))
+        if voting:
+            # The vote's models as the catalogue names them, kept as the batch's models too (what it calls).
+            options = replace(options, vote=options.models)
     except ValueError as exc:
         raise ModelRefused(str(exc)) from None
     return options, catalog, renamed
+
+
+def _voters(options: SubmitOptions) -> list[str]:
+    """The models of a vote, as given; ModelRefused for a vote of fewer than two, one twice, or beside a chain."""
+    if options.models:
+        raise ModelRefused(
+            "--vote sends every record to each of its models; a fallback chain (--models) has no place beside it"
+        )
+    if len(options.vote) < 2:
+        raise ModelRefused(f"a vote needs at least two models; got {len(options.vote)}")
+    twice = sorted({m for m in options.vote if options.vote.count(m) > 1})
+    if twice:
+        raise ModelRefused(f"a vote names each model once; named more than once: {', '.join(twice)}")
+    return options.vote
 
 
 def _asks(base_url: str, key: str | None) -> UpstreamCheck:

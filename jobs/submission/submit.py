@@ -139,6 +139,11 @@ class SubmitOptions:
     feedback: bool = True
     # Ask OpenRouter's response-healing plugin to repair malformed JSON in replies to schema requests.
     heal: bool = False
+    # Send each record to every one of these models (not a chain: all of them), one request each, and vote
+    # (`jobs.formats.votes`); empty: no vote. The lines' own models are not used.
+    vote: list[str] = field(default_factory=list)
+    # The record field holding the right answer, for the batch page's score; not part of the identity.
+    gold: str | None = None
 
     def identity(self) -> dict[str, Any]:
         """The options that make a batch what it is: the same file with these gives the same batch."""
@@ -161,6 +166,7 @@ class SubmitOptions:
             # Named only when not the default, so batches stored before these options keep their identity.
             **({"feedback": False} if not self.feedback else {}),
             **({"heal": True} if self.heal else {}),
+            **({"vote": self.vote} if self.vote else {}),
         }
 
     def lane_takes(self) -> tuple[bool, list[str]]:
@@ -381,7 +387,7 @@ def _row(
             ' or "models"',
             "missing_required_parameter",
         )
-    models = None if options.replace_models else parsed.models
+    models = None if options.replace_models or options.vote else parsed.models
     if models is not None:
         try:
             models = resolve_models(models, options, gathered.renamed)
@@ -447,7 +453,12 @@ def _counted(
     `errors`."""
     rows: list[_Row] = []
     for row, tokens in zip(chunk, counter.counts(), strict=True):
-        problem = context_problem(row[3] or options.models, context_needed(tokens, row[6]), options.contexts)
+        needed = context_needed(tokens, row[6])
+        # A vote needs every model to hold the record; a chain, one of its models.
+        chains = [[model] for model in options.vote] if options.vote else [row[3] or options.models]
+        problem = next(
+            (p for p in (context_problem(c, needed, options.contexts) for c in chains) if p is not None), None
+        )
         if problem is not None:
             errors.add(LineError(row[0], problem, "context_length_exceeded"))
             continue
@@ -572,18 +583,29 @@ _MEASURE = """
            count(*) FILTER (WHERE completion_tokens IS NULL) AS unbounded
     FROM {rows} GROUP BY 1 ORDER BY 2 DESC, 1
 """
+_ONCE = "(SELECT DISTINCT ON (custom_id) * FROM orbatch_staging ORDER BY custom_id, line_no) s"
 _STAGED = text(_MEASURE.format(rows="orbatch_staging"))
-_STAGED_ONCE = text(
-    _MEASURE.format(
-        rows="(SELECT DISTINCT ON (custom_id) * FROM orbatch_staging ORDER BY custom_id, line_no) s"
+_STAGED_ONCE = text(_MEASURE.format(rows=_ONCE))
+# A vote's requests: every staged record once per model voting.
+_VOTED = " CROSS JOIN unnest(CAST(:voters AS text[])) AS v(voter)"
+_STAGED_VOTES = text(
+    _MEASURE.replace("coalesce(models[1], CAST(:first AS text))", "v.voter").format(
+        rows="orbatch_staging" + _VOTED
     )
+)
+_STAGED_VOTES_ONCE = text(
+    _MEASURE.replace("coalesce(models[1], CAST(:first AS text))", "v.voter").format(rows=_ONCE + _VOTED)
 )
 
 
 async def _measure(conn: AsyncConnection, options: SubmitOptions, duplicates: int) -> list[ModelTokens]:
     """The staged requests' tokens, by model."""
     first = options.models[0] if options.models else None
-    rows = await conn.execute(_STAGED_ONCE if duplicates else _STAGED, {"first": first})
+    if options.vote:
+        query = _STAGED_VOTES_ONCE if duplicates else _STAGED_VOTES
+        rows = await conn.execute(query, {"first": first, "voters": options.vote})
+    else:
+        rows = await conn.execute(_STAGED_ONCE if duplicates else _STAGED, {"first": first})
     return [
         ModelTokens(
             model=r.model,
@@ -616,6 +638,28 @@ async def measure_source(
     return Measured(total=total, invalid=errors.count, errors=errors.kept, tokens=tokens)
 
 
+_INSERT = (
+    "INSERT INTO request (batch_id, custom_id, line_no, body, models, fingerprint, record, context_needed, status)"
+    " SELECT :batch_id, custom_id, line_no, body, models, fingerprint, record,"
+    " prompt_tokens + coalesce(completion_tokens, 0),"
+    " CASE WHEN :every OR (coalesce(models, CAST(:chain AS text[])))[1] = ANY(CAST(:firsts AS text[]))"
+    " THEN {R.REMOTE} ELSE {R.PENDING} END"
+    " FROM orbatch_staging ORDER BY line_no"
+)
+# A vote's requests: each record once per model, each a chain of that model alone, in line order then the
+# models' order. With --dedupe, the fingerprint is the record's with the model's own: one model's answer is
+# never reused as another's.
+_INSERT_VOTES = (
+    "INSERT INTO request (batch_id, custom_id, line_no, body, models, fingerprint, record, context_needed, status,"
+    " voter) SELECT :batch_id, custom_id, line_no, body, ARRAY[v.voter],"
+    " CASE WHEN fingerprint IS NOT NULL THEN encode(sha256(convert_to(fingerprint || ' ' || v.voter, 'UTF8')),"
+    " 'hex') END, record, prompt_tokens + coalesce(completion_tokens, 0),"
+    " CASE WHEN :every OR v.voter = ANY(CAST(:firsts AS text[])) THEN {R.REMOTE} ELSE {R.PENDING} END, v.voter"
+    " FROM orbatch_staging CROSS JOIN unnest(CAST(:voters AS text[])) WITH ORDINALITY AS v(voter, n)"
+    " ORDER BY line_no, v.n"
+)
+
+
 async def submit_source(
     engine: AsyncEngine,
     source: Source,
@@ -641,6 +685,8 @@ async def submit_source(
                 )
             ).one_or_none()
             if existing is not None:
+                if options.gold is not None:
+                    await conn.execute(update(Batch).where(Batch.id == existing.id).values(gold=options.gold))
                 if options.priority is not None:
                     # Given outright on a batch submitted again: the user means it for that batch now.
                     await conn.execute(
@@ -665,6 +711,7 @@ async def submit_source(
                 source_sha256=sha256,
                 priority=options.priority or BatchPriority.NORMAL,
                 lane=options.lane,
+                gold=options.gold,
             )
         )
         gathered = _Gathered(endpoint=options.endpoint)
@@ -674,17 +721,13 @@ async def submit_source(
         on_conflict = " ON CONFLICT (batch_id, custom_id, voter) DO NOTHING" if duplicates else ""
         # A request the batch lane takes is born `remote`: no live worker ever leases it.
         every, first_models = options.lane_takes()
-        inserted = await conn.execute(
-            sql(
-                "INSERT INTO request (batch_id, custom_id, line_no, body, models, fingerprint, record, context_needed,"  # noqa: S608 - SQL built from constants; every value is a bind parameter
-                " status) SELECT :batch_id, custom_id, line_no, body, models, fingerprint, record,"
-                " prompt_tokens + coalesce(completion_tokens, 0),"
-                " CASE WHEN :every OR (coalesce(models, CAST(:chain AS text[])))[1] = ANY(CAST(:firsts AS text[]))"
-                " THEN {R.REMOTE} ELSE {R.PENDING} END"
-                " FROM orbatch_staging ORDER BY line_no" + on_conflict
-            ),
-            {"batch_id": batch_id, "every": every, "chain": options.models, "firsts": first_models},
-        )
+        values = {"batch_id": batch_id, "every": every, "chain": options.models, "firsts": first_models}
+        if options.vote:
+            inserted = await conn.execute(
+                sql(_INSERT_VOTES + on_conflict), {**values, "voters": options.vote}
+            )
+        else:
+            inserted = await conn.execute(sql(_INSERT + on_conflict), values)
         total = inserted.rowcount
         if total == 0:
             raise _empty(source, errors)

@@ -10,6 +10,9 @@ is the most tokens a chunk of its text may hold (NULL: sent whole), and `attempt
 answered (`chunk 2/7`, `combine 1/2`, `final`; NULL for a whole request), so a request taken again asks only for
 the parts not yet answered.
 
+`batch.gold` names the record field holding the right answer, when one was named at submit: the dashboard's
+batch page scores the answers against it.
+
 Revision ID: 0018
 Revises: 0017
 Create Date: 2026-12-06
@@ -27,6 +30,7 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
+    op.add_column("batch", sa.Column("gold", sa.Text(), nullable=True))
     op.add_column("request", sa.Column("voter", sa.Text(), nullable=True))
     op.drop_constraint("request_batch_custom_id_key", "request", type_="unique")
     op.create_unique_constraint(
@@ -49,3 +53,4 @@ def downgrade() -> None:
     op.drop_constraint("request_batch_custom_id_key", "request", type_="unique")
     op.create_unique_constraint("request_batch_custom_id_key", "request", ["batch_id", "custom_id"])
     op.drop_column("request", "voter")
+    op.drop_column("batch", "gold")
