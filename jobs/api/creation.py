@@ -194,7 +194,6 @@ async def _asked(state: ApiState, caller: Caller, body: BatchCreate) -> _Asked:
         feedback=body.feedback,
         heal=body.heal,
         vote=_models(body.vote, "vote"),
-        gold=body.gold,
     )
     async with state.reads.connect() as conn:
         if callback_url is not None:

@@ -383,12 +383,9 @@ class BatchCreate(BaseModel):
     )
     vote: list[Text] | Text | None = Field(
         None,
-        description="Send each request to every one of these models (all of them, not a fallback chain) and "
-        "vote: the records' results hold the majority of each answer field, the agreement and each answer.",
-    )
-    gold: Text | None = Field(
-        None,
-        description="The record field holding the right answer: the batch page scores the answers against it.",
+        description="Send each request to every one of these models (all of them, not a fallback chain): the "
+        "output file has a line per call, its body's `model` saying whose; `orbatch results --format records` and "
+        "`orbatch score` give the vote (each field's majority, the agreement, each answer).",
     )
     replace_models: StrictBool = Field(
         False,

@@ -61,7 +61,7 @@ def score_tables(result: Score) -> list[Table]:
         head.add_column(column, justify="left" if column == "label" else "right")
     for c in result.classes:
         head.add_row(Text(c.label), f"{c.precision:.3f}", f"{c.recall:.3f}", f"{c.f1:.3f}", str(c.support))
-    labels = sorted({*result.confusion, *(p for row in result.confusion.values() for p in row)})
+    labels = result.columns
     matrix = Table(title="confusion matrix (rows: gold, columns: answered)")
     matrix.add_column("gold")
     for label in labels:

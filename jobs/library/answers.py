@@ -67,7 +67,9 @@ class AnswerColumns:
             column = name + CLASH_SUFFIX if name in taken else name
             self.extras[name] = column
             self.types[column] = "any"
-            self.values[column] = []
+        # The columns in their order, the error last.
+        self.values = {name: self.values.get(name, []) for name in self.order}
+        self.types = {name: self.types[name] for name in self.order}
 
     def fields_of(self, row: AnswerRow) -> dict[str, Any]:
         """The added fields of one row: the answer's fields (None where it has none) and its error."""

@@ -66,6 +66,12 @@ class Score:
     kappa_kind: str | None = None
     kappa_records: int = 0
 
+    @property
+    def columns(self) -> list[str]:
+        """The confusion matrix's columns: every label answered or gold, then `(tie)` when a vote tied."""
+        labels = sorted({*self.confusion, *(p for row in self.confusion.values() for p in row)} - {TIE})
+        return labels + ([TIE] if any(TIE in row for row in self.confusion.values()) else [])
+
     def to_json(self) -> dict[str, Any]:
         """The score as plain JSON values."""
         return asdict(self)

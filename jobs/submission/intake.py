@@ -218,16 +218,19 @@ async def _checked(
 
 
 def _voters(options: SubmitOptions) -> list[str]:
-    """The models of a vote, as given; ModelRefused for a vote of fewer than two, one twice, or beside a chain."""
+    """The models of a vote, as given; BadInput for a vote of fewer than two models or beside a chain."""
     if options.models:
-        raise ModelRefused(
-            "--vote sends every record to each of its models; a fallback chain (--models) has no place beside it"
+        raise BadInput(
+            "a vote sends every record to each of its models; a fallback chain (models) has no place beside it",
+            param="vote",
+            code="invalid_value",
         )
-    if len(options.vote) < 2:
-        raise ModelRefused(f"a vote needs at least two models; got {len(options.vote)}")
-    twice = sorted({m for m in options.vote if options.vote.count(m) > 1})
-    if twice:
-        raise ModelRefused(f"a vote names each model once; named more than once: {', '.join(twice)}")
+    if len(set(options.vote)) < 2:
+        raise BadInput(
+            f"a vote needs at least two different models; got {', '.join(options.vote)}",
+            param="vote",
+            code="invalid_value",
+        )
     return options.vote
 
 

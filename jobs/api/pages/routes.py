@@ -10,6 +10,8 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import RedirectResponse, Response, StreamingResponse
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from jobs.api.pages.charts import finished_chart, model_chart
 from jobs.api.pages.reads import (
@@ -42,6 +44,7 @@ from jobs.operations.control import (
     retry_failed,
 )
 from jobs.operations.results import stream_file
+from jobs.operations.scores import Score, score_batch
 
 __all__ = ["router"]
 
@@ -186,6 +189,28 @@ async def _closing(pieces: AsyncGenerator[bytes]) -> AsyncIterator[bytes]:
             yield piece
 
 
+_GOLD = text("SELECT gold FROM batch WHERE id = :id")
+# A running batch this large is scored once it ends: the score reads every answer, and the page refreshes.
+SCORE_LIVE_MAX_REQUESTS = 20_000
+
+
+async def _score(
+    engine: AsyncEngine, batch_id: str, gold: str | None, ended: bool, total: int
+) -> tuple[Score | None, str | None]:
+    """The batch's score against its gold field (named at submit), or why there is none to show."""
+    if gold is None:
+        return None, None
+    if not ended and total > SCORE_LIVE_MAX_REQUESTS:
+        return (
+            None,
+            f"scored against {gold!r} once the batch ends ({total:,} requests are too many to score live)",
+        )
+    try:
+        return await score_batch(engine, batch_id, gold), None
+    except BadInput as exc:
+        return None, f"not scored against {gold!r}: {exc}"
+
+
 # After the downloads: a name may hold slashes, so this path takes the rest of the address.
 @router.api_route("/batches/{ref:path}", methods=["GET", "HEAD"])
 async def batch_page(
@@ -221,7 +246,9 @@ async def batch_page(
         tallies = await read_tallies(conn, line, now, CHART_SPANS, state.chart_minutes)
         running = await read_running_by_kind(conn)
         estimate = await read_estimate(conn, line.id)
+        gold = (await conn.execute(_GOLD, {"id": line.id})).scalar()
     view = batch_view(line, await _gauges(request), now, running)
+    score, score_problem = await _score(state.engine, line.id, gold, view.ended, line.total)
     end = line.finished_at or now
     fallbacks = sum(m.fallbacks for m in tallies.models)
     answers = sum(m.answers for m in tallies.models)
@@ -236,6 +263,9 @@ async def batch_page(
         named=named if named is not None and named.count > 1 else None,
         tallies=tallies,
         estimate=None if estimate is None else estimate.live,
+        gold=gold,
+        score=score,
+        score_problem=score_problem,
         fallbacks=fallbacks,
         answers=answers,
         finished=finished_chart(tallies.minutes, tallies.bucket, end),

