@@ -75,10 +75,17 @@ def test_the_quick_start_runs_on_a_machine_with_no_services_and_no_key(
 def test_the_labelling_example_labels_and_scores_all_300_emails(tmp_path: Path, data_dir: Path) -> None:
     done = _bash("examples/labelling/run.sh", _fresh_machine_env(data_dir))
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "300 labelled, accuracy" in done.stdout
+    # The vote's majority scored against the corpus's labels, each model's accuracy and their agreement.
+    assert "'label' against 'truth', 300 records, accuracy" in done.stdout
+    assert "cohen kappa" in done.stdout
     labels = [orjson.loads(line) for line in (ROOT / "out" / "spam-labels.jsonl").read_bytes().splitlines()]
     assert len(labels) == 300
-    assert all(row["label"] in ("spam", "ham") and row["reason"] for row in labels)
+    assert all(set(row["votes"]) == {"google/gemma-4-31b-it:free", "openai/gpt-oss-20b:free"} for row in labels)
+    assert all(row["label"] in ("spam", "ham", None) and row["reason"] for row in labels)
+    # The simulator's second model gives the other label on a tenth of the e-mails: those are the ties.
+    apart = (ROOT / "out" / "spam-disagreements.jsonl").read_bytes().splitlines()
+    assert 10 < len(apart) < 60
+    assert all(orjson.loads(line)["agreement"]["label"] == 0.5 for line in apart)
     # `orbatch status` lists the batch by its name, and finds it by it.
     status = run_cli(_fresh_machine_env(data_dir), "status", "spam-labels", "--json")
     assert status.returncode == 0, status.stderr
