@@ -32,7 +32,7 @@ from jobs.formats.prompt_template import Template
 from jobs.formats.reader import DamagedGzip, FileSource, Source, read_lines
 from jobs.formats.tokens import TokenCounter, completion_cap
 from jobs.scheduling import lifecycle
-from jobs.submission.lanes import auto_has_room, batch_models
+from jobs.submission.lanes import BATCH_SUFFIX, auto_has_room, base_model, batch_models
 from jobs.submission.model_names import model_names
 
 __all__ = [
@@ -162,6 +162,21 @@ class SubmitOptions:
             **({"feedback": False} if not self.feedback else {}),
             **({"heal": True} if self.heal else {}),
         }
+
+    def lane_contexts(self) -> dict[str, int]:
+        """The context a remote batch of each model runs with, for the first models the list gives one: the
+        smallest of the model's, its base's and its `:batch` variant's listed contexts (the slug sent is one of
+        those, and the one that holds least decides). A request it cannot hold is not sent to the batch lane."""
+        if not self.contexts:
+            return {}
+        models = set(self.contexts) | {base_model(m) for m in self.contexts}
+        lane: dict[str, int] = {}
+        for model in models:
+            base = base_model(model)
+            listed = [self.contexts[m] for m in (model, base, base + BATCH_SUFFIX) if m in self.contexts]
+            if listed:
+                lane[model] = min(listed)
+        return lane
 
     def lane_takes(self) -> tuple[bool, list[str]]:
         """Which requests are born in the batch lane: all of them (`batch`), or those whose chain's first model
@@ -672,18 +687,30 @@ async def submit_source(
         # ON CONFLICT only when there are duplicates to skip: its speculative insertion costs a third of the
         # INSERT's time on a million rows, and a new batch has no other rows to conflict with.
         on_conflict = " ON CONFLICT (batch_id, custom_id) DO NOTHING" if duplicates else ""
-        # A request the batch lane takes is born `remote`: no live worker ever leases it.
+        # A request the batch lane takes is born `remote`: no live worker ever leases it. One whose first model's
+        # remote batch cannot hold it (its listed context, `lane_contexts`) is born `pending` instead: a remote
+        # batch has one model and no chain to move on to, while a live call skips the models too small for it.
         every, first_models = options.lane_takes()
         inserted = await conn.execute(
             sql(
                 "INSERT INTO request (batch_id, custom_id, line_no, body, models, fingerprint, record, context_needed,"  # noqa: S608 - SQL built from constants; every value is a bind parameter
                 " status) SELECT :batch_id, custom_id, line_no, body, models, fingerprint, record,"
                 " prompt_tokens + coalesce(completion_tokens, 0),"
-                " CASE WHEN :every OR (coalesce(models, CAST(:chain AS text[])))[1] = ANY(CAST(:firsts AS text[]))"
+                " CASE WHEN (:every OR (coalesce(models, CAST(:chain AS text[])))[1] = ANY(CAST(:firsts AS text[])))"
+                " AND coalesce(prompt_tokens + coalesce(completion_tokens, 0) <= CAST(CAST(:lane_contexts AS jsonb)"
+                " ->> (coalesce(models, CAST(:chain AS text[])))[1] AS bigint), true)"
                 " THEN {R.REMOTE} ELSE {R.PENDING} END"
                 " FROM orbatch_staging ORDER BY line_no" + on_conflict
             ),
-            {"batch_id": batch_id, "every": every, "chain": options.models, "firsts": first_models},
+            {
+                "batch_id": batch_id,
+                "every": every,
+                "chain": options.models,
+                "firsts": first_models,
+                "lane_contexts": orjson.dumps(
+                    options.lane_contexts() if (every or first_models) else {}
+                ).decode(),
+            },
         )
         total = inserted.rowcount
         if total == 0:
