@@ -50,11 +50,12 @@ async def until(ready: Callable[[], Awaitable[T]], what: str, seconds: float = 6
 class Simulator:
     """The OpenRouter simulator running as a subprocess on loopback."""
 
-    def __init__(self, log_path: Path) -> None:
+    def __init__(self, log_path: Path, *options: str) -> None:
+        """Started with `orbatch simulator`'s `options` (none: its defaults)."""
         self.log_path = log_path
         self._log = log_path.open("wb")
-        self.process = subprocess.Popen(
-            [sys.executable, "-u", "-m", "jobs.simulator", "--port", "0"],
+        self.process = subprocess.Popen(  # noqa: S603 - argv built here, the options the test's own
+            [sys.executable, "-u", "-m", "jobs.simulator", "--port", "0", *options],
             stdout=subprocess.PIPE,
             stderr=self._log,
             cwd=ROOT,
@@ -95,6 +96,8 @@ class Simulator:
             "rules": [],
             "err_rate": {},
             "err_label": None,
+            "label_noise": {},
+            "fixed_label": {},
             "outage_status": None,
             "outage_provider_name": None,
             "identify": True,

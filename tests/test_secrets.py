@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import socket
 import time
+from collections import Counter
 from pathlib import Path
 
+import orjson
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -96,6 +99,131 @@ async def test_the_key_leaks_nowhere_through_successes_errors_and_outages(
     for where, content in texts.items():
         assert TEST_API_KEY not in content, f"the key leaked into {where}"
         assert TEST_API_KEY[10:30] not in content, f"part of the key leaked into {where}"
+
+
+async def everything_stored(engine: AsyncEngine) -> dict[str, str]:
+    """Every table of the database as text, row by row: whatever orbatch wrote, wherever it wrote it."""
+    dumps: dict[str, str] = {}
+    async with engine.connect() as conn:
+        tables = (
+            await conn.execute(
+                text(
+                    "SELECT table_name FROM information_schema.tables"
+                    " WHERE table_schema = current_schema() AND table_type = 'BASE TABLE' ORDER BY 1"
+                )
+            )
+        ).scalars()
+        for table in list(tables):
+            quoted = '"' + table.replace('"', '""') + '"'
+            dumps[f"table {table}"] = (
+                await conn.execute(text(f"SELECT coalesce(string_agg(t::text, ''), '') FROM {quoted} t"))  # noqa: S608 - a table name of the database's own, quoted
+            ).scalar_one()
+    return dumps
+
+
+@pytest.mark.slow
+async def test_the_key_leaks_nowhere_through_the_batch_lane_and_an_embeddings_batch(
+    env: dict[str, str], engine: AsyncEngine, simulator: Simulator, tmp_path: Path
+) -> None:
+    canary = f"sk-or-v1-canary-{secrets.token_hex(16)}"
+    env = {
+        **env,
+        "OPENROUTER_API_KEY": canary,
+        "ORBATCH_LOG_LEVEL": "DEBUG",
+        "ORBATCH_REMOTE_POLL_SECONDS": "0.2",
+        "ORBATCH_REMOTE_MAX_REQUESTS": "2",
+    }
+    # An upstream that echoes the key in what it says: a refused create, and a line the provider failed.
+    await simulator.configure(
+        rules=[
+            {
+                "route": "batches.create",
+                "kind": "status",
+                "status": 400,
+                "message": f"invalid request from {canary}",
+                "times": 1,
+            },
+            {"match": "shaky", "kind": "line_error", "message": f"provider refused {canary}", "times": 1},
+        ]
+    )
+    schema = {
+        "type": "json_schema",
+        "json_schema": {
+            "name": "label",
+            "schema": {
+                "type": "object",
+                "properties": {"label": {"enum": ["a", "b"]}},
+                "required": ["label"],
+            },
+        },
+    }
+    chats = [
+        chat_line("c0", "fine 0"),
+        chat_line("c1", "fine 1", response_format=schema),
+        chat_line("c2", "shaky 2"),
+        chat_line("c3", "fine 3", response_format=schema),
+    ]
+    submitted = run_cli(
+        env,
+        "submit",
+        str(write_jsonl(tmp_path / "chats.jsonl", chats)),
+        "--models",
+        "sim/echo",
+        "--lane",
+        "batch",
+        "--heal",
+    )
+    assert submitted.returncode == 0, submitted.stderr
+    batch_id = submitted.stdout.strip()
+    workers = Workers(env, tmp_path, 1, "--burst")
+    assert await workers.wait(120) == [0], workers.output()[-3000:]
+    # Embeddings, through the batch lane and live, each by `orbatch run`.
+    vectors = write_jsonl(
+        tmp_path / "vectors.jsonl", [{"custom_id": f"v{i}", "input": [f"text {i}"]} for i in range(3)]
+    )
+    outputs = {
+        name: (tmp_path / f"{name}.jsonl", tmp_path / f"{name}-errors.jsonl")
+        for name in ("chat", "embeddings-batch", "embeddings-live")
+    }
+    runs = [
+        run_cli(
+            env, "run", str(vectors), "-o", str(out), "--errors", str(err), "--models", "sim/embed", *lane
+        )
+        for lane, (out, err) in (
+            (["--lane", "batch"], outputs["embeddings-batch"]),
+            ([], outputs["embeddings-live"]),
+        )
+    ]
+    assert all(r.returncode == 0 for r in runs), [r.stderr[-2000:] for r in runs]
+    out, err = outputs["chat"]
+    exported = run_cli(env, "results", batch_id, "-o", str(out), "--errors", str(err))
+    status = run_cli(env, "status", batch_id, "--json")
+    usage = run_cli(env, "usage", "--json")
+    assert exported.returncode == 0, exported.stderr
+    # The lane ran: a refused create (its requests live), a remote batch whose failed line went live, the rest
+    # answered there; embeddings in a remote batch of their own.
+    remote = await simulator.batches()
+    sent: Counter[str] = Counter()
+    for remote_batch in remote:
+        sent[remote_batch["endpoint"]] += len(remote_batch["lines"])
+    assert sent == {"/v1/chat/completions": 2, "/v1/embeddings": 3}
+    texts = {
+        "worker logs": workers.output(),
+        "cli output": "".join(p.stdout + p.stderr for p in (submitted, *runs, exported, status, usage)),
+        "simulator calls": orjson.dumps(await simulator.calls()).decode(),
+        "simulator batches": orjson.dumps(remote).decode(),
+        "simulator log": simulator.log_path.read_text(errors="replace"),
+        **{path.name: path.read_text() for pair in outputs.values() for path in pair if path.exists()},
+        **await everything_stored(engine),
+    }
+    assert "remote batch created" in texts["worker logs"]
+    assert len(texts["embeddings-batch.jsonl"].splitlines()) == 3
+    # What the upstream echoed was stored and logged with the key taken out.
+    assert "[redacted]" in texts["table remote_batch"]
+    assert "[redacted]" in texts["table attempt"]
+    for where, content in texts.items():
+        assert canary not in content, f"the key leaked into {where}"
+        assert canary[10:30] not in content, f"part of the key leaked into {where}"
 
 
 def test_settings_never_show_the_key(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -13,6 +13,10 @@ under a lease in Postgres. Nothing is paid twice:
   by listing the key's batches (newest first, created after it was sent, the same model, endpoint and count, no
   other row's), and sent again only when none is found long after its deadline. At most one create per model,
   endpoint and upstream is unanswered at a time (a unique index), so the one found cannot be another of ours.
+
+A line's body is sent as a live call's would be: a schema request with `provider.require_parameters` and, with
+the batch's `heal`, the healing plugin (`jobs.formats.structured.routed_for_schema`), added as the create is
+built. A request whose first model cannot hold it never reaches this lane: submit makes it live.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from jobs.core.constants import CHAT_ENDPOINT, EMBEDDINGS_ENDPOINT
 from jobs.core.logs import get_logger, redact
 from jobs.core.sql import sql
 from jobs.core.states import BatchStatus, Outcome, RemoteState, RequestStatus
+from jobs.formats.structured import routed_for_schema
 from jobs.scheduling import lifecycle
 from jobs.scheduling.lifecycle import LineCall
 from jobs.submission.lanes import BATCH_SUFFIX, base_model, batch_slug
@@ -67,6 +72,9 @@ GONE_AFTER_MISSES = 3
 RESEND_AFTER_REFUSAL_SECONDS = 60.0
 # A line's envelope around its body, `{"custom_id":"r<id>","body":…},`, counted towards the size limit.
 LINE_OVERHEAD_BYTES = 64
+# What a schema request's line gains as it is sent (`routed_for_schema`: `"provider":{"require_parameters":true}`
+# and the healing plugin), counted likewise: JSONB's text of the stored body does not hold them.
+ROUTING_OVERHEAD_BYTES = 96
 # The head and tail of a create's body beyond its `endpoint`, `model` and `callback_url` values, counted likewise.
 BODY_OVERHEAD_BYTES = 128
 # A lost create is sent again no sooner than this after its own deadline (ORBATCH_REQUEST_TIMEOUT), whatever
@@ -176,7 +184,8 @@ _NEXT_GROUP = sql(
 _FORM = sql(
     f"""
     WITH candidates AS (
-        SELECT r.id, octet_length(CAST(r.body AS text)) + :line_overhead AS size
+        SELECT r.id, octet_length(CAST(r.body AS text)) + :line_overhead
+                     + CASE WHEN r.body ? 'response_format' THEN :routing_overhead ELSE 0 END AS size
         FROM request r JOIN batch b ON b.id = r.batch_id
         WHERE r.batch_id = :batch_id AND r.status = {{R.REMOTE}} AND r.remote_batch_id IS NULL
           AND (coalesce(r.models, b.models))[1] = :first_model AND {_REQUEST_ENDPOINT} = :endpoint
@@ -445,6 +454,7 @@ class RemoteDriver:
                         "max_bytes": self.settings.remote_max_bytes
                         - self._head_bytes(slug, str(group.endpoint)),
                         "line_overhead": LINE_OVERHEAD_BYTES,
+                        "routing_overhead": ROUTING_OVERHEAD_BYTES,
                     },
                 )
             ).one_or_none()
@@ -596,6 +606,14 @@ class RemoteDriver:
     # READY: send the create.
 
     async def _lines(self, row: _Row) -> AsyncIterator[list[tuple[str, dict[str, Any]]]]:
+        """The lines of its create, as the live lane sends each body: a schema request routed to providers
+        that honour it (`provider.require_parameters`, unless the line names it) and, with the batch's `heal`,
+        OpenRouter's healing plugin. (A correction turn belongs to a retry, which runs live.)"""
+        async with self.engine.connect() as conn:
+            options = (
+                await conn.execute(text("SELECT options FROM batch WHERE id = :id"), {"id": row.batch_id})
+            ).scalar_one_or_none()
+        heal = bool((options or {}).get("heal", False))
         after = 0
         while True:
             async with self.engine.connect() as conn:
@@ -605,7 +623,7 @@ class RemoteDriver:
             if not rows:
                 return
             after = int(rows[-1].id)
-            yield [(f"r{int(r.id)}", r.body) for r in rows]
+            yield [(f"r{int(r.id)}", routed_for_schema(r.body, heal)) for r in rows]
 
     async def _send(self, row: _Row) -> None:
         if row.stopped:

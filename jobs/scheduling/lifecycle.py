@@ -545,17 +545,18 @@ _REUSE = sql(
 # A request the batch lane gives up on would never run in a batch that stopped: it is cancelled instead.
 _STOPPED = "b.status IN ({B.CANCELLING}, {B.CANCELLED}, {B.EXPIRED})"
 
-# The attempt row of one line, born finished, numbered after the request's calls, in the batch lane.
+# The attempt row of one line, born finished, numbered after the request's calls, in the batch lane; an
+# `invalid_output` line keeps its reply, as a call's attempt does, for the correction turn of the live retry.
 _LINE_ATTEMPT = """
     attempt_row AS (
         INSERT INTO attempt (request_id, batch_id, number, started_at, finished_at, worker, models_sent, outcome,
                              latency_ms, http_status, model, provider, generation_id, prompt_tokens,
                              completion_tokens, reasoning_tokens, cached_tokens, cost, cost_estimated, error_code,
-                             error_message, lane, remote_batch_id)
+                             error_message, reply, lane, remote_batch_id)
         SELECT m.id, m.batch_id, m.number, coalesce(CAST(:started_at AS timestamptz), now()), now(), :owner,
                CAST(:models_sent AS text[]), :outcome, :latency_ms, :http_status, :model, :provider,
                :generation_id, :prompt_tokens, :completion_tokens, :reasoning_tokens, :cached_tokens, :cost,
-               :cost_estimated, :error_code, :error_message, {L.BATCH}, :remote_batch_id
+               :cost_estimated, :error_code, :error_message, :reply, {L.BATCH}, :remote_batch_id
         FROM member m
         ON CONFLICT (remote_batch_id, request_id) WHERE remote_batch_id IS NOT NULL DO NOTHING
         RETURNING id, coalesce(cost, 0) AS cost

@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
-__all__ = ["BATCH_MODEL_POLICIES", "DAY_SECONDS", "MINUTE_SECONDS", "ROUTES", "Rule", "SimConfig"]
+__all__ = [
+    "BATCH_MODEL_POLICIES",
+    "DAY_SECONDS",
+    "MINUTE_SECONDS",
+    "ROUTES",
+    "Rule",
+    "SimConfig",
+    "checked_per_model",
+    "per_model",
+]
+
+_T = TypeVar("_T")
 
 MINUTE_SECONDS = 60.0
 DAY_SECONDS = 86400.0
@@ -113,11 +125,19 @@ class SimConfig:
     # Models that err: of a model's replies to a JSON-schema request, this share (0 to 1) fails the schema, chosen
     # by the prompt, the model and how many times the simulator has seen them (stable from run to run). A reply
     # to a correction turn (an assistant reply then a user turn) is always right: the simulator's model of a
-    # model that fixes its mistake once told what it was. Live calls only.
+    # model that fixes its mistake once told what it was. Live calls and Batch API lines alike.
     err_rate: dict[str, float] = field(default_factory=dict)
     # An erring reply: None for invalid JSON (a valid reply cut short); a string for JSON whose enum fields
     # all hold this label instead (a fixed wrong label).
     err_label: str | None = None
+    # Models that mislabel: of a model's structured replies, this share (0 to 1) has every enum field set to
+    # another value of its enum (still valid: a plausible wrong label), chosen by the model and the prompt alone,
+    # so a record is mislabelled on every run and every retry, and two models disagree on some records.
+    label_noise: dict[str, float] = field(default_factory=dict)
+    # Models with a fixed answer: every enum field whose enum holds this value takes it (valid JSON, one wrong
+    # label always: a model that says "spam" to everything). Both apply to live calls and Batch API lines; a
+    # setting for `m` applies to its `m:batch` variant too.
+    fixed_label: dict[str, str] = field(default_factory=dict)
     # Every call answers this 5xx until set back to None: OpenRouter down, or its providers (named) down.
     outage_status: int | None = None
     outage_provider_name: str | None = None
@@ -147,3 +167,25 @@ class SimConfig:
     batch_cancel_allowed: bool = True
     batch_max_requests: int = 5000  # more lines: 400
     batch_max_bytes: int = 200_000_000  # a larger body: 413 (200 MB, read as decimal megabytes)
+
+
+def per_model(settings: Mapping[str, _T], model: str) -> _T | None:
+    """A per-model setting for `model`: its own, else its base model's when it is a `:batch` variant (the same
+    model answering a batch's lines)."""
+    if model in settings:
+        return settings[model]
+    return settings.get(model.removesuffix(":batch"))
+
+
+def checked_per_model(name: str, value: Any) -> dict[str, Any]:
+    """A per-model setting as `POST /_sim/config` gives it: model ids to shares from 0 to 1 (`err_rate`,
+    `label_noise`) or to labels (`fixed_label`); ValueError naming what is wrong."""
+    if not isinstance(value, dict) or not all(isinstance(k, str) and k for k in value):
+        raise ValueError(f"{name} must map model ids to values")
+    for model, setting in value.items():
+        if name == "fixed_label":
+            if not isinstance(setting, str) or not setting:
+                raise ValueError(f"{name} of {model!r} must be a label (a non-empty string)")
+        elif isinstance(setting, bool) or not isinstance(setting, int | float) or not 0 <= setting <= 1:
+            raise ValueError(f"{name} of {model!r} must be a share from 0 to 1")
+    return dict(value)

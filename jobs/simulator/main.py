@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -34,6 +35,38 @@ def _positive(value: float | None, option: str) -> None:
         raise typer.BadParameter("must be above 0", param_hint=option)
 
 
+def _pairs(values: Sequence[str] | None, option: str) -> dict[str, str]:
+    """`MODEL=VALUE` options (repeatable) as a dict; BadParameter naming the option for a malformed one."""
+    pairs: dict[str, str] = {}
+    for given in values or ():
+        model, equals, value = given.partition("=")
+        model, value = model.strip(), value.strip()
+        if not equals:
+            raise typer.BadParameter(f"{given!r} is not MODEL=VALUE: it has no '='", param_hint=option)
+        if not model:
+            raise typer.BadParameter(f"{given!r} names no model before its '='", param_hint=option)
+        if not value:
+            raise typer.BadParameter(f"{given!r} gives no value after its '='", param_hint=option)
+        pairs[model] = value
+    return pairs
+
+
+def _rates(values: Sequence[str] | None, option: str) -> dict[str, float]:
+    """`MODEL=RATE` options as shares from 0 to 1."""
+    rates: dict[str, float] = {}
+    for model, value in _pairs(values, option).items():
+        try:
+            rate = float(value)
+        except ValueError:
+            rate = math.nan
+        if not 0 <= rate <= 1:  # NaN fails this too
+            raise typer.BadParameter(
+                f"the rate of {model} must be a number from 0 to 1, not {value!r}", param_hint=option
+            )
+        rates[model] = rate
+    return rates
+
+
 def _make_config(
     *,
     latency_ms: float,
@@ -53,6 +86,10 @@ def _make_config(
     batch_window_seconds: float = 86400.0,
     batch_expire: bool = False,
     batch_cancel: bool = True,
+    err_rate: Sequence[str] | None = None,
+    err_label: str | None = None,
+    label_noise: Sequence[str] | None = None,
+    fixed_label: Sequence[str] | None = None,
 ) -> SimConfig:
     _positive(speed, "--speed")
     _positive(free_window_seconds, "--free-window-seconds")
@@ -67,6 +104,11 @@ def _make_config(
             raise typer.BadParameter("must be 0 or more", param_hint=option)
     if day_seconds is None and speed != 1:
         day_seconds = DAY_SECONDS / speed
+    if err_label is not None and not err_label.strip():
+        raise typer.BadParameter("must be a label, not empty", param_hint="--err-label")
+    erring = _rates(err_rate, "--err-rate")
+    noisy = _rates(label_noise, "--label-noise")
+    fixed = _pairs(fixed_label, "--fixed-label")
     return SimConfig(
         latency_ms=latency_ms,
         free_per_minute=free_per_minute,
@@ -86,6 +128,10 @@ def _make_config(
         batch_window_seconds=batch_window_seconds,
         batch_expire=batch_expire,
         batch_cancel_allowed=batch_cancel,
+        err_rate=erring,
+        err_label=err_label,
+        label_noise=noisy,
+        fixed_label=fixed,
     )
 
 
@@ -191,6 +237,40 @@ def simulator_command(
             "cancels are not enabled for.",
         ),
     ] = True,
+    err_rate: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="MODEL=RATE",
+            help="Make MODEL's replies to a JSON-schema request fail the schema at this rate (0 to 1), drawn "
+            "per prompt and call; a correction turn is always answered right. Live calls and batch lines "
+            "(MODEL's :batch variant too). Repeatable.",
+        ),
+    ] = None,
+    err_label: Annotated[
+        str | None,
+        typer.Option(
+            metavar="LABEL",
+            help="An erring reply (--err-rate) puts this label in every enum field, instead of invalid JSON.",
+            show_default="invalid JSON: a valid reply cut short",
+        ),
+    ] = None,
+    label_noise: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="MODEL=RATE",
+            help="On this share (0 to 1) of prompts, MODEL's structured replies put another valid value of its "
+            "enum in every enum field: a plausible wrong label, the same on every run. Live calls and batch "
+            "lines. Repeatable.",
+        ),
+    ] = None,
+    fixed_label: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="MODEL=LABEL",
+            help="MODEL always answers LABEL in every enum field whose enum holds it (valid JSON, always the "
+            "same label). Live calls and batch lines. Repeatable.",
+        ),
+    ] = None,
 ) -> None:
     """Serve the OpenRouter simulator on loopback: no key, no quota, no real model; answers echo the prompts.
 
@@ -215,6 +295,10 @@ def simulator_command(
         batch_window_seconds=batch_window_seconds,
         batch_expire=batch_expire,
         batch_cancel=batch_cancel,
+        err_rate=err_rate,
+        err_label=err_label,
+        label_noise=label_noise,
+        fixed_label=fixed_label,
     )
     from jobs.simulator.server import serve_forever
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
@@ -23,7 +24,9 @@ __all__ = [
     "error_response",
     "fake_instance",
     "json_response",
+    "labelled_reply",
     "last_user_text",
+    "mislabels",
     "prompt_text",
     "should_err",
     "structured_reply",
@@ -151,6 +154,69 @@ def erring_reply(body: dict[str, Any], text: str, label: str | None) -> str | No
     value = orjson.loads(valid)
     for name in labelled:
         value[name] = label
+    return orjson.dumps(value).decode()
+
+
+def mislabels(rate: float, model: str, text: str) -> bool:
+    """Whether a model that mislabels (`label_noise`) does on this prompt: a share `rate` of prompts, drawn from
+    the model and the prompt alone, so a record is mislabelled the same way on every run and every retry."""
+    if rate <= 0:
+        return False
+    digest = hashlib.sha256(f"noise\n{model}\n{text}".encode()).hexdigest()
+    return int(digest[:8], 16) / 0x1_0000_0000 < rate
+
+
+# How an enum field's value is replaced: from its enum, the value it holds and where it is, the value it takes.
+_Relabel = Callable[[list[Any], Any, str], Any]
+
+
+def _relabelled(schema: Any, value: Any, relabel: _Relabel, where: str = "", depth: int = 0) -> Any:
+    """`value` (which follows `schema`) with each enum field's value as `relabel` gives it, nested ones too."""
+    if not isinstance(schema, dict) or depth > 8:
+        return value
+    enum = schema.get("enum")
+    if isinstance(enum, list) and value in enum:
+        return relabel(enum, value, where)
+    for key in ("anyOf", "oneOf", "allOf"):  # fake_instance follows the first branch
+        if isinstance(schema.get(key), list) and schema[key]:
+            return _relabelled(schema[key][0], value, relabel, where, depth + 1)
+    props = schema.get("properties")
+    if isinstance(props, dict) and isinstance(value, dict):
+        return {
+            name: _relabelled(props.get(name), item, relabel, f"{where}/{name}", depth + 1)
+            for name, item in value.items()
+        }
+    if isinstance(value, list):
+        return [
+            _relabelled(schema.get("items"), item, relabel, f"{where}/{i}", depth + 1)
+            for i, item in enumerate(value)
+        ]
+    return value
+
+
+def labelled_reply(
+    body: dict[str, Any], text: str, model: str, *, noise: float = 0.0, fixed: str | None = None
+) -> str | None:
+    """A valid structured reply as a model that mislabels would give it: on a share `noise` of prompts every
+    enum field holds another value of its enum (chosen from the model, the prompt and the field), and with
+    `fixed` every enum field whose enum holds that value holds it. None when the request asks for no schema."""
+    valid = structured_reply(body, text)
+    schema = requested_schema(body)
+    if valid is None or schema is None or (fixed is None and not mislabels(noise, model, text)):
+        return valid
+    value = orjson.loads(valid)
+    if mislabels(noise, model, text):
+
+        def other(enum: list[Any], right: Any, where: str) -> Any:
+            others = [v for v in enum if v != right]
+            if not others:
+                return right
+            digest = hashlib.sha256(f"{model}\n{where}\n{text}".encode()).hexdigest()
+            return others[int(digest[:8], 16) % len(others)]
+
+        value = _relabelled(schema, value, other)
+    if fixed is not None:
+        value = _relabelled(schema, value, lambda enum, held, _where: fixed if fixed in enum else held)
     return orjson.dumps(value).decode()
 
 

@@ -14,10 +14,18 @@ the embeddings models; `{"reset": true}` restores both and forgets the calls, th
 **Models that err**: `{"err_rate": {"model": 0.3}, "err_label": null}` makes that share of a model's replies to
 a JSON-schema request fail the schema (`replies.should_err`, `replies.erring_reply`); a correction turn is
 answered right, and rules and answers of one are matched on the message it corrects (`replies.prompt_text`).
+**Models that mislabel**: `{"label_noise": {"model": 0.2}}` gives that share of prompts (drawn from the model and
+the prompt alone, so the same records every run) a valid reply whose every enum field holds another value of
+its enum, and `{"fixed_label": {"model": "spam"}}` a valid reply whose every enum field whose enum holds that
+label holds it (`replies.labelled_reply`): two simulated models then disagree on some records. All three apply
+to live calls and Batch API lines alike; a setting for `m` applies to its `m:batch` variant too. From the
+command line: `--err-rate MODEL=RATE`, `--err-label LABEL`, `--label-noise MODEL=RATE`, `--fixed-label
+MODEL=LABEL` (the per-model ones repeatable), so `ORBATCH_SIMULATOR_ARGS` takes them for `run --simulator`.
 
 **The Batch API** (`/api/v1/batches`, and `/api/beta/batches` for create and get) keeps its batches in
 `batches.BatchStore`; the decisions where OpenRouter's docs are silent are in that module's docstring. Its
-lines are answered by the same code as `/chat/completions` and `/embeddings` (replies, scripted rules), never
+lines are answered by the same code as `/chat/completions` and `/embeddings` (replies, scripted rules, models
+that err or mislabel; a line whose prompt and `max_tokens` overflow the batch model's context is a 400), never
 recorded in `GET /_sim/calls`; `GET /_sim/batches` shows every batch with its lines and how often its results
 were read. **Embeddings** (`POST /embeddings`, `GET /embeddings/models`) are in `embeddings`; their calls are
 recorded beside the chat calls, each with its `path`. `POST /_sim/reset` is `POST /_sim/config {"reset":
@@ -47,7 +55,15 @@ from jobs.core.constants import SIMULATOR_HEADER
 from jobs.formats.structured import requested_schema
 from jobs.simulator import batches, embeddings, faults, limits, replies
 from jobs.simulator.catalogue import API_PREFIX, BATCH_SUFFIX, Catalogue, default_models, snapshot_date
-from jobs.simulator.config import BATCH_MODEL_POLICIES, DAY_SECONDS, MINUTE_SECONDS, Rule, SimConfig
+from jobs.simulator.config import (
+    BATCH_MODEL_POLICIES,
+    DAY_SECONDS,
+    MINUTE_SECONDS,
+    Rule,
+    SimConfig,
+    checked_per_model,
+    per_model,
+)
 
 __all__ = ["Simulator", "serve", "serve_forever"]
 
@@ -123,6 +139,8 @@ class Simulator:
                 self.catalogue = Catalogue.configured(value, self.catalogue.embeddings.values())
             elif key == "embedding_models":
                 self.catalogue = self.catalogue.with_embeddings(value)
+            elif key in ("err_rate", "label_noise", "fixed_label"):
+                setattr(self.config, key, checked_per_model(key, value))
             elif key != "reset":
                 if not hasattr(self.config, key):
                     raise ValueError(f"unknown setting {key!r}")
@@ -202,7 +220,7 @@ class Simulator:
             return self._completion(batch.spec.model, text, content, finish, choice_error, priced_as)
 
         def reply() -> dict[str, Any]:
-            return complete(replies.structured_reply(body, text) or f"echo: {text}")
+            return complete(self._reply(body, batch.spec.model, text) or f"echo: {text}")
 
         rule = faults.pick(cfg, text, line.custom_id)
         if rule is not None:
@@ -212,17 +230,37 @@ class Simulator:
             return faults.LineAnswer(
                 503, replies.error_body(503, message, metadata={"provider_name": batch.provider})
             )
+        context = self.catalogue.context_of(batch.spec.model)
+        prompt_tokens, wanted = replies.token_counts(text, "")[0], replies.completion_bound(body)
+        if context is not None and prompt_tokens + wanted > context:
+            # A batch has one model: no other model of a chain to move on to, as a live call's `models` has.
+            message = replies.context_message(context, prompt_tokens, wanted)
+            return faults.LineAnswer(
+                400, replies.error_body(400, message, code=400, metadata={"provider_name": batch.provider})
+            )
         return faults.LineAnswer(200, reply())
 
     def _reply(self, body: dict[str, Any], model: str, text: str) -> str | None:
-        """A live call's structured reply: right, or wrong when the model errs on this call (`err_rate`)."""
-        rate = float(self.config.err_rate.get(model, 0.0))
-        if rate > 0 and requested_schema(body) is not None:
+        """A structured reply (a live call's or a batch line's): wrong when the model errs on this call
+        (`err_rate`), else valid, mislabelled on the prompts it mislabels (`label_noise`, `fixed_label`)."""
+        cfg = self.config
+        if requested_schema(body) is None:
+            return None
+        rate: float | None = per_model(cfg.err_rate, model)
+        if rate:
             seen = self.err_seen[(model, text)]
             self.err_seen[(model, text)] += 1
             if replies.should_err(rate, model, text, seen, body["messages"]):
-                return replies.erring_reply(body, text, self.config.err_label)
-        return replies.structured_reply(body, text)
+                return replies.erring_reply(body, text, cfg.err_label)
+        noise: float | None = per_model(cfg.label_noise, model)
+        # Drawn on the base model's id, so a model mislabels the same records live and in a batch.
+        return replies.labelled_reply(
+            body,
+            text,
+            model.removesuffix(BATCH_SUFFIX),
+            noise=noise or 0.0,
+            fixed=per_model(cfg.fixed_label, model),
+        )
 
     def _record(
         self, body: Any, status: int, outcome: str, model: str | None = None, path: str = CHAT_PATH

@@ -32,7 +32,7 @@ from jobs.formats.prompt_template import Template
 from jobs.formats.reader import DamagedGzip, FileSource, Source, read_lines
 from jobs.formats.tokens import TokenCounter, completion_cap
 from jobs.scheduling import lifecycle
-from jobs.submission.lanes import auto_has_room, batch_models
+from jobs.submission.lanes import BATCH_SUFFIX, auto_has_room, base_model, batch_models
 from jobs.submission.model_names import model_names
 
 __all__ = [
@@ -168,6 +168,21 @@ class SubmitOptions:
             **({"heal": True} if self.heal else {}),
             **({"vote": self.vote} if self.vote else {}),
         }
+
+    def lane_contexts(self) -> dict[str, int]:
+        """The context a remote batch of each model runs with, for the first models the list gives one: the
+        smallest of the model's, its base's and its `:batch` variant's listed contexts (the slug sent is one of
+        those, and the one that holds least decides). A request it cannot hold is not sent to the batch lane."""
+        if not self.contexts:
+            return {}
+        models = set(self.contexts) | {base_model(m) for m in self.contexts}
+        lane: dict[str, int] = {}
+        for model in models:
+            base = base_model(model)
+            listed = [self.contexts[m] for m in (model, base, base + BATCH_SUFFIX) if m in self.contexts]
+            if listed:
+                lane[model] = min(listed)
+        return lane
 
     def lane_takes(self) -> tuple[bool, list[str]]:
         """Which requests are born in the batch lane: all of them (`batch`), or those whose chain's first model
@@ -638,23 +653,32 @@ async def measure_source(
     return Measured(total=total, invalid=errors.count, errors=errors.kept, tokens=tokens)
 
 
+# Whether a request fits its first model's remote batch: the model's listed context (`lane_contexts`) holds its
+# prompt and completion bound; true when the context is not known.
+_LANE_FITS = (
+    "coalesce(prompt_tokens + coalesce(completion_tokens, 0) <= CAST(CAST(:lane_contexts AS jsonb) ->> {first}"
+    " AS bigint), true)"
+)
 _INSERT = (
-    "INSERT INTO request (batch_id, custom_id, line_no, body, models, fingerprint, record, context_needed, status)"
+    "INSERT INTO request (batch_id, custom_id, line_no, body, models, fingerprint, record, context_needed, status)"  # noqa: S608 - SQL built from constants; every value is a bind parameter
     " SELECT :batch_id, custom_id, line_no, body, models, fingerprint, record,"
     " prompt_tokens + coalesce(completion_tokens, 0),"
-    " CASE WHEN :every OR (coalesce(models, CAST(:chain AS text[])))[1] = ANY(CAST(:firsts AS text[]))"
-    " THEN {R.REMOTE} ELSE {R.PENDING} END"
+    " CASE WHEN (:every OR (coalesce(models, CAST(:chain AS text[])))[1] = ANY(CAST(:firsts AS text[])))"
+    " AND " + _LANE_FITS.format(first="(coalesce(models, CAST(:chain AS text[])))[1]") + " THEN {R.REMOTE}"
+    " ELSE {R.PENDING} END"
     " FROM orbatch_staging ORDER BY line_no"
 )
 # A vote's requests: each record once per model, each a chain of that model alone, in line order then the
 # models' order. With --dedupe, the fingerprint is the record's with the model's own: one model's answer is
 # never reused as another's.
 _INSERT_VOTES = (
-    "INSERT INTO request (batch_id, custom_id, line_no, body, models, fingerprint, record, context_needed, status,"
+    "INSERT INTO request (batch_id, custom_id, line_no, body, models, fingerprint, record, context_needed, status,"  # noqa: S608 - SQL built from constants; every value is a bind parameter
     " voter) SELECT :batch_id, custom_id, line_no, body, ARRAY[v.voter],"
     " CASE WHEN fingerprint IS NOT NULL THEN encode(sha256(convert_to(fingerprint || ' ' || v.voter, 'UTF8')),"
     " 'hex') END, record, prompt_tokens + coalesce(completion_tokens, 0),"
-    " CASE WHEN :every OR v.voter = ANY(CAST(:firsts AS text[])) THEN {R.REMOTE} ELSE {R.PENDING} END, v.voter"
+    " CASE WHEN (:every OR v.voter = ANY(CAST(:firsts AS text[]))) AND "
+    + _LANE_FITS.format(first="v.voter")
+    + " THEN {R.REMOTE} ELSE {R.PENDING} END, v.voter"
     " FROM orbatch_staging CROSS JOIN unnest(CAST(:voters AS text[])) WITH ORDINALITY AS v(voter, n)"
     " ORDER BY line_no, v.n"
 )
@@ -719,9 +743,19 @@ async def submit_source(
         # ON CONFLICT only when there are duplicates to skip: its speculative insertion costs a third of the
         # INSERT's time on a million rows, and a new batch has no other rows to conflict with.
         on_conflict = " ON CONFLICT (batch_id, custom_id, voter) DO NOTHING" if duplicates else ""
-        # A request the batch lane takes is born `remote`: no live worker ever leases it.
+        # A request the batch lane takes is born `remote`: no live worker ever leases it. One whose first model's
+        # remote batch cannot hold it (its listed context, `lane_contexts`) is born `pending` instead: a remote
+        # batch has one model and no chain to move on to, while a live call skips the models too small for it.
         every, first_models = options.lane_takes()
-        values = {"batch_id": batch_id, "every": every, "chain": options.models, "firsts": first_models}
+        values = {
+            "batch_id": batch_id,
+            "every": every,
+            "chain": options.models,
+            "firsts": first_models,
+            "lane_contexts": orjson.dumps(
+                options.lane_contexts() if (every or first_models) else {}
+            ).decode(),
+        }
         if options.vote:
             inserted = await conn.execute(
                 sql(_INSERT_VOTES + on_conflict), {**values, "voters": options.vote}

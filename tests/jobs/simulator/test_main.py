@@ -85,6 +85,59 @@ def test_the_command_line_sets_the_batch_api() -> None:
             config_from_args(wrong)
 
 
+def test_the_command_line_sets_models_that_err_and_mislabel() -> None:
+    default = config_from_args([])
+    assert (default.err_rate, default.err_label, default.label_noise, default.fixed_label) == (
+        {},
+        None,
+        {},
+        {},
+    )
+    chosen = config_from_args(
+        [
+            "--err-rate",
+            "sim/echo=0.3",
+            "--err-rate",
+            "sim/backup=1",
+            "--err-label",
+            "unsure",
+            "--label-noise",
+            "sim/echo=0.2",
+            "--label-noise",
+            "openai/gpt-4o-mini=0",
+            "--fixed-label",
+            "sim/spare=spam",
+            "--fixed-label",
+            "sim/backup=a=b",
+        ]
+    )
+    assert chosen.err_rate == {"sim/echo": 0.3, "sim/backup": 1.0}
+    assert chosen.err_label == "unsure"
+    assert chosen.label_noise == {"sim/echo": 0.2, "openai/gpt-4o-mini": 0.0}
+    assert chosen.fixed_label == {"sim/spare": "spam", "sim/backup": "a=b"}
+
+
+def test_a_malformed_error_or_label_option_is_refused_naming_it(capsys: pytest.CaptureFixture[str]) -> None:
+    for wrong, said in (
+        (["--err-rate", "sim/echo"], "--err-rate: 'sim/echo' is not MODEL=VALUE: it has no '='"),
+        (["--err-rate", "sim/echo=1.5"], "--err-rate: the rate of sim/echo must be a number from 0 to 1"),
+        (
+            ["--label-noise", "sim/echo=-0.1"],
+            "--label-noise: the rate of sim/echo must be a number from 0 to 1",
+        ),
+        (["--label-noise", "sim/echo=often"], "not 'often'"),
+        (["--label-noise", "sim/echo=nan"], "not 'nan'"),
+        (["--fixed-label", "=spam"], "--fixed-label: '=spam' names no model before its '='"),
+        (["--fixed-label", "sim/echo="], "--fixed-label: 'sim/echo=' gives no value after its '='"),
+        (["--fixed-label", "sim/echo"], "--fixed-label: 'sim/echo' is not MODEL=VALUE"),
+        (["--err-label", " "], "--err-label: must be a label, not empty"),
+    ):
+        with pytest.raises(SystemExit) as refused:
+            config_from_args(wrong)
+        assert refused.value.code == 2
+        assert said in capsys.readouterr().err
+
+
 def test_help_lists_every_option_with_its_default() -> None:
     shown = subprocess.run(
         [sys.executable, "-m", "jobs.simulator", "--help"],
@@ -116,6 +169,12 @@ def test_help_lists_every_option_with_its_default() -> None:
         "--batch-window-seconds",
         "--batch-expire",
         "--no-batch-cancel",
+        "--err-rate",
+        "--err-label",
+        "--label-noise",
+        "--fixed-label",
+        "MODEL=RATE",
+        "MODEL=LABEL",
     ):
         assert option in shown
     assert "[default: 8787]" in shown
