@@ -11,7 +11,7 @@ extra=()
 if [ -z "${OPENROUTER_API_KEY:-}" ]; then
   echo "OPENROUTER_API_KEY is not set: using the local OpenRouter simulator (labels are arbitrary, not a model's)."
   extra=(--simulator)
-  export ORBATCH_SIMULATOR_ARGS="${ORBATCH_SIMULATOR_ARGS:---label-noise ${models##*,}=0.1}"
+  export ORBATCH_SIMULATOR_ARGS="${ORBATCH_SIMULATOR_ARGS:---speed 60 --no-free-tier --label-noise ${models##*,}=0.1}"
 fi
 orbatch run examples/data/spam.jsonl -o out/spam-labels.jsonl --errors out/spam-errors.jsonl --format records \
   --name spam-labels --template examples/labelling/prompt.txt --system "$(cat examples/labelling/system.txt)" \
