@@ -15,7 +15,7 @@ import typer
 
 from jobs.core.errors import BadInput
 from jobs.core.settings import Settings
-from jobs.core.states import BatchPriority, Lane
+from jobs.core.states import BatchPriority, Lane, LongMode
 from jobs.formats.input_lines import body_problem
 from jobs.formats.prompt_template import Template, load_json_schema, load_template_text
 from jobs.submission.choices import batch_options, budget_problem, model_chain
@@ -112,6 +112,15 @@ Heal = Annotated[
     bool,
     typer.Option(
         "--heal", help="Ask OpenRouter's response-healing plugin to repair malformed JSON in schema replies."
+    ),
+]
+LongChoice = Annotated[
+    LongMode | None,
+    typer.Option(
+        "--long",
+        help="split: a record too long for every model of the chain is summarised in parts (its longest field "
+        "cut into overlapping chunks, each summarised, the summaries combined) instead of being a bad line.",
+        case_sensitive=False,
     ),
 ]
 ReplaceModels = Annotated[
@@ -253,6 +262,7 @@ class SubmitChoices:
     dedupe: Dedupe = False
     feedback: Feedback = True
     heal: Heal = False
+    long: LongChoice = None
     replace_models: ReplaceModels = False
     template: TemplateText = None
     embed: Embed = False
@@ -305,6 +315,7 @@ class SubmitChoices:
             lane=self.lane,
             feedback=self.feedback,
             heal=self.heal,
+            long=None if self.long is None else self.long.value,
         )
 
 

@@ -54,6 +54,7 @@ class Choices:
     dedupe: bool = False
     feedback: bool = True
     heal: bool = False
+    long: str | None = None
     replace_models: bool = False
     temperature: float | None = None
     max_tokens: int | None = None
@@ -138,7 +139,13 @@ class Choices:
             lane=lane,
             feedback=self.feedback,
             heal=self.heal,
+            long=self._long(),
         )
+
+    def _long(self) -> str | None:
+        if self.long not in (None, "split"):
+            raise BadInput(f"long= must be 'split' (or None), got {self.long!r}", param="long")
+        return self.long
 
     def _defaults(self) -> dict[str, Any]:
         defaults: dict[str, Any] = {}

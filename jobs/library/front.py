@@ -369,7 +369,7 @@ def run(
     when they have `messages`. Each row gets the fields of its answer (`schema`: a Pydantic model or a JSON
     Schema dict), else `answer`, and `error` (empty for answered rows). Options are the CLI's: max_attempts,
     max_cost, free_only, dedupe, feedback (False: a reply failing its schema is retried with the same prompt), heal,
-    temperature, max_tokens, params, name, metadata, new, priority,
+    long ("split": a record too long for every model of the chain is summarised in parts), temperature, max_tokens, params, name, metadata, new, priority,
     lane ("live", "batch": OpenRouter's Batch API at about half price, "auto"), skip_invalid, check_models,
     simulator, concurrency, progress (True, False, "notebook", "terminal",
     "plain"). The same call again finds the same batch and carries on; an interrupt stops gracefully.

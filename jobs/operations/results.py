@@ -98,7 +98,13 @@ _CONTENT = """
          ELSE (res.body->'data'->0->'embedding')::text END AS content,
     (coalesce(r.body->'response_format'->>'type' = 'json_schema', false) OR NOT r.body ? 'messages')
         AS structured"""
-_RECORD_COLUMNS = "r.record::text AS record," + _CONTENT
+# A record summarised in parts (`--long split`) says how many answered calls made its summary: its chunks',
+# its combines' and the final one's (failed or abandoned calls are in `usage`, not here).
+_CALLS = """
+    CASE WHEN r.split_tokens IS NOT NULL AND r.status = {R.COMPLETED}
+         THEN (SELECT count(*) FROM attempt c
+               WHERE c.request_id = r.id AND c.part IS NOT NULL AND c.outcome = {O.SUCCESS}) END AS calls"""
+_RECORD_COLUMNS = "r.record::text AS record," + _CALLS + "," + _CONTENT
 
 
 async def _rows(engine: AsyncEngine, sql: str, *args: Any) -> AsyncGenerator[Any]:
@@ -292,7 +298,10 @@ def _add_row(
             else {"custom_id": row["custom_id"]}
         )
         if completed:
-            ok.append(orjson.dumps(merge_answer(record, row["content"], row["structured"])) + b"\n")
+            merged = merge_answer(record, row["content"], row["structured"])
+            if row.get("calls") is not None:
+                merged["calls"] = row["calls"]
+            ok.append(orjson.dumps(merged) + b"\n")
         else:
             code, message = _error_of(row)
             bad.append(orjson.dumps({**record, "error": {"code": code, "message": message}}) + b"\n")

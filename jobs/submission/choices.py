@@ -57,6 +57,7 @@ def batch_options(
     window_seconds: int | None = None,
     feedback: bool = True,
     heal: bool = False,
+    long: str | None = None,
 ) -> SubmitOptions:
     """The options of a batch from choices already checked by the surface that took them; a setting fills
     what was not chosen (ORBATCH_MAX_ATTEMPTS)."""
@@ -80,4 +81,5 @@ def batch_options(
         window_seconds=window_seconds,
         feedback=feedback,
         heal=heal,
+        long=long,
     )

@@ -28,6 +28,7 @@ from jobs.formats.input_lines import (
     parse_line,
     parse_record,
 )
+from jobs.formats.long_text import SplitPlan, plan_split
 from jobs.formats.prompt_template import Template
 from jobs.formats.reader import DamagedGzip, FileSource, Source, read_lines
 from jobs.formats.tokens import TokenCounter, completion_cap
@@ -139,6 +140,9 @@ class SubmitOptions:
     feedback: bool = True
     # Ask OpenRouter's response-healing plugin to repair malformed JSON in replies to schema requests.
     heal: bool = False
+    # `split`: a templated record too long for every model of its chain is summarised in parts (its long field
+    # cut into chunks, each summarised, the summaries combined) instead of being a bad line. None: refused.
+    long: str | None = None
 
     def identity(self) -> dict[str, Any]:
         """The options that make a batch what it is: the same file with these gives the same batch."""
@@ -161,6 +165,7 @@ class SubmitOptions:
             # Named only when not the default, so batches stored before these options keep their identity.
             **({"feedback": False} if not self.feedback else {}),
             **({"heal": True} if self.heal else {}),
+            **({"long": self.long} if self.long is not None else {}),
         }
 
     def lane_takes(self) -> tuple[bool, list[str]]:
@@ -308,8 +313,22 @@ _SAME_BATCH = sql(
     " AND status NOT IN ({B.CANCELLING}, {B.CANCELLED}, {B.FAILED}, {B.EXPIRED}) ORDER BY created_at DESC LIMIT 1"
 )
 
-# A staging row: line, custom_id, body, models, fingerprint, record, prompt tokens, completion tokens allowed.
-_Row = tuple[int, str, str, list[str] | None, str | None, str | None, int, int | None]
+# A staging row: line, custom_id, body, models, fingerprint, record, prompt tokens, completion tokens allowed;
+# for a record split in parts (`--long split`), its chunk size, what its largest part needs of a context and its
+# calls (the prompt and completion tokens are then its parts' together, roughly).
+_Row = tuple[
+    int,
+    str,
+    str,
+    list[str] | None,
+    str | None,
+    str | None,
+    int,
+    int | None,
+    int | None,
+    int | None,
+    int | None,
+]
 # A row as parsed, before its prompt is counted (with the rest of its chunk, in one call): the same, without
 # the prompt tokens.
 _Parsed = tuple[int, str, str, list[str] | None, str | None, str | None, int | None]
@@ -322,10 +341,14 @@ _STAGING_COLUMNS = [
     "record",
     "prompt_tokens",
     "completion_tokens",
+    "split_tokens",
+    "context_needed",
+    "calls",
 ]
 _STAGING_TABLE = text(
     "CREATE TEMP TABLE orbatch_staging (line_no integer, custom_id text, body jsonb, models text[],"
-    " fingerprint text, record jsonb, prompt_tokens integer, completion_tokens integer) ON COMMIT DROP"
+    " fingerprint text, record jsonb, prompt_tokens integer, completion_tokens integer, split_tokens integer,"
+    " context_needed integer, calls integer) ON COMMIT DROP"
 )
 
 
@@ -447,12 +470,32 @@ def _counted(
     `errors`."""
     rows: list[_Row] = []
     for row, tokens in zip(chunk, counter.counts(), strict=True):
-        problem = context_problem(row[3] or options.models, context_needed(tokens, row[6]), options.contexts)
-        if problem is not None:
-            errors.add(LineError(row[0], problem, "context_length_exceeded"))
+        chain = row[3] or options.models
+        problem = context_problem(chain, context_needed(tokens, row[6]), options.contexts)
+        if problem is None:
+            rows.append((*row[:6], tokens, row[6], None, None, None))
             continue
-        rows.append((*row[:6], tokens, row[6]))
+        split = _split(row, chain, options)
+        if isinstance(split, str):
+            errors.add(LineError(row[0], f"{problem}{split}", "context_length_exceeded"))
+            continue
+        completion = None if row[6] is None else row[6] * split.calls
+        rows.append(
+            (*row[:6], split.prompt_tokens, completion, split.split_tokens, split.context_needed, split.calls)
+        )
     return rows
+
+
+def _split(row: _Parsed, chain: list[str], options: SubmitOptions) -> SplitPlan | str:
+    """How a templated record too long for its chain is summarised in parts (`--long split`), sized for the
+    smallest window of the chain, so every part fits every model; else what to add to its bad line's message."""
+    if options.long != "split" or options.template is None or row[5] is None:
+        return ""
+    if options.template.embed:
+        return " (--long split summarises a chat prompt; a text to embed is not split)"
+    window = min(options.contexts[model] for model in chain if model in options.contexts)
+    plan = plan_split(options.template, orjson.loads(row[5]), window, row[6])
+    return f"; and with --long split, {plan}" if isinstance(plan, str) else plan
 
 
 async def _records(
@@ -567,7 +610,7 @@ def _empty(source: Source, errors: _LineErrors) -> SubmitError:
 # The staged requests' tokens by the first model of their chain; of duplicate ids, the first line only (the
 # one the batch keeps).
 _MEASURE = """
-    SELECT coalesce(models[1], CAST(:first AS text)) AS model, count(*) AS requests,
+    SELECT coalesce(models[1], CAST(:first AS text)) AS model, coalesce(sum(coalesce(calls, 1)), 0) AS requests,
            coalesce(sum(prompt_tokens), 0) AS prompt_tokens, coalesce(sum(completion_tokens), 0) AS completion_tokens,
            count(*) FILTER (WHERE completion_tokens IS NULL) AS unbounded
     FROM {rows} GROUP BY 1 ORDER BY 2 DESC, 1
@@ -677,9 +720,11 @@ async def submit_source(
         inserted = await conn.execute(
             sql(
                 "INSERT INTO request (batch_id, custom_id, line_no, body, models, fingerprint, record, context_needed,"  # noqa: S608 - SQL built from constants; every value is a bind parameter
-                " status) SELECT :batch_id, custom_id, line_no, body, models, fingerprint, record,"
-                " prompt_tokens + coalesce(completion_tokens, 0),"
-                " CASE WHEN :every OR (coalesce(models, CAST(:chain AS text[])))[1] = ANY(CAST(:firsts AS text[]))"
+                " split_tokens, status) SELECT :batch_id, custom_id, line_no, body, models, fingerprint, record,"
+                " coalesce(context_needed, prompt_tokens + coalesce(completion_tokens, 0)), split_tokens,"
+                # A record summarised in parts runs live: its parts are calls made one after the other.
+                " CASE WHEN split_tokens IS NULL AND (:every"
+                " OR (coalesce(models, CAST(:chain AS text[])))[1] = ANY(CAST(:firsts AS text[])))"
                 " THEN {R.REMOTE} ELSE {R.PENDING} END"
                 " FROM orbatch_staging ORDER BY line_no" + on_conflict
             ),
