@@ -401,6 +401,7 @@ async def _run_leased(ctx: WorkerContext, attempt: records.Attempt, call: _Call)
             await _persist(
                 "part", lambda: attempt.answer_part(success, part.name, started_at, result.latency_ms)
             )
+            ctx.feed_now.set()
             return TaskEnd.PART
         stored = await _persist(
             "result", lambda: attempt.complete(success, started_at, result.latency_ms, name)
