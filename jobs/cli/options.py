@@ -123,6 +123,14 @@ LongChoice = Annotated[
         case_sensitive=False,
     ),
 ]
+LongField = Annotated[
+    str | None,
+    typer.Option(
+        "--long-field",
+        help="With --long split: the record field to cut (a.b for a nested one); default: the longest string "
+        "field the template uses.",
+    ),
+]
 ReplaceModels = Annotated[
     bool,
     typer.Option(
@@ -263,6 +271,7 @@ class SubmitChoices:
     feedback: Feedback = True
     heal: Heal = False
     long: LongChoice = None
+    long_field: LongField = None
     replace_models: ReplaceModels = False
     template: TemplateText = None
     embed: Embed = False
@@ -285,6 +294,14 @@ class SubmitChoices:
             raise UsageError("--system and --json-schema go with --template (a file of plain records)")
         if self.embed and self.template is None:
             raise UsageError("--embed goes with --template: it makes each record's text to embed")
+        if self.long_field is not None and self.long is None:
+            raise UsageError(
+                "--long-field goes with --long split: it names the field a long record is cut in"
+            )
+        if self.long is not None and self.template is None:
+            raise UsageError(
+                "--long split goes with --template: it cuts a record's field, and a chat line has none"
+            )
         if self.replace_models and not chain:
             raise UsageError("--replace-models needs --models: the chain every line is sent to")
         parsed: Template | None = None
@@ -316,6 +333,7 @@ class SubmitChoices:
             feedback=self.feedback,
             heal=self.heal,
             long=None if self.long is None else self.long.value,
+            long_field=self.long_field,
         )
 
 

@@ -166,7 +166,7 @@ def long_field(
     the template uses (the first of equals); None when the template uses no string field."""
     if named is not None:
         path = tuple(named.split("."))
-        return path if isinstance(lookup(record, path), str) else None
+        return path if named in template.fields and isinstance(lookup(record, path), str) else None
     best: tuple[str, ...] | None = None
     size = -1
     for name in template.fields:
@@ -302,7 +302,11 @@ def plan_split(
     size is the window less the template's own tokens, the completion bound and a margin."""
     path = long_field(template, record, named)
     if path is None:
-        field = f"no string field {named!r}" if named else "no string field the template uses"
+        field = (
+            f"no string field {named!r} that the template uses"
+            if named
+            else "no string field the template uses"
+        )
         return f"it has {field} to split"
     margin = max(MIN_MARGIN_TOKENS, int(window * MARGIN_SHARE))
     overhead = _overhead(template, record, path)

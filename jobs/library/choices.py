@@ -55,6 +55,7 @@ class Choices:
     feedback: bool = True
     heal: bool = False
     long: str | None = None
+    long_field: str | None = None
     replace_models: bool = False
     temperature: float | None = None
     max_tokens: int | None = None
@@ -140,6 +141,7 @@ class Choices:
             feedback=self.feedback,
             heal=self.heal,
             long=self._long(),
+            long_field=self.long_field,
         )
 
     def _long(self) -> str | None:

@@ -58,6 +58,7 @@ def batch_options(
     feedback: bool = True,
     heal: bool = False,
     long: str | None = None,
+    long_field: str | None = None,
 ) -> SubmitOptions:
     """The options of a batch from choices already checked by the surface that took them; a setting fills
     what was not chosen (ORBATCH_MAX_ATTEMPTS)."""
@@ -82,4 +83,5 @@ def batch_options(
         feedback=feedback,
         heal=heal,
         long=long,
+        long_field=long_field,
     )

@@ -143,6 +143,8 @@ class SubmitOptions:
     # `split`: a templated record too long for every model of its chain is summarised in parts (its long field
     # cut into chunks, each summarised, the summaries combined) instead of being a bad line. None: refused.
     long: str | None = None
+    # The record field a split cuts (`a.b` for a nested one); None: the longest string field the template uses.
+    long_field: str | None = None
 
     def identity(self) -> dict[str, Any]:
         """The options that make a batch what it is: the same file with these gives the same batch."""
@@ -166,6 +168,8 @@ class SubmitOptions:
             **({"feedback": False} if not self.feedback else {}),
             **({"heal": True} if self.heal else {}),
             **({"long": self.long} if self.long is not None else {}),
+            # Read by the worker from the batch's options to cut the same field.
+            **({"long_field": self.long_field} if self.long_field is not None else {}),
         }
 
     def lane_takes(self) -> tuple[bool, list[str]]:
@@ -494,7 +498,7 @@ def _split(row: _Parsed, chain: list[str], options: SubmitOptions) -> SplitPlan 
     if options.template.embed:
         return " (--long split summarises a chat prompt; a text to embed is not split)"
     window = min(options.contexts[model] for model in chain if model in options.contexts)
-    plan = plan_split(options.template, orjson.loads(row[5]), window, row[6])
+    plan = plan_split(options.template, orjson.loads(row[5]), window, row[6], options.long_field)
     return f"; and with --long split, {plan}" if isinstance(plan, str) else plan
 
 

@@ -73,6 +73,13 @@ def test_without_long_split_a_record_too_long_for_every_model_is_still_refused_a
     assert done.returncode == 2, done.stdout
     assert "LINE 1:" in done.stderr
     assert "with --long split, even a part of it cannot fit" in done.stderr
+    # The field cut must be one the template fills; a chat line has none.
+    done = run_cli(env, "submit", str(path), *OPTIONS, "--long", "split", "--long-field", "title")
+    assert done.returncode == 2, done.stdout
+    assert "no string field 'title' that the template uses to split" in done.stderr
+    done = run_cli(env, "submit", str(path), "--models", "sim/small", "--long", "split")
+    assert done.returncode == 2, done.stdout
+    assert "--long split goes with --template" in done.stderr
 
 
 @pytest.mark.slow

@@ -81,6 +81,7 @@ def test_the_split_field_is_the_longest_string_the_template_uses() -> None:
     record = {"title": "A title", "author": "Someone", "body": "long " * 50, "unused": "longer " * 90}
     assert long_field(template, record) == ("body",)
     assert long_field(template, record, "title") == ("title",)
+    assert long_field(template, record, "unused") is None
     assert long_field(template, {"title": 1, "author": 2, "body": 3}) is None
     nested = Template.parse("{doc.text} ({doc.year})")
     assert long_field(nested, {"doc": {"text": "words", "year": 1990}}) == ("doc", "text")
