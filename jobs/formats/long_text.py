@@ -322,8 +322,10 @@ def plan_split(
     total = text_tokens(text)
     chunks = max(1, math.ceil(total / (split * (1 - OVERLAP_SHARE))))
     # Each combine takes at least two texts: chunks - 1 combines at most, fewer when summaries are short.
-    summary = completion or split // 4
-    per_combine = max(2, split // max(1, summary))
+    # A summary of `completion` tokens of the model's, as counted here (a token is about four bytes of prose,
+    # counted as three), with its `Part N:` label; a combine's room less its note.
+    summary = (completion * 4 // 3 if completion else split // 4) + 4
+    per_combine = max(2, (split - text_tokens(combine_text([]))) // summary)
     combines = max(1, math.ceil((chunks - 1) / max(1, per_combine - 1))) if chunks > 1 else 0
     calls = chunks + combines
     prompt = (

@@ -73,6 +73,26 @@ def test_without_long_split_a_record_too_long_for_every_model_is_still_refused_a
     assert done.returncode == 2, done.stdout
     assert "LINE 1:" in done.stderr
     assert "with --long split, even a part of it cannot fit" in done.stderr
+    # The estimate counts a split record's parts (chunks and combines, roughly) as requests.
+    done = run_cli(env, "estimate", str(path), *OPTIONS, "--long", "split", "--json")
+    assert done.returncode == 0, done.stderr
+    estimate = orjson.loads(done.stdout)
+    assert estimate["requests"] >= 1 + 5, estimate
+    whole = orjson.loads(
+        run_cli(
+            env,
+            "estimate",
+            str(path),
+            "--models",
+            "sim/echo",
+            "--template",
+            TEMPLATE,
+            "--max-tokens",
+            "100",
+            "--json",
+        ).stdout
+    )
+    assert estimate["prompt_tokens"] > whole["prompt_tokens"]
     # The field cut must be one the template fills; a chat line has none.
     done = run_cli(env, "submit", str(path), *OPTIONS, "--long", "split", "--long-field", "title")
     assert done.returncode == 2, done.stdout
