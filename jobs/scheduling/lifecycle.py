@@ -927,18 +927,20 @@ _LAST_INVALID = sql(
 )
 
 
-# The answered parts of a split request: what its next call builds on. A read, not a transition.
+# The answered parts of a split request: what its next call builds on. A read, not a transition. A part answered
+# twice (a call abandoned by a lost lease whose answer came after the part was asked again) is the answer stored
+# first, which is the one later parts were built on.
 _PART_ANSWERS = sql(
     """
     SELECT part, reply FROM attempt
     WHERE request_id = :request_id AND part IS NOT NULL AND outcome = {O.SUCCESS} AND reply IS NOT NULL
-    ORDER BY number
+    ORDER BY finished_at, number
     """
 )
 
 
 async def part_answers(conn: AsyncConnection, request_id: int) -> dict[str, str]:
-    """The answer of each part of a split request answered so far, by part name (the first, if two were)."""
+    """The answer of each part of a split request answered so far, by part name (the first stored, if two were)."""
     answers: dict[str, str] = {}
     for row in await conn.execute(_PART_ANSWERS, {"request_id": request_id}):
         answers.setdefault(str(row.part), str(row.reply))
