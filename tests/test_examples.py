@@ -1,4 +1,4 @@
-"""The examples run as the README tells a user to run them: the quick start, labelling, nightly."""
+"""The examples run as the README tells a user to run them: the quick start, labelling, summarising, nightly."""
 
 from __future__ import annotations
 
@@ -93,6 +93,28 @@ def test_the_labelling_example_labels_and_scores_all_300_emails(tmp_path: Path, 
         "spam-labels",
         "completed",
     )
+
+
+@pytest.mark.slow
+def test_the_summarisation_example_summarises_the_longest_addresses_in_parts_with_a_small_model(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    done = _bash("examples/summarisation/run.sh", _fresh_machine_env(data_dir), timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    summaries = (ROOT / "out" / "sotu-summaries.jsonl").read_bytes().splitlines()
+    assert len(summaries) == 233
+    longest = [
+        orjson.loads(line)
+        for line in (ROOT / "out" / "sotu-longest-summaries.jsonl").read_bytes().splitlines()
+    ]
+    assert [(r["president"], r["year"]) for r in longest] == [
+        ("Jimmy Carter", 1981),
+        ("Harry S Truman", 1946),
+        ("Theodore Roosevelt", 1907),
+    ]
+    # Each is one summary, made by hundreds of calls of a model whose window holds 512 tokens.
+    assert all(r["calls"] > 300 and "[Not the document itself" in r["answer"] for r in longest)
+    assert "Jimmy Carter 1981: 217 kB summarised in" in done.stdout
 
 
 async def test_nightly_writes_results_beside_each_new_file_once(env: dict[str, str], tmp_path: Path) -> None:

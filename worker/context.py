@@ -51,6 +51,9 @@ class WorkerContext:
     follow: Callable[[str], None] | None = None
     # Tasks whose upstream call was sent and is not yet recorded: the only ones a graceful stop waits for.
     calling: set[asyncio.Task[Any]] = field(default_factory=set)
+    # Set by a task that gave a request back due at once (a part of a split record answered): the worker's
+    # feeder runs its next tick now rather than after its interval, so the next part is queued at once.
+    feed_now: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 def context(arq_ctx: Mapping[str, Any]) -> WorkerContext:

@@ -17,6 +17,8 @@ class TaskEnd(StrEnum):
     # Answered, but another worker's call stored the request's answer first (its lease had expired).
     COMPLETED_ELSEWHERE = "completed-elsewhere"
     REUSED = "reused"  # --dedupe: an identical request's answer
+    # A part of a record summarised in parts was answered; the request goes on with its next part.
+    PART = "part-answered"
     REFUSED = "refused"  # --free-only and a paid model: not sent
     WAITING_FOR_TWIN = "waiting-for-twin"
     STOPPING = "stopping"

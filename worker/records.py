@@ -4,6 +4,7 @@ and record how the attempt ended, each one statement of jobs/scheduling/lifecycl
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -85,8 +86,11 @@ _FREE_CALLS_SINCE = sql(
 )
 
 
-def call_record(answer: Success | Failure, started_at: datetime | None, latency_ms: int | None) -> CallRecord:
-    """What an attempt row keeps of an answer: a call's, or a remote batch's line's."""
+def call_record(
+    answer: Success | Failure, started_at: datetime | None, latency_ms: int | None, part: str | None = None
+) -> CallRecord:
+    """What an attempt row keeps of an answer: a call's, or a remote batch's line's; of a split request's call,
+    the part it asked for (and a part's answer, which the next parts build on, as its `reply`)."""
     usage = answer.usage or Usage()
     failure = answer if isinstance(answer, Failure) else None
     return CallRecord(
@@ -106,6 +110,7 @@ def call_record(answer: Success | Failure, started_at: datetime | None, latency_
         error_code=failure.code if failure else None,
         error_message=failure.message[:ERROR_MESSAGE_MAX_CHARS] if failure else None,
         reply=storable("", failure.reply)[1] if failure else None,
+        part=part,
     )
 
 
@@ -150,10 +155,12 @@ class Attempt:
             await conn.commit()
         return renewed
 
-    async def complete(self, success: Success, started_at: datetime, latency_ms: int) -> bool:
+    async def complete(
+        self, success: Success, started_at: datetime, latency_ms: int, part: str | None = None
+    ) -> bool:
         """Record the attempt, the result and the completed request atomically; False if it was already
         answered."""
-        call = call_record(success, started_at, latency_ms)
+        call = call_record(success, started_at, latency_ms, part)
         body, content = storable(success.raw.decode("utf-8"), success.content)
         async with self.engine.connect() as conn:
             stored = await lifecycle.record_answer(
@@ -163,10 +170,15 @@ class Attempt:
         return stored
 
     async def fail(
-        self, failure: Failure, decision: Decision, started_at: datetime, latency_ms: int
+        self,
+        failure: Failure,
+        decision: Decision,
+        started_at: datetime,
+        latency_ms: int,
+        part: str | None = None,
     ) -> FailRecord:
         """Record a failed attempt and move the request (and, to park or on its budget, its batch) on."""
-        call = call_record(failure, started_at, latency_ms)
+        call = call_record(failure, started_at, latency_ms, part)
         async with self.engine.connect() as conn:
             record = await lifecycle.record_failure(
                 conn,
@@ -182,6 +194,22 @@ class Attempt:
             )
             await conn.commit()
         return record
+
+    async def answer_part(self, success: Success, part: str, started_at: datetime, latency_ms: int) -> bool:
+        """Record a part's answer on its attempt and give the request back for its next part; False when the
+        lease was lost (the answer is kept all the same)."""
+        record = call_record(success, started_at, latency_ms, part)
+        answer = storable("", success.content or "")[1] or ""
+        call = dataclasses.replace(record, reply=answer)
+        async with self.engine.connect() as conn:
+            _, moved = await lifecycle.record_part(conn, self.lease, self.owner, call)
+            await conn.commit()
+        return moved
+
+    async def part_answers(self) -> dict[str, str]:
+        """The parts of this split request answered so far, by name."""
+        async with self.engine.connect() as conn:
+            return await lifecycle.part_answers(conn, self.lease.request_id)
 
     async def abandon(self, reason: str) -> None:
         """Give a request back unfinished (the worker is stopping), without spending one of its attempts."""

@@ -115,7 +115,10 @@ async def _feeder_loop(ctx: WorkerContext, redis: ArqRedis, plan: WorkerPlan) ->
             raise
         except Exception as exc:  # the loop must outlive a Redis or Postgres outage
             log.warning("feeder tick failed", error=str(exc))
-        await asyncio.sleep(ctx.settings.feed_interval)
+        # The interval, or less when a task asks for a tick now (a split record's next part is due).
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(ctx.feed_now.wait(), ctx.settings.feed_interval)
+        ctx.feed_now.clear()
 
 
 async def _startup(arq_ctx: dict[str, Any]) -> None:

@@ -18,6 +18,8 @@ from jobs.core.db import connection_lost
 from jobs.core.logs import get_logger, redact
 from jobs.core.states import Outcome, PauseReason, RequestStatus
 from jobs.formats.input_lines import EMBEDDINGS_URL, endpoint_of
+from jobs.formats.long_text import Part, long_field, lookup, next_part, with_field
+from jobs.formats.prompt_template import Template
 from jobs.formats.structured import correction_turn, requested_schema, routed_for_schema
 from jobs.observation.eta import format_duration
 from worker import records
@@ -117,6 +119,7 @@ async def _record_failure(
     latency_ms: int,
     failure: Failure,
     started_at: datetime,
+    part: str | None = None,
 ) -> TaskResult:
     settings = ctx.settings
     lease = attempt.lease
@@ -135,7 +138,7 @@ async def _record_failure(
         until_ms = int(failure.cooldown_until.timestamp() * 1000)
         held = await _spare("cool-down", lease.request_id, ctx.throttle.cool_down(free, until_ms), 0.0)
         log.warning("OpenRouter rate limit: every worker waits", seconds=held, message=failure.message)
-    record = await _persist("failure", lambda: attempt.fail(failure, decision, started_at, latency_ms))
+    record = await _persist("failure", lambda: attempt.fail(failure, decision, started_at, latency_ms, part))
     log.debug(
         "attempt failed",
         request_id=lease.request_id,
@@ -274,6 +277,28 @@ async def _outgoing(attempt: records.Attempt) -> dict[str, Any]:
     return body
 
 
+async def _part(attempt: records.Attempt) -> tuple[Part, dict[str, Any]]:
+    """The next part of a record summarised in parts and the body that asks for it: the stored body with its
+    user message the template filled with the part's text in place of the long field. The chunks are cut again
+    from the record (they never change); the parts answered so far are read from the request's attempts."""
+    lease = attempt.lease
+    if lease.split_tokens is None or lease.record is None or lease.template is None:
+        raise ValueError("not a request split in parts")
+    kept = lease.template
+    template = Template.parse(str(kept["template"]), kept.get("system"), kept.get("json_schema"))
+    path = long_field(template, lease.record, lease.options.get("long_field"))
+    if path is None:
+        raise ValueError("the record has no string field to split")
+    answers = await _persist("part answers", attempt.part_answers)
+    part = next_part(str(lookup(lease.record, path)), lease.split_tokens, answers)
+    messages = list(lease.body["messages"])
+    messages[-1] = {**messages[-1], "content": template.render(with_field(lease.record, path, part.text))}
+    body = {**lease.body, "messages": messages}
+    if requested_schema(body) is not None:
+        body = routed_for_schema(body, heal=bool(lease.options.get("heal", False)))
+    return part, body
+
+
 async def _release(
     ctx: WorkerContext, call: _Call, lease: records.Lease, verdict: Verdict, reason: str = ""
 ) -> str:
@@ -315,7 +340,13 @@ async def _run_leased(ctx: WorkerContext, attempt: records.Attempt, call: _Call)
             return TaskEnd.WAITING_FOR_TWIN
     # A request counts against the free limits when the first model it will try is a free variant.
     free = lease.models_sent[0].endswith(":free")
-    body = await _outgoing(attempt)
+    part: Part | None = None
+    if lease.split_tokens is not None:
+        # One call of a record summarised in parts: the next part not yet answered (its correction turns are
+        # left out: an earlier invalid reply may be another part's).
+        part, body = await _part(attempt)
+    else:
+        body = await _outgoing(attempt)
     try:
         async with _renewing(ctx, attempt, call):
             asked = time.monotonic()
@@ -361,15 +392,24 @@ async def _run_leased(ctx: WorkerContext, attempt: records.Attempt, call: _Call)
         await ctx.prices.fill(outcome.usage, outcome.model)
         ctx.meter.used(outcome.model or lease.models_sent[0], outcome.usage)
     if isinstance(outcome, Success):
-        outcome = await checked_answer(ctx.replies, lease.body, outcome)
+        outcome = await checked_answer(ctx.replies, body, outcome)
     started_at = call.started_at or datetime.now(UTC)
+    name = None if part is None else part.name
     if isinstance(outcome, Success):
         success = outcome
-        stored = await _persist("result", lambda: attempt.complete(success, started_at, result.latency_ms))
+        if part is not None and not part.final:
+            await _persist(
+                "part", lambda: attempt.answer_part(success, part.name, started_at, result.latency_ms)
+            )
+            ctx.feed_now.set()
+            return TaskEnd.PART
+        stored = await _persist(
+            "result", lambda: attempt.complete(success, started_at, result.latency_ms, name)
+        )
         if stored:
             ctx.meter.finished(RequestStatus.COMPLETED)
         return TaskEnd.COMPLETED if stored else TaskEnd.COMPLETED_ELSEWHERE
-    return await _record_failure(ctx, attempt, free, result.latency_ms, outcome, started_at)
+    return await _record_failure(ctx, attempt, free, result.latency_ms, outcome, started_at, name)
 
 
 async def _stopped(ctx: WorkerContext, attempt: records.Attempt, call: _Call) -> None:

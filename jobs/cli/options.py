@@ -15,7 +15,7 @@ import typer
 
 from jobs.core.errors import BadInput
 from jobs.core.settings import Settings
-from jobs.core.states import BatchPriority, Lane
+from jobs.core.states import BatchPriority, Lane, LongMode
 from jobs.formats.input_lines import body_problem
 from jobs.formats.prompt_template import Template, load_json_schema, load_template_text
 from jobs.submission.choices import batch_options, budget_problem, model_chain
@@ -130,6 +130,23 @@ Gold = Annotated[
         metavar="FIELD",
         help="The record field holding the right answer: the dashboard's batch page scores the answers against "
         "it (orbatch score does it for any batch).",
+    ),
+]
+LongChoice = Annotated[
+    LongMode | None,
+    typer.Option(
+        "--long",
+        help="split: a record too long for every model of the chain is summarised in parts (its longest field "
+        "cut into overlapping chunks, each summarised, the summaries combined) instead of being a bad line.",
+        case_sensitive=False,
+    ),
+]
+LongField = Annotated[
+    str | None,
+    typer.Option(
+        "--long-field",
+        help="With --long split: the record field to cut (a.b for a nested one); default: the longest string "
+        "field the template uses.",
     ),
 ]
 ReplaceModels = Annotated[
@@ -273,6 +290,8 @@ class SubmitChoices:
     heal: Heal = False
     vote: Vote = None
     gold: Gold = None
+    long: LongChoice = None
+    long_field: LongField = None
     replace_models: ReplaceModels = False
     template: TemplateText = None
     embed: Embed = False
@@ -298,6 +317,14 @@ class SubmitChoices:
             raise UsageError("--embed goes with --template: it makes each record's text to embed")
         if voters and chain:
             raise UsageError("--vote or --models, not both: a vote sends each record to every model it names")
+        if self.long_field is not None and self.long is None:
+            raise UsageError(
+                "--long-field goes with --long split: it names the field a long record is cut in"
+            )
+        if self.long is not None and self.template is None:
+            raise UsageError(
+                "--long split goes with --template: it cuts a record's field, and a chat line has none"
+            )
         if self.replace_models and not chain:
             raise UsageError("--replace-models needs --models: the chain every line is sent to")
         parsed: Template | None = None
@@ -330,6 +357,8 @@ class SubmitChoices:
             heal=self.heal,
             vote=voters,
             gold=self.gold,
+            long=None if self.long is None else self.long.value,
+            long_field=self.long_field,
         )
 
 

@@ -9,6 +9,7 @@ __all__ = [
     "BatchPriority",
     "BatchStatus",
     "Lane",
+    "LongMode",
     "Outcome",
     "PauseReason",
     "RemoteState",
@@ -98,6 +99,13 @@ class Lane(enum.StrEnum):
     LIVE = "live"
     BATCH = "batch"
     AUTO = "auto"
+
+
+class LongMode(enum.StrEnum):
+    """What a batch does with a templated record too long for every model of its chain (`--long`): `split`
+    summarises it in parts; without it, the record is a bad line."""
+
+    SPLIT = "split"
 
 
 class RemoteState(enum.StrEnum):

@@ -56,6 +56,8 @@ class Choices:
     heal: bool = False
     vote: list[str] | str | None = None
     gold: str | None = None
+    long: str | None = None
+    long_field: str | None = None
     replace_models: bool = False
     temperature: float | None = None
     max_tokens: int | None = None
@@ -152,7 +154,14 @@ class Choices:
             heal=self.heal,
             vote=voters,
             gold=self.gold,
+            long=self._long(),
+            long_field=self.long_field,
         )
+
+    def _long(self) -> str | None:
+        if self.long not in (None, "split"):
+            raise BadInput(f"long= must be 'split' (or None), got {self.long!r}", param="long")
+        return self.long
 
     def _defaults(self) -> dict[str, Any]:
         defaults: dict[str, Any] = {}

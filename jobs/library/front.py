@@ -380,7 +380,9 @@ def run(
     Schema dict), else `answer`, and `error` (empty for answered rows). Options are the CLI's: max_attempts,
     max_cost, free_only, dedupe, feedback (False: a reply failing its schema is retried with the same prompt), heal,
     vote (models that each answer every row: the row gets the majority of each field, `agreement`, `ties` and
-    `votes`, each model's answer), gold (the column of right labels the dashboard scores against), temperature, max_tokens, params, name, metadata, new, priority,
+    `votes`, each model's answer), gold (the column of right labels the dashboard scores against), long ("split": a
+    record too long for every model of the chain is summarised in parts), temperature, max_tokens, params, name,
+    metadata, new, priority,
     lane ("live", "batch": OpenRouter's Batch API at about half price, "auto"), skip_invalid, check_models,
     simulator, concurrency, progress (True, False, "notebook", "terminal",
     "plain"). The same call again finds the same batch and carries on; an interrupt stops gracefully.

@@ -266,7 +266,10 @@ def _add_row(
             else {"custom_id": row["custom_id"]}
         )
         if completed:
-            ok.append(orjson.dumps(merge_answer(record, row["content"], row["structured"])) + b"\n")
+            merged = merge_answer(record, row["content"], row["structured"])
+            if row.get("calls") is not None:
+                merged["calls"] = row["calls"]
+            ok.append(orjson.dumps(merged) + b"\n")
         else:
             code, message = error_of(row)
             bad.append(orjson.dumps({**record, "error": {"code": code, "message": message}}) + b"\n")

@@ -70,7 +70,13 @@ CONTENT = """
          ELSE (res.body->'data'->0->'embedding')::text END AS content,
     (coalesce(r.body->'response_format'->>'type' = 'json_schema', false) OR NOT r.body ? 'messages')
         AS structured"""
-RECORD_COLUMNS = "r.record::text AS record," + CONTENT
+# A record summarised in parts (`--long split`) says how many answered calls made its summary: its chunks',
+# its combines' and the final one's (failed or abandoned calls are in `usage`, not here).
+_CALLS = """
+    CASE WHEN r.split_tokens IS NOT NULL AND r.status = {R.COMPLETED}
+         THEN (SELECT count(*) FROM attempt c
+               WHERE c.request_id = r.id AND c.part IS NOT NULL AND c.outcome = {O.SUCCESS}) END AS calls"""
+RECORD_COLUMNS = "r.record::text AS record," + _CALLS + "," + CONTENT
 
 
 async def rows(engine: AsyncEngine, sql: str, *args: Any) -> AsyncGenerator[Any]:

@@ -39,10 +39,12 @@ __all__ = [
     "hold_for_run",
     "lane_off",
     "last_invalid_reply",
+    "part_answers",
     "record_answer",
     "record_failure",
     "record_line_answer",
     "record_line_failure",
+    "record_part",
     "refuse",
     "release_remote",
     "renew_lease",
@@ -84,6 +86,7 @@ TRANSITIONS_TABLE = """
 | request | running | no call was made (throttle, outage breaker, a twin, a stop): given back | pending, cancelled | worker | give_back |
 | request | running | the call is forbidden by the batch's options (a paid model, --free-only) | failed | worker | refuse |
 | request | running | an identical request's stored answer is reused (--dedupe) | completed | worker | reuse |
+| request | running | a part of a record split in parts is answered (kept on its attempt): given back, due at once, for its next part | pending, cancelled | worker | record_part |
 | request | running | its lease expired (its worker died): the call in flight is abandoned | pending, cancelled | feeder | expire_leases |
 | request | remote | its line of a remote batch is an answer (stored as an attempt and a result, as a call's) | completed | worker | record_line_answer |
 | request | remote | its line of a remote batch failed: it goes live, an attempt spent by the retry policy | pending, failed, cancelled | worker | record_line_failure |
@@ -215,6 +218,11 @@ class Lease:
     span: int | None = None
     # The batch's options as stored (its identity): `feedback` false and `heal` true are read from them.
     options: dict[str, Any] = field(default_factory=dict)
+    # A record summarised in parts (`--long split`): the most tokens a chunk of its text holds, the record and
+    # the batch's template (None for a request sent whole).
+    split_tokens: int | None = None
+    record: dict[str, Any] | None = None
+    template: dict[str, Any] | None = None
 
 
 @dataclass(slots=True, frozen=True)
@@ -236,8 +244,10 @@ class CallRecord:
     cost_estimated: bool = False
     error_code: str | None = None
     error_message: str | None = None
-    # An `invalid_output` attempt's reply, for the correction turn of the next attempt.
+    # An `invalid_output` attempt's reply, for the correction turn of the next attempt; a part's answer.
     reply: str | None = None
+    # The part of a split request the call asked for (`chunk 2/7`, `combine 1.2/3`, `final`).
+    part: str | None = None
 
     def params(self, attempt_id: int) -> dict[str, Any]:
         """The bind parameters of `_ATTEMPT_DONE` for this call on that attempt row."""
@@ -259,6 +269,7 @@ class CallRecord:
             "error_code": self.error_code,
             "error_message": self.error_message,
             "reply": self.reply,
+            "part": self.part,
         }
 
 
@@ -306,7 +317,9 @@ _TAKE_LEASE = sql(
           AND r.next_attempt_at <= now() AND b.id = r.batch_id AND b.status = {{B.IN_PROGRESS}}
           AND b.simulated = :simulated
         RETURNING r.id, r.batch_id, r.attempts, r.failures, r.body, b.max_attempts, b.free_only, r.fingerprint,
-                  r.context_needed, b.options,
+                  r.context_needed, b.options, r.split_tokens,
+                  CASE WHEN r.split_tokens IS NOT NULL THEN r.record END AS record,
+                  CASE WHEN r.split_tokens IS NOT NULL THEN b.template END AS template,
                   coalesce(r.models, b.models) AS chain,
                   CASE WHEN r.chain_pos < cardinality(coalesce(r.models, b.models)) THEN r.chain_pos ELSE 0 END
                       AS chain_pos,
@@ -359,7 +372,7 @@ _ATTEMPT_DONE = """
                completion_tokens = :completion_tokens, reasoning_tokens = :reasoning_tokens,
                cached_tokens = :cached_tokens, cost = :cost, cost_estimated = :cost_estimated,
                error_code = :error_code, error_message = :error_message,
-               reply = :reply
+               reply = :reply, part = :part
         WHERE id = :attempt_id AND outcome IN ({O.IN_FLIGHT}, {O.ABANDONED})
         RETURNING coalesce(cost, 0) AS cost
     )"""
@@ -490,6 +503,31 @@ _UNLEASE = sql(
     )
     SELECT (SELECT count(*) FROM parked) AS parked
     """
+)
+
+# A part of a record split in parts is answered (`--long split`): the call is recorded with its part and the
+# part's answer (`reply`), its cost spent as an answer's, and the request goes back to pending, due at once, for
+# its next part (or cancelled, when its batch is cancelling). Only the lease holder moves it; an answer that
+# arrives after the lease was lost is still kept on its attempt, so whoever asks next finds the part answered.
+# Each part has the batch's attempts: its failures start again from none.
+_PART = sql(
+    f"""
+    WITH {_ATTEMPT_DONE},
+    s AS (SELECT cost, false AS park FROM attempt_done),
+    {_BATCH_AFTER_CALL},
+    moved AS (
+        UPDATE request r SET
+               status = CASE WHEN b.status = {{B.CANCELLING}} THEN {{R.CANCELLED}} ELSE {{R.PENDING}} END,
+               finished_at = CASE WHEN b.status = {{B.CANCELLING}} THEN now() END,
+               failures = 0, last_error = NULL, lease_owner = NULL, lease_expires_at = NULL, enqueued_at = NULL,
+               next_attempt_at = now()
+        FROM batch b
+        WHERE r.id = :request_id AND r.status = {{R.RUNNING}} AND r.lease_owner = :owner AND b.id = r.batch_id
+          AND EXISTS (SELECT 1 FROM attempt_done)
+        RETURNING r.id
+    )
+    SELECT (SELECT count(*) FROM attempt_done) AS recorded, (SELECT count(*) FROM moved) AS moved
+    """  # noqa: S608 - built from this module's constants; values are bound parameters
 )
 
 # A call the batch's options forbid (a paid model in a free-only batch) is never made: the request fails.
@@ -857,6 +895,7 @@ STATUS_STATEMENTS: dict[str, tuple[TextClause, ...]] = {
     "give_back": (_UNLEASE,),
     "refuse": (_REFUSE,),
     "reuse": (_REUSE,),
+    "record_part": (_PART,),
     "expire_leases": (_EXPIRE_LEASES,),
     "record_line_answer": (_LINE_ANSWER,),
     "record_line_failure": (_LINE_FAILURE,),
@@ -887,6 +926,26 @@ _LAST_INVALID = sql(
     ORDER BY number DESC LIMIT 1
     """
 )
+
+
+# The answered parts of a split request: what its next call builds on. A read, not a transition. A part answered
+# twice (a call abandoned by a lost lease whose answer came after the part was asked again) is the answer stored
+# first, which is the one later parts were built on.
+_PART_ANSWERS = sql(
+    """
+    SELECT part, reply FROM attempt
+    WHERE request_id = :request_id AND part IS NOT NULL AND outcome = {O.SUCCESS} AND reply IS NOT NULL
+    ORDER BY finished_at, number
+    """
+)
+
+
+async def part_answers(conn: AsyncConnection, request_id: int) -> dict[str, str]:
+    """The answer of each part of a split request answered so far, by part name (the first stored, if two were)."""
+    answers: dict[str, str] = {}
+    for row in await conn.execute(_PART_ANSWERS, {"request_id": request_id}):
+        answers.setdefault(str(row.part), str(row.reply))
+    return answers
 
 
 async def last_invalid_reply(conn: AsyncConnection, request_id: int, number: int) -> tuple[str, str] | None:
@@ -940,6 +999,9 @@ async def take_lease(
         models_skipped=list(row.models_skipped or ()),
         span=row.span,
         options=dict(row.options or {}),
+        split_tokens=row.split_tokens,
+        record=row.record,
+        template=row.template,
     )
 
 
@@ -969,6 +1031,17 @@ async def record_answer(
         resume_at=None,
     )
     return (await conn.execute(_COMPLETE, params)).one_or_none() is not None
+
+
+async def record_part(conn: AsyncConnection, lease: Lease, owner: str, call: CallRecord) -> tuple[bool, bool]:
+    """running -> pending (cancelled in a cancelling batch), due at once, a part's answer kept on its attempt;
+    (recorded, moved): whether the call was recorded, and whether the request was given back by it."""
+    params = call.params(lease.attempt_id)
+    params.update(
+        request_id=lease.request_id, batch_id=lease.batch_id, owner=owner, park_reason=None, resume_at=None
+    )
+    row = (await conn.execute(_PART, params)).one()
+    return bool(row.recorded), bool(row.moved)
 
 
 async def record_failure(

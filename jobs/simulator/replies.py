@@ -220,6 +220,13 @@ def labelled_reply(
     return orjson.dumps(value).decode()
 
 
+def echo(text: str, bound: int) -> str:
+    """The simulator's answer to a prompt it has no rule for: the prompt echoed, cut to the completion bound
+    when the request sets one (four characters a token), as a model's answer never runs past `max_tokens`."""
+    content = f"echo: {text}"
+    return content[: bound * 4] if bound > 0 else content
+
+
 def token_counts(prompt_text: str, content: str) -> tuple[int, int]:
     """Prompt and completion tokens, taken as four characters each (at least one)."""
     return max(1, len(prompt_text) // 4), max(1, len(content) // 4)

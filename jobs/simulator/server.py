@@ -391,7 +391,7 @@ class Simulator:
                 # No provider of the model can take it; OpenRouter moves on to the next model of `models`.
                 too_small.append((model, context))
                 continue
-            content = self._reply(body, model, text) or f"echo: {text}"
+            content = self._reply(body, model, text) or replies.echo(text, wanted)
             self._record(body, 200, "ok", model)
             return replies.json_response(self._completion(model, text, content))
         if too_small:

@@ -59,6 +59,8 @@ def batch_options(
     heal: bool = False,
     vote: list[str] | None = None,
     gold: str | None = None,
+    long: str | None = None,
+    long_field: str | None = None,
 ) -> SubmitOptions:
     """The options of a batch from choices already checked by the surface that took them; a setting fills
     what was not chosen (ORBATCH_MAX_ATTEMPTS)."""
@@ -84,4 +86,6 @@ def batch_options(
         heal=heal,
         vote=vote or [],
         gold=gold,
+        long=long,
+        long_field=long_field,
     )

@@ -28,6 +28,7 @@ from jobs.formats.input_lines import (
     parse_line,
     parse_record,
 )
+from jobs.formats.long_text import SplitPlan, plan_split
 from jobs.formats.prompt_template import Template
 from jobs.formats.reader import DamagedGzip, FileSource, Source, read_lines
 from jobs.formats.tokens import TokenCounter, completion_cap
@@ -144,6 +145,11 @@ class SubmitOptions:
     vote: list[str] = field(default_factory=list)
     # The record field holding the right answer, for the batch page's score; not part of the identity.
     gold: str | None = None
+    # `split`: a templated record too long for every model of its chain is summarised in parts (its long field
+    # cut into chunks, each summarised, the summaries combined) instead of being a bad line. None: refused.
+    long: str | None = None
+    # The record field a split cuts (`a.b` for a nested one); None: the longest string field the template uses.
+    long_field: str | None = None
 
     def identity(self) -> dict[str, Any]:
         """The options that make a batch what it is: the same file with these gives the same batch."""
@@ -167,6 +173,9 @@ class SubmitOptions:
             **({"feedback": False} if not self.feedback else {}),
             **({"heal": True} if self.heal else {}),
             **({"vote": self.vote} if self.vote else {}),
+            **({"long": self.long} if self.long is not None else {}),
+            # Read by the worker from the batch's options to cut the same field.
+            **({"long_field": self.long_field} if self.long_field is not None else {}),
         }
 
     def lane_contexts(self) -> dict[str, int]:
@@ -329,8 +338,22 @@ _SAME_BATCH = sql(
     " AND status NOT IN ({B.CANCELLING}, {B.CANCELLED}, {B.FAILED}, {B.EXPIRED}) ORDER BY created_at DESC LIMIT 1"
 )
 
-# A staging row: line, custom_id, body, models, fingerprint, record, prompt tokens, completion tokens allowed.
-_Row = tuple[int, str, str, list[str] | None, str | None, str | None, int, int | None]
+# A staging row: line, custom_id, body, models, fingerprint, record, prompt tokens, completion tokens allowed;
+# for a record split in parts (`--long split`), its chunk size, what its largest part needs of a context and its
+# calls (the prompt and completion tokens are then its parts' together, roughly).
+_Row = tuple[
+    int,
+    str,
+    str,
+    list[str] | None,
+    str | None,
+    str | None,
+    int,
+    int | None,
+    int | None,
+    int | None,
+    int | None,
+]
 # A row as parsed, before its prompt is counted (with the rest of its chunk, in one call): the same, without
 # the prompt tokens.
 _Parsed = tuple[int, str, str, list[str] | None, str | None, str | None, int | None]
@@ -343,10 +366,14 @@ _STAGING_COLUMNS = [
     "record",
     "prompt_tokens",
     "completion_tokens",
+    "split_tokens",
+    "context_needed",
+    "calls",
 ]
 _STAGING_TABLE = text(
     "CREATE TEMP TABLE orbatch_staging (line_no integer, custom_id text, body jsonb, models text[],"
-    " fingerprint text, record jsonb, prompt_tokens integer, completion_tokens integer) ON COMMIT DROP"
+    " fingerprint text, record jsonb, prompt_tokens integer, completion_tokens integer, split_tokens integer,"
+    " context_needed integer, calls integer) ON COMMIT DROP"
 )
 
 
@@ -470,15 +497,35 @@ def _counted(
     for row, tokens in zip(chunk, counter.counts(), strict=True):
         needed = context_needed(tokens, row[6])
         # A vote needs every model to hold the record; a chain, one of its models.
-        chains = [[model] for model in options.vote] if options.vote else [row[3] or options.models]
+        chain = options.vote or row[3] or options.models
+        chains = [[model] for model in options.vote] if options.vote else [chain]
         problem = next(
             (p for p in (context_problem(c, needed, options.contexts) for c in chains) if p is not None), None
         )
-        if problem is not None:
-            errors.add(LineError(row[0], problem, "context_length_exceeded"))
+        if problem is None:
+            rows.append((*row[:6], tokens, row[6], None, None, None))
             continue
-        rows.append((*row[:6], tokens, row[6]))
+        split = _split(row, chain, options)
+        if isinstance(split, str):
+            errors.add(LineError(row[0], f"{problem}{split}", "context_length_exceeded"))
+            continue
+        completion = None if row[6] is None else row[6] * split.calls
+        rows.append(
+            (*row[:6], split.prompt_tokens, completion, split.split_tokens, split.context_needed, split.calls)
+        )
     return rows
+
+
+def _split(row: _Parsed, chain: list[str], options: SubmitOptions) -> SplitPlan | str:
+    """How a templated record too long for its chain is summarised in parts (`--long split`), sized for the
+    smallest window of the chain, so every part fits every model; else what to add to its bad line's message."""
+    if options.long != "split" or options.template is None or row[5] is None:
+        return ""
+    if options.template.embed:
+        return " (--long split summarises a chat prompt; a text to embed is not split)"
+    window = min(options.contexts[model] for model in chain if model in options.contexts)
+    plan = plan_split(options.template, orjson.loads(row[5]), window, row[6], options.long_field)
+    return f"; and with --long split, {plan}" if isinstance(plan, str) else plan
 
 
 async def _records(
@@ -593,7 +640,7 @@ def _empty(source: Source, errors: _LineErrors) -> SubmitError:
 # The staged requests' tokens by the first model of their chain; of duplicate ids, the first line only (the
 # one the batch keeps).
 _MEASURE = """
-    SELECT coalesce(models[1], CAST(:first AS text)) AS model, count(*) AS requests,
+    SELECT coalesce(models[1], CAST(:first AS text)) AS model, coalesce(sum(coalesce(calls, 1)), 0) AS requests,
            coalesce(sum(prompt_tokens), 0) AS prompt_tokens, coalesce(sum(completion_tokens), 0) AS completion_tokens,
            count(*) FILTER (WHERE completion_tokens IS NULL) AS unbounded
     FROM {rows} GROUP BY 1 ORDER BY 2 DESC, 1
@@ -660,10 +707,12 @@ _LANE_FITS = (
     " AS bigint), true)"
 )
 _INSERT = (
-    "INSERT INTO request (batch_id, custom_id, line_no, body, models, fingerprint, record, context_needed, status)"  # noqa: S608 - SQL built from constants; every value is a bind parameter
-    " SELECT :batch_id, custom_id, line_no, body, models, fingerprint, record,"
-    " prompt_tokens + coalesce(completion_tokens, 0),"
-    " CASE WHEN (:every OR (coalesce(models, CAST(:chain AS text[])))[1] = ANY(CAST(:firsts AS text[])))"
+    "INSERT INTO request (batch_id, custom_id, line_no, body, models, fingerprint, record, context_needed,"  # noqa: S608 - SQL built from constants; every value is a bind parameter
+    " split_tokens, status) SELECT :batch_id, custom_id, line_no, body, models, fingerprint, record,"
+    " coalesce(context_needed, prompt_tokens + coalesce(completion_tokens, 0)), split_tokens,"
+    # A record summarised in parts runs live: its parts are calls made one after the other.
+    " CASE WHEN split_tokens IS NULL"
+    " AND (:every OR (coalesce(models, CAST(:chain AS text[])))[1] = ANY(CAST(:firsts AS text[])))"
     " AND " + _LANE_FITS.format(first="(coalesce(models, CAST(:chain AS text[])))[1]") + " THEN {R.REMOTE}"
     " ELSE {R.PENDING} END"
     " FROM orbatch_staging ORDER BY line_no"
@@ -673,12 +722,12 @@ _INSERT = (
 # never reused as another's.
 _INSERT_VOTES = (
     "INSERT INTO request (batch_id, custom_id, line_no, body, models, fingerprint, record, context_needed, status,"  # noqa: S608 - SQL built from constants; every value is a bind parameter
-    " voter) SELECT :batch_id, custom_id, line_no, body, ARRAY[v.voter],"
+    " voter, split_tokens) SELECT :batch_id, custom_id, line_no, body, ARRAY[v.voter],"
     " CASE WHEN fingerprint IS NOT NULL THEN encode(sha256(convert_to(fingerprint || ' ' || v.voter, 'UTF8')),"
-    " 'hex') END, record, prompt_tokens + coalesce(completion_tokens, 0),"
-    " CASE WHEN (:every OR v.voter = ANY(CAST(:firsts AS text[]))) AND "
+    " 'hex') END, record, coalesce(context_needed, prompt_tokens + coalesce(completion_tokens, 0)),"
+    " CASE WHEN split_tokens IS NULL AND (:every OR v.voter = ANY(CAST(:firsts AS text[]))) AND "
     + _LANE_FITS.format(first="v.voter")
-    + " THEN {R.REMOTE} ELSE {R.PENDING} END, v.voter"
+    + " THEN {R.REMOTE} ELSE {R.PENDING} END, v.voter, split_tokens"
     " FROM orbatch_staging CROSS JOIN unnest(CAST(:voters AS text[])) WITH ORDINALITY AS v(voter, n)"
     " ORDER BY line_no, v.n"
 )

@@ -376,3 +376,21 @@ async def test_a_vote_from_python_gives_each_row_the_majority_agreement_and_answ
     assert score["kappa_kind"] == "cohen"
     async with engine.connect() as conn:
         assert (await conn.execute(text("SELECT gold FROM batch"))).scalar() == "truth"
+
+
+async def test_long_split_summarises_a_row_too_long_for_the_chain_in_parts_from_python(
+    front: None, simulator: Simulator
+) -> None:
+    long_text = "\n\n".join(
+        " ".join(f"Point {p}.{s} of the report is stated in a few plain words." for s in range(6))
+        for p in range(8)
+    )
+    table = [{"id": 1, "text": long_text}, {"id": 2, "text": "review 2"}]
+    run = functools.partial(orbatch.run, table, **call(models="sim/small", max_tokens=100, long="split"))
+    answered = await asyncio.to_thread(run)
+    assert [row["error"] for row in answered] == [None, None]
+    assert answered[0]["answer"].startswith("echo: ")
+    # One row, one answer, from several calls: its chunks', a combine's and the final one's.
+    assert len(await simulator.calls()) > 3
+    with pytest.raises(orbatch.BadInput, match="long= must be 'split'"):
+        await asyncio.to_thread(functools.partial(orbatch.run, table, **call(long="cut")))
