@@ -303,9 +303,10 @@ def results(
     if as_json:
         print_json(counts)
         return
+    what = "records the models disagree on" if disagreements else "results"
     say(
         err,
-        f"wrote {counts['completed']} results to {destination(output)}"
+        f"wrote {counts['completed']} {what} to {destination(output)}"
         + (
             f" and {counts['failed']} failures to {destination(errors)}"
             if errors
