@@ -80,7 +80,9 @@ def test_the_labelling_example_labels_and_scores_all_300_emails(tmp_path: Path, 
     assert "cohen kappa" in done.stdout
     labels = [orjson.loads(line) for line in (ROOT / "out" / "spam-labels.jsonl").read_bytes().splitlines()]
     assert len(labels) == 300
-    assert all(set(row["votes"]) == {"google/gemma-4-31b-it:free", "openai/gpt-oss-20b:free"} for row in labels)
+    assert all(
+        set(row["votes"]) == {"google/gemma-4-31b-it:free", "openai/gpt-oss-20b:free"} for row in labels
+    )
     assert all(row["label"] in ("spam", "ham", None) and row["reason"] for row in labels)
     # The simulator's second model gives the other label on a tenth of the e-mails: those are the ties.
     apart = (ROOT / "out" / "spam-disagreements.jsonl").read_bytes().splitlines()
