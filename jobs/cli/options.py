@@ -129,7 +129,7 @@ Gold = Annotated[
         "--gold",
         metavar="FIELD",
         help="The record field holding the right answer: the dashboard's batch page scores the answers against "
-        "it (orbatch score does it for any batch).",
+        "it (orbatch score does it for any batch of records).",
     ),
 ]
 LongChoice = Annotated[

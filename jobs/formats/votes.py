@@ -6,6 +6,11 @@ value most models gave for each field of the answer (a JSON object's fields, els
 votes comparable. A field where two or more values share the highest count is a tie, said as such: its value is
 None and the tied values are listed. The agreement of a field is the share of the models that answered whose
 value is the majority's (for a tie, the share of one of the tied values).
+
+With a schema that has label fields (an enum or const, a boolean, an integer), the vote is taken on those alone: a
+free-text field (a `reason`) is never the same from two models, and voting on it would make every record a tie.
+Such a field is taken from the first model, in the order listed, whose labels are the majority's (else from the
+first model that answered), and has no agreement of its own.
 """
 
 from __future__ import annotations
@@ -19,7 +24,17 @@ import orjson
 from jobs.formats.output_lines import ANSWER_FIELD
 from jobs.formats.prompt_template import parse_answer
 
-__all__ = ["AGREEMENT_FIELD", "TIES_FIELD", "VOTES_FIELD", "Ballot", "Vote", "answer_value", "tally"]
+__all__ = [
+    "AGREEMENT_FIELD",
+    "TIES_FIELD",
+    "VOTES_FIELD",
+    "Ballot",
+    "Vote",
+    "answer_value",
+    "label_fields",
+    "schema_fields",
+    "tally",
+]
 
 # Where a voted record says how far the models agreed, which fields tied, and what each model answered.
 AGREEMENT_FIELD = "agreement"
@@ -47,6 +62,29 @@ def answer_value(content: str, structured: bool) -> Any:
         return content
 
 
+def schema_fields(schema: Any) -> list[str]:
+    """The fields of the object a JSON schema asks for; none for another schema, or none."""
+    props = schema.get("properties") if isinstance(schema, dict) else None
+    return list(props) if isinstance(props, dict) else []
+
+
+def label_fields(schema: Any) -> list[str]:
+    """The fields of a schema's object that hold a label: an enum or a const, a boolean, an integer. A vote is
+    taken on these; a free-text field (a `reason`) is never the same twice and is not voted on."""
+    props = schema.get("properties") if isinstance(schema, dict) else None
+    if not isinstance(props, dict):
+        return []
+    out = []
+    for name, sub in props.items():
+        if not isinstance(sub, dict):
+            continue
+        kinds = sub.get("type")
+        kinds = set(kinds) if isinstance(kinds, list) else {kinds}
+        if "enum" in sub or "const" in sub or kinds & {"boolean", "integer"}:
+            out.append(name)
+    return out
+
+
 def _key(value: Any) -> bytes:
     # JSON with sorted keys, so equal objects count as one value whatever their keys' order.
     return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
@@ -71,8 +109,9 @@ class Vote:
         return self.answered > 0 and not self.ties and all(share == 1.0 for share in self.agreement.values())
 
 
-def tally(ballots: list[Ballot]) -> Vote:
-    """The vote of a record's ballots: per field of the answers (a JSON object's, else `answer`)."""
+def tally(ballots: list[Ballot], labels: list[str] | None = None) -> Vote:
+    """The vote of a record's ballots: per field of the answers (a JSON object's, else `answer`); with `labels`,
+    per label field, the others taken from a model of the majority."""
     vote = Vote()
     fields: dict[str, list[Any]] = {}
     for ballot in ballots:
@@ -84,7 +123,8 @@ def tally(ballots: list[Ballot]) -> Vote:
         vote.answered += 1
         items = value.items() if isinstance(value, dict) else [(ANSWER_FIELD, value)]
         for name, item in items:
-            fields.setdefault(name, []).append(item)
+            if not labels or name in labels or not isinstance(value, dict):
+                fields.setdefault(name, []).append(item)
     for name, values in fields.items():
         counts = Counter(_key(v) for v in values)
         top = max(counts.values())
@@ -97,4 +137,21 @@ def tally(ballots: list[Ballot]) -> Vote:
             vote.ties[name] = [first[k] for k in leaders]
         else:
             vote.majority[name] = first[leaders[0]]
+    if labels:
+        _carry_free_text(vote)
     return vote
+
+
+def _carry_free_text(vote: Vote) -> None:
+    """The fields not voted on, from the first model whose labels are the majority's (else the first answer)."""
+    answers = [a for a in vote.answers.values() if isinstance(a, dict) and set(a) != {"error"}]
+    if not answers:
+        return
+    agreeing = [
+        a
+        for a in answers
+        if all(_key(a.get(n)) == _key(v) for n, v in vote.majority.items() if n not in vote.ties)
+    ]
+    for name, value in (agreeing or answers)[0].items():
+        if name not in vote.majority:
+            vote.majority[name] = value

@@ -34,6 +34,8 @@ class AnswerColumns:
     values: dict[str, list[Any]] = field(default_factory=dict)
     # Columns filled from a row's `extra` (a vote's agreement, ties and answers): their names as added.
     extras: dict[str, str] = field(default_factory=dict)
+    # The user's own columns, which no added column may take.
+    existing: tuple[str, ...] = ()
 
     @classmethod
     def plan(cls, schema: dict[str, Any] | None, existing: Iterable[str]) -> AnswerColumns:
@@ -51,7 +53,7 @@ class AnswerColumns:
             else ERROR_FIELD
         )
         types[error_name] = "str"
-        columns = cls(names, types, structured, error_name)
+        columns = cls(names, types, structured, error_name, existing=tuple(taken))
         columns.values = {name: [] for name in [*names.values(), error_name]}
         return columns
 
@@ -60,9 +62,9 @@ class AnswerColumns:
         """The added columns in order: the answer's, the extras, then the error."""
         return [*self.names.values(), *self.extras.values(), self.error_name]
 
-    def extend(self, names: Iterable[str], existing: Iterable[str]) -> None:
+    def extend(self, names: Iterable[str]) -> None:
         """Add columns filled from each row's `extra` (any type), renamed like answer fields on a clash."""
-        taken = {*existing, *self.names.values(), self.error_name}
+        taken = {*self.existing, *self.names.values(), self.error_name}
         for name in names:
             column = name + CLASH_SUFFIX if name in taken else name
             self.extras[name] = column

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import orjson
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from rich.console import Console
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -276,7 +276,13 @@ def _answer(content: str | None, structured: bool, error: str | None, cls: type[
         value = parse_answer(content)
     except orjson.JSONDecodeError:
         return content
-    return cls.model_validate(value) if cls is not None else value
+    if cls is None:
+        return value
+    try:
+        return cls.model_validate(value)
+    except ValidationError:
+        # A vote's tie leaves a field null, which the model may not allow: the answer as it stands, a dict.
+        return value
 
 
 def _choices(options: dict[str, Any], **given: Any) -> tuple[Choices, dict[str, Any]]:

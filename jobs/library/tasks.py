@@ -221,7 +221,7 @@ async def read_answers(
     """The batch's answers as columns, one value per input row in order (rows left out at submit say so); a
     vote's agreement, ties and answers in columns of their own."""
     if await vote_models(engine, batch_id) is not None:
-        columns.extend(VOTE_EXTRAS, columns.types)
+        columns.extend(VOTE_EXTRAS)
     async for chunk in _aligned(answer_rows(engine, batch_id), rows):
         columns.add(chunk)
     return columns
@@ -265,7 +265,7 @@ async def record_rows(
                     keys.update(dict.fromkeys(row.record or {}))
                 plan = AnswerColumns.plan(schema, keys)
                 if await vote_models(engine, batch_id) is not None:
-                    plan.extend(VOTE_EXTRAS, keys)
+                    plan.extend(VOTE_EXTRAS)
             yield [{**(row.record or {}), **plan.fields_of(row)} for row in chunk]
 
 

@@ -147,17 +147,20 @@ async def _voted_rows(
         else:
             status = RequestStatus.COMPLETED.value
         content = None
+        value: Any = None
         if error is None:
             # An answer that is not an object (no schema asked) is the majority's text itself.
-            value: Any = vote.majority
+            value = vote.majority
             if set(vote.majority) == {ANSWER_FIELD} and not any(
                 isinstance(a, dict) for a in vote.answers.values()
             ):
                 value = vote.majority[ANSWER_FIELD]
             content = value if isinstance(value, str) else orjson.dumps(value).decode()
+        # A plain-text majority is text, as a batch without a vote gives it ("42" stays a string).
+        structured = content is None or not isinstance(value, str)
         extra = {AGREEMENT_FIELD: vote.agreement, TIES_FIELD: vote.ties or None, VOTES_FIELD: vote.answers}
         record = voted.record if with_records else None
-        chunk.append(AnswerRow(voted.line_no, status, content, True, error, record, extra))
+        chunk.append(AnswerRow(voted.line_no, status, content, structured, error, record, extra))
         if len(chunk) >= EXPORT_CHUNK:
             yield chunk
             chunk = []

@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from jobs.core.errors import BadInput
 from jobs.formats.output_lines import ANSWER_FIELD
 from jobs.formats.prompt_template import parse_answer
-from jobs.formats.votes import VOTES_FIELD
+from jobs.formats.votes import VOTES_FIELD, label_fields, schema_fields
 from jobs.operations.results import answer_rows
 from jobs.operations.votes import vote_models
 
@@ -32,6 +32,12 @@ __all__ = ["TIE", "ClassScore", "Score", "cohen_kappa", "fleiss_kappa", "score_b
 # The prediction of a vote whose field tied: never equal to a gold label.
 TIE = "(tie)"
 _SCHEMA = text("SELECT template->'json_schema' FROM batch WHERE id = :id")
+_TEMPLATED = text("SELECT template IS NOT NULL FROM batch WHERE id = :id")
+
+
+async def _has_records(engine: AsyncEngine, batch_id: str) -> bool:
+    async with engine.connect() as conn:
+        return bool((await conn.execute(_TEMPLATED, {"id": batch_id})).scalar())
 
 
 @dataclass(slots=True, frozen=True)
@@ -138,19 +144,22 @@ def fleiss_kappa(items: list[list[str]]) -> float | None:
     return round((observed - expected) / (1 - expected), 4)
 
 
-async def _schema_fields(engine: AsyncEngine, batch_id: str) -> list[str]:
+async def _schema_fields(engine: AsyncEngine, batch_id: str) -> tuple[list[str], list[str]]:
+    """The answers' fields as the batch's schema gives them, and of those the label fields."""
     async with engine.connect() as conn:
         schema = (await conn.execute(_SCHEMA, {"id": batch_id})).scalar()
-    props = schema.get("properties") if isinstance(schema, dict) else None
-    return list(props) if isinstance(props, dict) else []
+    return schema_fields(schema), label_fields(schema)
 
 
-def _chosen(fields: list[str], gold: str) -> str:
-    """The answer field to score when none was named: the only one, else the one named like the gold field."""
+def _chosen(fields: list[str], gold: str, labels: list[str]) -> str:
+    """The answer field to score when none was named: the only one, else the one named like the gold field, else
+    the only label field of the schema (an enum, a boolean or an integer: `label` beside a free-text `reason`)."""
     if len(fields) == 1:
         return fields[0]
     if gold in fields:
         return gold
+    if len(labels) == 1:
+        return labels[0]
     raise BadInput(
         f"the answers have several fields ({', '.join(fields)}): name the one to score with --field",
         param="field",
@@ -167,9 +176,9 @@ def _field_of(answer: Any, name: str) -> tuple[bool, Any]:
 async def score_batch(engine: AsyncEngine, batch_id: str, gold: str, name: str | None = None) -> Score:
     """Score a batch's answers (a vote's majority) against each record's `gold` field; BadInput when the field
     to score cannot be told (several schema fields and no `name`)."""
-    fields = await _schema_fields(engine, batch_id)
+    fields, labels = await _schema_fields(engine, batch_id)
     if name is None and fields:
-        name = _chosen(fields, gold)
+        name = _chosen(fields, gold, labels)
     elif fields and name not in fields:
         raise BadInput(
             f"--field {name!r} is not a field of the answers' schema ({', '.join(fields)})", param="field"
@@ -184,12 +193,9 @@ async def score_batch(engine: AsyncEngine, batch_id: str, gold: str, name: str |
         async for chunk in chunks:
             for row in chunk:
                 record = row.record or {}
-                if record.get(gold) is None:
-                    skipped[f"no {gold!r} in the record"] += 1
-                    continue
-                truth = _label(record[gold])
+                truth = None if record.get(gold) is None else _label(record[gold])
                 if row.content is None:
-                    skipped["no answer"] += 1
+                    skipped[f"no {gold!r} in the record" if truth is None else "no answer"] += 1
                     continue
                 try:
                     answer = parse_answer(row.content) if row.structured else row.content
@@ -197,16 +203,26 @@ async def score_batch(engine: AsyncEngine, batch_id: str, gold: str, name: str |
                     answer = row.content
                 if name is None:
                     # No template's schema to read (chat lines): the first answer's fields tell.
-                    name = _chosen(list(answer), gold) if isinstance(answer, dict) else ANSWER_FIELD
+                    name = _chosen(list(answer), gold, []) if isinstance(answer, dict) else ANSWER_FIELD
                 present, value = _field_of(answer, name)
+                ties = (row.extra or {}).get("ties") or {}
                 if voters is not None:
-                    ties = (row.extra or {}).get("ties") or {}
-                    present = present or name in ties
+                    # The models' agreement is over every record they all answered, gold or not.
                     _count_models(row.extra or {}, name, truth, voters, model_right, model_seen, ratings)
+                    present = present or name in ties
+                if truth is None:
+                    skipped[f"no {gold!r} in the record"] += 1
+                    continue
                 if not present:
                     skipped[f"no {name!r} in the answer"] += 1
                     continue
-                pairs.append((truth, TIE if value is None and voters is not None else _label(value)))
+                pairs.append((truth, TIE if name in ties else _label(value)))
+    if not pairs and not await _has_records(engine, batch_id):
+        raise BadInput(
+            "the batch is of chat lines, which carry no record to hold a gold field: score a batch of records "
+            "(submitted with --template)",
+            param="gold",
+        )
     accuracy, classes, confusion = score_pairs(pairs)
     score = Score(
         batch_id, gold, name or ANSWER_FIELD, len(pairs), accuracy, classes, confusion, dict(skipped)
@@ -225,7 +241,7 @@ async def score_batch(engine: AsyncEngine, batch_id: str, gold: str, name: str |
 def _count_models(
     extra: dict[str, Any],
     name: str,
-    truth: str,
+    truth: str | None,
     voters: list[str],
     right: Counter[str],
     seen: Counter[str],
@@ -244,8 +260,9 @@ def _count_models(
         ):
             continue
         label = _label(value)
-        seen[model] += 1
-        right[model] += label == truth
+        if truth is not None:
+            seen[model] += 1
+            right[model] += label == truth
         labels.append(label)
     if len(labels) == len(voters):
         ratings.append(labels)

@@ -14,17 +14,19 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from jobs.core.states import RequestStatus
 from jobs.formats.output_lines import ANSWER_FIELD
-from jobs.formats.votes import AGREEMENT_FIELD, TIES_FIELD, VOTES_FIELD, Ballot, Vote, tally
+from jobs.formats.votes import AGREEMENT_FIELD, TIES_FIELD, VOTES_FIELD, Ballot, Vote, label_fields, tally
 from jobs.operations.rows import CONTENT, EXPORT_CHUNK, error_of, query, record_fields, record_of, rows
 
 __all__ = ["VOTE_EXTRAS", "VotedRecord", "dumps", "vote_models", "voted_record_chunks", "voted_records"]
 
 # Every request of the batch, finished or not: a record is whole only once each of its models has finished.
 _VOTE_ROWS = query("r.line_no, r.voter, r.record::text AS record," + CONTENT, "true")
-_FINISHED = (RequestStatus.COMPLETED, RequestStatus.FAILED)
+# A voter cancelled (the batch cancelled or expired) is finished too: its record shows what the others answered.
+_FINISHED = (RequestStatus.COMPLETED, RequestStatus.FAILED, RequestStatus.CANCELLED)
 # The columns a table gets for a vote beside the majority's fields.
 VOTE_EXTRAS = (AGREEMENT_FIELD, TIES_FIELD, VOTES_FIELD)
 _VOTE = text("SELECT options->'vote' FROM batch WHERE id = :id")
+_SCHEMA = text("SELECT template->'json_schema' FROM batch WHERE id = :id")
 
 
 @dataclass(slots=True)
@@ -79,6 +81,8 @@ async def vote_models(engine: AsyncEngine, batch_id: str) -> list[str] | None:
 async def voted_records(engine: AsyncEngine, batch_id: str) -> AsyncGenerator[VotedRecord]:
     """Every record of a vote batch in line order, its requests tallied, from one snapshot."""
     fields = await record_fields(engine, batch_id)
+    async with engine.connect() as conn:
+        labels = label_fields((await conn.execute(_SCHEMA, {"id": batch_id})).scalar())
     line: int | None = None
     record: dict[str, Any] = {}
     ballots: list[Ballot] = []
@@ -87,19 +91,21 @@ async def voted_records(engine: AsyncEngine, batch_id: str) -> AsyncGenerator[Vo
         async for row in found:
             if row["line_no"] != line:
                 if line is not None:
-                    yield VotedRecord(line, record, tally(ballots), finished)
+                    yield VotedRecord(line, record, tally(ballots, labels), finished)
                 line, record, ballots, finished = row["line_no"], record_of(row, fields), [], True
             status = row["status"]
             finished = finished and status in _FINISHED
             error = None
             if status == RequestStatus.FAILED:
                 error = ": ".join(error_of(row))
+            elif status == RequestStatus.CANCELLED:
+                error = "cancelled: the batch was cancelled or expired before this model answered"
             elif status != RequestStatus.COMPLETED:
                 error = f"not finished: the request is {status}"
             content = row["content"] if status == RequestStatus.COMPLETED else None
             ballots.append(Ballot(row["voter"], content, row["structured"], error))
     if line is not None:
-        yield VotedRecord(line, record, tally(ballots), finished)
+        yield VotedRecord(line, record, tally(ballots, labels), finished)
 
 
 async def voted_record_chunks(

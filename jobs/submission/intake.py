@@ -210,8 +210,10 @@ async def _checked(
     try:
         options = replace(options, models=resolve_models(options.models, options, renamed))
         if voting:
-            # The vote's models as the catalogue names them, kept as the batch's models too (what it calls).
-            options = replace(options, vote=options.models)
+            # The vote's models as the catalogue names them, kept as the batch's models too (what it calls); two
+            # names of one model (`gpt-4o-mini`, `openai/gpt-4o-mini`) are one voter.
+            voters = list(dict.fromkeys(options.models))
+            options = replace(options, models=voters, vote=_voters(replace(options, models=[], vote=voters)))
     except ValueError as exc:
         raise ModelRefused(str(exc)) from None
     return options, catalog, renamed

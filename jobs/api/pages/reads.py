@@ -44,7 +44,7 @@ _COUNTS = ("pending", "running", "remote", "completed", "failed", "cancelled")
 # (the backslash before the colon of `:free` keeps SQLAlchemy from taking it for a bind parameter).
 _BATCH_ROWS = f"""
     SELECT b.id, b.name, b.status, b.pause_reason, b.pause_message, b.resume_at, b.models, b.simulated,
-           b.priority, b.max_cost, b.created_at, b.started_at, b.finished_at, b.total,
+           b.options ? 'vote' AS vote, b.priority, b.max_cost, b.created_at, b.started_at, b.finished_at, b.total,
            {", ".join(f"t.{c}" for c in _COUNTS)}, t.calls, t.cost, t.prompt_tokens, t.completion_tokens,
            m.recent, m.since, f.free_served
     FROM page p JOIN batch b ON b.id = p.id
@@ -195,6 +195,8 @@ class BatchLine:
     free_served: bool | None = None
     # Which batches run first: `urgent`, `normal` or `background`.
     priority: str = "normal"
+    # Its models vote (each answers every record) rather than make a fallback chain.
+    vote: bool = False
 
     @property
     def done(self) -> int:
@@ -236,6 +238,7 @@ def _line(row: Any) -> BatchLine:
         recent=int(row.recent),
         recent_since=row.since,
         free_served=row.free_served,
+        vote=bool(row.vote),
     )
 
 

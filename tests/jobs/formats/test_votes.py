@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from jobs.formats.votes import Ballot, tally
+from jobs.formats.votes import Ballot, label_fields, schema_fields, tally
 
 
 def test_the_majority_of_each_field_is_kept_with_the_share_of_models_agreeing() -> None:
@@ -56,3 +56,48 @@ def test_no_answer_at_all_is_a_vote_of_nobody() -> None:
     assert vote.answered == 0
     assert vote.majority == {}
     assert not vote.unanimous
+
+
+def test_with_label_fields_only_they_are_voted_and_free_text_comes_from_a_model_of_the_majority() -> None:
+    schema = {
+        "type": "object",
+        "properties": {"label": {"type": "string", "enum": ["spam", "ham"]}, "reason": {"type": "string"}},
+    }
+    assert label_fields(schema) == ["label"]
+    vote = tally(
+        [
+            Ballot("a", '{"label": "ham", "reason": "a friend writes"}', True),
+            Ballot("b", '{"label": "spam", "reason": "it sells pills"}', True),
+            Ballot("c", '{"label": "spam", "reason": "a miracle offer"}', True),
+        ],
+        label_fields(schema),
+    )
+    assert vote.majority == {"label": "spam", "reason": "it sells pills"}
+    assert vote.agreement == {"label": 0.6667}
+    assert vote.ties == {}
+    two = tally(
+        [
+            Ballot("a", '{"label": "ham", "reason": "x"}', True),
+            Ballot("b", '{"label": "ham", "reason": "y"}', True),
+        ],
+        ["label"],
+    )
+    assert two.unanimous
+    assert two.majority == {"label": "ham", "reason": "x"}
+
+
+def test_label_fields_are_enums_consts_booleans_and_integers() -> None:
+    schema = {
+        "type": "object",
+        "properties": {
+            "kind": {"enum": [1, 2]},
+            "fixed": {"const": "x"},
+            "ok": {"type": "boolean"},
+            "stars": {"type": ["integer", "null"]},
+            "score": {"type": "number"},
+            "note": {"type": "string"},
+        },
+    }
+    assert label_fields(schema) == ["kind", "fixed", "ok", "stars"]
+    assert schema_fields(schema) == ["kind", "fixed", "ok", "stars", "score", "note"]
+    assert label_fields({"type": "string"}) == []
