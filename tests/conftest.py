@@ -25,7 +25,7 @@ from arq.connections import ArqRedis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from jobs.core.db import create_engine, drop_database, ensure_database, upgrade
+from jobs.core.db import create_engine, drop_database, ensure_database, retry_conflicts, upgrade
 from jobs.scheduling.queue import connect
 from jobs.services.embedded import embedded_database, embedded_redis
 from tests.support import Simulator, Workers, stop_leftovers, test_env
@@ -181,10 +181,15 @@ async def session_redis(services: Services, queue_name: str) -> AsyncIterator[Ar
 
 @pytest.fixture
 async def engine(session_engine: AsyncEngine) -> AsyncEngine:
-    async with session_engine.begin() as conn:
-        await conn.execute(
-            text("TRUNCATE batch, request, attempt, result, model_price RESTART IDENTITY CASCADE")
-        )
+    async def truncate() -> None:
+        async with session_engine.begin() as conn:
+            # The order a worker's lease locks them in (request, batch, model_price, attempt): a server's worker
+            # still finishing the last test's batch then waits for the truncate rather than deadlocking with it.
+            await conn.execute(
+                text("TRUNCATE request, batch, model_price, attempt, result RESTART IDENTITY CASCADE")
+            )
+
+    await retry_conflicts(truncate)
     return session_engine
 
 

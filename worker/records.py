@@ -16,7 +16,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from jobs.core.constants import PERSIST_DEADLINE_SECONDS
-from jobs.core.db import connection_lost
+from jobs.core.db import conflicted, connection_lost
 from jobs.core.logs import get_logger
 from jobs.core.sql import sql
 from jobs.core.states import Outcome, PauseReason
@@ -115,14 +115,15 @@ def call_record(
 
 
 async def persist(what: str, write: Callable[[], Awaitable[T]]) -> T:
-    """Run a database write, retrying through connection failures for a bounded time."""
+    """Run a database write (one transaction), retrying through connection failures and through a deadlock or a
+    serialization conflict (the transaction was rolled back, nothing was written) for a bounded time."""
     deadline = time.monotonic() + PERSIST_DEADLINE_SECONDS
     delay = 0.2
     while True:
         try:
             return await write()
         except (DBAPIError, OSError) as exc:
-            if not connection_lost(exc) or time.monotonic() + delay > deadline:
+            if not (connection_lost(exc) or conflicted(exc)) or time.monotonic() + delay > deadline:
                 raise
             log.warning("database write failed; retrying", what=what, error=str(exc), retry_in=delay)
             await asyncio.sleep(delay)

@@ -5,15 +5,13 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.table import Table
-from rich.text import Text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from jobs.cli.context import BatchId, print_json, resolve, services
-from jobs.cli.terminal import out, say
+from jobs.cli.terminal import out, say, score_tables
 from jobs.operations.scores import Score, score_batch
 
-__all__ = ["score", "score_tables"]
+__all__ = ["score"]
 
 
 def score(
@@ -47,38 +45,3 @@ def score(
         out.print(table)
     for reason, count in result.skipped.items():
         say(out, f"{count} records not scored: {reason}")
-
-
-def score_tables(result: Score) -> list[Table]:
-    """The score as tables: per class, the confusion matrix, and a vote's models."""
-    head = Table(
-        title=Text(
-            f"{result.batch_id}: {result.field!r} against {result.gold!r}, {result.scored} records, "
-            f"accuracy {result.accuracy:.1%}"
-        )
-    )
-    for column in ("label", "precision", "recall", "F1", "support"):
-        head.add_column(column, justify="left" if column == "label" else "right")
-    for c in result.classes:
-        head.add_row(Text(c.label), f"{c.precision:.3f}", f"{c.recall:.3f}", f"{c.f1:.3f}", str(c.support))
-    labels = result.columns
-    matrix = Table(title="confusion matrix (rows: gold, columns: answered)")
-    matrix.add_column("gold")
-    for label in labels:
-        matrix.add_column(Text(label), justify="right")
-    for gold, row in result.confusion.items():
-        matrix.add_row(Text(gold), *(str(row.get(label, 0)) for label in labels))
-    tables = [head, matrix]
-    if result.models is not None:
-        kappa = "undefined (one label only)" if result.kappa is None else f"{result.kappa:.3f}"
-        models = Table(
-            title=Text(
-                f"models: {result.kappa_kind} kappa {kappa} over {result.kappa_records} records all answered"
-            )
-        )
-        models.add_column("model")
-        models.add_column("accuracy", justify="right")
-        for model, accuracy in result.models.items():
-            models.add_row(Text(model), f"{accuracy:.1%}")
-        tables.append(models)
-    return tables

@@ -19,6 +19,7 @@ from jobs.core.states import RequestStatus
 from jobs.observation.eta import format_duration
 from jobs.observation.standing import BatchSummary
 from jobs.observation.usage import UsageLine, UsageReport
+from jobs.operations.scores import Score
 from jobs.scheduling.roster import Heartbeat
 from jobs.submission.estimate import CostRange, Estimate, LaneCost
 
@@ -33,6 +34,7 @@ __all__ = [
     "say",
     "say_error",
     "say_warning",
+    "score_tables",
     "summary_table",
     "usage_table",
     "workers_table",
@@ -300,3 +302,38 @@ def keys_table(rows: list[dict[str, Any]]) -> Table:
             Text("" if row["revoked_at"] is None else row["revoked_at"][:19], style="red"),
         )
     return table
+
+
+def score_tables(result: Score) -> list[Table]:
+    """The score as tables: per class, the confusion matrix, and a vote's models."""
+    head = Table(
+        title=Text(
+            f"{result.batch_id}: {result.field!r} against {result.gold!r}, {result.scored} records, "
+            f"accuracy {result.accuracy:.1%}"
+        )
+    )
+    for column in ("label", "precision", "recall", "F1", "support"):
+        head.add_column(column, justify="left" if column == "label" else "right")
+    for c in result.classes:
+        head.add_row(Text(c.label), f"{c.precision:.3f}", f"{c.recall:.3f}", f"{c.f1:.3f}", str(c.support))
+    labels = result.columns
+    matrix = Table(title="confusion matrix (rows: gold, columns: answered)")
+    matrix.add_column("gold")
+    for label in labels:
+        matrix.add_column(Text(label), justify="right")
+    for gold, row in result.confusion.items():
+        matrix.add_row(Text(gold), *(str(row.get(label, 0)) for label in labels))
+    tables = [head, matrix]
+    if result.models is not None:
+        kappa = "undefined (one label only)" if result.kappa is None else f"{result.kappa:.3f}"
+        models = Table(
+            title=Text(
+                f"models: {result.kappa_kind} kappa {kappa} over {result.kappa_records} records all answered"
+            )
+        )
+        models.add_column("model")
+        models.add_column("accuracy", justify="right")
+        for model, accuracy in result.models.items():
+            models.add_row(Text(model), f"{accuracy:.1%}")
+        tables.append(models)
+    return tables

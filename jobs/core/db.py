@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "alembic_config",
+    "conflicted",
     "connection_lost",
     "create_engine",
     "drop_database",
@@ -76,6 +77,12 @@ def connection_lost(exc: BaseException) -> bool:
         # 08: connection exceptions; 57P: shutting down, crashed, starting up; 53: out of connections.
         return state.startswith(("08", "57P", "53"))
     return isinstance(exc, OSError)
+
+
+def conflicted(exc: BaseException) -> bool:
+    """True for a transaction Postgres rolled back for a deadlock or a serialization conflict: it did nothing and
+    may simply run again."""
+    return isinstance(exc, DBAPIError) and getattr(exc.orig, "sqlstate", None) in _CONFLICT_SQLSTATES
 
 
 async def retry_conflicts(transaction: Callable[[], Awaitable[T]], attempts: int = 5) -> T:

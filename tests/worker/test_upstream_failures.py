@@ -159,8 +159,13 @@ async def test_an_unreachable_openrouter_pauses_every_worker_and_they_resume_whe
     env: dict[str, str], engine: AsyncEngine, simulator: Simulator, upstream: FaultProxy, tmp_path: Path
 ) -> None:
     env = through(env, upstream, ORBATCH_MAX_ATTEMPTS="2")
+    # The simulator passes for OpenRouter itself: workers that start while it is unreachable take their upstream
+    # for OpenRouter (they cannot ask), and must find it so when it returns, as with the real one.
+    await simulator.configure(identify=False)
     path = write_jsonl(tmp_path / "in.jsonl", [chat_line(f"r{i}", f"question {i}") for i in range(30)])
-    batch = submit(env, path, "--models", "sim/echo")
+    # In a thread: the proxy runs on this test's event loop, which a blocking call would stop from forwarding.
+    batch = await asyncio.to_thread(submit, env, path, "--models", "sim/echo")
+    assert await scalar(engine, "SELECT simulated FROM batch") is False
     await upstream.down()
     workers = Workers(env, tmp_path, 2, "--burst", "--concurrency", "4")
 

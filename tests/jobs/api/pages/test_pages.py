@@ -4,6 +4,7 @@ the live part alone on request, downloads, headers; and the server's `/metrics`.
 from __future__ import annotations
 
 import asyncio
+import html
 import re
 import time
 from collections.abc import Iterator
@@ -559,11 +560,13 @@ def test_a_batch_submitted_with_a_gold_field_shows_its_score_on_its_page(
     )  # fmt: skip
     assert submitted.returncode == 0, submitted.stderr
     batch_id = orjson.loads(submitted.stdout)["id"]
-    waited = run_cli(env, "status", batch_id, "--watch", "--json", timeout=120)
-    assert orjson.loads(waited.stdout.splitlines()[-1])["status"] == "completed", waited.stdout[-2000:]
+    deadline = time.monotonic() + 120
+    while (shown := orjson.loads(run_cli(env, "status", batch_id, "--json").stdout))["status"] != "completed":
+        assert time.monotonic() < deadline, shown
+        time.sleep(0.2)
     expected = orjson.loads(run_cli(env, "score", batch_id, "--gold", "truth", "--json").stdout)
     with httpx.Client(base_url=open_server.url, headers=HTML) as http:
-        page = " ".join(_text(http.get(f"/batches/{batch_id}").text).split())
+        page = " ".join(html.unescape(_text(http.get(f"/batches/{batch_id}").text)).split())
     assert "Score against truth" in page
     assert f"accuracy {expected['accuracy'] * 100:.1f}%" in page
     assert "6 records scored on label" in page
