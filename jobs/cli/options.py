@@ -120,7 +120,8 @@ Vote = Annotated[
         "--vote",
         metavar="MODELS",
         help="Send each record to every one of these models (comma-separated; all of them, not a fallback "
-        "chain) and keep the majority of each answer field, the models' agreement and each one's answer.",
+        "chain) and keep the majority of each label field (enum, boolean, integer), the models' agreement and "
+        "each one's answer.",
     ),
 ]
 Gold = Annotated[

@@ -24,7 +24,8 @@ def score(
         typer.Option(
             "--field",
             metavar="LABEL",
-            help="The answer field to score (default: the schema's only field, else the one named like --gold).",
+            help="The answer field to score (default: the schema's only field, else the one named like --gold, "
+            "else its only label field).",
         ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import IO, Any, Literal
 
 import orjson
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from jobs.core.errors import BadInput
@@ -168,6 +169,15 @@ async def _voted_rows(
         yield chunk
 
 
+_SPLITS = text("SELECT options ? 'long' FROM batch WHERE id = :id")
+
+
+async def _splits(engine: AsyncEngine, batch_id: str) -> bool:
+    """Whether the batch summarises records too long for its chain in parts (`--long split`)."""
+    async with engine.connect() as conn:
+        return bool((await conn.execute(_SPLITS, {"id": batch_id})).scalar())
+
+
 async def export_results(
     engine: AsyncEngine,
     batch_id: str,
@@ -186,9 +196,10 @@ async def export_results(
     columns = BATCH_COLUMNS if fmt == "batch" else RECORD_COLUMNS
     sql = export_query(columns, WHERE["both"])
     fields = await record_fields(engine, batch_id) if fmt == "records" else None
+    splits = fmt == "records" and await _splits(engine, batch_id)
     async with contextlib.aclosing(stream_rows(engine, sql, batch_id)) as rows:
         async for row in rows:
-            _add_row(row, fmt, ok, bad, fields=fields)
+            _add_row(row, fmt, ok, bad, fields=fields, splits=splits)
             if len(ok) + len(bad) >= EXPORT_CHUNK:
                 _flush(ok, bad, out, errors, report)
     _flush(ok, bad, out, errors, report)
@@ -245,7 +256,10 @@ def _add_row(
     bad: list[bytes],
     unfinished: Unfinished | None = None,
     fields: list[str] | None = None,
+    splits: bool = False,
 ) -> None:
+    """One request's line into `ok` or `bad`; `splits`: the batch summarises long records in parts, so every
+    record says how many calls made its answer (one, for a record sent whole)."""
     completed = row["status"] == RequestStatus.COMPLETED
     if unfinished is not None and row["status"] not in (RequestStatus.COMPLETED, RequestStatus.FAILED):
         line = error_line(row["custom_id"], row["id"], unfinished.code, unfinished.message)
@@ -272,6 +286,8 @@ def _add_row(
             merged = merge_answer(record, row["content"], row["structured"])
             if row.get("calls") is not None:
                 merged["calls"] = row["calls"]
+            elif splits:
+                merged["calls"] = 1
             ok.append(orjson.dumps(merged) + b"\n")
         else:
             code, message = error_of(row)
@@ -339,11 +355,12 @@ async def _record_chunks(
     bad: list[bytes] = []
     out = ok if which == "output" else bad
     fields = await record_fields(engine, batch_id)
+    splits = await _splits(engine, batch_id)
     async with contextlib.aclosing(
         stream_rows(engine, export_query(RECORD_COLUMNS, WHERE[which]), batch_id)
     ) as rows:
         async for row in rows:
-            _add_row(row, "records", ok, bad, fields=fields)
+            _add_row(row, "records", ok, bad, fields=fields, splits=splits)
             if len(out) >= EXPORT_CHUNK:
                 yield [orjson.loads(line) for line in out]
                 out.clear()
@@ -407,6 +424,10 @@ async def _export_votes(
             async for chunk in voted_record_chunks(engine, batch_id, "errors"):
                 _write_all(err_f, dumps(chunk))
                 report.failed += len(chunk)
+    else:
+        # Counted all the same, so that what was written says how many records no model answered.
+        async for chunk in voted_record_chunks(engine, batch_id, "errors"):
+            report.failed += len(chunk)
     return report
 
 

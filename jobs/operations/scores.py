@@ -32,7 +32,8 @@ __all__ = ["TIE", "ClassScore", "Score", "cohen_kappa", "fleiss_kappa", "score_b
 # The prediction of a vote whose field tied: never equal to a gold label.
 TIE = "(tie)"
 _SCHEMA = text("SELECT template->'json_schema' FROM batch WHERE id = :id")
-_TEMPLATED = text("SELECT template IS NOT NULL FROM batch WHERE id = :id")
+# A batch of chat lines keeps JSON null as its template, not SQL NULL.
+_TEMPLATED = text("SELECT jsonb_typeof(template) = 'object' FROM batch WHERE id = :id")
 
 
 async def _has_records(engine: AsyncEngine, batch_id: str) -> bool:
@@ -223,6 +224,10 @@ async def score_batch(engine: AsyncEngine, batch_id: str, gold: str, name: str |
             "(submitted with --template)",
             param="gold",
         )
+    if not pairs:
+        # A misspelt gold field, or a batch with no answer yet: nothing to score, not a score of 0 %.
+        reasons = "; ".join(f"{count} {reason}" for reason, count in skipped.most_common()) or "no records"
+        raise BadInput(f"nothing to score against {gold!r}: {reasons}", param="gold")
     accuracy, classes, confusion = score_pairs(pairs)
     score = Score(
         batch_id, gold, name or ANSWER_FIELD, len(pairs), accuracy, classes, confusion, dict(skipped)

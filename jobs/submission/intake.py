@@ -208,7 +208,13 @@ async def _checked(
         raise ModelRefused("replacing the lines' models needs a chain to replace them with (--models)")
     renamed: dict[str, str] = {}
     try:
-        options = replace(options, models=resolve_models(options.models, options, renamed))
+        resolved = resolve_models(options.models, options, renamed)
+    except ValueError as exc:
+        if voting:
+            raise BadInput(str(exc), param="vote", code="invalid_value") from None
+        raise ModelRefused(str(exc)) from None
+    try:
+        options = replace(options, models=resolved)
         if voting:
             # The vote's models as the catalogue names them, kept as the batch's models too (what it calls); two
             # names of one model (`gpt-4o-mini`, `openai/gpt-4o-mini`) are one voter.

@@ -195,3 +195,22 @@ async def test_results_disagreements_of_a_batch_that_did_not_vote_says_so(
     refused = run_cli(env, "results", batch_id, "--disagreements")
     assert refused.returncode == 2
     assert "--disagreements is for a batch submitted with --vote" in refused.stderr
+
+
+@pytest.mark.slow
+async def test_score_refuses_a_gold_field_no_record_has_and_a_batch_of_chat_lines(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    batch_id = await vote(env, tmp_path, "sim/echo,sim/backup", gold={t: "good" for t in REVIEWS})
+    misspelt = run_cli(env, "score", batch_id, "--gold", "truht")
+    assert misspelt.returncode == 2
+    assert "nothing to score against 'truht'" in misspelt.stderr
+    assert "6 no 'truht' in the record" in misspelt.stderr
+    chat = write_jsonl(
+        tmp_path / "chat.jsonl", [{"custom_id": "a", "messages": [{"role": "user", "content": "hi"}]}]
+    )
+    done = run_cli(env, "submit", str(chat), "--models", "sim/echo", "--json")
+    chat_id = orjson.loads(done.stdout)["id"]
+    refused = run_cli(env, "score", chat_id, "--gold", "truth")
+    assert refused.returncode == 2
+    assert "the batch is of chat lines" in refused.stderr
