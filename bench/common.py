@@ -8,6 +8,7 @@ import platform
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -32,6 +33,23 @@ def machine() -> str:
     except OSError:
         pass
     return f"{platform.node()}: {os.cpu_count()} cores, {cpu}, Python {platform.python_version()}"
+
+
+def burst_worker(env: dict[str, str], timeout: float, concurrency: int = 16) -> float:
+    """Run one `orbatch worker --burst` on `env`'s services until nothing is left; its wall-clock seconds (exits
+    the bench with the worker's output if it fails)."""
+    started = time.perf_counter()
+    worker = subprocess.run(  # noqa: S603 - argv built here, no shell
+        [sys.executable, "-m", "jobs", "worker", "--burst", "--concurrency", str(concurrency)],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        check=False,
+        timeout=timeout,
+    )
+    if worker.returncode != 0:
+        raise SystemExit(f"worker failed: {worker.stderr.decode()[-2000:]}")
+    return time.perf_counter() - started
 
 
 @contextmanager

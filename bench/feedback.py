@@ -16,14 +16,13 @@ import asyncio
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import ROOT, Simulator, env_for, machine, scratch_database
+from bench.common import ROOT, Simulator, burst_worker, env_for, machine, scratch_database
 
 MODEL = "sim/echo"
 SCHEMA = {
@@ -119,18 +118,7 @@ def main() -> None:
                 )
                 if done.returncode != 0:
                     raise SystemExit(f"submit failed: {done.stderr}")
-            started = time.perf_counter()
-            worker = subprocess.run(
-                [sys.executable, "-m", "jobs", "worker", "--burst", "--concurrency", "16"],
-                env=env,
-                cwd=ROOT,
-                capture_output=True,
-                check=False,
-                timeout=RUN_SECONDS,
-            )
-            if worker.returncode != 0:
-                raise SystemExit(f"worker failed: {worker.stderr.decode()[-2000:]}")
-            elapsed = time.perf_counter() - started
+            elapsed = burst_worker(env, RUN_SECONDS)
             shares = asyncio.run(_shares(url))
     finally:
         sim.stop()

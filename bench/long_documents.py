@@ -24,7 +24,6 @@ import gzip
 import subprocess
 import sys
 import tempfile
-import time
 from decimal import Decimal
 from pathlib import Path
 
@@ -32,7 +31,7 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import ROOT, Simulator, env_for, machine, scratch_database
+from bench.common import ROOT, Simulator, burst_worker, env_for, machine, scratch_database
 
 SOTU = ROOT / "examples" / "data" / "sotu.jsonl.gz"
 TEMPLATE = ROOT / "examples" / "summarisation" / "prompt.txt"
@@ -108,18 +107,7 @@ def main() -> None:
                 if done.returncode != 0:
                     raise SystemExit(f"submit ({kind}) failed: {done.stderr}")
                 batches[kind] = str(orjson.loads(done.stdout)["id"])
-            started = time.perf_counter()
-            worker = subprocess.run(
-                [sys.executable, "-m", "jobs", "worker", "--burst", "--concurrency", "16"],
-                env=env,
-                cwd=ROOT,
-                capture_output=True,
-                check=False,
-                timeout=RUN_SECONDS,
-            )
-            if worker.returncode != 0:
-                raise SystemExit(f"worker failed: {worker.stderr.decode()[-2000:]}")
-            elapsed = time.perf_counter() - started
+            elapsed = burst_worker(env, RUN_SECONDS)
             figures = asyncio.run(_figures(url, batches))
     finally:
         sim.stop()

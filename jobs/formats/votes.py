@@ -31,6 +31,7 @@ __all__ = [
     "Ballot",
     "Vote",
     "answer_value",
+    "gave_none",
     "label_fields",
     "schema_fields",
     "tally",
@@ -60,6 +61,11 @@ def answer_value(content: str, structured: bool) -> Any:
         return parse_answer(content)
     except orjson.JSONDecodeError:
         return content
+
+
+def gave_none(answer: Any) -> bool:
+    """True for a model's place in `Vote.answers` that holds no answer: `{"error": ...}`, or nothing at all."""
+    return answer is None or (isinstance(answer, dict) and set(answer) == {"error"})
 
 
 def schema_fields(schema: Any) -> list[str]:
@@ -144,7 +150,7 @@ def tally(ballots: list[Ballot], labels: list[str] | None = None) -> Vote:
 
 def _carry_free_text(vote: Vote) -> None:
     """The fields not voted on, from the first model whose labels are the majority's (else the first answer)."""
-    answers = [a for a in vote.answers.values() if isinstance(a, dict) and set(a) != {"error"}]
+    answers = [a for a in vote.answers.values() if isinstance(a, dict) and not gave_none(a)]
     if not answers:
         return
     agreeing = [

@@ -17,11 +17,9 @@ from typing import Any, TypeVar
 import orjson
 from pydantic import BaseModel, ValidationError
 from rich.console import Console
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from jobs.core.errors import BadInput, Interrupted
-from jobs.core.models import Batch as BatchRow
 from jobs.core.settings import get_settings
 from jobs.formats.prompt_template import parse_answer
 from jobs.formats.reader import FileSource, Source
@@ -48,6 +46,7 @@ from jobs.observation.standing import BatchSummary
 from jobs.observation.usage import usage_report
 from jobs.operations.control import cancel_batch, resolve_batch
 from jobs.operations.results import answer_rows
+from jobs.operations.rows import answer_schema
 from jobs.operations.scores import score_batch
 from jobs.submission.catalog import upstream_is_simulator
 from jobs.submission.estimate import Estimate
@@ -212,7 +211,7 @@ class Batch:
         table = table_of(data) if data is not None else self._table
 
         async def read(engine: AsyncEngine) -> Any:
-            schema = await _json_schema(engine, self.id)
+            schema = await answer_schema(engine, self.id)
             if table is not None:
                 columns = AnswerColumns.plan(schema, table.columns)
                 return await read_answers(engine, self.id, columns, table.rows)
@@ -257,14 +256,6 @@ class Batch:
             return (await score_batch(engine, self.id, gold, field)).to_json()
 
         return _on_engine(scored)
-
-
-async def _json_schema(engine: AsyncEngine, batch_id: str) -> dict[str, Any] | None:
-    """The JSON Schema the batch's answers follow, if it asked for one."""
-    async with engine.connect() as conn:
-        template = (await conn.execute(select(BatchRow.template).where(BatchRow.id == batch_id))).scalar()
-    schema = template.get("json_schema") if isinstance(template, dict) else None
-    return schema if isinstance(schema, dict) else None
 
 
 def _answer(content: str | None, structured: bool, error: str | None, cls: type[BaseModel] | None) -> Any:

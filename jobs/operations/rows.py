@@ -18,6 +18,7 @@ __all__ = [
     "EXPORT_CHUNK",
     "RECORD_COLUMNS",
     "WHERE",
+    "answer_schema",
     "error_of",
     "in_order",
     "query",
@@ -119,3 +120,13 @@ def error_of(row: Any) -> tuple[str, str]:
 def record_of(row: Any, fields: list[str] | None) -> dict[str, Any]:
     """The record a row's request was made from, in input order; its custom_id alone for a chat request."""
     return in_order(orjson.loads(row["record"]), fields) if row["record"] else {"custom_id": row["custom_id"]}
+
+
+_SCHEMA = text("SELECT template->'json_schema' FROM batch WHERE id = :id")
+
+
+async def answer_schema(engine: AsyncEngine, batch_id: str) -> dict[str, Any] | None:
+    """The JSON Schema the batch's answers follow (its template's), if it asked for one."""
+    async with engine.connect() as conn:
+        schema = (await conn.execute(_SCHEMA, {"id": batch_id})).scalar()
+    return schema if isinstance(schema, dict) else None

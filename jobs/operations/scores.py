@@ -23,15 +23,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from jobs.core.errors import BadInput
 from jobs.formats.output_lines import ANSWER_FIELD
 from jobs.formats.prompt_template import parse_answer
-from jobs.formats.votes import VOTES_FIELD, label_fields, schema_fields
+from jobs.formats.votes import VOTES_FIELD, gave_none, label_fields, schema_fields
 from jobs.operations.results import answer_rows
+from jobs.operations.rows import answer_schema
 from jobs.operations.votes import vote_models
 
 __all__ = ["TIE", "ClassScore", "Score", "cohen_kappa", "fleiss_kappa", "score_batch", "score_pairs"]
 
 # The prediction of a vote whose field tied: never equal to a gold label.
 TIE = "(tie)"
-_SCHEMA = text("SELECT template->'json_schema' FROM batch WHERE id = :id")
 # A batch of chat lines keeps JSON null as its template, not SQL NULL.
 _TEMPLATED = text("SELECT jsonb_typeof(template) = 'object' FROM batch WHERE id = :id")
 
@@ -145,13 +145,6 @@ def fleiss_kappa(items: list[list[str]]) -> float | None:
     return round((observed - expected) / (1 - expected), 4)
 
 
-async def _schema_fields(engine: AsyncEngine, batch_id: str) -> tuple[list[str], list[str]]:
-    """The answers' fields as the batch's schema gives them, and of those the label fields."""
-    async with engine.connect() as conn:
-        schema = (await conn.execute(_SCHEMA, {"id": batch_id})).scalar()
-    return schema_fields(schema), label_fields(schema)
-
-
 def _chosen(fields: list[str], gold: str, labels: list[str]) -> str:
     """The answer field to score when none was named: the only one, else the one named like the gold field, else
     the only label field of the schema (an enum, a boolean or an integer: `label` beside a free-text `reason`)."""
@@ -177,7 +170,8 @@ def _field_of(answer: Any, name: str) -> tuple[bool, Any]:
 async def score_batch(engine: AsyncEngine, batch_id: str, gold: str, name: str | None = None) -> Score:
     """Score a batch's answers (a vote's majority) against each record's `gold` field; BadInput when the field
     to score cannot be told (several schema fields and no `name`)."""
-    fields, labels = await _schema_fields(engine, batch_id)
+    schema = await answer_schema(engine, batch_id)
+    fields, labels = schema_fields(schema), label_fields(schema)
     if name is None and fields:
         name = _chosen(fields, gold, labels)
     elif fields and name not in fields:
@@ -258,11 +252,7 @@ def _count_models(
     for model in voters:
         answer = answers.get(model)
         present, value = _field_of(answer, name)
-        if (
-            answer is None
-            or (isinstance(answer, dict) and "error" in answer and len(answer) == 1)
-            or not present
-        ):
+        if gave_none(answer) or not present:
             continue
         label = _label(value)
         if truth is not None:

@@ -15,7 +15,16 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from jobs.core.states import RequestStatus
 from jobs.formats.output_lines import ANSWER_FIELD
 from jobs.formats.votes import AGREEMENT_FIELD, TIES_FIELD, VOTES_FIELD, Ballot, Vote, label_fields, tally
-from jobs.operations.rows import CONTENT, EXPORT_CHUNK, error_of, query, record_fields, record_of, rows
+from jobs.operations.rows import (
+    CONTENT,
+    EXPORT_CHUNK,
+    answer_schema,
+    error_of,
+    query,
+    record_fields,
+    record_of,
+    rows,
+)
 
 __all__ = ["VOTE_EXTRAS", "VotedRecord", "dumps", "vote_models", "voted_record_chunks", "voted_records"]
 
@@ -26,7 +35,6 @@ _FINISHED = (RequestStatus.COMPLETED, RequestStatus.FAILED, RequestStatus.CANCEL
 # The columns a table gets for a vote beside the majority's fields.
 VOTE_EXTRAS = (AGREEMENT_FIELD, TIES_FIELD, VOTES_FIELD)
 _VOTE = text("SELECT options->'vote' FROM batch WHERE id = :id")
-_SCHEMA = text("SELECT template->'json_schema' FROM batch WHERE id = :id")
 
 
 @dataclass(slots=True)
@@ -81,8 +89,7 @@ async def vote_models(engine: AsyncEngine, batch_id: str) -> list[str] | None:
 async def voted_records(engine: AsyncEngine, batch_id: str) -> AsyncGenerator[VotedRecord]:
     """Every record of a vote batch in line order, its requests tallied, from one snapshot."""
     fields = await record_fields(engine, batch_id)
-    async with engine.connect() as conn:
-        labels = label_fields((await conn.execute(_SCHEMA, {"id": batch_id})).scalar())
+    labels = label_fields(await answer_schema(engine, batch_id))
     line: int | None = None
     record: dict[str, Any] = {}
     ballots: list[Ballot] = []
