@@ -34,6 +34,8 @@ _LENGTH = struct.Struct(">I")
 # reply would then be refused (and its request called again).
 STARTUP_SECONDS = 60.0
 _READY = b"{}"
+# Checks of one reply when its child dies under it: a crash once is the child's, twice is likely the reply's.
+CHECK_TRIES = 2
 
 
 def check_reply(schema_json: bytes, content: str | None) -> str | None:
@@ -64,6 +66,11 @@ class ReplyChecker:
                 "worker.replycheck",
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
+                # A session of its own: a terminal's Ctrl-C reaches the whole foreground process group, and a
+                # checker killed by it while the worker lets its calls in flight finish would refuse their
+                # valid replies (paid for, then called again). It ends when the worker closes its stdin or
+                # kills it, and when the worker dies (its stdin closes).
+                start_new_session=True,
             )
             assert self._child.stdout is not None
             # The child says it is ready once its imports are done; only then does a check's clock start.
@@ -88,19 +95,24 @@ class ReplyChecker:
             {"schema": orjson.dumps(schema, option=orjson.OPT_SORT_KEYS).decode(), "content": content}
         )
         async with self._lock:
-            try:
-                child = await self._start()
-                return await asyncio.wait_for(self._ask(child, message), self.timeout)
-            except TimeoutError:
-                await self._kill()
-                return (
-                    f"checking the reply against its schema took longer than {self.timeout:g} s (a `pattern` "
-                    "that backtracks on this reply?); the reply was not accepted"
-                )
-            except (OSError, asyncio.IncompleteReadError) as exc:
-                await self._kill()
-                log.warning("the reply checker failed; starting a new one", error=str(exc))
-                return f"the reply could not be checked against its schema ({type(exc).__name__})"
+            # A child that died under a check (killed from outside) says nothing of the reply: the check runs
+            # again on a new one, once, before the reply is refused for it.
+            for tries in range(CHECK_TRIES, 0, -1):
+                try:
+                    child = await self._start()
+                    return await asyncio.wait_for(self._ask(child, message), self.timeout)
+                except TimeoutError:
+                    await self._kill()
+                    return (
+                        f"checking the reply against its schema took longer than {self.timeout:g} s (a `pattern` "
+                        "that backtracks on this reply?); the reply was not accepted"
+                    )
+                except (OSError, asyncio.IncompleteReadError) as exc:
+                    await self._kill()
+                    log.warning("the reply checker failed; starting a new one", error=str(exc))
+                    if tries == 1:
+                        return f"the reply could not be checked against its schema ({type(exc).__name__})"
+            raise AssertionError("unreachable")
 
     async def _kill(self) -> None:
         child, self._child = self._child, None

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -34,6 +36,30 @@ async def test_the_checker_says_why_a_reply_does_not_follow_and_stops_a_check_th
         assert "took longer than 1 s" in problem
         # The next check runs in a fresh child.
         assert await checker.check(BACKTRACKS, '{"x": "aa"}') is None
+    finally:
+        await checker.aclose()
+
+
+def checker_children() -> list[psutil.Process]:
+    return [p for p in psutil.Process().children() if "worker.replycheck" in " ".join(p.cmdline())]
+
+
+async def test_a_terminals_ctrl_c_never_reaches_the_checker_and_a_checker_killed_under_a_check_is_replaced() -> (
+    None
+):
+    checker = ReplyChecker(timeout=5.0)
+    try:
+        assert await checker.check(BACKTRACKS, '{"x": "aaa"}') is None
+        (child,) = checker_children()
+        # Ctrl-C goes to the terminal's foreground process group, the worker's: the checker is in a session of
+        # its own, so it keeps checking the replies of the calls a graceful stop lets finish.
+        assert os.getpgid(child.pid) != os.getpgid(0)
+        assert os.getsid(child.pid) != os.getsid(0)
+        # Killed from outside all the same: the next reply is checked by a new child, not refused for it.
+        child.kill()
+        child.wait(5)
+        assert await checker.check(BACKTRACKS, '{"x": "aa"}') is None
+        assert [p.pid for p in checker_children()] != [child.pid]
     finally:
         await checker.aclose()
 
